@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs every Debian package starling.cpp needs to build, test, fuzz and benchmark.
+# Safe to run repeatedly. Needs root (or sudo) and access to Debian's package mirrors.
+set -euo pipefail
+
+packages=(
+  build-essential cmake ninja-build pkg-config
+  clang-14 libclang-rt-14-dev   # libFuzzer and sanitizers for the fuzz targets
+  libgtest-dev libgmock-dev     # unit tests
+  nlohmann-json3-dev            # JSON (HF config and added-token files, CLI --json)
+  libcli11-dev                  # command-line parsing for the starling CLI
+  libsentencepiece-dev          # reference tokenizer: the tests' oracle and the benchmark's baseline
+  sentencepiece                 # spm_encode, for cross-checking by hand
+)
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  $SUDO apt-get update
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y --no-install-recommends "${missing[@]}"
+fi
+echo "setup: all packages present"

@@ -1,0 +1,47 @@
+// Whole-file reads and read-only memory maps. Both report the path on failure.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+namespace starling {
+
+// Reads a whole file into memory (for small files: tokenizer.model, JSON).
+std::string ReadFile(const std::string& path);
+
+// Reads at most `max_bytes` from the start of a file (to sniff a format's magic).
+std::string ReadFilePrefix(const std::string& path, size_t max_bytes);
+
+// Reads a whole stream (stdin) byte for byte.
+std::string ReadStdin();
+
+bool FileExists(const std::string& path);
+bool IsDirectory(const std::string& path);
+
+// A read-only private mapping of a whole file. Move-only; unmaps on destruction.
+// An empty file maps to an empty view.
+class MappedFile {
+ public:
+  MappedFile() = default;
+  explicit MappedFile(const std::string& path);
+  ~MappedFile();
+  MappedFile(MappedFile&& other) noexcept;
+  MappedFile& operator=(MappedFile&& other) noexcept;
+  MappedFile(const MappedFile&) = delete;
+  MappedFile& operator=(const MappedFile&) = delete;
+
+  const uint8_t* data() const { return data_; }
+  size_t size() const { return size_; }
+  std::string_view bytes() const { return {reinterpret_cast<const char*>(data_), size_}; }
+  const std::string& path() const { return path_; }
+
+ private:
+  void Release();
+  const uint8_t* data_ = nullptr;
+  size_t size_ = 0;
+  std::string path_;
+};
+
+}  // namespace starling

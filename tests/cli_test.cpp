@@ -1,0 +1,120 @@
+// The starling executable end to end: real processes, real files, exit codes.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <fstream>
+#include <string>
+
+namespace {
+
+const std::string kStarling = STARLING_BINARY;
+const std::string kOpenChat = std::string(STARLING_MODELS_DIR) + "/openchat-3.5-tokenizer";
+
+struct Result {
+  int exit_code;
+  std::string out;  // stdout
+  std::string err;  // stderr
+};
+
+Result RunStarling(const std::string& args, const std::string& stdin_text = "") {
+  // ctest runs tests in parallel processes: give each its own files.
+  const std::string dir = ::testing::TempDir() + "/cli_" + std::to_string(::getpid());
+  const std::string in = dir + "_in", out = dir + "_out", err = dir + "_err";
+  std::ofstream(in, std::ios::binary) << stdin_text;
+  const std::string command = kStarling + " " + args + " <" + in + " >" + out + " 2>" + err;
+  const int status = std::system(command.c_str());
+  auto slurp = [](const std::string& path) {
+    std::ifstream f(path, std::ios::binary);
+    return std::string(std::istreambuf_iterator<char>(f), {});
+  };
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, slurp(out), slurp(err)};
+}
+
+std::string WriteTemp(const std::string& name, const std::string& content) {
+  const std::string path = ::testing::TempDir() + "/" + std::to_string(::getpid()) + "_" + name;
+  std::ofstream(path, std::ios::binary) << content;
+  return path;
+}
+
+TEST(Cli, TokenizePrintsIdsAndPieces) {
+  const Result r = RunStarling("tokenize --tokenizer " + kOpenChat + " 'Hello<|end_of_turn|>'");
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out, "1\t<s>\n22557\t\xE2\x96\x81Hello\n32000\t<|end_of_turn|>\n");
+}
+
+TEST(Cli, TokenizeJsonAndFlags) {
+  Result r = RunStarling("tokenize --tokenizer " + kOpenChat + " --json --no-bos --plain '<s>'");
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out, "{\"ids\":[523,28713,28767],\"pieces\":[\"\xE2\x96\x81<\",\"s\",\">\"]}\n");
+  r = RunStarling("tokenize --tokenizer " + kOpenChat + " --ids 'GPT4 Correct User: Hello'");
+  EXPECT_EQ(r.out, "1 420 6316 28781 3198 3123 1247 28747 22557\n");
+}
+
+TEST(Cli, TokenizeReadsFilesAndStdinByteForByte) {
+  const std::string text = "line one\n\tline two  \n";
+  const std::string path = WriteTemp("text.txt", text);
+  const Result from_file =
+      RunStarling("tokenize --ids --no-bos --tokenizer " + kOpenChat + " -f " + path);
+  const Result from_stdin =
+      RunStarling("tokenize --ids --no-bos --tokenizer " + kOpenChat + " -f -", text);
+  EXPECT_EQ(from_file.exit_code, 0) << from_file.err;
+  EXPECT_EQ(from_file.out, from_stdin.out);
+  // And back: detokenize restores the bytes exactly, without adding a newline.
+  const Result back =
+      RunStarling("detokenize --tokenizer " + kOpenChat + " '" + from_file.out + "'");
+  EXPECT_EQ(back.out, text);
+}
+
+TEST(Cli, TokenizeRendersAConversation) {
+  const std::string messages = WriteTemp(
+      "messages.json", R"([{"role": "user", "content": "Implement quicksort using C++"}])");
+  const Result r =
+      RunStarling("tokenize --tokenizer " + kOpenChat + " --template openchat-code --messages " +
+                  messages + " --generation-prompt --render --ids");
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out,
+            "<s>Code User: Implement quicksort using C++<|end_of_turn|>Code Assistant:\n"
+            "1 7596 1247 28747 26256 2936 7653 1413 334 1680 32000 7596 21631 28747\n");
+}
+
+TEST(Cli, DetokenizeSkipsSpecialTokensOnRequest) {
+  Result r = RunStarling("detokenize --tokenizer " + kOpenChat + " 1 22557 32000");
+  EXPECT_EQ(r.out, "<s>Hello<|end_of_turn|>");
+  r = RunStarling("detokenize --tokenizer " + kOpenChat + " --skip-special '1,22557,32000'");
+  EXPECT_EQ(r.out, "Hello");
+}
+
+TEST(Cli, ErrorsAreOneClearLineAndNonZero) {
+  Result r = RunStarling("tokenize --tokenizer /no/such/dir x");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_EQ(r.err, "starling: error: /no/such/dir: cannot open: No such file or directory\n");
+  const std::string broken = WriteTemp("broken.model", std::string("\x0A\xFF\x01garbage", 10));
+  r = RunStarling("tokenize --tokenizer " + broken + " x");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find(broken + ": field length"), std::string::npos) << r.err;
+  r = RunStarling("tokenize --tokenizer " + kOpenChat + " --template nope --messages /dev/null");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("unknown chat template 'nope'"), std::string::npos);
+  r = RunStarling("detokenize --tokenizer " + kOpenChat + " 12 abc");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_EQ(r.err, "starling: error: 'abc' is not a token id\n");
+  const std::string bad_json = WriteTemp("bad.json", "[{\"role\": \"user\"}]");
+  r = RunStarling("tokenize --tokenizer " + kOpenChat + " --template openchat --messages " +
+                  bad_json);
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("message 0: \"content\" must be a string"), std::string::npos) << r.err;
+}
+
+TEST(Cli, EverySubcommandHasHelp) {
+  for (const char* sub : {"tokenize", "detokenize"}) {
+    const Result r = RunStarling(std::string(sub) + " --help");
+    EXPECT_EQ(r.exit_code, 0) << sub;
+    EXPECT_NE(r.out.find("Usage:"), std::string::npos) << sub;
+  }
+  const Result none = RunStarling("");
+  EXPECT_NE(none.exit_code, 0);
+}
+
+}  // namespace

@@ -1,0 +1,12 @@
+// The starling CLI: one executable, one file per subcommand. Each Register* function adds
+// its subcommand to the app and sets the callback that runs it.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+namespace starling::cli {
+
+void RegisterTokenize(CLI::App& app);
+void RegisterDetokenize(CLI::App& app);
+
+}  // namespace starling::cli

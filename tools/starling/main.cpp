@@ -1,0 +1,27 @@
+// starling: run, serve and tune Starling/OpenChat-style chat models. Thin: parses the
+// command line and calls the library; every error reaches the user as one clear line.
+#include <cstdio>
+#include <exception>
+
+#include "commands.h"
+#include "core/error.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{"starling: a native toolchain for Starling/OpenChat-style chat models"};
+  app.set_version_flag("--version", "starling 0.1.0");
+  app.require_subcommand(1);
+  starling::cli::RegisterTokenize(app);
+  starling::cli::RegisterDetokenize(app);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  } catch (const starling::Error& e) {
+    std::fprintf(stderr, "starling: error: %s\n", e.what());
+    return 1;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "starling: internal error: %s\n", e.what());
+    return 2;
+  }
+  return 0;
+}
