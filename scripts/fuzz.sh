@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 seconds=${1:-60}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(fuzz_sentencepiece_model fuzz_tokenizer fuzz_gguf fuzz_hf_tokenizer_files)
+[ ${#targets[@]} -gt 0 ] || targets=(fuzz_sentencepiece_model fuzz_tokenizer fuzz_gguf fuzz_hf_tokenizer_files fuzz_safetensors)
 generator=()
 command -v ninja >/dev/null 2>&1 && generator=(-G Ninja)
 if [ ! -f build-fuzz/CMakeCache.txt ]; then
@@ -30,6 +30,18 @@ seed() {  # seed corpus per target, from files the repo ships
       printf 'caf\xc3\xa9 \xf0\x9f\xa6\xa9 \xe2\x96\x81 \xff\xfe  \t\n' >"$dir/mixed.txt" ;;
     fuzz_gguf)
       head -c 65536 models/stories260K.gguf >"$dir/stories-head.gguf" ;;
+    fuzz_safetensors)
+      head -c 65536 tests/data/tiny-mistral/hf/model-00002-of-00002.safetensors >"$dir/shard-head.safetensors"
+      python3 - "$dir/small.safetensors" <<'PY'
+import json, struct, sys
+header = {"__metadata__": {"format": "pt"},
+          "a": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]},
+          "b": {"dtype": "BF16", "shape": [3], "data_offsets": [16, 22]}}
+blob = json.dumps(header).encode()
+with open(sys.argv[1], "wb") as f:
+    f.write(struct.pack("<Q", len(blob)) + blob + bytes(range(22)))
+PY
+      ;;
     fuzz_hf_tokenizer_files)
       for f in models/openchat-3.5-tokenizer/*.json; do
         { printf '\x01'; cat "$f"; } >"$dir/$(basename "$f")"

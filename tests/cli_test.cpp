@@ -5,20 +5,22 @@
 
 #include <cstdio>
 #include <fstream>
+#include <sstream>
 #include <string>
+#include <vector>
 
 namespace {
 
 const std::string kStarling = STARLING_BINARY;
 const std::string kOpenChat = std::string(STARLING_MODELS_DIR) + "/openchat-3.5-tokenizer";
 
-struct Result {
+struct RunStarlingResult {
   int exit_code;
   std::string out;  // stdout
   std::string err;  // stderr
 };
 
-Result RunStarling(const std::string& args, const std::string& stdin_text = "") {
+RunStarlingResult RunStarling(const std::string& args, const std::string& stdin_text = "") {
   // ctest runs tests in parallel processes: give each its own files.
   const std::string dir = ::testing::TempDir() + "/cli_" + std::to_string(::getpid());
   const std::string in = dir + "_in", out = dir + "_out", err = dir + "_err";
@@ -39,13 +41,13 @@ std::string WriteTemp(const std::string& name, const std::string& content) {
 }
 
 TEST(Cli, TokenizePrintsIdsAndPieces) {
-  const Result r = RunStarling("tokenize --tokenizer " + kOpenChat + " 'Hello<|end_of_turn|>'");
+  const RunStarlingResult r = RunStarling("tokenize --tokenizer " + kOpenChat + " 'Hello<|end_of_turn|>'");
   EXPECT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(r.out, "1\t<s>\n22557\t\xE2\x96\x81Hello\n32000\t<|end_of_turn|>\n");
 }
 
 TEST(Cli, TokenizeJsonAndFlags) {
-  Result r = RunStarling("tokenize --tokenizer " + kOpenChat + " --json --no-bos --plain '<s>'");
+  RunStarlingResult r = RunStarling("tokenize --tokenizer " + kOpenChat + " --json --no-bos --plain '<s>'");
   EXPECT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(r.out, "{\"ids\":[523,28713,28767],\"pieces\":[\"\xE2\x96\x81<\",\"s\",\">\"]}\n");
   r = RunStarling("tokenize --tokenizer " + kOpenChat + " --ids 'GPT4 Correct User: Hello'");
@@ -55,14 +57,14 @@ TEST(Cli, TokenizeJsonAndFlags) {
 TEST(Cli, TokenizeReadsFilesAndStdinByteForByte) {
   const std::string text = "line one\n\tline two  \n";
   const std::string path = WriteTemp("text.txt", text);
-  const Result from_file =
+  const RunStarlingResult from_file =
       RunStarling("tokenize --ids --no-bos --tokenizer " + kOpenChat + " -f " + path);
-  const Result from_stdin =
+  const RunStarlingResult from_stdin =
       RunStarling("tokenize --ids --no-bos --tokenizer " + kOpenChat + " -f -", text);
   EXPECT_EQ(from_file.exit_code, 0) << from_file.err;
   EXPECT_EQ(from_file.out, from_stdin.out);
   // And back: detokenize restores the bytes exactly, without adding a newline.
-  const Result back =
+  const RunStarlingResult back =
       RunStarling("detokenize --tokenizer " + kOpenChat + " '" + from_file.out + "'");
   EXPECT_EQ(back.out, text);
 }
@@ -70,7 +72,7 @@ TEST(Cli, TokenizeReadsFilesAndStdinByteForByte) {
 TEST(Cli, TokenizeRendersAConversation) {
   const std::string messages = WriteTemp(
       "messages.json", R"([{"role": "user", "content": "Implement quicksort using C++"}])");
-  const Result r =
+  const RunStarlingResult r =
       RunStarling("tokenize --tokenizer " + kOpenChat + " --template openchat-code --messages " +
                   messages + " --generation-prompt --render --ids");
   EXPECT_EQ(r.exit_code, 0) << r.err;
@@ -80,14 +82,14 @@ TEST(Cli, TokenizeRendersAConversation) {
 }
 
 TEST(Cli, DetokenizeSkipsSpecialTokensOnRequest) {
-  Result r = RunStarling("detokenize --tokenizer " + kOpenChat + " 1 22557 32000");
+  RunStarlingResult r = RunStarling("detokenize --tokenizer " + kOpenChat + " 1 22557 32000");
   EXPECT_EQ(r.out, "<s>Hello<|end_of_turn|>");
   r = RunStarling("detokenize --tokenizer " + kOpenChat + " --skip-special '1,22557,32000'");
   EXPECT_EQ(r.out, "Hello");
 }
 
 TEST(Cli, ErrorsAreOneClearLineAndNonZero) {
-  Result r = RunStarling("tokenize --tokenizer /no/such/dir x");
+  RunStarlingResult r = RunStarling("tokenize --tokenizer /no/such/dir x");
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_EQ(r.err, "starling: error: /no/such/dir: cannot open: No such file or directory\n");
   const std::string broken = WriteTemp("broken.model", std::string("\x0A\xFF\x01garbage", 10));
@@ -107,13 +109,67 @@ TEST(Cli, ErrorsAreOneClearLineAndNonZero) {
   EXPECT_NE(r.err.find("message 0: \"content\" must be a string"), std::string::npos) << r.err;
 }
 
+TEST(Cli, GenerateWithNoModelTellsLlama2cStory) {
+  // The README's main command: the embedded stories260K, greedy, 200 tokens from BOS.
+  const RunStarlingResult r = RunStarling("generate -p '' -n 200 --temp 0");
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  std::ifstream f(std::string(STARLING_TEST_DATA_DIR) + "/expected_greedy_n200.txt");
+  EXPECT_EQ(r.out, std::string(std::istreambuf_iterator<char>(f), {}));
+}
+
+TEST(Cli, GenerateIsReproducibleForASeed) {
+  const std::string args = "generate -p 'Once upon a time' -n 40 --temp 1 --seed 7";
+  const RunStarlingResult a = RunStarling(args);
+  EXPECT_EQ(a.exit_code, 0) << a.err;
+  EXPECT_EQ(RunStarling(args).out, a.out);
+  EXPECT_NE(RunStarling("generate -p 'Once upon a time' -n 40 --temp 1 --seed 8").out, a.out);
+}
+
+TEST(Cli, ChatFromAPipeKeepsTheConversation) {
+  const std::string model = std::string(STARLING_TEST_DATA_DIR) + "/tiny-mistral/model-f32.gguf";
+  const RunStarlingResult r =
+      RunStarling("chat -m " + model + " -n 4 --temp 0", "Hello\nHow are you?\n/reset\nHello\n");
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  // Three replies, one per line; the one after /reset repeats the first (same conversation).
+  std::vector<std::string> lines;
+  std::string line;
+  std::istringstream in(r.out);
+  while (std::getline(in, line)) lines.push_back(line);
+  ASSERT_EQ(lines.size(), 3u) << r.out;
+  EXPECT_EQ(lines[0], lines[2]);
+  EXPECT_NE(lines[0], lines[1]);
+}
+
+TEST(Cli, InfoReportsConfigTensorsAndMemory) {
+  const RunStarlingResult r = RunStarling("info -c 1024");
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("vocab 512, hidden 64, intermediate 172, layers 5, heads 8, kv heads 4"),
+            std::string::npos)
+      << r.out;
+  EXPECT_NE(r.out.find("model.layers.4.mlp.down_proj.weight"), std::string::npos);
+  // 2 (K and V) x 5 layers x 1024 positions x 4 KV heads x 8 dims x 4 bytes = 1.25 MiB
+  EXPECT_NE(r.out.find("KV cache 1.25 MiB for 1024 positions"), std::string::npos) << r.out;
+}
+
+TEST(Cli, ModelErrorsAreClear) {
+  RunStarlingResult r = RunStarling("generate -m /no/such/model -p hi");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_EQ(r.err, "starling: error: /no/such/model: cannot open: No such file or directory\n");
+  r = RunStarling("chat", "hi\n");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("ships no chat template; choose one with --template"), std::string::npos);
+  r = RunStarling("generate -p hi --top-p 1.5");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("top_p = 1.5 is out of range"), std::string::npos) << r.err;
+}
+
 TEST(Cli, EverySubcommandHasHelp) {
-  for (const char* sub : {"tokenize", "detokenize"}) {
-    const Result r = RunStarling(std::string(sub) + " --help");
+  for (const char* sub : {"tokenize", "detokenize", "generate", "chat", "perplexity", "info"}) {
+    const RunStarlingResult r = RunStarling(std::string(sub) + " --help");
     EXPECT_EQ(r.exit_code, 0) << sub;
     EXPECT_NE(r.out.find("Usage:"), std::string::npos) << sub;
   }
-  const Result none = RunStarling("");
+  const RunStarlingResult none = RunStarling("");
   EXPECT_NE(none.exit_code, 0);
 }
 

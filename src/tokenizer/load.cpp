@@ -282,6 +282,19 @@ Tokenizer LoadGgufTokenizer(const GgufFile& gguf, const std::string& source) {
   return Tokenizer(std::move(vocab), std::move(added), source);
 }
 
+std::string LoadChatTemplateJinja(const std::string& path) {
+  if (IsDirectory(path)) {
+    const std::string config = path + "/tokenizer_config.json";
+    if (!FileExists(config)) return {};
+    return ParseHuggingFaceTokenizerFiles({.tokenizer_config_json = ReadFile(config)}, path)
+        .chat_template;
+  }
+  if (ReadFilePrefix(path, 4) == "GGUF") {
+    return GgufFile::Open(path).GetStringOr("tokenizer.chat_template", "");
+  }
+  return {};
+}
+
 Tokenizer LoadTokenizer(const std::string& path) {
   if (IsDirectory(path)) return LoadHuggingFaceTokenizer(path);
   const std::string head = ReadFilePrefix(path, 4);

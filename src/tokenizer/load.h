@@ -28,6 +28,10 @@ Tokenizer LoadHuggingFaceTokenizer(const std::string& directory);
 // The vocabulary that a GGUF file carries (tokenizer.ggml.*; model "llama").
 Tokenizer LoadGgufTokenizer(const GgufFile& gguf, const std::string& source);
 
+// The chat template a model ships, verbatim (Hugging Face: tokenizer_config.json's
+// "chat_template"; GGUF: tokenizer.chat_template); empty when it has none.
+std::string LoadChatTemplateJinja(const std::string& path);
+
 // Parses the added tokens of the Hugging Face JSON files (contents given, not paths, so
 // the parser can be tested and fuzzed). Each name is used in error messages. Empty
 // strings mean the file is absent. Later files add to, and must agree with, earlier ones.

@@ -8,5 +8,9 @@ namespace starling::cli {
 
 void RegisterTokenize(CLI::App& app);
 void RegisterDetokenize(CLI::App& app);
+void RegisterGenerate(CLI::App& app);
+void RegisterChat(CLI::App& app);
+void RegisterPerplexity(CLI::App& app);
+void RegisterInfo(CLI::App& app);
 
 }  // namespace starling::cli

@@ -12,6 +12,10 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   starling::cli::RegisterTokenize(app);
   starling::cli::RegisterDetokenize(app);
+  starling::cli::RegisterGenerate(app);
+  starling::cli::RegisterChat(app);
+  starling::cli::RegisterPerplexity(app);
+  starling::cli::RegisterInfo(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -1,0 +1,165 @@
+#include "generate/generate.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+
+#include "core/error.h"
+
+namespace starling {
+namespace {
+
+double SecondsSince(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+// Streams text while holding back anything that could still become a stop string.
+class StopStringFilter {
+ public:
+  explicit StopStringFilter(const std::vector<std::string>& stops) : stops_(stops) {}
+
+  // Adds text; returns true once a stop string has appeared (the text before it is final).
+  bool Add(std::string_view text) {
+    pending_ += text;
+    for (const std::string& stop : stops_) {
+      if (stop.empty()) continue;
+      const size_t at = pending_.find(stop);
+      if (at != std::string::npos) {
+        ready_ += pending_.substr(0, at);
+        pending_.clear();
+        return true;
+      }
+    }
+    // Keep the longest suffix that is a prefix of some stop string.
+    size_t keep = 0;
+    for (const std::string& stop : stops_) {
+      for (size_t n = std::min(stop.size() - 1, pending_.size()); n > keep; --n) {
+        if (pending_.compare(pending_.size() - n, n, stop, 0, n) == 0) {
+          keep = n;
+          break;
+        }
+      }
+    }
+    ready_ += pending_.substr(0, pending_.size() - keep);
+    pending_.erase(0, pending_.size() - keep);
+    return false;
+  }
+  std::string TakeReady() { return std::exchange(ready_, {}); }
+  std::string Flush() { return std::exchange(ready_, {}) + std::exchange(pending_, {}); }
+
+ private:
+  const std::vector<std::string>& stops_;
+  std::string pending_;
+  std::string ready_;
+};
+
+}  // namespace
+
+const char* FinishReasonName(FinishReason reason) {
+  switch (reason) {
+    case FinishReason::kStop: return "stop";
+    case FinishReason::kLength: return "length";
+    case FinishReason::kCancelled: return "cancelled";
+  }
+  return "unknown";
+}
+
+GenerationResult Generate(Session& session, const Tokenizer& tokenizer,
+                          std::span<const int32_t> prompt, const GenerationOptions& options,
+                          const TextCallback& on_text) {
+  if (options.max_new_tokens < 0) Fail("max new tokens must not be negative");
+  if (prompt.empty()) Fail("the prompt has no tokens (a model needs at least BOS)");
+  const int32_t vocab = session.model().config().vocab_size;
+  GenerationResult result;
+  result.prompt_tokens = static_cast<int32_t>(prompt.size());
+  std::vector<float> logits(static_cast<size_t>(vocab));
+  std::vector<int32_t> history(prompt.begin(), prompt.end());
+  history.reserve(prompt.size() + static_cast<size_t>(options.max_new_tokens));
+  Sampler sampler(options.sampling);
+  StreamDecoder decoder(tokenizer, /*skip_special=*/true);
+  StopStringFilter stops(options.stop_strings);
+  auto emit = [&](const std::string& text) {
+    if (text.empty()) return true;
+    result.text += text;
+    return !on_text || on_text(text);
+  };
+
+  auto start = std::chrono::steady_clock::now();
+  session.Forward(prompt, logits);
+  result.prompt_seconds = SecondsSince(start);
+  start = std::chrono::steady_clock::now();
+  for (int32_t step = 0; step < options.max_new_tokens; ++step) {
+    const int32_t token = sampler.Sample(logits, history);
+    result.tokens.push_back(token);
+    history.push_back(token);
+    if (std::find(options.stop_token_ids.begin(), options.stop_token_ids.end(), token) !=
+        options.stop_token_ids.end()) {
+      result.finish = FinishReason::kStop;
+      break;
+    }
+    const bool stopped = stops.Add(decoder.Push(token));
+    if (!emit(stops.TakeReady())) {
+      result.finish = FinishReason::kCancelled;
+      break;
+    }
+    if (stopped) {
+      result.finish = FinishReason::kStop;
+      break;
+    }
+    if (step + 1 == options.max_new_tokens) break;  // the last token needs no forward pass
+    if (session.length() >= session.context_length()) break;  // context full: "length"
+    session.Forward(std::span<const int32_t>(&token, 1), logits);
+  }
+  if (result.finish != FinishReason::kCancelled) {
+    stops.Add(decoder.Finish());
+    emit(result.finish == FinishReason::kStop ? stops.TakeReady() : stops.Flush());
+  }
+  result.generate_seconds = SecondsSince(start);
+  return result;
+}
+
+PerplexityResult ComputePerplexity(const Model& model, const Tokenizer& tokenizer,
+                                   std::string_view text, int32_t context,
+                                   const std::function<void(int32_t, int32_t, double)>& progress) {
+  if (context < 4) Fail("perplexity context ", context, " is too small (at least 4)");
+  const std::vector<int32_t> tokens = tokenizer.Encode(text, {.add_bos = true});
+  const auto chunks = static_cast<int32_t>(tokens.size() / static_cast<size_t>(context));
+  if (chunks == 0) {
+    Fail("the text has ", tokens.size(), " tokens; perplexity needs at least --ctx ", context);
+  }
+  const int32_t vocab = model.config().vocab_size;
+  Session session(model, context);
+  std::vector<float> logits(static_cast<size_t>(context) * vocab);
+  std::vector<int32_t> window(static_cast<size_t>(context));
+  PerplexityResult r;
+  r.chunks = chunks;
+  double sum = 0, sum_squares = 0;
+  const int32_t first = context / 2;
+  for (int32_t c = 0; c < chunks; ++c) {
+    std::copy_n(tokens.begin() + static_cast<ptrdiff_t>(c) * context, context, window.begin());
+    if (tokenizer.bos_id() >= 0) window[0] = tokenizer.bos_id();
+    session.Truncate(0);
+    session.Forward(window, logits, /*all_logits=*/true);
+    for (int32_t j = first; j < context - 1; ++j) {
+      const float* row = &logits[static_cast<size_t>(j) * vocab];
+      const double max_logit = *std::max_element(row, row + vocab);
+      double z = 0;
+      for (int32_t i = 0; i < vocab; ++i) z += std::exp(double{row[i]} - max_logit);
+      const int32_t next = tokens[static_cast<size_t>(c) * context + j + 1];
+      const double nll = max_logit + std::log(z) - row[next];
+      sum += nll;
+      sum_squares += nll * nll;
+      ++r.tokens_scored;
+    }
+    if (progress) progress(c + 1, chunks, std::exp(sum / static_cast<double>(r.tokens_scored)));
+  }
+  const auto n = static_cast<double>(r.tokens_scored);
+  r.mean_nll = sum / n;
+  const double variance = sum_squares / n - r.mean_nll * r.mean_nll;
+  r.nll_stderr = n > 1 ? std::sqrt(std::max(0.0, variance) / (n - 1)) : 0;
+  r.perplexity = std::exp(r.mean_nll);
+  r.perplexity_stderr = r.perplexity * r.nll_stderr;
+  return r;
+}
+
+}  // namespace starling

@@ -1,0 +1,70 @@
+#include "generate/loaded_model.h"
+
+#include <algorithm>
+
+#include "core/error.h"
+#include "formats/gguf.h"
+#include "tokenizer/load.h"
+
+namespace starling {
+
+const ChatTemplate& LoadedModel::ChooseTemplate(std::string_view name) const {
+  if (!name.empty()) return ChatTemplate::ByName(name);
+  if (chat_template_jinja.empty()) {
+    Fail(source, " ships no chat template; choose one with --template (",
+         "openchat, openchat-code, llama-2)");
+  }
+  const ChatTemplate* known = ChatTemplate::FromJinja(chat_template_jinja);
+  if (known == nullptr) {
+    Fail(source, " ships a chat template that is not one of the known templates; choose one "
+                 "with --template (openchat, openchat-code, llama-2)");
+  }
+  return *known;
+}
+
+std::vector<int32_t> LoadedModel::StopTokens(const ChatTemplate* chat_template) const {
+  std::vector<int32_t> stops = model->config().eos_token_ids;
+  if (tokenizer->eos_id() >= 0) stops.push_back(tokenizer->eos_id());
+  if (chat_template != nullptr) {
+    if (const auto id = tokenizer->FindAddedToken(chat_template->end_of_turn())) {
+      stops.push_back(*id);
+    }
+  }
+  std::sort(stops.begin(), stops.end());
+  stops.erase(std::unique(stops.begin(), stops.end()), stops.end());
+  return stops;
+}
+
+namespace {
+
+void CheckVocabulary(const LoadedModel& m) {
+  if (m.tokenizer->vocab_size() > m.model->config().vocab_size) {
+    Fail(m.source, ": the tokenizer has ", m.tokenizer->vocab_size(),
+         " tokens but the model's vocabulary is ", m.model->config().vocab_size);
+  }
+}
+
+}  // namespace
+
+LoadedModel LoadModel(const std::string& path) {
+  LoadedModel m;
+  m.source = path;
+  m.model = std::make_unique<Model>(Model::Load(path));
+  m.tokenizer = std::make_unique<Tokenizer>(LoadTokenizer(path));
+  m.chat_template_jinja = LoadChatTemplateJinja(path);
+  CheckVocabulary(m);
+  return m;
+}
+
+LoadedModel LoadModelFromGgufBytes(std::string_view bytes, const std::string& name) {
+  LoadedModel m;
+  m.source = name;
+  m.model = std::make_unique<Model>(Model::LoadGgufBytes(bytes, name));
+  const GgufFile gguf = GgufFile::Parse(bytes, name);
+  m.tokenizer = std::make_unique<Tokenizer>(LoadGgufTokenizer(gguf, name));
+  m.chat_template_jinja = gguf.GetStringOr("tokenizer.chat_template", "");
+  CheckVocabulary(m);
+  return m;
+}
+
+}  // namespace starling

@@ -1,0 +1,150 @@
+#include "kernels/kernels.h"
+
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+namespace starling {
+
+float HalfToFloat(uint16_t h) {
+  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
+  const uint32_t exponent = (h >> 10) & 0x1Fu;
+  uint32_t mantissa = h & 0x3FFu;
+  uint32_t bits;
+  if (exponent == 0) {
+    if (mantissa == 0) {
+      bits = sign;
+    } else {  // subnormal: normalize
+      int shift = 0;
+      while ((mantissa & 0x400u) == 0) {
+        mantissa <<= 1;
+        ++shift;
+      }
+      mantissa &= 0x3FFu;
+      bits = sign | static_cast<uint32_t>(127 - 15 - shift + 1) << 23 | mantissa << 13;
+    }
+  } else if (exponent == 0x1F) {
+    bits = sign | 0x7F800000u | mantissa << 13;  // inf or NaN
+  } else {
+    bits = sign | (exponent + 127 - 15) << 23 | mantissa << 13;
+  }
+  float out;
+  std::memcpy(&out, &bits, 4);
+  return out;
+}
+
+float BFloat16ToFloat(uint16_t b) {
+  const uint32_t bits = static_cast<uint32_t>(b) << 16;
+  float out;
+  std::memcpy(&out, &bits, 4);
+  return out;
+}
+
+void ReadRow(const WeightMatrix& w, int64_t row, float* out) {
+  const size_t offset = static_cast<size_t>(row) * static_cast<size_t>(w.cols);
+  switch (w.dtype) {
+    case DType::kF32:
+      std::memcpy(out, static_cast<const float*>(w.data) + offset, w.cols * sizeof(float));
+      return;
+    case DType::kF16: {
+      const auto* src = static_cast<const uint16_t*>(w.data) + offset;
+      for (int64_t i = 0; i < w.cols; ++i) out[i] = HalfToFloat(src[i]);
+      return;
+    }
+    case DType::kBF16: {
+      const auto* src = static_cast<const uint16_t*>(w.data) + offset;
+      for (int64_t i = 0; i < w.cols; ++i) out[i] = BFloat16ToFloat(src[i]);
+      return;
+    }
+    default:
+      std::abort();  // the loader admits only F32, F16 and BF16 weights
+  }
+}
+
+void MatMul(const WeightMatrix& w, const float* x, int64_t tokens, float* out) {
+  std::vector<float> row(static_cast<size_t>(w.cols));
+  for (int64_t r = 0; r < w.rows; ++r) {
+    ReadRow(w, r, row.data());  // converted once, used for every token
+    for (int64_t t = 0; t < tokens; ++t) {
+      const float* xt = x + t * w.cols;
+      float sum = 0.0f;
+      for (int64_t c = 0; c < w.cols; ++c) sum += row[c] * xt[c];
+      out[t * w.rows + r] = sum;
+    }
+  }
+}
+
+void RmsNorm(const float* x, const float* weight, int64_t n, float eps, float* out) {
+  float sum_squares = 0.0f;
+  for (int64_t i = 0; i < n; ++i) sum_squares += x[i] * x[i];
+  const float scale = 1.0f / std::sqrt(sum_squares / static_cast<float>(n) + eps);
+  for (int64_t i = 0; i < n; ++i) out[i] = x[i] * scale * weight[i];
+}
+
+void Softmax(float* x, int64_t n) {
+  float max_value = -std::numeric_limits<float>::infinity();
+  for (int64_t i = 0; i < n; ++i) max_value = std::max(max_value, x[i]);
+  float sum = 0.0f;
+  for (int64_t i = 0; i < n; ++i) {
+    x[i] = std::exp(x[i] - max_value);
+    sum += x[i];
+  }
+  const float inverse = 1.0f / sum;
+  for (int64_t i = 0; i < n; ++i) x[i] *= inverse;
+}
+
+void SiluMul(float* gate, const float* up, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float g = gate[i];
+    gate[i] = g / (1.0f + std::exp(-g)) * up[i];
+  }
+}
+
+void Rope(float* vec, int64_t heads, int64_t head_dim, int64_t rope_dim, int64_t position,
+          std::span<const float> inv_freq, bool interleaved) {
+  const int64_t half = rope_dim / 2;
+  for (int64_t i = 0; i < half; ++i) {
+    // Angles as Hugging Face computes them: float32 position * float32 inverse frequency.
+    const float angle = static_cast<float>(position) * inv_freq[i];
+    const float c = std::cos(angle), s = std::sin(angle);
+    for (int64_t h = 0; h < heads; ++h) {
+      float* v = vec + h * head_dim;
+      const int64_t a = interleaved ? 2 * i : i;
+      const int64_t b = interleaved ? 2 * i + 1 : i + half;
+      const float x0 = v[a], x1 = v[b];
+      v[a] = x0 * c - x1 * s;
+      v[b] = x1 * c + x0 * s;
+    }
+  }
+}
+
+void Attention(const float* q, const float* keys, const float* values, int64_t num_heads,
+               int64_t num_kv_heads, int64_t head_dim, int64_t first, int64_t last,
+               float* scores, float* out) {
+  const int64_t group = num_heads / num_kv_heads;
+  const int64_t kv_stride = num_kv_heads * head_dim;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
+  const int64_t count = last - first + 1;
+  for (int64_t h = 0; h < num_heads; ++h) {
+    const float* qh = q + h * head_dim;
+    const int64_t kv_head = h / group;
+    for (int64_t j = first; j <= last; ++j) {
+      const float* k = keys + j * kv_stride + kv_head * head_dim;
+      float dot = 0.0f;
+      for (int64_t d = 0; d < head_dim; ++d) dot += qh[d] * k[d];
+      scores[j - first] = dot * scale;
+    }
+    Softmax(scores, count);
+    float* oh = out + h * head_dim;
+    for (int64_t d = 0; d < head_dim; ++d) oh[d] = 0.0f;
+    for (int64_t j = first; j <= last; ++j) {
+      const float p = scores[j - first];
+      const float* v = values + j * kv_stride + kv_head * head_dim;
+      for (int64_t d = 0; d < head_dim; ++d) oh[d] += p * v[d];
+    }
+  }
+}
+
+}  // namespace starling

@@ -1,0 +1,55 @@
+// Model-agnostic kernels over float32 activations. These are the readable reference
+// implementations (the "scalar twins"); faster versions must match them in tests.
+// Shapes use the vocabulary of model/config.h (T tokens, D hidden, Dh head dim, ...).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+
+#include "core/dtype.h"
+
+namespace starling {
+
+// A row-major weight matrix [rows, cols] stored as F32, F16 or BF16, read in place
+// (memory-mapped): row r starts at data + r * cols * DTypeSize(dtype).
+struct WeightMatrix {
+  DType dtype = DType::kF32;
+  const void* data = nullptr;
+  int64_t rows = 0;
+  int64_t cols = 0;
+};
+
+float HalfToFloat(uint16_t bits);
+float BFloat16ToFloat(uint16_t bits);
+
+// out[cols] = row `row` of `w`, converted to float32.
+void ReadRow(const WeightMatrix& w, int64_t row, float* out);
+
+// out[T, w.rows] = x[T, w.cols] @ w^T, accumulating in float32 in index order.
+void MatMul(const WeightMatrix& w, const float* x, int64_t tokens, float* out);
+
+// out[n] = x[n] / sqrt(mean(x^2) + eps) * weight[n]. `out` may alias `x`.
+void RmsNorm(const float* x, const float* weight, int64_t n, float eps, float* out);
+
+// In-place softmax over x[n], max-subtracted. -inf entries get probability 0.
+void Softmax(float* x, int64_t n);
+
+// gate[n] = silu(gate[n]) * up[n]
+void SiluMul(float* gate, const float* up, int64_t n);
+
+// Rotary position embedding of one token's heads, in place: vec[heads, head_dim]. Only the
+// first rope_dim dimensions of each head rotate. `inv_freq[rope_dim / 2]` holds
+// theta^(-2i / rope_dim). `interleaved`: pairs (2i, 2i+1) (GGUF); else (i, i + rope_dim/2)
+// (Hugging Face's rotate_half).
+void Rope(float* vec, int64_t heads, int64_t head_dim, int64_t rope_dim, int64_t position,
+          std::span<const float> inv_freq, bool interleaved);
+
+// Causal attention of one query position over cached keys/values [first, last] (inclusive)
+// with grouped heads: query head h reads key/value head h / (H / KVH).
+//   q[H, Dh]; keys, values: [S, KVH * Dh] rows; out[H, Dh]; scores: scratch [last + 1].
+void Attention(const float* q, const float* keys, const float* values, int64_t num_heads,
+               int64_t num_kv_heads, int64_t head_dim, int64_t first, int64_t last,
+               float* scores, float* out);
+
+}  // namespace starling

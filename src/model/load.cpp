@@ -1,0 +1,122 @@
+// Model::Load: from a Hugging Face directory or a GGUF file to named tensors and a config.
+// Both sources are mapped to the same canonical (Hugging Face) tensor names, so one binding
+// step in model.cpp serves both.
+#include <map>
+#include <memory>
+
+#include "core/error.h"
+#include "core/file.h"
+#include "formats/gguf.h"
+#include "formats/safetensors.h"
+#include "model/gguf_config.h"
+#include "model/hf_config.h"
+#include "model/model.h"
+
+namespace starling {
+namespace {
+
+// GGUF "llama" tensor names -> Hugging Face names. Per-layer names are matched after the
+// "blk.N." prefix.
+const std::map<std::string, std::string>& GgufGlobalNames() {
+  static const std::map<std::string, std::string> names = {
+      {"token_embd.weight", "model.embed_tokens.weight"},
+      {"output_norm.weight", "model.norm.weight"},
+      {"output.weight", "lm_head.weight"},
+  };
+  return names;
+}
+
+const std::map<std::string, std::string>& GgufLayerNames() {
+  static const std::map<std::string, std::string> names = {
+      {"attn_norm.weight", "input_layernorm.weight"},
+      {"attn_q.weight", "self_attn.q_proj.weight"},
+      {"attn_k.weight", "self_attn.k_proj.weight"},
+      {"attn_v.weight", "self_attn.v_proj.weight"},
+      {"attn_output.weight", "self_attn.o_proj.weight"},
+      {"ffn_norm.weight", "post_attention_layernorm.weight"},
+      {"ffn_gate.weight", "mlp.gate_proj.weight"},
+      {"ffn_up.weight", "mlp.up_proj.weight"},
+      {"ffn_down.weight", "mlp.down_proj.weight"},
+  };
+  return names;
+}
+
+std::string CanonicalGgufName(const std::string& name) {
+  if (const auto it = GgufGlobalNames().find(name); it != GgufGlobalNames().end()) {
+    return it->second;
+  }
+  if (name.rfind("blk.", 0) == 0) {
+    const size_t dot = name.find('.', 4);
+    if (dot != std::string::npos) {
+      const std::string layer = name.substr(4, dot - 4);
+      if (const auto it = GgufLayerNames().find(name.substr(dot + 1));
+          it != GgufLayerNames().end()) {
+        return "model.layers." + layer + "." + it->second;
+      }
+    }
+  }
+  return name;  // not one the model binds; kept for `info`
+}
+
+Model LoadGguf(std::shared_ptr<const GgufFile> gguf) {
+  const std::string& path = gguf->source();
+  const ModelConfig config = ModelConfigFromGguf(*gguf, path);
+  std::vector<TensorRef> tensors;
+  for (const GgufTensorInfo& info : gguf->tensors()) {
+    TensorRef t;
+    t.name = CanonicalGgufName(info.name);
+    t.file = path;
+    switch (info.ggml_type) {
+      case kGgmlF32: t.dtype = DType::kF32; break;
+      case kGgmlF16: t.dtype = DType::kF16; break;
+      case kGgmlBF16: t.dtype = DType::kBF16; break;
+      default:
+        Fail(path, ": tensor '", info.name, "' has type ", GgufTypeName(info.ggml_type),
+             "; this build runs F32, F16 and BF16 tensors (quantized types are not supported yet)");
+    }
+    // GGUF lists dimensions fastest-varying first; ours are outermost first.
+    for (auto it = info.dims.rbegin(); it != info.dims.rend(); ++it) {
+      t.shape.push_back(static_cast<int64_t>(*it));
+    }
+    const std::string_view data = gguf->TensorData(info);
+    t.data = data.data();
+    t.size_bytes = data.size();
+    tensors.push_back(std::move(t));
+  }
+  return Model(config, tensors, path, gguf);
+}
+
+Model LoadHuggingFace(const std::string& dir) {
+  const ModelConfig config = LoadHuggingFaceConfig(dir);
+  auto weights = std::make_shared<SafetensorsModel>(SafetensorsModel::OpenDirectory(dir));
+  std::vector<TensorRef> tensors;
+  for (const SafetensorsModel::Entry& entry : weights->tensors()) {
+    TensorRef t;
+    t.name = entry.tensor->name;
+    t.file = entry.file->source();
+    t.dtype = entry.tensor->dtype;
+    t.shape = entry.tensor->shape;
+    const std::string_view data = weights->Data(entry);
+    t.data = data.data();
+    t.size_bytes = data.size();
+    tensors.push_back(std::move(t));
+  }
+  return Model(config, tensors, dir, weights);
+}
+
+}  // namespace
+
+Model Model::LoadGgufBytes(std::string_view bytes, const std::string& source) {
+  return LoadGguf(std::make_shared<const GgufFile>(GgufFile::Parse(bytes, source)));
+}
+
+Model Model::Load(const std::string& path) {
+  if (IsDirectory(path)) return LoadHuggingFace(path);
+  if (ReadFilePrefix(path, 4) == "GGUF") {
+    return LoadGguf(std::make_shared<const GgufFile>(GgufFile::Open(path)));
+  }
+  Fail(path, ": not a model (expected a Hugging Face directory with config.json and "
+             "*.safetensors, or a GGUF file)");
+}
+
+}  // namespace starling

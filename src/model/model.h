@@ -1,0 +1,107 @@
+// A Llama/Mistral-architecture decoder: its config, its weights (memory-mapped where they
+// are stored, never copied), and the forward pass over a KV cache.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "kernels/kernels.h"
+#include "model/config.h"
+
+namespace starling {
+
+// A tensor as a file stores it, before it is bound to a role in the model.
+struct TensorRef {
+  std::string name;            // canonical (Hugging Face) name
+  std::string file;            // for messages
+  DType dtype = DType::kF32;
+  std::vector<int64_t> shape;  // outermost first: a [rows, cols] matrix is {rows, cols}
+  const void* data = nullptr;
+  uint64_t size_bytes = 0;
+};
+
+struct LayerWeights {
+  std::vector<float> attn_norm;  // [D]
+  WeightMatrix wq;               // [H * Dh, D]
+  WeightMatrix wk;               // [KVH * Dh, D]
+  WeightMatrix wv;               // [KVH * Dh, D]
+  WeightMatrix wo;               // [D, H * Dh]
+  std::vector<float> ffn_norm;   // [D]
+  WeightMatrix w_gate;           // [F, D]
+  WeightMatrix w_up;             // [F, D]
+  WeightMatrix w_down;           // [D, F]
+};
+
+class Model {
+ public:
+  // A Hugging Face directory (config.json + *.safetensors, sharded or not) or a GGUF file.
+  static Model Load(const std::string& path);
+  // A GGUF file already in memory (e.g. embedded in the executable); `bytes` must outlive
+  // the model.
+  static Model LoadGgufBytes(std::string_view bytes, const std::string& source);
+
+  // Binds named tensors to the model's roles, checking that every tensor is present with
+  // the shape the config implies and a supported dtype. `storage` keeps the mappings alive.
+  Model(ModelConfig config, const std::vector<TensorRef>& tensors, std::string source,
+        std::shared_ptr<const void> storage);
+
+  const ModelConfig& config() const { return config_; }
+  const std::string& source() const { return source_; }
+  const std::vector<LayerWeights>& layers() const { return layers_; }
+  const WeightMatrix& embedding() const { return embedding_; }  // [V, D]
+  const WeightMatrix& lm_head() const { return lm_head_; }      // [V, D]
+  const std::vector<float>& final_norm() const { return final_norm_; }
+  const std::vector<float>& inv_freq() const { return inv_freq_; }  // [rope_dim / 2]
+  // Bytes of weights as stored (what generating one token reads), and the tensor list.
+  uint64_t weight_bytes() const { return weight_bytes_; }
+  const std::vector<TensorRef>& tensors() const { return tensors_; }
+
+ private:
+  ModelConfig config_;
+  std::string source_;
+  std::shared_ptr<const void> storage_;
+  std::vector<TensorRef> tensors_;
+  WeightMatrix embedding_;
+  WeightMatrix lm_head_;
+  std::vector<float> final_norm_;
+  std::vector<LayerWeights> layers_;
+  std::vector<float> inv_freq_;
+  uint64_t weight_bytes_ = 0;
+};
+
+// One sequence's state: the KV cache and scratch buffers, sized once for `context_length`
+// positions, so that decoding allocates nothing.
+class Session {
+ public:
+  Session(const Model& model, int32_t context_length);
+
+  // Runs `tokens` at positions [length(), length() + T) and appends their keys and values to
+  // the cache. Writes logits [V] of the last token, or with `all_logits` [T, V] for every
+  // token, into `logits`. Throws starling::Error when the context would overflow or a token
+  // id is outside the vocabulary.
+  void Forward(std::span<const int32_t> tokens, std::span<float> logits, bool all_logits = false);
+
+  const Model& model() const { return *model_; }
+  int32_t length() const { return length_; }
+  int32_t context_length() const { return context_length_; }
+  // Forgets positions >= n (n <= length()), e.g. to start a new conversation.
+  void Truncate(int32_t n);
+  uint64_t kv_cache_bytes() const { return (keys_.size() + values_.size()) * sizeof(float); }
+
+ private:
+  void EnsureScratch(int64_t tokens);
+
+  const Model* model_;
+  int32_t context_length_;
+  int32_t length_ = 0;
+  std::vector<float> keys_;    // [L, S, KVH * Dh]
+  std::vector<float> values_;  // [L, S, KVH * Dh]
+  // Scratch for a batch of T tokens.
+  int64_t scratch_tokens_ = 0;
+  std::vector<float> x_, xn_, q_, k_, v_, attn_, gate_, up_, scores_, last_;
+};
+
+}  // namespace starling

@@ -1,0 +1,326 @@
+// `starling generate`, `chat`, `perplexity` and `info`.
+#include <unistd.h>
+
+#include <cstdio>
+#include <iostream>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "chat/chat_template.h"
+#include "commands.h"
+#include "core/error.h"
+#include "core/file.h"
+#include "embedded_model.h"
+#include "generate/generate.h"
+
+namespace starling::cli {
+namespace {
+
+void Print(std::string_view text) {
+  std::fwrite(text.data(), 1, text.size(), stdout);
+  std::fflush(stdout);
+}
+
+// Sampling and length flags shared by generate and chat, with llama.cpp's names.
+struct SamplingFlags {
+  int32_t n_predict = 256;
+  float temperature = 0.8f;
+  int32_t top_k = 40;
+  float top_p = 0.95f;
+  float min_p = 0.05f;
+  float repeat_penalty = 1.0f;
+  int32_t repeat_last_n = 64;
+  int64_t seed = -1;
+  int32_t context = 0;
+  std::vector<std::string> stop;
+
+  void Add(CLI::App* cmd) {
+    cmd->add_option("-n,--n-predict", n_predict, "maximum new tokens")->capture_default_str();
+    cmd->add_option("--temp", temperature, "temperature; 0 is greedy")->capture_default_str();
+    cmd->add_option("--top-k", top_k, "top-k sampling; 0 is off")->capture_default_str();
+    cmd->add_option("--top-p", top_p, "nucleus sampling; 1 is off")->capture_default_str();
+    cmd->add_option("--min-p", min_p, "min-p sampling; 0 is off")->capture_default_str();
+    cmd->add_option("--repeat-penalty", repeat_penalty, "1 is off")->capture_default_str();
+    cmd->add_option("--repeat-last-n", repeat_last_n, "tokens the penalty looks back")
+        ->capture_default_str();
+    cmd->add_option("--seed", seed, "sampling seed (default: random, printed to stderr)");
+    cmd->add_option("-c,--ctx", context,
+                    "context length: KV cache positions (default: the model's, at most 4096)");
+    cmd->add_option("--stop", stop, "stop string (repeatable)");
+  }
+
+  GenerationOptions Options(const LoadedModel& m, const ChatTemplate* chat_template) const {
+    GenerationOptions o;
+    o.max_new_tokens = n_predict;
+    o.sampling.temperature = temperature;
+    o.sampling.top_k = top_k;
+    o.sampling.top_p = top_p;
+    o.sampling.min_p = min_p;
+    o.sampling.repeat_penalty = repeat_penalty;
+    o.sampling.repeat_last_n = repeat_last_n;
+    if (seed >= 0) {
+      o.sampling.seed = static_cast<uint64_t>(seed);
+    } else {
+      o.sampling.seed = std::random_device{}();
+      if (temperature > 0) {
+        std::fprintf(stderr, "seed: %llu\n", static_cast<unsigned long long>(o.sampling.seed));
+      }
+    }
+    o.sampling.Validate();
+    o.stop_token_ids = m.StopTokens(chat_template);
+    o.stop_strings = stop;
+    return o;
+  }
+
+  int32_t Context(const LoadedModel& m) const {
+    const int32_t max = m.model->config().max_position_embeddings;
+    if (context < 0) Fail("--ctx ", context, " must be positive");
+    return context > 0 ? context : std::min(max, 4096);
+  }
+};
+
+void PrintStats(const GenerationResult& r) {
+  const double gen_tps = r.generate_seconds > 0
+                             ? static_cast<double>(r.tokens.size()) / r.generate_seconds
+                             : 0.0;
+  std::fprintf(stderr,
+               "\n[%d prompt tokens in %.3f s (%.1f tok/s); %zu generated in %.3f s (%.1f "
+               "tok/s); finish: %s]\n",
+               r.prompt_tokens, r.prompt_seconds,
+               r.prompt_seconds > 0 ? r.prompt_tokens / r.prompt_seconds : 0.0, r.tokens.size(),
+               r.generate_seconds, gen_tps, FinishReasonName(r.finish));
+}
+
+struct GenerateFlags {
+  std::string model;
+  std::string prompt;
+  bool prompt_given = false;
+  std::string file;
+  std::string template_name;
+  std::string system;
+  bool verbose = false;
+  SamplingFlags sampling;
+};
+
+void RunGenerate(const GenerateFlags& f) {
+  if (f.prompt_given && !f.file.empty()) Fail("give either -p or -f, not both");
+  const LoadedModel m = LoadModelOrDefault(f.model);
+  std::string prompt = f.prompt;
+  if (!f.file.empty()) prompt = f.file == "-" ? ReadStdin() : ReadFile(f.file);
+  std::vector<int32_t> ids;
+  const ChatTemplate* chat_template = nullptr;
+  if (!f.template_name.empty()) {
+    chat_template = &ChatTemplate::ByName(f.template_name);
+    std::vector<ChatMessage> messages;
+    if (!f.system.empty()) messages.push_back({"system", f.system});
+    messages.push_back({"user", prompt});
+    ids = chat_template->Render(*m.tokenizer, messages, true).ids;
+  } else {
+    if (!f.system.empty()) Fail("--system needs --template");
+    // Raw continuation: BOS first, special-token text recognised as in Hugging Face.
+    ids = m.tokenizer->Encode(prompt, {.add_bos = true});
+  }
+  Session session(*m.model, f.sampling.Context(m));
+  const GenerationResult r =
+      Generate(session, *m.tokenizer, ids, f.sampling.Options(m, chat_template),
+               [](std::string_view text) {
+                 Print(text);
+                 return true;
+               });
+  if (f.verbose) PrintStats(r);
+}
+
+struct ChatFlags {
+  std::string model;
+  std::string template_name;
+  std::string system;
+  SamplingFlags sampling;
+};
+
+// Interactive chat; also works with a pipe (one user message per line). The KV cache is
+// kept across turns: each turn renders the whole conversation and only the tokens after the
+// longest prefix already in the cache are run.
+void RunChat(const ChatFlags& f) {
+  const LoadedModel m = LoadModelOrDefault(f.model);
+  const ChatTemplate& chat_template = m.ChooseTemplate(f.template_name);
+  const GenerationOptions options = f.sampling.Options(m, &chat_template);
+  Session session(*m.model, f.sampling.Context(m));
+  std::vector<int32_t> cached;  // the tokens whose keys/values the session holds
+  std::vector<ChatMessage> messages;
+  std::string system = f.system;
+  const bool interactive = ::isatty(STDIN_FILENO) != 0;
+  if (interactive) {
+    std::fprintf(stderr,
+                 "chat with %s (template %s). /reset starts over, /system TEXT sets the system "
+                 "message, /quit or end of input leaves.\n",
+                 m.source.c_str(), std::string(chat_template.name()).c_str());
+  }
+  std::string line;
+  while (true) {
+    if (interactive) std::fprintf(stderr, "> ");
+    if (!std::getline(std::cin, line)) break;
+    if (line.empty()) continue;
+    if (line == "/quit" || line == "/exit") break;
+    if (line == "/reset") {
+      messages.clear();
+      std::fprintf(stderr, "[conversation reset]\n");
+      continue;
+    }
+    if (line.rfind("/system", 0) == 0) {
+      system = line.size() > 8 ? line.substr(8) : "";
+      messages.clear();
+      std::fprintf(stderr, "[system message set; conversation reset]\n");
+      continue;
+    }
+    messages.push_back({"user", line});
+    std::vector<ChatMessage> conversation;
+    if (!system.empty()) conversation.push_back({"system", system});
+    conversation.insert(conversation.end(), messages.begin(), messages.end());
+    const std::vector<int32_t> ids = chat_template.Render(*m.tokenizer, conversation, true).ids;
+    size_t common = 0;
+    while (common < cached.size() && common < ids.size() && cached[common] == ids[common]) {
+      ++common;
+    }
+    if (common == ids.size()) --common;  // at least one token must run to get logits
+    session.Truncate(static_cast<int32_t>(common));
+    if (ids.size() + static_cast<size_t>(options.max_new_tokens) >
+        static_cast<size_t>(session.context_length())) {
+      std::fprintf(stderr, "[the conversation no longer fits the context; /reset]\n");
+      messages.pop_back();
+      continue;
+    }
+    const GenerationResult r = Generate(session, *m.tokenizer,
+                                        std::span(ids).subspan(common), options,
+                                        [](std::string_view text) {
+                                          Print(text);
+                                          return true;
+                                        });
+    Print("\n");
+    cached = ids;
+    cached.insert(cached.end(), r.tokens.begin(), r.tokens.end());
+    cached.resize(static_cast<size_t>(session.length()));
+    messages.push_back({"assistant", r.text});
+  }
+}
+
+void RunPerplexity(const std::string& model, const std::string& file, int32_t context) {
+  const LoadedModel m = LoadModelOrDefault(model);
+  const std::string text = file == "-" ? ReadStdin() : ReadFile(file);
+  const PerplexityResult r =
+      ComputePerplexity(*m.model, *m.tokenizer, text, context, [](int32_t c, int32_t n, double p) {
+        std::fprintf(stderr, "[%d/%d] running perplexity %.4f\n", c, n, p);
+      });
+  std::printf(
+      "chunks: %d of %d tokens, scored tokens: %lld\nmean NLL: %.6f +/- %.6f nats/token\n"
+      "perplexity: %.4f +/- %.4f\n",
+      r.chunks, context, static_cast<long long>(r.tokens_scored), r.mean_nll, r.nll_stderr,
+      r.perplexity, r.perplexity_stderr);
+}
+
+std::string Bytes(uint64_t n) {
+  char buf[64];
+  if (n >= (1ull << 30)) {
+    std::snprintf(buf, sizeof buf, "%.2f GiB", static_cast<double>(n) / (1ull << 30));
+  } else {
+    std::snprintf(buf, sizeof buf, "%.2f MiB", static_cast<double>(n) / (1ull << 20));
+  }
+  return buf;
+}
+
+void RunInfo(const std::string& path, int32_t context) {
+  const LoadedModel m = LoadModelOrDefault(path);
+  const ModelConfig& c = m.model->config();
+  const int32_t ctx = context > 0 ? context : std::min(c.max_position_embeddings, 4096);
+  std::printf("model: %s\narchitecture: %s\n", m.source.c_str(), c.architecture.c_str());
+  std::printf(
+      "vocab %d, hidden %d, intermediate %d, layers %d, heads %d, kv heads %d, head dim %d, "
+      "rope dim %d (%s), rope theta %g, rms eps %g, sliding window %d, max positions %d, "
+      "tied embeddings %s\n",
+      c.vocab_size, c.hidden_size, c.intermediate_size, c.num_layers, c.num_heads,
+      c.num_kv_heads, c.head_dim, c.rope_dim,
+      c.rope_layout == RopeLayout::kHalves ? "halves" : "interleaved", c.rope_theta,
+      c.rms_norm_eps, c.sliding_window, c.max_position_embeddings,
+      c.tie_word_embeddings ? "yes" : "no");
+  std::printf("bos %d, eos", c.bos_token_id);
+  for (const int32_t e : c.eos_token_ids) std::printf(" %d", e);
+  std::printf("\ntokenizer: %d tokens", m.tokenizer->vocab_size());
+  const ChatTemplate* known = m.chat_template_jinja.empty()
+                                  ? nullptr
+                                  : ChatTemplate::FromJinja(m.chat_template_jinja);
+  std::printf("; chat template: %s\n",
+              m.chat_template_jinja.empty() ? "none"
+              : known != nullptr           ? std::string(known->name()).c_str()
+                                           : "unknown (use --template)");
+  std::printf("tensors: %zu\n", m.model->tensors().size());
+  for (const TensorRef& t : m.model->tensors()) {
+    std::string shape;
+    for (size_t i = 0; i < t.shape.size(); ++i) {
+      shape += (i ? " x " : "") + std::to_string(t.shape[i]);
+    }
+    std::printf("  %-48s %-5s %s\n", t.name.c_str(), DTypeName(t.dtype), shape.c_str());
+  }
+  const uint64_t kv = uint64_t{2} * c.num_layers * static_cast<uint64_t>(ctx) * c.num_kv_heads *
+                      c.head_dim * sizeof(float);
+  std::printf("memory: weights %s (memory-mapped, read in place), KV cache %s for %d positions "
+              "(float32)\n",
+              Bytes(m.model->weight_bytes()).c_str(), Bytes(kv).c_str(), ctx);
+}
+
+}  // namespace
+
+void RegisterGenerate(CLI::App& app) {
+  auto f = std::make_shared<GenerateFlags>();
+  CLI::App* cmd = app.add_subcommand(
+      "generate", "Continue a prompt (or answer it with --template), streaming the new text");
+  cmd->add_option("-m,--model", f->model,
+                  "a Hugging Face directory or a GGUF file (default: the embedded stories260K)");
+  cmd->add_option("-p,--prompt", f->prompt, "the prompt text (\"\" for BOS alone)");
+  cmd->add_option("-f,--file", f->file, "read the prompt from FILE ('-': stdin)");
+  cmd->add_option("--template", f->template_name,
+                  "render the prompt as a user turn (openchat, openchat-code, llama-2)");
+  cmd->add_option("--system", f->system, "system message (with --template)");
+  cmd->add_flag("-v,--verbose", f->verbose, "print timings to stderr");
+  f->sampling.Add(cmd);
+  cmd->callback([f, cmd] {
+    f->prompt_given = cmd->count("--prompt") > 0;
+    RunGenerate(*f);
+  });
+}
+
+void RegisterChat(CLI::App& app) {
+  auto f = std::make_shared<ChatFlags>();
+  CLI::App* cmd = app.add_subcommand(
+      "chat", "Multi-turn chat on stdin (interactive or piped, one message per line)");
+  cmd->add_option("-m,--model", f->model, "a Hugging Face directory or a GGUF file");
+  cmd->add_option("--template", f->template_name,
+                  "chat template (default: the model's own, when it is a known one)");
+  cmd->add_option("--system", f->system, "system message");
+  f->sampling.Add(cmd);
+  cmd->callback([f] { RunChat(*f); });
+}
+
+void RegisterPerplexity(CLI::App& app) {
+  auto model = std::make_shared<std::string>();
+  auto file = std::make_shared<std::string>();
+  auto context = std::make_shared<int32_t>(512);
+  CLI::App* cmd = app.add_subcommand(
+      "perplexity", "Mean negative log-likelihood and perplexity of a text (llama.cpp's method)");
+  cmd->add_option("-m,--model", *model, "a Hugging Face directory or a GGUF file");
+  cmd->add_option("-f,--file", *file, "the text ('-': stdin)")->required();
+  cmd->add_option("-c,--ctx", *context, "window length in tokens")->capture_default_str();
+  cmd->callback([=] { RunPerplexity(*model, *file, *context); });
+}
+
+void RegisterInfo(CLI::App& app) {
+  auto model = std::make_shared<std::string>();
+  auto context = std::make_shared<int32_t>(0);
+  CLI::App* cmd = app.add_subcommand(
+      "info", "Show a model's config, tensors, dtypes and the memory it will use");
+  cmd->add_option("-m,--model", *model, "a Hugging Face directory or a GGUF file");
+  cmd->add_option("-c,--ctx", *context, "context length for the KV cache estimate");
+  cmd->callback([=] { RunInfo(*model, *context); });
+}
+
+}  // namespace starling::cli
