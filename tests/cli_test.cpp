@@ -41,13 +41,15 @@ std::string WriteTemp(const std::string& name, const std::string& content) {
 }
 
 TEST(Cli, TokenizePrintsIdsAndPieces) {
-  const RunStarlingResult r = RunStarling("tokenize --tokenizer " + kOpenChat + " 'Hello<|end_of_turn|>'");
+  const RunStarlingResult r =
+      RunStarling("tokenize --tokenizer " + kOpenChat + " 'Hello<|end_of_turn|>'");
   EXPECT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(r.out, "1\t<s>\n22557\t\xE2\x96\x81Hello\n32000\t<|end_of_turn|>\n");
 }
 
 TEST(Cli, TokenizeJsonAndFlags) {
-  RunStarlingResult r = RunStarling("tokenize --tokenizer " + kOpenChat + " --json --no-bos --plain '<s>'");
+  RunStarlingResult r =
+      RunStarling("tokenize --tokenizer " + kOpenChat + " --json --no-bos --plain '<s>'");
   EXPECT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(r.out, "{\"ids\":[523,28713,28767],\"pieces\":[\"\xE2\x96\x81<\",\"s\",\">\"]}\n");
   r = RunStarling("tokenize --tokenizer " + kOpenChat + " --ids 'GPT4 Correct User: Hello'");

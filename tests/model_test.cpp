@@ -28,8 +28,8 @@ struct RandomModel {
     std::vector<float> values(static_cast<size_t>(n));
     for (float& x : values) x = offset + normal(rng);
     storage.push_back(std::move(values));
-    tensors.push_back({name, "memory", DType::kF32, shape, storage.back().data(),
-                       static_cast<uint64_t>(n) * 4});
+    tensors.push_back(
+        {name, "memory", DType::kF32, shape, storage.back().data(), static_cast<uint64_t>(n) * 4});
   }
 };
 
@@ -236,10 +236,10 @@ TEST_P(ForwardTest, DecodingWithTheCacheMatchesRecomputing) {
   EXPECT_LT(RelativeL2(logits.data(), expected[10]), kTolerance);
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    WindowsAndLayouts, ForwardTest,
-    ::testing::Combine(::testing::Values(0, 1, 3, 8, 100),
-                       ::testing::Values(RopeLayout::kHalves, RopeLayout::kInterleaved)));
+INSTANTIATE_TEST_SUITE_P(WindowsAndLayouts, ForwardTest,
+                         ::testing::Combine(::testing::Values(0, 1, 3, 8, 100),
+                                            ::testing::Values(RopeLayout::kHalves,
+                                                              RopeLayout::kInterleaved)));
 
 TEST(Forward, SlidingWindowChangesTheResult) {
   // Guards the test above: the window must matter for sequences longer than it.

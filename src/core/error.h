@@ -5,6 +5,7 @@
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <utility>
 
 namespace starling {
@@ -20,6 +21,28 @@ std::string Concat(Parts&&... parts) {
   std::ostringstream out;
   (out << ... << std::forward<Parts>(parts));
   return out.str();
+}
+
+// Untrusted text (names from files) made safe for an error message: at most `max_bytes`
+// (cut at a UTF-8 boundary, the full length noted), control bytes and backslashes escaped.
+inline std::string PrintableForError(std::string_view s, size_t max_bytes = 96) {
+  std::string out;
+  size_t n = s.size();
+  if (n > max_bytes) {
+    n = max_bytes;
+    while (n > 0 && (static_cast<unsigned char>(s[n]) & 0xC0) == 0x80) --n;  // UTF-8 boundary
+  }
+  for (size_t k = 0; k < n; ++k) {
+    const auto c = static_cast<unsigned char>(s[k]);
+    if (c < 0x20 || c == 0x7F || c == '\\') {
+      static constexpr char kHex[] = "0123456789abcdef";
+      out += c == '\\' ? std::string("\\\\") : std::string{'\\', 'x', kHex[c >> 4], kHex[c & 15]};
+    } else {
+      out += static_cast<char>(c);
+    }
+  }
+  if (n < s.size()) out += Concat("...(", s.size(), " bytes)");
+  return out;
 }
 
 template <typename... Parts>

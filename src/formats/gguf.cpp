@@ -96,26 +96,6 @@ void DecodeScalar(GgufType type, const char* p, GgufValue& out) {
   }
 }
 
-// Untrusted names go into error messages; keep them short and free of control bytes.
-std::string Printable(std::string_view s, size_t max_bytes = 96) {
-  std::string out;
-  size_t n = s.size();
-  if (n > max_bytes) {
-    n = max_bytes;
-    while (n > 0 && (static_cast<unsigned char>(s[n]) & 0xC0) == 0x80) --n;  // UTF-8 boundary
-  }
-  for (size_t k = 0; k < n; ++k) {
-    const auto c = static_cast<unsigned char>(s[k]);
-    if (c < 0x20 || c == 0x7F || c == '\\') {
-      static constexpr char kHex[] = "0123456789abcdef";
-      out += c == '\\' ? std::string("\\\\") : std::string{'\\', 'x', kHex[c >> 4], kHex[c & 15]};
-    } else {
-      out += static_cast<char>(c);
-    }
-  }
-  if (n < s.size()) out += Concat("...(", s.size(), " bytes)");
-  return out;
-}
 
 std::string FormatDims(std::span<const uint64_t> dims) {
   std::string out = "[";
@@ -302,7 +282,7 @@ std::string FormatFloat(F value) {
 
 std::string QuoteString(std::string_view s) {
   std::string out = "\"";
-  for (const char c : Printable(s, 80)) out += c == '"' ? std::string("\\\"") : std::string(1, c);
+  for (const char c : PrintableForError(s, 80)) out += c == '"' ? std::string("\\\"") : std::string(1, c);
   return out + "\"";
 }
 
@@ -550,7 +530,7 @@ GgufFile GgufFile::Parse(std::string_view bytes, std::string source_name) {
   r.set_context("header");
   const std::string_view magic = r.ReadBytes(4, "magic");
   if (magic != "GGUF") {
-    r.FailAt(0, "not a GGUF file: bad magic '", Printable(magic), "' (expected 'GGUF')");
+    r.FailAt(0, "not a GGUF file: bad magic '", PrintableForError(magic), "' (expected 'GGUF')");
   }
   const auto version = r.Read<uint32_t>("version");
   if (version == 1) {
@@ -586,7 +566,7 @@ GgufFile GgufFile::Parse(std::string_view bytes, std::string source_name) {
     r.set_context(Concat("metadata key ", k));
     const size_t key_at = r.pos();
     const std::string_view key = r.ReadString("key");
-    r.set_context(Concat("metadata key ", k, " ('", Printable(key), "')"));
+    r.set_context(Concat("metadata key ", k, " ('", PrintableForError(key), "')"));
     if (file.key_index_.find(key) != file.key_index_.end()) r.FailAt(key_at, "duplicate key");
     const GgufType type = ReadValueType(r, "value type");
     value_offsets.push_back(r.pos());
@@ -619,7 +599,7 @@ GgufFile GgufFile::Parse(std::string_view bytes, std::string source_name) {
     r.set_context(Concat("tensor info ", t));
     const size_t name_at = r.pos();
     const std::string_view name = r.ReadString("tensor name");
-    r.set_context(Concat("tensor ", t, " ('", Printable(name), "')"));
+    r.set_context(Concat("tensor ", t, " ('", PrintableForError(name), "')"));
     if (file.tensor_index_.find(name) != file.tensor_index_.end()) {
       r.FailAt(name_at, "duplicate tensor name");
     }
@@ -657,7 +637,7 @@ GgufFile GgufFile::Parse(std::string_view bytes, std::string source_name) {
     const bool inside = file.data_offset_ <= size && info.offset <= size - file.data_offset_ &&
                         info.size_bytes <= size - file.data_offset_ - info.offset;
     if (!inside) {
-      r.set_context(Concat("tensor ", t, " ('", Printable(info.name), "')"));
+      r.set_context(Concat("tensor ", t, " ('", PrintableForError(info.name), "')"));
       r.FailAt(offset_field_at[t], "data (", info.size_bytes, " bytes at data offset ", info.offset,
                ") runs past end of file (data section starts at ", file.data_offset_,
                ", file size ", size, ")");
@@ -756,7 +736,7 @@ std::string_view GgufFile::TensorData(const GgufTensorInfo& tensor) const {
   const uint64_t size = bytes_.size();
   if (data_offset_ > size || tensor.offset > size - data_offset_ ||
       tensor.size_bytes > size - data_offset_ - tensor.offset) {
-    Fail(source_, ": tensor '", Printable(tensor.name), "' (", tensor.size_bytes,
+    Fail(source_, ": tensor '", PrintableForError(tensor.name), "' (", tensor.size_bytes,
          " bytes at data offset ", tensor.offset, ") lies outside the file");
   }
   return bytes_.substr(data_offset_ + tensor.offset, tensor.size_bytes);

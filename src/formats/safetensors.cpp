@@ -31,29 +31,9 @@ constexpr std::string_view kMetadataKey = "__metadata__";
 constexpr std::string_view kIndexFile = "model.safetensors.index.json";
 constexpr std::string_view kSingleFile = "model.safetensors";
 
-// Untrusted names go into error messages; keep them short and free of control bytes.
-std::string Printable(std::string_view s, size_t max_bytes = 96) {
-  std::string out;
-  size_t n = s.size();
-  if (n > max_bytes) {
-    n = max_bytes;
-    while (n > 0 && (static_cast<unsigned char>(s[n]) & 0xC0) == 0x80) --n;  // UTF-8 boundary
-  }
-  for (size_t k = 0; k < n; ++k) {
-    const auto c = static_cast<unsigned char>(s[k]);
-    if (c < 0x20 || c == 0x7F || c == '\\') {
-      static constexpr char kHex[] = "0123456789abcdef";
-      out += c == '\\' ? std::string("\\\\") : std::string{'\\', 'x', kHex[c >> 4], kHex[c & 15]};
-    } else {
-      out += static_cast<char>(c);
-    }
-  }
-  if (n < s.size()) out += Concat("...(", s.size(), " bytes)");
-  return out;
-}
 
 std::string Quoted(std::string_view s) {
-  return "'" + Printable(s) + "'";
+  return Concat("'", PrintableForError(s), "'");  // not operator+: GCC 12's false -Wrestrict warning
 }
 
 // "number 2.5", "string \"x\"", "array", ...: what a JSON value is, for "found ..." messages.
@@ -63,7 +43,7 @@ std::string Describe(const Json& value) {
     case Json::value_t::number_unsigned:
     case Json::value_t::number_float: return "number " + value.dump();
     case Json::value_t::string:
-      return "string \"" + Printable(value.get_ref<const std::string&>(), 40) + "\"";
+      return "string \"" + PrintableForError(value.get_ref<const std::string&>(), 40) + "\"";
     case Json::value_t::boolean: return value.get<bool>() ? "true" : "false";
     default: return value.type_name();
   }
@@ -173,7 +153,7 @@ SafetensorsTensor ParseTensorEntry(const std::string& name, const Json& entry,
   const std::string& dtype_name = dtype.get_ref<const std::string&>();
   const std::optional<DType> parsed_dtype = SafetensorsDTypeFromName(dtype_name);
   if (!parsed_dtype) {
-    Fail(where, "unknown dtype \"", Printable(dtype_name, 40),
+    Fail(where, "unknown dtype \"", PrintableForError(dtype_name, 40),
          "\" (known: F64 F32 F16 BF16 I64 I32 I16 I8 U8 BOOL)");
   }
   t.dtype = *parsed_dtype;

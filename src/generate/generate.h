@@ -18,7 +18,7 @@ namespace starling {
 struct GenerationOptions {
   int32_t max_new_tokens = 256;
   SamplerConfig sampling;
-  std::vector<int32_t> stop_token_ids;   // the model's EOS ids, the template's end of turn
+  std::vector<int32_t> stop_token_ids;    // the model's EOS ids, the template's end of turn
   std::vector<std::string> stop_strings;  // generated text is cut before the first match
 };
 
@@ -56,8 +56,8 @@ struct PerplexityResult {
 // Splits the tokenized text (BOS first) into non-overlapping windows of `context` tokens,
 // makes each window start with BOS, and scores the second half of every window (each token
 // predicted with at least context/2 tokens of history), as llama.cpp's perplexity tool does.
-PerplexityResult ComputePerplexity(const Model& model, const Tokenizer& tokenizer,
-                                   std::string_view text, int32_t context,
-                                   const std::function<void(int32_t, int32_t, double)>& progress = {});
+PerplexityResult ComputePerplexity(
+    const Model& model, const Tokenizer& tokenizer, std::string_view text, int32_t context,
+    const std::function<void(int32_t, int32_t, double)>& progress = {});
 
 }  // namespace starling

@@ -16,8 +16,9 @@ const ChatTemplate& LoadedModel::ChooseTemplate(std::string_view name) const {
   }
   const ChatTemplate* known = ChatTemplate::FromJinja(chat_template_jinja);
   if (known == nullptr) {
-    Fail(source, " ships a chat template that is not one of the known templates; choose one "
-                 "with --template (openchat, openchat-code, llama-2)");
+    Fail(source,
+         " ships a chat template that is not one of the known templates; choose one "
+         "with --template (openchat, openchat-code, llama-2)");
   }
   return *known;
 }

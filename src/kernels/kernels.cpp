@@ -1,5 +1,8 @@
 #include "kernels/kernels.h"
 
+#include "core/thread_pool.h"
+#include "kernels/dot.h"
+
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -58,12 +61,23 @@ void ReadRow(const WeightMatrix& w, int64_t row, float* out) {
       for (int64_t i = 0; i < w.cols; ++i) out[i] = BFloat16ToFloat(src[i]);
       return;
     }
-    default:
-      std::abort();  // the loader admits only F32, F16 and BF16 weights
+    default: std::abort();  // the loader admits only F32, F16 and BF16 weights
   }
 }
 
 void MatMul(const WeightMatrix& w, const float* x, int64_t tokens, float* out) {
+  const size_t row_bytes = static_cast<size_t>(w.cols) * DTypeSize(w.dtype);
+  ThreadPool::Global().ParallelFor(w.rows, 16, [&](int64_t begin, int64_t end, int) {
+    for (int64_t r = begin; r < end; ++r) {
+      const void* row = static_cast<const char*>(w.data) + static_cast<size_t>(r) * row_bytes;
+      for (int64_t t = 0; t < tokens; ++t) {
+        out[t * w.rows + r] = DotRow(w.dtype, row, x + t * w.cols, w.cols);
+      }
+    }
+  });
+}
+
+void MatMulReference(const WeightMatrix& w, const float* x, int64_t tokens, float* out) {
   std::vector<float> row(static_cast<size_t>(w.cols));
   for (int64_t r = 0; r < w.rows; ++r) {
     ReadRow(w, r, row.data());  // converted once, used for every token
@@ -121,8 +135,8 @@ void Rope(float* vec, int64_t heads, int64_t head_dim, int64_t rope_dim, int64_t
 }
 
 void Attention(const float* q, const float* keys, const float* values, int64_t num_heads,
-               int64_t num_kv_heads, int64_t head_dim, int64_t first, int64_t last,
-               float* scores, float* out) {
+               int64_t num_kv_heads, int64_t head_dim, int64_t first, int64_t last, float* scores,
+               float* out) {
   const int64_t group = num_heads / num_kv_heads;
   const int64_t kv_stride = num_kv_heads * head_dim;
   const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));

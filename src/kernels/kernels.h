@@ -26,7 +26,12 @@ float BFloat16ToFloat(uint16_t bits);
 // out[cols] = row `row` of `w`, converted to float32.
 void ReadRow(const WeightMatrix& w, int64_t row, float* out);
 
-// out[T, w.rows] = x[T, w.cols] @ w^T, accumulating in float32 in index order.
+// out[T, w.rows] = x[T, w.cols] @ w^T. The reference: float32 accumulation in index order.
+void MatMulReference(const WeightMatrix& w, const float* x, int64_t tokens, float* out);
+
+// The same with SIMD dot products (DotRow), rows split over the global thread pool. Each
+// output is computed by one thread in a fixed order, so results do not depend on the
+// number of threads.
 void MatMul(const WeightMatrix& w, const float* x, int64_t tokens, float* out);
 
 // out[n] = x[n] / sqrt(mean(x^2) + eps) * weight[n]. `out` may alias `x`.
@@ -49,7 +54,7 @@ void Rope(float* vec, int64_t heads, int64_t head_dim, int64_t rope_dim, int64_t
 // with grouped heads: query head h reads key/value head h / (H / KVH).
 //   q[H, Dh]; keys, values: [S, KVH * Dh] rows; out[H, Dh]; scores: scratch [last + 1].
 void Attention(const float* q, const float* keys, const float* values, int64_t num_heads,
-               int64_t num_kv_heads, int64_t head_dim, int64_t first, int64_t last,
-               float* scores, float* out);
+               int64_t num_kv_heads, int64_t head_dim, int64_t first, int64_t last, float* scores,
+               float* out);
 
 }  // namespace starling

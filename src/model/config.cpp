@@ -19,8 +19,8 @@ void ModelConfig::Validate(const std::string& source) const {
   positive("head_dim", head_dim, 1024);
   positive("max_position_embeddings", max_position_embeddings, 1 << 24);
   if (num_heads % num_kv_heads != 0) {
-    Fail(source, ": num_attention_heads (", num_heads, ") is not a multiple of num_key_value_heads (",
-         num_kv_heads, ")");
+    Fail(source, ": num_attention_heads (", num_heads,
+         ") is not a multiple of num_key_value_heads (", num_kv_heads, ")");
   }
   if (rope_dim <= 0 || rope_dim > head_dim || rope_dim % 2 != 0) {
     Fail(source, ": rotary dimension ", rope_dim, " must be even and at most head_dim (", head_dim,
@@ -32,7 +32,8 @@ void ModelConfig::Validate(const std::string& source) const {
   }
   if (sliding_window < 0) Fail(source, ": sliding_window = ", sliding_window, " is negative");
   if (bos_token_id < -1 || bos_token_id >= vocab_size) {
-    Fail(source, ": bos_token_id = ", bos_token_id, " is outside the vocabulary (", vocab_size, ")");
+    Fail(source, ": bos_token_id = ", bos_token_id, " is outside the vocabulary (", vocab_size,
+         ")");
   }
   for (const int32_t eos : eos_token_ids) {
     if (eos < 0 || eos >= vocab_size) {

@@ -17,18 +17,18 @@ enum class RopeLayout {
 };
 
 struct ModelConfig {
-  std::string architecture;  // "MistralForCausalLM", "LlamaForCausalLM", "llama" (GGUF)
-  int32_t vocab_size = 0;             // V
-  int32_t hidden_size = 0;            // D
-  int32_t intermediate_size = 0;      // F
-  int32_t num_layers = 0;             // L
-  int32_t num_heads = 0;              // H
-  int32_t num_kv_heads = 0;           // KVH; H must be a multiple
-  int32_t head_dim = 0;               // Dh; usually D / H
-  int32_t rope_dim = 0;               // dimensions rotated per head (Dh unless GGUF says less)
+  std::string architecture;       // "MistralForCausalLM", "LlamaForCausalLM", "llama" (GGUF)
+  int32_t vocab_size = 0;         // V
+  int32_t hidden_size = 0;        // D
+  int32_t intermediate_size = 0;  // F
+  int32_t num_layers = 0;         // L
+  int32_t num_heads = 0;          // H
+  int32_t num_kv_heads = 0;       // KVH; H must be a multiple
+  int32_t head_dim = 0;           // Dh; usually D / H
+  int32_t rope_dim = 0;           // dimensions rotated per head (Dh unless GGUF says less)
   float rope_theta = 10000.0f;
   float rms_norm_eps = 1e-5f;
-  int32_t sliding_window = 0;         // 0: full causal attention
+  int32_t sliding_window = 0;  // 0: full causal attention
   int32_t max_position_embeddings = 0;
   bool tie_word_embeddings = false;
   RopeLayout rope_layout = RopeLayout::kHalves;

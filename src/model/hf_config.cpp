@@ -24,7 +24,8 @@ constexpr const char* kSupportedArchitectures[] = {
 };
 
 std::string Describe(const Json& value) {
-  if (value.is_number() || value.is_boolean()) return value.type_name() + (" " + value.dump());
+  // Concat rather than operator+: GCC 12 warns falsely (-Wrestrict) on "literal" + string.
+  if (value.is_number() || value.is_boolean()) return Concat(value.type_name(), " ", value.dump());
   if (value.is_string()) {
     std::string text = value.get<std::string>();
     if (text.size() > 40) text = text.substr(0, 40) + "...";

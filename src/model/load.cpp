@@ -115,8 +115,9 @@ Model Model::Load(const std::string& path) {
   if (ReadFilePrefix(path, 4) == "GGUF") {
     return LoadGguf(std::make_shared<const GgufFile>(GgufFile::Open(path)));
   }
-  Fail(path, ": not a model (expected a Hugging Face directory with config.json and "
-             "*.safetensors, or a GGUF file)");
+  Fail(path,
+       ": not a model (expected a Hugging Face directory with config.json and "
+       "*.safetensors, or a GGUF file)");
 }
 
 }  // namespace starling

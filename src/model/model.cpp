@@ -104,7 +104,8 @@ Model::Model(ModelConfig config, const std::vector<TensorRef>& tensors, std::str
   // inv_freq as Hugging Face computes it in float32: 1 / theta^(2i / rope_dim).
   for (int32_t i = 0; i < c.rope_dim / 2; ++i) {
     const double exponent = static_cast<double>(2 * i) / c.rope_dim;
-    inv_freq_.push_back(static_cast<float>(1.0 / std::pow(static_cast<double>(c.rope_theta), exponent)));
+    inv_freq_.push_back(
+        static_cast<float>(1.0 / std::pow(static_cast<double>(c.rope_theta), exponent)));
   }
 }
 
@@ -112,7 +113,8 @@ Session::Session(const Model& model, int32_t context_length)
     : model_(&model), context_length_(context_length) {
   const ModelConfig& c = model.config();
   if (context_length <= 0) Fail("context length ", context_length, " must be positive");
-  const size_t kv = static_cast<size_t>(c.num_layers) * context_length * c.num_kv_heads * c.head_dim;
+  const size_t kv =
+      static_cast<size_t>(c.num_layers) * context_length * c.num_kv_heads * c.head_dim;
   keys_.assign(kv, 0.0f);
   values_.assign(kv, 0.0f);
 }
@@ -187,7 +189,8 @@ void Session::Forward(std::span<const int32_t> tokens, std::span<float> logits, 
     for (int64_t t = 0; t < n; ++t) {
       const int64_t pos = length_ + t;
       // Mistral's sliding window: position i sees exactly positions (i - window, i].
-      const int64_t first = c.sliding_window > 0 ? std::max<int64_t>(0, pos - c.sliding_window + 1) : 0;
+      const int64_t first =
+          c.sliding_window > 0 ? std::max<int64_t>(0, pos - c.sliding_window + 1) : 0;
       Attention(&q_[t * q_dim], layer_keys, layer_values, c.num_heads, c.num_kv_heads, hd, first,
                 pos, scores_.data(), &attn_[t * q_dim]);
     }

@@ -15,8 +15,8 @@ namespace starling {
 
 // A tensor as a file stores it, before it is bound to a role in the model.
 struct TensorRef {
-  std::string name;            // canonical (Hugging Face) name
-  std::string file;            // for messages
+  std::string name;  // canonical (Hugging Face) name
+  std::string file;  // for messages
   DType dtype = DType::kF32;
   std::vector<int64_t> shape;  // outermost first: a [rows, cols] matrix is {rows, cols}
   const void* data = nullptr;

@@ -82,9 +82,8 @@ struct SamplingFlags {
 };
 
 void PrintStats(const GenerationResult& r) {
-  const double gen_tps = r.generate_seconds > 0
-                             ? static_cast<double>(r.tokens.size()) / r.generate_seconds
-                             : 0.0;
+  const double gen_tps =
+      r.generate_seconds > 0 ? static_cast<double>(r.tokens.size()) / r.generate_seconds : 0.0;
   std::fprintf(stderr,
                "\n[%d prompt tokens in %.3f s (%.1f tok/s); %zu generated in %.3f s (%.1f "
                "tok/s); finish: %s]\n",
@@ -123,12 +122,11 @@ void RunGenerate(const GenerateFlags& f) {
     ids = m.tokenizer->Encode(prompt, {.add_bos = true});
   }
   Session session(*m.model, f.sampling.Context(m));
-  const GenerationResult r =
-      Generate(session, *m.tokenizer, ids, f.sampling.Options(m, chat_template),
-               [](std::string_view text) {
-                 Print(text);
-                 return true;
-               });
+  const GenerationResult r = Generate(
+      session, *m.tokenizer, ids, f.sampling.Options(m, chat_template), [](std::string_view text) {
+        Print(text);
+        return true;
+      });
   if (f.verbose) PrintStats(r);
 }
 
@@ -191,9 +189,8 @@ void RunChat(const ChatFlags& f) {
       messages.pop_back();
       continue;
     }
-    const GenerationResult r = Generate(session, *m.tokenizer,
-                                        std::span(ids).subspan(common), options,
-                                        [](std::string_view text) {
+    const GenerationResult r = Generate(session, *m.tokenizer, std::span(ids).subspan(common),
+                                        options, [](std::string_view text) {
                                           Print(text);
                                           return true;
                                         });
@@ -238,21 +235,18 @@ void RunInfo(const std::string& path, int32_t context) {
       "vocab %d, hidden %d, intermediate %d, layers %d, heads %d, kv heads %d, head dim %d, "
       "rope dim %d (%s), rope theta %g, rms eps %g, sliding window %d, max positions %d, "
       "tied embeddings %s\n",
-      c.vocab_size, c.hidden_size, c.intermediate_size, c.num_layers, c.num_heads,
-      c.num_kv_heads, c.head_dim, c.rope_dim,
-      c.rope_layout == RopeLayout::kHalves ? "halves" : "interleaved", c.rope_theta,
-      c.rms_norm_eps, c.sliding_window, c.max_position_embeddings,
+      c.vocab_size, c.hidden_size, c.intermediate_size, c.num_layers, c.num_heads, c.num_kv_heads,
+      c.head_dim, c.rope_dim, c.rope_layout == RopeLayout::kHalves ? "halves" : "interleaved",
+      c.rope_theta, c.rms_norm_eps, c.sliding_window, c.max_position_embeddings,
       c.tie_word_embeddings ? "yes" : "no");
   std::printf("bos %d, eos", c.bos_token_id);
   for (const int32_t e : c.eos_token_ids) std::printf(" %d", e);
   std::printf("\ntokenizer: %d tokens", m.tokenizer->vocab_size());
-  const ChatTemplate* known = m.chat_template_jinja.empty()
-                                  ? nullptr
-                                  : ChatTemplate::FromJinja(m.chat_template_jinja);
-  std::printf("; chat template: %s\n",
-              m.chat_template_jinja.empty() ? "none"
-              : known != nullptr           ? std::string(known->name()).c_str()
-                                           : "unknown (use --template)");
+  const ChatTemplate* known =
+      m.chat_template_jinja.empty() ? nullptr : ChatTemplate::FromJinja(m.chat_template_jinja);
+  std::printf("; chat template: %s\n", m.chat_template_jinja.empty() ? "none"
+                                       : known != nullptr ? std::string(known->name()).c_str()
+                                                          : "unknown (use --template)");
   std::printf("tensors: %zu\n", m.model->tensors().size());
   for (const TensorRef& t : m.model->tensors()) {
     std::string shape;
@@ -263,9 +257,10 @@ void RunInfo(const std::string& path, int32_t context) {
   }
   const uint64_t kv = uint64_t{2} * c.num_layers * static_cast<uint64_t>(ctx) * c.num_kv_heads *
                       c.head_dim * sizeof(float);
-  std::printf("memory: weights %s (memory-mapped, read in place), KV cache %s for %d positions "
-              "(float32)\n",
-              Bytes(m.model->weight_bytes()).c_str(), Bytes(kv).c_str(), ctx);
+  std::printf(
+      "memory: weights %s (memory-mapped, read in place), KV cache %s for %d positions "
+      "(float32)\n",
+      Bytes(m.model->weight_bytes()).c_str(), Bytes(kv).c_str(), ctx);
 }
 
 }  // namespace

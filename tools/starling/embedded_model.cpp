@@ -7,7 +7,8 @@ __asm__(
     ".global starling_embedded_model_begin\n"
     ".balign 64\n"
     "starling_embedded_model_begin:\n"
-    ".incbin \"" STARLING_EMBEDDED_MODEL "\"\n"
+    ".incbin \"" STARLING_EMBEDDED_MODEL
+    "\"\n"
     ".global starling_embedded_model_end\n"
     "starling_embedded_model_end:\n"
     ".previous\n");

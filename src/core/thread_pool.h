@@ -1,0 +1,61 @@
+// A fixed pool of worker threads for data-parallel loops. ParallelFor splits [0, n) into one
+// contiguous range per thread (the caller's thread takes the first), runs them, and returns
+// when all are done. No allocation per call: the task is passed by reference.
+#pragma once
+
+#include <condition_variable>
+#include <cstdint>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace starling {
+
+class ThreadPool {
+ public:
+  // `threads` <= 0 means one per core (std::thread::hardware_concurrency()).
+  explicit ThreadPool(int threads = 0);
+  ~ThreadPool();
+  ThreadPool(const ThreadPool&) = delete;
+  ThreadPool& operator=(const ThreadPool&) = delete;
+
+  int size() const { return static_cast<int>(workers_.size()) + 1; }
+
+  // Calls fn(begin, end, thread_index) over a partition of [0, n) into at most size() ranges
+  // whose boundaries are multiples of `grain` (except the last).
+  template <typename Fn>
+  void ParallelFor(int64_t n, int64_t grain, Fn&& fn) {
+    Run(n, grain, &Invoke<Fn>, &fn);
+  }
+
+  // The process-wide pool used by the kernels; SetGlobalThreads must be called before first
+  // use to change its size (e.g. from the CLI's -t).
+  static ThreadPool& Global();
+  static void SetGlobalThreads(int threads);
+
+ private:
+  using Task = void (*)(void* context, int64_t begin, int64_t end, int thread);
+  template <typename Fn>
+  static void Invoke(void* context, int64_t begin, int64_t end, int thread) {
+    (*static_cast<Fn*>(context))(begin, end, thread);
+  }
+  void Run(int64_t n, int64_t grain, Task task, void* context);
+  void WorkerLoop(int index);
+  void Range(int part, int64_t* begin, int64_t* end) const;
+
+  std::vector<std::thread> workers_;
+  std::mutex mutex_;
+  std::condition_variable start_;
+  std::condition_variable done_;
+  uint64_t generation_ = 0;
+  int pending_ = 0;
+  bool stop_ = false;
+  // The current job.
+  Task task_ = nullptr;
+  void* context_ = nullptr;
+  int64_t n_ = 0;
+  int64_t grain_ = 1;
+  int parts_ = 0;
+};
+
+}  // namespace starling

@@ -1,0 +1,121 @@
+#include "kernels/dot.h"
+
+#include <immintrin.h>
+
+#include <cstdlib>
+#include <cstring>
+
+#include "kernels/kernels.h"
+
+namespace starling {
+
+float DotRowScalar(DType dtype, const void* row, const float* x, int64_t n) {
+  float sum = 0.0f;
+  switch (dtype) {
+    case DType::kF32: {
+      const auto* w = static_cast<const float*>(row);
+      for (int64_t i = 0; i < n; ++i) sum += w[i] * x[i];
+      break;
+    }
+    case DType::kF16: {
+      const auto* w = static_cast<const uint16_t*>(row);
+      for (int64_t i = 0; i < n; ++i) sum += HalfToFloat(w[i]) * x[i];
+      break;
+    }
+    case DType::kBF16: {
+      const auto* w = static_cast<const uint16_t*>(row);
+      for (int64_t i = 0; i < n; ++i) sum += BFloat16ToFloat(w[i]) * x[i];
+      break;
+    }
+    default: std::abort();  // the model admits only these weight types
+  }
+  return sum;
+}
+
+namespace {
+
+__attribute__((target("avx2,fma,f16c"))) inline float HorizontalSum(__m256 v) {
+  const __m128 lo = _mm256_castps256_ps128(v);
+  const __m128 hi = _mm256_extractf128_ps(v, 1);
+  __m128 s = _mm_add_ps(lo, hi);
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+  return _mm_cvtss_f32(s);
+}
+
+// Loads 8 weights as float32.
+template <DType kType>
+__attribute__((target("avx2,fma,f16c"))) inline __m256 Load8(const void* row, int64_t i) {
+  if constexpr (kType == DType::kF32) {
+    return _mm256_loadu_ps(static_cast<const float*>(row) + i);
+  } else if constexpr (kType == DType::kF16) {
+    const __m128i h =
+        _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(row) + i));
+    return _mm256_cvtph_ps(h);
+  } else {
+    const __m128i b =
+        _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(row) + i));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(b), 16));
+  }
+}
+
+template <DType kType>
+__attribute__((target("avx2,fma,f16c"))) float DotAvx2(const void* row, const float* x, int64_t n) {
+  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+  __m256 acc2 = _mm256_setzero_ps(), acc3 = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    acc0 = _mm256_fmadd_ps(Load8<kType>(row, i), _mm256_loadu_ps(x + i), acc0);
+    acc1 = _mm256_fmadd_ps(Load8<kType>(row, i + 8), _mm256_loadu_ps(x + i + 8), acc1);
+    acc2 = _mm256_fmadd_ps(Load8<kType>(row, i + 16), _mm256_loadu_ps(x + i + 16), acc2);
+    acc3 = _mm256_fmadd_ps(Load8<kType>(row, i + 24), _mm256_loadu_ps(x + i + 24), acc3);
+  }
+  for (; i + 8 <= n; i += 8)
+    acc0 = _mm256_fmadd_ps(Load8<kType>(row, i), _mm256_loadu_ps(x + i), acc0);
+  float sum = HorizontalSum(_mm256_add_ps(_mm256_add_ps(acc0, acc1), _mm256_add_ps(acc2, acc3)));
+  // The tail (n not a multiple of 8) in scalar.
+  if (i < n) {
+    const size_t element = DTypeSize(kType);
+    sum += DotRowScalar(kType, static_cast<const char*>(row) + i * static_cast<int64_t>(element),
+                        x + i, n - i);
+  }
+  return sum;
+}
+
+}  // namespace
+
+float DotRowAvx2(DType dtype, const void* row, const float* x, int64_t n) {
+  switch (dtype) {
+    case DType::kF32: return DotAvx2<DType::kF32>(row, x, n);
+    case DType::kF16: return DotAvx2<DType::kF16>(row, x, n);
+    case DType::kBF16: return DotAvx2<DType::kBF16>(row, x, n);
+    default: std::abort();
+  }
+}
+
+bool CpuHasAvx2() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+         __builtin_cpu_supports("f16c");
+}
+
+namespace {
+bool UseAvx2() {
+  static const bool use = [] {
+    const char* forced = std::getenv("STARLING_SIMD");
+    if (forced != nullptr && std::strcmp(forced, "scalar") == 0) return false;
+    return CpuHasAvx2();
+  }();
+  return use;
+}
+}  // namespace
+
+float DotRow(DType dtype, const void* row, const float* x, int64_t n) {
+  return UseAvx2() ? DotRowAvx2(dtype, row, x, n) : DotRowScalar(dtype, row, x, n);
+}
+
+const char* DotRowImplementation() {
+  return UseAvx2() ? "avx2" : "scalar";
+}
+
+}  // namespace starling

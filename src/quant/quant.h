@@ -1,0 +1,148 @@
+// Quantized block formats with ggml's exact byte layouts, so tensors of community GGUF files are
+// read in place. Each row of n elements is n / QuantBlockSize(type) consecutive blocks.
+//
+// The functions without a suffix are the scalar reference implementations ("scalar twins"):
+// readable loops that define the results. The *_Avx2 functions (quant_avx2.cpp) must match them:
+// integer parts exactly, floats as documented at each declaration.
+//
+// All block data is little-endian (as GGUF is); fp16 fields are IEEE binary16 bit patterns.
+// Block pointers must be aligned to alignof(the block struct) (2, or 4 for Q8_K); GGUF's tensor
+// data alignment (32 by default) and the even block sizes guarantee that for every row.
+#pragma once
+
+#include <bit>
+#include <cstddef>
+#include <cstdint>
+
+namespace starling {
+
+static_assert(std::endian::native == std::endian::little, "block layouts assume little-endian");
+
+// float -> IEEE binary16 bits, rounding to nearest even; overflow gives +-inf, NaN gives a quiet
+// NaN (0x7E00 with the sign), as ggml's GGML_FP32_TO_FP16. (HalfToFloat is in kernels.h.)
+uint16_t FloatToHalf(float value);
+
+enum class QuantType { kQ8_0, kQ4_0, kQ4_K, kQ6_K, kQ8_K };
+
+// ggml's name of the type ("Q4_K", ...).
+const char* QuantTypeName(QuantType type);
+// Elements per block: 32 or 256.
+size_t QuantBlockSize(QuantType type);
+// Bytes per block: 34, 18, 144, 210, 292.
+size_t QuantBlockBytes(QuantType type);
+// Bytes of a row of n elements. Throws Error unless n >= 0 is a multiple of the block size.
+size_t QuantRowBytes(QuantType type, int64_t n);
+
+// The block layouts (ggml-common.h). x[i] is the dequantized value of element i of the block.
+
+// x[i] = d * qs[i].
+struct BlockQ8_0 {
+  uint16_t d;
+  int8_t qs[32];
+};
+
+// x[i] = d * ((qs[i] & 15) - 8) and x[i + 16] = d * ((qs[i] >> 4) - 8), for i < 16.
+struct BlockQ4_0 {
+  uint16_t d;
+  uint8_t qs[16];
+};
+
+// Eight sub-blocks of 32 with 6-bit scale sc[j] and min m[j], packed into `scales`:
+//   j < 4:  sc[j] = scales[j] & 63;  m[j] = scales[j + 4] & 63
+//   j >= 4: sc[j] = (scales[j + 4] & 15) | (scales[j - 4] >> 6) << 4
+//           m[j]  = (scales[j + 4] >> 4) | (scales[j] >> 6) << 4
+// Elements 64g..64g+31 are the low nibbles of qs[32g..32g+31] (sub-block 2g), elements
+// 64g+32..64g+63 their high nibbles (sub-block 2g+1). x = d * sc[j] * q - dmin * m[j].
+struct BlockQ4_K {
+  uint16_t d;
+  uint16_t dmin;
+  uint8_t scales[12];
+  uint8_t qs[128];
+};
+
+// Sixteen sub-blocks of 16 with int8 scales: element e uses scales[e / 16]; x = d * sc * (q - 32)
+// with a 6-bit q. In half h (elements 128h..128h+127), for l < 32, with L = ql + 64h and
+// H = qh + 32h:
+//   q[128h + l]      = (L[l] & 15)      | (H[l] & 3) << 4
+//   q[128h + 32 + l] = (L[l + 32] & 15) | (H[l] >> 2 & 3) << 4
+//   q[128h + 64 + l] = (L[l] >> 4)      | (H[l] >> 4 & 3) << 4
+//   q[128h + 96 + l] = (L[l + 32] >> 4) | (H[l] >> 6 & 3) << 4
+// Note that d comes last.
+struct BlockQ6_K {
+  uint8_t ql[128];
+  uint8_t qh[64];
+  int8_t scales[16];
+  uint16_t d;
+};
+
+// Activations for the K-quant dot products (never stored in files): x[i] = d * qs[i] with a float
+// d; bsums[k] = the sum of qs[16k..16k+15], which the dot products rely on.
+struct BlockQ8_K {
+  float d;
+  int8_t qs[256];
+  int16_t bsums[16];
+};
+
+static_assert(sizeof(BlockQ8_0) == 34 && sizeof(BlockQ4_0) == 18);
+static_assert(sizeof(BlockQ4_K) == 144 && sizeof(BlockQ6_K) == 210 && sizeof(BlockQ8_K) == 292);
+static_assert(offsetof(BlockQ4_K, scales) == 4 && offsetof(BlockQ4_K, qs) == 16);
+static_assert(offsetof(BlockQ6_K, qh) == 128 && offsetof(BlockQ6_K, scales) == 192 &&
+              offsetof(BlockQ6_K, d) == 208);
+static_assert(offsetof(BlockQ8_K, bsums) == 260);
+
+// Decodes sub-block j's (scale, min) of a Q4_K block (ggml's get_scale_min_k4).
+void Q4_KScaleMin(const uint8_t* scales, int j, uint8_t* sc, uint8_t* m);
+
+// out = quantized x[n] (QuantRowBytes(type, n) bytes). Throws Error for a bad n. x must be
+// finite.
+//   Q8_0, Q4_0: bit-identical to ggml's quantize_row_q8_0_ref / quantize_row_q4_0_ref (Q8_0
+//     rounds x/d half away from zero; Q4_0 takes d = max / -8, with max the first element of
+//     largest magnitude, and q = min(15, trunc(x/d + 8.5)), i.e. ties round up).
+//   Q4_K, Q6_K: ggml's quantize_row_q4_K_ref / quantize_row_q6_K_ref (make_qkx2_quants /
+//     make_qx_quants searches without an importance matrix) operation for operation, so the
+//     bytes equal ggml's where both are compiled without floating-point contraction.
+//   Q8_K: quantize_row_q8_K_ref (d = max / -127 as a float, round half to even, bsums); an
+//     all-zero block also gets zero bsums (ggml leaves them unwritten).
+void QuantizeRow(QuantType type, const float* x, int64_t n, void* out);
+
+// out[n] = dequantized row, element for element as ggml's dequantize_row_*.
+void DequantizeRow(QuantType type, const void* in, int64_t n, float* out);
+
+// Dot products of one weight row with one activation row of n elements, as ggml's vec_dot: each
+// block's integer dot product is exact (int32), then scaled and summed in float in block order:
+//   Q8_0/Q4_0: sum += float(sumi) * (d_w * d_a)
+//   K-quants:  sum = fma(d_w * d_a, float(sumi), sum), then (Q4_K)
+//              sum = fma(-(dmin_w * d_a), float(summ), sum), with summ = sum_j m[j] * (bsums of
+//              sub-block j)
+// The float summation order differs from ggml's (which keeps 8 partial sums), so the results
+// agree with ggml's only to rounding. Throws Error for a bad n.
+float DotQ8_0Q8_0(const void* w, const void* a, int64_t n);
+float DotQ4_0Q8_0(const void* w, const void* a, int64_t n);
+float DotQ4_KQ8_K(const void* w, const void* a, int64_t n);
+float DotQ6_KQ8_K(const void* w, const void* a, int64_t n);
+
+// ---- AVX2 + FMA + F16C versions (quant_avx2.cpp). Call only where CpuHasAvx2Fma().
+
+// True if this CPU has AVX2, FMA and F16C.
+bool CpuHasAvx2Fma();
+
+// Byte-identical to QuantizeRow(kQ8_0 / kQ8_K, ...).
+void QuantizeRowQ8_0_Avx2(const float* x, int64_t n, void* out);
+void QuantizeRowQ8_K_Avx2(const float* x, int64_t n, void* out);
+
+// The K-quant dot products perform the scalar twin's float operations in its order after an
+// exact integer reduction per 256-block, so they return the same bits as DotQ4_KQ8_K /
+// DotQ6_KQ8_K. They read the activations' bsums, so those must be consistent with qs.
+float DotQ4_KQ8_K_Avx2(const void* w, const void* a, int64_t n);
+float DotQ6_KQ8_K_Avx2(const void* w, const void* a, int64_t n);
+
+// The Q8_0-activation dot products keep 8 float lanes (each block's exact integer partial sums
+// are scaled with one fma per lane) and add the lanes at the end. Against the scalar twin:
+// |difference| <= (2 * blocks + 8) * 2^-24 * sum_i |d_w * d_a * q_w[i] * q_a[i]| (both are
+// recursive float sums of `blocks` terms, each term rounded at most twice, plus a 3-level lane
+// reduction). DotQ8_0Q8_0_Avx2 needs activation quants in [-127, 127] (QuantizeRow never
+// writes -128; any weight byte is fine); DotQ4_0Q8_0_Avx2 takes any bytes.
+float DotQ8_0Q8_0_Avx2(const void* w, const void* a, int64_t n);
+float DotQ4_0Q8_0_Avx2(const void* w, const void* a, int64_t n);
+
+}  // namespace starling
