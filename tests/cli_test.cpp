@@ -119,6 +119,14 @@ TEST(Cli, GenerateWithNoModelTellsLlama2cStory) {
   EXPECT_EQ(r.out, std::string(std::istreambuf_iterator<char>(f), {}));
 }
 
+TEST(Cli, ThreadCountDoesNotChangeTheOutput) {
+  const std::string args = "generate -p '' -n 200 --temp 0";
+  const RunStarlingResult one = RunStarling(args + " -t 1");
+  EXPECT_EQ(one.exit_code, 0) << one.err;
+  EXPECT_EQ(RunStarling(args + " -t 2").out, one.out);
+  EXPECT_EQ(RunStarling(args + " -t 3").out, one.out);
+}
+
 TEST(Cli, GenerateIsReproducibleForASeed) {
   const std::string args = "generate -p 'Once upon a time' -n 40 --temp 1 --seed 7";
   const RunStarlingResult a = RunStarling(args);

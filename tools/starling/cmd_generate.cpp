@@ -12,6 +12,7 @@
 #include "commands.h"
 #include "core/error.h"
 #include "core/file.h"
+#include "core/thread_pool.h"
 #include "embedded_model.h"
 #include "generate/generate.h"
 
@@ -21,6 +22,13 @@ namespace {
 void Print(std::string_view text) {
   std::fwrite(text.data(), 1, text.size(), stdout);
   std::fflush(stdout);
+}
+
+// -t/--threads for the compute thread pool, set before any kernel runs.
+void AddThreadsOption(CLI::App* cmd, int* threads) {
+  cmd->add_option("-t,--threads", *threads, "compute threads (default: one per core)")
+      ->check(CLI::Range(0, 1024))
+      ->each([](const std::string& value) { ThreadPool::SetGlobalThreads(std::stoi(value)); });
 }
 
 // Sampling and length flags shared by generate and chat, with llama.cpp's names.
@@ -34,9 +42,11 @@ struct SamplingFlags {
   int32_t repeat_last_n = 64;
   int64_t seed = -1;
   int32_t context = 0;
+  int threads = 0;
   std::vector<std::string> stop;
 
   void Add(CLI::App* cmd) {
+    AddThreadsOption(cmd, &threads);
     cmd->add_option("-n,--n-predict", n_predict, "maximum new tokens")->capture_default_str();
     cmd->add_option("--temp", temperature, "temperature; 0 is greedy")->capture_default_str();
     cmd->add_option("--top-k", top_k, "top-k sampling; 0 is off")->capture_default_str();
@@ -305,6 +315,8 @@ void RegisterPerplexity(CLI::App& app) {
   cmd->add_option("-m,--model", *model, "a Hugging Face directory or a GGUF file");
   cmd->add_option("-f,--file", *file, "the text ('-': stdin)")->required();
   cmd->add_option("-c,--ctx", *context, "window length in tokens")->capture_default_str();
+  auto threads = std::make_shared<int>(0);
+  AddThreadsOption(cmd, threads.get());
   cmd->callback([=] { RunPerplexity(*model, *file, *context); });
 }
 

@@ -1,0 +1,133 @@
+// Fast kernels against their scalar twins, on seeded random inputs, for every instruction
+// set this machine can run; and the thread pool's partitioning.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "core/thread_pool.h"
+#include "kernels/dot.h"
+#include "kernels/kernels.h"
+
+namespace starling {
+namespace {
+
+uint16_t ToBFloat16(float f) {  // truncation is fine: any bf16 value is a valid input
+  uint32_t bits;
+  std::memcpy(&bits, &f, 4);
+  return static_cast<uint16_t>(bits >> 16);
+}
+
+uint16_t ToHalf(float f) {  // normal range only (|f| < 4): exponent rebias, mantissa cut
+  uint32_t bits;
+  std::memcpy(&bits, &f, 4);
+  const uint32_t sign = (bits >> 16) & 0x8000u;
+  const int32_t exponent = static_cast<int32_t>((bits >> 23) & 0xFF) - 127 + 15;
+  if (exponent <= 0) return static_cast<uint16_t>(sign);
+  return static_cast<uint16_t>(sign | static_cast<uint32_t>(exponent) << 10 |
+                               ((bits >> 13) & 0x3FF));
+}
+
+struct Row {
+  std::vector<float> f32;
+  std::vector<uint16_t> f16, bf16;
+  const void* Data(DType t) const {
+    return t == DType::kF32   ? static_cast<const void*>(f32.data())
+           : t == DType::kF16 ? static_cast<const void*>(f16.data())
+                              : static_cast<const void*>(bf16.data());
+  }
+};
+
+Row RandomRow(int64_t n, std::mt19937& rng) {
+  std::uniform_real_distribution<float> u(-2.0f, 2.0f);
+  Row r;
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = u(rng);
+    r.f32.push_back(v);
+    r.f16.push_back(ToHalf(v));
+    r.bf16.push_back(ToBFloat16(v));
+  }
+  return r;
+}
+
+TEST(Kernels, HalfAndBFloat16Conversions) {
+  EXPECT_EQ(HalfToFloat(0x3C00), 1.0f);
+  EXPECT_EQ(HalfToFloat(0xC000), -2.0f);
+  EXPECT_EQ(HalfToFloat(0x0001), std::ldexp(1.0f, -24));  // smallest subnormal
+  EXPECT_EQ(HalfToFloat(0x7BFF), 65504.0f);
+  EXPECT_TRUE(std::isinf(HalfToFloat(0x7C00)));
+  EXPECT_EQ(BFloat16ToFloat(0x3F80), 1.0f);
+  EXPECT_EQ(BFloat16ToFloat(0xC0A0), -5.0f);
+}
+
+TEST(Kernels, Avx2DotMatchesScalarTwin) {
+  if (!CpuHasAvx2()) GTEST_SKIP() << "this CPU has no AVX2+FMA+F16C";
+  std::mt19937 rng(42);
+  for (const int64_t n : {1, 7, 8, 9, 31, 32, 33, 64, 100, 4096, 4099, 14336}) {
+    const Row w = RandomRow(n, rng);
+    const Row x = RandomRow(n, rng);
+    for (const DType t : {DType::kF32, DType::kF16, DType::kBF16}) {
+      const float scalar = DotRowScalar(t, w.Data(t), x.f32.data(), n);
+      const float simd = DotRowAvx2(t, w.Data(t), x.f32.data(), n);
+      // Same products, different summation order: each float32 partial sum can be off by
+      // 2^-24 of its magnitude, so the results agree to ~n * 2^-24 * sum|w x|; 1e-6 * n of
+      // the absolute sum is a safe, still tight bound.
+      double magnitude = 0;
+      for (int64_t i = 0; i < n; ++i) magnitude += std::abs(double{w.f32[i]} * x.f32[i]);
+      EXPECT_NEAR(simd, scalar, 1e-6 * static_cast<double>(n) * magnitude / 64 + 1e-6)
+          << "n " << n << " dtype " << DTypeName(t);
+    }
+  }
+}
+
+TEST(Kernels, MatMulMatchesReference) {
+  std::mt19937 rng(7);
+  const int64_t rows = 67, cols = 96, tokens = 5;
+  for (const DType t : {DType::kF32, DType::kF16, DType::kBF16}) {
+    const Row w = RandomRow(rows * cols, rng);
+    const Row x = RandomRow(tokens * cols, rng);
+    const WeightMatrix m{t, w.Data(t), rows, cols};
+    std::vector<float> fast(rows * tokens), reference(rows * tokens);
+    MatMul(m, x.f32.data(), tokens, fast.data());
+    MatMulReference(m, x.f32.data(), tokens, reference.data());
+    for (int64_t i = 0; i < rows * tokens; ++i) {
+      // |w x| <= 4 per term, 96 terms: float32 reordering error is well below 1e-4.
+      ASSERT_NEAR(fast[i], reference[i], 1e-4) << "index " << i << " dtype " << DTypeName(t);
+    }
+  }
+}
+
+TEST(ThreadPool, EveryIndexExactlyOnceForAnyShape) {
+  for (const int threads : {1, 2, 3, 8}) {
+    ThreadPool pool(threads);
+    EXPECT_EQ(pool.size(), threads);
+    for (const int64_t n : {0, 1, 5, 16, 17, 1000}) {
+      for (const int64_t grain : {1, 4, 16, 2000}) {
+        std::vector<std::atomic<int>> hits(static_cast<size_t>(n));
+        pool.ParallelFor(n, grain, [&](int64_t begin, int64_t end, int thread) {
+          ASSERT_LT(thread, threads);
+          if (end < n) {
+            ASSERT_EQ(end % grain, 0);  // boundaries on whole grains
+          }
+          for (int64_t i = begin; i < end; ++i) hits[i]++;
+        });
+        for (int64_t i = 0; i < n; ++i) ASSERT_EQ(hits[i].load(), 1) << n << " " << grain;
+      }
+    }
+  }
+}
+
+TEST(ThreadPool, RepeatedJobsDoNotRace) {
+  ThreadPool pool(4);
+  std::atomic<int64_t> sum{0};
+  for (int job = 0; job < 2000; ++job) {
+    pool.ParallelFor(64, 1, [&](int64_t begin, int64_t end, int) { sum += end - begin; });
+  }
+  EXPECT_EQ(sum.load(), 2000 * 64);
+}
+
+}  // namespace
+}  // namespace starling
