@@ -10,6 +10,7 @@
 #include "core/file.h"
 #include "formats/gguf.h"
 #include "text_corpus.h"
+#include "tokenizer/gguf_export.h"
 #include "tokenizer/load.h"
 
 namespace starling {
@@ -165,34 +166,19 @@ TEST(Tokenizer, BadIdsAreErrors) {
 
 // --- The same vocabulary from a GGUF file ---
 
-// Writes the vocabulary the way llama.cpp's converter stores it in GGUF.
-std::string WriteVocabularyAsGguf(const Tokenizer& source, const std::string& path) {
+// The vocabulary exported the way llama.cpp's converter stores it in GGUF.
+std::string WriteVocabularyAsGguf(const std::string& path) {
   GgufWriter writer;
   writer.AddString("general.architecture", "llama");
-  writer.AddString("tokenizer.ggml.model", "llama");
-  std::vector<std::string> tokens;
-  std::vector<float> scores;
-  std::vector<int32_t> types;
-  const SentencePieceVocab vocab = LoadSentencePieceModel(kMistralModel);
-  for (int32_t id = 0; id < source.vocab_size(); ++id) {
-    tokens.push_back(source.Piece(id));
-    const bool base = id < static_cast<int32_t>(vocab.pieces.size());
-    scores.push_back(base ? vocab.scores[id] : 0.0f);
-    types.push_back(base ? static_cast<int32_t>(vocab.types[id]) : 3 /* CONTROL */);
-  }
-  writer.AddStringArray("tokenizer.ggml.tokens", tokens);
-  writer.AddFloat32Array("tokenizer.ggml.scores", scores);
-  writer.AddInt32Array("tokenizer.ggml.token_type", types);
-  writer.AddUint32("tokenizer.ggml.bos_token_id", 1);
-  writer.AddUint32("tokenizer.ggml.eos_token_id", 32000);
-  writer.AddUint32("tokenizer.ggml.unknown_token_id", 0);
+  WriteTokenizerToGguf(kOpenChatDir, &writer);
   writer.WriteTo(path);
   return path;
 }
 
 TEST(Tokenizer, GgufVocabularyEncodesExactlyLikeTheSentencePieceModel) {
-  const std::string path = WriteVocabularyAsGguf(OpenChat(), ::testing::TempDir() + "/vocab.gguf");
+  const std::string path = WriteVocabularyAsGguf(::testing::TempDir() + "/vocab.gguf");
   const Tokenizer gguf = LoadTokenizer(path);
+  EXPECT_EQ(LoadChatTemplateJinja(path), LoadChatTemplateJinja(kOpenChatDir));
   EXPECT_EQ(gguf.vocab_size(), 32002);
   EXPECT_EQ(gguf.eos_id(), 32000);
   for (const CardCase& c : CardCases()) EXPECT_EQ(gguf.Encode(c.text), c.ids);

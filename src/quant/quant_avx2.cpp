@@ -9,7 +9,6 @@
 #include <cmath>
 #include <cstring>
 
-#include "core/error.h"
 #include "quant/quant.h"
 
 #define STARLING_AVX2 __attribute__((target("avx2,fma,f16c")))

@@ -12,5 +12,6 @@ void RegisterGenerate(CLI::App& app);
 void RegisterChat(CLI::App& app);
 void RegisterPerplexity(CLI::App& app);
 void RegisterInfo(CLI::App& app);
+void RegisterBench(CLI::App& app);
 
 }  // namespace starling::cli

@@ -16,6 +16,7 @@ int main(int argc, char** argv) {
   starling::cli::RegisterChat(app);
   starling::cli::RegisterPerplexity(app);
   starling::cli::RegisterInfo(app);
+  starling::cli::RegisterBench(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

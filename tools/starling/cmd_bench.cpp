@@ -1,0 +1,173 @@
+// `starling bench`: prompt processing and generation speed, in the spirit of llama-bench,
+// with generation measured against the machine's memory read bandwidth (which the bench
+// measures itself): generating a token reads every weight once, so bytes/token x tokens/s
+// over the read bandwidth is how close to the physical limit the engine runs.
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <memory>
+#include <numeric>
+#include <string>
+#include <vector>
+
+#include "commands.h"
+#include "core/error.h"
+#include "core/thread_pool.h"
+#include "embedded_model.h"
+#include "kernels/dot.h"
+
+namespace starling::cli {
+namespace {
+
+double Now() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+struct Stats {
+  double median, min, max;
+};
+
+Stats Summarize(std::vector<double> values) {
+  std::sort(values.begin(), values.end());
+  return {values[values.size() / 2], values.front(), values.back()};
+}
+
+// Read bandwidth in GB/s: all threads sum disjoint parts of a buffer far larger than the
+// last-level cache; median of several passes.
+double MeasureReadBandwidth(ThreadPool& pool) {
+  const size_t bytes = size_t{1} << 30;
+  const size_t n = bytes / sizeof(uint64_t);
+  std::unique_ptr<uint64_t[]> buffer(new uint64_t[n]);
+  pool.ParallelFor(static_cast<int64_t>(n), 4096, [&](int64_t begin, int64_t end, int) {
+    for (int64_t i = begin; i < end; ++i) buffer[i] = static_cast<uint64_t>(i);  // touch pages
+  });
+  std::vector<uint64_t> sink(static_cast<size_t>(pool.size()) * 8, 0);
+  std::vector<double> rates;
+  for (int pass = 0; pass < 7; ++pass) {
+    const double start = Now();
+    pool.ParallelFor(static_cast<int64_t>(n), 4096, [&](int64_t begin, int64_t end, int thread) {
+      uint64_t a = 0, b = 0, c = 0, d = 0;
+      int64_t i = begin;
+      for (; i + 4 <= end; i += 4) {
+        a += buffer[i];
+        b += buffer[i + 1];
+        c += buffer[i + 2];
+        d += buffer[i + 3];
+      }
+      for (; i < end; ++i) a += buffer[i];
+      sink[static_cast<size_t>(thread) * 8] += a + b + c + d;  // keep the loads alive
+    });
+    rates.push_back(static_cast<double>(bytes) / (Now() - start) / 1e9);
+  }
+  if (std::accumulate(sink.begin(), sink.end(), uint64_t{0}) == 42) std::printf(" ");
+  return Summarize(rates).median;
+}
+
+struct BenchFlags {
+  std::string model;
+  int32_t prompt = 512;
+  int32_t generate = 128;
+  int threads = 0;
+  int reps = 5;
+  bool json = false;
+};
+
+void RunBench(const BenchFlags& f) {
+  if (f.reps < 1) Fail("-r must be at least 1");
+  if (f.prompt < 0 || f.generate < 0) Fail("-p and -n must not be negative");
+  ThreadPool::SetGlobalThreads(f.threads);
+  ThreadPool& pool = ThreadPool::Global();
+  const LoadedModel m = LoadModelOrDefault(f.model);
+  const ModelConfig& c = m.model->config();
+  const double bandwidth = MeasureReadBandwidth(pool);
+  // Bytes one generated token reads: every weight, except that only one row of an untied
+  // embedding table is read (a tied one is read whole by the output head).
+  uint64_t bytes_per_token = m.model->weight_bytes();
+  if (!c.tie_word_embeddings) {
+    const WeightMatrix& e = m.model->embedding();
+    bytes_per_token -=
+        static_cast<uint64_t>(e.rows - 1) * static_cast<uint64_t>(e.cols) * DTypeSize(e.dtype);
+  }
+  std::vector<int32_t> tokens(static_cast<size_t>(std::max(f.prompt, 1)));
+  for (size_t i = 0; i < tokens.size(); ++i)
+    tokens[i] = static_cast<int32_t>((i * 7919 + 3) % c.vocab_size);
+  std::vector<float> logits(static_cast<size_t>(c.vocab_size));
+  Session session(*m.model, f.prompt + f.generate + 1);
+  auto report = [&](const char* kind, int32_t n, const std::vector<double>& rates,
+                    bool generation) {
+    const Stats s = Summarize(rates);
+    const double gbs = s.median * static_cast<double>(bytes_per_token) / 1e9;
+    if (f.json) {
+      std::printf(
+          "{\"test\": \"%s%d\", \"model\": \"%s\", \"threads\": %d, \"reps\": %d, "
+          "\"simd\": \"%s\", \"tokens_per_s_median\": %.3f, \"tokens_per_s_min\": %.3f, "
+          "\"tokens_per_s_max\": %.3f",
+          kind, n, m.source.c_str(), pool.size(), f.reps, DotRowImplementation(), s.median, s.min,
+          s.max);
+      if (generation) {
+        std::printf(
+            ", \"bytes_per_token\": %llu, \"gb_per_s\": %.3f, \"bandwidth_gb_per_s\": %.3f, "
+            "\"ratio_to_bandwidth\": %.3f",
+            static_cast<unsigned long long>(bytes_per_token), gbs, bandwidth, gbs / bandwidth);
+      }
+      std::printf("}\n");
+    } else {
+      std::printf("%-6s %4d  %9.2f tok/s (min %.2f, max %.2f)", kind, n, s.median, s.min, s.max);
+      if (generation) {
+        std::printf("  %.2f GB/s of %.2f GB/s read bandwidth (%.0f%%)", gbs, bandwidth,
+                    100 * gbs / bandwidth);
+      }
+      std::printf("\n");
+    }
+    std::fflush(stdout);
+  };
+  if (!f.json) {
+    std::printf("model %s: %.2f GiB of weights, %.2f MB read per generated token; %d threads, %s\n",
+                m.source.c_str(), static_cast<double>(m.model->weight_bytes()) / (1ull << 30),
+                static_cast<double>(bytes_per_token) / 1e6, pool.size(), DotRowImplementation());
+  }
+  if (f.prompt > 0) {
+    std::vector<double> rates;
+    for (int r = 0; r < f.reps; ++r) {
+      session.Truncate(0);
+      const double start = Now();
+      session.Forward(tokens, logits);
+      rates.push_back(f.prompt / (Now() - start));
+    }
+    report("pp", f.prompt, rates, false);
+  }
+  if (f.generate > 0) {
+    std::vector<double> rates;
+    for (int r = 0; r < f.reps; ++r) {
+      session.Truncate(0);
+      session.Forward(std::span(tokens).first(1), logits);
+      const double start = Now();
+      for (int32_t i = 0; i < f.generate; ++i) {
+        const int32_t token = tokens[static_cast<size_t>(i + 1) % tokens.size()];
+        session.Forward(std::span(&token, 1), logits);
+      }
+      rates.push_back(f.generate / (Now() - start));
+    }
+    report("tg", f.generate, rates, true);
+  }
+}
+
+}  // namespace
+
+void RegisterBench(CLI::App& app) {
+  auto f = std::make_shared<BenchFlags>();
+  CLI::App* cmd =
+      app.add_subcommand("bench",
+                         "Prompt-processing and generation speed, and generation's share of the "
+                         "measured memory bandwidth");
+  cmd->add_option("-m,--model", f->model, "a Hugging Face directory or a GGUF file");
+  cmd->add_option("-p,--n-prompt", f->prompt, "prompt tokens (pp test)")->capture_default_str();
+  cmd->add_option("-n,--n-gen", f->generate, "generated tokens (tg test)")->capture_default_str();
+  cmd->add_option("-t,--threads", f->threads, "threads (default: one per core)");
+  cmd->add_option("-r,--repetitions", f->reps, "repetitions")->capture_default_str();
+  cmd->add_flag("--json", f->json, "one JSON object per line per test");
+  cmd->callback([f] { RunBench(*f); });
+}
+
+}  // namespace starling::cli
