@@ -11,6 +11,7 @@
 #include "core/thread_pool.h"
 #include "kernels/dot.h"
 #include "kernels/kernels.h"
+#include "quant/weight.h"
 
 namespace starling {
 namespace {
@@ -89,7 +90,10 @@ TEST(Kernels, MatMulMatchesReference) {
   for (const DType t : {DType::kF32, DType::kF16, DType::kBF16}) {
     const Row w = RandomRow(rows * cols, rng);
     const Row x = RandomRow(tokens * cols, rng);
-    const WeightMatrix m{t, w.Data(t), rows, cols};
+    const WeightFormat format = t == DType::kF32   ? WeightFormat::kF32
+                                : t == DType::kF16 ? WeightFormat::kF16
+                                                   : WeightFormat::kBF16;
+    const WeightMatrix m{format, w.Data(t), rows, cols};
     std::vector<float> fast(rows * tokens), reference(rows * tokens);
     MatMul(m, x.f32.data(), tokens, fast.data());
     MatMulReference(m, x.f32.data(), tokens, reference.data());

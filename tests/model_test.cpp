@@ -29,7 +29,7 @@ struct RandomModel {
     for (float& x : values) x = offset + normal(rng);
     storage.push_back(std::move(values));
     tensors.push_back(
-        {name, "memory", DType::kF32, shape, storage.back().data(), static_cast<uint64_t>(n) * 4});
+        {name, "memory", WeightFormat::kF32, shape, storage.back().data(), static_cast<uint64_t>(n) * 4});
   }
 };
 

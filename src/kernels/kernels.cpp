@@ -1,7 +1,5 @@
 #include "kernels/kernels.h"
 
-#include "core/thread_pool.h"
-#include "kernels/dot.h"
 
 #include <cmath>
 #include <cstdlib>
@@ -45,7 +43,7 @@ float BFloat16ToFloat(uint16_t b) {
   return out;
 }
 
-void ReadRow(const WeightMatrix& w, int64_t row, float* out) {
+void ReadRow(const DenseMatrix& w, int64_t row, float* out) {
   const size_t offset = static_cast<size_t>(row) * static_cast<size_t>(w.cols);
   switch (w.dtype) {
     case DType::kF32:
@@ -62,31 +60,6 @@ void ReadRow(const WeightMatrix& w, int64_t row, float* out) {
       return;
     }
     default: std::abort();  // the loader admits only F32, F16 and BF16 weights
-  }
-}
-
-void MatMul(const WeightMatrix& w, const float* x, int64_t tokens, float* out) {
-  const size_t row_bytes = static_cast<size_t>(w.cols) * DTypeSize(w.dtype);
-  ThreadPool::Global().ParallelFor(w.rows, 16, [&](int64_t begin, int64_t end, int) {
-    for (int64_t r = begin; r < end; ++r) {
-      const void* row = static_cast<const char*>(w.data) + static_cast<size_t>(r) * row_bytes;
-      for (int64_t t = 0; t < tokens; ++t) {
-        out[t * w.rows + r] = DotRow(w.dtype, row, x + t * w.cols, w.cols);
-      }
-    }
-  });
-}
-
-void MatMulReference(const WeightMatrix& w, const float* x, int64_t tokens, float* out) {
-  std::vector<float> row(static_cast<size_t>(w.cols));
-  for (int64_t r = 0; r < w.rows; ++r) {
-    ReadRow(w, r, row.data());  // converted once, used for every token
-    for (int64_t t = 0; t < tokens; ++t) {
-      const float* xt = x + t * w.cols;
-      float sum = 0.0f;
-      for (int64_t c = 0; c < w.cols; ++c) sum += row[c] * xt[c];
-      out[t * w.rows + r] = sum;
-    }
   }
 }
 

@@ -11,9 +11,10 @@
 
 namespace starling {
 
-// A row-major weight matrix [rows, cols] stored as F32, F16 or BF16, read in place
-// (memory-mapped): row r starts at data + r * cols * DTypeSize(dtype).
-struct WeightMatrix {
+// A row-major dense matrix [rows, cols] stored as F32, F16 or BF16, read in place
+// (memory-mapped): row r starts at data + r * cols * DTypeSize(dtype). Quantized weights
+// and the matmul over any weight format are in quant/weight.h.
+struct DenseMatrix {
   DType dtype = DType::kF32;
   const void* data = nullptr;
   int64_t rows = 0;
@@ -24,15 +25,7 @@ float HalfToFloat(uint16_t bits);
 float BFloat16ToFloat(uint16_t bits);
 
 // out[cols] = row `row` of `w`, converted to float32.
-void ReadRow(const WeightMatrix& w, int64_t row, float* out);
-
-// out[T, w.rows] = x[T, w.cols] @ w^T. The reference: float32 accumulation in index order.
-void MatMulReference(const WeightMatrix& w, const float* x, int64_t tokens, float* out);
-
-// The same with SIMD dot products (DotRow), rows split over the global thread pool. Each
-// output is computed by one thread in a fixed order, so results do not depend on the
-// number of threads.
-void MatMul(const WeightMatrix& w, const float* x, int64_t tokens, float* out);
+void ReadRow(const DenseMatrix& w, int64_t row, float* out);
 
 // out[n] = x[n] / sqrt(mean(x^2) + eps) * weight[n]. `out` may alias `x`.
 void RmsNorm(const float* x, const float* weight, int64_t n, float eps, float* out);

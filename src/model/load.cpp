@@ -67,12 +67,16 @@ Model LoadGguf(std::shared_ptr<const GgufFile> gguf) {
     t.name = CanonicalGgufName(info.name);
     t.file = path;
     switch (info.ggml_type) {
-      case kGgmlF32: t.dtype = DType::kF32; break;
-      case kGgmlF16: t.dtype = DType::kF16; break;
-      case kGgmlBF16: t.dtype = DType::kBF16; break;
+      case kGgmlF32: t.format = WeightFormat::kF32; break;
+      case kGgmlF16: t.format = WeightFormat::kF16; break;
+      case kGgmlBF16: t.format = WeightFormat::kBF16; break;
+      case kGgmlQ8_0: t.format = WeightFormat::kQ8_0; break;
+      case kGgmlQ4_0: t.format = WeightFormat::kQ4_0; break;
+      case kGgmlQ4_K: t.format = WeightFormat::kQ4_K; break;
+      case kGgmlQ6_K: t.format = WeightFormat::kQ6_K; break;
       default:
         Fail(path, ": tensor '", info.name, "' has type ", GgufTypeName(info.ggml_type),
-             "; this build runs F32, F16 and BF16 tensors (quantized types are not supported yet)");
+             "; supported: F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q6_K");
     }
     // GGUF lists dimensions fastest-varying first; ours are outermost first.
     for (auto it = info.dims.rbegin(); it != info.dims.rend(); ++it) {
@@ -94,7 +98,17 @@ Model LoadHuggingFace(const std::string& dir) {
     TensorRef t;
     t.name = entry.tensor->name;
     t.file = entry.file->source();
-    t.dtype = entry.tensor->dtype;
+    switch (entry.tensor->dtype) {
+      case DType::kF32: t.format = WeightFormat::kF32; break;
+      case DType::kF16: t.format = WeightFormat::kF16; break;
+      case DType::kBF16: t.format = WeightFormat::kBF16; break;
+      default:
+        if (t.name.find("weight") != std::string::npos) {
+          Fail(t.file, ": tensor '", t.name, "' has dtype ", DTypeName(entry.tensor->dtype),
+               "; supported: F32, F16, BF16");
+        }
+        continue;  // e.g. an integer buffer the model does not use
+    }
     t.shape = entry.tensor->shape;
     const std::string_view data = weights->Data(entry);
     t.data = data.data();

@@ -33,28 +33,27 @@ class TensorTable {
       Fail(t->file, ": tensor '", name, "' has shape ", ShapeString(t->shape), ", expected ",
            ShapeString(shape), " from the config");
     }
-    if (t->dtype != DType::kF32 && t->dtype != DType::kF16 && t->dtype != DType::kBF16) {
-      Fail(t->file, ": tensor '", name, "' has dtype ", DTypeName(t->dtype),
-           "; supported: F32, F16, BF16");
+    if (shape.size() == 1 && IsQuantized(t->format)) {
+      Fail(t->file, ": tensor '", name, "' is ", WeightFormatName(t->format),
+           "; vectors must be F32, F16 or BF16");
     }
-    uint64_t elements = 1;
-    for (const int64_t d : shape) elements *= static_cast<uint64_t>(d);
-    if (t->size_bytes != elements * DTypeSize(t->dtype) || t->data == nullptr) {
-      Fail(t->file, ": tensor '", name, "' holds ", t->size_bytes, " bytes, expected ",
-           elements * DTypeSize(t->dtype));
+    const int64_t rows = shape.size() == 2 ? shape[0] : 1;
+    const uint64_t expected = static_cast<uint64_t>(rows) * WeightRowBytes(t->format, shape.back());
+    if (t->size_bytes != expected || t->data == nullptr) {
+      Fail(t->file, ": tensor '", name, "' holds ", t->size_bytes, " bytes, expected ", expected);
     }
     return *t;
   }
 
   WeightMatrix Matrix(const std::string& name, int64_t rows, int64_t cols) const {
     const TensorRef& t = Require(name, {rows, cols});
-    return {t.dtype, t.data, rows, cols};
+    return {t.format, t.data, rows, cols};
   }
 
   std::vector<float> Vector(const std::string& name, int64_t n) const {
     const TensorRef& t = Require(name, {n});
     std::vector<float> out(static_cast<size_t>(n));
-    ReadRow({t.dtype, t.data, 1, n}, 0, out.data());
+    ReadRow(WeightMatrix{t.format, t.data, 1, n}, 0, out.data());
     return out;
   }
 

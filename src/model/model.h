@@ -10,6 +10,7 @@
 
 #include "kernels/kernels.h"
 #include "model/config.h"
+#include "quant/weight.h"
 
 namespace starling {
 
@@ -17,7 +18,7 @@ namespace starling {
 struct TensorRef {
   std::string name;  // canonical (Hugging Face) name
   std::string file;  // for messages
-  DType dtype = DType::kF32;
+  WeightFormat format = WeightFormat::kF32;
   std::vector<int64_t> shape;  // outermost first: a [rows, cols] matrix is {rows, cols}
   const void* data = nullptr;
   uint64_t size_bytes = 0;

@@ -175,7 +175,8 @@ void QuantizeQ4_K(const float* x, int64_t blocks, BlockQ4_K* y) {
     for (int j = 0; j < 8; ++j) {
       // uint8_t first, then the clamp: this is ggml's order (it matters only for a negative
       // scale, which the fit does not produce for sane input).
-      const auto ls = std::min<uint8_t>(63, static_cast<uint8_t>(NearestInt(inv_scale * scales[j])));
+      const auto ls =
+          std::min<uint8_t>(63, static_cast<uint8_t>(NearestInt(inv_scale * scales[j])));
       const auto lm = std::min<uint8_t>(63, static_cast<uint8_t>(NearestInt(inv_min * mins[j])));
       if (j < 4) {
         b.scales[j] = ls;
@@ -382,7 +383,7 @@ uint16_t FloatToHalf(float value) {
   }
   // Subnormal half: count units of 2^-24. value = mantissa * 2^(exponent - 150).
   const uint32_t exponent = abs >> 23;
-  const uint32_t shift = 126 - exponent;  // >= 14
+  const uint32_t shift = 126 - exponent;          // >= 14
   if (exponent == 0 || shift >= 25) return sign;  // below 2^-25 (or exactly it: ties to 0)
   const uint32_t mantissa = (abs & 0x7FFFFFu) | 0x800000u;
   uint32_t h = mantissa >> shift;

@@ -21,7 +21,9 @@ int64_t Blocks(QuantType type, int64_t n) {
   return static_cast<int64_t>(QuantRowBytes(type, n) / QuantBlockBytes(type));
 }
 
-STARLING_AVX2 inline float HalfToFloatF16c(uint16_t h) { return _cvtsh_ss(h); }
+STARLING_AVX2 inline float HalfToFloatF16c(uint16_t h) {
+  return _cvtsh_ss(h);
+}
 
 STARLING_AVX2 inline int32_t HorizontalSum(__m256i v) {
   __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
@@ -65,14 +67,22 @@ STARLING_AVX2 inline __m256i RoundHalfAway(__m256 x) {
   return _mm256_cvtps_epi32(_mm256_add_ps(t, _mm256_and_ps(away, step)));
 }
 
-// The 6-bit scales and mins of a Q4_K block (the layout in quant.h).
-inline void DecodeQ4_KScales(const uint8_t* s, uint8_t* sc, uint8_t* m) {
-  for (int j = 0; j < 4; ++j) {
-    sc[j] = s[j] & 63;
-    m[j] = s[j + 4] & 63;
-    sc[j + 4] = static_cast<uint8_t>((s[j + 8] & 0xF) | (s[j] >> 6) << 4);
-    m[j + 4] = static_cast<uint8_t>((s[j + 8] >> 4) | (s[j + 4] >> 6) << 4);
-  }
+// The 6-bit scales and mins of a Q4_K block (the layout in quant.h), four per 32-bit word, byte
+// j of `sc` and `m` for sub-block j. Word arithmetic keeps them in registers: the byte-wise
+// version, stored and reloaded as one word, stalls on store forwarding.
+struct Q4_KScales {
+  uint64_t sc;
+  uint64_t m;
+};
+
+inline Q4_KScales DecodeQ4_KScales(const uint8_t* s) {
+  uint32_t u[3];
+  std::memcpy(u, s, 12);
+  const uint32_t sc_lo = u[0] & 0x3F3F3F3Fu;
+  const uint32_t m_lo = u[1] & 0x3F3F3F3Fu;
+  const uint32_t sc_hi = (u[2] & 0x0F0F0F0Fu) | (u[0] >> 6 & 0x03030303u) << 4;
+  const uint32_t m_hi = (u[2] >> 4 & 0x0F0F0F0Fu) | (u[1] >> 6 & 0x03030303u) << 4;
+  return {sc_lo | uint64_t{sc_hi} << 32, m_lo | uint64_t{m_hi} << 32};
 }
 
 }  // namespace
@@ -168,8 +178,7 @@ STARLING_AVX2 float DotQ8_0Q8_0_Avx2(const void* w, const void* a, int64_t n) {
     const __m256i qa = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(y[i].qs));
     // |w| * (a * sign(w)) = w * a. |w| <= 128 as u8 and |a| <= 127 (a != -128, or the sign flip
     // wraps): pair sums <= 2 * 128 * 127 < 2^15, no saturation.
-    const __m256i pairs =
-        _mm256_maddubs_epi16(_mm256_abs_epi8(qw), _mm256_sign_epi8(qa, qw));
+    const __m256i pairs = _mm256_maddubs_epi16(_mm256_abs_epi8(qw), _mm256_sign_epi8(qa, qw));
     // Lanes hold sums of 4 products, |.| <= 65024: exact as floats.
     const __m256 lanes = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones));
     const float d = HalfToFloatF16c(x[i].d) * HalfToFloatF16c(y[i].d);
@@ -194,8 +203,8 @@ STARLING_AVX2 float DotQ4_0Q8_0_Avx2(const void* w, const void* a, int64_t n) {
     const __m256i qa = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(y[i].qs));
     // (q - 8) . a = q . a - 8 * sum(a), in int16 pairs: |q . a| <= 2 * 15 * 128 and
     // |8 * a pair| <= 2048, so neither the products nor the difference saturate, for any a.
-    const __m256i pairs = _mm256_sub_epi16(_mm256_maddubs_epi16(nibbles, qa),
-                                           _mm256_maddubs_epi16(eight, qa));
+    const __m256i pairs =
+        _mm256_sub_epi16(_mm256_maddubs_epi16(nibbles, qa), _mm256_maddubs_epi16(eight, qa));
     const __m256 lanes = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones));
     const float d = HalfToFloatF16c(x[i].d) * HalfToFloatF16c(y[i].d);
     acc[i & 1] = _mm256_fmadd_ps(_mm256_set1_ps(d), lanes, acc[i & 1]);
@@ -210,9 +219,7 @@ STARLING_AVX2 float DotQ4_KQ8_K_Avx2(const void* w, const void* a, int64_t n) {
   const __m256i low4 = _mm256_set1_epi8(0x0F);
   float sum = 0.0f;
   for (int64_t i = 0; i < blocks; ++i) {
-    uint8_t sc[8];
-    uint8_t m[8];
-    DecodeQ4_KScales(x[i].scales, sc, m);
+    const Q4_KScales scales = DecodeQ4_KScales(x[i].scales);
     __m256i acc = _mm256_setzero_si256();
     for (int g = 0; g < 4; ++g) {
       const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[i].qs + 32 * g));
@@ -220,17 +227,18 @@ STARLING_AVX2 float DotQ4_KQ8_K_Avx2(const void* w, const void* a, int64_t n) {
       const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), low4);
       const auto* qa = reinterpret_cast<const __m256i*>(y[i].qs + 64 * g);
       // u4 x s8 pairs: |.| <= 2 * 15 * 128, no saturation. Times the 6-bit scale in madd.
-      const __m256i plo = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, _mm256_loadu_si256(qa)),
-                                            _mm256_set1_epi16(sc[2 * g]));
-      const __m256i phi = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, _mm256_loadu_si256(qa + 1)),
-                                            _mm256_set1_epi16(sc[2 * g + 1]));
+      const __m256i plo =
+          _mm256_madd_epi16(_mm256_maddubs_epi16(lo, _mm256_loadu_si256(qa)),
+                            _mm256_set1_epi16(static_cast<int16_t>(scales.sc >> 16 * g & 0xFF)));
+      const __m256i phi = _mm256_madd_epi16(
+          _mm256_maddubs_epi16(hi, _mm256_loadu_si256(qa + 1)),
+          _mm256_set1_epi16(static_cast<int16_t>(scales.sc >> (16 * g + 8) & 0xFF)));
       acc = _mm256_add_epi32(acc, _mm256_add_epi32(plo, phi));
     }
     // sum_k bsums[k] * m[k / 2]: duplicate each min into two int16 lanes.
-    uint64_t m8;
-    std::memcpy(&m8, m, 8);
-    const __m128i m16 = _mm_cvtepu8_epi16(_mm_cvtsi64_si128(static_cast<int64_t>(m8)));
-    const __m256i mins = _mm256_set_m128i(_mm_unpackhi_epi16(m16, m16), _mm_unpacklo_epi16(m16, m16));
+    const __m128i m16 = _mm_cvtepu8_epi16(_mm_cvtsi64_si128(static_cast<int64_t>(scales.m)));
+    const __m256i mins =
+        _mm256_set_m128i(_mm_unpackhi_epi16(m16, m16), _mm_unpacklo_epi16(m16, m16));
     const __m256i bsums = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(y[i].bsums));
     const int32_t sumi = HorizontalSum(acc);
     const int32_t summ = HorizontalSum(_mm256_madd_epi16(bsums, mins));
@@ -282,7 +290,8 @@ STARLING_AVX2 float DotQ6_KQ8_K_Avx2(const void* w, const void* a, int64_t n) {
     const __m256i scales16 =
         _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b.scales)));
     const __m256i bsums = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(y[i].bsums));
-    const int32_t sumi = HorizontalSum(acc) - 32 * HorizontalSum(_mm256_madd_epi16(scales16, bsums));
+    const int32_t sumi =
+        HorizontalSum(acc) - 32 * HorizontalSum(_mm256_madd_epi16(scales16, bsums));
     const float d = HalfToFloatF16c(b.d) * y[i].d;
     sum = std::fma(d, static_cast<float>(sumi), sum);
   }

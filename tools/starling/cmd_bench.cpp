@@ -86,8 +86,7 @@ void RunBench(const BenchFlags& f) {
   uint64_t bytes_per_token = m.model->weight_bytes();
   if (!c.tie_word_embeddings) {
     const WeightMatrix& e = m.model->embedding();
-    bytes_per_token -=
-        static_cast<uint64_t>(e.rows - 1) * static_cast<uint64_t>(e.cols) * DTypeSize(e.dtype);
+    bytes_per_token -= static_cast<uint64_t>(e.rows - 1) * e.row_bytes();
   }
   std::vector<int32_t> tokens(static_cast<size_t>(std::max(f.prompt, 1)));
   for (size_t i = 0; i < tokens.size(); ++i)

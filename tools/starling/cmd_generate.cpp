@@ -263,7 +263,7 @@ void RunInfo(const std::string& path, int32_t context) {
     for (size_t i = 0; i < t.shape.size(); ++i) {
       shape += (i ? " x " : "") + std::to_string(t.shape[i]);
     }
-    std::printf("  %-48s %-5s %s\n", t.name.c_str(), DTypeName(t.dtype), shape.c_str());
+    std::printf("  %-48s %-5s %s\n", t.name.c_str(), WeightFormatName(t.format), shape.c_str());
   }
   const uint64_t kv = uint64_t{2} * c.num_layers * static_cast<uint64_t>(ctx) * c.num_kv_heads *
                       c.head_dim * sizeof(float);

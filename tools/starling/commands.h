@@ -13,5 +13,6 @@ void RegisterChat(CLI::App& app);
 void RegisterPerplexity(CLI::App& app);
 void RegisterInfo(CLI::App& app);
 void RegisterBench(CLI::App& app);
+void RegisterConvert(CLI::App& app);  // quantize, make-model
 
 }  // namespace starling::cli

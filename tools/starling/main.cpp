@@ -17,6 +17,7 @@ int main(int argc, char** argv) {
   starling::cli::RegisterPerplexity(app);
   starling::cli::RegisterInfo(app);
   starling::cli::RegisterBench(app);
+  starling::cli::RegisterConvert(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -1,0 +1,155 @@
+#include "quant/weight.h"
+
+#include <algorithm>
+#include <cctype>
+#include <string>
+#include <vector>
+
+#include "core/error.h"
+#include "core/thread_pool.h"
+#include "kernels/dot.h"
+#include "kernels/kernels.h"
+
+namespace starling {
+namespace {
+
+DType DenseType(WeightFormat f) {
+  switch (f) {
+    case WeightFormat::kF16: return DType::kF16;
+    case WeightFormat::kBF16: return DType::kBF16;
+    default: return DType::kF32;
+  }
+}
+
+QuantType BlockType(WeightFormat f) {
+  switch (f) {
+    case WeightFormat::kQ8_0: return QuantType::kQ8_0;
+    case WeightFormat::kQ4_0: return QuantType::kQ4_0;
+    case WeightFormat::kQ4_K: return QuantType::kQ4_K;
+    default: return QuantType::kQ6_K;
+  }
+}
+
+// The activation format a quantized weight format multiplies with.
+QuantType ActivationType(WeightFormat f) {
+  return f == WeightFormat::kQ4_K || f == WeightFormat::kQ6_K ? QuantType::kQ8_K : QuantType::kQ8_0;
+}
+
+using QuantDot = float (*)(const void*, const void*, int64_t);
+using QuantizeFn = void (*)(const float*, int64_t, void*);
+
+bool UseAvx2() {
+  static const bool use = std::string(DotRowImplementation()) == "avx2" && CpuHasAvx2Fma();
+  return use;
+}
+
+QuantDot DotFor(WeightFormat f) {
+  const bool avx2 = UseAvx2();
+  switch (f) {
+    case WeightFormat::kQ8_0: return avx2 ? DotQ8_0Q8_0_Avx2 : DotQ8_0Q8_0;
+    case WeightFormat::kQ4_0: return avx2 ? DotQ4_0Q8_0_Avx2 : DotQ4_0Q8_0;
+    case WeightFormat::kQ4_K: return avx2 ? DotQ4_KQ8_K_Avx2 : DotQ4_KQ8_K;
+    default: return avx2 ? DotQ6_KQ8_K_Avx2 : DotQ6_KQ8_K;
+  }
+}
+
+void QuantizeActivations(QuantType type, const float* x, int64_t n, void* out) {
+  if (UseAvx2()) {
+    (type == QuantType::kQ8_0 ? QuantizeRowQ8_0_Avx2 : QuantizeRowQ8_K_Avx2)(x, n, out);
+  } else {
+    QuantizeRow(type, x, n, out);
+  }
+}
+
+}  // namespace
+
+const char* WeightFormatName(WeightFormat format) {
+  switch (format) {
+    case WeightFormat::kF32: return "F32";
+    case WeightFormat::kF16: return "F16";
+    case WeightFormat::kBF16: return "BF16";
+    case WeightFormat::kQ8_0: return "Q8_0";
+    case WeightFormat::kQ4_0: return "Q4_0";
+    case WeightFormat::kQ4_K: return "Q4_K";
+    case WeightFormat::kQ6_K: return "Q6_K";
+  }
+  return "unknown";
+}
+
+std::optional<WeightFormat> WeightFormatFromName(std::string_view name) {
+  std::string upper(name);
+  for (char& c : upper) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  for (const WeightFormat f :
+       {WeightFormat::kF32, WeightFormat::kF16, WeightFormat::kBF16, WeightFormat::kQ8_0,
+        WeightFormat::kQ4_0, WeightFormat::kQ4_K, WeightFormat::kQ6_K}) {
+    if (upper == WeightFormatName(f)) return f;
+  }
+  return std::nullopt;
+}
+
+bool IsQuantized(WeightFormat format) {
+  return format != WeightFormat::kF32 && format != WeightFormat::kF16 &&
+         format != WeightFormat::kBF16;
+}
+
+size_t WeightRowBytes(WeightFormat format, int64_t cols) {
+  if (IsQuantized(format)) return QuantRowBytes(BlockType(format), cols);
+  return static_cast<size_t>(cols) * DTypeSize(DenseType(format));
+}
+
+void ReadRow(const WeightMatrix& w, int64_t r, float* out) {
+  if (IsQuantized(w.format)) {
+    DequantizeRow(BlockType(w.format), w.row(r), w.cols, out);
+  } else {
+    ReadRow(DenseMatrix{DenseType(w.format), w.data, w.rows, w.cols}, r, out);
+  }
+}
+
+void MatMul(const WeightMatrix& w, const float* x, int64_t tokens, float* out) {
+  const size_t row_bytes = w.row_bytes();
+  if (!IsQuantized(w.format)) {
+    const DType type = DenseType(w.format);
+    ThreadPool::Global().ParallelFor(w.rows, 16, [&](int64_t begin, int64_t end, int) {
+      for (int64_t r = begin; r < end; ++r) {
+        const void* row = static_cast<const char*>(w.data) + static_cast<size_t>(r) * row_bytes;
+        for (int64_t t = 0; t < tokens; ++t) {
+          out[t * w.rows + r] = DotRow(type, row, x + t * w.cols, w.cols);
+        }
+      }
+    });
+    return;
+  }
+  // Quantize each token's activations once; every row's dot product reuses them.
+  const QuantType activation = ActivationType(w.format);
+  const size_t a_bytes = QuantRowBytes(activation, w.cols);
+  thread_local std::vector<uint64_t> scratch;  // grows once; 8-byte aligned blocks
+  const size_t words = (a_bytes * static_cast<size_t>(tokens) + 7) / 8;
+  if (scratch.size() < words) scratch.resize(words);
+  auto* quantized = reinterpret_cast<char*>(scratch.data());
+  for (int64_t t = 0; t < tokens; ++t) {
+    QuantizeActivations(activation, x + t * w.cols, w.cols, quantized + t * a_bytes);
+  }
+  const QuantDot dot = DotFor(w.format);
+  ThreadPool::Global().ParallelFor(w.rows, 16, [&](int64_t begin, int64_t end, int) {
+    for (int64_t r = begin; r < end; ++r) {
+      const void* row = static_cast<const char*>(w.data) + static_cast<size_t>(r) * row_bytes;
+      for (int64_t t = 0; t < tokens; ++t) {
+        out[t * w.rows + r] = dot(row, quantized + t * a_bytes, w.cols);
+      }
+    }
+  });
+}
+
+void MatMulReference(const WeightMatrix& w, const float* x, int64_t tokens, float* out) {
+  std::vector<float> row(static_cast<size_t>(w.cols));
+  for (int64_t r = 0; r < w.rows; ++r) {
+    ReadRow(w, r, row.data());
+    for (int64_t t = 0; t < tokens; ++t) {
+      float sum = 0.0f;
+      for (int64_t c = 0; c < w.cols; ++c) sum += row[c] * x[t * w.cols + c];
+      out[t * w.rows + r] = sum;
+    }
+  }
+}
+
+}  // namespace starling

@@ -1,0 +1,49 @@
+// A weight matrix in any stored format, and the matmul over it: dense rows (F32/F16/BF16)
+// use the kernels' dot products; quantized rows (GGUF block formats) are multiplied with
+// activations quantized once per token (Q8_0 for Q8_0/Q4_0 weights, Q8_K for K-quants),
+// with integer dot products, as ggml does.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <string_view>
+
+#include "core/dtype.h"
+#include "quant/quant.h"
+
+namespace starling {
+
+enum class WeightFormat : uint8_t { kF32, kF16, kBF16, kQ8_0, kQ4_0, kQ4_K, kQ6_K };
+
+const char* WeightFormatName(WeightFormat format);                        // "F32", ..., "Q4_K"
+std::optional<WeightFormat> WeightFormatFromName(std::string_view name);  // case-insensitive
+bool IsQuantized(WeightFormat format);
+// Bytes of one row of `cols` elements; throws starling::Error when cols does not divide
+// into blocks.
+size_t WeightRowBytes(WeightFormat format, int64_t cols);
+
+// Row-major [rows, cols], read in place (memory-mapped).
+struct WeightMatrix {
+  WeightFormat format = WeightFormat::kF32;
+  const void* data = nullptr;
+  int64_t rows = 0;
+  int64_t cols = 0;
+  size_t row_bytes() const { return WeightRowBytes(format, cols); }
+  const void* row(int64_t r) const {
+    return static_cast<const char*>(data) + static_cast<size_t>(r) * row_bytes();
+  }
+};
+
+// out[cols] = row r as float32 (dequantized).
+void ReadRow(const WeightMatrix& w, int64_t r, float* out);
+
+// out[T, rows] = x[T, cols] @ w^T. Rows are split over the global thread pool; every output
+// is computed by one thread in a fixed order, so results do not depend on the thread count.
+void MatMul(const WeightMatrix& w, const float* x, int64_t tokens, float* out);
+
+// The readable reference: dequantize each row to float32 and accumulate in index order.
+// (Quantized formats differ from MatMul by the activation quantization, by design.)
+void MatMulReference(const WeightMatrix& w, const float* x, int64_t tokens, float* out);
+
+}  // namespace starling
