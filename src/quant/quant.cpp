@@ -10,6 +10,15 @@
 #include "core/error.h"
 #include "kernels/kernels.h"
 
+// Fusing a * b + c into one fma (which compilers do by default wherever the target has FMA, e.g.
+// under -march=native) changes the quantizers' rounding and so their bytes; ggml's reference
+// build does not fuse, and the K-quant dot products' fmas below are explicit.
+#if defined(__clang__)
+#pragma STDC FP_CONTRACT OFF
+#elif defined(__GNUC__)
+#pragma GCC optimize("fp-contract=off")
+#endif
+
 namespace starling {
 namespace {
 

@@ -99,10 +99,13 @@ void Q4_KScaleMin(const uint8_t* scales, int j, uint8_t* sc, uint8_t* m);
 //     rounds x/d half away from zero; Q4_0 takes d = max / -8, with max the first element of
 //     largest magnitude, and q = min(15, trunc(x/d + 8.5)), i.e. ties round up).
 //   Q4_K, Q6_K: ggml's quantize_row_q4_K_ref / quantize_row_q6_K_ref (make_qkx2_quants /
-//     make_qx_quants searches without an importance matrix) operation for operation, so the
-//     bytes equal ggml's where both are compiled without floating-point contraction.
+//     make_qx_quants searches without an importance matrix) operation for operation, compiled
+//     without fma contraction, so the bytes equal those of a ggml build without contraction
+//     (a ggml built with -march=native differs in a few percent of the blocks).
 //   Q8_K: quantize_row_q8_K_ref (d = max / -127 as a float, round half to even, bsums); an
 //     all-zero block also gets zero bsums (ggml leaves them unwritten).
+// (ggml's own AVX2 activation quantizer for Q8_0 differs from its reference: 127 / amax for 1/d
+// and ties to even; we follow the reference everywhere.)
 void QuantizeRow(QuantType type, const float* x, int64_t n, void* out);
 
 // out[n] = dequantized row, element for element as ggml's dequantize_row_*.
@@ -136,12 +139,14 @@ void QuantizeRowQ8_K_Avx2(const float* x, int64_t n, void* out);
 float DotQ4_KQ8_K_Avx2(const void* w, const void* a, int64_t n);
 float DotQ6_KQ8_K_Avx2(const void* w, const void* a, int64_t n);
 
-// The Q8_0-activation dot products keep 8 float lanes (each block's exact integer partial sums
-// are scaled with one fma per lane) and add the lanes at the end. Against the scalar twin:
-// |difference| <= (2 * blocks + 8) * 2^-24 * sum_i |d_w * d_a * q_w[i] * q_a[i]| (both are
-// recursive float sums of `blocks` terms, each term rounded at most twice, plus a 3-level lane
-// reduction). DotQ8_0Q8_0_Avx2 needs activation quants in [-127, 127] (QuantizeRow never
-// writes -128; any weight byte is fine); DotQ4_0Q8_0_Avx2 takes any bytes.
+// The Q8_0-activation dot products keep 2 x 8 float lanes (each block's exact integer partial
+// sums are scaled with one fma per lane; blocks alternate between the two vectors) and add the
+// lanes at the end. Against the scalar twin:
+// |difference| <= (2 * blocks + 8) * 2^-24 * sum_i |d_w * d_a * q_w[i] * q_a[i]| (first-order
+// error bounds: the scalar sum is a recursive sum of `blocks` terms, each rounded twice, so
+// <= (blocks + 1) * 2^-24 * S; each lane sums blocks / 2 terms by fma, then a 4-level reduction,
+// so <= (blocks / 2 + 5) * 2^-24 * S). DotQ8_0Q8_0_Avx2 needs activation quants in [-127, 127]
+// (QuantizeRow never writes -128; any weight byte is fine); DotQ4_0Q8_0_Avx2 takes any bytes.
 float DotQ8_0Q8_0_Avx2(const void* w, const void* a, int64_t n);
 float DotQ4_0Q8_0_Avx2(const void* w, const void* a, int64_t n);
 

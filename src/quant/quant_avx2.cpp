@@ -4,6 +4,7 @@
 //
 // Integer work is exact: _mm256_maddubs_epi16 (u8 x s8 pairs summed into int16) is used only
 // where the pair sums cannot saturate, which each use below states.
+#include <cpuid.h>
 #include <immintrin.h>
 
 #include <cmath>
@@ -88,9 +89,12 @@ inline Q4_KScales DecodeQ4_KScales(const uint8_t* s) {
 }  // namespace
 
 bool CpuHasAvx2Fma() {
+  // __builtin_cpu_supports checks that the OS saves the AVX registers too; older clang does not
+  // know "f16c", so that bit comes from CPUID leaf 1 directly.
   __builtin_cpu_init();
-  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-         __builtin_cpu_supports("f16c");
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  const bool f16c = __get_cpuid(1, &eax, &ebx, &ecx, &edx) != 0 && (ecx & bit_F16C) != 0;
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c;
 }
 
 STARLING_AVX2 void QuantizeRowQ8_0_Avx2(const float* x, int64_t n, void* out) {
@@ -107,7 +111,9 @@ STARLING_AVX2 void QuantizeRowQ8_0_Avx2(const float* x, int64_t n, void* out) {
     // The maximum is exact in any order, so d and id are the scalar twin's.
     const float d = HorizontalMax(amax) / 127.0f;
     const float id = d != 0.0f ? 1.0f / d : 0.0f;
-    y[i].d = static_cast<uint16_t>(_cvtss_sh(d, _MM_FROUND_TO_NEAREST_INT));
+    // F16C rounds to nearest even, as FloatToHalf. (Not _cvtss_sh: a compound literal in clang.)
+    y[i].d = static_cast<uint16_t>(
+        _mm_extract_epi16(_mm_cvtps_ph(_mm_set_ss(d), _MM_FROUND_TO_NEAREST_INT), 0));
     const __m256 idv = _mm256_set1_ps(id);
     __m256i q[4];
     for (int k = 0; k < 4; ++k) q[k] = RoundHalfAway(_mm256_mul_ps(v[k], idv));
