@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <iostream>
 #include <iterator>
@@ -53,6 +54,34 @@ std::string ReadFilePrefix(const std::string& path, size_t max_bytes) {
   ::close(fd);
   out.resize(got);
   return out;
+}
+
+void WriteFileAtomically(const std::string& path,
+                         const std::function<void(const ByteSink&)>& produce) {
+  const std::string temp = path + ".tmp";
+  std::FILE* f = std::fopen(temp.c_str(), "wb");
+  if (f == nullptr) Fail(path, ": cannot create ", temp, ": ", std::strerror(errno));
+  bool ok = true;
+  int write_errno = 0;
+  produce([&](std::string_view piece) {
+    if (ok && !piece.empty() && std::fwrite(piece.data(), 1, piece.size(), f) != piece.size()) {
+      ok = false;
+      write_errno = errno;
+    }
+  });
+  if (std::fclose(f) != 0 && ok) {
+    ok = false;
+    write_errno = errno;
+  }
+  if (!ok) {
+    std::remove(temp.c_str());
+    Fail(path, ": write failed: ", std::strerror(write_errno));
+  }
+  if (std::rename(temp.c_str(), path.c_str()) != 0) {
+    const int err = errno;
+    std::remove(temp.c_str());
+    Fail(path, ": cannot rename ", temp, " into place: ", std::strerror(err));
+  }
 }
 
 std::string ReadStdin() {

@@ -3,6 +3,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <string_view>
 
@@ -13,6 +14,12 @@ std::string ReadFile(const std::string& path);
 
 // Reads at most `max_bytes` from the start of a file (to sniff a format's magic).
 std::string ReadFilePrefix(const std::string& path, size_t max_bytes);
+
+// Writes a file so that a failure never leaves a truncated one behind: `produce` streams
+// the bytes (through the sink it is given) into PATH.tmp, which is then renamed over PATH.
+using ByteSink = std::function<void(std::string_view)>;
+void WriteFileAtomically(const std::string& path,
+                         const std::function<void(const ByteSink&)>& produce);
 
 // Reads a whole stream (stdin) byte for byte.
 std::string ReadStdin();

@@ -96,7 +96,6 @@ void DecodeScalar(GgufType type, const char* p, GgufValue& out) {
   }
 }
 
-
 std::string FormatDims(std::span<const uint64_t> dims) {
   std::string out = "[";
   for (size_t k = 0; k < dims.size(); ++k) out += Concat(k ? ", " : "", dims[k]);
@@ -282,7 +281,8 @@ std::string FormatFloat(F value) {
 
 std::string QuoteString(std::string_view s) {
   std::string out = "\"";
-  for (const char c : PrintableForError(s, 80)) out += c == '"' ? std::string("\\\"") : std::string(1, c);
+  for (const char c : PrintableForError(s, 80))
+    out += c == '"' ? std::string("\\\"") : std::string(1, c);
   return out + "\"";
 }
 
@@ -888,25 +888,7 @@ std::string GgufWriter::Finish() const {
 }
 
 void GgufWriter::WriteTo(const std::string& path) const {
-  // Write beside the target and rename, so a failed write never leaves a truncated model behind.
-  const std::string temp = path + ".tmp";
-  std::FILE* f = std::fopen(temp.c_str(), "wb");
-  if (f == nullptr) Fail(path, ": cannot create ", temp, ": ", std::strerror(errno));
-  bool ok = true;
-  Emit([&](std::string_view piece) {
-    if (ok && !piece.empty()) ok = std::fwrite(piece.data(), 1, piece.size(), f) == piece.size();
-  });
-  const int write_errno = errno;
-  if (std::fclose(f) != 0) ok = false;
-  if (!ok) {
-    std::remove(temp.c_str());
-    Fail(path, ": write failed: ", std::strerror(write_errno));
-  }
-  if (std::rename(temp.c_str(), path.c_str()) != 0) {
-    const int err = errno;
-    std::remove(temp.c_str());
-    Fail(path, ": cannot rename ", temp, " into place: ", std::strerror(err));
-  }
+  WriteFileAtomically(path, [&](const ByteSink& sink) { Emit(sink); });
 }
 
 }  // namespace starling

@@ -31,9 +31,9 @@ constexpr std::string_view kMetadataKey = "__metadata__";
 constexpr std::string_view kIndexFile = "model.safetensors.index.json";
 constexpr std::string_view kSingleFile = "model.safetensors";
 
-
 std::string Quoted(std::string_view s) {
-  return Concat("'", PrintableForError(s), "'");  // not operator+: GCC 12's false -Wrestrict warning
+  return Concat("'", PrintableForError(s),
+                "'");  // not operator+: GCC 12's false -Wrestrict warning
 }
 
 // "number 2.5", "string \"x\"", "array", ...: what a JSON value is, for "found ..." messages.
@@ -509,23 +509,7 @@ std::string SafetensorsWriter::Finish() const {
 }
 
 void SafetensorsWriter::WriteTo(const std::string& path) const {
-  // Write beside the target and rename, so a failed write never leaves a truncated file behind.
-  const std::string bytes = Finish();
-  const std::string temp = path + ".tmp";
-  std::FILE* f = std::fopen(temp.c_str(), "wb");
-  if (f == nullptr) Fail(path, ": cannot create ", temp, ": ", std::strerror(errno));
-  bool ok = std::fwrite(bytes.data(), 1, bytes.size(), f) == bytes.size();
-  const int write_errno = errno;
-  if (std::fclose(f) != 0) ok = false;
-  if (!ok) {
-    std::remove(temp.c_str());
-    Fail(path, ": write failed: ", std::strerror(write_errno));
-  }
-  if (std::rename(temp.c_str(), path.c_str()) != 0) {
-    const int err = errno;
-    std::remove(temp.c_str());
-    Fail(path, ": cannot rename ", temp, " into place: ", std::strerror(err));
-  }
+  WriteFileAtomically(path, [&](const ByteSink& sink) { sink(Finish()); });
 }
 
 }  // namespace starling

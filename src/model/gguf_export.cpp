@@ -2,29 +2,14 @@
 
 #include <cmath>
 #include <cstring>
-#include <map>
 #include <random>
 
 #include "core/error.h"
 #include "formats/gguf.h"
+#include "model/gguf_names.h"
 
 namespace starling {
 namespace {
-
-const std::map<std::string, std::string>& LayerNames() {
-  static const std::map<std::string, std::string> names = {
-      {"input_layernorm.weight", "attn_norm.weight"},
-      {"self_attn.q_proj.weight", "attn_q.weight"},
-      {"self_attn.k_proj.weight", "attn_k.weight"},
-      {"self_attn.v_proj.weight", "attn_v.weight"},
-      {"self_attn.o_proj.weight", "attn_output.weight"},
-      {"post_attention_layernorm.weight", "ffn_norm.weight"},
-      {"mlp.gate_proj.weight", "ffn_gate.weight"},
-      {"mlp.up_proj.weight", "ffn_up.weight"},
-      {"mlp.down_proj.weight", "ffn_down.weight"},
-  };
-  return names;
-}
 
 bool EndsWith(const std::string& s, const std::string& suffix) {
   return s.size() >= suffix.size() &&
@@ -118,23 +103,6 @@ WeightFormat FormatForTensor(QuantPreset preset, const std::string& name,
       return or_fallback(WeightFormat::kQ4_K);
   }
   return WeightFormat::kF32;
-}
-
-std::string GgufTensorName(const std::string& canonical) {
-  if (canonical == "model.embed_tokens.weight") return "token_embd.weight";
-  if (canonical == "model.norm.weight") return "output_norm.weight";
-  if (canonical == "lm_head.weight") return "output.weight";
-  const std::string prefix = "model.layers.";
-  if (canonical.rfind(prefix, 0) == 0) {
-    const size_t dot = canonical.find('.', prefix.size());
-    if (dot != std::string::npos) {
-      const auto it = LayerNames().find(canonical.substr(dot + 1));
-      if (it != LayerNames().end()) {
-        return "blk." + canonical.substr(prefix.size(), dot - prefix.size()) + "." + it->second;
-      }
-    }
-  }
-  Fail("no GGUF name for tensor '", canonical, "'");
 }
 
 void AddModelToGguf(const ModelConfig& c, const std::vector<ExportTensor>& tensors,

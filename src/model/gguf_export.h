@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "model/gguf_names.h"
 #include "model/model.h"
 #include "quant/weight.h"
 
@@ -52,9 +53,5 @@ std::vector<ExportTensor> RandomTensors(const ModelConfig& config, uint64_t seed
 // Converts one float32 row to a stored format (round to nearest even for F16/BF16;
 // the quantizers of quant.h for block formats).
 void EncodeWeightRow(WeightFormat format, const float* x, int64_t n, char* out);
-
-// GGUF tensor name for a canonical name ("model.layers.3.mlp.up_proj.weight" ->
-// "blk.3.ffn_up.weight").
-std::string GgufTensorName(const std::string& canonical);
 
 }  // namespace starling

@@ -1,7 +1,6 @@
 // Model::Load: from a Hugging Face directory or a GGUF file to named tensors and a config.
 // Both sources are mapped to the same canonical (Hugging Face) tensor names, so one binding
 // step in model.cpp serves both.
-#include <map>
 #include <memory>
 
 #include "core/error.h"
@@ -9,54 +8,12 @@
 #include "formats/gguf.h"
 #include "formats/safetensors.h"
 #include "model/gguf_config.h"
+#include "model/gguf_names.h"
 #include "model/hf_config.h"
 #include "model/model.h"
 
 namespace starling {
 namespace {
-
-// GGUF "llama" tensor names -> Hugging Face names. Per-layer names are matched after the
-// "blk.N." prefix.
-const std::map<std::string, std::string>& GgufGlobalNames() {
-  static const std::map<std::string, std::string> names = {
-      {"token_embd.weight", "model.embed_tokens.weight"},
-      {"output_norm.weight", "model.norm.weight"},
-      {"output.weight", "lm_head.weight"},
-  };
-  return names;
-}
-
-const std::map<std::string, std::string>& GgufLayerNames() {
-  static const std::map<std::string, std::string> names = {
-      {"attn_norm.weight", "input_layernorm.weight"},
-      {"attn_q.weight", "self_attn.q_proj.weight"},
-      {"attn_k.weight", "self_attn.k_proj.weight"},
-      {"attn_v.weight", "self_attn.v_proj.weight"},
-      {"attn_output.weight", "self_attn.o_proj.weight"},
-      {"ffn_norm.weight", "post_attention_layernorm.weight"},
-      {"ffn_gate.weight", "mlp.gate_proj.weight"},
-      {"ffn_up.weight", "mlp.up_proj.weight"},
-      {"ffn_down.weight", "mlp.down_proj.weight"},
-  };
-  return names;
-}
-
-std::string CanonicalGgufName(const std::string& name) {
-  if (const auto it = GgufGlobalNames().find(name); it != GgufGlobalNames().end()) {
-    return it->second;
-  }
-  if (name.rfind("blk.", 0) == 0) {
-    const size_t dot = name.find('.', 4);
-    if (dot != std::string::npos) {
-      const std::string layer = name.substr(4, dot - 4);
-      if (const auto it = GgufLayerNames().find(name.substr(dot + 1));
-          it != GgufLayerNames().end()) {
-        return "model.layers." + layer + "." + it->second;
-      }
-    }
-  }
-  return name;  // not one the model binds; kept for `info`
-}
 
 Model LoadGguf(std::shared_ptr<const GgufFile> gguf) {
   const std::string& path = gguf->source();
@@ -64,7 +21,7 @@ Model LoadGguf(std::shared_ptr<const GgufFile> gguf) {
   std::vector<TensorRef> tensors;
   for (const GgufTensorInfo& info : gguf->tensors()) {
     TensorRef t;
-    t.name = CanonicalGgufName(info.name);
+    t.name = CanonicalFromGgufName(info.name).value_or(info.name);  // unknown: kept for info
     t.file = path;
     switch (info.ggml_type) {
       case kGgmlF32: t.format = WeightFormat::kF32; break;

@@ -127,11 +127,8 @@ void WriteHuggingFaceDirectory(const ModelConfig& c, const std::vector<ExportTen
                       : preset == QuantPreset::kF16 ? "float16"
                                                     : "float32"},
   };
-  std::FILE* file = std::fopen((f.out + "/config.json").c_str(), "wb");
-  if (file == nullptr) Fail(f.out, "/config.json: cannot write");
-  const std::string text = config.dump(2) + "\n";
-  std::fwrite(text.data(), 1, text.size(), file);
-  std::fclose(file);
+  WriteFileAtomically(f.out + "/config.json",
+                      [&](const ByteSink& sink) { sink(config.dump(2) + "\n"); });
   for (const char* name : {"tokenizer.model", "added_tokens.json", "special_tokens_map.json",
                            "tokenizer_config.json"}) {
     const std::string from = f.vocab + "/" + name;
