@@ -52,7 +52,10 @@ PY
 for target in "${targets[@]}"; do
   corpus=$(seed "$target")
   echo "== $target for ${seconds}s"
-  build-fuzz/fuzz/"$target" -max_total_time="$seconds" -rss_limit_mb=4096 -max_len=65536 \
+  # FUZZ_SEED fixes libFuzzer's random seed (CI sets it so its short runs are repeatable);
+  # 0, the default, means a new seed every run.
+  build-fuzz/fuzz/"$target" -max_total_time="$seconds" -seed="${FUZZ_SEED:-0}" \
+    -rss_limit_mb=4096 -max_len=65536 \
     -artifact_prefix=fuzz-corpus/crashes/"$target"- -print_final_stats=1 "$corpus" 2>&1 |
     grep -E "^(stat::number_of_executed_units|stat::peak_rss_mb|==|SUMMARY|INFO: Running with)|ERROR|BINGO|Done" || true
   if ls fuzz-corpus/crashes/"$target"-* >/dev/null 2>&1; then

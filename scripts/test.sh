@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 if [ "${FUZZ_SECONDS:-15}" != "0" ]; then
-  bash scripts/fuzz.sh "${FUZZ_SECONDS:-15}"
+  FUZZ_SEED="${FUZZ_SEED:-1}" bash scripts/fuzz.sh "${FUZZ_SECONDS:-15}"
 fi
 bash scripts/build.sh
 cd build && ctest --output-on-failure -j "$(nproc)"

@@ -284,7 +284,7 @@ TEST(TokenizerErrors, MalformedAddedTokenFiles) {
   auto parse = [](HuggingFaceTokenizerFiles files) {
     return ErrorOf([&] { ParseHuggingFaceTokenizerFiles(files, "dir"); });
   };
-  EXPECT_NE(parse({.added_tokens_json = "{"}).find("dir/added_tokens.json: invalid JSON"),
+  EXPECT_NE(parse({.added_tokens_json = "{"}).find("dir/added_tokens.json: not valid JSON"),
             std::string::npos);
   EXPECT_EQ(parse({.added_tokens_json = R"({"<x>": "7"})"}),
             "dir/added_tokens.json: \"<x>\": token id must be an integer");
@@ -303,6 +303,13 @@ TEST(TokenizerErrors, MalformedAddedTokenFiles) {
       std::string::npos);
   EXPECT_EQ(parse({.tokenizer_json = R"({"added_tokens": [{"content": "<x>"}]})"}),
             "dir/tokenizer.json: added_tokens[0]: needs \"id\"");
+  // Found by fuzz_hf_tokenizer_files: a number that overflows double made nlohmann throw
+  // out_of_range, which escaped as a non-starling exception.
+  EXPECT_NE(parse({.tokenizer_config_json = "{\n  \"<|end_of_turn|>\": 32e2008\n}"})
+                .find("dir/tokenizer_config.json: not valid JSON"),
+            std::string::npos);
+  EXPECT_NE(parse({.added_tokens_json = std::string(100, '[')}).find("nests deeper than"),
+            std::string::npos);
   EXPECT_EQ(parse({.tokenizer_config_json = R"({"legacy": "yes"})"}),
             "dir/tokenizer_config.json: \"legacy\" must be true or false");
 }

@@ -3,6 +3,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "formats/json.h"
 
 namespace starling {
 namespace {
@@ -168,12 +169,7 @@ RenderedChat ChatTemplate::Render(const Tokenizer& tokenizer, std::span<const Ch
 }
 
 std::vector<ChatMessage> ParseChatMessages(std::string_view json, const std::string& source) {
-  nlohmann::json list;
-  try {
-    list = nlohmann::json::parse(json);
-  } catch (const nlohmann::json::parse_error& e) {
-    Fail(source, ": invalid JSON: ", e.what());
-  }
+  const nlohmann::json list = ParseStrictJson(json, source, "", /*allow_duplicate_keys=*/true);
   if (!list.is_array()) Fail(source, ": expected a JSON list of {\"role\", \"content\"} objects");
   std::vector<ChatMessage> messages;
   for (size_t i = 0; i < list.size(); ++i) {

@@ -1,5 +1,7 @@
 #include "formats/safetensors.h"
 
+#include "formats/json.h"
+
 #include <algorithm>
 #include <bit>
 #include <cerrno>
@@ -26,7 +28,6 @@ using Json = nlohmann::json;
 constexpr uint64_t kInt64Max = static_cast<uint64_t>(std::numeric_limits<int64_t>::max());
 // Real headers nest three deep (header -> tensor -> shape). The bound keeps a hostile header from
 // building a deep tree, whose destruction would recurse.
-constexpr int kMaxJsonDepth = 32;
 constexpr std::string_view kMetadataKey = "__metadata__";
 constexpr std::string_view kIndexFile = "model.safetensors.index.json";
 constexpr std::string_view kSingleFile = "model.safetensors";
@@ -58,43 +59,6 @@ std::string FormatShape(const std::vector<int64_t>& shape) {
 std::string JoinPath(const std::string& dir, std::string_view name) {
   if (!dir.empty() && dir.back() == '/') return dir + std::string(name);
   return dir + "/" + std::string(name);
-}
-
-// Parses untrusted JSON. Unlike nlohmann's default (the last duplicate wins, as in Python and
-// serde_json), a duplicate key anywhere is an error: two readers must not be able to disagree on
-// which tensor a name means. Nesting is bounded by kMaxJsonDepth.
-Json ParseStrictJson(std::string_view text, const std::string& source, const char* what) {
-  std::vector<std::set<std::string>> keys;  // the keys seen in each open object
-  auto callback = [&](int depth, Json::parse_event_t event, Json& parsed) {
-    switch (event) {
-      case Json::parse_event_t::object_start:
-      case Json::parse_event_t::array_start:
-        if (depth >= kMaxJsonDepth) Fail(source, ": ", what, " nests deeper than ", kMaxJsonDepth);
-        if (event == Json::parse_event_t::object_start) keys.emplace_back();
-        break;
-      case Json::parse_event_t::object_end:
-        if (!keys.empty()) keys.pop_back();
-        break;
-      case Json::parse_event_t::key:
-        if (!keys.empty() && !keys.back().insert(parsed.get<std::string>()).second) {
-          Fail(source, ": ", what, " has the key ", Quoted(parsed.get_ref<const std::string&>()),
-               " twice in one object");
-        }
-        break;
-      default: break;
-    }
-    return true;
-  };
-  // nlohmann stops at a NUL outside a string as if the text ended there, which would let bytes
-  // after it (a second, hidden header) through. Valid JSON never holds a raw NUL.
-  if (const size_t nul = text.find('\0'); nul != std::string_view::npos) {
-    Fail(source, ": ", what, " is not valid JSON: NUL byte at byte ", nul, " of ", text.size());
-  }
-  try {
-    return Json::parse(text.begin(), text.end(), callback);
-  } catch (const Json::exception& e) {
-    Fail(source, ": ", what, " is not valid JSON: ", e.what());
-  }
 }
 
 // Reads a JSON integer in [0, limit]; `what` names it for the error.

@@ -1,5 +1,7 @@
 #include "model/hf_config.h"
 
+#include "formats/json.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -39,16 +41,7 @@ std::string JoinPath(const std::string& dir, const char* name) {
 }
 
 Json ParseObject(std::string_view text, const std::string& source) {
-  // nlohmann would stop at a NUL outside a string as if the text ended there.
-  if (const size_t nul = text.find('\0'); nul != std::string_view::npos) {
-    Fail(source, ": not valid JSON: NUL byte at byte ", nul);
-  }
-  Json json;
-  try {
-    json = Json::parse(text.begin(), text.end());
-  } catch (const Json::exception& e) {
-    Fail(source, ": not valid JSON: ", e.what());
-  }
+  const Json json = ParseStrictJson(text, source, "", /*allow_duplicate_keys=*/true);
   if (!json.is_object()) Fail(source, ": expected a JSON object, found ", Describe(json));
   return json;
 }

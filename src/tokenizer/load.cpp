@@ -7,6 +7,7 @@
 #include "core/error.h"
 #include "core/file.h"
 #include "formats/gguf.h"
+#include "formats/json.h"
 
 namespace starling {
 namespace {
@@ -14,11 +15,7 @@ namespace {
 using Json = nlohmann::json;
 
 Json ParseJson(const std::string& text, const std::string& name) {
-  try {
-    return Json::parse(text);
-  } catch (const Json::parse_error& e) {
-    Fail(name, ": invalid JSON: ", e.what());
-  }
+  return ParseStrictJson(text, name, "", /*allow_duplicate_keys=*/true);
 }
 
 // A special-token entry is either a string or an object with "content".
