@@ -28,8 +28,8 @@ struct RandomModel {
     std::vector<float> values(static_cast<size_t>(n));
     for (float& x : values) x = offset + normal(rng);
     storage.push_back(std::move(values));
-    tensors.push_back(
-        {name, "memory", WeightFormat::kF32, shape, storage.back().data(), static_cast<uint64_t>(n) * 4});
+    tensors.push_back({name, "memory", WeightFormat::kF32, shape, storage.back().data(),
+                       static_cast<uint64_t>(n) * 4});
   }
 };
 

@@ -1,6 +1,5 @@
 #include "kernels/kernels.h"
 
-
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
