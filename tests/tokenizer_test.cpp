@@ -2,6 +2,7 @@
 // the three sources of a vocabulary, streaming, and bad input. Exactness against the
 // reference implementation is in sentencepiece_oracle_test.cpp.
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <string>
 #include <vector>
@@ -212,6 +213,28 @@ TEST(Tokenizer, LlamaCppConvertedGgufVocabularyMatchesTheHuggingFaceDirectory) {
       ASSERT_EQ(gguf.Encode(text, options), OpenChat().Encode(text, options)) << text;
     }
   }
+}
+
+TEST(Tokenizer, AddBosTokenComesFromTheModelFiles) {
+  EXPECT_TRUE(OpenChat().add_bos_token());  // tokenizer_config.json: "add_bos_token": true
+  GgufWriter writer;
+  writer.AddString("general.architecture", "llama");
+  WriteTokenizerToGguf(kOpenChatDir, &writer);
+  const std::string bytes = writer.Finish();
+  const GgufFile parsed = GgufFile::Parse(bytes, "vocab.gguf");
+  EXPECT_TRUE(parsed.GetBool("tokenizer.ggml.add_bos_token"));
+  GgufWriter no_bos;
+  for (const GgufKeyValue& kv : parsed.metadata()) {
+    if (kv.key != "tokenizer.ggml.add_bos_token") no_bos.AddValue(kv.key, kv.value);
+  }
+  no_bos.AddBool("tokenizer.ggml.add_bos_token", false);
+  const std::string path = ::testing::TempDir() + "/no-bos-" + std::to_string(::getpid()) + ".gguf";
+  no_bos.WriteTo(path);
+  const Tokenizer t = LoadTokenizer(path);
+  EXPECT_FALSE(t.add_bos_token());
+  HuggingFaceTokenizerFiles files;
+  files.tokenizer_config_json = R"({"add_bos_token": false})";
+  EXPECT_FALSE(ParseHuggingFaceTokenizerFiles(files, "dir").add_bos_token);
 }
 
 TEST(Tokenizer, Stories260KGgufVocabulary) {

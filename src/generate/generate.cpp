@@ -122,7 +122,8 @@ PerplexityResult ComputePerplexity(const Model& model, const Tokenizer& tokenize
                                    std::string_view text, int32_t context,
                                    const std::function<void(int32_t, int32_t, double)>& progress) {
   if (context < 4) Fail("perplexity context ", context, " is too small (at least 4)");
-  const std::vector<int32_t> tokens = tokenizer.Encode(text, {.add_bos = true});
+  const std::vector<int32_t> tokens =
+      tokenizer.Encode(text, {.add_bos = tokenizer.add_bos_token()});
   const auto chunks = static_cast<int32_t>(tokens.size() / static_cast<size_t>(context));
   if (chunks == 0) {
     Fail("the text has ", tokens.size(), " tokens; perplexity needs at least --ctx ", context);
@@ -137,7 +138,7 @@ PerplexityResult ComputePerplexity(const Model& model, const Tokenizer& tokenize
   const int32_t first = context / 2;
   for (int32_t c = 0; c < chunks; ++c) {
     std::copy_n(tokens.begin() + static_cast<ptrdiff_t>(c) * context, context, window.begin());
-    if (tokenizer.bos_id() >= 0) window[0] = tokenizer.bos_id();
+    if (tokenizer.add_bos_token() && tokenizer.bos_id() >= 0) window[0] = tokenizer.bos_id();
     session.Truncate(0);
     session.Forward(window, logits, /*all_logits=*/true);
     for (int32_t j = first; j < context - 1; ++j) {

@@ -43,7 +43,7 @@ void WriteTokenizerToGguf(const std::string& path, GgufWriter* writer) {
     writer->AddUint32("tokenizer.ggml.eos_token_id", static_cast<uint32_t>(tokenizer.eos_id()));
   }
   writer->AddUint32("tokenizer.ggml.unknown_token_id", static_cast<uint32_t>(tokenizer.unk_id()));
-  writer->AddBool("tokenizer.ggml.add_bos_token", true);
+  writer->AddBool("tokenizer.ggml.add_bos_token", tokenizer.add_bos_token());
   writer->AddBool("tokenizer.ggml.add_eos_token", false);
   if (!vocab.add_dummy_prefix) writer->AddBool("tokenizer.ggml.add_space_prefix", false);
   const std::string chat_template = LoadChatTemplateJinja(path);

@@ -94,6 +94,7 @@ HuggingFaceTokenizerInfo ParseHuggingFaceTokenizerFiles(const HuggingFaceTokeniz
       if (config.contains(key)) *target = TokenContent(config[key], name + ": " + key);
     }
     info.legacy = BoolField(config, "legacy", true, name);
+    info.add_bos_token = BoolField(config, "add_bos_token", true, name);
     if (config.contains("chat_template")) {
       if (!config["chat_template"].is_string()) {
         Fail(name, ": \"chat_template\" must be a string (named templates are not supported)");
@@ -209,7 +210,9 @@ Tokenizer LoadHuggingFaceTokenizer(const std::string& directory) {
   };
   if (!info.bos_token.empty()) vocab.bos_id = id_of(info.bos_token, "bos_token");
   if (!info.eos_token.empty()) vocab.eos_id = id_of(info.eos_token, "eos_token");
-  return Tokenizer(std::move(vocab), std::move(added), directory);
+  Tokenizer tokenizer(std::move(vocab), std::move(added), directory);
+  tokenizer.set_add_bos_token(info.add_bos_token);
+  return tokenizer;
 }
 
 Tokenizer LoadGgufTokenizer(const GgufFile& gguf, const std::string& source) {
@@ -276,7 +279,9 @@ Tokenizer LoadGgufTokenizer(const GgufFile& gguf, const std::string& source) {
   vocab.remove_extra_whitespaces = false;  // GGUF has no key for it; Llama models have none
   vocab.normalizer_name = "identity";
   vocab.Validate(source);
-  return Tokenizer(std::move(vocab), std::move(added), source);
+  Tokenizer tokenizer(std::move(vocab), std::move(added), source);
+  tokenizer.set_add_bos_token(gguf.GetBoolOr("tokenizer.ggml.add_bos_token", true));
+  return tokenizer;
 }
 
 std::string LoadChatTemplateJinja(const std::string& path) {

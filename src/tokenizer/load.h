@@ -45,6 +45,7 @@ struct HuggingFaceTokenizerInfo {
   std::vector<AddedToken> added_tokens;
   std::string bos_token, eos_token, unk_token;  // contents; empty when not given
   bool legacy = true;                           // tokenizer_config.json "legacy"
+  bool add_bos_token = true;                    // tokenizer_config.json "add_bos_token"
   std::string chat_template;                    // tokenizer_config.json "chat_template"
 };
 HuggingFaceTokenizerInfo ParseHuggingFaceTokenizerFiles(const HuggingFaceTokenizerFiles& files,

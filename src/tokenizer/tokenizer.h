@@ -66,6 +66,10 @@ class Tokenizer {
   int32_t bos_id() const { return bos_id_; }
   int32_t eos_id() const { return eos_id_; }
   int32_t unk_id() const { return unk_id_; }
+  // Whether the model expects BOS before a raw prompt (HF tokenizer_config.json
+  // "add_bos_token", GGUF tokenizer.ggml.add_bos_token; true when unspecified).
+  bool add_bos_token() const { return add_bos_token_; }
+  void set_add_bos_token(bool add) { add_bos_token_ = add; }
   // Id of an added token by its exact content.
   std::optional<int32_t> FindAddedToken(std::string_view content) const;
   const std::vector<AddedToken>& added_tokens() const { return added_; }
@@ -114,6 +118,7 @@ class Tokenizer {
   bool split_words_ = false;
   std::string unk_surface_;
   int32_t bos_id_ = -1, eos_id_ = -1, unk_id_ = 0;
+  bool add_bos_token_ = true;
   std::string source_;
 };
 

@@ -129,7 +129,7 @@ void RunGenerate(const GenerateFlags& f) {
   } else {
     if (!f.system.empty()) Fail("--system needs --template");
     // Raw continuation: BOS first, special-token text recognised as in Hugging Face.
-    ids = m.tokenizer->Encode(prompt, {.add_bos = true});
+    ids = m.tokenizer->Encode(prompt, {.add_bos = m.tokenizer->add_bos_token()});
   }
   Session session(*m.model, f.sampling.Context(m));
   const GenerationResult r = Generate(

@@ -100,8 +100,8 @@ void RunTokenize(const TokenizeOptions& o) {
   if (!o.text.empty() && !o.file.empty()) Fail("give either TEXT or -f FILE, not both");
   std::string text = o.text;
   if (!o.file.empty()) text = o.file == "-" ? ReadStdin() : ReadFile(o.file);
-  const std::vector<int32_t> ids =
-      tokenizer.Encode(text, {.add_bos = !o.no_bos, .parse_special = !o.plain});
+  const std::vector<int32_t> ids = tokenizer.Encode(
+      text, {.add_bos = tokenizer.add_bos_token() && !o.no_bos, .parse_special = !o.plain});
   PrintTokens(tokenizer, ids, o.json, o.ids_only, nullptr);
 }
 
