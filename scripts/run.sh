@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 bash scripts/build.sh
 if [ $# -eq 0 ]; then
-  set -- -p "Once upon a time" -n 256 --temp 0.8 --seed 42
+  set -- -p "" -n 256 --temp 0.8 --seed 42  # a story from BOS alone
 fi
 build/starling generate -v "$@"
 echo
