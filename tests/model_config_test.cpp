@@ -13,6 +13,7 @@
 #include "model/config.h"
 #include "model/gguf_config.h"
 #include "model/hf_config.h"
+#include "test_dir.h"
 
 namespace starling {
 namespace {
@@ -376,30 +377,7 @@ TEST(ModelConfig, UnsupportedFeatures) {
   ExpectConfigError(Minimal("LlamaForCausalLM", R"(, "mlp_bias": true)"), {"\"mlp_bias\" is true"});
 }
 
-// A fresh, empty directory under the test temp dir; removed by the destructor.
-class TempDir {
- public:
-  explicit TempDir(const std::string& name)
-      : path_(::testing::TempDir() + "/model_config_test_" + std::to_string(::getpid()) + "_" +
-              name) {
-    std::filesystem::remove_all(path_);
-    std::filesystem::create_directories(path_);
-  }
-  ~TempDir() {
-    std::error_code ignored;
-    std::filesystem::remove_all(path_, ignored);
-  }
-  const std::string& path() const { return path_; }
-  void Write(std::string_view name, std::string_view text) const {
-    FILE* f = std::fopen((path_ + "/" + std::string(name)).c_str(), "wb");
-    ASSERT_NE(f, nullptr);
-    ASSERT_EQ(std::fwrite(text.data(), 1, text.size(), f), text.size());
-    std::fclose(f);
-  }
-
- private:
-  std::string path_;
-};
+using testing::TempDir;
 
 TEST(ModelConfig, LoadFromDirectory) {
   const TempDir dir("load");

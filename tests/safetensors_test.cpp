@@ -18,6 +18,7 @@
 #include "core/dtype.h"
 #include "core/error.h"
 #include "core/file.h"
+#include "test_dir.h"
 
 namespace starling {
 namespace {
@@ -77,31 +78,7 @@ SafetensorsWriter SmallWriter() {
   return w;
 }
 
-// A fresh, empty directory under the test temp dir; removed by the destructor.
-class TempDir {
- public:
-  explicit TempDir(const std::string& name)
-      : path_(::testing::TempDir() + "/safetensors_test_" + std::to_string(::getpid()) + "_" +
-              name) {
-    std::filesystem::remove_all(path_);
-    std::filesystem::create_directories(path_);
-  }
-  ~TempDir() {
-    std::error_code ignored;
-    std::filesystem::remove_all(path_, ignored);
-  }
-  const std::string& path() const { return path_; }
-  std::string File(std::string_view name) const { return path_ + "/" + std::string(name); }
-  void Write(std::string_view name, std::string_view text) const {
-    FILE* f = std::fopen(File(name).c_str(), "wb");
-    ASSERT_NE(f, nullptr);
-    ASSERT_EQ(std::fwrite(text.data(), 1, text.size(), f), text.size());
-    std::fclose(f);
-  }
-
- private:
-  std::string path_;
-};
+using testing::TempDir;
 
 TEST(Safetensors, DTypeTable) {
   const std::vector<std::pair<std::string, size_t>> expected = {
