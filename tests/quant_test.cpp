@@ -613,11 +613,17 @@ const DotCase kDots[] = {
 
 // sum_i |terms| of the dot product: |w_i * a_i|, where for Q4_K the two parts of w_i
 // (d * sc * q and dmin * m) count separately, as the dot product sums them separately.
-double SumOfAbsTerms(const DotCase& c, const Bytes& w, const std::vector<float>& a, int64_t n) {
+// sum_i |w_i * a_i|, with the Q4_K mins, and for the AVX2 Q4_0 kernel (which sums unsigned
+// nibbles and an offset) |w_i| + 16 |d_w| (see quant.h).
+double SumOfAbsTerms(const DotCase& c, const Bytes& w, const std::vector<float>& a, int64_t n,
+                     bool q4_0_offset = false) {
   auto wd = Dequantize(c.weight, w, n);
   double s = 0;
   for (int64_t i = 0; i < n; ++i) {
     double wi = std::fabs(wd[i]);
+    if (q4_0_offset && c.weight == QuantType::kQ4_0) {
+      wi += 16.0 * std::fabs(static_cast<double>(HalfToFloat(GetHalf(&w[18 * (i / 32)]))));
+    }
     if (c.weight == QuantType::kQ4_K) {
       const uint8_t* block = &w[144 * (i / 256)];
       uint8_t sc, m;
@@ -801,10 +807,60 @@ TEST(Quant, Avx2Q8_0DotsMatchScalar) {
         const Bytes a = RandomBlocks(c.act, n, rng, true, false);
         const auto ad = Dequantize(c.act, a, n);
         const double tol = (2.0 * static_cast<double>(n / 32) + 8) * kUnit *
-                           SumOfAbsTerms(c, w, std::vector<float>(ad.begin(), ad.end()), n);
+                           SumOfAbsTerms(c, w, std::vector<float>(ad.begin(), ad.end()), n, true);
         const float want = c.dot(w.data(), a.data(), n);
         const float got = c.dot_avx2(w.data(), a.data(), n);
         EXPECT_NEAR(got, want, tol) << QuantTypeName(c.weight) << " n=" << n << " rep " << rep;
+      }
+    }
+  }
+}
+
+// The tiled kernels give every output the single dot product's bits, whatever the numbers of
+// rows and tokens (tiles of 4 x 2 and 3 x 2 with every remainder shape), with strides larger
+// than a row.
+TEST(Quant, Avx2TiledDotsEqualSingleDotsBitForBit) {
+  if (!CpuHasAvx2Fma()) GTEST_SKIP() << "no AVX2/FMA/F16C";
+  using Dots = void (*)(const void*, size_t, int64_t, const void*, size_t, int64_t, int64_t, float*,
+                        int64_t);
+  const struct {
+    QuantType weight;
+    Dots dots;
+    float (*dot)(const void*, const void*, int64_t);
+  } cases[] = {{QuantType::kQ8_0, DotsQ8_0Q8_0_Avx2, DotQ8_0Q8_0_Avx2},
+               {QuantType::kQ4_0, DotsQ4_0Q8_0_Avx2, DotQ4_0Q8_0_Avx2}};
+  std::mt19937 rng(31);
+  for (const auto& c : cases) {
+    for (int64_t n : {32, 96, 288}) {
+      for (int64_t rows = 1; rows <= 9; ++rows) {
+        for (int64_t tokens = 1; tokens <= 5; ++tokens) {
+          const size_t w_stride = QuantRowBytes(c.weight, n) + 2;  // padding between rows
+          const size_t a_stride = QuantRowBytes(QuantType::kQ8_0, n) + 34;
+          Bytes w(w_stride * rows), a(a_stride * tokens);
+          for (int64_t r = 0; r < rows; ++r) {
+            const Bytes row = RandomBlocks(c.weight, n, rng, false, false);
+            std::copy(row.begin(), row.end(), w.begin() + r * w_stride);
+          }
+          for (int64_t t = 0; t < tokens; ++t) {
+            const Bytes row = RandomBlocks(QuantType::kQ8_0, n, rng, true, false);
+            std::copy(row.begin(), row.end(), a.begin() + t * a_stride);
+          }
+          const int64_t out_stride = rows + 3;
+          std::vector<float> out(static_cast<size_t>(out_stride * tokens), -1.0f);
+          c.dots(w.data(), w_stride, rows, a.data(), a_stride, tokens, n, out.data(), out_stride);
+          for (int64_t t = 0; t < tokens; ++t) {
+            for (int64_t r = 0; r < rows; ++r) {
+              const float want = c.dot(&w[r * w_stride], &a[t * a_stride], n);
+              ASSERT_EQ(std::bit_cast<uint32_t>(out[t * out_stride + r]),
+                        std::bit_cast<uint32_t>(want))
+                  << QuantTypeName(c.weight) << " n=" << n << " rows=" << rows
+                  << " tokens=" << tokens << " at " << r << "," << t;
+            }
+            for (int64_t r = rows; r < out_stride; ++r) {
+              ASSERT_EQ(out[t * out_stride + r], -1.0f) << "wrote outside the outputs";
+            }
+          }
+        }
       }
     }
   }

@@ -7,8 +7,10 @@
 #include <cpuid.h>
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <vector>
 
 #include "quant/quant.h"
 
@@ -172,50 +174,209 @@ STARLING_AVX2 void QuantizeRowQ8_K_Avx2(const float* x, int64_t n, void* out) {
   }
 }
 
-STARLING_AVX2 float DotQ8_0Q8_0_Avx2(const void* w, const void* a, int64_t n) {
-  const int64_t blocks = Blocks(QuantType::kQ8_0, n);
-  const auto* x = static_cast<const BlockQ8_0*>(w);
-  const auto* y = static_cast<const BlockQ8_0*>(a);
-  const __m256i ones = _mm256_set1_epi16(1);
-  // Two accumulators hide the fma latency.
-  __m256 acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
-  for (int64_t i = 0; i < blocks; ++i) {
-    const __m256i qw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[i].qs));
-    const __m256i qa = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(y[i].qs));
-    // |w| * (a * sign(w)) = w * a. |w| <= 128 as u8 and |a| <= 127 (a != -128, or the sign flip
-    // wraps): pair sums <= 2 * 128 * 127 < 2^15, no saturation.
-    const __m256i pairs = _mm256_maddubs_epi16(_mm256_abs_epi8(qw), _mm256_sign_epi8(qa, qw));
-    // Lanes hold sums of 4 products, |.| <= 65024: exact as floats.
-    const __m256 lanes = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones));
-    const float d = HalfToFloatF16c(x[i].d) * HalfToFloatF16c(y[i].d);
-    acc[i & 1] = _mm256_fmadd_ps(_mm256_set1_ps(d), lanes, acc[i & 1]);
-  }
-  return HorizontalSum(_mm256_add_ps(acc[0], acc[1]));
+namespace {
+
+// sum_b x[b] * y[b]: 8 lanes of fma over whole groups of 8, their HorizontalSum, then the tail
+// in order.
+STARLING_AVX2 inline float OffsetDot(const float* x, const float* y, int64_t n) {
+  __m256 acc = _mm256_setzero_ps();
+  int64_t b = 0;
+  for (; b + 8 <= n; b += 8)
+    acc = _mm256_fmadd_ps(_mm256_loadu_ps(x + b), _mm256_loadu_ps(y + b), acc);
+  float sum = HorizontalSum(acc);
+  for (; b < n; ++b) sum = std::fma(x[b], y[b], sum);
+  return sum;
 }
 
-STARLING_AVX2 float DotQ4_0Q8_0_Avx2(const void* w, const void* a, int64_t n) {
-  const int64_t blocks = Blocks(QuantType::kQ4_0, n);
-  const auto* x = static_cast<const BlockQ4_0*>(w);
-  const auto* y = static_cast<const BlockQ8_0*>(a);
+// One tile of RM weight rows x RN activation rows of the Q8_0-activation products. Each output
+// has its own accumulator of 8 float lanes and sees the same operations in the same order for
+// every tile shape (the tile only shares loads), so results do not depend on how rows and
+// tokens are batched:
+//   per block: d = d_w * d_a (float); acc = fma(d, float(exact int32 lane sums), acc)
+//   at the end: the lanes' sum (HorizontalSum).
+template <int RM, int RN>
+STARLING_AVX2 inline void TileQ8_0Q8_0(const char* w, size_t w_stride, const char* a,
+                                       size_t a_stride, int64_t blocks, float* out,
+                                       int64_t out_stride) {
+  const __m256i ones = _mm256_set1_epi16(1);
+  __m256 acc[RM][RN];
+  for (auto& row : acc) {
+    for (auto& v : row) v = _mm256_setzero_ps();
+  }
+  for (int64_t b = 0; b < blocks; ++b) {
+    __m256i qw[RM];
+    float dw[RM];
+    for (int i = 0; i < RM; ++i) {
+      const auto* x = reinterpret_cast<const BlockQ8_0*>(w + i * w_stride) + b;
+      qw[i] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x->qs));
+      dw[i] = HalfToFloatF16c(x->d);
+    }
+    for (int j = 0; j < RN; ++j) {
+      const auto* y = reinterpret_cast<const BlockQ8_0*>(a + j * a_stride) + b;
+      const __m256i qa = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(y->qs));
+      const float da = HalfToFloatF16c(y->d);
+      for (int i = 0; i < RM; ++i) {
+        // |w| * (a * sign(w)) = w * a. |w| <= 128 as u8 and |a| <= 127 (a != -128, or the sign
+        // flip wraps): pair sums <= 2 * 128 * 127 < 2^15, no saturation.
+        const __m256i pairs =
+            _mm256_maddubs_epi16(_mm256_abs_epi8(qw[i]), _mm256_sign_epi8(qa, qw[i]));
+        // Lanes hold sums of 4 products, |.| <= 65024: exact as floats.
+        const __m256 lanes = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones));
+        acc[i][j] = _mm256_fmadd_ps(_mm256_set1_ps(dw[i] * da), lanes, acc[i][j]);
+      }
+    }
+  }
+  for (int i = 0; i < RM; ++i) {
+    for (int j = 0; j < RN; ++j) out[j * out_stride + i] = HorizontalSum(acc[i][j]);
+  }
+}
+
+// Q4_0 weights: q . a is computed with the unsigned nibbles q in [0, 15], and the offset
+// -8 * sum(a) is added once per output as sum_b d_w[b] * offset[b], with the per-block offsets
+// of the activations, offset[b] = d_a[b] * float(-8 * sum(qa[b])), precomputed per token. So
+// each pair of blocks costs maddubs, madd, cvt, mul and fma. Scales come from float arrays
+// (dw: [RM][blocks], da and offset: [RN][blocks]) as broadcasts from memory.
+//   per block: acc = fma(dw[b] * da[b], float(exact int32 lane sums of q . a), acc)
+//   at the end: HorizontalSum(acc) + OffsetDot(dw, offset)
+template <int RM, int RN>
+STARLING_AVX2 inline void TileQ4_0Q8_0(const char* w, size_t w_stride, const char* a,
+                                       size_t a_stride, int64_t blocks, const float* dw,
+                                       const float* da, const float* offset, float* out,
+                                       int64_t out_stride) {
   const __m256i ones = _mm256_set1_epi16(1);
   const __m256i low4 = _mm256_set1_epi8(0x0F);
-  const __m256i eight = _mm256_set1_epi8(8);
-  __m256 acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
-  for (int64_t i = 0; i < blocks; ++i) {
-    // Bytes 0..15: the low nibbles (elements 0..15); bytes 16..31: the high nibbles.
-    const __m128i packed = _mm_loadu_si128(reinterpret_cast<const __m128i*>(x[i].qs));
-    const __m256i nibbles =
-        _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(packed, 4), packed), low4);
-    const __m256i qa = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(y[i].qs));
-    // (q - 8) . a = q . a - 8 * sum(a), in int16 pairs: |q . a| <= 2 * 15 * 128 and
-    // |8 * a pair| <= 2048, so neither the products nor the difference saturate, for any a.
-    const __m256i pairs =
-        _mm256_sub_epi16(_mm256_maddubs_epi16(nibbles, qa), _mm256_maddubs_epi16(eight, qa));
-    const __m256 lanes = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones));
-    const float d = HalfToFloatF16c(x[i].d) * HalfToFloatF16c(y[i].d);
-    acc[i & 1] = _mm256_fmadd_ps(_mm256_set1_ps(d), lanes, acc[i & 1]);
+  __m256 acc[RM][RN];
+  for (auto& row : acc) {
+    for (auto& v : row) v = _mm256_setzero_ps();
   }
-  return HorizontalSum(_mm256_add_ps(acc[0], acc[1]));
+  for (int64_t b = 0; b < blocks; ++b) {
+    __m256i nibbles[RM];
+    for (int i = 0; i < RM; ++i) {
+      const auto* x = reinterpret_cast<const BlockQ4_0*>(w + i * w_stride) + b;
+      // Bytes 0..15: the low nibbles (elements 0..15); bytes 16..31: the high nibbles.
+      const __m128i packed = _mm_loadu_si128(reinterpret_cast<const __m128i*>(x->qs));
+      nibbles[i] = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(packed, 4), packed), low4);
+    }
+    for (int j = 0; j < RN; ++j) {
+      const auto* y = reinterpret_cast<const BlockQ8_0*>(a + j * a_stride) + b;
+      const __m256i qa = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(y->qs));
+      const __m256 da_b = _mm256_broadcast_ss(da + j * blocks + b);
+      for (int i = 0; i < RM; ++i) {
+        // q in [0, 15] as u8 times a as s8: pair sums |.| <= 2 * 15 * 128, no saturation.
+        // Lanes hold sums of 4 products, |.| <= 7680: exact as floats.
+        const __m256 lanes =
+            _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(nibbles[i], qa), ones));
+        const __m256 scale = _mm256_mul_ps(_mm256_broadcast_ss(dw + i * blocks + b), da_b);
+        acc[i][j] = _mm256_fmadd_ps(scale, lanes, acc[i][j]);
+      }
+    }
+  }
+  for (int i = 0; i < RM; ++i) {
+    for (int j = 0; j < RN; ++j) {
+      out[j * out_stride + i] =
+          HorizontalSum(acc[i][j]) + OffsetDot(dw + i * blocks, offset + j * blocks, blocks);
+    }
+  }
+}
+
+using TileFn = void (*)(const char*, size_t, const char*, size_t, int64_t, float*, int64_t);
+
+// Covers rows x tokens with tiles of at most kRows x kTokens: for each row tile, every token
+// (the row tile's weights stay in L1 while the activations stream).
+template <int kRows, int kTokens, template <int, int> class Tile>
+void TiledDots(const QuantType weight_type, const void* w, size_t w_stride, int64_t rows,
+               const void* a, size_t a_stride, int64_t tokens, int64_t n, float* out,
+               int64_t out_stride) {
+  const int64_t blocks = Blocks(weight_type, n);
+  static constexpr TileFn kTiles[4][2] = {{Tile<1, 1>::fn, Tile<1, 2>::fn},
+                                          {Tile<2, 1>::fn, Tile<2, 2>::fn},
+                                          {Tile<3, 1>::fn, Tile<3, 2>::fn},
+                                          {Tile<4, 1>::fn, Tile<4, 2>::fn}};
+  static_assert(kRows <= 4 && kTokens <= 2);
+  const auto* wb = static_cast<const char*>(w);
+  const auto* ab = static_cast<const char*>(a);
+  for (int64_t r = 0; r < rows; r += kRows) {
+    const int64_t rm = std::min<int64_t>(kRows, rows - r);
+    for (int64_t t = 0; t < tokens; t += kTokens) {
+      const int64_t rn = std::min<int64_t>(kTokens, tokens - t);
+      kTiles[rm - 1][rn - 1](wb + r * w_stride, w_stride, ab + t * a_stride, a_stride, blocks,
+                             out + t * out_stride + r, out_stride);
+    }
+  }
+}
+
+template <int RM, int RN>
+struct Q8_0Tile {
+  static constexpr TileFn fn = TileQ8_0Q8_0<RM, RN>;
+};
+
+}  // namespace
+
+void DotsQ8_0Q8_0_Avx2(const void* w, size_t w_stride, int64_t rows, const void* a, size_t a_stride,
+                       int64_t tokens, int64_t n, float* out, int64_t out_stride) {
+  TiledDots<3, 2, Q8_0Tile>(QuantType::kQ8_0, w, w_stride, rows, a, a_stride, tokens, n, out,
+                            out_stride);
+}
+
+STARLING_AVX2 void DotsQ4_0Q8_0_Avx2(const void* w, size_t w_stride, int64_t rows, const void* a,
+                                     size_t a_stride, int64_t tokens, int64_t n, float* out,
+                                     int64_t out_stride) {
+  // 4 x 2 tiles: 8 accumulators, 4 weight vectors and the activations fit the 16 registers.
+  constexpr int kRows = 4;
+  constexpr int kTokens = 2;
+  const int64_t blocks = Blocks(QuantType::kQ4_0, n);
+  const auto* wb = static_cast<const char*>(w);
+  const auto* ab = static_cast<const char*>(a);
+  // The activations' scales and offsets, [tokens][blocks], and a row tile's weight scales.
+  thread_local std::vector<float> scratch;
+  const size_t need = static_cast<size_t>(blocks) * static_cast<size_t>(2 * tokens + kRows);
+  if (scratch.size() < need) scratch.resize(need);
+  float* da = scratch.data();
+  float* offset = da + tokens * blocks;
+  float* dw = offset + tokens * blocks;
+  const __m256i eight = _mm256_set1_epi8(8);
+  const __m256i ones = _mm256_set1_epi16(1);
+  for (int64_t t = 0; t < tokens; ++t) {
+    const auto* y = reinterpret_cast<const BlockQ8_0*>(ab + t * a_stride);
+    for (int64_t b = 0; b < blocks; ++b) {
+      const __m256i qa = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(y[b].qs));
+      // -8 * sum(qa): |.| <= 8 * 32 * 128 = 2^15, exact in int32 and as a float.
+      const int32_t sum = HorizontalSum(_mm256_madd_epi16(_mm256_maddubs_epi16(eight, qa), ones));
+      da[t * blocks + b] = HalfToFloatF16c(y[b].d);
+      offset[t * blocks + b] = da[t * blocks + b] * static_cast<float>(-sum);
+    }
+  }
+  using Tile = void (*)(const char*, size_t, const char*, size_t, int64_t, const float*,
+                        const float*, const float*, float*, int64_t);
+  static constexpr Tile kTiles[4][2] = {{TileQ4_0Q8_0<1, 1>, TileQ4_0Q8_0<1, 2>},
+                                        {TileQ4_0Q8_0<2, 1>, TileQ4_0Q8_0<2, 2>},
+                                        {TileQ4_0Q8_0<3, 1>, TileQ4_0Q8_0<3, 2>},
+                                        {TileQ4_0Q8_0<4, 1>, TileQ4_0Q8_0<4, 2>}};
+  for (int64_t r = 0; r < rows; r += kRows) {
+    const int64_t rm = std::min<int64_t>(kRows, rows - r);
+    for (int64_t i = 0; i < rm; ++i) {
+      const auto* x = reinterpret_cast<const BlockQ4_0*>(wb + (r + i) * w_stride);
+      for (int64_t b = 0; b < blocks; ++b) dw[i * blocks + b] = HalfToFloatF16c(x[b].d);
+    }
+    for (int64_t t = 0; t < tokens; t += kTokens) {
+      const int64_t rn = std::min<int64_t>(kTokens, tokens - t);
+      kTiles[rm - 1][rn - 1](wb + r * w_stride, w_stride, ab + t * a_stride, a_stride, blocks, dw,
+                             da + t * blocks, offset + t * blocks, out + t * out_stride + r,
+                             out_stride);
+    }
+  }
+}
+
+float DotQ8_0Q8_0_Avx2(const void* w, const void* a, int64_t n) {
+  float out = 0.0f;
+  DotsQ8_0Q8_0_Avx2(w, 0, 1, a, 0, 1, n, &out, 1);
+  return out;
+}
+
+float DotQ4_0Q8_0_Avx2(const void* w, const void* a, int64_t n) {
+  float out = 0.0f;
+  DotsQ4_0Q8_0_Avx2(w, 0, 1, a, 0, 1, n, &out, 1);
+  return out;
 }
 
 STARLING_AVX2 float DotQ4_KQ8_K_Avx2(const void* w, const void* a, int64_t n) {

@@ -36,7 +36,10 @@ QuantType ActivationType(WeightFormat f) {
 }
 
 using QuantDot = float (*)(const void*, const void*, int64_t);
-using QuantizeFn = void (*)(const float*, int64_t, void*);
+// out[t * out_stride + r] = dot(w row r, activation row t) for r < rows, t < tokens.
+using QuantDots = void (*)(const void* w, size_t w_stride, int64_t rows, const void* a,
+                           size_t a_stride, int64_t tokens, int64_t n, float* out,
+                           int64_t out_stride);
 
 bool UseAvx2() {
   static const bool use = std::string(DotRowImplementation()) == "avx2" && CpuHasAvx2Fma();
@@ -51,6 +54,35 @@ QuantDot DotFor(WeightFormat f) {
     case WeightFormat::kQ4_K: return avx2 ? DotQ4_KQ8_K_Avx2 : DotQ4_KQ8_K;
     default: return avx2 ? DotQ6_KQ8_K_Avx2 : DotQ6_KQ8_K;
   }
+}
+
+// The register-tiled kernels where there are some; nullptr means one dot product per output.
+QuantDots TiledDotsFor(WeightFormat f) {
+  if (!UseAvx2()) return nullptr;
+  switch (f) {
+    case WeightFormat::kQ8_0: return DotsQ8_0Q8_0_Avx2;
+    case WeightFormat::kQ4_0: return DotsQ4_0Q8_0_Avx2;
+    default: return nullptr;
+  }
+}
+
+// Cache blocking of the matmul: each thread takes chunks of kRowChunk weight rows (~150 KB at
+// 4096 Q4_0 columns) and multiplies each chunk with blocks of kTokenBlock activation rows
+// (~280 KB as Q8_0), so both stay in L2 while their products are computed.
+constexpr int64_t kRowChunk = 64;
+constexpr int64_t kTokenBlock = 64;
+
+// Calls fn(row_begin, row_end, token_begin, token_end) over the blocks, rows over threads.
+template <typename Fn>
+void ForEachBlock(int64_t rows, int64_t tokens, Fn&& fn) {
+  ThreadPool::Global().ParallelFor(rows, kRowChunk, [&](int64_t begin, int64_t end, int) {
+    for (int64_t r = begin; r < end; r += kRowChunk) {
+      const int64_t r_end = std::min(end, r + kRowChunk);
+      for (int64_t t = 0; t < tokens; t += kTokenBlock) {
+        fn(r, r_end, t, std::min(tokens, t + kTokenBlock));
+      }
+    }
+  });
 }
 
 void QuantizeActivations(QuantType type, const float* x, int64_t n, void* out) {
@@ -109,11 +141,10 @@ void MatMul(const WeightMatrix& w, const float* x, int64_t tokens, float* out) {
   const size_t row_bytes = w.row_bytes();
   if (!IsQuantized(w.format)) {
     const DType type = DenseType(w.format);
-    ThreadPool::Global().ParallelFor(w.rows, 16, [&](int64_t begin, int64_t end, int) {
-      for (int64_t r = begin; r < end; ++r) {
-        const void* row = static_cast<const char*>(w.data) + static_cast<size_t>(r) * row_bytes;
-        for (int64_t t = 0; t < tokens; ++t) {
-          out[t * w.rows + r] = DotRow(type, row, x + t * w.cols, w.cols);
+    ForEachBlock(w.rows, tokens, [&](int64_t r0, int64_t r1, int64_t t0, int64_t t1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        for (int64_t t = t0; t < t1; ++t) {
+          out[t * w.rows + r] = DotRow(type, w.row(r), x + t * w.cols, w.cols);
         }
       }
     });
@@ -129,12 +160,18 @@ void MatMul(const WeightMatrix& w, const float* x, int64_t tokens, float* out) {
   for (int64_t t = 0; t < tokens; ++t) {
     QuantizeActivations(activation, x + t * w.cols, w.cols, quantized + t * a_bytes);
   }
+  if (const QuantDots dots = TiledDotsFor(w.format)) {
+    ForEachBlock(w.rows, tokens, [&](int64_t r0, int64_t r1, int64_t t0, int64_t t1) {
+      dots(w.row(r0), row_bytes, r1 - r0, quantized + t0 * a_bytes, a_bytes, t1 - t0, w.cols,
+           out + t0 * w.rows + r0, w.rows);
+    });
+    return;
+  }
   const QuantDot dot = DotFor(w.format);
-  ThreadPool::Global().ParallelFor(w.rows, 16, [&](int64_t begin, int64_t end, int) {
-    for (int64_t r = begin; r < end; ++r) {
-      const void* row = static_cast<const char*>(w.data) + static_cast<size_t>(r) * row_bytes;
-      for (int64_t t = 0; t < tokens; ++t) {
-        out[t * w.rows + r] = dot(row, quantized + t * a_bytes, w.cols);
+  ForEachBlock(w.rows, tokens, [&](int64_t r0, int64_t r1, int64_t t0, int64_t t1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      for (int64_t t = t0; t < t1; ++t) {
+        out[t * w.rows + r] = dot(w.row(r), quantized + t * a_bytes, w.cols);
       }
     }
   });
