@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 seconds=${1:-60}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(fuzz_sentencepiece_model fuzz_tokenizer fuzz_gguf fuzz_hf_tokenizer_files fuzz_safetensors)
+[ ${#targets[@]} -gt 0 ] || targets=(fuzz_sentencepiece_model fuzz_tokenizer fuzz_gguf fuzz_hf_tokenizer_files fuzz_safetensors fuzz_torch_checkpoint)
 generator=()
 command -v ninja >/dev/null 2>&1 && generator=(-G Ninja)
 if [ ! -f build-fuzz/CMakeCache.txt ]; then
@@ -40,6 +40,62 @@ header = {"__metadata__": {"format": "pt"},
 blob = json.dumps(header).encode()
 with open(sys.argv[1], "wb") as f:
     f.write(struct.pack("<Q", len(blob)) + blob + bytes(range(22)))
+PY
+      ;;
+    fuzz_torch_checkpoint)
+      # torch.save's layout, small: CPython's pickler (dump only) with stand-ins for torch's
+      # globals writes the pickle; the zip is written as torch writes it (64-byte aligned data,
+      # data descriptors, a zip64 end record), once more with zip64 extra fields.
+      python3 - "$dir" <<'PY'
+import collections, io, pickle, struct, sys, types, zlib
+torch, utils = types.ModuleType('torch'), types.ModuleType('torch._utils')
+sys.modules.update({'torch': torch, 'torch._utils': utils})
+def _rebuild_tensor_v2(*args): pass
+_rebuild_tensor_v2.__module__ = 'torch._utils'; utils._rebuild_tensor_v2 = _rebuild_tensor_v2
+for name in ('FloatStorage', 'HalfStorage', 'BFloat16Storage'):
+    cls = type(name, (), {}); cls.__module__ = 'torch'; setattr(torch, name, cls)
+class T:
+    def __init__(self, *args): self.args = args
+    def __reduce_ex__(self, protocol):
+        cls, key, numel, offset, size = self.args
+        stride = [1] * len(size)
+        for d in range(len(size) - 2, -1, -1): stride[d] = stride[d + 1] * size[d + 1]
+        return (_rebuild_tensor_v2, (('storage', cls, key, 'cpu', numel), offset, size,
+                                     tuple(stride), False, collections.OrderedDict()))
+class Pickler(pickle.Pickler):
+    def persistent_id(self, obj):
+        return obj if isinstance(obj, tuple) and obj[:1] == ('storage',) else None
+w = T(torch.FloatStorage, '0', 6, 0, (2, 3))
+sd = collections.OrderedDict([('w', w), ('half', T(torch.HalfStorage, '1', 8, 2, (4,))),
+                              ('scalar', T(torch.BFloat16Storage, '2', 1, 0, ())),
+                              ('empty', T(torch.FloatStorage, '0', 6, 6, (0, 3))), ('w.again', w)])
+sd._metadata = collections.OrderedDict([('', {'version': 1}), ('lin', {'version': 1})])
+buf = io.BytesIO(); Pickler(buf, protocol=2).dump(sd)
+entries = [('data.pkl', buf.getvalue()), ('data/0', struct.pack('<6f', .5, -1, 2, 3.25, -4, 8)),
+           ('data/1', bytes(range(16))), ('data/2', b'\x80\x3f'), ('version', b'3\n'),
+           ('byteorder', b'little')]
+def write(path, zip64_extras):
+    out, central = bytearray(), bytearray()
+    for name, data in entries:
+        name = ('archive/' + name).encode(); offset = len(out); crc = zlib.crc32(data)
+        pad = -(offset + 30 + len(name) + 4) % 64
+        extra = b'FB' + struct.pack('<H', pad) + b'Z' * pad
+        out += struct.pack('<IHHHHHIIIHH', 0x04034b50, 0, 0x808, 0, 0, 0, 0, 0, 0, len(name), len(extra))
+        out += name + extra + data + struct.pack('<IIII', 0x08074b50, crc, len(data), len(data))
+        size32, offset32, cextra = len(data), offset, b''
+        if zip64_extras:
+            size32 = offset32 = 0xFFFFFFFF
+            cextra = struct.pack('<HHQQQ', 1, 24, len(data), len(data), offset)
+        central += struct.pack('<IHHHHHHIIIHHHHHII', 0x02014b50, 0, 0, 0x808, 0, 0, 0, crc, size32,
+                               size32, len(name), len(cextra), 0, 0, 0, 0, offset32) + name + cextra
+    cd_offset, n = len(out), len(entries)
+    out += central; record = len(out)
+    out += struct.pack('<IQHHIIQQQQ', 0x06064b50, 44, 798, 45, 0, 0, n, n, len(central), cd_offset)
+    out += struct.pack('<IIQI', 0x07064b50, 0, record, 1)
+    out += struct.pack('<IHHHHIIH', 0x06054b50, 0, 0, n, n, len(central), cd_offset, 0)
+    open(path, 'wb').write(out)
+write(sys.argv[1] + '/small.bin', False)
+write(sys.argv[1] + '/zip64.bin', True)
 PY
       ;;
     fuzz_hf_tokenizer_files)
