@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "core/file.h"
 #include "core/utf8.h"
 #include "text_corpus.h"
 #include "tokenizer/load.h"
@@ -137,6 +138,103 @@ TEST_P(OracleTest, WordSplittingIsEnabledForThisVocabulary) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Tokenizers, OracleTest, ::testing::Values("mistral-7b", "llama-2"));
+
+// Reads a protobuf varint at bytes[*pos], advancing *pos.
+uint64_t ReadVarint(const std::string& bytes, size_t* pos) {
+  uint64_t value = 0;
+  for (int shift = 0; *pos < bytes.size() && shift < 64; shift += 7) {
+    const auto byte = static_cast<uint8_t>(bytes[(*pos)++]);
+    value |= uint64_t{byte & 0x7Fu} << shift;
+    if ((byte & 0x80) == 0) return value;
+  }
+  ADD_FAILURE() << "bad varint";
+  return 0;
+}
+
+// The model with normalizer_spec.add_dummy_prefix (ModelProto field 3, NormalizerSpec field 3)
+// set to false in place: what Hugging Face's non-legacy LlamaTokenizer loads into SentencePiece.
+std::string WithoutDummyPrefix(std::string bytes) {
+  for (size_t pos = 0; pos < bytes.size();) {
+    const uint64_t tag = ReadVarint(bytes, &pos);
+    const uint64_t wire = tag & 7;
+    if (wire == 0) {
+      ReadVarint(bytes, &pos);
+    } else if (wire == 2) {
+      const uint64_t length = ReadVarint(bytes, &pos);
+      if (tag >> 3 == 3) {  // normalizer_spec
+        for (size_t p = pos; p < pos + length;) {
+          const uint64_t inner = ReadVarint(bytes, &p);
+          if (inner == (3 << 3 | 0)) {  // add_dummy_prefix, a varint
+            EXPECT_EQ(bytes[p], 1);
+            bytes[p] = 0;
+            return bytes;
+          }
+          if ((inner & 7) == 0) {
+            ReadVarint(bytes, &p);
+          } else if ((inner & 7) == 2) {
+            p += ReadVarint(bytes, &p);
+          } else if ((inner & 7) == 5) {
+            p += 4;
+          } else {
+            p += 8;
+          }
+        }
+      }
+      pos += length;
+    } else {
+      pos += wire == 5 ? 4 : 8;
+    }
+  }
+  ADD_FAILURE() << "normalizer_spec.add_dummy_prefix not found";
+  return bytes;
+}
+
+// Non-legacy mode (tokenizer_config.json "legacy": false): text after an added token is
+// encoded without the dummy prefix, exactly as SentencePiece does with add_dummy_prefix off;
+// the first run keeps it.
+TEST(NonLegacyTokenizer, RunsAfterAddedTokensMatchSentencePieceWithoutDummyPrefix) {
+  const std::string path = ModelPath("llama-2");
+  sentencepiece::SentencePieceProcessor no_dummy;
+  ASSERT_TRUE(no_dummy.LoadFromSerializedProto(WithoutDummyPrefix(ReadFile(path))).ok());
+  sentencepiece::SentencePieceProcessor with_dummy;
+  ASSERT_TRUE(with_dummy.Load(path).ok());
+  Tokenizer tokenizer = LoadSentencePieceTokenizer(path);
+  tokenizer.set_legacy(false);
+  auto encode = [](sentencepiece::SentencePieceProcessor& sp, const std::string& text) {
+    std::vector<int> ids;
+    EXPECT_TRUE(sp.Encode(text, &ids).ok());
+    return std::vector<int32_t>(ids.begin(), ids.end());
+  };
+  testing::CorpusGenerator generator(/*seed=*/5);
+  for (int i = 0; i < 1000; ++i) {
+    const std::string text = i < 3
+                                 ? std::vector<std::string>{" [/INST] Hi", "[INST] Hello ", "x"}[i]
+                                 : generator.Next(20, i % 10 == 0);
+    std::vector<int32_t> after;
+    tokenizer.EncodeTextAfterAddedToken(text, &after);
+    ASSERT_EQ(after, encode(no_dummy, text)) << Printable(text);
+    // A whole prompt: "A<s>B</s>C" -> BOS, A with the dummy prefix, <s>, B and C without.
+    const std::vector<int32_t> want_a = encode(with_dummy, text);
+    const std::vector<int32_t> want_b = encode(no_dummy, text);
+    std::vector<int32_t> want = {1};
+    want.insert(want.end(), want_a.begin(), want_a.end());
+    want.push_back(1);
+    want.insert(want.end(), want_b.begin(), want_b.end());
+    want.push_back(2);
+    want.insert(want.end(), want_b.begin(), want_b.end());
+    if (text.find("<s>") != std::string::npos || text.find("</s>") != std::string::npos ||
+        text.find("<unk>") != std::string::npos) {
+      continue;  // the split would differ
+    }
+    ASSERT_EQ(tokenizer.Encode(text + "<s>" + text + "</s>" + text), want) << Printable(text);
+  }
+  // In legacy mode every run has its dummy prefix.
+  tokenizer.set_legacy(true);
+  std::vector<int32_t> legacy;
+  tokenizer.EncodeTextAfterAddedToken("Hi", &legacy);
+  EXPECT_EQ(legacy, encode(with_dummy, "Hi"));
+  EXPECT_NE(legacy, encode(no_dummy, "Hi"));
+}
 
 }  // namespace
 }  // namespace starling

@@ -33,6 +33,13 @@ class Builder {
     out_.text += display;
   }
 
+  // A run of text right after a special token, as Hugging Face's LlamaTokenizer encodes it
+  // (without the dummy prefix when the tokenizer is not legacy).
+  void TextAfterSpecial(std::string_view text, std::string_view display) {
+    tokenizer_.EncodeTextAfterAddedToken(text, &out_.ids);
+    out_.text += display;
+  }
+
   RenderedChat Take() { return std::move(out_); }
 
  private:
@@ -144,8 +151,9 @@ RenderedChat ChatTemplate::Render(const Tokenizer& tokenizer, std::span<const Ch
 
   // llama-2, as Starling-RM's card writes it: each exchange is
   //   <s>[INST] {user} </s> [/INST] {assistant}</s>
-  // and the ids are what Hugging Face's legacy Llama tokenizer makes of that string: each
-  // run of text between special tokens is encoded as one piece. A system message goes
+  // and the ids are what Hugging Face's Llama tokenizer makes of that string: each run of text
+  // between special tokens is encoded as one piece (with its own dummy prefix only in legacy
+  // mode; see Tokenizer::legacy()). A system message goes
   // inside the first [INST] as Llama-2-chat does: "<<SYS>>\n{system}\n<</SYS>>\n\n".
   for (size_t i = first_turn; i < messages.size(); i += 2) {
     std::string user = messages[i].content;
@@ -154,15 +162,15 @@ RenderedChat ChatTemplate::Render(const Tokenizer& tokenizer, std::span<const Ch
     }
     out.Special(tokenizer.Piece(tokenizer.bos_id()));
     const std::string prompt = user_prefix_ + " " + user + " ";
-    out.Text(prompt, prompt);
+    out.TextAfterSpecial(prompt, prompt);
     out.Special(end_of_turn_);
     if (i + 1 < messages.size()) {
       const std::string reply = " " + assistant_prefix_ + " " + messages[i + 1].content;
-      out.Text(reply, reply);
+      out.TextAfterSpecial(reply, reply);
       out.Special(end_of_turn_);
     } else if (add_generation_prompt) {
       const std::string open = " " + assistant_prefix_;
-      out.Text(open, open);
+      out.TextAfterSpecial(open, open);
     }
   }
   return out.Take();

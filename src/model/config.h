@@ -16,6 +16,12 @@ enum class RopeLayout {
   kInterleaved,  // GGUF llama files: dimension 2i pairs with 2i + 1 (Q/K rows permuted)
 };
 
+// What the final hidden state is mapped to.
+enum class ModelHead {
+  kLanguageModel,  // lm_head.weight [V, D] (or the tied embedding): next-token logits
+  kReward,         // score.weight [1, D] (Starling-RM's v_head, HF's *ForSequenceClassification)
+};
+
 struct ModelConfig {
   std::string architecture;       // "MistralForCausalLM", "LlamaForCausalLM", "llama" (GGUF)
   int32_t vocab_size = 0;         // V
@@ -34,6 +40,10 @@ struct ModelConfig {
   RopeLayout rope_layout = RopeLayout::kHalves;
   int32_t bos_token_id = 1;
   std::vector<int32_t> eos_token_ids;  // generation stops on any of these
+  ModelHead head = ModelHead::kLanguageModel;
+
+  // Outputs per position: V for a language model, 1 for a reward model.
+  int64_t output_size() const { return head == ModelHead::kReward ? 1 : vocab_size; }
 
   // Checks ranges and consistency; throws starling::Error naming `source` and the field.
   void Validate(const std::string& source) const;

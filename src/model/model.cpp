@@ -79,10 +79,12 @@ Model::Model(ModelConfig config, const std::vector<TensorRef>& tensors, std::str
 
   embedding_ = table.Matrix("model.embed_tokens.weight", v, d);
   final_norm_ = table.Vector("model.norm.weight", d);
-  if (c.tie_word_embeddings) {
-    lm_head_ = embedding_;
+  if (c.head == ModelHead::kReward) {
+    head_ = table.Matrix("score.weight", 1, d);
+  } else if (c.tie_word_embeddings) {
+    head_ = embedding_;
   } else {
-    lm_head_ = table.Matrix("lm_head.weight", v, d);
+    head_ = table.Matrix("lm_head.weight", v, d);
   }
   for (int32_t i = 0; i < c.num_layers; ++i) {
     const std::string p = "model.layers." + std::to_string(i) + ".";
@@ -141,17 +143,32 @@ void Session::Truncate(int32_t n) {
 }
 
 void Session::Forward(std::span<const int32_t> tokens, std::span<float> logits, bool all_logits) {
+  if (length_ + static_cast<int64_t>(tokens.size()) > context_length_) {
+    Fail("context overflow: ", length_, " cached + ", tokens.size(),
+         " new tokens > context length ", context_length_);
+  }
+  Run(tokens, logits, all_logits, -1);
+}
+
+void Session::Probe(int32_t token, int64_t position, std::span<float> outputs) {
+  if (length_ < 1) Fail("Probe needs at least one cached position");
+  if (position < length_) {
+    Fail("probe position ", position, " is inside the cached positions [0, ", length_, ")");
+  }
+  const int32_t tokens[1] = {token};
+  Run(tokens, outputs, false, position);
+}
+
+void Session::Run(std::span<const int32_t> tokens, std::span<float> logits, bool all_logits,
+                  int64_t probe_position) {
   const Model& m = *model_;
   const ModelConfig& c = m.config();
   const auto n = static_cast<int64_t>(tokens.size());
   if (n == 0) Fail("Forward needs at least one token");
-  if (length_ + n > context_length_) {
-    Fail("context overflow: ", length_, " cached + ", n, " new tokens > context length ",
-         context_length_);
-  }
-  const int64_t v_size = c.vocab_size;
+  const bool probe = probe_position >= 0;
+  const int64_t v_size = c.output_size();
   if (static_cast<int64_t>(logits.size()) < (all_logits ? n * v_size : v_size)) {
-    Fail("logits buffer too small");
+    Fail("output buffer too small");
   }
   for (int64_t t = 0; t < n; ++t) {
     if (tokens[t] < 0 || tokens[t] >= c.vocab_size) {
@@ -179,19 +196,23 @@ void Session::Forward(std::span<const int32_t> tokens, std::span<float> logits, 
     MatMul(w.wk, xn_.data(), n, k_.data());  // [T, KVH * Dh]
     MatMul(w.wv, xn_.data(), n, v_.data());  // [T, KVH * Dh]
     for (int64_t t = 0; t < n; ++t) {
-      const int64_t pos = length_ + t;
+      const int64_t pos = probe ? probe_position : length_ + t;
       Rope(&q_[t * q_dim], c.num_heads, hd, c.rope_dim, pos, m.inv_freq(), interleaved);
+      if (probe) continue;  // a probe's key and value are never attended to
       Rope(&k_[t * kv_dim], c.num_kv_heads, hd, c.rope_dim, pos, m.inv_freq(), interleaved);
       std::copy_n(&k_[t * kv_dim], kv_dim, layer_keys + pos * kv_dim);
       std::copy_n(&v_[t * kv_dim], kv_dim, layer_values + pos * kv_dim);
     }
     for (int64_t t = 0; t < n; ++t) {
-      const int64_t pos = length_ + t;
-      // Mistral's sliding window: position i sees exactly positions (i - window, i].
+      const int64_t pos = probe ? probe_position : length_ + t;
+      // Mistral's sliding window: position i sees exactly positions (i - window, i]. A probe
+      // sees the cached positions only.
+      const int64_t last = probe ? length_ - 1 : pos;
       const int64_t first =
           c.sliding_window > 0 ? std::max<int64_t>(0, pos - c.sliding_window + 1) : 0;
+      if (first > last) Fail("probe position ", pos, " sees no cached position in the window");
       Attention(&q_[t * q_dim], layer_keys, layer_values, c.num_heads, c.num_kv_heads, hd, first,
-                pos, scores_.data(), &attn_[t * q_dim]);
+                last, scores_.data(), &attn_[t * q_dim]);
     }
     MatMul(w.wo, attn_.data(), n, xn_.data());  // [T, D]
     for (int64_t i = 0; i < n * d; ++i) x_[i] += xn_[i];
@@ -211,12 +232,12 @@ void Session::Forward(std::span<const int32_t> tokens, std::span<float> logits, 
     for (int64_t t = 0; t < n; ++t) {
       RmsNorm(&x_[t * d], m.final_norm().data(), d, c.rms_norm_eps, &xn_[t * d]);
     }
-    MatMul(m.lm_head(), xn_.data(), n, logits.data());
+    MatMul(m.head(), xn_.data(), n, logits.data());
   } else {
     RmsNorm(&x_[(n - 1) * d], m.final_norm().data(), d, c.rms_norm_eps, last_.data());
-    MatMul(m.lm_head(), last_.data(), 1, logits.data());
+    MatMul(m.head(), last_.data(), 1, logits.data());
   }
-  length_ += static_cast<int32_t>(n);
+  if (!probe) length_ += static_cast<int32_t>(n);
 }
 
 }  // namespace starling

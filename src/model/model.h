@@ -53,7 +53,8 @@ class Model {
   const std::string& source() const { return source_; }
   const std::vector<LayerWeights>& layers() const { return layers_; }
   const WeightMatrix& embedding() const { return embedding_; }  // [V, D]
-  const WeightMatrix& lm_head() const { return lm_head_; }      // [V, D]
+  // The output head: [V, D] (language model) or [1, D] (reward model); see ModelHead.
+  const WeightMatrix& head() const { return head_; }
   const std::vector<float>& final_norm() const { return final_norm_; }
   const std::vector<float>& inv_freq() const { return inv_freq_; }  // [rope_dim / 2]
   // Bytes of weights as stored (what generating one token reads), and the tensor list.
@@ -66,7 +67,7 @@ class Model {
   std::shared_ptr<const void> storage_;
   std::vector<TensorRef> tensors_;
   WeightMatrix embedding_;
-  WeightMatrix lm_head_;
+  WeightMatrix head_;
   std::vector<float> final_norm_;
   std::vector<LayerWeights> layers_;
   std::vector<float> inv_freq_;
@@ -80,10 +81,17 @@ class Session {
   Session(const Model& model, int32_t context_length);
 
   // Runs `tokens` at positions [length(), length() + T) and appends their keys and values to
-  // the cache. Writes logits [V] of the last token, or with `all_logits` [T, V] for every
-  // token, into `logits`. Throws starling::Error when the context would overflow or a token
-  // id is outside the vocabulary.
+  // the cache. Writes the head's outputs (O = config().output_size(): logits, or the reward)
+  // of the last token [O], or with `all_logits` [T, O] for every token, into `logits`. Throws
+  // starling::Error when the context would overflow or a token id is outside the vocabulary.
   void Forward(std::span<const int32_t> tokens, std::span<float> logits, bool all_logits = false);
+
+  // The head's outputs [O] for `token` placed at RoPE position `position` (>= length()) that
+  // attends to the cached positions only, not to itself; the cache is left unchanged. This is
+  // what a right-padded batch computes at a padding position when the padding is masked as
+  // keys (Hugging Face's attention mask), e.g. Starling-RM's card reading its reward at the
+  // last padded position. Needs length() >= 1.
+  void Probe(int32_t token, int64_t position, std::span<float> outputs);
 
   const Model& model() const { return *model_; }
   int32_t length() const { return length_; }
@@ -94,6 +102,9 @@ class Session {
 
  private:
   void EnsureScratch(int64_t tokens);
+  // Forward's body; with probe_position >= 0, Probe's (one token, nothing cached).
+  void Run(std::span<const int32_t> tokens, std::span<float> outputs, bool all_outputs,
+           int64_t probe_position);
 
   const Model* model_;
   int32_t context_length_;

@@ -212,6 +212,7 @@ Tokenizer LoadHuggingFaceTokenizer(const std::string& directory) {
   if (!info.eos_token.empty()) vocab.eos_id = id_of(info.eos_token, "eos_token");
   Tokenizer tokenizer(std::move(vocab), std::move(added), directory);
   tokenizer.set_add_bos_token(info.add_bos_token);
+  tokenizer.set_legacy(info.legacy);
   return tokenizer;
 }
 

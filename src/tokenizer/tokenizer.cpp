@@ -221,7 +221,7 @@ size_t Tokenizer::MatchUserDefined(std::string_view text) const {
 }
 
 // SentencePiece's Normalizer::Normalize for the identity normalization.
-void Tokenizer::Normalize(std::string_view text, std::string* out) const {
+void Tokenizer::Normalize(std::string_view text, bool dummy_prefix, std::string* out) const {
   out->clear();
   if (text.empty()) return;
   const std::string_view space = escape_whitespaces_ ? kSpaceSymbol : std::string_view(" ");
@@ -230,7 +230,7 @@ void Tokenizer::Normalize(std::string_view text, std::string* out) const {
     if (text.empty()) return;
   }
   out->reserve(text.size() * 3 / 2 + 4);
-  if (!treat_whitespace_as_suffix_ && add_dummy_prefix_) out->append(space);
+  if (!treat_whitespace_as_suffix_ && dummy_prefix) out->append(space);
   bool previous_space = remove_extra_whitespaces_;
   while (!text.empty()) {
     std::string_view unit;
@@ -261,7 +261,7 @@ void Tokenizer::Normalize(std::string_view text, std::string* out) const {
   if (remove_extra_whitespaces_) {
     while (EndsWith(*out, space)) out->resize(out->size() - space.size());
   }
-  if (treat_whitespace_as_suffix_ && add_dummy_prefix_) out->append(space);
+  if (treat_whitespace_as_suffix_ && dummy_prefix) out->append(space);
 }
 
 // BPE over symbols first..last (inclusive, linked in order): SentencePiece's agenda loop.
@@ -332,8 +332,16 @@ void Tokenizer::EmitPiece(std::string_view piece, Scratch* scratch,
 }
 
 void Tokenizer::EncodeText(std::string_view text, std::vector<int32_t>* ids) const {
+  Encode(text, add_dummy_prefix_, ids);
+}
+
+void Tokenizer::EncodeTextAfterAddedToken(std::string_view text, std::vector<int32_t>* ids) const {
+  Encode(text, legacy_ && add_dummy_prefix_, ids);
+}
+
+void Tokenizer::Encode(std::string_view text, bool dummy_prefix, std::vector<int32_t>* ids) const {
   Scratch scratch;
-  Normalize(text, &scratch.normalized);
+  Normalize(text, dummy_prefix, &scratch.normalized);
   const std::string& normalized = scratch.normalized;
   if (normalized.empty()) return;
 
@@ -418,11 +426,16 @@ std::vector<int32_t> Tokenizer::Encode(std::string_view text, const EncodeOption
   std::vector<std::string_view> chunks;
   std::vector<int32_t> chunk_token;
   SplitOnAddedTokens(text, &chunks, &chunk_token);
+  // Non-legacy Hugging Face prepends U+2581 to the whole text and encodes every run without a
+  // dummy prefix, then drops a lone leading U+2581 before a special token: the first run is
+  // encoded as EncodeText does (an empty one adds nothing), the others as they are.
   for (size_t i = 0; i < chunks.size(); ++i) {
     if (chunk_token[i] >= 0) {
       ids.push_back(chunk_token[i]);
-    } else {
+    } else if (i == 0) {
       EncodeText(chunks[i], &ids);
+    } else {
+      EncodeTextAfterAddedToken(chunks[i], &ids);
     }
   }
   return ids;

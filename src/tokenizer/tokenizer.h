@@ -1,7 +1,9 @@
 // The SentencePiece-BPE tokenizer of Llama and Mistral models, bit-exact with Google's
-// SentencePiece, plus the added-token handling of Hugging Face's LlamaTokenizer (legacy
-// mode): text is split on added tokens and each piece between them is encoded on its own,
-// with its own dummy-prefix space.
+// SentencePiece, plus the added-token handling of Hugging Face's LlamaTokenizer: text is split
+// on added tokens and each piece between them is encoded on its own. In legacy mode (the
+// default, and what Llama-2's tokenizer.json does) every piece gets its own dummy-prefix
+// space; with legacy = false (tokenizer_config.json "legacy": false, the slow LlamaTokenizer)
+// only the first piece does, the pieces after an added token are encoded as they are.
 #pragma once
 
 #include <array>
@@ -49,6 +51,9 @@ class Tokenizer {
   // whitespace escaping, U+FFFD for each malformed byte), BPE merges by score, byte
   // fallback. Appends to `ids`; never adds BOS and never recognises added tokens.
   void EncodeText(std::string_view text, std::vector<int32_t>* ids) const;
+  // A run of text that comes right after an added token: EncodeText in legacy mode, without
+  // the dummy prefix otherwise (Hugging Face's non-legacy LlamaTokenizer).
+  void EncodeTextAfterAddedToken(std::string_view text, std::vector<int32_t>* ids) const;
 
   // Decodes ids to UTF-8. Byte-fallback runs are reassembled; a malformed byte becomes
   // U+FFFD as in SentencePiece. With skip_special, special tokens are dropped as if absent
@@ -70,6 +75,9 @@ class Tokenizer {
   // "add_bos_token", GGUF tokenizer.ggml.add_bos_token; true when unspecified).
   bool add_bos_token() const { return add_bos_token_; }
   void set_add_bos_token(bool add) { add_bos_token_ = add; }
+  // Hugging Face's "legacy" (see the top of this file); true unless set.
+  bool legacy() const { return legacy_; }
+  void set_legacy(bool legacy) { legacy_ = legacy; }
   // Id of an added token by its exact content.
   std::optional<int32_t> FindAddedToken(std::string_view content) const;
   const std::vector<AddedToken>& added_tokens() const { return added_; }
@@ -84,7 +92,8 @@ class Tokenizer {
   struct Scratch;
 
   bool InRange(int32_t id) const { return id >= 0 && id < vocab_size(); }
-  void Normalize(std::string_view text, std::string* out) const;
+  void Normalize(std::string_view text, bool dummy_prefix, std::string* out) const;
+  void Encode(std::string_view text, bool dummy_prefix, std::vector<int32_t>* ids) const;
   size_t MatchUserDefined(std::string_view text) const;
   void MergeSegment(const std::string& normalized, Scratch* scratch, int32_t first,
                     int32_t last) const;
@@ -119,6 +128,7 @@ class Tokenizer {
   std::string unk_surface_;
   int32_t bos_id_ = -1, eos_id_ = -1, unk_id_ = 0;
   bool add_bos_token_ = true;
+  bool legacy_ = true;
   std::string source_;
 };
 
