@@ -9,6 +9,8 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 namespace {
 
 const std::string kStarling = STARLING_BINARY;
@@ -31,7 +33,9 @@ RunStarlingResult RunStarling(const std::string& args, const std::string& stdin_
     std::ifstream f(path, std::ios::binary);
     return std::string(std::istreambuf_iterator<char>(f), {});
   };
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, slurp(out), slurp(err)};
+  RunStarlingResult result{WIFEXITED(status) ? WEXITSTATUS(status) : -1, slurp(out), slurp(err)};
+  for (const std::string& path : {in, out, err}) std::remove(path.c_str());
+  return result;
 }
 
 std::string WriteTemp(const std::string& name, const std::string& content) {
@@ -181,6 +185,73 @@ TEST(Cli, EverySubcommandHasHelp) {
   }
   const RunStarlingResult none = RunStarling("");
   EXPECT_NE(none.exit_code, 0);
+}
+
+const std::string kRewardModel = std::string(STARLING_TEST_DATA_DIR) + "/tiny-rm/rm-a";
+
+TEST(Cli, ScoreReproducesThePyTorchReward) {
+  // tests/data/tiny-rm/rm-a/reference.json, conversation 0: reward_last_token -1.4360008.
+  const RunStarlingResult r = RunStarling(
+      "score -m " + kRewardModel +
+      " --json --ids '1 518 25580 29962 15043 29973 2 518 29914 25580 29962 6324 29892 920 508 "
+      "306 1371 366 29973 2'");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const auto j = nlohmann::json::parse(r.out);
+  EXPECT_NEAR(j["reward"].get<double>(), -1.4360008037939895, 1e-4 + 1.5e-4);
+  EXPECT_EQ(j["tokens"], 20);
+}
+
+TEST(Cli, ScoreJsonlInJsonlOut) {
+  const std::string path = WriteTemp(
+      "conversations.jsonl",
+      R"({"messages": [{"role": "user", "content": "Hello?"}, {"role": "assistant", "content": "Hi!"}]})"
+      "\n\n"
+      R"({"messages": [{"role": "user", "content": "Hello?"}, {"role": "assistant", "content": "Go away."}]})"
+      "\n");
+  const RunStarlingResult r = RunStarling("score -m " + kRewardModel + " -f " + path);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  std::istringstream lines(r.out);
+  std::string line;
+  int count = 0;
+  while (std::getline(lines, line)) {
+    EXPECT_TRUE(nlohmann::json::parse(line).contains("reward")) << line;
+    ++count;
+  }
+  EXPECT_EQ(count, 2);
+  // The same conversation through --prompt/--response gives the same number.
+  const RunStarlingResult one =
+      RunStarling("score -m " + kRewardModel + " --json --prompt Hello? --response Hi!");
+  ASSERT_EQ(one.exit_code, 0) << one.err;
+  EXPECT_EQ(nlohmann::json::parse(one.out)["reward"],
+            nlohmann::json::parse(r.out.substr(0, r.out.find('\n')))["reward"]);
+  // A bad line is named by file and line number.
+  const std::string bad = WriteTemp("bad.jsonl", "{\"messages\": []}\n{oops\n");
+  const RunStarlingResult e = RunStarling("score -m " + kRewardModel + " -f " + bad);
+  EXPECT_EQ(e.exit_code, 1);
+  EXPECT_NE(e.err.find("bad.jsonl:2"), std::string::npos) << e.err;
+  std::remove(path.c_str());
+  std::remove(bad.c_str());
+}
+
+TEST(Cli, RankSummarizesAgreementAndReusesPrompts) {
+  const std::string nectar = std::string(STARLING_TEST_DATA_DIR) + "/nectar/sample.jsonl";
+  const RunStarlingResult r = RunStarling("rank -m " + kRewardModel + " " + nectar);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  std::vector<nlohmann::json> lines;
+  std::istringstream in(r.out);
+  for (std::string line; std::getline(in, line);) lines.push_back(nlohmann::json::parse(line));
+  ASSERT_EQ(lines.size(), 4u);
+  EXPECT_EQ(lines[1]["scores"].size(), 3u);
+  const auto& summary = lines.back()["summary"];
+  EXPECT_EQ(summary["records"], 3);
+  EXPECT_EQ(summary["adjacent_pairs"], 5);
+  EXPECT_LT(summary["tokens_forwarded"].get<int>(), summary["tokens_scored"].get<int>());
+  // Scoring each answer from scratch gives the same scores.
+  const RunStarlingResult separate =
+      RunStarling("rank --no-prefix-reuse -m " + kRewardModel + " " + nectar);
+  ASSERT_EQ(separate.exit_code, 0) << separate.err;
+  EXPECT_EQ(separate.out.substr(0, separate.out.find("{\"summary\"")),
+            r.out.substr(0, r.out.find("{\"summary\"")));
 }
 
 }  // namespace

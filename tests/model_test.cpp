@@ -114,7 +114,11 @@ void RopeRef(Vec& v, int64_t heads, int64_t hd, int64_t pos, double theta, bool 
 }
 
 // Logits [T][V] for every position of `tokens`.
-std::vector<Vec> ReferenceForward(const RandomModel& m, const std::vector<int32_t>& tokens) {
+// With `probe_position` >= 0, the last token is placed at that RoPE position and attends to
+// the earlier tokens only, not to itself (the mask of a right-padded batch at a padding
+// position; Session::Probe).
+std::vector<Vec> ReferenceForward(const RandomModel& m, const std::vector<int32_t>& tokens,
+                                  int64_t probe_position = -1) {
   const ModelConfig& c = m.config;
   const int64_t d = c.hidden_size, hd = c.head_dim, nh = c.num_heads, nkv = c.num_kv_heads;
   const int64_t n = static_cast<int64_t>(tokens.size());
@@ -132,8 +136,9 @@ std::vector<Vec> ReferenceForward(const RandomModel& m, const std::vector<int32_
       q[t] = MatVec(T(m, p + "self_attn.q_proj.weight"), nh * hd, d, xn);
       k[t] = MatVec(T(m, p + "self_attn.k_proj.weight"), nkv * hd, d, xn);
       v[t] = MatVec(T(m, p + "self_attn.v_proj.weight"), nkv * hd, d, xn);
-      RopeRef(q[t], nh, hd, t, c.rope_theta, inter);
-      RopeRef(k[t], nkv, hd, t, c.rope_theta, inter);
+      const int64_t pos = probe_position >= 0 && t == n - 1 ? probe_position : t;
+      RopeRef(q[t], nh, hd, pos, c.rope_theta, inter);
+      RopeRef(k[t], nkv, hd, pos, c.rope_theta, inter);
     }
     for (int64_t i = 0; i < n; ++i) {
       Vec out(nh * hd, 0.0);
@@ -142,7 +147,11 @@ std::vector<Vec> ReferenceForward(const RandomModel& m, const std::vector<int32_
         // The mask, spelled out: j <= i, and within the window when there is one.
         std::vector<int64_t> visible;
         for (int64_t j = 0; j < n; ++j) {
-          if (j <= i && (c.sliding_window == 0 || i - j < c.sliding_window)) visible.push_back(j);
+          if (probe_position >= 0 && i == n - 1) {
+            if (j < i) visible.push_back(j);  // (the probe tests use no window)
+          } else if (j <= i && (c.sliding_window == 0 || i - j < c.sliding_window)) {
+            visible.push_back(j);
+          }
         }
         Vec s;
         double mx = -1e300;
@@ -249,6 +258,28 @@ TEST(Forward, SlidingWindowChangesTheResult) {
   const auto b = ReferenceForward(*windowed, Tokens(10));
   EXPECT_EQ(a[2], b[2]);  // within the window: identical
   EXPECT_NE(a[9], b[9]);
+}
+
+TEST(Forward, ProbeMatchesAMaskedPaddingPosition) {
+  const auto m = MakeRandomModel(0, RopeLayout::kHalves);
+  const Model model(m->config, m->tensors, "random", nullptr);
+  std::vector<int32_t> tokens = Tokens(9);
+  const std::vector<Vec> expected = ReferenceForward(*m, tokens, /*probe_position=*/30);
+  Session session(model, 16);
+  std::vector<float> logits(61), probe(61);
+  session.Forward(std::span(tokens).first(8), logits);
+  session.Probe(tokens[8], 30, probe);
+  EXPECT_LT(RelativeL2(probe.data(), expected[8]), kTolerance);
+  EXPECT_EQ(session.length(), 8);  // the probe left the cache alone
+  // Not what a plain forward at the next position computes.
+  const std::vector<Vec> plain = ReferenceForward(*m, tokens);
+  EXPECT_GT(RelativeL2(probe.data(), plain[8]), 1e-3);
+  session.Forward(std::span(tokens).subspan(8, 1), logits);
+  EXPECT_LT(RelativeL2(logits.data(), plain[8]), kTolerance);
+  // Errors: a position inside the cache, an empty cache.
+  EXPECT_THROW(session.Probe(tokens[0], 5, probe), Error);
+  Session empty(model, 16);
+  EXPECT_THROW(empty.Probe(tokens[0], 5, probe), Error);
 }
 
 TEST(Forward, ErrorsAreClear) {

@@ -293,6 +293,7 @@ ModelConfig ParseHuggingFaceConfig(std::string_view config_json,
     if (const std::optional<int32_t> bos = gen.OptionalInt("bos_token_id")) c.bos_token_id = *bos;
   }
 
+  if (c.architecture.ends_with("ForSequenceClassification")) c.head = ModelHead::kReward;
   c.Validate(source);
   return c;
 }

@@ -24,13 +24,6 @@ void Print(std::string_view text) {
   std::fflush(stdout);
 }
 
-// -t/--threads for the compute thread pool, set before any kernel runs.
-void AddThreadsOption(CLI::App* cmd, int* threads) {
-  cmd->add_option("-t,--threads", *threads, "compute threads (default: one per core)")
-      ->check(CLI::Range(0, 1024))
-      ->each([](const std::string& value) { ThreadPool::SetGlobalThreads(std::stoi(value)); });
-}
-
 // Sampling and length flags shared by generate and chat, with llama.cpp's names.
 struct SamplingFlags {
   int32_t n_predict = 256;
@@ -328,6 +321,13 @@ void RegisterInfo(CLI::App& app) {
   cmd->add_option("-m,--model", *model, "a Hugging Face directory or a GGUF file");
   cmd->add_option("-c,--ctx", *context, "context length for the KV cache estimate");
   cmd->callback([=] { RunInfo(*model, *context); });
+}
+
+// -t/--threads for the compute thread pool, set before any kernel runs.
+void AddThreadsOption(CLI::App* cmd, int* threads) {
+  cmd->add_option("-t,--threads", *threads, "compute threads (default: one per core)")
+      ->check(CLI::Range(0, 1024))
+      ->each([](const std::string& value) { ThreadPool::SetGlobalThreads(std::stoi(value)); });
 }
 
 }  // namespace starling::cli

@@ -105,34 +105,6 @@ void RunTokenize(const TokenizeOptions& o) {
   PrintTokens(tokenizer, ids, o.json, o.ids_only, nullptr);
 }
 
-// Ids given as separate arguments, or as one argument "1 2 3" or "1,2,3" or "[1, 2, 3]".
-std::vector<int32_t> ParseIds(const std::vector<std::string>& args) {
-  std::vector<int32_t> ids;
-  for (const std::string& arg : args) {
-    std::string token;
-    auto flush = [&] {
-      if (token.empty()) return;
-      char* end = nullptr;
-      errno = 0;
-      const long long value = std::strtoll(token.c_str(), &end, 10);
-      if (*end != '\0' || errno != 0 || value < INT32_MIN || value > INT32_MAX) {
-        Fail("'", token, "' is not a token id");
-      }
-      ids.push_back(static_cast<int32_t>(value));
-      token.clear();
-    };
-    for (const char c : arg) {
-      if (c == ' ' || c == ',' || c == '\t' || c == '\n' || c == '[' || c == ']') {
-        flush();
-      } else {
-        token.push_back(c);
-      }
-    }
-    flush();
-  }
-  return ids;
-}
-
 }  // namespace
 
 void RegisterTokenize(CLI::App& app) {
@@ -178,6 +150,34 @@ void RegisterDetokenize(CLI::App& app) {
     const Tokenizer tokenizer = LoadTokenizer(*tokenizer_path);
     WriteStdout(tokenizer.Decode(ParseIds(*id_args), *skip_special));
   });
+}
+
+// Ids given as separate arguments, or as one argument "1 2 3" or "1,2,3" or "[1, 2, 3]".
+std::vector<int32_t> ParseIds(const std::vector<std::string>& args) {
+  std::vector<int32_t> ids;
+  for (const std::string& arg : args) {
+    std::string token;
+    auto flush = [&] {
+      if (token.empty()) return;
+      char* end = nullptr;
+      errno = 0;
+      const long long value = std::strtoll(token.c_str(), &end, 10);
+      if (*end != '\0' || errno != 0 || value < INT32_MIN || value > INT32_MAX) {
+        Fail("'", token, "' is not a token id");
+      }
+      ids.push_back(static_cast<int32_t>(value));
+      token.clear();
+    };
+    for (const char c : arg) {
+      if (c == ' ' || c == ',' || c == '\t' || c == '\n' || c == '[' || c == ']') {
+        flush();
+      } else {
+        token.push_back(c);
+      }
+    }
+    flush();
+  }
+  return ids;
 }
 
 }  // namespace starling::cli

@@ -3,6 +3,9 @@
 #pragma once
 
 #include <CLI/CLI.hpp>
+#include <cstdint>
+#include <string>
+#include <vector>
 
 namespace starling::cli {
 
@@ -14,5 +17,12 @@ void RegisterPerplexity(CLI::App& app);
 void RegisterInfo(CLI::App& app);
 void RegisterBench(CLI::App& app);
 void RegisterConvert(CLI::App& app);  // quantize, make-model
+void RegisterReward(CLI::App& app);   // score, rank
+
+// Shared option helpers.
+// -t/--threads for the compute thread pool, set before any kernel runs.
+void AddThreadsOption(CLI::App* cmd, int* threads);
+// Ids given as separate arguments, or as one argument "1 2 3" or "1,2,3" or "[1, 2, 3]".
+std::vector<int32_t> ParseIds(const std::vector<std::string>& args);
 
 }  // namespace starling::cli

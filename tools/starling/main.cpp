@@ -18,6 +18,7 @@ int main(int argc, char** argv) {
   starling::cli::RegisterInfo(app);
   starling::cli::RegisterBench(app);
   starling::cli::RegisterConvert(app);
+  starling::cli::RegisterReward(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
