@@ -282,6 +282,47 @@ TEST(Forward, ProbeMatchesAMaskedPaddingPosition) {
   EXPECT_THROW(empty.Probe(tokens[0], 5, probe), Error);
 }
 
+TEST_P(ForwardTest, BatchedDecodeOfSeveralSessionsEqualsEachAlone) {
+  const auto [window, layout] = GetParam();
+  const auto m = MakeRandomModel(window, layout);
+  const Model model(m->config, m->tensors, "random", nullptr);
+  const std::vector<int32_t> tokens = Tokens(20);
+  // Three sessions at different lengths, decoded together; their twins decoded alone.
+  std::vector<std::unique_ptr<Session>> batched, alone;
+  std::vector<float> scratch_logits(61);
+  for (int i = 0; i < 3; ++i) {
+    for (auto* list : {&batched, &alone}) {
+      list->push_back(std::make_unique<Session>(model, 32));
+      list->back()->Forward(std::span(tokens).first(3 + 4 * i), scratch_logits);
+    }
+  }
+  ForwardScratch scratch;
+  for (int step = 0; step < 5; ++step) {
+    std::vector<Session*> sessions;
+    std::vector<int32_t> next;
+    for (int i = 0; i < 3; ++i) {
+      sessions.push_back(batched[i].get());
+      next.push_back(tokens[(3 + 4 * i + step) % 20]);
+    }
+    std::vector<float> out(3 * 61);
+    Session::ForwardBatch(sessions, next, out, &scratch);
+    for (int i = 0; i < 3; ++i) {
+      std::vector<float> want(61);
+      alone[i]->Forward(std::span(next).subspan(i, 1), want);
+      for (int v = 0; v < 61; ++v) {
+        ASSERT_EQ(out[i * 61 + v], want[v]) << "session " << i << " step " << step;
+      }
+      ASSERT_EQ(batched[i]->length(), alone[i]->length());
+    }
+  }
+  // Errors before any work: a repeated session, a full one.
+  std::vector<Session*> twice = {batched[0].get(), batched[0].get()};
+  std::vector<int32_t> two = {1, 2};
+  std::vector<float> out(2 * 61);
+  EXPECT_THROW(Session::ForwardBatch(twice, two, out, &scratch), Error);
+  EXPECT_EQ(batched[0]->length(), alone[0]->length());
+}
+
 TEST(Forward, ErrorsAreClear) {
   const auto m = MakeRandomModel(0, RopeLayout::kHalves);
   const Model model(m->config, m->tensors, "random", nullptr);

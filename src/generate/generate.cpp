@@ -13,8 +13,10 @@ double SecondsSince(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 
+}  // namespace
+
 // Streams text while holding back anything that could still become a stop string.
-class StopStringFilter {
+class GenerationStream::StopStringFilter {
  public:
   explicit StopStringFilter(const std::vector<std::string>& stops) : stops_(stops) {}
 
@@ -53,8 +55,6 @@ class StopStringFilter {
   std::string ready_;
 };
 
-}  // namespace
-
 const char* FinishReasonName(FinishReason reason) {
   switch (reason) {
     case FinishReason::kStop: return "stop";
@@ -64,20 +64,57 @@ const char* FinishReasonName(FinishReason reason) {
   return "unknown";
 }
 
+GenerationStream::GenerationStream(const Tokenizer& tokenizer, std::span<const int32_t> prompt,
+                                   const GenerationOptions& options)
+    : options_(options),
+      sampler_(options.sampling),
+      decoder_(tokenizer, /*skip_special=*/true),
+      stops_(std::make_unique<StopStringFilter>(options_.stop_strings)),
+      history_(prompt.begin(), prompt.end()) {
+  if (options.max_new_tokens < 0) Fail("max new tokens must not be negative");
+  history_.reserve(prompt.size() + static_cast<size_t>(options.max_new_tokens));
+  if (options.max_new_tokens == 0) done_ = true;
+}
+
+std::string GenerationStream::Step(std::span<float> logits) {
+  if (done_) Fail("GenerationStream::Step after the stream ended");
+  const int32_t token = sampler_.Sample(logits, history_);
+  tokens_.push_back(token);
+  history_.push_back(token);
+  const auto& stop_ids = options_.stop_token_ids;
+  if (std::find(stop_ids.begin(), stop_ids.end(), token) != stop_ids.end()) {
+    done_ = true;
+    finish_ = FinishReason::kStop;
+    stops_->Add(decoder_.Finish());
+    return stops_->TakeReady();
+  }
+  const bool stopped = stops_->Add(decoder_.Push(token));
+  std::string text = stops_->TakeReady();
+  if (stopped) {
+    done_ = true;
+    finish_ = FinishReason::kStop;
+  } else if (static_cast<int32_t>(tokens_.size()) >= options_.max_new_tokens) {
+    text += End(FinishReason::kLength);
+  }
+  return text;
+}
+
+std::string GenerationStream::End(FinishReason reason) {
+  done_ = true;
+  finish_ = reason;
+  if (reason == FinishReason::kCancelled) return {};
+  stops_->Add(decoder_.Finish());
+  return stops_->Flush();
+}
+
 GenerationResult Generate(Session& session, const Tokenizer& tokenizer,
                           std::span<const int32_t> prompt, const GenerationOptions& options,
                           const TextCallback& on_text) {
-  if (options.max_new_tokens < 0) Fail("max new tokens must not be negative");
   if (prompt.empty()) Fail("the prompt has no tokens (a model needs at least BOS)");
-  const int32_t vocab = session.model().config().vocab_size;
+  GenerationStream stream(tokenizer, prompt, options);
   GenerationResult result;
   result.prompt_tokens = static_cast<int32_t>(prompt.size());
-  std::vector<float> logits(static_cast<size_t>(vocab));
-  std::vector<int32_t> history(prompt.begin(), prompt.end());
-  history.reserve(prompt.size() + static_cast<size_t>(options.max_new_tokens));
-  Sampler sampler(options.sampling);
-  StreamDecoder decoder(tokenizer, /*skip_special=*/true);
-  StopStringFilter stops(options.stop_strings);
+  std::vector<float> logits(static_cast<size_t>(session.model().config().vocab_size));
   auto emit = [&](const std::string& text) {
     if (text.empty()) return true;
     result.text += text;
@@ -88,32 +125,21 @@ GenerationResult Generate(Session& session, const Tokenizer& tokenizer,
   session.Forward(prompt, logits);
   result.prompt_seconds = SecondsSince(start);
   start = std::chrono::steady_clock::now();
-  for (int32_t step = 0; step < options.max_new_tokens; ++step) {
-    const int32_t token = sampler.Sample(logits, history);
-    result.tokens.push_back(token);
-    history.push_back(token);
-    if (std::find(options.stop_token_ids.begin(), options.stop_token_ids.end(), token) !=
-        options.stop_token_ids.end()) {
-      result.finish = FinishReason::kStop;
+  while (!stream.done()) {
+    if (!emit(stream.Step(logits))) {
+      stream.End(FinishReason::kCancelled);
       break;
     }
-    const bool stopped = stops.Add(decoder.Push(token));
-    if (!emit(stops.TakeReady())) {
-      result.finish = FinishReason::kCancelled;
+    if (stream.done()) break;                            // the last token needs no forward pass
+    if (session.length() >= session.context_length()) {  // context full: "length"
+      emit(stream.End(FinishReason::kLength));
       break;
     }
-    if (stopped) {
-      result.finish = FinishReason::kStop;
-      break;
-    }
-    if (step + 1 == options.max_new_tokens) break;  // the last token needs no forward pass
-    if (session.length() >= session.context_length()) break;  // context full: "length"
+    const int32_t token = stream.token();
     session.Forward(std::span<const int32_t>(&token, 1), logits);
   }
-  if (result.finish != FinishReason::kCancelled) {
-    stops.Add(decoder.Finish());
-    emit(result.finish == FinishReason::kStop ? stops.TakeReady() : stops.Flush());
-  }
+  result.tokens = stream.tokens();
+  result.finish = stream.finish();
   result.generate_seconds = SecondsSince(start);
   return result;
 }

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <span>
 #include <string>
 #include <string_view>
@@ -32,6 +33,43 @@ struct GenerationResult {
   int32_t prompt_tokens = 0;
   double prompt_seconds = 0;    // time to process the prompt
   double generate_seconds = 0;  // time for the generated tokens
+};
+
+// One sequence's sampling and text state after its prompt: what Generate runs per token, and
+// what a server runs per slot between batched forward passes. Text is final when returned:
+// special tokens skipped, characters never split, stop strings cut (and held back while a
+// match is still possible).
+class GenerationStream {
+ public:
+  // Throws starling::Error for bad options. `prompt` seeds the repetition-penalty history.
+  GenerationStream(const Tokenizer& tokenizer, std::span<const int32_t> prompt,
+                   const GenerationOptions& options);
+  GenerationStream(const GenerationStream&) = delete;
+  GenerationStream& operator=(const GenerationStream&) = delete;
+
+  // Samples the next token from `logits` (used as scratch) and returns the text that became
+  // final. Afterwards either done(), or token() must run through the model to give the next
+  // logits.
+  std::string Step(std::span<float> logits);
+  // Ends the stream early: kLength (e.g. the context is full) flushes held-back text and
+  // returns it; kCancelled returns nothing more.
+  std::string End(FinishReason reason);
+
+  bool done() const { return done_; }
+  FinishReason finish() const { return finish_; }
+  int32_t token() const { return tokens_.back(); }
+  const std::vector<int32_t>& tokens() const { return tokens_; }  // generated so far
+
+ private:
+  class StopStringFilter;
+  const GenerationOptions options_;
+  Sampler sampler_;
+  StreamDecoder decoder_;
+  std::unique_ptr<StopStringFilter> stops_;
+  std::vector<int32_t> history_;
+  std::vector<int32_t> tokens_;
+  bool done_ = false;
+  FinishReason finish_ = FinishReason::kLength;
 };
 
 // Called with each piece of text as it becomes final; return false to cancel.

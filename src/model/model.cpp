@@ -120,21 +120,24 @@ Session::Session(const Model& model, int32_t context_length)
   values_.assign(kv, 0.0f);
 }
 
-void Session::EnsureScratch(int64_t tokens) {
-  if (tokens <= scratch_tokens_) return;
-  const ModelConfig& c = model_->config();
-  const auto t = static_cast<size_t>(tokens);
-  x_.resize(t * c.hidden_size);
-  xn_.resize(t * c.hidden_size);
-  q_.resize(t * c.num_heads * c.head_dim);
-  k_.resize(t * c.num_kv_heads * c.head_dim);
-  v_.resize(t * c.num_kv_heads * c.head_dim);
-  attn_.resize(t * c.num_heads * c.head_dim);
-  gate_.resize(t * c.intermediate_size);
-  up_.resize(t * c.intermediate_size);
-  scores_.resize(static_cast<size_t>(context_length_));
-  last_.resize(c.hidden_size);
-  scratch_tokens_ = tokens;
+void ForwardScratch::Ensure(const ModelConfig& c, int64_t tokens, int64_t context_length) {
+  if (tokens > rows) {
+    const auto t = static_cast<size_t>(tokens);
+    x.resize(t * c.hidden_size);
+    xn.resize(t * c.hidden_size);
+    q.resize(t * c.num_heads * c.head_dim);
+    k.resize(t * c.num_kv_heads * c.head_dim);
+    v.resize(t * c.num_kv_heads * c.head_dim);
+    attn.resize(t * c.num_heads * c.head_dim);
+    gate.resize(t * c.intermediate_size);
+    up.resize(t * c.intermediate_size);
+    last.resize(c.hidden_size);
+    rows = tokens;
+  }
+  if (context_length > context) {
+    scores.resize(static_cast<size_t>(context_length));
+    context = context_length;
+  }
 }
 
 void Session::Truncate(int32_t n) {
@@ -142,12 +145,28 @@ void Session::Truncate(int32_t n) {
   length_ = n;
 }
 
-void Session::Forward(std::span<const int32_t> tokens, std::span<float> logits, bool all_logits) {
-  if (length_ + static_cast<int64_t>(tokens.size()) > context_length_) {
-    Fail("context overflow: ", length_, " cached + ", tokens.size(),
-         " new tokens > context length ", context_length_);
+void Session::CheckTokens(std::span<const int32_t> tokens) const {
+  const int32_t vocab = model_->config().vocab_size;
+  for (size_t t = 0; t < tokens.size(); ++t) {
+    if (tokens[t] < 0 || tokens[t] >= vocab) {
+      Fail("token id ", tokens[t], " at position ", length_ + static_cast<int64_t>(t),
+           " is outside the vocabulary (", vocab, ")");
+    }
   }
-  Run(tokens, logits, all_logits, -1);
+}
+
+void Session::Forward(std::span<const int32_t> tokens, std::span<float> logits, bool all_logits) {
+  const auto n = static_cast<int64_t>(tokens.size());
+  if (n == 0) Fail("Forward needs at least one token");
+  if (length_ + n > context_length_) {
+    Fail("context overflow: ", length_, " cached + ", n, " new tokens > context length ",
+         context_length_);
+  }
+  CheckTokens(tokens);
+  rows_.clear();
+  for (int64_t t = 0; t < n; ++t) rows_.push_back({this, tokens[t], length_ + t, false});
+  RunRows(*model_, rows_, &scratch_, logits, all_logits);
+  length_ += static_cast<int32_t>(n);
 }
 
 void Session::Probe(int32_t token, int64_t position, std::span<float> outputs) {
@@ -155,89 +174,115 @@ void Session::Probe(int32_t token, int64_t position, std::span<float> outputs) {
   if (position < length_) {
     Fail("probe position ", position, " is inside the cached positions [0, ", length_, ")");
   }
-  const int32_t tokens[1] = {token};
-  Run(tokens, outputs, false, position);
+  CheckTokens(std::span(&token, 1));
+  const int32_t window = model_->config().sliding_window;
+  if (window > 0 && position - window + 1 > length_ - 1) {
+    Fail("probe position ", position, " sees no cached position in the window");
+  }
+  rows_.assign(1, Row{this, token, position, true});
+  RunRows(*model_, rows_, &scratch_, outputs, false);
 }
 
-void Session::Run(std::span<const int32_t> tokens, std::span<float> logits, bool all_logits,
-                  int64_t probe_position) {
-  const Model& m = *model_;
+void Session::ForwardBatch(std::span<Session* const> sessions, std::span<const int32_t> tokens,
+                           std::span<float> outputs, ForwardScratch* scratch) {
+  if (sessions.empty()) Fail("ForwardBatch needs at least one session");
+  if (sessions.size() != tokens.size()) Fail("ForwardBatch: one token per session");
+  const Model& m = sessions[0]->model();
+  std::vector<Row> rows;  // small: one per session
+  rows.reserve(sessions.size());
+  for (size_t i = 0; i < sessions.size(); ++i) {
+    Session* s = sessions[i];
+    if (&s->model() != &m) Fail("ForwardBatch: sessions of different models");
+    if (std::find(sessions.begin(), sessions.begin() + static_cast<std::ptrdiff_t>(i), s) !=
+        sessions.begin() + static_cast<std::ptrdiff_t>(i)) {
+      Fail("ForwardBatch: a session appears twice");
+    }
+    if (s->length_ + 1 > s->context_length_) {
+      Fail("context overflow in batch row ", i, ": ", s->length_, " cached + 1 > ",
+           s->context_length_);
+    }
+    s->CheckTokens(tokens.subspan(i, 1));
+    rows.push_back({s, tokens[i], s->length_, false});
+  }
+  RunRows(m, rows, scratch, outputs, true);
+  for (Session* s : sessions) s->length_ += 1;
+}
+
+void Session::RunRows(const Model& m, std::span<const Row> rows, ForwardScratch* s,
+                      std::span<float> outputs, bool all_outputs) {
   const ModelConfig& c = m.config();
-  const auto n = static_cast<int64_t>(tokens.size());
-  if (n == 0) Fail("Forward needs at least one token");
-  const bool probe = probe_position >= 0;
-  const int64_t v_size = c.output_size();
-  if (static_cast<int64_t>(logits.size()) < (all_logits ? n * v_size : v_size)) {
+  const auto n = static_cast<int64_t>(rows.size());
+  const int64_t o_size = c.output_size();
+  if (static_cast<int64_t>(outputs.size()) < (all_outputs ? n * o_size : o_size)) {
     Fail("output buffer too small");
   }
-  for (int64_t t = 0; t < n; ++t) {
-    if (tokens[t] < 0 || tokens[t] >= c.vocab_size) {
-      Fail("token id ", tokens[t], " at position ", length_ + t, " is outside the vocabulary (",
-           c.vocab_size, ")");
-    }
-  }
-  EnsureScratch(n);
+  int64_t max_context = 0;
+  for (const Row& r : rows)
+    max_context = std::max<int64_t>(max_context, r.session->context_length_);
+  s->Ensure(c, n, max_context);
   const int64_t d = c.hidden_size, hd = c.head_dim, f = c.intermediate_size;
   const int64_t q_dim = int64_t{c.num_heads} * hd, kv_dim = int64_t{c.num_kv_heads} * hd;
-  const int64_t layer_stride = int64_t{context_length_} * kv_dim;
   const bool interleaved = c.rope_layout == RopeLayout::kInterleaved;
+  float* x = s->x.data();
+  float* xn = s->xn.data();
 
-  for (int64_t t = 0; t < n; ++t) ReadRow(m.embedding(), tokens[t], &x_[t * d]);
+  for (int64_t t = 0; t < n; ++t) ReadRow(m.embedding(), rows[t].token, &x[t * d]);
 
   for (int32_t l = 0; l < c.num_layers; ++l) {
     const LayerWeights& w = m.layers()[l];
-    float* layer_keys = &keys_[l * layer_stride];
-    float* layer_values = &values_[l * layer_stride];
     // Attention block: x += Wo · attention(rope(Wq·norm(x)), rope(Wk·norm(x)), Wv·norm(x))
     for (int64_t t = 0; t < n; ++t) {
-      RmsNorm(&x_[t * d], w.attn_norm.data(), d, c.rms_norm_eps, &xn_[t * d]);
+      RmsNorm(&x[t * d], w.attn_norm.data(), d, c.rms_norm_eps, &xn[t * d]);
     }
-    MatMul(w.wq, xn_.data(), n, q_.data());  // [T, H * Dh]
-    MatMul(w.wk, xn_.data(), n, k_.data());  // [T, KVH * Dh]
-    MatMul(w.wv, xn_.data(), n, v_.data());  // [T, KVH * Dh]
+    MatMul(w.wq, xn, n, s->q.data());  // [T, H * Dh]
+    MatMul(w.wk, xn, n, s->k.data());  // [T, KVH * Dh]
+    MatMul(w.wv, xn, n, s->v.data());  // [T, KVH * Dh]
     for (int64_t t = 0; t < n; ++t) {
-      const int64_t pos = probe ? probe_position : length_ + t;
-      Rope(&q_[t * q_dim], c.num_heads, hd, c.rope_dim, pos, m.inv_freq(), interleaved);
-      if (probe) continue;  // a probe's key and value are never attended to
-      Rope(&k_[t * kv_dim], c.num_kv_heads, hd, c.rope_dim, pos, m.inv_freq(), interleaved);
-      std::copy_n(&k_[t * kv_dim], kv_dim, layer_keys + pos * kv_dim);
-      std::copy_n(&v_[t * kv_dim], kv_dim, layer_values + pos * kv_dim);
+      const Row& r = rows[t];
+      Rope(&s->q[t * q_dim], c.num_heads, hd, c.rope_dim, r.position, m.inv_freq(), interleaved);
+      if (r.probe) continue;  // a probe's key and value are never attended to
+      Rope(&s->k[t * kv_dim], c.num_kv_heads, hd, c.rope_dim, r.position, m.inv_freq(),
+           interleaved);
+      const int64_t layer_offset = int64_t{l} * r.session->context_length_ * kv_dim;
+      std::copy_n(&s->k[t * kv_dim], kv_dim, &r.session->keys_[layer_offset + r.position * kv_dim]);
+      std::copy_n(&s->v[t * kv_dim], kv_dim,
+                  &r.session->values_[layer_offset + r.position * kv_dim]);
     }
     for (int64_t t = 0; t < n; ++t) {
-      const int64_t pos = probe ? probe_position : length_ + t;
+      const Row& r = rows[t];
+      const int64_t layer_offset = int64_t{l} * r.session->context_length_ * kv_dim;
       // Mistral's sliding window: position i sees exactly positions (i - window, i]. A probe
       // sees the cached positions only.
-      const int64_t last = probe ? length_ - 1 : pos;
+      const int64_t last = r.probe ? r.session->length_ - 1 : r.position;
       const int64_t first =
-          c.sliding_window > 0 ? std::max<int64_t>(0, pos - c.sliding_window + 1) : 0;
-      if (first > last) Fail("probe position ", pos, " sees no cached position in the window");
-      Attention(&q_[t * q_dim], layer_keys, layer_values, c.num_heads, c.num_kv_heads, hd, first,
-                last, scores_.data(), &attn_[t * q_dim]);
+          c.sliding_window > 0 ? std::max<int64_t>(0, r.position - c.sliding_window + 1) : 0;
+      Attention(&s->q[t * q_dim], &r.session->keys_[layer_offset],
+                &r.session->values_[layer_offset], c.num_heads, c.num_kv_heads, hd, first, last,
+                s->scores.data(), &s->attn[t * q_dim]);
     }
-    MatMul(w.wo, attn_.data(), n, xn_.data());  // [T, D]
-    for (int64_t i = 0; i < n * d; ++i) x_[i] += xn_[i];
+    MatMul(w.wo, s->attn.data(), n, xn);  // [T, D]
+    for (int64_t i = 0; i < n * d; ++i) x[i] += xn[i];
 
     // Feed-forward block: x += W_down · (silu(W_gate·norm(x)) * W_up·norm(x))
     for (int64_t t = 0; t < n; ++t) {
-      RmsNorm(&x_[t * d], w.ffn_norm.data(), d, c.rms_norm_eps, &xn_[t * d]);
+      RmsNorm(&x[t * d], w.ffn_norm.data(), d, c.rms_norm_eps, &xn[t * d]);
     }
-    MatMul(w.w_gate, xn_.data(), n, gate_.data());  // [T, F]
-    MatMul(w.w_up, xn_.data(), n, up_.data());      // [T, F]
-    SiluMul(gate_.data(), up_.data(), n * f);
-    MatMul(w.w_down, gate_.data(), n, xn_.data());  // [T, D]
-    for (int64_t i = 0; i < n * d; ++i) x_[i] += xn_[i];
+    MatMul(w.w_gate, xn, n, s->gate.data());  // [T, F]
+    MatMul(w.w_up, xn, n, s->up.data());      // [T, F]
+    SiluMul(s->gate.data(), s->up.data(), n * f);
+    MatMul(w.w_down, s->gate.data(), n, xn);  // [T, D]
+    for (int64_t i = 0; i < n * d; ++i) x[i] += xn[i];
   }
 
-  if (all_logits) {
+  if (all_outputs) {
     for (int64_t t = 0; t < n; ++t) {
-      RmsNorm(&x_[t * d], m.final_norm().data(), d, c.rms_norm_eps, &xn_[t * d]);
+      RmsNorm(&x[t * d], m.final_norm().data(), d, c.rms_norm_eps, &xn[t * d]);
     }
-    MatMul(m.head(), xn_.data(), n, logits.data());
+    MatMul(m.head(), xn, n, outputs.data());
   } else {
-    RmsNorm(&x_[(n - 1) * d], m.final_norm().data(), d, c.rms_norm_eps, last_.data());
-    MatMul(m.head(), last_.data(), 1, logits.data());
+    RmsNorm(&x[(n - 1) * d], m.final_norm().data(), d, c.rms_norm_eps, s->last.data());
+    MatMul(m.head(), s->last.data(), 1, outputs.data());
   }
-  if (!probe) length_ += static_cast<int32_t>(n);
 }
 
 }  // namespace starling

@@ -74,6 +74,15 @@ class Model {
   uint64_t weight_bytes_ = 0;
 };
 
+// Activations of a batch of rows (tokens) in flight through the forward pass; grows to the
+// largest batch seen, so steady decoding allocates nothing.
+struct ForwardScratch {
+  int64_t rows = 0;
+  int64_t context = 0;
+  std::vector<float> x, xn, q, k, v, attn, gate, up, scores, last;
+  void Ensure(const ModelConfig& c, int64_t tokens, int64_t context_length);
+};
+
 // One sequence's state: the KV cache and scratch buffers, sized once for `context_length`
 // positions, so that decoding allocates nothing.
 class Session {
@@ -100,20 +109,35 @@ class Session {
   void Truncate(int32_t n);
   uint64_t kv_cache_bytes() const { return (keys_.size() + values_.size()) * sizeof(float); }
 
+  // One decode step for several sessions of the same model (continuous batching): token i
+  // runs in sessions[i] at its next position, with every matmul batched over the sessions
+  // (the weights are read once per step, not once per session). outputs: [B, O]. Gives each
+  // session exactly the bits Forward(tokens[i]) would. Throws starling::Error (before any
+  // work) when a session is full, ids are bad, or sessions repeat or mix models.
+  static void ForwardBatch(std::span<Session* const> sessions, std::span<const int32_t> tokens,
+                           std::span<float> outputs, ForwardScratch* scratch);
+
  private:
-  void EnsureScratch(int64_t tokens);
-  // Forward's body; with probe_position >= 0, Probe's (one token, nothing cached).
-  void Run(std::span<const int32_t> tokens, std::span<float> outputs, bool all_outputs,
-           int64_t probe_position);
+  // A token in flight: where it runs and what it attends to.
+  struct Row {
+    Session* session;
+    int32_t token;
+    int64_t position;  // RoPE position
+    bool probe;        // attends to the cache only and stores nothing
+  };
+  // The forward pass over rows of any sessions of one model. Outputs: every row's [n, O], or
+  // only the last row's [O].
+  static void RunRows(const Model& m, std::span<const Row> rows, ForwardScratch* s,
+                      std::span<float> outputs, bool all_outputs);
+  void CheckTokens(std::span<const int32_t> tokens) const;
 
   const Model* model_;
   int32_t context_length_;
   int32_t length_ = 0;
   std::vector<float> keys_;    // [L, S, KVH * Dh]
   std::vector<float> values_;  // [L, S, KVH * Dh]
-  // Scratch for a batch of T tokens.
-  int64_t scratch_tokens_ = 0;
-  std::vector<float> x_, xn_, q_, k_, v_, attn_, gate_, up_, scores_, last_;
+  ForwardScratch scratch_;
+  std::vector<Row> rows_;
 };
 
 }  // namespace starling
