@@ -8,7 +8,8 @@ cd "$(dirname "$0")/.."
 seconds=${1:-60}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(fuzz_sentencepiece_model fuzz_tokenizer fuzz_gguf fuzz_hf_tokenizer_files fuzz_safetensors fuzz_torch_checkpoint)
+[ ${#targets[@]} -gt 0 ] || targets=(fuzz_sentencepiece_model fuzz_tokenizer fuzz_gguf fuzz_hf_tokenizer_files fuzz_safetensors fuzz_torch_checkpoint
+  fuzz_openai_request)
 generator=()
 command -v ninja >/dev/null 2>&1 && generator=(-G Ninja)
 if [ ! -f build-fuzz/CMakeCache.txt ]; then
@@ -98,6 +99,12 @@ write(sys.argv[1] + '/small.bin', False)
 write(sys.argv[1] + '/zip64.bin', True)
 PY
       ;;
+    fuzz_openai_request)
+      printf '%s' '{"model": "starling", "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": [{"type": "text", "text": "Hi"}]}], "temperature": 0.7, "top_p": 0.9, "max_tokens": 64, "stop": ["\n", "User:"], "seed": 42, "stream": true, "stream_options": {"include_usage": true}}' >"$dir/chat.json"
+      printf '%s' '{"prompt": ["Once upon a time"], "max_completion_tokens": 16, "stop": "END", "n": 1}' >"$dir/completion.json"
+      printf '%s' '{"content": "caf\u00e9 \ud83e\udda9", "add_special": false}' >"$dir/tokenize.json"
+      printf '%s' '{"tokens": [1, 22, 0, 2147483647]}' >"$dir/detokenize.json"
+      printf '%s' '{"model": "rm", "conversations": [[{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]], "messages": null}' >"$dir/rewards.json" ;;
     fuzz_hf_tokenizer_files)
       for f in models/openchat-3.5-tokenizer/*.json; do
         { printf '\x01'; cat "$f"; } >"$dir/$(basename "$f")"

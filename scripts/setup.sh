@@ -11,6 +11,9 @@ packages=(
   libcli11-dev                  # command-line parsing for the starling CLI
   libsentencepiece-dev          # reference tokenizer: the tests' oracle and the benchmark's baseline
   sentencepiece                 # spm_encode, for cross-checking by hand
+  libcpp-httplib-dev            # HTTP server (starling serve)
+  python3 curl                  # the server's end-to-end test and the browser test's runner
+  chromium nodejs npm           # the web page's headless-browser test (playwright-core from npm)
 )
 
 SUDO=""
@@ -23,5 +26,10 @@ done
 if [ ${#missing[@]} -gt 0 ]; then
   $SUDO apt-get update
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y --no-install-recommends "${missing[@]}"
+fi
+# playwright-core for the browser test, pinned by tests/browser/package-lock.json.
+browser_dir="$(cd "$(dirname "$0")/../tests/browser" && pwd)"
+if [ ! -d "$browser_dir/node_modules/playwright-core" ]; then
+  (cd "$browser_dir" && npm ci --no-audit --no-fund)
 fi
 echo "setup: all packages present"

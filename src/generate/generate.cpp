@@ -76,6 +76,8 @@ GenerationStream::GenerationStream(const Tokenizer& tokenizer, std::span<const i
   if (options.max_new_tokens == 0) done_ = true;
 }
 
+GenerationStream::~GenerationStream() = default;
+
 std::string GenerationStream::Step(std::span<float> logits) {
   if (done_) Fail("GenerationStream::Step after the stream ended");
   const int32_t token = sampler_.Sample(logits, history_);

@@ -44,6 +44,7 @@ class GenerationStream {
   // Throws starling::Error for bad options. `prompt` seeds the repetition-penalty history.
   GenerationStream(const Tokenizer& tokenizer, std::span<const int32_t> prompt,
                    const GenerationOptions& options);
+  ~GenerationStream();
   GenerationStream(const GenerationStream&) = delete;
   GenerationStream& operator=(const GenerationStream&) = delete;
 

@@ -1,5 +1,7 @@
 #include "kernels/dot.h"
 
+#include <cpuid.h>
+
 #include <immintrin.h>
 
 #include <cstdlib>
@@ -94,9 +96,12 @@ float DotRowAvx2(DType dtype, const void* row, const float* x, int64_t n) {
 }
 
 bool CpuHasAvx2() {
+  // __builtin_cpu_supports checks that the OS saves the AVX registers too; older clang does not
+  // know "f16c", so that bit comes from CPUID leaf 1 directly.
   __builtin_cpu_init();
-  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-         __builtin_cpu_supports("f16c");
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  const bool f16c = __get_cpuid(1, &eax, &ebx, &ecx, &edx) != 0 && (ecx & bit_F16C) != 0;
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c;
 }
 
 namespace {

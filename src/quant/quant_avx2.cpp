@@ -4,7 +4,6 @@
 //
 // Integer work is exact: _mm256_maddubs_epi16 (u8 x s8 pairs summed into int16) is used only
 // where the pair sums cannot saturate, which each use below states.
-#include <cpuid.h>
 #include <immintrin.h>
 
 #include <algorithm>
@@ -12,6 +11,7 @@
 #include <cstring>
 #include <vector>
 
+#include "kernels/dot.h"
 #include "quant/quant.h"
 
 #define STARLING_AVX2 __attribute__((target("avx2,fma,f16c")))
@@ -91,12 +91,7 @@ inline Q4_KScales DecodeQ4_KScales(const uint8_t* s) {
 }  // namespace
 
 bool CpuHasAvx2Fma() {
-  // __builtin_cpu_supports checks that the OS saves the AVX registers too; older clang does not
-  // know "f16c", so that bit comes from CPUID leaf 1 directly.
-  __builtin_cpu_init();
-  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
-  const bool f16c = __get_cpuid(1, &eax, &ebx, &ecx, &edx) != 0 && (ecx & bit_F16C) != 0;
-  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c;
+  return CpuHasAvx2();
 }
 
 STARLING_AVX2 void QuantizeRowQ8_0_Avx2(const float* x, int64_t n, void* out) {

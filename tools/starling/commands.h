@@ -18,6 +18,7 @@ void RegisterInfo(CLI::App& app);
 void RegisterBench(CLI::App& app);
 void RegisterConvert(CLI::App& app);  // quantize, make-model
 void RegisterReward(CLI::App& app);   // score, rank
+void RegisterServe(CLI::App& app);
 
 // Shared option helpers.
 // -t/--threads for the compute thread pool, set before any kernel runs.

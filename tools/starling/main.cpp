@@ -19,6 +19,7 @@ int main(int argc, char** argv) {
   starling::cli::RegisterBench(app);
   starling::cli::RegisterConvert(app);
   starling::cli::RegisterReward(app);
+  starling::cli::RegisterServe(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -1,0 +1,200 @@
+#include "server/engine.h"
+
+#include <chrono>
+
+#include "core/error.h"
+
+namespace starling {
+
+std::string Job::Wait(int timeout_ms, bool* finished) {
+  std::unique_lock lock(mutex_);
+  ready_.wait_for(lock, std::chrono::milliseconds(timeout_ms),
+                  [&] { return !pending_.empty() || finished_; });
+  *finished = finished_;
+  return std::exchange(pending_, {});
+}
+
+void Job::Deliver(const std::string& text, int64_t completion_tokens) {
+  {
+    std::lock_guard lock(mutex_);
+    pending_ += text;
+    completion_tokens_ = completion_tokens;
+  }
+  ready_.notify_all();
+}
+
+void Job::Finish(FinishReason reason, int64_t completion_tokens) {
+  {
+    std::lock_guard lock(mutex_);
+    finished_ = true;
+    finish_ = reason;
+    completion_tokens_ = completion_tokens;
+  }
+  ready_.notify_all();
+}
+
+Engine::Engine(const Model& model, const Tokenizer& tokenizer, int slots, int32_t context,
+               int queue_limit)
+    : model_(model), tokenizer_(tokenizer), context_(context), queue_limit_(queue_limit) {
+  if (slots < 1) Fail("the server needs at least one slot (--parallel)");
+  if (queue_limit < 0) Fail("the queue limit must not be negative");
+  slots_.resize(static_cast<size_t>(slots));
+  for (Slot& slot : slots_) slot.session = std::make_unique<Session>(model, context);
+  logits_.resize(static_cast<size_t>(slots) * static_cast<size_t>(model.config().vocab_size));
+  thread_ = std::thread([this] { Loop(); });
+}
+
+Engine::~Engine() {
+  Shutdown();
+}
+
+std::shared_ptr<Job> Engine::Submit(std::vector<int32_t> prompt, GenerationOptions options) {
+  auto job = std::make_shared<Job>(std::move(prompt), std::move(options));
+  {
+    std::lock_guard lock(mutex_);
+    if (stop_) return nullptr;
+    size_t busy = 0;
+    for (const Slot& slot : slots_) busy += slot.job != nullptr;
+    // Free slots take jobs at once; beyond them, at most queue_limit_ wait.
+    if (queue_.size() >= slots_.size() - busy + static_cast<size_t>(queue_limit_)) return nullptr;
+    queue_.push_back(job);
+  }
+  wake_.notify_all();
+  return job;
+}
+
+void Engine::Shutdown() {
+  {
+    std::lock_guard lock(mutex_);
+    if (stop_ && !thread_.joinable()) return;
+    stop_ = true;
+  }
+  wake_.notify_all();
+  if (thread_.joinable()) thread_.join();
+}
+
+EngineStats Engine::stats() const {
+  std::lock_guard lock(mutex_);
+  return stats_;
+}
+
+void Engine::Release(Slot& slot) {
+  slot.stream.reset();
+  std::lock_guard lock(mutex_);
+  slot.job.reset();
+}
+
+void Engine::Start(Slot& slot, std::shared_ptr<Job> job) {
+  slot.job = std::move(job);
+  Job& j = *slot.job;
+  const std::span<float> logits(logits_.data(), static_cast<size_t>(model_.config().vocab_size));
+  try {
+    slot.session->Truncate(0);
+    slot.stream = std::make_unique<GenerationStream>(tokenizer_, j.prompt_, j.options_);
+    slot.session->Forward(j.prompt_, logits);
+  } catch (const Error&) {
+    // The handler validated the request; a failure here is a bug or a resource problem.
+    j.Finish(FinishReason::kCancelled, 0);
+    Release(slot);
+    return;
+  }
+  if (slot.stream->done()) {  // max_tokens 0
+    j.Finish(slot.stream->finish(), 0);
+    Release(slot);
+    return;
+  }
+  Advance(slot, logits);
+}
+
+void Engine::Advance(Slot& slot, std::span<float> logits) {
+  Job& j = *slot.job;
+  const std::string text = slot.stream->Step(logits);
+  const auto generated = static_cast<int64_t>(slot.stream->tokens().size());
+  if (!text.empty()) j.Deliver(text, generated);
+  if (!slot.stream->done() && slot.session->length() >= slot.session->context_length()) {
+    const std::string rest = slot.stream->End(FinishReason::kLength);
+    if (!rest.empty()) j.Deliver(rest, generated);
+  }
+  if (slot.stream->done()) {
+    j.Finish(slot.stream->finish(), generated);
+    Release(slot);
+  }
+}
+
+void Engine::Loop() {
+  const int64_t vocab = model_.config().vocab_size;
+  std::vector<Session*> sessions;
+  std::vector<int32_t> tokens;
+  std::vector<Slot*> active;
+  while (true) {
+    std::vector<std::pair<Slot*, std::shared_ptr<Job>>> admitted;
+    {
+      std::unique_lock lock(mutex_);
+      auto has_work = [&] {
+        if (stop_) return true;
+        for (const Slot& slot : slots_) {
+          if (slot.job != nullptr || !queue_.empty()) return true;
+        }
+        return false;
+      };
+      wake_.wait(lock, has_work);
+      if (stop_) break;
+      for (Slot& slot : slots_) {
+        if (slot.job == nullptr && !queue_.empty()) {
+          admitted.emplace_back(&slot, std::move(queue_.front()));
+          queue_.pop_front();
+          slot.job = admitted.back().second;  // reserved; Start runs outside the lock
+        }
+      }
+    }
+    for (auto& [slot, job] : admitted) {
+      if (job->cancelled_) {
+        job->Finish(FinishReason::kCancelled, 0);
+        Release(*slot);
+        continue;
+      }
+      Start(*slot, job);
+    }
+    // One decode step for every active slot together.
+    sessions.clear();
+    tokens.clear();
+    active.clear();
+    for (Slot& slot : slots_) {
+      if (slot.job == nullptr || slot.stream == nullptr) continue;
+      if (slot.job->cancelled_) {
+        slot.stream->End(FinishReason::kCancelled);
+        slot.job->Finish(FinishReason::kCancelled,
+                         static_cast<int64_t>(slot.stream->tokens().size()));
+        Release(slot);
+        continue;
+      }
+      sessions.push_back(slot.session.get());
+      tokens.push_back(slot.stream->token());
+      active.push_back(&slot);
+    }
+    if (active.empty()) continue;
+    Session::ForwardBatch(sessions, tokens, logits_, &scratch_);
+    {
+      std::lock_guard lock(mutex_);
+      stats_.steps += 1;
+      stats_.batched_rows += static_cast<int64_t>(active.size());
+    }
+    for (size_t i = 0; i < active.size(); ++i) {
+      Advance(*active[i], std::span(logits_).subspan(i * static_cast<size_t>(vocab),
+                                                     static_cast<size_t>(vocab)));
+    }
+  }
+  // Shutdown: everything still queued or running ends as cancelled.
+  std::lock_guard lock(mutex_);
+  for (auto& job : queue_) job->Finish(FinishReason::kCancelled, 0);
+  queue_.clear();
+  for (Slot& slot : slots_) {
+    if (slot.job != nullptr) {
+      slot.job->Finish(FinishReason::kCancelled, 0);
+      slot.stream.reset();
+      slot.job.reset();
+    }
+  }
+}
+
+}  // namespace starling

@@ -1,0 +1,103 @@
+// The generation engine behind the server: a fixed number of slots (each a Session with its
+// own KV cache) and a bounded queue. One thread runs everything on the model: it admits queued
+// requests into free slots (prompt processing, one request at a time), then runs one decode
+// step for every active slot together (Session::ForwardBatch: continuous batching; requests
+// join and leave between steps). Request threads wait on their Job for text.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "generate/generate.h"
+#include "model/model.h"
+#include "tokenizer/tokenizer.h"
+
+namespace starling {
+
+// One request's exchange with the engine.
+class Job {
+ public:
+  Job(std::vector<int32_t> prompt, GenerationOptions options)
+      : prompt_(std::move(prompt)), options_(std::move(options)) {}
+
+  // Waits up to `timeout_ms` for text; returns what arrived (maybe empty). `finished` is set
+  // once the job has ended and all its text has been returned.
+  std::string Wait(int timeout_ms, bool* finished);
+  // Asks the engine to stop this job (client gone); it frees the slot at its next step.
+  void Cancel() { cancelled_ = true; }
+
+  FinishReason finish() const { return finish_; }
+  int64_t completion_tokens() const { return completion_tokens_; }
+  int64_t prompt_tokens() const { return static_cast<int64_t>(prompt_.size()); }
+
+ private:
+  friend class Engine;
+  void Deliver(const std::string& text, int64_t completion_tokens);
+  void Finish(FinishReason reason, int64_t completion_tokens);
+
+  const std::vector<int32_t> prompt_;
+  const GenerationOptions options_;
+  std::atomic<bool> cancelled_{false};
+  std::mutex mutex_;
+  std::condition_variable ready_;
+  std::string pending_;
+  bool finished_ = false;
+  FinishReason finish_ = FinishReason::kLength;
+  int64_t completion_tokens_ = 0;
+};
+
+struct EngineStats {
+  int64_t steps = 0;         // batched decode steps
+  int64_t batched_rows = 0;  // sum of batch sizes over the steps
+};
+
+class Engine {
+ public:
+  // `slots` sessions of `context` positions; at most `queue_limit` requests wait for a slot.
+  Engine(const Model& model, const Tokenizer& tokenizer, int slots, int32_t context,
+         int queue_limit);
+  ~Engine();  // cancels everything and joins
+
+  // Queues a job. Returns nullptr when the queue is full (the caller answers 503).
+  std::shared_ptr<Job> Submit(std::vector<int32_t> prompt, GenerationOptions options);
+  // Cancels queued and running jobs and stops the thread; idempotent.
+  void Shutdown();
+
+  int32_t context() const { return context_; }
+  EngineStats stats() const;
+
+ private:
+  struct Slot {
+    std::unique_ptr<Session> session;
+    std::shared_ptr<Job> job;
+    std::unique_ptr<GenerationStream> stream;
+  };
+  void Loop();
+  void Start(Slot& slot, std::shared_ptr<Job> job);
+  void Advance(Slot& slot, std::span<float> logits);  // one sampled step of an active slot
+  void Release(Slot& slot);
+
+  const Model& model_;
+  const Tokenizer& tokenizer_;
+  const int32_t context_;
+  const int queue_limit_;
+  std::vector<Slot> slots_;
+  ForwardScratch scratch_;
+  std::vector<float> logits_;  // [slots, V]
+
+  mutable std::mutex mutex_;
+  std::condition_variable wake_;
+  std::deque<std::shared_ptr<Job>> queue_;
+  bool stop_ = false;
+  EngineStats stats_;
+  std::thread thread_;
+};
+
+}  // namespace starling

@@ -1,0 +1,31 @@
+// `starling serve`: an OpenAI-compatible HTTP server (cpp-httplib) over the Engine, with
+// /v1/rewards for a reward model and the web chat page at /. API in docs/SERVER.md.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+#include "generate/loaded_model.h"
+#include "reward/reward.h"
+
+namespace starling {
+
+struct ServerOptions {
+  std::string host = "127.0.0.1";
+  int port = 8080;            // 0: any free port (printed on stderr)
+  std::string api_key;        // empty: no authentication
+  int parallel = 4;           // slots decoded together
+  int queue = 32;             // requests waiting for a slot beyond the free ones; then 503
+  int32_t context = 2048;     // positions per slot: prompt + max_tokens must fit
+  std::string template_name;  // empty: the model's own known template
+  size_t max_body_bytes = 4u << 20;
+  std::string model_name;  // what /v1/models lists
+  std::string reward_model_name;
+};
+
+// Serves until SIGINT or SIGTERM, then stops accepting, cancels in-flight requests and returns
+// 0. `reward` may be null (no /v1/rewards).
+int Serve(const LoadedModel& model, LoadedRewardModel* reward, const ServerOptions& options);
+
+}  // namespace starling

@@ -1,0 +1,222 @@
+#!/usr/bin/env python3
+"""End-to-end test of `starling serve` over real HTTP on loopback (Python standard library only).
+
+    python3 tests/server/server_test.py BUILD/starling TEST_DATA_DIR
+
+Starts servers on free ports with the embedded stories260K model (and the tiny reward model),
+checks the OpenAI endpoints (non-streaming, streaming, concurrent batched requests, cancellation,
+queue limits, errors, API keys, rewards), and that SIGTERM ends the server with exit code 0.
+Exits non-zero with a message naming the failed check.
+"""
+import http.client
+import json
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+STARLING = sys.argv[1]
+DATA = sys.argv[2]
+failures = []
+
+
+def check(condition, what):
+    if not condition:
+        failures.append(what)
+        print("FAIL:", what, flush=True)
+
+
+class Server:
+    def __init__(self, *args):
+        self.proc = subprocess.Popen([STARLING, "serve", "--port", "0", *args],
+                                     stderr=subprocess.PIPE, text=True)
+        self.port = None
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            line = self.proc.stderr.readline()
+            if not line:
+                break
+            m = re.search(r"on http://127\.0\.0\.1:(\d+)", line)
+            if m:
+                self.port = int(m.group(1))
+                break
+        if self.port is None:
+            raise SystemExit("server did not start: " + " ".join(args))
+        threading.Thread(target=self.proc.stderr.read, daemon=True).start()  # drain
+
+    def request(self, method, path, body=None, headers=None, timeout=60):
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        data = body if isinstance(body, (bytes, type(None))) else json.dumps(body).encode()
+        conn.request(method, path, body=data, headers=headers or {})
+        res = conn.getresponse()
+        raw = res.read()
+        conn.close()
+        return res.status, raw
+
+    def json(self, method, path, body=None, headers=None):
+        status, raw = self.request(method, path, body, headers)
+        return status, json.loads(raw)
+
+    def stream(self, body, headers=None):
+        """Streams a completion; returns (list of parsed events, saw [DONE])."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        conn.request("POST", "/v1/chat/completions", body=json.dumps(body).encode(),
+                     headers=headers or {})
+        res = conn.getresponse()
+        events, done = [], False
+        for line in res:
+            line = line.decode().strip()
+            if line == "data: [DONE]":
+                done = True
+            elif line.startswith("data: "):
+                events.append(json.loads(line[6:]))
+        conn.close()
+        return res.status, res.getheader("Content-Type"), events, done
+
+    def stop(self):
+        self.proc.send_signal(15)
+        return self.proc.wait(timeout=30)
+
+
+def chat(content, **kw):
+    body = {"messages": [{"role": "user", "content": content}], "temperature": 0}
+    body.update(kw)
+    return body
+
+
+def stream_text(events):
+    return "".join(e["choices"][0]["delta"].get("content", "") for e in events
+                   if e.get("choices"))
+
+
+def main():
+    s = Server("--parallel", "4", "--ctx", "512")
+    # Health and models.
+    check(s.json("GET", "/health") == (200, {"status": "ok"}), "GET /health")
+    status, models = s.json("GET", "/v1/models")
+    check(status == 200 and models["data"][0]["id"].startswith("stories260K"), "GET /v1/models")
+
+    # Non-streaming chat; usage.prompt_tokens is the rendered prompt's length (this model has no
+    # template, so the prompt is BOS + the text: /tokenize gives the same ids).
+    status, r = s.json("POST", "/v1/chat/completions", chat("Once upon a time", max_tokens=40))
+    check(status == 200, "chat completion status %d" % status)
+    text = r["choices"][0]["message"]["content"]
+    check(len(text) > 20 and r["choices"][0]["finish_reason"] == "length",
+          "chat completion text and finish_reason: %r" % r)
+    _, tok = s.json("POST", "/tokenize", {"content": "Once upon a time"})
+    check(r["usage"]["prompt_tokens"] == len(tok["tokens"]) and r["usage"]["completion_tokens"] == 40,
+          "usage %r vs tokenize %r" % (r["usage"], tok))
+    _, detok = s.json("POST", "/detokenize", {"tokens": tok["tokens"]})
+    check(detok["content"] == "Once upon a time", "detokenize: %r" % detok)
+
+    # The same greedy continuation as the CLI.
+    cli = subprocess.run([STARLING, "generate", "-p", "Once upon a time", "-n", "40", "--temp", "0"],
+                         capture_output=True, text=True, check=True).stdout
+    check(cli.startswith("Once upon a time" + text) or cli.endswith(text) or text in cli,
+          "server text %r not in CLI output %r" % (text, cli))
+
+    # Streaming: SSE chunks, deltas concatenate to the same text, then [DONE].
+    status, ctype, events, done = s.stream(chat("Once upon a time", max_tokens=40, stream=True))
+    check(status == 200 and ctype.startswith("text/event-stream"), "stream status/content type")
+    check(done and events[0]["choices"][0]["delta"].get("role") == "assistant", "stream framing")
+    check(stream_text(events) == text, "streamed text %r != %r" % (stream_text(events), text))
+    check(events[-1]["choices"][0]["finish_reason"] == "length", "stream finish_reason")
+    check(len([e for e in events if e["choices"][0]["delta"].get("content")]) > 5,
+          "stream arrives in many chunks")
+
+    # Stop strings and /v1/completions.
+    status, r = s.json("POST", "/v1/completions",
+                       {"prompt": "Once upon a time", "max_tokens": 60, "temperature": 0,
+                        "stop": ["Lily"]})
+    check(status == 200 and "Lily" not in r["choices"][0]["text"]
+          and r["choices"][0]["finish_reason"] == "stop", "completion with stop: %r" % r)
+
+    # Concurrency: 8 streaming requests at once over 4 slots (batched decode); greedy results
+    # equal the single-request result exactly.
+    results = [None] * 8
+
+    def worker(i):
+        results[i] = s.stream(chat("Once upon a time", max_tokens=40, stream=True))
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    check(all(r is not None and r[0] == 200 and stream_text(r[2]) == text for r in results),
+          "concurrent batched streams equal the single stream")
+
+    # Errors: OpenAI-style JSON, right status, and the server keeps serving.
+    cases = [
+        (b"{not json", 400, None),
+        ({"messages": "hi"}, 400, "messages"),
+        ({"messages": []}, 400, "messages"),
+        (chat("x", max_tokens=-5), 400, "max_tokens"),
+        (chat("x", max_tokens=100000), 400, "max_tokens"),
+        (chat("x", temperature="hot"), 400, "temperature"),
+        (chat("x", model="gpt-5"), 404, "model"),
+    ]
+    for body, want, param in cases:
+        status, raw = s.request("POST", "/v1/chat/completions", body)
+        err = json.loads(raw).get("error", {})
+        check(status == want and err.get("message") and (param is None or err.get("param") == param),
+              "error case %r -> %d %r" % (body, status, err))
+    status, _ = s.request("GET", "/no/such/path")
+    check(status == 404, "unknown path 404")
+    check(s.json("GET", "/health")[0] == 200, "still serving after errors")
+    check(s.json("POST", "/v1/rewards", {"messages": [{"role": "user", "content": "x"}]})[0] == 404,
+          "rewards without --rm is 404")
+    check(s.stop() == 0, "SIGTERM exits 0")
+
+    # One slot, no queue: a second request while the first streams gets 503; a client that
+    # disconnects mid-stream frees the slot at once.
+    s = Server("--parallel", "1", "--queue", "0", "--ctx", "2048", "--max-body", "2000")
+    conn = http.client.HTTPConnection("127.0.0.1", s.port, timeout=60)
+    conn.request("POST", "/v1/chat/completions",
+                 body=json.dumps(chat("Once", max_tokens=1800, stream=True, temperature=1)).encode())
+    res = conn.getresponse()
+    res.readline()  # the first event: the request holds the slot
+    status, raw = s.request("POST", "/v1/chat/completions", chat("x", max_tokens=5))
+    check(status == 503 and "busy" in json.loads(raw)["error"]["message"], "503 when full: %r" % raw)
+    conn.sock.shutdown(socket.SHUT_RDWR)
+    conn.close()
+    ok = False
+    deadline = time.time() + 10
+    while time.time() < deadline and not ok:
+        status, _ = s.request("POST", "/v1/chat/completions", chat("x", max_tokens=5))
+        ok = status == 200
+        if not ok:
+            time.sleep(0.05)
+    check(ok, "slot freed after the client disconnected")
+    status, raw = s.request("POST", "/v1/chat/completions", b"{" + b" " * 5000 + b"}")
+    check(status == 413 and "error" in json.loads(raw), "oversized body -> 413: %d %r" % (status, raw[:200]))
+    check(s.stop() == 0, "SIGTERM exits 0 (second server)")
+
+    # API key and rewards.
+    s = Server("--api-key", "sekrit", "--rm", DATA + "/tiny-rm/rm-a")
+    status, raw = s.request("GET", "/v1/models")
+    check(status == 401 and json.loads(raw)["error"]["type"] == "authentication_error", "401 without key")
+    check(s.request("GET", "/v1/models", headers={"Authorization": "Bearer wrong"})[0] == 401,
+          "401 with a wrong key")
+    auth = {"Authorization": "Bearer sekrit"}
+    check(s.request("GET", "/v1/models", headers=auth)[0] == 200, "200 with the key")
+    check(s.request("GET", "/")[0] == 200, "the page needs no key")
+    conversation = [{"role": "user", "content": "Hello?"},
+                    {"role": "assistant", "content": "Hi, how can I help you?"}]
+    status, r = s.json("POST", "/v1/rewards", {"conversations": [conversation, conversation]}, auth)
+    cli = json.loads(subprocess.run(
+        [STARLING, "score", "-m", DATA + "/tiny-rm/rm-a", "--json", "--prompt", "Hello?",
+         "--response", "Hi, how can I help you?"], capture_output=True, text=True, check=True).stdout)
+    check(status == 200 and len(r["data"]) == 2 and r["data"][0]["reward"] == cli["reward"]
+          and r["data"][1]["reward"] == cli["reward"], "rewards over HTTP equal the CLI: %r %r" % (r, cli))
+    check(s.stop() == 0, "SIGTERM exits 0 (third server)")
+
+    if failures:
+        print("%d checks failed" % len(failures))
+        sys.exit(1)
+    print("all server checks passed")
+
+
+main()

@@ -1,0 +1,64 @@
+// `starling serve`: the OpenAI-compatible server (src/server), thin.
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "commands.h"
+#include "embedded_model.h"
+#include "reward/reward.h"
+#include "server/server.h"
+
+namespace starling::cli {
+namespace {
+
+std::string BaseName(std::string path) {
+  while (path.size() > 1 && path.back() == '/') path.pop_back();
+  const size_t slash = path.rfind('/');
+  return slash == std::string::npos ? path : path.substr(slash + 1);
+}
+
+}  // namespace
+
+void RegisterServe(CLI::App& app) {
+  auto o = std::make_shared<ServerOptions>();
+  auto model = std::make_shared<std::string>();
+  auto reward = std::make_shared<std::string>();
+  auto threads = std::make_shared<int>(0);
+  CLI::App* cmd = app.add_subcommand(
+      "serve", "OpenAI-compatible HTTP server with batched streaming and a web chat page");
+  cmd->add_option("-m,--model", *model,
+                  "a Hugging Face directory or a GGUF file (default: the embedded model)");
+  cmd->add_option("--rm", *reward, "a reward model directory: enables POST /v1/rewards");
+  cmd->add_option("--host", o->host, "address to listen on")->capture_default_str();
+  cmd->add_option("--port", o->port, "port (0: any free port)")
+      ->check(CLI::Range(0, 65535))
+      ->capture_default_str();
+  cmd->add_option("--api-key", o->api_key, "require 'Authorization: Bearer KEY' on /v1/*");
+  cmd->add_option("--parallel", o->parallel, "requests decoded together (slots)")
+      ->check(CLI::Range(1, 256))
+      ->capture_default_str();
+  cmd->add_option("--queue", o->queue, "requests that may wait for a slot before 503")
+      ->check(CLI::Range(0, 4096))
+      ->capture_default_str();
+  cmd->add_option("-c,--ctx", o->context, "positions per slot (prompt + max_tokens)")
+      ->check(CLI::Range(16, 1 << 20))
+      ->capture_default_str();
+  cmd->add_option("--template", o->template_name,
+                  "chat template (default: the model's own known template)");
+  cmd->add_option("--max-body", o->max_body_bytes, "largest request body in bytes")
+      ->capture_default_str();
+  AddThreadsOption(cmd, threads.get());
+  cmd->callback([=] {
+    ServerOptions options = *o;
+    const LoadedModel loaded = LoadModelOrDefault(*model);
+    options.model_name = model->empty() ? std::string(kEmbeddedModelName) : BaseName(*model);
+    std::optional<LoadedRewardModel> rm;
+    if (!reward->empty()) {
+      rm = LoadRewardModelAndTokenizer({.files = {.directory = *reward}});
+      options.reward_model_name = BaseName(*reward);
+    }
+    Serve(loaded, rm ? &*rm : nullptr, options);
+  });
+}
+
+}  // namespace starling::cli
