@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "kernels/dot.h"
 #include "kernels/kernels.h"
 #include "quant/quant.h"
 
@@ -859,6 +860,65 @@ TEST(Quant, Avx2TiledDotsEqualSingleDotsBitForBit) {
             for (int64_t r = rows; r < out_stride; ++r) {
               ASSERT_EQ(out[t * out_stride + r], -1.0f) << "wrote outside the outputs";
             }
+          }
+        }
+      }
+    }
+  }
+}
+
+// The AVX-512 VNNI versions (run only where the CPU has them; this project's CI machines do
+// not, the GPU machine's host CPU does): integer parts exact, floats within the bound of
+// quant.h, and tiles bit for bit equal to the single product.
+TEST(Quant, Avx512VnniDotsMatchScalarAndTiles) {
+  if (!CpuHasAvx512Vnni()) GTEST_SKIP() << "no AVX-512 VNNI";
+  const struct {
+    QuantType weight;
+    float (*dot)(const void*, const void*, int64_t);
+    float (*fast)(const void*, const void*, int64_t);
+    void (*dots)(const void*, size_t, int64_t, const void*, size_t, int64_t, int64_t, float*,
+                 int64_t);
+  } cases[] = {{QuantType::kQ8_0, DotQ8_0Q8_0, DotQ8_0Q8_0_Avx512, DotsQ8_0Q8_0_Avx512},
+               {QuantType::kQ4_0, DotQ4_0Q8_0, DotQ4_0Q8_0_Avx512, DotsQ4_0Q8_0_Avx512}};
+  std::mt19937 rng(37);
+  for (const auto& c : cases) {
+    const DotCase dc{c.weight, QuantType::kQ8_0, c.dot, c.fast};
+    for (int64_t n : {32, 64, 96, 256, 1024}) {  // exact with unit scales
+      const Bytes w = RandomBlocks(c.weight, n, rng, false, true);
+      const Bytes a = RandomBlocks(QuantType::kQ8_0, n, rng, true, true);
+      EXPECT_EQ(c.fast(w.data(), a.data(), n), c.dot(w.data(), a.data(), n))
+          << QuantTypeName(c.weight) << " n=" << n;
+    }
+    for (int64_t n : {32, 96, 4096, 4128, 11008, 14336}) {
+      const Bytes w = RandomBlocks(c.weight, n, rng, false, false);
+      const Bytes a = RandomBlocks(QuantType::kQ8_0, n, rng, true, false);
+      const auto ad = Dequantize(QuantType::kQ8_0, a, n);
+      const double tol = (2.0 * static_cast<double>(n / 32) + 8) * kUnit *
+                         SumOfAbsTerms(dc, w, std::vector<float>(ad.begin(), ad.end()), n, true);
+      EXPECT_NEAR(c.fast(w.data(), a.data(), n), c.dot(w.data(), a.data(), n), tol)
+          << QuantTypeName(c.weight) << " n=" << n;
+    }
+    for (int64_t rows = 1; rows <= 9; ++rows) {
+      for (int64_t tokens = 1; tokens <= 7; ++tokens) {
+        const int64_t n = 96;
+        const size_t w_stride = QuantRowBytes(c.weight, n),
+                     a_stride = QuantRowBytes(QuantType::kQ8_0, n);
+        Bytes w, a;
+        for (int64_t r = 0; r < rows; ++r) {
+          const Bytes row = RandomBlocks(c.weight, n, rng, false, false);
+          w.insert(w.end(), row.begin(), row.end());
+        }
+        for (int64_t t = 0; t < tokens; ++t) {
+          const Bytes row = RandomBlocks(QuantType::kQ8_0, n, rng, true, false);
+          a.insert(a.end(), row.begin(), row.end());
+        }
+        std::vector<float> out(static_cast<size_t>(rows * tokens));
+        c.dots(w.data(), w_stride, rows, a.data(), a_stride, tokens, n, out.data(), rows);
+        for (int64_t t = 0; t < tokens; ++t) {
+          for (int64_t r = 0; r < rows; ++r) {
+            ASSERT_EQ(std::bit_cast<uint32_t>(out[t * rows + r]),
+                      std::bit_cast<uint32_t>(c.fast(&w[r * w_stride], &a[t * a_stride], n)))
+                << QuantTypeName(c.weight) << " rows=" << rows << " tokens=" << tokens;
           }
         }
       }

@@ -6,6 +6,7 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <string_view>
 
 #include "kernels/kernels.h"
 
@@ -104,23 +105,38 @@ bool CpuHasAvx2() {
   return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c;
 }
 
-namespace {
-bool UseAvx2() {
-  static const bool use = [] {
-    const char* forced = std::getenv("STARLING_SIMD");
-    if (forced != nullptr && std::strcmp(forced, "scalar") == 0) return false;
-    return CpuHasAvx2();
-  }();
-  return use;
+bool CpuHasAvx512Vnni() {
+  __builtin_cpu_init();
+  return CpuHasAvx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
 }
-}  // namespace
+
+SimdLevel ActiveSimdLevel() {
+  static const SimdLevel level = [] {
+    // AVX-512 is opt-in (STARLING_SIMD=avx512) until its kernels have run on AVX-512 hardware:
+    // this project's machines have none; Quant.Avx512VnniDotsMatchScalarAndTiles checks them
+    // wherever the CPU has VNNI.
+    const char* forced = std::getenv("STARLING_SIMD");
+    const std::string_view choice = forced != nullptr ? forced : "";
+    if (choice == "scalar" || !CpuHasAvx2()) return SimdLevel::kScalar;
+    if (choice == "avx512" && CpuHasAvx512Vnni()) return SimdLevel::kAvx512;
+    return SimdLevel::kAvx2;
+  }();
+  return level;
+}
 
 float DotRow(DType dtype, const void* row, const float* x, int64_t n) {
-  return UseAvx2() ? DotRowAvx2(dtype, row, x, n) : DotRowScalar(dtype, row, x, n);
+  return ActiveSimdLevel() != SimdLevel::kScalar ? DotRowAvx2(dtype, row, x, n)
+                                                 : DotRowScalar(dtype, row, x, n);
 }
 
 const char* DotRowImplementation() {
-  return UseAvx2() ? "avx2" : "scalar";
+  switch (ActiveSimdLevel()) {
+    case SimdLevel::kAvx512: return "avx512";
+    case SimdLevel::kAvx2: return "avx2";
+    case SimdLevel::kScalar: break;
+  }
+  return "scalar";
 }
 
 }  // namespace starling

@@ -12,11 +12,19 @@ namespace starling {
 float DotRowScalar(DType dtype, const void* row, const float* x, int64_t n);
 float DotRowAvx2(DType dtype, const void* row, const float* x, int64_t n);  // needs AVX2+FMA+F16C
 
-bool CpuHasAvx2();  // AVX2, FMA and F16C
+bool CpuHasAvx2();        // AVX2, FMA and F16C
+bool CpuHasAvx512Vnni();  // AVX-512 F, BW, VL and VNNI (with AVX2, FMA and F16C)
 
-// Dispatches once (at first use) on the CPU's features; STARLING_SIMD=scalar forces the
-// scalar twins, for comparison.
+// The instruction sets the kernels use, decided once (at first use) from the CPU's features
+// and STARLING_SIMD: "scalar" forces the scalar twins (for comparison); "avx512" enables the
+// AVX-512 VNNI quantized kernels where the CPU has them (opt-in until verified on such
+// hardware); otherwise AVX2 where the CPU has it.
+enum class SimdLevel { kScalar, kAvx2, kAvx512 };
+SimdLevel ActiveSimdLevel();
+
 float DotRow(DType dtype, const void* row, const float* x, int64_t n);
-const char* DotRowImplementation();  // "avx2" or "scalar"
+// The active level's name: "avx512", "avx2" or "scalar" (dense dots use AVX2 on both vector
+// levels; the quantized matmuls use AVX-512 VNNI where they have it).
+const char* DotRowImplementation();
 
 }  // namespace starling

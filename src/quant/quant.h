@@ -165,4 +165,17 @@ void DotsQ8_0Q8_0_Avx2(const void* w, size_t w_stride, int64_t rows, const void*
 void DotsQ4_0Q8_0_Avx2(const void* w, size_t w_stride, int64_t rows, const void* a, size_t a_stride,
                        int64_t tokens, int64_t n, float* out, int64_t out_stride);
 
+// ---- AVX-512 (F, BW, VL) + VNNI versions (quant_avx512.cpp). Call only where
+// CpuHasAvx512Vnni() (kernels/dot.h). 16 float lanes, two blocks per step; against the scalar
+// twin within the same bound as the AVX2 versions (each lane sums blocks / 2 terms); tiles of
+// any shape give every output the single product's bits, as above.
+float DotQ8_0Q8_0_Avx512(const void* w, const void* a, int64_t n);
+float DotQ4_0Q8_0_Avx512(const void* w, const void* a, int64_t n);
+void DotsQ8_0Q8_0_Avx512(const void* w, size_t w_stride, int64_t rows, const void* a,
+                         size_t a_stride, int64_t tokens, int64_t n, float* out,
+                         int64_t out_stride);
+void DotsQ4_0Q8_0_Avx512(const void* w, size_t w_stride, int64_t rows, const void* a,
+                         size_t a_stride, int64_t tokens, int64_t n, float* out,
+                         int64_t out_stride);
+
 }  // namespace starling

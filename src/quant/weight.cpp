@@ -42,15 +42,19 @@ using QuantDots = void (*)(const void* w, size_t w_stride, int64_t rows, const v
                            int64_t out_stride);
 
 bool UseAvx2() {
-  static const bool use = std::string(DotRowImplementation()) == "avx2" && CpuHasAvx2Fma();
-  return use;
+  return ActiveSimdLevel() != SimdLevel::kScalar;
+}
+bool UseAvx512() {
+  return ActiveSimdLevel() == SimdLevel::kAvx512;
 }
 
 QuantDot DotFor(WeightFormat f) {
   const bool avx2 = UseAvx2();
   switch (f) {
-    case WeightFormat::kQ8_0: return avx2 ? DotQ8_0Q8_0_Avx2 : DotQ8_0Q8_0;
-    case WeightFormat::kQ4_0: return avx2 ? DotQ4_0Q8_0_Avx2 : DotQ4_0Q8_0;
+    case WeightFormat::kQ8_0:
+      return UseAvx512() ? DotQ8_0Q8_0_Avx512 : avx2 ? DotQ8_0Q8_0_Avx2 : DotQ8_0Q8_0;
+    case WeightFormat::kQ4_0:
+      return UseAvx512() ? DotQ4_0Q8_0_Avx512 : avx2 ? DotQ4_0Q8_0_Avx2 : DotQ4_0Q8_0;
     case WeightFormat::kQ4_K: return avx2 ? DotQ4_KQ8_K_Avx2 : DotQ4_KQ8_K;
     default: return avx2 ? DotQ6_KQ8_K_Avx2 : DotQ6_KQ8_K;
   }
@@ -60,8 +64,8 @@ QuantDot DotFor(WeightFormat f) {
 QuantDots TiledDotsFor(WeightFormat f) {
   if (!UseAvx2()) return nullptr;
   switch (f) {
-    case WeightFormat::kQ8_0: return DotsQ8_0Q8_0_Avx2;
-    case WeightFormat::kQ4_0: return DotsQ4_0Q8_0_Avx2;
+    case WeightFormat::kQ8_0: return UseAvx512() ? DotsQ8_0Q8_0_Avx512 : DotsQ8_0Q8_0_Avx2;
+    case WeightFormat::kQ4_0: return UseAvx512() ? DotsQ4_0Q8_0_Avx512 : DotsQ4_0Q8_0_Avx2;
     default: return nullptr;
   }
 }
