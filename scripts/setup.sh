@@ -13,8 +13,13 @@ packages=(
   sentencepiece                 # spm_encode, for cross-checking by hand
   libcpp-httplib-dev            # HTTP server (starling serve)
   python3 curl                  # the server's end-to-end test and the browser test's runner
-  chromium nodejs npm           # the web page's headless-browser test (playwright-core from npm)
+  chromium                      # the web page's headless-browser test (playwright-core from npm)
 )
+# Node.js and npm for that test: Debian's packages unless the machine already has node and npm
+# (e.g. from NodeSource, whose nodejs conflicts with Debian's npm).
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  packages+=(nodejs npm)
+fi
 
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
