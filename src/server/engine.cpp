@@ -84,15 +84,46 @@ void Engine::Release(Slot& slot) {
   slot.job.reset();
 }
 
+namespace {
+size_t CommonPrefix(const std::vector<int32_t>& a, const std::vector<int32_t>& b) {
+  size_t n = 0;
+  while (n < a.size() && n < b.size() && a[n] == b[n]) ++n;
+  return n;
+}
+}  // namespace
+
+Engine::Slot* Engine::BestFreeSlot(const std::vector<int32_t>& prompt) {
+  Slot* best = nullptr;
+  size_t best_shared = 0;
+  for (Slot& slot : slots_) {
+    if (slot.job != nullptr) continue;
+    const size_t shared = CommonPrefix(slot.cached, prompt);
+    if (best == nullptr || shared > best_shared) {
+      best = &slot;
+      best_shared = shared;
+    }
+  }
+  return best;
+}
+
 void Engine::Start(Slot& slot, std::shared_ptr<Job> job) {
   slot.job = std::move(job);
   Job& j = *slot.job;
   const std::span<float> logits(logits_.data(), static_cast<size_t>(model_.config().vocab_size));
   try {
-    slot.session->Truncate(0);
+    // Reuse the cached prefix, but run at least the prompt's last token: its logits start the
+    // generation. The forward pass gives each position the same bits either way.
+    const size_t reuse = std::min(CommonPrefix(slot.cached, j.prompt_), j.prompt_.size() - 1);
+    slot.session->Truncate(static_cast<int32_t>(reuse));
+    slot.cached.assign(j.prompt_.begin(), j.prompt_.end());
     slot.stream = std::make_unique<GenerationStream>(tokenizer_, j.prompt_, j.options_);
-    slot.session->Forward(j.prompt_, logits);
+    slot.session->Forward(std::span(j.prompt_).subspan(reuse), logits);
+    std::lock_guard lock(mutex_);
+    stats_.prompt_tokens += static_cast<int64_t>(j.prompt_.size());
+    stats_.prompt_reused += static_cast<int64_t>(reuse);
   } catch (const Error&) {
+    slot.cached.clear();
+    slot.session->Truncate(0);
     // The handler validated the request; a failure here is a bug or a resource problem.
     j.Finish(FinishReason::kCancelled, 0);
     Release(slot);
@@ -139,12 +170,12 @@ void Engine::Loop() {
       };
       wake_.wait(lock, has_work);
       if (stop_) break;
-      for (Slot& slot : slots_) {
-        if (slot.job == nullptr && !queue_.empty()) {
-          admitted.emplace_back(&slot, std::move(queue_.front()));
-          queue_.pop_front();
-          slot.job = admitted.back().second;  // reserved; Start runs outside the lock
-        }
+      while (!queue_.empty()) {
+        Slot* slot = BestFreeSlot(queue_.front()->prompt_);
+        if (slot == nullptr) break;
+        admitted.emplace_back(slot, std::move(queue_.front()));
+        queue_.pop_front();
+        slot->job = admitted.back().second;  // reserved; Start runs outside the lock
       }
     }
     for (auto& [slot, job] : admitted) {
@@ -170,10 +201,23 @@ void Engine::Loop() {
       }
       sessions.push_back(slot.session.get());
       tokens.push_back(slot.stream->token());
+      slot.cached.push_back(slot.stream->token());
       active.push_back(&slot);
     }
     if (active.empty()) continue;
-    Session::ForwardBatch(sessions, tokens, logits_, &scratch_);
+    try {
+      Session::ForwardBatch(sessions, tokens, logits_, &scratch_);
+    } catch (const Error&) {
+      // Checked before any work (context, ids), so no slot changed: end these jobs cleanly.
+      for (Slot* slot : active) {
+        slot->job->Finish(FinishReason::kCancelled,
+                          static_cast<int64_t>(slot->stream->tokens().size()));
+        slot->cached.clear();
+        slot->session->Truncate(0);
+        Release(*slot);
+      }
+      continue;
+    }
     {
       std::lock_guard lock(mutex_);
       stats_.steps += 1;

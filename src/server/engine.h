@@ -54,8 +54,10 @@ class Job {
 };
 
 struct EngineStats {
-  int64_t steps = 0;         // batched decode steps
-  int64_t batched_rows = 0;  // sum of batch sizes over the steps
+  int64_t steps = 0;          // batched decode steps
+  int64_t batched_rows = 0;   // sum of batch sizes over the steps
+  int64_t prompt_tokens = 0;  // prompt tokens of started requests
+  int64_t prompt_reused = 0;  // of which came from a slot's cache
 };
 
 class Engine {
@@ -78,7 +80,12 @@ class Engine {
     std::unique_ptr<Session> session;
     std::shared_ptr<Job> job;
     std::unique_ptr<GenerationStream> stream;
+    // The ids in the session's cache, kept after the job ends: the next job that starts with
+    // the same tokens (the next turn of a chat) runs only what follows them.
+    std::vector<int32_t> cached;
   };
+  // The free slot whose cache shares the longest prefix with `prompt` (nullptr: none free).
+  Slot* BestFreeSlot(const std::vector<int32_t>& prompt);
   void Loop();
   void Start(Slot& slot, std::shared_ptr<Job> job);
   void Advance(Slot& slot, std::span<float> logits);  // one sampled step of an active slot

@@ -121,8 +121,17 @@ class Server {
     http_.Get("/", [](const httplib::Request&, httplib::Response& res) {
       res.set_content(std::string(ChatPageHtml()), "text/html; charset=utf-8");
     });
-    http_.Get("/health", [](const httplib::Request&, httplib::Response& res) {
-      SendJson(res, 200, {{"status", "ok"}});
+    http_.Get("/health", [this](const httplib::Request&, httplib::Response& res) {
+      const EngineStats stats = engine_.stats();
+      SendJson(res, 200,
+               {{"status", "ok"},
+                {"slots", options_.parallel},
+                {"decode_steps", stats.steps},
+                {"mean_batch", stats.steps > 0 ? static_cast<double>(stats.batched_rows) /
+                                                     static_cast<double>(stats.steps)
+                                               : 0.0},
+                {"prompt_tokens", stats.prompt_tokens},
+                {"prompt_tokens_reused", stats.prompt_reused}});
     });
     http_.Get("/v1/models", [this](const httplib::Request&, httplib::Response& res) {
       std::vector<std::string> ids = {options_.model_name};

@@ -94,7 +94,8 @@ def stream_text(events):
 def main():
     s = Server("--parallel", "4", "--ctx", "512")
     # Health and models.
-    check(s.json("GET", "/health") == (200, {"status": "ok"}), "GET /health")
+    status, health = s.json("GET", "/health")
+    check(status == 200 and health["status"] == "ok", "GET /health")
     status, models = s.json("GET", "/v1/models")
     check(status == 200 and models["data"][0]["id"].startswith("stories260K"), "GET /v1/models")
 
@@ -147,6 +148,10 @@ def main():
         t.join()
     check(all(r is not None and r[0] == 200 and stream_text(r[2]) == text for r in results),
           "concurrent batched streams equal the single stream")
+    # Repeated prompts reuse a slot's cached prefix (with the same results, as checked above).
+    _, health = s.json("GET", "/health")
+    check(health["prompt_tokens_reused"] > 0 and health["decode_steps"] > 0,
+          "prefix reuse and batching visible in /health: %r" % health)
 
     # Errors: OpenAI-style JSON, right status, and the server keeps serving.
     cases = [
