@@ -191,8 +191,8 @@ STARLING_AVX2 inline float OffsetDot(const float* x, const float* y, int64_t n) 
 //   at the end: the lanes' sum (HorizontalSum).
 template <int RM, int RN>
 STARLING_AVX2 inline void TileQ8_0Q8_0(const char* w, size_t w_stride, const char* a,
-                                       size_t a_stride, int64_t blocks, float* out,
-                                       int64_t out_stride) {
+                                       size_t a_stride, int64_t blocks, const float* dw,
+                                       const float* da, float* out, int64_t out_stride) {
   const __m256i ones = _mm256_set1_epi16(1);
   __m256 acc[RM][RN];
   for (auto& row : acc) {
@@ -200,16 +200,14 @@ STARLING_AVX2 inline void TileQ8_0Q8_0(const char* w, size_t w_stride, const cha
   }
   for (int64_t b = 0; b < blocks; ++b) {
     __m256i qw[RM];
-    float dw[RM];
     for (int i = 0; i < RM; ++i) {
       const auto* x = reinterpret_cast<const BlockQ8_0*>(w + i * w_stride) + b;
       qw[i] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x->qs));
-      dw[i] = HalfToFloatF16c(x->d);
     }
     for (int j = 0; j < RN; ++j) {
       const auto* y = reinterpret_cast<const BlockQ8_0*>(a + j * a_stride) + b;
       const __m256i qa = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(y->qs));
-      const float da = HalfToFloatF16c(y->d);
+      const __m256 da_b = _mm256_broadcast_ss(da + j * blocks + b);
       for (int i = 0; i < RM; ++i) {
         // |w| * (a * sign(w)) = w * a. |w| <= 128 as u8 and |a| <= 127 (a != -128, or the sign
         // flip wraps): pair sums <= 2 * 128 * 127 < 2^15, no saturation.
@@ -217,7 +215,8 @@ STARLING_AVX2 inline void TileQ8_0Q8_0(const char* w, size_t w_stride, const cha
             _mm256_maddubs_epi16(_mm256_abs_epi8(qw[i]), _mm256_sign_epi8(qa, qw[i]));
         // Lanes hold sums of 4 products, |.| <= 65024: exact as floats.
         const __m256 lanes = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones));
-        acc[i][j] = _mm256_fmadd_ps(_mm256_set1_ps(dw[i] * da), lanes, acc[i][j]);
+        const __m256 scale = _mm256_mul_ps(_mm256_broadcast_ss(dw + i * blocks + b), da_b);
+        acc[i][j] = _mm256_fmadd_ps(scale, lanes, acc[i][j]);
       }
     }
   }
@@ -226,9 +225,10 @@ STARLING_AVX2 inline void TileQ8_0Q8_0(const char* w, size_t w_stride, const cha
   }
 }
 
-// out[b] = float(x[b].d) for a row of Q4_0 blocks: eight 2-byte scales gathered (18 bytes
-// apart) into one register and converted together.
-STARLING_AVX2 inline void BlockScales(const BlockQ4_0* x, int64_t blocks, float* out) {
+// out[b] = float(x[b].d) for a row of Q4_0 or Q8_0 blocks: eight 2-byte scales gathered (18 or
+// 34 bytes apart) into one register and converted together.
+template <typename Block>
+STARLING_AVX2 inline void BlockScales(const Block* x, int64_t blocks, float* out) {
   int64_t b = 0;
   for (; b + 8 <= blocks; b += 8) {
     const __m128i halves =
@@ -315,43 +315,43 @@ STARLING_AVX2 void TileQ4_0Q8_0(const Q4_0RowPair* pairs, const char* a, size_t 
   }
 }
 
-using TileFn = void (*)(const char*, size_t, const char*, size_t, int64_t, float*, int64_t);
-
-// Covers rows x tokens with tiles of at most kRows x kTokens: for each row tile, every token
-// (the row tile's weights stay in L1 while the activations stream).
-template <int kRows, int kTokens, template <int, int> class Tile>
-void TiledDots(const QuantType weight_type, const void* w, size_t w_stride, int64_t rows,
-               const void* a, size_t a_stride, int64_t tokens, int64_t n, float* out,
-               int64_t out_stride) {
-  const int64_t blocks = Blocks(weight_type, n);
-  static constexpr TileFn kTiles[4][2] = {{Tile<1, 1>::fn, Tile<1, 2>::fn},
-                                          {Tile<2, 1>::fn, Tile<2, 2>::fn},
-                                          {Tile<3, 1>::fn, Tile<3, 2>::fn},
-                                          {Tile<4, 1>::fn, Tile<4, 2>::fn}};
-  static_assert(kRows <= 4 && kTokens <= 2);
-  const auto* wb = static_cast<const char*>(w);
-  const auto* ab = static_cast<const char*>(a);
-  for (int64_t r = 0; r < rows; r += kRows) {
-    const int64_t rm = std::min<int64_t>(kRows, rows - r);
-    for (int64_t t = 0; t < tokens; t += kTokens) {
-      const int64_t rn = std::min<int64_t>(kTokens, tokens - t);
-      kTiles[rm - 1][rn - 1](wb + r * w_stride, w_stride, ab + t * a_stride, a_stride, blocks,
-                             out + t * out_stride + r, out_stride);
-    }
-  }
-}
-
-template <int RM, int RN>
-struct Q8_0Tile {
-  static constexpr TileFn fn = TileQ8_0Q8_0<RM, RN>;
-};
-
 }  // namespace
 
-void DotsQ8_0Q8_0_Avx2(const void* w, size_t w_stride, int64_t rows, const void* a, size_t a_stride,
-                       int64_t tokens, int64_t n, float* out, int64_t out_stride) {
-  TiledDots<3, 2, Q8_0Tile>(QuantType::kQ8_0, w, w_stride, rows, a, a_stride, tokens, n, out,
-                            out_stride);
+STARLING_AVX2 void DotsQ8_0Q8_0_Avx2(const void* w, size_t w_stride, int64_t rows, const void* a,
+                                     size_t a_stride, int64_t tokens, int64_t n, float* out,
+                                     int64_t out_stride) {
+  // 3 x 2 tiles: 6 accumulators, 3 weight vectors and the activations fit the 16 registers.
+  constexpr int kRows = 3;
+  constexpr int kTokens = 2;
+  const int64_t blocks = Blocks(QuantType::kQ8_0, n);
+  const auto* wb = static_cast<const char*>(w);
+  const auto* ab = static_cast<const char*>(a);
+  // The activations' scales [tokens][blocks] and a row tile's weight scales [kRows][blocks].
+  thread_local std::vector<float> scratch;
+  const size_t need = static_cast<size_t>(blocks) * static_cast<size_t>(tokens + kRows);
+  if (scratch.size() < need) scratch.resize(need);
+  float* da = scratch.data();
+  float* dw = da + tokens * blocks;
+  for (int64_t t = 0; t < tokens; ++t) {
+    BlockScales(reinterpret_cast<const BlockQ8_0*>(ab + t * a_stride), blocks, da + t * blocks);
+  }
+  using Tile = void (*)(const char*, size_t, const char*, size_t, int64_t, const float*,
+                        const float*, float*, int64_t);
+  static constexpr Tile kTiles[3][2] = {{TileQ8_0Q8_0<1, 1>, TileQ8_0Q8_0<1, 2>},
+                                        {TileQ8_0Q8_0<2, 1>, TileQ8_0Q8_0<2, 2>},
+                                        {TileQ8_0Q8_0<3, 1>, TileQ8_0Q8_0<3, 2>}};
+  for (int64_t r = 0; r < rows; r += kRows) {
+    const int64_t rm = std::min<int64_t>(kRows, rows - r);
+    for (int64_t i = 0; i < rm; ++i) {
+      BlockScales(reinterpret_cast<const BlockQ8_0*>(wb + (r + i) * w_stride), blocks,
+                  dw + i * blocks);
+    }
+    for (int64_t t = 0; t < tokens; t += kTokens) {
+      const int64_t rn = std::min<int64_t>(kTokens, tokens - t);
+      kTiles[rm - 1][rn - 1](wb + r * w_stride, w_stride, ab + t * a_stride, a_stride, blocks, dw,
+                             da + t * blocks, out + t * out_stride + r, out_stride);
+    }
+  }
 }
 
 STARLING_AVX2 void DotsQ4_0Q8_0_Avx2(const void* w, size_t w_stride, int64_t rows, const void* a,
