@@ -13,6 +13,7 @@
 #include "chat/chat_template.h"
 #include "core/error.h"
 #include "core/file.h"
+#include "error_message.h"
 #include "formats/safetensors.h"
 #include "formats/torch_checkpoint.h"
 #include "model/reward_load.h"
@@ -133,15 +134,6 @@ TEST(RewardModel, TensorNamesMapToCanonicalOnes) {
             "model.embed_tokens.weight");
 }
 
-std::string ErrorOf(const std::function<void()>& fn) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
-
 TEST(RewardModel, BadCheckpointsAreRefusedClearly) {
   const std::string source = kData + "/rm-b";
   {  // no v_head
@@ -149,7 +141,9 @@ TEST(RewardModel, BadCheckpointsAreRefusedClearly) {
     std::filesystem::copy_file(source + "/config.json", dir.File("config.json"));
     WriteSafetensors(source + "/pytorch_model.bin", dir.File("model.safetensors"),
                      [](const std::string& n) { return n == "v_head.weight" ? "" : n; });
-    EXPECT_NE(ErrorOf([&] { LoadRewardModel({.directory = dir.path()}); }).find("reward head"),
+    EXPECT_NE(testing::ErrorMessage([&] {
+                LoadRewardModel({.directory = dir.path()});
+              }).find("reward head"),
               std::string::npos);
   }
   {  // a shape that does not match config.json
@@ -158,7 +152,8 @@ TEST(RewardModel, BadCheckpointsAreRefusedClearly) {
     config.replace(config.find("\"intermediate_size\": 172"), 24, "\"intermediate_size\": 170");
     WriteFileAtomically(dir.File("config.json"), [&](const ByteSink& sink) { sink(config); });
     std::filesystem::copy_file(source + "/pytorch_model.bin", dir.File("pytorch_model.bin"));
-    const std::string error = ErrorOf([&] { LoadRewardModel({.directory = dir.path()}); });
+    const std::string error =
+        testing::ErrorMessage([&] { LoadRewardModel({.directory = dir.path()}); });
     EXPECT_NE(error.find("mlp.gate_proj.weight' has shape [172, 64], expected [170, 64]"),
               std::string::npos)
         << error;
@@ -166,9 +161,10 @@ TEST(RewardModel, BadCheckpointsAreRefusedClearly) {
   {  // no checkpoint at all
     const testing::TempDir dir("rm_empty");
     std::filesystem::copy_file(source + "/config.json", dir.File("config.json"));
-    EXPECT_NE(
-        ErrorOf([&] { LoadRewardModel({.directory = dir.path()}); }).find("no reward checkpoint"),
-        std::string::npos);
+    EXPECT_NE(testing::ErrorMessage([&] {
+                LoadRewardModel({.directory = dir.path()});
+              }).find("no reward checkpoint"),
+              std::string::npos);
   }
   {  // a truncated .bin
     const testing::TempDir dir("rm_truncated");
@@ -265,16 +261,16 @@ TEST(Nectar, PromptTurnsBecomeMessages) {
 }
 
 TEST(Nectar, BadRecordsNameTheProblem) {
-  EXPECT_NE(ErrorOf([] {
+  EXPECT_NE(testing::ErrorMessage([] {
               ParseNectarRecord(R"({"prompt": "Hi", "answers": [{"answer": "a", "rank": 1}]})",
                                 "f:3");
             }).find("f:3: prompt must start with \"Human:\""),
             std::string::npos);
-  EXPECT_NE(ErrorOf([] {
+  EXPECT_NE(testing::ErrorMessage([] {
               ParseNectarRecord(R"({"prompt": "Human: x", "answers": []})", "f:4");
             }).find("\"answers\" must be a non-empty list"),
             std::string::npos);
-  EXPECT_NE(ErrorOf([] {
+  EXPECT_NE(testing::ErrorMessage([] {
               ParseNectarRecord(R"({"prompt": "Human: x", "answers": [{"answer": 1, "rank": 1}]})",
                                 "f");
             }).find("answers[0].answer must be a string"),

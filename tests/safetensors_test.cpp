@@ -18,6 +18,7 @@
 #include "core/dtype.h"
 #include "core/error.h"
 #include "core/file.h"
+#include "error_message.h"
 #include "test_dir.h"
 
 namespace starling {
@@ -39,22 +40,12 @@ std::string RawFile(std::string_view header, std::string_view data) {
 
 // The message of the Error that parsing `bytes` throws ("" if it parses).
 std::string ParseError(const std::string& bytes) {
-  try {
-    SafetensorsFile::Parse(bytes, "test.safetensors");
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
+  return testing::ErrorMessage([&] { SafetensorsFile::Parse(bytes, "test.safetensors"); });
 }
 
 // Asserts that parsing `bytes` fails with a message naming the file and containing every part.
 void ExpectParseError(const std::string& bytes, std::initializer_list<std::string_view> parts) {
-  const std::string error = ParseError(bytes);
-  ASSERT_FALSE(error.empty()) << "parsed without error";
-  EXPECT_EQ(error.rfind("test.safetensors: ", 0), 0u) << error;
-  for (const std::string_view part : parts) {
-    EXPECT_NE(error.find(part), std::string::npos) << "missing '" << part << "' in: " << error;
-  }
+  testing::ExpectErrorNaming(ParseError(bytes), "test.safetensors", parts);
 }
 
 // A header holding one tensor entry `entry` called "w", over `data_bytes` zero bytes.

@@ -14,6 +14,7 @@
 
 #include "core/dtype.h"
 #include "core/error.h"
+#include "error_message.h"
 #include "test_dir.h"
 
 namespace starling {
@@ -327,22 +328,12 @@ std::string SmallCheckpoint(const ZipLayout& layout = {}) {
 
 // The message of the Error that parsing `bytes` throws ("" if it parses).
 std::string ParseError(const std::string& bytes) {
-  try {
-    TorchCheckpoint::Parse(bytes, "test.bin");
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
+  return testing::ErrorMessage([&] { TorchCheckpoint::Parse(bytes, "test.bin"); });
 }
 
 // Asserts that parsing `bytes` fails with a message naming the file and containing every part.
 void ExpectParseError(const std::string& bytes, std::initializer_list<std::string_view> parts) {
-  const std::string error = ParseError(bytes);
-  ASSERT_FALSE(error.empty()) << "parsed without error";
-  EXPECT_EQ(error.rfind("test.bin: ", 0), 0u) << error;
-  for (const std::string_view part : parts) {
-    EXPECT_NE(error.find(part), std::string::npos) << "missing '" << part << "' in: " << error;
-  }
+  testing::ExpectErrorNaming(ParseError(bytes), "test.bin", parts);
 }
 
 // A checkpoint whose pickle is `pickle` and whose storages are the small ones.

@@ -24,15 +24,6 @@ namespace {
 
 constexpr int kQK = 256;  // elements per K-quant super-block
 
-// Validates n for `type` and returns the number of blocks.
-int64_t BlockCount(QuantType type, int64_t n) {
-  const auto block = static_cast<int64_t>(QuantBlockSize(type));
-  if (n < 0 || n % block != 0) {
-    Fail(QuantTypeName(type), " row length ", n, " is not a non-negative multiple of ", block);
-  }
-  return n / block;
-}
-
 // Round to nearest, ties to even (the default rounding mode), as ggml's nearest_int: adding
 // 1.5 * 2^23 leaves the rounded integer in the low mantissa bits. Valid for |x| < 2^22, which
 // the callers guarantee for finite input; out-of-range values are clamped first so that they
@@ -435,8 +426,16 @@ size_t QuantBlockBytes(QuantType type) {
   Fail("unknown quant type ", static_cast<int>(type));
 }
 
+int64_t QuantBlockCount(QuantType type, int64_t n) {
+  const auto block = static_cast<int64_t>(QuantBlockSize(type));
+  if (n < 0 || n % block != 0) {
+    Fail(QuantTypeName(type), " row length ", n, " is not a non-negative multiple of ", block);
+  }
+  return n / block;
+}
+
 size_t QuantRowBytes(QuantType type, int64_t n) {
-  return static_cast<size_t>(BlockCount(type, n)) * QuantBlockBytes(type);
+  return static_cast<size_t>(QuantBlockCount(type, n)) * QuantBlockBytes(type);
 }
 
 void Q4_KScaleMin(const uint8_t* scales, int j, uint8_t* sc, uint8_t* m) {
@@ -450,7 +449,7 @@ void Q4_KScaleMin(const uint8_t* scales, int j, uint8_t* sc, uint8_t* m) {
 }
 
 void QuantizeRow(QuantType type, const float* x, int64_t n, void* out) {
-  const int64_t blocks = BlockCount(type, n);
+  const int64_t blocks = QuantBlockCount(type, n);
   switch (type) {
     case QuantType::kQ8_0: return QuantizeQ8_0(x, blocks, static_cast<BlockQ8_0*>(out));
     case QuantType::kQ4_0: return QuantizeQ4_0(x, blocks, static_cast<BlockQ4_0*>(out));
@@ -461,7 +460,7 @@ void QuantizeRow(QuantType type, const float* x, int64_t n, void* out) {
 }
 
 void DequantizeRow(QuantType type, const void* in, int64_t n, float* out) {
-  const int64_t blocks = BlockCount(type, n);
+  const int64_t blocks = QuantBlockCount(type, n);
   switch (type) {
     case QuantType::kQ8_0: {
       const auto* b = static_cast<const BlockQ8_0*>(in);
@@ -525,7 +524,7 @@ void DequantizeRow(QuantType type, const void* in, int64_t n, float* out) {
 }
 
 float DotQ8_0Q8_0(const void* w, const void* a, int64_t n) {
-  const int64_t blocks = BlockCount(QuantType::kQ8_0, n);
+  const int64_t blocks = QuantBlockCount(QuantType::kQ8_0, n);
   const auto* x = static_cast<const BlockQ8_0*>(w);
   const auto* y = static_cast<const BlockQ8_0*>(a);
   float sum = 0.0f;
@@ -538,7 +537,7 @@ float DotQ8_0Q8_0(const void* w, const void* a, int64_t n) {
 }
 
 float DotQ4_0Q8_0(const void* w, const void* a, int64_t n) {
-  const int64_t blocks = BlockCount(QuantType::kQ4_0, n);
+  const int64_t blocks = QuantBlockCount(QuantType::kQ4_0, n);
   const auto* x = static_cast<const BlockQ4_0*>(w);
   const auto* y = static_cast<const BlockQ8_0*>(a);
   float sum = 0.0f;
@@ -554,7 +553,7 @@ float DotQ4_0Q8_0(const void* w, const void* a, int64_t n) {
 }
 
 float DotQ4_KQ8_K(const void* w, const void* a, int64_t n) {
-  const int64_t blocks = BlockCount(QuantType::kQ4_K, n);
+  const int64_t blocks = QuantBlockCount(QuantType::kQ4_K, n);
   const auto* x = static_cast<const BlockQ4_K*>(w);
   const auto* y = static_cast<const BlockQ8_K*>(a);
   float sum = 0.0f;
@@ -590,7 +589,7 @@ float DotQ4_KQ8_K(const void* w, const void* a, int64_t n) {
 }
 
 float DotQ6_KQ8_K(const void* w, const void* a, int64_t n) {
-  const int64_t blocks = BlockCount(QuantType::kQ6_K, n);
+  const int64_t blocks = QuantBlockCount(QuantType::kQ6_K, n);
   const auto* x = static_cast<const BlockQ6_K*>(w);
   const auto* y = static_cast<const BlockQ8_K*>(a);
   int8_t q[kQK];

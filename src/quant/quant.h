@@ -32,6 +32,8 @@ size_t QuantBlockSize(QuantType type);
 size_t QuantBlockBytes(QuantType type);
 // Bytes of a row of n elements. Throws Error unless n >= 0 is a multiple of the block size.
 size_t QuantRowBytes(QuantType type, int64_t n);
+// Blocks in a row of n elements, with the same check.
+int64_t QuantBlockCount(QuantType type, int64_t n);
 
 // The block layouts (ggml-common.h). x[i] is the dequantized value of element i of the block.
 

@@ -19,11 +19,6 @@
 namespace starling {
 namespace {
 
-int64_t Blocks(QuantType type, int64_t n) {
-  // QuantRowBytes validates n (and throws); the block count follows from it.
-  return static_cast<int64_t>(QuantRowBytes(type, n) / QuantBlockBytes(type));
-}
-
 STARLING_AVX2 inline float HalfToFloatF16c(uint16_t h) {
   return _cvtsh_ss(h);
 }
@@ -95,7 +90,7 @@ bool CpuHasAvx2Fma() {
 }
 
 STARLING_AVX2 void QuantizeRowQ8_0_Avx2(const float* x, int64_t n, void* out) {
-  const int64_t blocks = Blocks(QuantType::kQ8_0, n);
+  const int64_t blocks = QuantBlockCount(QuantType::kQ8_0, n);
   auto* y = static_cast<BlockQ8_0*>(out);
   const __m256 sign_mask = _mm256_set1_ps(-0.0f);
   for (int64_t i = 0; i < blocks; ++i, x += 32) {
@@ -119,7 +114,7 @@ STARLING_AVX2 void QuantizeRowQ8_0_Avx2(const float* x, int64_t n, void* out) {
 }
 
 STARLING_AVX2 void QuantizeRowQ8_K_Avx2(const float* x, int64_t n, void* out) {
-  const int64_t blocks = Blocks(QuantType::kQ8_K, n);
+  const int64_t blocks = QuantBlockCount(QuantType::kQ8_K, n);
   auto* y = static_cast<BlockQ8_K*>(out);
   const __m256 sign_mask = _mm256_set1_ps(-0.0f);
   for (int64_t i = 0; i < blocks; ++i, x += 256) {
@@ -323,7 +318,7 @@ STARLING_AVX2 void DotsQ8_0Q8_0_Avx2(const void* w, size_t w_stride, int64_t row
   // 3 x 2 tiles: 6 accumulators, 3 weight vectors and the activations fit the 16 registers.
   constexpr int kRows = 3;
   constexpr int kTokens = 2;
-  const int64_t blocks = Blocks(QuantType::kQ8_0, n);
+  const int64_t blocks = QuantBlockCount(QuantType::kQ8_0, n);
   const auto* wb = static_cast<const char*>(w);
   const auto* ab = static_cast<const char*>(a);
   // The activations' scales [tokens][blocks] and a row tile's weight scales [kRows][blocks].
@@ -361,7 +356,7 @@ STARLING_AVX2 void DotsQ4_0Q8_0_Avx2(const void* w, size_t w_stride, int64_t row
   // activation halves fit the 16 registers.
   constexpr int kPairs = 2;
   constexpr int kTokens = 3;
-  const int64_t blocks = Blocks(QuantType::kQ4_0, n);
+  const int64_t blocks = QuantBlockCount(QuantType::kQ4_0, n);
   const auto* wb = static_cast<const char*>(w);
   const auto* ab = static_cast<const char*>(a);
   // The activations' scales and offsets, [tokens][blocks], and a row tile's weight scales.
@@ -426,7 +421,7 @@ float DotQ4_0Q8_0_Avx2(const void* w, const void* a, int64_t n) {
 }
 
 STARLING_AVX2 float DotQ4_KQ8_K_Avx2(const void* w, const void* a, int64_t n) {
-  const int64_t blocks = Blocks(QuantType::kQ4_K, n);
+  const int64_t blocks = QuantBlockCount(QuantType::kQ4_K, n);
   const auto* x = static_cast<const BlockQ4_K*>(w);
   const auto* y = static_cast<const BlockQ8_K*>(a);
   const __m256i low4 = _mm256_set1_epi8(0x0F);
@@ -465,7 +460,7 @@ STARLING_AVX2 float DotQ4_KQ8_K_Avx2(const void* w, const void* a, int64_t n) {
 }
 
 STARLING_AVX2 float DotQ6_KQ8_K_Avx2(const void* w, const void* a, int64_t n) {
-  const int64_t blocks = Blocks(QuantType::kQ6_K, n);
+  const int64_t blocks = QuantBlockCount(QuantType::kQ6_K, n);
   const auto* x = static_cast<const BlockQ6_K*>(w);
   const auto* y = static_cast<const BlockQ8_K*>(a);
   const __m256i low4 = _mm256_set1_epi8(0x0F);

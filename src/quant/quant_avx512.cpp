@@ -26,10 +26,6 @@
 namespace starling {
 namespace {
 
-int64_t Blocks(QuantType type, int64_t n) {
-  return static_cast<int64_t>(QuantRowBytes(type, n) / QuantBlockBytes(type));
-}
-
 STARLING_AVX512 inline float Sum16(__m512 v) {
   // (AVX512F only: the 256-bit halves through the double-typed extract.)
   const __m256 high = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
@@ -163,7 +159,7 @@ STARLING_AVX512 void DotsQ4_0Q8_0_Avx512(const void* w, size_t w_stride, int64_t
                                          const void* a, size_t a_stride, int64_t tokens, int64_t n,
                                          float* out, int64_t out_stride) {
   constexpr int kRows = 4, kTokens = 3;
-  const int64_t blocks = Blocks(QuantType::kQ4_0, n);
+  const int64_t blocks = QuantBlockCount(QuantType::kQ4_0, n);
   const auto* wb = static_cast<const char*>(w);
   const auto* ab = static_cast<const char*>(a);
   thread_local std::vector<float> scratch;
@@ -206,7 +202,7 @@ STARLING_AVX512 void DotsQ8_0Q8_0_Avx512(const void* w, size_t w_stride, int64_t
                                          const void* a, size_t a_stride, int64_t tokens, int64_t n,
                                          float* out, int64_t out_stride) {
   constexpr int kRows = 4, kTokens = 3;
-  const int64_t blocks = Blocks(QuantType::kQ8_0, n);
+  const int64_t blocks = QuantBlockCount(QuantType::kQ8_0, n);
   const auto* wb = static_cast<const char*>(w);
   const auto* ab = static_cast<const char*>(a);
   using Tile = void (*)(const char*, size_t, const char*, size_t, int64_t, float*, int64_t);
