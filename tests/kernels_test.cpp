@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstring>
 #include <random>
+#include <thread>
 #include <vector>
 
 #include "core/thread_pool.h"
@@ -131,6 +132,23 @@ TEST(ThreadPool, RepeatedJobsDoNotRace) {
     pool.ParallelFor(64, 1, [&](int64_t begin, int64_t end, int) { sum += end - begin; });
   }
   EXPECT_EQ(sum.load(), 2000 * 64);
+}
+
+TEST(ThreadPool, CallersOnSeveralThreadsTakeTurns) {
+  // The server's engine thread and a reward request may both run matmuls on the global pool.
+  ThreadPool pool(3);
+  std::atomic<int64_t> sums[2] = {0, 0};
+  std::vector<std::thread> callers;
+  for (int c = 0; c < 2; ++c) {
+    callers.emplace_back([&, c] {
+      for (int job = 0; job < 500; ++job) {
+        pool.ParallelFor(90, 1, [&](int64_t begin, int64_t end, int) { sums[c] += end - begin; });
+      }
+    });
+  }
+  for (std::thread& t : callers) t.join();
+  EXPECT_EQ(sums[0].load(), 500 * 90);
+  EXPECT_EQ(sums[1].load(), 500 * 90);
 }
 
 }  // namespace

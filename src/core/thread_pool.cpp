@@ -3,13 +3,41 @@
 #include <algorithm>
 #include <memory>
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
+
 namespace starling {
 namespace {
 int g_global_threads = 0;
+
+// How long a waiting thread polls before it sleeps: ~50-100 us, longer than the gap between
+// two matmuls of a decode step, far shorter than a pause between requests.
+constexpr int kSpinIterations = 1 << 12;
+
+inline void CpuRelax() {
+#if defined(__x86_64__) || defined(__i386__)
+  _mm_pause();
+#else
+  std::this_thread::yield();
+#endif
 }
 
+// Polls `done` up to `iterations` times; true as soon as it holds.
+template <typename Done>
+bool SpinUntil(int iterations, Done&& done) {
+  for (int i = 0; i < iterations; ++i) {
+    if (done()) return true;
+    CpuRelax();
+  }
+  return done();
+}
+}  // namespace
+
 ThreadPool::ThreadPool(int threads) {
-  if (threads <= 0) threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  if (threads <= 0) threads = cores;
+  spin_iterations_ = threads <= cores ? kSpinIterations : 0;
   for (int i = 1; i < threads; ++i) workers_.emplace_back([this, i] { WorkerLoop(i); });
 }
 
@@ -49,6 +77,7 @@ void ThreadPool::Run(int64_t n, int64_t grain, Task task, void* context) {
     task(context, 0, n, 0);
     return;
   }
+  const std::lock_guard<std::mutex> one_job_at_a_time(run_mutex_);
   {
     std::lock_guard<std::mutex> lock(mutex_);
     task_ = task;
@@ -56,20 +85,24 @@ void ThreadPool::Run(int64_t n, int64_t grain, Task task, void* context) {
     n_ = n;
     grain_ = grain;
     parts_ = parts;
-    pending_ = parts - 1;
+    pending_.store(parts - 1, std::memory_order_relaxed);
     ++generation_;
+    published_.store(generation_, std::memory_order_release);
   }
   start_.notify_all();
   int64_t begin, end;
   Range(0, &begin, &end);
   if (begin < end) task(context, begin, end, 0);
+  const auto finished = [this] { return pending_.load(std::memory_order_acquire) == 0; };
+  if (SpinUntil(spin_iterations_, finished)) return;
   std::unique_lock<std::mutex> lock(mutex_);
-  done_.wait(lock, [this] { return pending_ == 0; });
+  done_.wait(lock, finished);
 }
 
 void ThreadPool::WorkerLoop(int index) {
   uint64_t seen = 0;
   while (true) {
+    SpinUntil(spin_iterations_, [&] { return published_.load(std::memory_order_acquire) != seen; });
     std::unique_lock<std::mutex> lock(mutex_);
     start_.wait(lock, [&] { return stop_ || generation_ != seen; });
     if (stop_) return;
@@ -81,8 +114,11 @@ void ThreadPool::WorkerLoop(int index) {
     Range(index, &begin, &end);
     lock.unlock();
     if (begin < end) task(context, begin, end, index);
-    lock.lock();
-    if (--pending_ == 0) done_.notify_one();
+    if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+      // Under the mutex, so a caller that checked pending_ and is about to sleep is woken.
+      std::lock_guard<std::mutex> guard(mutex_);
+      done_.notify_one();
+    }
   }
 }
 

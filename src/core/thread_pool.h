@@ -3,6 +3,7 @@
 // when all are done. No allocation per call: the task is passed by reference.
 #pragma once
 
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <mutex>
@@ -22,7 +23,9 @@ class ThreadPool {
   int size() const { return static_cast<int>(workers_.size()) + 1; }
 
   // Calls fn(begin, end, thread_index) over a partition of [0, n) into at most size() ranges
-  // whose boundaries are multiples of `grain` (except the last).
+  // whose boundaries are multiples of `grain` (except the last). Calls from several threads
+  // take turns (e.g. a server's engine thread and a reward request); fn must not call
+  // ParallelFor on the same pool.
   template <typename Fn>
   void ParallelFor(int64_t n, int64_t grain, Fn&& fn) {
     Run(n, grain, &Invoke<Fn>, &fn);
@@ -44,12 +47,18 @@ class ThreadPool {
   void Range(int part, int64_t* begin, int64_t* end) const;
 
   std::vector<std::thread> workers_;
+  std::mutex run_mutex_;  // one job at a time
   std::mutex mutex_;
   std::condition_variable start_;
   std::condition_variable done_;
   uint64_t generation_ = 0;
-  int pending_ = 0;
+  // Published copies of generation_ and the count of parts still running: workers and the
+  // caller spin on them briefly before sleeping on the condition variables, because a futex
+  // sleep and wake-up costs ~25 us per call here, paid by every matmul of every token.
+  std::atomic<uint64_t> published_{0};
+  std::atomic<int> pending_{0};
   bool stop_ = false;
+  int spin_iterations_ = 0;  // 0 when there are more threads than cores: spinning would steal
   // The current job.
   Task task_ = nullptr;
   void* context_ = nullptr;
