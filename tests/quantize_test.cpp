@@ -2,7 +2,9 @@
 // same logits (names, dims and the Q/K permutation for interleaved RoPE are right), and
 // quantization costs what it should in perplexity on a real trained model (stories260K).
 #include <gtest/gtest.h>
+
 #include <unistd.h>
+#include <cstdio>
 
 #include <cmath>
 #include <functional>
@@ -38,6 +40,14 @@ std::string Convert(const std::string& source, QuantPreset preset, bool hf_token
                            std::to_string(std::hash<std::string>{}(source)) + "-" +
                            QuantPresetName(preset) + ".gguf";
   writer.WriteTo(path);
+  // Removed when the test program exits (the tests load each file after this returns).
+  static struct Cleanup {
+    std::vector<std::string> paths;
+    ~Cleanup() {
+      for (const std::string& p : paths) std::remove(p.c_str());
+    }
+  } cleanup;
+  cleanup.paths.push_back(path);
   return path;
 }
 

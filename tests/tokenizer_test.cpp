@@ -2,7 +2,9 @@
 // the three sources of a vocabulary, streaming, and bad input. Exactness against the
 // reference implementation is in sentencepiece_oracle_test.cpp.
 #include <gtest/gtest.h>
+
 #include <unistd.h>
+#include <cstdio>
 
 #include <string>
 #include <vector>
@@ -231,6 +233,7 @@ TEST(Tokenizer, AddBosTokenComesFromTheModelFiles) {
   const std::string path = ::testing::TempDir() + "/no-bos-" + std::to_string(::getpid()) + ".gguf";
   no_bos.WriteTo(path);
   const Tokenizer t = LoadTokenizer(path);
+  std::remove(path.c_str());
   EXPECT_FALSE(t.add_bos_token());
   HuggingFaceTokenizerFiles files;
   files.tokenizer_config_json = R"({"add_bos_token": false})";
