@@ -38,9 +38,17 @@ RunStarlingResult RunStarling(const std::string& args, const std::string& stdin_
   return result;
 }
 
+// A file in the temp dir, removed when the test program exits.
 std::string WriteTemp(const std::string& name, const std::string& content) {
   const std::string path = ::testing::TempDir() + "/" + std::to_string(::getpid()) + "_" + name;
   std::ofstream(path, std::ios::binary) << content;
+  static struct Cleanup {
+    std::vector<std::string> paths;
+    ~Cleanup() {
+      for (const std::string& p : paths) std::remove(p.c_str());
+    }
+  } cleanup;
+  cleanup.paths.push_back(path);
   return path;
 }
 

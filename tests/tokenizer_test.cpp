@@ -179,9 +179,11 @@ std::string WriteVocabularyAsGguf(const std::string& path) {
 }
 
 TEST(Tokenizer, GgufVocabularyEncodesExactlyLikeTheSentencePieceModel) {
-  const std::string path = WriteVocabularyAsGguf(::testing::TempDir() + "/vocab.gguf");
+  const std::string path = WriteVocabularyAsGguf(::testing::TempDir() + "/vocab-" +
+                                                 std::to_string(::getpid()) + ".gguf");
   const Tokenizer gguf = LoadTokenizer(path);
   EXPECT_EQ(LoadChatTemplateJinja(path), LoadChatTemplateJinja(kOpenChatDir));
+  std::remove(path.c_str());
   EXPECT_EQ(gguf.vocab_size(), 32002);
   EXPECT_EQ(gguf.eos_id(), 32000);
   for (const CardCase& c : CardCases()) EXPECT_EQ(gguf.Encode(c.text), c.ids);

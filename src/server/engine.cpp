@@ -6,7 +6,7 @@
 
 namespace starling {
 
-std::string Job::Wait(int timeout_ms, bool* finished) {
+std::vector<std::string> Job::Wait(int timeout_ms, bool* finished) {
   std::unique_lock lock(mutex_);
   ready_.wait_for(lock, std::chrono::milliseconds(timeout_ms),
                   [&] { return !pending_.empty() || finished_; });
@@ -17,7 +17,7 @@ std::string Job::Wait(int timeout_ms, bool* finished) {
 void Job::Deliver(const std::string& text, int64_t completion_tokens) {
   {
     std::lock_guard lock(mutex_);
-    pending_ += text;
+    pending_.push_back(text);
     completion_tokens_ = completion_tokens;
   }
   ready_.notify_all();

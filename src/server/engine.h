@@ -27,9 +27,10 @@ class Job {
   Job(std::vector<int32_t> prompt, GenerationOptions options)
       : prompt_(std::move(prompt)), options_(std::move(options)) {}
 
-  // Waits up to `timeout_ms` for text; returns what arrived (maybe empty). `finished` is set
-  // once the job has ended and all its text has been returned.
-  std::string Wait(int timeout_ms, bool* finished);
+  // Waits up to `timeout_ms` for text; returns the pieces that arrived, one per generated
+  // token that completed some text (maybe none). `finished` is set once the job has ended and
+  // all its text has been returned.
+  std::vector<std::string> Wait(int timeout_ms, bool* finished);
   // Asks the engine to stop this job (client gone); it frees the slot at its next step.
   void Cancel() { cancelled_ = true; }
 
@@ -47,7 +48,7 @@ class Job {
   std::atomic<bool> cancelled_{false};
   std::mutex mutex_;
   std::condition_variable ready_;
-  std::string pending_;
+  std::vector<std::string> pending_;
   bool finished_ = false;
   FinishReason finish_ = FinishReason::kLength;
   int64_t completion_tokens_ = 0;

@@ -296,7 +296,9 @@ class Server {
     const int64_t created = Now();
     if (!p.stream) {
       std::string text;
-      for (bool finished = false; !finished;) text += job->Wait(1000, &finished);
+      for (bool finished = false; !finished;) {
+        for (const std::string& piece : job->Wait(1000, &finished)) text += piece;
+      }
       if (job->finish() == FinishReason::kCancelled) {
         throw ApiError(503, "server_error", "the request was cancelled (server shutting down)");
       }
@@ -324,15 +326,17 @@ class Server {
             }
           }
           bool finished = false;
-          const std::string text = job->Wait(200, &finished);
-          if (!text.empty()) {
+          const std::vector<std::string> pieces = job->Wait(200, &finished);
+          // One event per token's text, as OpenAI streams, however fast they were generated.
+          for (const std::string& text : pieces) {
             const bool ok = send(chat ? ChatCompletionChunk(id, model, created, {}, text, {})
                                       : CompletionChunk(id, model, created, text, {}));
             if (!ok) {  // the client went away: free the slot
               job->Cancel();
               return false;
             }
-          } else if (!finished && !sink.is_writable()) {
+          }
+          if (pieces.empty() && !finished && !sink.is_writable()) {
             job->Cancel();
             return false;
           }
