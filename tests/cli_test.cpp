@@ -11,6 +11,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "test_dir.h"
+
 namespace {
 
 const std::string kStarling = STARLING_BINARY;
@@ -42,13 +44,7 @@ RunStarlingResult RunStarling(const std::string& args, const std::string& stdin_
 std::string WriteTemp(const std::string& name, const std::string& content) {
   const std::string path = ::testing::TempDir() + "/" + std::to_string(::getpid()) + "_" + name;
   std::ofstream(path, std::ios::binary) << content;
-  static struct Cleanup {
-    std::vector<std::string> paths;
-    ~Cleanup() {
-      for (const std::string& p : paths) std::remove(p.c_str());
-    }
-  } cleanup;
-  cleanup.paths.push_back(path);
+  starling::testing::RemoveAtExit(path);
   return path;
 }
 

@@ -16,6 +16,7 @@
 #include "generate/generate.h"
 #include "generate/loaded_model.h"
 #include "model/gguf_export.h"
+#include "test_dir.h"
 #include "tokenizer/gguf_export.h"
 
 namespace starling {
@@ -41,13 +42,7 @@ std::string Convert(const std::string& source, QuantPreset preset, bool hf_token
                            QuantPresetName(preset) + ".gguf";
   writer.WriteTo(path);
   // Removed when the test program exits (the tests load each file after this returns).
-  static struct Cleanup {
-    std::vector<std::string> paths;
-    ~Cleanup() {
-      for (const std::string& p : paths) std::remove(p.c_str());
-    }
-  } cleanup;
-  cleanup.paths.push_back(path);
+  starling::testing::RemoveAtExit(path);
   return path;
 }
 

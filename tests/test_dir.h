@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace starling::testing {
 
@@ -38,5 +39,16 @@ class TempDir {
  private:
   std::string path_;
 };
+
+// Removes `path` when the test program exits (for files that several tests of one program use).
+inline void RemoveAtExit(const std::string& path) {
+  static struct Cleanup {
+    std::vector<std::string> paths;
+    ~Cleanup() {
+      for (const std::string& p : paths) std::remove(p.c_str());
+    }
+  } cleanup;
+  cleanup.paths.push_back(path);
+}
 
 }  // namespace starling::testing
