@@ -85,6 +85,56 @@ TEST(Kernels, Avx2DotMatchesScalarTwin) {
   }
 }
 
+// Attention of one head against a double-precision reference, scalar twin and AVX2: head
+// dims with 64-wide, 8-wide and scalar parts, windows not starting at 0, keys and values in
+// rows of several heads.
+TEST(Kernels, AttentionHeadMatchesDoubleReference) {
+  std::mt19937 rng(12);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  for (int64_t head_dim : {4, 12, 64, 80, 128}) {
+    for (int64_t count : {1, 7, 300}) {
+      const int64_t kv_stride = 3 * head_dim, first = 5, last = first + count - 1;
+      std::vector<float> q(head_dim), keys((last + 1) * kv_stride), values(keys.size());
+      for (float& v : q) v = normal(rng);
+      for (float& v : keys) v = normal(rng);
+      for (float& v : values) v = normal(rng);
+      // Reference in double.
+      std::vector<double> p(count), want(head_dim, 0.0);
+      double max = -INFINITY, total = 0;
+      for (int64_t j = 0; j < count; ++j) {
+        double dot = 0;
+        for (int64_t d = 0; d < head_dim; ++d)
+          dot += double{q[d]} * keys[(first + j) * kv_stride + d];
+        p[j] = dot / std::sqrt(static_cast<double>(head_dim));
+        max = std::max(max, p[j]);
+      }
+      for (double& v : p) total += v = std::exp(v - max);
+      for (int64_t j = 0; j < count; ++j) {
+        for (int64_t d = 0; d < head_dim; ++d)
+          want[d] += p[j] / total * values[(first + j) * kv_stride + d];
+      }
+      using Head = void (*)(const float*, const float*, const float*, int64_t, int64_t, int64_t,
+                            int64_t, float*, float*);
+      std::vector<Head> heads = {AttentionHead};
+      if (CpuHasAvx2()) heads.push_back(AttentionHeadAvx2);
+      for (const Head head : heads) {
+        std::vector<float> scores(count), out(head_dim + 1, 7.0f);
+        head(q.data(), keys.data(), values.data(), kv_stride, head_dim, first, last, scores.data(),
+             out.data());
+        for (int64_t d = 0; d < head_dim; ++d) {
+          // Outputs are convex combinations of N(0, 1) values; the scores' float errors
+          // (~ head_dim * 2^-24 * |q||k|, scores of size ~ 1) move the weights by ~1e-6
+          // relative: 2e-5 leaves room.
+          ASSERT_NEAR(out[d], want[d], 2e-5)
+              << "head_dim=" << head_dim << " count=" << count << " d=" << d
+              << (head == AttentionHead ? " scalar" : " avx2");
+        }
+        EXPECT_EQ(out[head_dim], 7.0f) << "wrote past the head";
+      }
+    }
+  }
+}
+
 TEST(Kernels, MatMulMatchesReference) {
   std::mt19937 rng(7);
   const int64_t rows = 67, cols = 96, tokens = 5;

@@ -124,6 +124,19 @@ MappedFile::~MappedFile() {
   Release();
 }
 
+void MappedFile::DropPages(const void* data, size_t size) const {
+  const auto page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const auto begin = reinterpret_cast<uintptr_t>(data);
+  const uintptr_t end = begin + size;
+  const auto map_begin = reinterpret_cast<uintptr_t>(data_);
+  if (begin < map_begin || end > map_begin + size_) return;  // not ours
+  const uintptr_t first = (begin + page - 1) / page * page;
+  const uintptr_t last = end / page * page;
+  // MADV_DONTNEED on a private, never-written file mapping only unmaps: the data stays in the
+  // file. (Failure leaves the pages resident, which is harmless.)
+  if (first < last) ::madvise(reinterpret_cast<void*>(first), last - first, MADV_DONTNEED);
+}
+
 MappedFile::MappedFile(MappedFile&& other) noexcept
     : data_(other.data_), size_(other.size_), path_(std::move(other.path_)) {
   other.data_ = nullptr;

@@ -44,6 +44,11 @@ class MappedFile {
   std::string_view bytes() const { return {reinterpret_cast<const char*>(data_), size_}; }
   const std::string& path() const { return path_; }
 
+  // Lets the pages of [data, data + size) (within this mapping) leave the process's resident
+  // memory, e.g. after their contents were copied into another layout; the file's page cache
+  // keeps them, and reading them again maps them back. Pages partly outside the range stay.
+  void DropPages(const void* data, size_t size) const;
+
  private:
   void Release();
   const uint8_t* data_ = nullptr;

@@ -179,6 +179,8 @@ class GgufFile {
   const GgufTensorInfo* FindTensor(std::string_view name) const;  // nullptr when absent
   // The tensor's bytes; throws Error when they do not lie inside this file.
   std::string_view TensorData(const GgufTensorInfo& tensor) const;
+  // The file's mapping (empty when parsed from a caller's buffer).
+  const MappedFile& mapping() const { return mapping_; }
 
  private:
   GgufFile() = default;

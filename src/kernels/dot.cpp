@@ -4,6 +4,7 @@
 
 #include <immintrin.h>
 
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <string_view>
@@ -86,6 +87,46 @@ __attribute__((target("avx2,fma,f16c"))) float DotAvx2(const void* row, const fl
 }
 
 }  // namespace
+
+__attribute__((target("avx2,fma,f16c"))) void AttentionHeadAvx2(const float* q, const float* keys,
+                                                                const float* values,
+                                                                int64_t kv_stride, int64_t head_dim,
+                                                                int64_t first, int64_t last,
+                                                                float* scores, float* out) {
+  const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
+  for (int64_t j = first; j <= last; ++j) {
+    scores[j - first] = DotAvx2<DType::kF32>(keys + j * kv_stride, q, head_dim) * scale;
+  }
+  Softmax(scores, last - first + 1);
+  // out[d] = sum_j p_j v_j[d] in j order (as the scalar twin), 64 dimensions per pass in 8
+  // registers, then 8 at a time, then one at a time.
+  int64_t d = 0;
+  for (; d + 64 <= head_dim; d += 64) {
+    __m256 acc[8];
+    for (auto& a : acc) a = _mm256_setzero_ps();
+    for (int64_t j = first; j <= last; ++j) {
+      const __m256 p = _mm256_broadcast_ss(scores + (j - first));
+      const float* v = values + j * kv_stride + d;
+      for (int i = 0; i < 8; ++i) acc[i] = _mm256_fmadd_ps(p, _mm256_loadu_ps(v + 8 * i), acc[i]);
+    }
+    for (int i = 0; i < 8; ++i) _mm256_storeu_ps(out + d + 8 * i, acc[i]);
+  }
+  for (; d + 8 <= head_dim; d += 8) {
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t j = first; j <= last; ++j) {
+      acc = _mm256_fmadd_ps(_mm256_broadcast_ss(scores + (j - first)),
+                            _mm256_loadu_ps(values + j * kv_stride + d), acc);
+    }
+    _mm256_storeu_ps(out + d, acc);
+  }
+  for (; d < head_dim; ++d) {
+    float acc = 0.0f;
+    for (int64_t j = first; j <= last; ++j) {
+      acc = std::fma(scores[j - first], values[j * kv_stride + d], acc);
+    }
+    out[d] = acc;
+  }
+}
 
 float DotRowAvx2(DType dtype, const void* row, const float* x, int64_t n) {
   switch (dtype) {

@@ -106,30 +106,21 @@ void Rope(float* vec, int64_t heads, int64_t head_dim, int64_t rope_dim, int64_t
   }
 }
 
-void Attention(const float* q, const float* keys, const float* values, int64_t num_heads,
-               int64_t num_kv_heads, int64_t head_dim, int64_t first, int64_t last, float* scores,
-               float* out) {
-  const int64_t group = num_heads / num_kv_heads;
-  const int64_t kv_stride = num_kv_heads * head_dim;
+void AttentionHead(const float* q, const float* keys, const float* values, int64_t kv_stride,
+                   int64_t head_dim, int64_t first, int64_t last, float* scores, float* out) {
   const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
-  const int64_t count = last - first + 1;
-  for (int64_t h = 0; h < num_heads; ++h) {
-    const float* qh = q + h * head_dim;
-    const int64_t kv_head = h / group;
-    for (int64_t j = first; j <= last; ++j) {
-      const float* k = keys + j * kv_stride + kv_head * head_dim;
-      float dot = 0.0f;
-      for (int64_t d = 0; d < head_dim; ++d) dot += qh[d] * k[d];
-      scores[j - first] = dot * scale;
-    }
-    Softmax(scores, count);
-    float* oh = out + h * head_dim;
-    for (int64_t d = 0; d < head_dim; ++d) oh[d] = 0.0f;
-    for (int64_t j = first; j <= last; ++j) {
-      const float p = scores[j - first];
-      const float* v = values + j * kv_stride + kv_head * head_dim;
-      for (int64_t d = 0; d < head_dim; ++d) oh[d] += p * v[d];
-    }
+  for (int64_t j = first; j <= last; ++j) {
+    const float* k = keys + j * kv_stride;
+    float dot = 0.0f;
+    for (int64_t d = 0; d < head_dim; ++d) dot += q[d] * k[d];
+    scores[j - first] = dot * scale;
+  }
+  Softmax(scores, last - first + 1);
+  for (int64_t d = 0; d < head_dim; ++d) out[d] = 0.0f;
+  for (int64_t j = first; j <= last; ++j) {
+    const float p = scores[j - first];
+    const float* v = values + j * kv_stride;
+    for (int64_t d = 0; d < head_dim; ++d) out[d] += p * v[d];
   }
 }
 

@@ -43,11 +43,15 @@ void SiluMul(float* gate, const float* up, int64_t n);
 void Rope(float* vec, int64_t heads, int64_t head_dim, int64_t rope_dim, int64_t position,
           std::span<const float> inv_freq, bool interleaved);
 
-// Causal attention of one query position over cached keys/values [first, last] (inclusive)
-// with grouped heads: query head h reads key/value head h / (H / KVH).
-//   q[H, Dh]; keys, values: [S, KVH * Dh] rows; out[H, Dh]; scores: scratch [last + 1].
-void Attention(const float* q, const float* keys, const float* values, int64_t num_heads,
-               int64_t num_kv_heads, int64_t head_dim, int64_t first, int64_t last, float* scores,
-               float* out);
+// One query head of causal attention over the cached positions [first, last] (inclusive):
+//   out[Dh] = sum_j softmax_j(q . k_j / sqrt(Dh)) v_j
+// q[Dh]; key j at keys + j * kv_stride, value j at values + j * kv_stride (the caller points
+// keys and values at its key/value head: query head h reads head h / (H / KVH));
+// scores: scratch [last - first + 1]. The AVX2 twin (kernels/dot.cpp: its dots keep 8 lanes,
+// its sum over positions runs per dimension in the scalar order) agrees to rounding.
+void AttentionHead(const float* q, const float* keys, const float* values, int64_t kv_stride,
+                   int64_t head_dim, int64_t first, int64_t last, float* scores, float* out);
+void AttentionHeadAvx2(const float* q, const float* keys, const float* values, int64_t kv_stride,
+                       int64_t head_dim, int64_t first, int64_t last, float* scores, float* out);
 
 }  // namespace starling

@@ -42,6 +42,7 @@ Model LoadGguf(std::shared_ptr<const GgufFile> gguf) {
     const std::string_view data = gguf->TensorData(info);
     t.data = data.data();
     t.size_bytes = data.size();
+    if (gguf->mapping().size() > 0) t.mapping = &gguf->mapping();
     tensors.push_back(std::move(t));
   }
   return Model(config, tensors, path, gguf);

@@ -5,6 +5,8 @@
 #include <map>
 
 #include "core/error.h"
+#include "core/thread_pool.h"
+#include "kernels/dot.h"
 
 namespace starling {
 namespace {
@@ -45,9 +47,18 @@ class TensorTable {
     return *t;
   }
 
-  WeightMatrix Matrix(const std::string& name, int64_t rows, int64_t cols) const {
+  // The matrix in the layout MatMul runs fastest; a rearranged copy goes into `relaid`, and
+  // the stored bytes' pages leave resident memory (they are not read again).
+  WeightMatrix Matrix(const std::string& name, int64_t rows, int64_t cols,
+                      std::vector<std::shared_ptr<const std::vector<uint8_t>>>& relaid) const {
     const TensorRef& t = Require(name, {rows, cols});
-    return {t.format, t.data, rows, cols};
+    const WeightMatrix stored{t.format, t.data, rows, cols};
+    if (!HasFasterLayout(stored)) return stored;
+    auto buffer = std::make_shared<std::vector<uint8_t>>();
+    const WeightMatrix faster = ToFasterLayout(stored, *buffer);
+    relaid.push_back(std::move(buffer));
+    if (t.mapping != nullptr) t.mapping->DropPages(t.data, t.size_bytes);
+    return faster;
   }
 
   std::vector<float> Vector(const std::string& name, int64_t n) const {
@@ -77,27 +88,27 @@ Model::Model(ModelConfig config, const std::vector<TensorRef>& tensors, std::str
   const int64_t q_rows = int64_t{c.num_heads} * c.head_dim;
   const int64_t kv_rows = int64_t{c.num_kv_heads} * c.head_dim;
 
-  embedding_ = table.Matrix("model.embed_tokens.weight", v, d);
+  embedding_ = table.Matrix("model.embed_tokens.weight", v, d, relaid_);
   final_norm_ = table.Vector("model.norm.weight", d);
   if (c.head == ModelHead::kReward) {
-    head_ = table.Matrix("score.weight", 1, d);
+    head_ = table.Matrix("score.weight", 1, d, relaid_);
   } else if (c.tie_word_embeddings) {
     head_ = embedding_;
   } else {
-    head_ = table.Matrix("lm_head.weight", v, d);
+    head_ = table.Matrix("lm_head.weight", v, d, relaid_);
   }
   for (int32_t i = 0; i < c.num_layers; ++i) {
     const std::string p = "model.layers." + std::to_string(i) + ".";
     LayerWeights layer;
     layer.attn_norm = table.Vector(p + "input_layernorm.weight", d);
-    layer.wq = table.Matrix(p + "self_attn.q_proj.weight", q_rows, d);
-    layer.wk = table.Matrix(p + "self_attn.k_proj.weight", kv_rows, d);
-    layer.wv = table.Matrix(p + "self_attn.v_proj.weight", kv_rows, d);
-    layer.wo = table.Matrix(p + "self_attn.o_proj.weight", d, q_rows);
+    layer.wq = table.Matrix(p + "self_attn.q_proj.weight", q_rows, d, relaid_);
+    layer.wk = table.Matrix(p + "self_attn.k_proj.weight", kv_rows, d, relaid_);
+    layer.wv = table.Matrix(p + "self_attn.v_proj.weight", kv_rows, d, relaid_);
+    layer.wo = table.Matrix(p + "self_attn.o_proj.weight", d, q_rows, relaid_);
     layer.ffn_norm = table.Vector(p + "post_attention_layernorm.weight", d);
-    layer.w_gate = table.Matrix(p + "mlp.gate_proj.weight", f, d);
-    layer.w_up = table.Matrix(p + "mlp.up_proj.weight", f, d);
-    layer.w_down = table.Matrix(p + "mlp.down_proj.weight", d, f);
+    layer.w_gate = table.Matrix(p + "mlp.gate_proj.weight", f, d, relaid_);
+    layer.w_up = table.Matrix(p + "mlp.up_proj.weight", f, d, relaid_);
+    layer.w_down = table.Matrix(p + "mlp.down_proj.weight", d, f, relaid_);
     layers_.push_back(std::move(layer));
   }
   for (const TensorRef& t : tensors_) weight_bytes_ += t.size_bytes;
@@ -134,10 +145,10 @@ void ForwardScratch::Ensure(const ModelConfig& c, int64_t tokens, int64_t contex
     last.resize(c.hidden_size);
     rows = tokens;
   }
-  if (context_length > context) {
-    scores.resize(static_cast<size_t>(context_length));
-    context = context_length;
-  }
+  // One row of attention scores per thread, `context` floats apart.
+  context = std::max(context, context_length);
+  const auto score_floats = static_cast<size_t>(ThreadPool::Global().size() * context);
+  if (scores.size() < score_floats) scores.resize(score_floats);
 }
 
 void Session::Truncate(int32_t n) {
@@ -223,6 +234,7 @@ void Session::RunRows(const Model& m, std::span<const Row> rows, ForwardScratch*
   const int64_t d = c.hidden_size, hd = c.head_dim, f = c.intermediate_size;
   const int64_t q_dim = int64_t{c.num_heads} * hd, kv_dim = int64_t{c.num_kv_heads} * hd;
   const bool interleaved = c.rope_layout == RopeLayout::kInterleaved;
+  const auto attend = ActiveSimdLevel() != SimdLevel::kScalar ? AttentionHeadAvx2 : AttentionHead;
   float* x = s->x.data();
   float* xn = s->xn.data();
 
@@ -248,18 +260,25 @@ void Session::RunRows(const Model& m, std::span<const Row> rows, ForwardScratch*
       std::copy_n(&s->v[t * kv_dim], kv_dim,
                   &r.session->values_[layer_offset + r.position * kv_dim]);
     }
-    for (int64_t t = 0; t < n; ++t) {
-      const Row& r = rows[t];
-      const int64_t layer_offset = int64_t{l} * r.session->context_length_ * kv_dim;
-      // Mistral's sliding window: position i sees exactly positions (i - window, i]. A probe
-      // sees the cached positions only.
-      const int64_t last = r.probe ? r.session->length_ - 1 : r.position;
-      const int64_t first =
-          c.sliding_window > 0 ? std::max<int64_t>(0, r.position - c.sliding_window + 1) : 0;
-      Attention(&s->q[t * q_dim], &r.session->keys_[layer_offset],
-                &r.session->values_[layer_offset], c.num_heads, c.num_kv_heads, hd, first, last,
-                s->scores.data(), &s->attn[t * q_dim]);
-    }
+    // Every (head, row) pair on its own, over the threads; head-major, so that each thread
+    // gets whole heads (rows late in a prompt cost more than early ones).
+    const int64_t heads = c.num_heads, group = c.num_heads / c.num_kv_heads;
+    ThreadPool::Global().ParallelFor(heads * n, 1, [&](int64_t begin, int64_t end, int thread) {
+      float* scores = s->scores.data() + thread * s->context;
+      for (int64_t i = begin; i < end; ++i) {
+        const int64_t h = i / n, t = i % n;
+        const Row& r = rows[t];
+        const int64_t kv_offset = int64_t{l} * r.session->context_length_ * kv_dim + h / group * hd;
+        // Mistral's sliding window: position i sees exactly positions (i - window, i]. A probe
+        // sees the cached positions only.
+        const int64_t last = r.probe ? r.session->length_ - 1 : r.position;
+        const int64_t first =
+            c.sliding_window > 0 ? std::max<int64_t>(0, r.position - c.sliding_window + 1) : 0;
+        attend(&s->q[t * q_dim + h * hd], &r.session->keys_[kv_offset],
+               &r.session->values_[kv_offset], kv_dim, hd, first, last, scores,
+               &s->attn[t * q_dim + h * hd]);
+      }
+    });
     MatMul(w.wo, s->attn.data(), n, xn);  // [T, D]
     for (int64_t i = 0; i < n * d; ++i) x[i] += xn[i];
 

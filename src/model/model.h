@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "core/file.h"
 #include "kernels/kernels.h"
 #include "model/config.h"
 #include "quant/weight.h"
@@ -22,6 +23,8 @@ struct TensorRef {
   std::vector<int64_t> shape;  // outermost first: a [rows, cols] matrix is {rows, cols}
   const void* data = nullptr;
   uint64_t size_bytes = 0;
+  // The file mapping `data` lies in, if any: pages the model no longer reads are dropped.
+  const MappedFile* mapping = nullptr;
 };
 
 struct LayerWeights {
@@ -71,6 +74,8 @@ class Model {
   std::vector<float> final_norm_;
   std::vector<LayerWeights> layers_;
   std::vector<float> inv_freq_;
+  // Matrices rearranged at load into the layout MatMul runs fastest (see ToFasterLayout).
+  std::vector<std::shared_ptr<const std::vector<uint8_t>>> relaid_;
   uint64_t weight_bytes_ = 0;
 };
 

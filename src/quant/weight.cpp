@@ -73,7 +73,7 @@ QuantDots TiledDotsFor(WeightFormat f) {
 // Cache blocking of the matmul: each thread takes chunks of kRowChunk weight rows (~150 KB at
 // 4096 Q4_0 columns) and multiplies each chunk with blocks of kTokenBlock activation rows
 // (~280 KB as Q8_0), so both stay in L2 while their products are computed.
-constexpr int64_t kRowChunk = 64;
+constexpr int64_t kRowChunk = 64;  // a multiple of 8: interleaved groups stay whole
 constexpr int64_t kTokenBlock = 64;
 
 // Calls fn(row_begin, row_end, token_begin, token_end) over the blocks, rows over threads.
@@ -133,8 +133,30 @@ size_t WeightRowBytes(WeightFormat format, int64_t cols) {
   return static_cast<size_t>(cols) * DTypeSize(DenseType(format));
 }
 
+bool HasFasterLayout(const WeightMatrix& w) {
+  return w.format == WeightFormat::kQ4_0 && w.layout == WeightLayout::kRows;
+}
+
+WeightMatrix ToFasterLayout(const WeightMatrix& w, std::vector<uint8_t>& buffer) {
+  if (!HasFasterLayout(w)) Fail("ToFasterLayout: ", WeightFormatName(w.format), " has none");
+  buffer.resize(static_cast<size_t>(Q4_0x8BlockCount(w.rows, w.cols)) * sizeof(BlockQ4_0x8));
+  const int64_t group_bytes =
+      static_cast<int64_t>(Q4_0x8BlockCount(8, w.cols) * static_cast<int64_t>(sizeof(BlockQ4_0x8)));
+  // Groups of 8 rows over the threads.
+  ThreadPool::Global().ParallelFor((w.rows + 7) / 8, 16, [&](int64_t begin, int64_t end, int) {
+    const int64_t rows = std::min(w.rows, 8 * end) - 8 * begin;
+    RepackQ4_0x8(w.row(8 * begin), rows, w.cols, buffer.data() + begin * group_bytes);
+  });
+  WeightMatrix out = w;
+  out.data = buffer.data();
+  out.layout = WeightLayout::kInterleaved8;
+  return out;
+}
+
 void ReadRow(const WeightMatrix& w, int64_t r, float* out) {
-  if (IsQuantized(w.format)) {
+  if (w.layout == WeightLayout::kInterleaved8) {
+    DequantizeRowQ4_0x8(w.data, r, w.cols, out);
+  } else if (IsQuantized(w.format)) {
     DequantizeRow(BlockType(w.format), w.row(r), w.cols, out);
   } else {
     ReadRow(DenseMatrix{DenseType(w.format), w.data, w.rows, w.cols}, r, out);
@@ -163,6 +185,26 @@ void MatMul(const WeightMatrix& w, const float* x, int64_t tokens, float* out) {
   auto* quantized = reinterpret_cast<char*>(scratch.data());
   for (int64_t t = 0; t < tokens; ++t) {
     QuantizeActivations(activation, x + t * w.cols, w.cols, quantized + t * a_bytes);
+  }
+  if (w.layout == WeightLayout::kInterleaved8) {
+    // The kernels also need each activation block's scale and offset term.
+    const int64_t blocks = QuantBlockCount(QuantType::kQ8_0, w.cols);
+    thread_local std::vector<Q8_0BlockTerms> terms;
+    if (terms.size() < static_cast<size_t>(blocks * tokens)) terms.resize(blocks * tokens);
+    // A plain pointer: inside the lambda, `terms` would name the worker thread's own vector.
+    Q8_0BlockTerms* const block_terms = terms.data();
+    for (int64_t t = 0; t < tokens; ++t) {
+      ComputeQ8_0BlockTerms(quantized + t * a_bytes, w.cols, block_terms + t * blocks);
+    }
+    const auto dots = UseAvx2() ? DotsQ4_0x8Q8_0_Avx2 : DotsQ4_0x8Q8_0;
+    const size_t group_bytes = static_cast<size_t>(blocks) * sizeof(BlockQ4_0x8);
+    ForEachBlock(w.rows, tokens, [&](int64_t r0, int64_t r1, int64_t t0, int64_t t1) {
+      // Row chunks start at multiples of kRowChunk, so at a group boundary.
+      dots(static_cast<const char*>(w.data) + r0 / 8 * group_bytes, r1 - r0,
+           quantized + t0 * a_bytes, a_bytes, block_terms + t0 * blocks, t1 - t0, w.cols,
+           out + t0 * w.rows + r0, w.rows);
+    });
+    return;
   }
   if (const QuantDots dots = TiledDotsFor(w.format)) {
     ForEachBlock(w.rows, tokens, [&](int64_t r0, int64_t r1, int64_t t0, int64_t t1) {

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <optional>
 #include <string_view>
+#include <vector>
 
 #include "core/dtype.h"
 #include "quant/quant.h"
@@ -23,17 +24,33 @@ bool IsQuantized(WeightFormat format);
 // into blocks.
 size_t WeightRowBytes(WeightFormat format, int64_t cols);
 
-// Row-major [rows, cols], read in place (memory-mapped).
+// How a matrix's rows are arranged in memory.
+enum class WeightLayout : uint8_t {
+  kRows,         // row after row, as files store them (read in place, memory-mapped)
+  kInterleaved8  // Q4_0 only: groups of eight rows interleaved block by block (BlockQ4_0x8),
+                 // the last group padded to eight rows; made by ToFasterLayout() at load
+};
+
+// A [rows, cols] matrix.
 struct WeightMatrix {
   WeightFormat format = WeightFormat::kF32;
   const void* data = nullptr;
   int64_t rows = 0;
   int64_t cols = 0;
+  WeightLayout layout = WeightLayout::kRows;
+  // Bytes of one row as stored; row() is for the kRows layout only.
   size_t row_bytes() const { return WeightRowBytes(format, cols); }
   const void* row(int64_t r) const {
     return static_cast<const char*>(data) + static_cast<size_t>(r) * row_bytes();
   }
 };
+
+// Whether MatMul multiplies w faster in another layout (Q4_0 row-major: kInterleaved8).
+bool HasFasterLayout(const WeightMatrix& w);
+// w rearranged into that layout, stored in `buffer` (which the result points into). One pass
+// over the matrix; the results of MatMul stay within rounding of the row-major ones (see
+// DotsQ4_0x8Q8_0).
+WeightMatrix ToFasterLayout(const WeightMatrix& w, std::vector<uint8_t>& buffer);
 
 // out[cols] = row r as float32 (dequantized).
 void ReadRow(const WeightMatrix& w, int64_t r, float* out);
