@@ -14,6 +14,7 @@
 #include "kernels/dot.h"
 #include "kernels/kernels.h"
 #include "quant/quant.h"
+#include "quant/weight.h"
 
 namespace starling {
 namespace {
@@ -862,6 +863,146 @@ TEST(Quant, Avx2TiledDotsEqualSingleDotsBitForBit) {
             }
           }
         }
+      }
+    }
+  }
+}
+
+// The K-quant tiles (1 row x 8 tokens, the last tokens in tiles of up to 4 rows x 8 / tokens,
+// a single token in tiles of 4 rows) give every output the single dot product's bits, which
+// are the scalar twin's, for every remainder shape, with strides larger than a row; on random
+// blocks and on extreme ones (largest quants and scales against activations of -128).
+TEST(Quant, Avx2KQuantTiledDotsEqualSingleDotsBitForBit) {
+  if (!CpuHasAvx2Fma()) GTEST_SKIP() << "no AVX2/FMA/F16C";
+  using Dots = void (*)(const void*, size_t, int64_t, const void*, size_t, int64_t, int64_t, float*,
+                        int64_t);
+  const struct {
+    QuantType weight;
+    Dots dots;
+    float (*dot)(const void*, const void*, int64_t);
+    float (*scalar)(const void*, const void*, int64_t);
+  } cases[] = {{QuantType::kQ4_K, DotsQ4_KQ8_K_Avx2, DotQ4_KQ8_K_Avx2, DotQ4_KQ8_K},
+               {QuantType::kQ6_K, DotsQ6_KQ8_K_Avx2, DotQ6_KQ8_K_Avx2, DotQ6_KQ8_K}};
+  // Largest 4- and 6-bit quants and scales (Q4_K: sc = m = 63; Q6_K: scales -128).
+  auto make_extreme_weights = [](QuantType type, Bytes& row) {
+    const size_t bytes = QuantBlockBytes(type);
+    for (size_t p = 0; p < row.size(); p += bytes) {
+      if (type == QuantType::kQ4_K) {
+        std::fill(row.begin() + p + 4, row.begin() + p + bytes, 0xFF);
+      } else {
+        std::fill(row.begin() + p, row.begin() + p + 192, 0xFF);
+        std::fill(row.begin() + p + 192, row.begin() + p + 208, 0x80);
+      }
+    }
+  };
+  auto make_extreme_activations = [](Bytes& row) {
+    for (size_t p = 0; p < row.size(); p += 292) {
+      std::fill(row.begin() + p + 4, row.begin() + p + 260, 0x80);  // -128
+      for (int k = 0; k < 16; ++k) {
+        const int16_t s = -16 * 128;
+        std::memcpy(&row[p + 260 + 2 * k], &s, 2);
+      }
+    }
+  };
+  struct Shape {
+    int64_t n, rows, tokens;
+    bool extreme;
+  };
+  std::vector<Shape> shapes;
+  for (int64_t rows = 1; rows <= 7; ++rows) {
+    for (int64_t tokens = 1; tokens <= 9; ++tokens) {
+      shapes.push_back({256, rows, tokens, false});
+      shapes.push_back({768, rows, tokens, false});
+      shapes.push_back({512, rows, tokens, true});
+    }
+  }
+  // Several full token tiles and a remainder, and the longest rows of a 7B model.
+  shapes.push_back({4096, 9, 19, false});
+  shapes.push_back({14336, 3, 10, false});
+  std::mt19937 rng(41);
+  for (const auto& c : cases) {
+    for (const Shape& s : shapes) {
+      const size_t w_stride = QuantRowBytes(c.weight, s.n) + 6;  // padding between rows
+      const size_t a_stride = QuantRowBytes(QuantType::kQ8_K, s.n) + 12;
+      Bytes w(w_stride * s.rows), a(a_stride * s.tokens);
+      for (int64_t r = 0; r < s.rows; ++r) {
+        Bytes row = RandomBlocks(c.weight, s.n, rng, false, false);
+        if (s.extreme && r % 2 == 0) make_extreme_weights(c.weight, row);
+        std::copy(row.begin(), row.end(), w.begin() + r * w_stride);
+      }
+      for (int64_t t = 0; t < s.tokens; ++t) {
+        Bytes row = RandomBlocks(QuantType::kQ8_K, s.n, rng, true, false);
+        if (s.extreme && t % 2 == 0) make_extreme_activations(row);
+        std::copy(row.begin(), row.end(), a.begin() + t * a_stride);
+      }
+      const int64_t out_stride = s.rows + 3;
+      std::vector<float> out(static_cast<size_t>(out_stride * s.tokens), -1.0f);
+      c.dots(w.data(), w_stride, s.rows, a.data(), a_stride, s.tokens, s.n, out.data(), out_stride);
+      for (int64_t t = 0; t < s.tokens; ++t) {
+        for (int64_t r = 0; r < s.rows; ++r) {
+          const float got = out[t * out_stride + r];
+          const float want = c.dot(&w[r * w_stride], &a[t * a_stride], s.n);
+          ASSERT_EQ(std::bit_cast<uint32_t>(got), std::bit_cast<uint32_t>(want))
+              << QuantTypeName(c.weight) << " n=" << s.n << " rows=" << s.rows
+              << " tokens=" << s.tokens << " extreme=" << s.extreme << " at " << r << "," << t;
+          const float scalar = c.scalar(&w[r * w_stride], &a[t * a_stride], s.n);
+          ASSERT_EQ(std::bit_cast<uint32_t>(got), std::bit_cast<uint32_t>(scalar))
+              << QuantTypeName(c.weight) << " n=" << s.n << " rows=" << s.rows
+              << " tokens=" << s.tokens << " extreme=" << s.extreme << " at " << r << "," << t;
+        }
+        for (int64_t r = s.rows; r < out_stride; ++r) {
+          ASSERT_EQ(out[t * out_stride + r], -1.0f) << "wrote outside the outputs";
+        }
+      }
+    }
+    // No rows, no tokens, or n = 0 (all outputs 0).
+    std::vector<float> out(4, -1.0f);
+    const Bytes w = RandomBlocks(c.weight, 256, rng, false, false);
+    const Bytes a = RandomBlocks(QuantType::kQ8_K, 256, rng, true, false);
+    c.dots(w.data(), 0, 0, a.data(), 0, 2, 256, out.data(), 1);
+    c.dots(w.data(), 0, 2, a.data(), 0, 0, 256, out.data(), 2);
+    EXPECT_EQ(out, std::vector<float>(4, -1.0f));
+    c.dots(w.data(), 0, 2, a.data(), 0, 2, 0, out.data(), 2);
+    EXPECT_EQ(out, std::vector<float>(4, 0.0f));
+    EXPECT_THROW(c.dots(w.data(), 0, 1, a.data(), 0, 1, 128, out.data(), 1), Error);
+  }
+}
+
+// MatMul of K-quant weights takes the tiled kernels where the CPU has AVX2 and one dot product
+// per output elsewhere; either way each output has the scalar twin's bits for the quantized
+// activations, across its row chunks and token blocks (67 rows, 70 tokens).
+TEST(Quant, KQuantMatMulEqualsScalarDotsBitForBit) {
+  std::mt19937 rng(43);
+  const int64_t rows = 67, cols = 512, tokens = 70;
+  const struct {
+    WeightFormat format;
+    QuantType type;
+    float (*dot)(const void*, const void*, int64_t);
+  } cases[] = {{WeightFormat::kQ4_K, QuantType::kQ4_K, DotQ4_KQ8_K},
+               {WeightFormat::kQ6_K, QuantType::kQ6_K, DotQ6_KQ8_K}};
+  for (const auto& [format, type, dot] : cases) {
+    Bytes w;
+    for (int64_t r = 0; r < rows; ++r) {
+      const Bytes row = Quantize(type, RandomRow(cols, rng));
+      w.insert(w.end(), row.begin(), row.end());
+    }
+    std::vector<float> x;
+    Bytes a;
+    for (int64_t t = 0; t < tokens; ++t) {
+      const auto row = RandomRow(cols, rng);
+      x.insert(x.end(), row.begin(), row.end());
+      const Bytes q = Quantize(QuantType::kQ8_K, row);
+      a.insert(a.end(), q.begin(), q.end());
+    }
+    const WeightMatrix m{format, w.data(), rows, cols};
+    std::vector<float> out(static_cast<size_t>(rows * tokens));
+    MatMul(m, x.data(), tokens, out.data());
+    const size_t a_bytes = QuantRowBytes(QuantType::kQ8_K, cols);
+    for (int64_t t = 0; t < tokens; ++t) {
+      for (int64_t r = 0; r < rows; ++r) {
+        ASSERT_EQ(std::bit_cast<uint32_t>(out[t * rows + r]),
+                  std::bit_cast<uint32_t>(dot(m.row(r), &a[t * a_bytes], cols)))
+            << QuantTypeName(type) << " at " << r << "," << t;
       }
     }
   }

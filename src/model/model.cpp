@@ -50,12 +50,12 @@ class TensorTable {
   // The matrix in the layout MatMul runs fastest; a rearranged copy goes into `relaid`, and
   // the stored bytes' pages leave resident memory (they are not read again).
   WeightMatrix Matrix(const std::string& name, int64_t rows, int64_t cols,
-                      std::vector<std::shared_ptr<const std::vector<uint8_t>>>& relaid) const {
+                      std::vector<std::shared_ptr<const HugePageBuffer>>& relaid) const {
     const TensorRef& t = Require(name, {rows, cols});
     const WeightMatrix stored{t.format, t.data, rows, cols};
-    if (!HasFasterLayout(stored)) return stored;
-    auto buffer = std::make_shared<std::vector<uint8_t>>();
-    const WeightMatrix faster = ToFasterLayout(stored, *buffer);
+    if (!LoadsForMatMul(stored)) return stored;
+    auto buffer = std::make_shared<HugePageBuffer>();
+    const WeightMatrix faster = LoadForMatMul(stored, *buffer);
     relaid.push_back(std::move(buffer));
     if (t.mapping != nullptr) t.mapping->DropPages(t.data, t.size_bytes);
     return faster;

@@ -74,8 +74,8 @@ class Model {
   std::vector<float> final_norm_;
   std::vector<LayerWeights> layers_;
   std::vector<float> inv_freq_;
-  // Matrices rearranged at load into the layout MatMul runs fastest (see ToFasterLayout).
-  std::vector<std::shared_ptr<const std::vector<uint8_t>>> relaid_;
+  // Matrices rearranged at load into the layout MatMul runs fastest (see LoadForMatMul).
+  std::vector<std::shared_ptr<const HugePageBuffer>> relaid_;
   uint64_t weight_bytes_ = 0;
 };
 

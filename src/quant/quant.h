@@ -166,31 +166,42 @@ void DotsQ8_0Q8_0_Avx2(const void* w, size_t w_stride, int64_t rows, const void*
                        int64_t tokens, int64_t n, float* out, int64_t out_stride);
 void DotsQ4_0Q8_0_Avx2(const void* w, size_t w_stride, int64_t rows, const void* a, size_t a_stride,
                        int64_t tokens, int64_t n, float* out, int64_t out_stride);
+void DotsQ4_KQ8_K_Avx2(const void* w, size_t w_stride, int64_t rows, const void* a, size_t a_stride,
+                       int64_t tokens, int64_t n, float* out, int64_t out_stride);
+void DotsQ6_KQ8_K_Avx2(const void* w, size_t w_stride, int64_t rows, const void* a, size_t a_stride,
+                       int64_t tokens, int64_t n, float* out, int64_t out_stride);
 
-// ---- Q4_0 weights interleaved eight rows at a time (quant_q4_0x8.cpp), the layout the
-// matmul repacks Q4_0 matrices into at load. With eight rows side by side, one 256-bit
-// register holds four values of each of eight rows, an activation word is broadcast against
-// it, and each block's products add up in int16 lanes that belong to one row each: a block of
-// 8 rows x 32 values costs 8 maddubs and one widening, against 16 maddubs and 8 widenings,
-// conversions and fmas when rows are kept apart.
+// ---- Q4_0 and Q8_0 weights interleaved eight rows at a time (quant_interleaved.cpp), the
+// layouts the matmul copies these matrices into at load. With eight rows side by side, one
+// 256-bit register holds four quants of each of eight rows, an activation word is broadcast
+// against it, and the products land in lanes that each belong to one row: a Q4_0 block of
+// 8 rows x 32 values costs 8 maddubs and one widening (its sums fit int16), against 16 maddubs
+// and 8 widenings, conversions and fmas when rows are kept apart.
 //
-// Group g (rows 8g..8g+7) is `blocks` consecutive BlockQ4_0x8, one per 32 columns. Row r of
-// the group keeps its Q4_0 block's scale in d[r] and its 16 bytes of nibbles as four words:
-// bytes 4r..4r+3 of the 32-byte chunk j (j < 4) are its qs[4j..4j+3], i.e. the low nibbles of
-// chunk j hold its values 4j..4j+3 and the high nibbles its values 16+4j..16+4j+3.
+// Group g (rows 8g..8g+7) is `blocks` consecutive interleaved blocks, one per 32 columns. Row r
+// of the group keeps its block's scale in d[r], and its quant bytes as words: bytes 4r..4r+3
+// of the 32-byte chunk j are its qs[4j..4j+3]. (Q4_0: the low nibbles of chunk j hold its
+// values 4j..4j+3 and the high nibbles its values 16+4j..16+4j+3.) A last group with fewer
+// than 8 rows is padded with zero rows (scale 0).
 struct BlockQ4_0x8 {
   uint16_t d[8];
-  uint8_t qs[128];
+  uint8_t qs[128];  // 4 chunks
+};
+struct BlockQ8_0x8 {
+  uint16_t d[8];
+  int8_t qs[256];  // 8 chunks
 };
 static_assert(sizeof(BlockQ4_0x8) == 8 * sizeof(BlockQ4_0));
+static_assert(sizeof(BlockQ8_0x8) == 8 * sizeof(BlockQ8_0));
 
-// Groups of eight rows of n columns: ceil(rows / 8) * (n / 32) blocks.
-int64_t Q4_0x8BlockCount(int64_t rows, int64_t n);
-// out = the Q4_0 matrix w [rows, n] (rows of QuantRowBytes(kQ4_0, n) bytes) interleaved;
-// a last group with fewer than 8 rows is padded with zero rows (scale 0).
+// Interleaved blocks of a [rows, n] matrix: ceil(rows / 8) * (n / 32).
+int64_t InterleavedBlockCount(int64_t rows, int64_t n);
+// out = the row-major matrix w [rows, n] (rows of QuantRowBytes bytes) interleaved.
 void RepackQ4_0x8(const void* w, int64_t rows, int64_t n, void* out);
-// out[n] = row `row` of an interleaved matrix, dequantized (as DequantizeRow(kQ4_0)).
+void RepackQ8_0x8(const void* w, int64_t rows, int64_t n, void* out);
+// out[n] = row `row` of an interleaved matrix, dequantized (as DequantizeRow).
 void DequantizeRowQ4_0x8(const void* w, int64_t row, int64_t n, float* out);
+void DequantizeRowQ8_0x8(const void* w, int64_t row, int64_t n, float* out);
 
 // What the interleaved kernels need of each activation block besides its quants, computed
 // once per matmul: its scale as a float and -8 times the sum of its quants (the Q4_0 offset:
@@ -206,13 +217,19 @@ void ComputeQ8_0BlockTerms(const void* a, int64_t n, Q8_0BlockTerms* out);
 // interleaved matrix w (from its first group) with activation row t (a + t * a_stride, terms
 // + t * (n / 32)). Each block's integer sum is exact, then
 //   sum = fma(float(sumi), d_w * d_a, sum)   in block order,
-// so the result equals DotQ4_0Q8_0 but for that fma (one rounding less per block). The AVX2
-// kernel returns the scalar twin's bits for any tile shape (needs activation quants in
-// [-128, 127]: any bytes).
+// so the result equals DotQ4_0Q8_0 / DotQ8_0Q8_0 but for that fma (one rounding less per
+// block). The AVX2 kernels return the scalar twins' bits for any tile shape; they need
+// activation quants in [-127, 127] (QuantizeRow's range).
 void DotsQ4_0x8Q8_0(const void* w, int64_t rows, const void* a, size_t a_stride,
                     const Q8_0BlockTerms* terms, int64_t tokens, int64_t n, float* out,
                     int64_t out_stride);
+void DotsQ8_0x8Q8_0(const void* w, int64_t rows, const void* a, size_t a_stride,
+                    const Q8_0BlockTerms* terms, int64_t tokens, int64_t n, float* out,
+                    int64_t out_stride);
 void DotsQ4_0x8Q8_0_Avx2(const void* w, int64_t rows, const void* a, size_t a_stride,
+                         const Q8_0BlockTerms* terms, int64_t tokens, int64_t n, float* out,
+                         int64_t out_stride);
+void DotsQ8_0x8Q8_0_Avx2(const void* w, int64_t rows, const void* a, size_t a_stride,
                          const Q8_0BlockTerms* terms, int64_t tokens, int64_t n, float* out,
                          int64_t out_stride);
 

@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "kernels/dot.h"
@@ -420,113 +421,352 @@ float DotQ4_0Q8_0_Avx2(const void* w, const void* a, int64_t n) {
   return out;
 }
 
-STARLING_AVX2 float DotQ4_KQ8_K_Avx2(const void* w, const void* a, int64_t n) {
-  const int64_t blocks = QuantBlockCount(QuantType::kQ4_K, n);
-  const auto* x = static_cast<const BlockQ4_K*>(w);
-  const auto* y = static_cast<const BlockQ8_K*>(a);
-  const __m256i low4 = _mm256_set1_epi8(0x0F);
-  // Shuffle masks that spread int16 scale j (bytes 2j, 2j + 1) over all 16 lanes.
-  __m256i spread[8];
-  for (int j = 0; j < 8; ++j)
-    spread[j] = _mm256_set1_epi16(static_cast<int16_t>(0x0100 * (2 * j + 1) + 2 * j));
-  float sum = 0.0f;
-  for (int64_t i = 0; i < blocks; ++i) {
-    const Q4_KScales scales = DecodeQ4_KScales(x[i].scales);
-    // The eight 6-bit scales as int16, in both 128-bit lanes.
-    const __m256i sc16 = _mm256_broadcastsi128_si256(
-        _mm_cvtepu8_epi16(_mm_cvtsi64_si128(static_cast<int64_t>(scales.sc))));
-    __m256i acc = _mm256_setzero_si256();
-    for (int g = 0; g < 4; ++g) {
-      const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[i].qs + 32 * g));
-      const __m256i lo = _mm256_and_si256(q, low4);
-      const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), low4);
-      const auto* qa = reinterpret_cast<const __m256i*>(y[i].qs + 64 * g);
-      // u4 x s8 pairs: |.| <= 2 * 15 * 128, no saturation. Times the 6-bit scale in madd.
-      const __m256i plo = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, _mm256_loadu_si256(qa)),
-                                            _mm256_shuffle_epi8(sc16, spread[2 * g]));
-      const __m256i phi = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, _mm256_loadu_si256(qa + 1)),
-                                            _mm256_shuffle_epi8(sc16, spread[2 * g + 1]));
-      acc = _mm256_add_epi32(acc, _mm256_add_epi32(plo, phi));
-    }
-    // sum_k bsums[k] * m[k / 2]: duplicate each min into two int16 lanes.
-    const __m128i m16 = _mm_cvtepu8_epi16(_mm_cvtsi64_si128(static_cast<int64_t>(scales.m)));
-    const __m256i mins =
-        _mm256_set_m128i(_mm_unpackhi_epi16(m16, m16), _mm_unpacklo_epi16(m16, m16));
-    const __m256i bsums = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(y[i].bsums));
-    // Both reductions at once (integer sums: exact in any order): lane 0 sumi, lane 1 summ.
-    const __m256i both = _mm256_hadd_epi32(acc, _mm256_madd_epi16(bsums, mins));
-    __m128i r = _mm_add_epi32(_mm256_castsi256_si128(both), _mm256_extracti128_si256(both, 1));
-    r = _mm_hadd_epi32(r, r);
-    const int32_t sumi = _mm_cvtsi128_si32(r);
-    const int32_t summ = _mm_extract_epi32(r, 1);
-    // The scalar twin's float operations, in its order.
-    const float d = HalfToFloatF16c(x[i].d) * y[i].d;
-    const float dmin = HalfToFloatF16c(x[i].dmin) * y[i].d;
-    sum = std::fma(d, static_cast<float>(sumi), sum);
-    sum = std::fma(-dmin, static_cast<float>(summ), sum);
-  }
-  return sum;
+namespace {
+
+// ---- K-quant tiles
+//
+// A tile multiplies RM weight rows with RN tokens (RM <= 4, RM * RN <= 8 outputs). Per 256-block
+// each weight row's nibbles or 6-bit values are unpacked and its scales decoded and spread once,
+// then applied to all RN tokens. Output (row i, token j) owns one vector of int32 lanes for the
+// block's integer sums and lane l = i * RN + j of the tile's float vectors; one reduction tree
+// turns all the outputs' lanes into their exact int32 sums (integer sums: any order), and the
+// scalar twin's per-block float operations then run lane-wise:
+//   d = d_w * d_a;  sum = fma(d, float(sumi), sum)
+//   Q4_K also: dmin = dmin_w * d_a;  sum = fma(-dmin, float(summ), sum)
+// Each vector multiply, fma (-(a * b) + c is fma(-a, b, c) exactly) and int32 -> float
+// conversion rounds as its scalar form, so every output has the scalar twin's bits whatever the
+// tile shape.
+constexpr int kMaxTileRows = 4;
+constexpr int kMaxTileOutputs = 8;
+
+constexpr int RowOfLane(int l, int rm, int rn) {
+  return l < rm * rn ? l / rn : 0;
+}
+constexpr int TokenOfLane(int l, int rm, int rn) {
+  return l < rm * rn ? l % rn : 0;
 }
 
-STARLING_AVX2 float DotQ6_KQ8_K_Avx2(const void* w, const void* a, int64_t n) {
-  const int64_t blocks = QuantBlockCount(QuantType::kQ6_K, n);
-  const auto* x = static_cast<const BlockQ6_K*>(w);
-  const auto* y = static_cast<const BlockQ8_K*>(a);
-  const __m256i low4 = _mm256_set1_epi8(0x0F);
-  // Shuffle masks for quarter k: int16 scale 2k over the low 128-bit lane (elements 0-15 of the
-  // quarter), 2k + 1 over the high lane (elements 16-31), from a register holding 8 scales.
-  __m256i quarter_scales[4];
-  for (int k = 0; k < 4; ++k) {
-    const auto lo = static_cast<int16_t>(0x0100 * (4 * k + 1) + 4 * k);
-    const auto hi = static_cast<int16_t>(0x0100 * (4 * k + 3) + 4 * k + 2);
-    quarter_scales[k] = _mm256_set_m128i(_mm_set1_epi16(hi), _mm_set1_epi16(lo));
+// Lane l: times * (row of lane l) + plus, to pick a row's value from a vector of per-row values.
+template <int RM, int RN>
+STARLING_AVX2 inline __m256i RowLanes(int times, int plus) {
+  auto at = [&](int l) { return times * RowOfLane(l, RM, RN) + plus; };
+  return _mm256_setr_epi32(at(0), at(1), at(2), at(3), at(4), at(5), at(6), at(7));
+}
+
+// The activation scales of the tile's lanes, from da[0..7] = d of tokens 0..7.
+template <int RM, int RN>
+STARLING_AVX2 inline __m256 TokenScales(const float* da) {
+  if constexpr (RN == 1) return _mm256_broadcast_ss(da);  // reads only da[0]
+  const __m256 v = _mm256_loadu_ps(da);
+  if constexpr (RM == 1) return v;  // lane l is token l
+  const __m256i lanes =
+      _mm256_setr_epi32(TokenOfLane(0, RM, RN), TokenOfLane(1, RM, RN), TokenOfLane(2, RM, RN),
+                        TokenOfLane(3, RM, RN), TokenOfLane(4, RM, RN), TokenOfLane(5, RM, RN),
+                        TokenOfLane(6, RM, RN), TokenOfLane(7, RM, RN));
+  return _mm256_permutevar8x32_ps(v, lanes);
+}
+
+// Lane k < N: the sum of the eight int32 lanes of v[k] (exact: integer sums in any order); the
+// other lanes are unused.
+template <int N>
+STARLING_AVX2 inline __m256i SumEach(const __m256i* v) {
+  static_assert(N >= 1 && N <= 8);
+  __m256i x[8];
+  for (int k = 0; k < 8; ++k) x[k] = k < N ? v[k] : _mm256_setzero_si256();
+  // [sums of lanes 0-3 of x0..x3 | of lanes 4-7 of x0..x3]
+  const __m256i g0 =
+      _mm256_hadd_epi32(_mm256_hadd_epi32(x[0], x[1]), _mm256_hadd_epi32(x[2], x[3]));
+  if constexpr (N <= 4) return _mm256_add_epi32(g0, _mm256_permute2x128_si256(g0, g0, 0x01));
+  const __m256i g1 =
+      _mm256_hadd_epi32(_mm256_hadd_epi32(x[4], x[5]), _mm256_hadd_epi32(x[6], x[7]));
+  return _mm256_add_epi32(_mm256_permute2x128_si256(g0, g1, 0x20),
+                          _mm256_permute2x128_si256(g0, g1, 0x31));
+}
+
+template <int RM, int RN>
+STARLING_AVX2 inline void StoreTile(__m256 sum, float* out, int64_t out_stride) {
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, sum);
+  for (int i = 0; i < RM; ++i) {
+    for (int j = 0; j < RN; ++j) out[j * out_stride + i] = lanes[i * RN + j];
   }
-  float sum = 0.0f;
-  for (int64_t i = 0; i < blocks; ++i) {
-    const BlockQ6_K& b = x[i];
-    // The sixteen int8 scales as int16: scales16 = [0..7 | 8..15].
-    const __m256i scales16 =
-        _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b.scales)));
-    __m256i acc = _mm256_setzero_si256();
-    for (int h = 0; h < 2; ++h) {
-      // Scales 8h .. 8h + 7 in both 128-bit lanes.
-      const __m256i half_scales =
-          _mm256_permute2x128_si256(scales16, scales16, h == 0 ? 0x00 : 0x11);
-      const auto* ql = reinterpret_cast<const __m256i*>(b.ql + 64 * h);
-      const __m256i ql0 = _mm256_loadu_si256(ql);
-      const __m256i ql1 = _mm256_loadu_si256(ql + 1);
-      const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.qh + 32 * h));
-      // The unsigned 6-bit quants (q, not q - 32) of the four 32-element quarters. The 16-bit
-      // shifts cannot move bits across bytes that the masks keep.
-      __m256i q[4];
-      q[0] = _mm256_or_si256(_mm256_and_si256(ql0, low4),
-                             _mm256_slli_epi16(_mm256_and_si256(qh, _mm256_set1_epi8(0x03)), 4));
-      q[1] = _mm256_or_si256(_mm256_and_si256(ql1, low4),
-                             _mm256_slli_epi16(_mm256_and_si256(qh, _mm256_set1_epi8(0x0C)), 2));
-      q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), low4),
-                             _mm256_and_si256(qh, _mm256_set1_epi8(0x30)));
-      q[3] = _mm256_or_si256(
-          _mm256_and_si256(_mm256_srli_epi16(ql1, 4), low4),
-          _mm256_srli_epi16(_mm256_and_si256(qh, _mm256_set1_epi8(static_cast<char>(0xC0))), 2));
-      for (int k = 0; k < 4; ++k) {
-        const int e = 128 * h + 32 * k;  // first element; scales e/16 and e/16 + 1
-        const __m256i qa = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(y[i].qs + e));
-        const __m256i scale = _mm256_shuffle_epi8(half_scales, quarter_scales[k]);  // e/16, +1
-        // u6 x s8 pairs: |.| <= 2 * 63 * 128 < 2^15, no saturation.
-        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(q[k], qa), scale));
+}
+
+// The weights of one block as the tiles' shared integer loop takes them, for k < 8 (a constant
+// once the loop is unrolled): Quants(x, k), the unsigned quants of elements 32k .. 32k + 31;
+// Scale(p, k), their int16 scale for each maddubs lane; p.bsum_weights, the weights of the
+// activations' bsums in the zero-point term. Computed where used, in registers.
+
+// Q4_K: sum_e (d sc q - dmin m) qa = d * sum sc q qa - dmin * sum_k m[k / 2] bsums[k].
+struct Q4_KPrepared {
+  __m256i sc16;          // the eight 6-bit scales as int16, in both 128-bit lanes
+  __m256i bsum_weights;  // min j in int16 lanes 2j and 2j + 1, against bsums 2j and 2j + 1
+};
+
+STARLING_AVX2 inline Q4_KPrepared Prepare(const BlockQ4_K& x) {
+  const Q4_KScales scales = DecodeQ4_KScales(x.scales);
+  const __m128i m16 = _mm_cvtepu8_epi16(_mm_cvtsi64_si128(static_cast<int64_t>(scales.m)));
+  return {_mm256_broadcastsi128_si256(
+              _mm_cvtepu8_epi16(_mm_cvtsi64_si128(static_cast<int64_t>(scales.sc)))),
+          _mm256_set_m128i(_mm_unpackhi_epi16(m16, m16), _mm_unpacklo_epi16(m16, m16))};
+}
+
+// Sub-block 2g: the low nibbles of qs[32g ..]; 2g + 1: their high nibbles.
+STARLING_AVX2 inline __m256i Quants(const BlockQ4_K& x, int k) {
+  const __m256i low4 = _mm256_set1_epi8(0x0F);
+  const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.qs + 32 * (k / 2)));
+  return k % 2 == 0 ? _mm256_and_si256(q, low4) : _mm256_and_si256(_mm256_srli_epi16(q, 4), low4);
+}
+
+STARLING_AVX2 inline __m256i Scale(const Q4_KPrepared& p, int k) {
+  return _mm256_shuffle_epi8(p.sc16,
+                             _mm256_set1_epi16(static_cast<int16_t>(0x0100 * (2 * k + 1) + 2 * k)));
+}
+
+// Q6_K: sum_e sc (q - 32) qa = sum sc q qa - sum_k (32 sc[k]) bsums[k], with the unsigned q.
+struct Q6_KPrepared {
+  __m256i s16;           // the sixteen int8 scales as int16: [0..7 | 8..15]
+  __m256i bsum_weights;  // 32 sc[k], |.| <= 4096
+};
+
+STARLING_AVX2 inline Q6_KPrepared Prepare(const BlockQ6_K& x) {
+  const __m256i s16 =
+      _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x.scales)));
+  return {s16, _mm256_slli_epi16(s16, 5)};
+}
+
+// Quarter k = 4h + p, by the layout in quant.h: the low 4 bits from ql[64h + 32 (p % 2) ..]
+// (low nibbles for p < 2, high ones after), the high 2 from bits 2p, 2p + 1 of qh[32h ..]. The
+// 16-bit shifts cannot move bits across bytes that the masks keep.
+STARLING_AVX2 inline __m256i Quants(const BlockQ6_K& x, int k) {
+  const __m256i low4 = _mm256_set1_epi8(0x0F);
+  const __m256i high2 = _mm256_set1_epi8(0x30);
+  const int h = k / 4;
+  const int p = k % 4;
+  const __m256i ql =
+      _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.ql + 64 * h + 32 * (p % 2)));
+  const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.qh + 32 * h));
+  const __m256i low =
+      p < 2 ? _mm256_and_si256(ql, low4) : _mm256_and_si256(_mm256_srli_epi16(ql, 4), low4);
+  const __m256i high = p == 0   ? _mm256_and_si256(_mm256_slli_epi16(qh, 4), high2)
+                       : p == 1 ? _mm256_and_si256(_mm256_slli_epi16(qh, 2), high2)
+                       : p == 2 ? _mm256_and_si256(qh, high2)
+                                : _mm256_and_si256(_mm256_srli_epi16(qh, 2), high2);
+  return _mm256_or_si256(low, high);
+}
+
+// Quarter k: scale 2k over its low 128-bit lane (elements 0-15), 2k + 1 over the high one.
+STARLING_AVX2 inline __m256i Scale(const Q6_KPrepared& p, int k) {
+  const __m256i half = k < 4 ? _mm256_permute2x128_si256(p.s16, p.s16, 0x00)
+                             : _mm256_permute2x128_si256(p.s16, p.s16, 0x11);
+  const int at = 4 * (k % 4);  // byte offset of int16 scale 2k in its half
+  return _mm256_shuffle_epi8(
+      half, _mm256_set_m128i(_mm_set1_epi16(static_cast<int16_t>(0x0100 * (at + 3) + at + 2)),
+                             _mm_set1_epi16(static_cast<int16_t>(0x0100 * (at + 1) + at))));
+}
+
+// The fp16 scales of the tile's rows in block b, converted together: Q4_K [d0 dmin0 d1 dmin1
+// ...] (the first 4 bytes of the block), Q6_K [d0 d1 ...].
+template <int RM>
+STARLING_AVX2 inline __m256 RowScales(const BlockQ4_K* const* x, int64_t b) {
+  uint64_t pairs[2] = {0, 0};
+  for (int i = 0; i < RM; ++i) {
+    uint32_t pair;
+    std::memcpy(&pair, &x[i][b], 4);
+    pairs[i / 2] |= uint64_t{pair} << (32 * (i % 2));
+  }
+  return _mm256_cvtph_ps(
+      _mm_set_epi64x(static_cast<int64_t>(pairs[1]), static_cast<int64_t>(pairs[0])));
+}
+
+template <int RM>
+STARLING_AVX2 inline __m256 RowScales(const BlockQ6_K* const* x, int64_t b) {
+  uint64_t bits = 0;
+  for (int i = 0; i < RM; ++i) bits |= uint64_t{x[i][b].d} << (16 * i);
+  return _mm256_cvtph_ps(_mm_cvtsi64_si128(static_cast<int64_t>(bits)));
+}
+
+// da[b * da_stride + j]: d of the tile's token j in block b (8 readable lanes).
+using KQuantTile = void (*)(const char* w, size_t w_stride, const char* a, size_t a_stride,
+                            int64_t blocks, const float* da, size_t da_stride, float* out,
+                            int64_t out_stride);
+
+template <typename Block, int RM, int RN>
+STARLING_AVX2 void TileKQuant(const char* w, size_t w_stride, const char* a, size_t a_stride,
+                              int64_t blocks, const float* da, size_t da_stride, float* out,
+                              int64_t out_stride) {
+  static_assert(RM <= kMaxTileRows && RM * RN <= kMaxTileOutputs);
+  constexpr int N = RM * RN;
+  constexpr bool kQ4_K = std::is_same_v<Block, BlockQ4_K>;
+  // Q4_K: each lane's row's d and dmin from [d0 dmin0 d1 dmin1 ...]; Q6_K: d from [d0 d1 ...].
+  const __m256i d_lanes = RowLanes<RM, RN>(kQ4_K ? 2 : 1, 0);
+  const __m256i dmin_lanes = RowLanes<RM, RN>(2, 1);
+  const Block* x[RM];
+  for (int i = 0; i < RM; ++i) x[i] = reinterpret_cast<const Block*>(w + i * w_stride);
+  const BlockQ8_K* y[RN];
+  for (int j = 0; j < RN; ++j) y[j] = reinterpret_cast<const BlockQ8_K*>(a + j * a_stride);
+  __m256 sum = _mm256_setzero_ps();
+  for (int64_t b = 0; b < blocks; ++b) {
+    std::conditional_t<kQ4_K, Q4_KPrepared, Q6_KPrepared> prepared[RM];
+    for (int i = 0; i < RM; ++i) prepared[i] = Prepare(x[i][b]);
+    __m256i acc[N];
+    for (auto& v : acc) v = _mm256_setzero_si256();
+#pragma GCC unroll 8
+    for (int k = 0; k < 8; ++k) {
+      for (int i = 0; i < RM; ++i) {
+        const __m256i q = Quants(x[i][b], k);
+        const __m256i scale = Scale(prepared[i], k);
+        for (int j = 0; j < RN; ++j) {
+          const __m256i qa =
+              _mm256_loadu_si256(reinterpret_cast<const __m256i*>(y[j][b].qs + 32 * k));
+          // u4 or u6 x s8 pairs: |.| <= 2 * 63 * 128 < 2^15, no saturation. Times the int16
+          // scale in madd: exact int32 lanes.
+          acc[i * RN + j] = _mm256_add_epi32(acc[i * RN + j],
+                                             _mm256_madd_epi16(_mm256_maddubs_epi16(q, qa), scale));
+          // Keeps the accumulator in a register: without this, GCC reassociates the unrolled
+          // sums, computes all the block's products first and spills them.
+          asm("" : "+x"(acc[i * RN + j]));
+        }
       }
     }
-    // sum sc * (q - 32) * a = sum sc * q * a - 32 * sum_k sc[k] * bsums[k]; both reductions at
-    // once (integer sums: exact in any order).
-    const __m256i bsums = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(y[i].bsums));
-    const __m256i both = _mm256_hadd_epi32(acc, _mm256_madd_epi16(scales16, bsums));
-    __m128i r = _mm_add_epi32(_mm256_castsi256_si128(both), _mm256_extracti128_si256(both, 1));
-    r = _mm_hadd_epi32(r, r);
-    const int32_t sumi = _mm_cvtsi128_si32(r) - 32 * _mm_extract_epi32(r, 1);
-    const float d = HalfToFloatF16c(b.d) * y[i].d;
-    sum = std::fma(d, static_cast<float>(sumi), sum);
+    // The zero-point terms: bsums times their weights, exact int32 lanes (|.| <= 2^25).
+    __m256i mm[N];
+    for (int j = 0; j < RN; ++j) {
+      const __m256i bsums = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(y[j][b].bsums));
+      for (int i = 0; i < RM; ++i) {
+        mm[i * RN + j] = _mm256_madd_epi16(bsums, prepared[i].bsum_weights);
+      }
+    }
+    // Lane k: output k's sumi (Q4_K: and summ, kept apart; for up to 4 outputs both share one
+    // tree). Q6_K subtracts the zero-point terms before the sum.
+    __m256i sum_q, sum_m;
+    if constexpr (kQ4_K && N <= 2) {
+      const __m256i v[4] = {acc[0], N > 1 ? acc[N - 1] : _mm256_setzero_si256(), mm[0],
+                            N > 1 ? mm[N - 1] : _mm256_setzero_si256()};
+      sum_q = SumEach<4>(v);
+      sum_m = _mm256_shuffle_epi32(sum_q, 0x0E);  // lanes 2, 3 to 0, 1
+    } else if constexpr (kQ4_K && N <= 4) {
+      __m256i v[8];
+      for (int k = 0; k < 4; ++k) {
+        v[k] = k < N ? acc[k] : _mm256_setzero_si256();
+        v[4 + k] = k < N ? mm[k] : _mm256_setzero_si256();
+      }
+      sum_q = SumEach<8>(v);
+      sum_m = _mm256_permute2x128_si256(sum_q, sum_q, 0x11);
+    } else if constexpr (kQ4_K) {
+      sum_q = SumEach<N>(acc);
+      sum_m = SumEach<N>(mm);
+    } else {
+      for (int k = 0; k < N; ++k) acc[k] = _mm256_sub_epi32(acc[k], mm[k]);
+      sum_q = SumEach<N>(acc);
+    }
+    // The scalar twin's float operations, in its order, lane-wise.
+    const __m256 dw = RowScales<RM>(x, b);
+    const __m256 ad = TokenScales<RM, RN>(da + b * da_stride);
+    const __m256 d = _mm256_mul_ps(_mm256_permutevar8x32_ps(dw, d_lanes), ad);
+    sum = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sum_q), sum);
+    if constexpr (kQ4_K) {
+      const __m256 dmin = _mm256_mul_ps(_mm256_permutevar8x32_ps(dw, dmin_lanes), ad);
+      sum = _mm256_fnmadd_ps(dmin, _mm256_cvtepi32_ps(sum_m), sum);
+    }
   }
-  return sum;
+  StoreTile<RM, RN>(sum, out, out_stride);
+}
+
+template <int RM, int RN>
+constexpr KQuantTile TileQ4_K = TileKQuant<BlockQ4_K, RM, RN>;
+template <int RM, int RN>
+constexpr KQuantTile TileQ6_K = TileKQuant<BlockQ6_K, RM, RN>;
+
+// All the tile shapes, [RM - 1][RN - 1] (nullptr: more than kMaxTileOutputs).
+constexpr KQuantTile kQ4_KTiles[kMaxTileRows][kMaxTileOutputs] = {
+    {TileQ4_K<1, 1>, TileQ4_K<1, 2>, TileQ4_K<1, 3>, TileQ4_K<1, 4>, TileQ4_K<1, 5>, TileQ4_K<1, 6>,
+     TileQ4_K<1, 7>, TileQ4_K<1, 8>},
+    {TileQ4_K<2, 1>, TileQ4_K<2, 2>, TileQ4_K<2, 3>, TileQ4_K<2, 4>},
+    {TileQ4_K<3, 1>, TileQ4_K<3, 2>},
+    {TileQ4_K<4, 1>, TileQ4_K<4, 2>}};
+constexpr KQuantTile kQ6_KTiles[kMaxTileRows][kMaxTileOutputs] = {
+    {TileQ6_K<1, 1>, TileQ6_K<1, 2>, TileQ6_K<1, 3>, TileQ6_K<1, 4>, TileQ6_K<1, 5>, TileQ6_K<1, 6>,
+     TileQ6_K<1, 7>, TileQ6_K<1, 8>},
+    {TileQ6_K<2, 1>, TileQ6_K<2, 2>, TileQ6_K<2, 3>, TileQ6_K<2, 4>},
+    {TileQ6_K<3, 1>, TileQ6_K<3, 2>},
+    {TileQ6_K<4, 1>, TileQ6_K<4, 2>}};
+
+// The tiling of rows x tokens: tiles of 1 row x 8 tokens (the fastest shape measured: each
+// weight block is unpacked once for 8 tokens, and the 8 accumulators, the quants, the scale and
+// the constants fit the 16 registers); the last tokens (rt < 8) in tiles of as many rows as
+// fit 8 outputs, at most 4; a single token (matrix-vector) in tiles of 4 rows.
+STARLING_AVX2 void DotsKQuant(const KQuantTile (&tiles)[kMaxTileRows][kMaxTileOutputs],
+                              QuantType type, const void* w, size_t w_stride, int64_t rows,
+                              const void* a, size_t a_stride, int64_t tokens, int64_t n, float* out,
+                              int64_t out_stride) {
+  constexpr int64_t kTileTokens = 8;
+  const int64_t blocks = QuantBlockCount(type, n);
+  if (rows <= 0 || tokens <= 0) return;
+  const auto* wb = static_cast<const char*>(w);
+  const auto* ab = static_cast<const char*>(a);
+  if (tokens == 1) {  // tiles of one token read d from the blocks themselves (da[b * 73])
+    static_assert(sizeof(BlockQ8_K) % sizeof(float) == 0);
+    const auto* y = static_cast<const BlockQ8_K*>(a);
+    for (int64_t r = 0; r < rows; r += kMaxTileRows) {
+      const int64_t rm = std::min<int64_t>(kMaxTileRows, rows - r);
+      tiles[rm - 1][0](wb + r * w_stride, w_stride, ab, a_stride, blocks, &y->d,
+                       sizeof(BlockQ8_K) / sizeof(float), out + r, out_stride);
+    }
+    return;
+  }
+  // The activations' scales, da[b * da_stride + t]; zeros after the last token, so that a
+  // tile's 8-lane load from any of its tokens stays inside.
+  const auto da_stride = static_cast<size_t>(tokens + 7);
+  thread_local std::vector<float> scratch;
+  const size_t need = std::max<size_t>(1, static_cast<size_t>(blocks) * da_stride);
+  if (scratch.size() < need) scratch.resize(need);
+  float* da = scratch.data();
+  for (int64_t b = 0; b < blocks; ++b) {
+    for (int64_t t = 0; t < tokens; ++t) {
+      da[b * da_stride + t] = reinterpret_cast<const BlockQ8_K*>(ab + t * a_stride)[b].d;
+    }
+    std::fill(da + b * da_stride + tokens, da + (b + 1) * da_stride, 0.0f);
+  }
+  for (int64_t t = 0; t < tokens;) {
+    const int64_t rn = std::min(kTileTokens, tokens - t);
+    const int64_t rm_max = std::min<int64_t>(kMaxTileRows, kMaxTileOutputs / rn);
+    for (int64_t r = 0; r < rows;) {
+      const int64_t rm = std::min(rm_max, rows - r);
+      tiles[rm - 1][rn - 1](wb + r * w_stride, w_stride, ab + t * a_stride, a_stride, blocks,
+                            da + t, da_stride, out + t * out_stride + r, out_stride);
+      r += rm;
+    }
+    t += rn;
+  }
+}
+
+}  // namespace
+
+STARLING_AVX2 void DotsQ4_KQ8_K_Avx2(const void* w, size_t w_stride, int64_t rows, const void* a,
+                                     size_t a_stride, int64_t tokens, int64_t n, float* out,
+                                     int64_t out_stride) {
+  DotsKQuant(kQ4_KTiles, QuantType::kQ4_K, w, w_stride, rows, a, a_stride, tokens, n, out,
+             out_stride);
+}
+
+STARLING_AVX2 void DotsQ6_KQ8_K_Avx2(const void* w, size_t w_stride, int64_t rows, const void* a,
+                                     size_t a_stride, int64_t tokens, int64_t n, float* out,
+                                     int64_t out_stride) {
+  DotsKQuant(kQ6_KTiles, QuantType::kQ6_K, w, w_stride, rows, a, a_stride, tokens, n, out,
+             out_stride);
+}
+
+float DotQ4_KQ8_K_Avx2(const void* w, const void* a, int64_t n) {
+  float out = 0.0f;
+  DotsQ4_KQ8_K_Avx2(w, 0, 1, a, 0, 1, n, &out, 1);
+  return out;
+}
+
+float DotQ6_KQ8_K_Avx2(const void* w, const void* a, int64_t n) {
+  float out = 0.0f;
+  DotsQ6_KQ8_K_Avx2(w, 0, 1, a, 0, 1, n, &out, 1);
+  return out;
 }
 
 }  // namespace starling

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -66,6 +67,8 @@ QuantDots TiledDotsFor(WeightFormat f) {
   switch (f) {
     case WeightFormat::kQ8_0: return UseAvx512() ? DotsQ8_0Q8_0_Avx512 : DotsQ8_0Q8_0_Avx2;
     case WeightFormat::kQ4_0: return UseAvx512() ? DotsQ4_0Q8_0_Avx512 : DotsQ4_0Q8_0_Avx2;
+    case WeightFormat::kQ4_K: return DotsQ4_KQ8_K_Avx2;
+    case WeightFormat::kQ6_K: return DotsQ6_KQ8_K_Avx2;
     default: return nullptr;
   }
 }
@@ -133,29 +136,42 @@ size_t WeightRowBytes(WeightFormat format, int64_t cols) {
   return static_cast<size_t>(cols) * DTypeSize(DenseType(format));
 }
 
-bool HasFasterLayout(const WeightMatrix& w) {
-  return w.format == WeightFormat::kQ4_0 && w.layout == WeightLayout::kRows;
+bool LoadsForMatMul(const WeightMatrix& w) {
+  return IsQuantized(w.format) && w.layout == WeightLayout::kRows;
 }
 
-WeightMatrix ToFasterLayout(const WeightMatrix& w, std::vector<uint8_t>& buffer) {
-  if (!HasFasterLayout(w)) Fail("ToFasterLayout: ", WeightFormatName(w.format), " has none");
-  buffer.resize(static_cast<size_t>(Q4_0x8BlockCount(w.rows, w.cols)) * sizeof(BlockQ4_0x8));
-  const int64_t group_bytes =
-      static_cast<int64_t>(Q4_0x8BlockCount(8, w.cols) * static_cast<int64_t>(sizeof(BlockQ4_0x8)));
-  // Groups of 8 rows over the threads.
-  ThreadPool::Global().ParallelFor((w.rows + 7) / 8, 16, [&](int64_t begin, int64_t end, int) {
-    const int64_t rows = std::min(w.rows, 8 * end) - 8 * begin;
-    RepackQ4_0x8(w.row(8 * begin), rows, w.cols, buffer.data() + begin * group_bytes);
-  });
+WeightMatrix LoadForMatMul(const WeightMatrix& w, HugePageBuffer& buffer) {
+  if (!LoadsForMatMul(w)) Fail("LoadForMatMul: ", WeightFormatName(w.format), " stays mapped");
+  const size_t row_bytes = w.row_bytes();
+  const auto* in = static_cast<const uint8_t*>(w.data);
   WeightMatrix out = w;
+  if (w.format == WeightFormat::kQ4_0 || w.format == WeightFormat::kQ8_0) {
+    const auto repack = w.format == WeightFormat::kQ4_0 ? RepackQ4_0x8 : RepackQ8_0x8;
+    // An interleaved block holds 8 row blocks: a group of 8 rows takes 8 rows' bytes.
+    buffer = HugePageBuffer(static_cast<size_t>(InterleavedBlockCount(w.rows, w.cols)) * 8 *
+                            QuantBlockBytes(BlockType(w.format)));
+    // Groups of 8 rows over the threads.
+    ThreadPool::Global().ParallelFor((w.rows + 7) / 8, 16, [&](int64_t begin, int64_t end, int) {
+      const int64_t rows = std::min(w.rows, 8 * end) - 8 * begin;
+      repack(in + 8 * begin * row_bytes, rows, w.cols,
+             buffer.data() + 8 * begin * static_cast<int64_t>(row_bytes));
+    });
+    out.layout = WeightLayout::kInterleaved8;
+  } else {
+    buffer = HugePageBuffer(static_cast<size_t>(w.rows) * row_bytes);
+    ThreadPool::Global().ParallelFor(w.rows, 256, [&](int64_t begin, int64_t end, int) {
+      std::memcpy(buffer.data() + begin * row_bytes, in + begin * row_bytes,
+                  static_cast<size_t>(end - begin) * row_bytes);
+    });
+  }
   out.data = buffer.data();
-  out.layout = WeightLayout::kInterleaved8;
   return out;
 }
 
 void ReadRow(const WeightMatrix& w, int64_t r, float* out) {
   if (w.layout == WeightLayout::kInterleaved8) {
-    DequantizeRowQ4_0x8(w.data, r, w.cols, out);
+    (w.format == WeightFormat::kQ4_0 ? DequantizeRowQ4_0x8 : DequantizeRowQ8_0x8)(w.data, r, w.cols,
+                                                                                  out);
   } else if (IsQuantized(w.format)) {
     DequantizeRow(BlockType(w.format), w.row(r), w.cols, out);
   } else {
@@ -196,8 +212,10 @@ void MatMul(const WeightMatrix& w, const float* x, int64_t tokens, float* out) {
     for (int64_t t = 0; t < tokens; ++t) {
       ComputeQ8_0BlockTerms(quantized + t * a_bytes, w.cols, block_terms + t * blocks);
     }
-    const auto dots = UseAvx2() ? DotsQ4_0x8Q8_0_Avx2 : DotsQ4_0x8Q8_0;
-    const size_t group_bytes = static_cast<size_t>(blocks) * sizeof(BlockQ4_0x8);
+    const bool q4 = w.format == WeightFormat::kQ4_0;
+    const auto dots = UseAvx2() ? (q4 ? DotsQ4_0x8Q8_0_Avx2 : DotsQ8_0x8Q8_0_Avx2)
+                                : (q4 ? DotsQ4_0x8Q8_0 : DotsQ8_0x8Q8_0);
+    const size_t group_bytes = 8 * row_bytes;
     ForEachBlock(w.rows, tokens, [&](int64_t r0, int64_t r1, int64_t t0, int64_t t1) {
       // Row chunks start at multiples of kRowChunk, so at a group boundary.
       dots(static_cast<const char*>(w.data) + r0 / 8 * group_bytes, r1 - r0,

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "core/dtype.h"
+#include "core/memory.h"
 #include "quant/quant.h"
 
 namespace starling {
@@ -26,9 +27,9 @@ size_t WeightRowBytes(WeightFormat format, int64_t cols);
 
 // How a matrix's rows are arranged in memory.
 enum class WeightLayout : uint8_t {
-  kRows,         // row after row, as files store them (read in place, memory-mapped)
-  kInterleaved8  // Q4_0 only: groups of eight rows interleaved block by block (BlockQ4_0x8),
-                 // the last group padded to eight rows; made by ToFasterLayout() at load
+  kRows,         // row after row, as files store them
+  kInterleaved8  // Q4_0, Q8_0: groups of eight rows interleaved block by block (BlockQ4_0x8,
+                 // BlockQ8_0x8; the last group padded to eight rows), made by LoadForMatMul()
 };
 
 // A [rows, cols] matrix.
@@ -45,12 +46,15 @@ struct WeightMatrix {
   }
 };
 
-// Whether MatMul multiplies w faster in another layout (Q4_0 row-major: kInterleaved8).
-bool HasFasterLayout(const WeightMatrix& w);
-// w rearranged into that layout, stored in `buffer` (which the result points into). One pass
-// over the matrix; the results of MatMul stay within rounding of the row-major ones (see
-// DotsQ4_0x8Q8_0).
-WeightMatrix ToFasterLayout(const WeightMatrix& w, std::vector<uint8_t>& buffer);
+// Quantized matrices are copied out of their files at load (LoadForMatMul): onto huge pages
+// (streaming gigabytes through 4 KiB pages costs ~10% of the read bandwidth here), and Q4_0
+// and Q8_0 into the interleaved layout their fastest kernels read. Dense F32/F16/BF16 matrices stay
+// memory-mapped (a float32 reward model may not fit in memory twice).
+bool LoadsForMatMul(const WeightMatrix& w);
+// w (row-major, as stored) copied into `buffer`, which the result points into. One pass over
+// the matrix, over the thread pool. MatMul's results over the copy stay within rounding of
+// those over w (bit-identical except Q4_0 and Q8_0, see DotsQ4_0x8Q8_0).
+WeightMatrix LoadForMatMul(const WeightMatrix& w, HugePageBuffer& buffer);
 
 // out[cols] = row r as float32 (dequantized).
 void ReadRow(const WeightMatrix& w, int64_t r, float* out);

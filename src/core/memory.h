@@ -1,0 +1,32 @@
+// Large read-mostly buffers (weights copied out of their files) on transparent huge pages.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace starling {
+
+// A zero-filled buffer of `size` bytes, 2 MiB aligned, that asks the kernel for transparent
+// huge pages (madvise; where THP is "madvise" or "always"). Streaming gigabytes of weights
+// through 4 KiB pages costs a TLB miss every 4 KiB; on 2 MiB pages, one per 2 MiB. Move-only.
+class HugePageBuffer {
+ public:
+  HugePageBuffer() = default;
+  explicit HugePageBuffer(size_t size);
+  ~HugePageBuffer();
+  HugePageBuffer(HugePageBuffer&& other) noexcept;
+  HugePageBuffer& operator=(HugePageBuffer&& other) noexcept;
+  HugePageBuffer(const HugePageBuffer&) = delete;
+  HugePageBuffer& operator=(const HugePageBuffer&) = delete;
+
+  uint8_t* data() { return data_; }
+  const uint8_t* data() const { return data_; }
+  size_t size() const { return size_; }
+
+ private:
+  uint8_t* data_ = nullptr;
+  size_t size_ = 0;
+  size_t mapped_ = 0;  // bytes mapped (size rounded up to whole huge pages)
+};
+
+}  // namespace starling
