@@ -145,7 +145,10 @@ WeightMatrix LoadForMatMul(const WeightMatrix& w, HugePageBuffer& buffer) {
   const size_t row_bytes = w.row_bytes();
   const auto* in = static_cast<const uint8_t*>(w.data);
   WeightMatrix out = w;
-  if (w.format == WeightFormat::kQ4_0 || w.format == WeightFormat::kQ8_0) {
+  // The AVX-512 VNNI kernels (opt-in) read the row-major layout.
+  const bool interleave =
+      (w.format == WeightFormat::kQ4_0 || w.format == WeightFormat::kQ8_0) && !UseAvx512();
+  if (interleave) {
     const auto repack = w.format == WeightFormat::kQ4_0 ? RepackQ4_0x8 : RepackQ8_0x8;
     // An interleaved block holds 8 row blocks: a group of 8 rows takes 8 rows' bytes.
     buffer = HugePageBuffer(static_cast<size_t>(InterleavedBlockCount(w.rows, w.cols)) * 8 *

@@ -48,7 +48,8 @@ struct WeightMatrix {
 
 // Quantized matrices are copied out of their files at load (LoadForMatMul): onto huge pages
 // (streaming gigabytes through 4 KiB pages costs ~10% of the read bandwidth here), and Q4_0
-// and Q8_0 into the interleaved layout their fastest kernels read. Dense F32/F16/BF16 matrices stay
+// and Q8_0 into the interleaved layout their AVX2 and scalar kernels read (not at the opt-in
+// AVX-512 level, whose VNNI kernels read rows). Dense F32/F16/BF16 matrices stay
 // memory-mapped (a float32 reward model may not fit in memory twice).
 bool LoadsForMatMul(const WeightMatrix& w);
 // w (row-major, as stored) copied into `buffer`, which the result points into. One pass over
