@@ -201,7 +201,9 @@ TEST(WeightLayout, MatMulOverInterleavedLayoutMatchesRowLayout) {
     EXPECT_EQ(interleaved.layout, ActiveSimdLevel() == SimdLevel::kAvx512
                                       ? WeightLayout::kRows
                                       : WeightLayout::kInterleaved8);
-    EXPECT_FALSE(LoadsForMatMul(interleaved));
+    if (interleaved.layout == WeightLayout::kInterleaved8) {
+      EXPECT_FALSE(LoadsForMatMul(interleaved));
+    }
     for (int64_t tokens : {1, 5, 70}) {
       std::vector<float> x(tokens * n);
       for (float& v : x) v = normal(rng);
