@@ -127,6 +127,22 @@ TEST(Cli, GenerateWithNoModelTellsLlama2cStory) {
   EXPECT_EQ(r.out, std::string(std::istreambuf_iterator<char>(f), {}));
 }
 
+TEST(Cli, KvTypeF16TellsTheSameStoryAndOtherTypesAreRefused) {
+  // An F16 KV cache keeps stories260K's greedy story (inference_test checks the logits).
+  const RunStarlingResult r = RunStarling("generate -p '' -n 200 --temp 0 --kv-type f16");
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  std::ifstream f(std::string(STARLING_TEST_DATA_DIR) + "/expected_greedy_n200.txt");
+  EXPECT_EQ(r.out, std::string(std::istreambuf_iterator<char>(f), {}));
+  const RunStarlingResult bad = RunStarling("generate -p '' -n 2 --kv-type bf16");
+  EXPECT_NE(bad.exit_code, 0);
+  EXPECT_NE(bad.err.find("--kv-type"), std::string::npos) << bad.err;
+  // Half the bytes: 0.625 MiB where float32 takes 1.25 MiB.
+  const RunStarlingResult info = RunStarling("info -c 1024 --kv-type f16");
+  EXPECT_EQ(info.exit_code, 0) << info.err;
+  EXPECT_NE(info.out.find("KV cache 0.62 MiB for 1024 positions (float16)"), std::string::npos)
+      << info.out;
+}
+
 TEST(Cli, ThreadCountDoesNotChangeTheOutput) {
   const std::string args = "generate -p '' -n 200 --temp 0";
   const RunStarlingResult one = RunStarling(args + " -t 1");

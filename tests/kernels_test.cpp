@@ -6,12 +6,15 @@
 #include <cmath>
 #include <cstring>
 #include <random>
+#include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "core/thread_pool.h"
 #include "kernels/dot.h"
 #include "kernels/kernels.h"
+#include "quant/quant.h"
 #include "quant/weight.h"
 
 namespace starling {
@@ -85,10 +88,26 @@ TEST(Kernels, Avx2DotMatchesScalarTwin) {
   }
 }
 
-// Attention of one head against a double-precision reference, scalar twin and AVX2: head
-// dims with 64-wide, 8-wide and scalar parts, windows not starting at 0, keys and values in
-// rows of several heads.
-TEST(Kernels, AttentionHeadMatchesDoubleReference) {
+// A cache as Session stores it: F32 as is, F16 rounded to nearest even (FloatToHalf).
+template <DType kCache>
+std::vector<CacheElement<kCache>> ToCache(const std::vector<float>& x) {
+  std::vector<CacheElement<kCache>> out(x.size());
+  for (size_t i = 0; i < x.size(); ++i) {
+    if constexpr (kCache == DType::kF16) {
+      out[i] = FloatToHalf(x[i]);
+    } else {
+      out[i] = x[i];
+    }
+  }
+  return out;
+}
+
+// Attention of one head against a double-precision reference, scalar twin and AVX2, for a
+// cache of kCache: head dims with 64-wide, 8-wide and scalar parts, windows not starting at
+// 0, keys and values in rows of several heads.
+template <DType kCache>
+void ExpectAttentionHeadsMatchDoubleReference() {
+  SCOPED_TRACE(DTypeName(kCache));
   std::mt19937 rng(12);
   std::normal_distribution<float> normal(0.0f, 1.0f);
   for (int64_t head_dim : {4, 12, 64, 80, 128}) {
@@ -98,40 +117,123 @@ TEST(Kernels, AttentionHeadMatchesDoubleReference) {
       for (float& v : q) v = normal(rng);
       for (float& v : keys) v = normal(rng);
       for (float& v : values) v = normal(rng);
-      // Reference in double.
+      const auto cached_keys = ToCache<kCache>(keys), cached_values = ToCache<kCache>(values);
+      // Reference in double, from the keys and values as the cache holds them (for F16, the
+      // rounded ones): the kernels are held to their float32 arithmetic alone, whatever the
+      // cache type, so the same tight bound serves both.
+      const auto key = [&](int64_t j, int64_t d) {
+        return double{CacheToFloat<kCache>(cached_keys[(first + j) * kv_stride + d])};
+      };
+      const auto value = [&](int64_t j, int64_t d) {
+        return double{CacheToFloat<kCache>(cached_values[(first + j) * kv_stride + d])};
+      };
       std::vector<double> p(count), want(head_dim, 0.0);
       double max = -INFINITY, total = 0;
       for (int64_t j = 0; j < count; ++j) {
         double dot = 0;
-        for (int64_t d = 0; d < head_dim; ++d)
-          dot += double{q[d]} * keys[(first + j) * kv_stride + d];
+        for (int64_t d = 0; d < head_dim; ++d) dot += double{q[d]} * key(j, d);
         p[j] = dot / std::sqrt(static_cast<double>(head_dim));
         max = std::max(max, p[j]);
       }
       for (double& v : p) total += v = std::exp(v - max);
       for (int64_t j = 0; j < count; ++j) {
-        for (int64_t d = 0; d < head_dim; ++d)
-          want[d] += p[j] / total * values[(first + j) * kv_stride + d];
+        for (int64_t d = 0; d < head_dim; ++d) want[d] += p[j] / total * value(j, d);
       }
-      using Head = void (*)(const float*, const float*, const float*, int64_t, int64_t, int64_t,
-                            int64_t, float*, float*);
-      std::vector<Head> heads = {AttentionHead};
-      if (CpuHasAvx2()) heads.push_back(AttentionHeadAvx2);
-      for (const Head head : heads) {
+      using Head = void (*)(const float*, const CacheElement<kCache>*, const CacheElement<kCache>*,
+                            int64_t, int64_t, int64_t, int64_t, float*, float*);
+      std::vector<std::pair<Head, const char*>> heads = {{AttentionHead<kCache>, "scalar"}};
+      if (CpuHasAvx2()) heads.emplace_back(AttentionHeadAvx2<kCache>, "avx2");
+      for (const auto& [head, name] : heads) {
         std::vector<float> scores(count), out(head_dim + 1, 7.0f);
-        head(q.data(), keys.data(), values.data(), kv_stride, head_dim, first, last, scores.data(),
-             out.data());
+        head(q.data(), cached_keys.data(), cached_values.data(), kv_stride, head_dim, first, last,
+             scores.data(), out.data());
         for (int64_t d = 0; d < head_dim; ++d) {
           // Outputs are convex combinations of N(0, 1) values; the scores' float errors
           // (~ head_dim * 2^-24 * |q||k|, scores of size ~ 1) move the weights by ~1e-6
           // relative: 2e-5 leaves room.
           ASSERT_NEAR(out[d], want[d], 2e-5)
-              << "head_dim=" << head_dim << " count=" << count << " d=" << d
-              << (head == AttentionHead ? " scalar" : " avx2");
+              << "head_dim=" << head_dim << " count=" << count << " d=" << d << " " << name;
         }
         EXPECT_EQ(out[head_dim], 7.0f) << "wrote past the head";
+        if constexpr (kCache == DType::kF16) {
+          // One piece of code for both cache types: the F16 kernels on half bits compute
+          // exactly what the F32 ones compute on the same values widened. (Not the AVX2 dots'
+          // scalar tail, head_dim % 8 != 0: the compiler may fuse its multiply-adds for one
+          // element type and not the other, both within the bound above.)
+          if (std::string(name) == "avx2" && head_dim % 8 != 0) continue;
+          std::vector<float> wide_keys(keys.size()), wide_values(values.size());
+          for (size_t i = 0; i < keys.size(); ++i) {
+            wide_keys[i] = HalfToFloat(cached_keys[i]);
+            wide_values[i] = HalfToFloat(cached_values[i]);
+          }
+          const auto f32 = std::string(name) == "avx2" ? AttentionHeadAvx2<DType::kF32>
+                                                       : AttentionHead<DType::kF32>;
+          std::vector<float> f32_out(head_dim);
+          f32(q.data(), wide_keys.data(), wide_values.data(), kv_stride, head_dim, first, last,
+              scores.data(), f32_out.data());
+          for (int64_t d = 0; d < head_dim; ++d) {
+            ASSERT_EQ(out[d], f32_out[d])
+                << "head_dim=" << head_dim << " count=" << count << " d=" << d << " " << name;
+          }
+        }
       }
     }
+  }
+}
+
+TEST(Kernels, AttentionHeadMatchesDoubleReference) {
+  ExpectAttentionHeadsMatchDoubleReference<DType::kF32>();
+  ExpectAttentionHeadsMatchDoubleReference<DType::kF16>();
+}
+
+// The F16C row conversion the F16 KV cache stores with gives FloatToHalf's bits: ties,
+// subnormals, overflow, infinities, zeros, the default NaN, and every tail length.
+TEST(Kernels, FloatToHalfRowAvx2MatchesFloatToHalf) {
+  if (!CpuHasAvx2()) GTEST_SKIP() << "no AVX2/F16C";
+  // Zeros, ties to even (down, up), the largest half, overflow to inf, infinities, the default
+  // NaN, subnormal halves and their ties, the largest subnormal, underflow to zero.
+  std::vector<float> x = {0.0f,
+                          -0.0f,
+                          1.0f,
+                          1.0f + 0x1p-11f,
+                          1.0f + 3 * 0x1p-11f,
+                          65504.0f,
+                          65519.99f,
+                          65520.0f,
+                          -1e10f,
+                          INFINITY,
+                          -INFINITY,
+                          NAN,
+                          0x1p-24f,
+                          0x1p-25f,
+                          1.5f * 0x1p-24f,
+                          0x1p-14f - 0x1p-25f,
+                          0x1p-14f - 0x1p-24f,
+                          1e-10f,
+                          -1e-30f,
+                          0x1p-149f};
+  std::mt19937 rng(5);
+  std::uniform_int_distribution<uint32_t> bits;
+  for (int i = 0; i < 100000; ++i) {
+    // Random bit patterns across every exponent (NaNs with payloads excluded: F16C keeps
+    // part of the payload, FloatToHalf gives the default NaN), and values of attention's size.
+    uint32_t b = bits(rng);
+    if ((b & 0x7F800000u) == 0x7F800000u) b &= 0xFF800000u;
+    float f;
+    std::memcpy(&f, &b, 4);
+    x.push_back(f);
+    x.push_back(std::ldexp(static_cast<float>(bits(rng)) / 4294967296.0f - 0.5f, i % 40 - 20));
+  }
+  for (size_t n = 0; n <= 17; ++n) {  // tails
+    std::vector<uint16_t> out(n + 1, 0xABCD);
+    FloatToHalfRowAvx2(x.data(), static_cast<int64_t>(n), out.data());
+    for (size_t i = 0; i < n; ++i) ASSERT_EQ(out[i], FloatToHalf(x[i])) << "n=" << n << " i=" << i;
+    EXPECT_EQ(out[n], 0xABCD) << "wrote past the row";
+  }
+  std::vector<uint16_t> out(x.size());
+  FloatToHalfRowAvx2(x.data(), static_cast<int64_t>(x.size()), out.data());
+  for (size_t i = 0; i < x.size(); ++i) {
+    ASSERT_EQ(out[i], FloatToHalf(x[i])) << std::hexfloat << x[i] << " at " << i;
   }
 }
 

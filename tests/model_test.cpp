@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "error_message.h"
 #include "model/model.h"
 
 namespace starling {
@@ -245,6 +246,38 @@ TEST_P(ForwardTest, DecodingWithTheCacheMatchesRecomputing) {
   EXPECT_LT(RelativeL2(logits.data(), expected[10]), kTolerance);
 }
 
+// An F16 cache: close to the reference, and the same bits whether a prompt runs as one batch or
+// token by token (each position stores, then reads, the same rounded keys either way), which
+// the server's prefix reuse relies on. Keys and values carry binary16's rounding (2^-12
+// relative at most); the random weights' large attention scores and two layers amplify that to
+// at most 2.4e-3 relative L2 here (measured, every window and layout, AVX2 and scalar): 1e-2
+// leaves 4x room, while a cache read at the wrong place or in the wrong type gives O(1).
+TEST_P(ForwardTest, F16CacheIsCloseAndBatchingInvariant) {
+  const auto [window, layout] = GetParam();
+  const auto m = MakeRandomModel(window, layout);
+  const Model model(m->config, m->tensors, "random", nullptr);
+  const std::vector<int32_t> tokens = Tokens(20);
+  const std::vector<Vec> expected = ReferenceForward(*m, tokens);
+  Session batched(model, 32, DType::kF16), stepped(model, 32, DType::kF16);
+  EXPECT_EQ(batched.kv_type(), DType::kF16);
+  std::vector<float> all(tokens.size() * 61), logits(61);
+  batched.Forward(tokens, all, /*all_logits=*/true);
+  stepped.Forward(std::span(tokens).first(7), logits);
+  for (int v = 0; v < 61; ++v) ASSERT_EQ(logits[v], all[6 * 61 + v]);
+  for (size_t t = 7; t < tokens.size(); ++t) {
+    stepped.Forward(std::span(tokens).subspan(t, 1), logits);
+    for (int v = 0; v < 61; ++v) ASSERT_EQ(logits[v], all[t * 61 + v]) << "position " << t;
+  }
+  double worst = 0;
+  for (size_t t = 0; t < tokens.size(); ++t) {
+    const double error = RelativeL2(&all[t * 61], expected[t]);
+    worst = std::max(worst, error);
+    EXPECT_LT(error, 1e-2) << "position " << t;
+  }
+  // Guards the test: the cache really is F16 (an F32 cache stays within kTolerance).
+  EXPECT_GT(worst, kTolerance);
+}
+
 INSTANTIATE_TEST_SUITE_P(WindowsAndLayouts, ForwardTest,
                          ::testing::Combine(::testing::Values(0, 1, 3, 8, 100),
                                             ::testing::Values(RopeLayout::kHalves,
@@ -287,12 +320,13 @@ TEST_P(ForwardTest, BatchedDecodeOfSeveralSessionsEqualsEachAlone) {
   const auto m = MakeRandomModel(window, layout);
   const Model model(m->config, m->tensors, "random", nullptr);
   const std::vector<int32_t> tokens = Tokens(20);
-  // Three sessions at different lengths, decoded together; their twins decoded alone.
+  // Three sessions at different lengths, decoded together; their twins decoded alone. The
+  // middle one has an F16 cache: a batch may mix cache types.
   std::vector<std::unique_ptr<Session>> batched, alone;
   std::vector<float> scratch_logits(61);
   for (int i = 0; i < 3; ++i) {
     for (auto* list : {&batched, &alone}) {
-      list->push_back(std::make_unique<Session>(model, 32));
+      list->push_back(std::make_unique<Session>(model, 32, i == 1 ? DType::kF16 : DType::kF32));
       list->back()->Forward(std::span(tokens).first(3 + 4 * i), scratch_logits);
     }
   }
@@ -332,6 +366,22 @@ TEST(Forward, ErrorsAreClear) {
   EXPECT_THROW(session.Forward(too_many, logits), Error);
   const std::vector<int32_t> bad = {61};
   EXPECT_THROW(session.Forward(bad, logits), Error);
+  // KV cache types other than F32 and F16.
+  for (const DType t : {DType::kBF16, DType::kI8, DType::kF64}) {
+    const std::string error = testing::ErrorMessage([&] { Session(model, 4, t); });
+    EXPECT_NE(error.find(std::string("KV cache type ") + DTypeName(t)), std::string::npos) << error;
+    EXPECT_NE(error.find("F32 or F16"), std::string::npos) << error;
+  }
+}
+
+TEST(Forward, F16CacheHalvesTheCacheBytes) {
+  const auto m = MakeRandomModel(0, RopeLayout::kHalves);
+  const Model model(m->config, m->tensors, "random", nullptr);
+  const Session f32(model, 32), f16(model, 32, DType::kF16);
+  EXPECT_EQ(f32.kv_type(), DType::kF32);
+  // keys and values x 2 layers x 32 positions x 2 kv heads x 8 dims.
+  EXPECT_EQ(f32.kv_cache_bytes(), 2u * 2 * 32 * 2 * 8 * 4);
+  EXPECT_EQ(f16.kv_cache_bytes(), 2u * 2 * 32 * 2 * 8 * 2);
 }
 
 TEST(Forward, MissingOrMisshapedTensorsAreNamed) {

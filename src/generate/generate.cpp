@@ -147,7 +147,7 @@ GenerationResult Generate(Session& session, const Tokenizer& tokenizer,
 }
 
 PerplexityResult ComputePerplexity(const Model& model, const Tokenizer& tokenizer,
-                                   std::string_view text, int32_t context,
+                                   std::string_view text, int32_t context, DType kv_type,
                                    const std::function<void(int32_t, int32_t, double)>& progress) {
   if (context < 4) Fail("perplexity context ", context, " is too small (at least 4)");
   const std::vector<int32_t> tokens =
@@ -157,7 +157,7 @@ PerplexityResult ComputePerplexity(const Model& model, const Tokenizer& tokenize
     Fail("the text has ", tokens.size(), " tokens; perplexity needs at least --ctx ", context);
   }
   const int32_t vocab = model.config().vocab_size;
-  Session session(model, context);
+  Session session(model, context, kv_type);
   std::vector<float> logits(static_cast<size_t>(context) * vocab);
   std::vector<int32_t> window(static_cast<size_t>(context));
   PerplexityResult r;

@@ -95,8 +95,10 @@ struct PerplexityResult {
 // Splits the tokenized text (BOS first) into non-overlapping windows of `context` tokens,
 // makes each window start with BOS, and scores the second half of every window (each token
 // predicted with at least context/2 tokens of history), as llama.cpp's perplexity tool does.
+// `kv_type`: the session's KV cache element type (F32 or F16).
 PerplexityResult ComputePerplexity(
     const Model& model, const Tokenizer& tokenizer, std::string_view text, int32_t context,
+    DType kv_type = DType::kF32,
     const std::function<void(int32_t, int32_t, double)>& progress = {});
 
 }  // namespace starling

@@ -86,16 +86,15 @@ __attribute__((target("avx2,fma,f16c"))) float DotAvx2(const void* row, const fl
   return sum;
 }
 
-}  // namespace
-
-__attribute__((target("avx2,fma,f16c"))) void AttentionHeadAvx2(const float* q, const float* keys,
-                                                                const float* values,
-                                                                int64_t kv_stride, int64_t head_dim,
-                                                                int64_t first, int64_t last,
-                                                                float* scores, float* out) {
+// AttentionHeadAvx2's body: a template in this file, so that it carries the target attribute
+// (GCC drops it from instantiations of a template declared without it in kernels.h).
+template <DType kCache>
+__attribute__((target("avx2,fma,f16c"))) void AttentionHeadAvx2Impl(
+    const float* q, const CacheElement<kCache>* keys, const CacheElement<kCache>* values,
+    int64_t kv_stride, int64_t head_dim, int64_t first, int64_t last, float* scores, float* out) {
   const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
   for (int64_t j = first; j <= last; ++j) {
-    scores[j - first] = DotAvx2<DType::kF32>(keys + j * kv_stride, q, head_dim) * scale;
+    scores[j - first] = DotAvx2<kCache>(keys + j * kv_stride, q, head_dim) * scale;
   }
   Softmax(scores, last - first + 1);
   // out[d] = sum_j p_j v_j[d] in j order (as the scalar twin), 64 dimensions per pass in 8
@@ -106,8 +105,10 @@ __attribute__((target("avx2,fma,f16c"))) void AttentionHeadAvx2(const float* q, 
     for (auto& a : acc) a = _mm256_setzero_ps();
     for (int64_t j = first; j <= last; ++j) {
       const __m256 p = _mm256_broadcast_ss(scores + (j - first));
-      const float* v = values + j * kv_stride + d;
-      for (int i = 0; i < 8; ++i) acc[i] = _mm256_fmadd_ps(p, _mm256_loadu_ps(v + 8 * i), acc[i]);
+      const CacheElement<kCache>* v = values + j * kv_stride;
+      for (int i = 0; i < 8; ++i) {
+        acc[i] = _mm256_fmadd_ps(p, Load8<kCache>(v, d + 8 * i), acc[i]);
+      }
     }
     for (int i = 0; i < 8; ++i) _mm256_storeu_ps(out + d + 8 * i, acc[i]);
   }
@@ -115,16 +116,50 @@ __attribute__((target("avx2,fma,f16c"))) void AttentionHeadAvx2(const float* q, 
     __m256 acc = _mm256_setzero_ps();
     for (int64_t j = first; j <= last; ++j) {
       acc = _mm256_fmadd_ps(_mm256_broadcast_ss(scores + (j - first)),
-                            _mm256_loadu_ps(values + j * kv_stride + d), acc);
+                            Load8<kCache>(values + j * kv_stride, d), acc);
     }
     _mm256_storeu_ps(out + d, acc);
   }
   for (; d < head_dim; ++d) {
     float acc = 0.0f;
     for (int64_t j = first; j <= last; ++j) {
-      acc = std::fma(scores[j - first], values[j * kv_stride + d], acc);
+      acc = std::fma(scores[j - first], CacheToFloat<kCache>(values[j * kv_stride + d]), acc);
     }
     out[d] = acc;
+  }
+}
+
+}  // namespace
+
+template <DType kCache>
+void AttentionHeadAvx2(const float* q, const CacheElement<kCache>* keys,
+                       const CacheElement<kCache>* values, int64_t kv_stride, int64_t head_dim,
+                       int64_t first, int64_t last, float* scores, float* out) {
+  AttentionHeadAvx2Impl<kCache>(q, keys, values, kv_stride, head_dim, first, last, scores, out);
+}
+
+template void AttentionHeadAvx2<DType::kF32>(const float*, const float*, const float*, int64_t,
+                                             int64_t, int64_t, int64_t, float*, float*);
+template void AttentionHeadAvx2<DType::kF16>(const float*, const uint16_t*, const uint16_t*,
+                                             int64_t, int64_t, int64_t, int64_t, float*, float*);
+
+__attribute__((target("avx2,fma,f16c"))) void FloatToHalfRowAvx2(const float* x, int64_t n,
+                                                                 uint16_t* out) {
+  // Rounding given in the instruction (nearest even), not taken from MXCSR.
+  constexpr int kRound = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i),
+                     _mm256_cvtps_ph(_mm256_loadu_ps(x + i), kRound));
+  }
+  if (i < n) {  // the tail (n not a multiple of 8) through a zero-padded block of 8
+    float tail[8] = {};
+    uint16_t halves[8];
+    const auto rest = static_cast<size_t>(n - i);
+    std::memcpy(tail, x + i, rest * sizeof(float));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(halves),
+                     _mm256_cvtps_ph(_mm256_loadu_ps(tail), kRound));
+    std::memcpy(out + i, halves, rest * sizeof(uint16_t));
   }
 }
 

@@ -12,6 +12,11 @@ namespace starling {
 float DotRowScalar(DType dtype, const void* row, const float* x, int64_t n);
 float DotRowAvx2(DType dtype, const void* row, const float* x, int64_t n);  // needs AVX2+FMA+F16C
 
+// out[n] = x[n] as IEEE binary16 bits, rounded to nearest even (F16C; needs AVX2+FMA+F16C):
+// the bits of quant/quant.h's scalar FloatToHalf for every input except NaNs with a payload
+// (F16C keeps the payload's top bits, FloatToHalf gives the default quiet NaN; both are NaN).
+void FloatToHalfRowAvx2(const float* x, int64_t n, uint16_t* out);
+
 bool CpuHasAvx2();        // AVX2, FMA and F16C
 bool CpuHasAvx512Vnni();  // AVX-512 F, BW, VL and VNNI (with AVX2, FMA and F16C)
 

@@ -106,22 +106,29 @@ void Rope(float* vec, int64_t heads, int64_t head_dim, int64_t rope_dim, int64_t
   }
 }
 
-void AttentionHead(const float* q, const float* keys, const float* values, int64_t kv_stride,
-                   int64_t head_dim, int64_t first, int64_t last, float* scores, float* out) {
+template <DType kCache>
+void AttentionHead(const float* q, const CacheElement<kCache>* keys,
+                   const CacheElement<kCache>* values, int64_t kv_stride, int64_t head_dim,
+                   int64_t first, int64_t last, float* scores, float* out) {
   const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
   for (int64_t j = first; j <= last; ++j) {
-    const float* k = keys + j * kv_stride;
+    const CacheElement<kCache>* k = keys + j * kv_stride;
     float dot = 0.0f;
-    for (int64_t d = 0; d < head_dim; ++d) dot += q[d] * k[d];
+    for (int64_t d = 0; d < head_dim; ++d) dot += q[d] * CacheToFloat<kCache>(k[d]);
     scores[j - first] = dot * scale;
   }
   Softmax(scores, last - first + 1);
   for (int64_t d = 0; d < head_dim; ++d) out[d] = 0.0f;
   for (int64_t j = first; j <= last; ++j) {
     const float p = scores[j - first];
-    const float* v = values + j * kv_stride;
-    for (int64_t d = 0; d < head_dim; ++d) out[d] += p * v[d];
+    const CacheElement<kCache>* v = values + j * kv_stride;
+    for (int64_t d = 0; d < head_dim; ++d) out[d] += p * CacheToFloat<kCache>(v[d]);
   }
 }
+
+template void AttentionHead<DType::kF32>(const float*, const float*, const float*, int64_t, int64_t,
+                                         int64_t, int64_t, float*, float*);
+template void AttentionHead<DType::kF16>(const float*, const uint16_t*, const uint16_t*, int64_t,
+                                         int64_t, int64_t, int64_t, float*, float*);
 
 }  // namespace starling

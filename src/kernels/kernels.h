@@ -6,6 +6,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <span>
+#include <type_traits>
 
 #include "core/dtype.h"
 
@@ -43,15 +44,36 @@ void SiluMul(float* gate, const float* up, int64_t n);
 void Rope(float* vec, int64_t heads, int64_t head_dim, int64_t rope_dim, int64_t position,
           std::span<const float> inv_freq, bool interleaved);
 
+// The C++ type of one KV cache element: float for F32, uint16_t holding IEEE binary16 bits
+// for F16 (the only cache types).
+template <DType kCache>
+using CacheElement = std::conditional_t<kCache == DType::kF32, float, uint16_t>;
+
+// A cache element as float32: F16 widens exactly; F32 is itself.
+template <DType kCache>
+inline float CacheToFloat(CacheElement<kCache> x) {
+  if constexpr (kCache == DType::kF16) {
+    return HalfToFloat(x);
+  } else {
+    return x;
+  }
+}
+
 // One query head of causal attention over the cached positions [first, last] (inclusive):
 //   out[Dh] = sum_j softmax_j(q . k_j / sqrt(Dh)) v_j
 // q[Dh]; key j at keys + j * kv_stride, value j at values + j * kv_stride (the caller points
-// keys and values at its key/value head: query head h reads head h / (H / KVH));
-// scores: scratch [last - first + 1]. The AVX2 twin (kernels/dot.cpp: its dots keep 8 lanes,
-// its sum over positions runs per dimension in the scalar order) agrees to rounding.
-void AttentionHead(const float* q, const float* keys, const float* values, int64_t kv_stride,
-                   int64_t head_dim, int64_t first, int64_t last, float* scores, float* out);
-void AttentionHeadAvx2(const float* q, const float* keys, const float* values, int64_t kv_stride,
-                       int64_t head_dim, int64_t first, int64_t last, float* scores, float* out);
+// keys and values at its key/value head: query head h reads head h / (H / KVH)), stored as
+// kCache (F32 or F16; F16 elements are widened to float32 as they are read, so the arithmetic
+// is the same float32 for both); scores: scratch [last - first + 1]. The AVX2 twin
+// (kernels/dot.cpp: its dots keep 8 lanes, its sum over positions runs per dimension in the
+// scalar order) agrees to rounding. Instantiated for kF32 and kF16.
+template <DType kCache>
+void AttentionHead(const float* q, const CacheElement<kCache>* keys,
+                   const CacheElement<kCache>* values, int64_t kv_stride, int64_t head_dim,
+                   int64_t first, int64_t last, float* scores, float* out);
+template <DType kCache>
+void AttentionHeadAvx2(const float* q, const CacheElement<kCache>* keys,
+                       const CacheElement<kCache>* values, int64_t kv_stride, int64_t head_dim,
+                       int64_t first, int64_t last, float* scores, float* out);
 
 }  // namespace starling

@@ -7,6 +7,7 @@
 #include "core/error.h"
 #include "core/thread_pool.h"
 #include "kernels/dot.h"
+#include "quant/quant.h"
 
 namespace starling {
 namespace {
@@ -121,14 +122,70 @@ Model::Model(ModelConfig config, const std::vector<TensorRef>& tensors, std::str
   }
 }
 
-Session::Session(const Model& model, int32_t context_length)
-    : model_(&model), context_length_(context_length) {
+Session::Session(const Model& model, int32_t context_length, DType kv_type)
+    : model_(&model), context_length_(context_length), kv_type_(kv_type) {
   const ModelConfig& c = model.config();
   if (context_length <= 0) Fail("context length ", context_length, " must be positive");
   const size_t kv =
       static_cast<size_t>(c.num_layers) * context_length * c.num_kv_heads * c.head_dim;
-  keys_.assign(kv, 0.0f);
-  values_.assign(kv, 0.0f);
+  switch (kv_type) {
+    case DType::kF32:
+      keys_.assign(kv, 0.0f);
+      values_.assign(kv, 0.0f);
+      break;
+    case DType::kF16:
+      half_keys_.assign(kv, 0);
+      half_values_.assign(kv, 0);
+      break;
+    default: Fail("KV cache type ", DTypeName(kv_type), " is not supported (F32 or F16)");
+  }
+}
+
+namespace {
+
+// out[n] = x[n] as binary16 bits, rounded to nearest even: F16C where the kernels use AVX2,
+// else the scalar FloatToHalf; the same bits either way.
+void StoreHalves(const float* x, int64_t n, uint16_t* out) {
+  if (ActiveSimdLevel() != SimdLevel::kScalar) return FloatToHalfRowAvx2(x, n, out);
+  for (int64_t i = 0; i < n; ++i) out[i] = FloatToHalf(x[i]);
+}
+
+template <DType kCache>
+void AttendCache(const std::vector<CacheElement<kCache>>& keys,
+                 const std::vector<CacheElement<kCache>>& values, int64_t offset, const float* q,
+                 int64_t kv_stride, int64_t head_dim, int64_t first, int64_t last, float* scores,
+                 float* out) {
+  const auto attend =
+      ActiveSimdLevel() != SimdLevel::kScalar ? AttentionHeadAvx2<kCache> : AttentionHead<kCache>;
+  attend(q, &keys[offset], &values[offset], kv_stride, head_dim, first, last, scores, out);
+}
+
+}  // namespace
+
+void Session::StoreKeyValue(int32_t layer, int64_t position, const float* key, const float* value) {
+  const ModelConfig& c = model_->config();
+  const int64_t kv_dim = int64_t{c.num_kv_heads} * c.head_dim;
+  const int64_t offset = (int64_t{layer} * context_length_ + position) * kv_dim;
+  if (kv_type_ == DType::kF32) {
+    std::copy_n(key, kv_dim, &keys_[offset]);
+    std::copy_n(value, kv_dim, &values_[offset]);
+  } else {
+    StoreHalves(key, kv_dim, &half_keys_[offset]);
+    StoreHalves(value, kv_dim, &half_values_[offset]);
+  }
+}
+
+void Session::Attend(int32_t layer, int64_t kv_head, const float* q, int64_t first, int64_t last,
+                     float* scores, float* out) const {
+  const ModelConfig& c = model_->config();
+  const int64_t hd = c.head_dim, kv_dim = int64_t{c.num_kv_heads} * hd;
+  const int64_t offset = int64_t{layer} * context_length_ * kv_dim + kv_head * hd;
+  if (kv_type_ == DType::kF32) {
+    AttendCache<DType::kF32>(keys_, values_, offset, q, kv_dim, hd, first, last, scores, out);
+  } else {
+    AttendCache<DType::kF16>(half_keys_, half_values_, offset, q, kv_dim, hd, first, last, scores,
+                             out);
+  }
 }
 
 void ForwardScratch::Ensure(const ModelConfig& c, int64_t tokens, int64_t context_length) {
@@ -234,7 +291,6 @@ void Session::RunRows(const Model& m, std::span<const Row> rows, ForwardScratch*
   const int64_t d = c.hidden_size, hd = c.head_dim, f = c.intermediate_size;
   const int64_t q_dim = int64_t{c.num_heads} * hd, kv_dim = int64_t{c.num_kv_heads} * hd;
   const bool interleaved = c.rope_layout == RopeLayout::kInterleaved;
-  const auto attend = ActiveSimdLevel() != SimdLevel::kScalar ? AttentionHeadAvx2 : AttentionHead;
   float* x = s->x.data();
   float* xn = s->xn.data();
 
@@ -255,10 +311,7 @@ void Session::RunRows(const Model& m, std::span<const Row> rows, ForwardScratch*
       if (r.probe) continue;  // a probe's key and value are never attended to
       Rope(&s->k[t * kv_dim], c.num_kv_heads, hd, c.rope_dim, r.position, m.inv_freq(),
            interleaved);
-      const int64_t layer_offset = int64_t{l} * r.session->context_length_ * kv_dim;
-      std::copy_n(&s->k[t * kv_dim], kv_dim, &r.session->keys_[layer_offset + r.position * kv_dim]);
-      std::copy_n(&s->v[t * kv_dim], kv_dim,
-                  &r.session->values_[layer_offset + r.position * kv_dim]);
+      r.session->StoreKeyValue(l, r.position, &s->k[t * kv_dim], &s->v[t * kv_dim]);
     }
     // Every (head, row) pair on its own, over the threads; head-major, so that each thread
     // gets whole heads (rows late in a prompt cost more than early ones).
@@ -268,15 +321,13 @@ void Session::RunRows(const Model& m, std::span<const Row> rows, ForwardScratch*
       for (int64_t i = begin; i < end; ++i) {
         const int64_t h = i / n, t = i % n;
         const Row& r = rows[t];
-        const int64_t kv_offset = int64_t{l} * r.session->context_length_ * kv_dim + h / group * hd;
         // Mistral's sliding window: position i sees exactly positions (i - window, i]. A probe
         // sees the cached positions only.
         const int64_t last = r.probe ? r.session->length_ - 1 : r.position;
         const int64_t first =
             c.sliding_window > 0 ? std::max<int64_t>(0, r.position - c.sliding_window + 1) : 0;
-        attend(&s->q[t * q_dim + h * hd], &r.session->keys_[kv_offset],
-               &r.session->values_[kv_offset], kv_dim, hd, first, last, scores,
-               &s->attn[t * q_dim + h * hd]);
+        r.session->Attend(l, h / group, &s->q[t * q_dim + h * hd], first, last, scores,
+                          &s->attn[t * q_dim + h * hd]);
       }
     });
     MatMul(w.wo, s->attn.data(), n, xn);  // [T, D]

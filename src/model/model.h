@@ -92,7 +92,11 @@ struct ForwardScratch {
 // positions, so that decoding allocates nothing.
 class Session {
  public:
-  Session(const Model& model, int32_t context_length);
+  // `kv_type`: the KV cache's element type. kF32 (the default) keeps keys and values exactly;
+  // kF16 (llama.cpp's default cache type) rounds them to nearest-even binary16 as they are
+  // stored, which halves the cache and the bytes attention reads (the arithmetic stays
+  // float32). Throws starling::Error for any other type or a context length < 1.
+  Session(const Model& model, int32_t context_length, DType kv_type = DType::kF32);
 
   // Runs `tokens` at positions [length(), length() + T) and appends their keys and values to
   // the cache. Writes the head's outputs (O = config().output_size(): logits, or the reward)
@@ -112,13 +116,18 @@ class Session {
   int32_t context_length() const { return context_length_; }
   // Forgets positions >= n (n <= length()), e.g. to start a new conversation.
   void Truncate(int32_t n);
-  uint64_t kv_cache_bytes() const { return (keys_.size() + values_.size()) * sizeof(float); }
+  DType kv_type() const { return kv_type_; }
+  uint64_t kv_cache_bytes() const {
+    return (keys_.size() + values_.size()) * sizeof(float) +
+           (half_keys_.size() + half_values_.size()) * sizeof(uint16_t);
+  }
 
   // One decode step for several sessions of the same model (continuous batching): token i
   // runs in sessions[i] at its next position, with every matmul batched over the sessions
   // (the weights are read once per step, not once per session). outputs: [B, O]. Gives each
-  // session exactly the bits Forward(tokens[i]) would. Throws starling::Error (before any
-  // work) when a session is full, ids are bad, or sessions repeat or mix models.
+  // session exactly the bits Forward(tokens[i]) would. Sessions may differ in kv_type().
+  // Throws starling::Error (before any work) when a session is full, ids are bad, or sessions
+  // repeat or mix models.
   static void ForwardBatch(std::span<Session* const> sessions, std::span<const int32_t> tokens,
                            std::span<float> outputs, ForwardScratch* scratch);
 
@@ -135,12 +144,21 @@ class Session {
   static void RunRows(const Model& m, std::span<const Row> rows, ForwardScratch* s,
                       std::span<float> outputs, bool all_outputs);
   void CheckTokens(std::span<const int32_t> tokens) const;
+  // Stores a token's key and value [KVH * Dh] of `layer` at `position`, in kv_type_.
+  void StoreKeyValue(int32_t layer, int64_t position, const float* key, const float* value);
+  // AttentionHead over this session's cache of `layer`, key/value head `kv_head`, positions
+  // [first, last]; picks the kernel for kv_type_ and the CPU.
+  void Attend(int32_t layer, int64_t kv_head, const float* q, int64_t first, int64_t last,
+              float* scores, float* out) const;
 
   const Model* model_;
   int32_t context_length_;
   int32_t length_ = 0;
-  std::vector<float> keys_;    // [L, S, KVH * Dh]
-  std::vector<float> values_;  // [L, S, KVH * Dh]
+  DType kv_type_;
+  // The cache, [L, S, KVH * Dh] each, in the pair of kv_type_ (the other pair stays empty):
+  // float32, or binary16 bits.
+  std::vector<float> keys_, values_;
+  std::vector<uint16_t> half_keys_, half_values_;
   ForwardScratch scratch_;
   std::vector<Row> rows_;
 };

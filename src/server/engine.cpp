@@ -34,12 +34,12 @@ void Job::Finish(FinishReason reason, int64_t completion_tokens) {
 }
 
 Engine::Engine(const Model& model, const Tokenizer& tokenizer, int slots, int32_t context,
-               int queue_limit)
+               int queue_limit, DType kv_type)
     : model_(model), tokenizer_(tokenizer), context_(context), queue_limit_(queue_limit) {
   if (slots < 1) Fail("the server needs at least one slot (--parallel)");
   if (queue_limit < 0) Fail("the queue limit must not be negative");
   slots_.resize(static_cast<size_t>(slots));
-  for (Slot& slot : slots_) slot.session = std::make_unique<Session>(model, context);
+  for (Slot& slot : slots_) slot.session = std::make_unique<Session>(model, context, kv_type);
   logits_.resize(static_cast<size_t>(slots) * static_cast<size_t>(model.config().vocab_size));
   thread_ = std::thread([this] { Loop(); });
 }

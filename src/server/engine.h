@@ -63,9 +63,10 @@ struct EngineStats {
 
 class Engine {
  public:
-  // `slots` sessions of `context` positions; at most `queue_limit` requests wait for a slot.
+  // `slots` sessions of `context` positions with KV caches of `kv_type` (F32 or F16, see
+  // Session); at most `queue_limit` requests wait for a slot.
   Engine(const Model& model, const Tokenizer& tokenizer, int slots, int32_t context,
-         int queue_limit);
+         int queue_limit, DType kv_type = DType::kF32);
   ~Engine();  // cancels everything and joins
 
   // Queues a job. Returns nullptr when the queue is full (the caller answers 503).

@@ -72,7 +72,8 @@ class Server {
       : model_(model),
         reward_(reward),
         options_(options),
-        engine_(*model.model, *model.tokenizer, options.parallel, options.context, options.queue) {
+        engine_(*model.model, *model.tokenizer, options.parallel, options.context, options.queue,
+                options.kv_type) {
     if (reward_ != nullptr) {
       reward_scorer_ =
           std::make_unique<RewardScorer>(*reward_->model, *reward_->tokenizer, options.context);
@@ -188,9 +189,9 @@ class Server {
       waiter.join();
       Fail("cannot listen on ", options_.host, ":", options_.port);
     }
-    std::fprintf(stderr, "starling serve: %s on http://%s:%d (%d slots, context %d)\n",
+    std::fprintf(stderr, "starling serve: %s on http://%s:%d (%d slots, context %d, %s KV cache)\n",
                  options_.model_name.c_str(), options_.host.c_str(), port, options_.parallel,
-                 options_.context);
+                 options_.context, DTypeName(options_.kv_type));
     std::fflush(stderr);
     http_.listen_after_bind();
     waiter.join();

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <string>
 
+#include "core/dtype.h"
 #include "generate/loaded_model.h"
 #include "reward/reward.h"
 
@@ -13,12 +14,13 @@ namespace starling {
 
 struct ServerOptions {
   std::string host = "127.0.0.1";
-  int port = 8080;            // 0: any free port (printed on stderr)
-  std::string api_key;        // empty: no authentication
-  int parallel = 4;           // slots decoded together
-  int queue = 32;             // requests waiting for a slot beyond the free ones; then 503
-  int32_t context = 2048;     // positions per slot: prompt + max_tokens must fit
-  std::string template_name;  // empty: the model's own known template
+  int port = 8080;              // 0: any free port (printed on stderr)
+  std::string api_key;          // empty: no authentication
+  int parallel = 4;             // slots decoded together
+  int queue = 32;               // requests waiting for a slot beyond the free ones; then 503
+  int32_t context = 2048;       // positions per slot: prompt + max_tokens must fit
+  DType kv_type = DType::kF32;  // the slots' KV cache element type: F32 or F16 (half the memory)
+  std::string template_name;    // empty: the model's own known template
   size_t max_body_bytes = 4u << 20;
   std::string model_name;  // what /v1/models lists
   std::string reward_model_name;

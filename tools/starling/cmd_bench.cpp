@@ -73,6 +73,7 @@ struct BenchFlags {
   int32_t generate = 128;
   int threads = 0;
   int reps = 5;
+  DType kv_type = DType::kF32;
   bool json = false;
 };
 
@@ -95,7 +96,7 @@ void RunBench(const BenchFlags& f) {
   for (size_t i = 0; i < tokens.size(); ++i)
     tokens[i] = static_cast<int32_t>((i * 7919 + 3) % c.vocab_size);
   std::vector<float> logits(static_cast<size_t>(c.vocab_size));
-  Session session(*m.model, f.prompt + f.generate + 1);
+  Session session(*m.model, f.prompt + f.generate + 1, f.kv_type);
   auto report = [&](const char* kind, int32_t n, const std::vector<double>& rates,
                     bool generation) {
     const Stats s = Summarize(rates);
@@ -103,10 +104,10 @@ void RunBench(const BenchFlags& f) {
     if (f.json) {
       std::printf(
           "{\"test\": \"%s%d\", \"model\": \"%s\", \"threads\": %d, \"reps\": %d, "
-          "\"simd\": \"%s\", \"tokens_per_s_median\": %.3f, \"tokens_per_s_min\": %.3f, "
-          "\"tokens_per_s_max\": %.3f",
-          kind, n, m.source.c_str(), pool.size(), f.reps, DotRowImplementation(), s.median, s.min,
-          s.max);
+          "\"simd\": \"%s\", \"kv_type\": \"%s\", \"tokens_per_s_median\": %.3f, "
+          "\"tokens_per_s_min\": %.3f, \"tokens_per_s_max\": %.3f",
+          kind, n, m.source.c_str(), pool.size(), f.reps, DotRowImplementation(),
+          DTypeName(f.kv_type), s.median, s.min, s.max);
       if (generation) {
         std::printf(
             ", \"bytes_per_token\": %llu, \"gb_per_s\": %.3f, \"bandwidth_gb_per_s\": %.3f, "
@@ -125,9 +126,12 @@ void RunBench(const BenchFlags& f) {
     std::fflush(stdout);
   };
   if (!f.json) {
-    std::printf("model %s: %.2f GiB of weights, %.2f MB read per generated token; %d threads, %s\n",
-                m.source.c_str(), static_cast<double>(m.model->weight_bytes()) / (1ull << 30),
-                static_cast<double>(bytes_per_token) / 1e6, pool.size(), DotRowImplementation());
+    std::printf(
+        "model %s: %.2f GiB of weights, %.2f MB read per generated token; %d threads, %s; %s KV "
+        "cache\n",
+        m.source.c_str(), static_cast<double>(m.model->weight_bytes()) / (1ull << 30),
+        static_cast<double>(bytes_per_token) / 1e6, pool.size(), DotRowImplementation(),
+        DTypeName(f.kv_type));
   }
   if (f.prompt > 0) {
     std::vector<double> rates;
@@ -168,6 +172,7 @@ void RegisterBench(CLI::App& app) {
   cmd->add_option("-n,--n-gen", f->generate, "generated tokens (tg test)")->capture_default_str();
   cmd->add_option("-t,--threads", f->threads, "threads (default: one per core)");
   cmd->add_option("-r,--repetitions", f->reps, "repetitions")->capture_default_str();
+  AddKvTypeOption(cmd, &f->kv_type);
   cmd->add_flag("--json", f->json, "one JSON object per line per test");
   cmd->callback([f] { RunBench(*f); });
 }

@@ -35,11 +35,13 @@ struct SamplingFlags {
   int32_t repeat_last_n = 64;
   int64_t seed = -1;
   int32_t context = 0;
+  DType kv_type = DType::kF32;
   int threads = 0;
   std::vector<std::string> stop;
 
   void Add(CLI::App* cmd) {
     AddThreadsOption(cmd, &threads);
+    AddKvTypeOption(cmd, &kv_type);
     cmd->add_option("-n,--n-predict", n_predict, "maximum new tokens")->capture_default_str();
     cmd->add_option("--temp", temperature, "temperature; 0 is greedy")->capture_default_str();
     cmd->add_option("--top-k", top_k, "top-k sampling; 0 is off")->capture_default_str();
@@ -124,7 +126,7 @@ void RunGenerate(const GenerateFlags& f) {
     // Raw continuation: BOS first, special-token text recognised as in Hugging Face.
     ids = m.tokenizer->Encode(prompt, {.add_bos = m.tokenizer->add_bos_token()});
   }
-  Session session(*m.model, f.sampling.Context(m));
+  Session session(*m.model, f.sampling.Context(m), f.sampling.kv_type);
   const GenerationResult r = Generate(
       session, *m.tokenizer, ids, f.sampling.Options(m, chat_template), [](std::string_view text) {
         Print(text);
@@ -147,7 +149,7 @@ void RunChat(const ChatFlags& f) {
   const LoadedModel m = LoadModelOrDefault(f.model);
   const ChatTemplate& chat_template = m.ChooseTemplate(f.template_name);
   const GenerationOptions options = f.sampling.Options(m, &chat_template);
-  Session session(*m.model, f.sampling.Context(m));
+  Session session(*m.model, f.sampling.Context(m), f.sampling.kv_type);
   std::vector<int32_t> cached;  // the tokens whose keys/values the session holds
   std::vector<ChatMessage> messages;
   std::string system = f.system;
@@ -205,11 +207,12 @@ void RunChat(const ChatFlags& f) {
   }
 }
 
-void RunPerplexity(const std::string& model, const std::string& file, int32_t context) {
+void RunPerplexity(const std::string& model, const std::string& file, int32_t context,
+                   DType kv_type) {
   const LoadedModel m = LoadModelOrDefault(model);
   const std::string text = file == "-" ? ReadStdin() : ReadFile(file);
-  const PerplexityResult r =
-      ComputePerplexity(*m.model, *m.tokenizer, text, context, [](int32_t c, int32_t n, double p) {
+  const PerplexityResult r = ComputePerplexity(
+      *m.model, *m.tokenizer, text, context, kv_type, [](int32_t c, int32_t n, double p) {
         std::fprintf(stderr, "[%d/%d] running perplexity %.4f\n", c, n, p);
       });
   std::printf(
@@ -229,7 +232,7 @@ std::string Bytes(uint64_t n) {
   return buf;
 }
 
-void RunInfo(const std::string& path, int32_t context) {
+void RunInfo(const std::string& path, int32_t context, DType kv_type) {
   const LoadedModel m = LoadModelOrDefault(path);
   const ModelConfig& c = m.model->config();
   const int32_t ctx = context > 0 ? context : std::min(c.max_position_embeddings, 4096);
@@ -259,11 +262,12 @@ void RunInfo(const std::string& path, int32_t context) {
     std::printf("  %-48s %-5s %s\n", t.name.c_str(), WeightFormatName(t.format), shape.c_str());
   }
   const uint64_t kv = uint64_t{2} * c.num_layers * static_cast<uint64_t>(ctx) * c.num_kv_heads *
-                      c.head_dim * sizeof(float);
+                      c.head_dim * DTypeSize(kv_type);
   std::printf(
       "memory: weights %s (memory-mapped, read in place), KV cache %s for %d positions "
-      "(float32)\n",
-      Bytes(m.model->weight_bytes()).c_str(), Bytes(kv).c_str(), ctx);
+      "(%s)\n",
+      Bytes(m.model->weight_bytes()).c_str(), Bytes(kv).c_str(), ctx,
+      kv_type == DType::kF16 ? "float16" : "float32");
 }
 
 }  // namespace
@@ -310,7 +314,9 @@ void RegisterPerplexity(CLI::App& app) {
   cmd->add_option("-c,--ctx", *context, "window length in tokens")->capture_default_str();
   auto threads = std::make_shared<int>(0);
   AddThreadsOption(cmd, threads.get());
-  cmd->callback([=] { RunPerplexity(*model, *file, *context); });
+  auto kv_type = std::make_shared<DType>(DType::kF32);
+  AddKvTypeOption(cmd, kv_type.get());
+  cmd->callback([=] { RunPerplexity(*model, *file, *context, *kv_type); });
 }
 
 void RegisterInfo(CLI::App& app) {
@@ -320,7 +326,9 @@ void RegisterInfo(CLI::App& app) {
       "info", "Show a model's config, tensors, dtypes and the memory it will use");
   cmd->add_option("-m,--model", *model, "a Hugging Face directory or a GGUF file");
   cmd->add_option("-c,--ctx", *context, "context length for the KV cache estimate");
-  cmd->callback([=] { RunInfo(*model, *context); });
+  auto kv_type = std::make_shared<DType>(DType::kF32);
+  AddKvTypeOption(cmd, kv_type.get());
+  cmd->callback([=] { RunInfo(*model, *context, *kv_type); });
 }
 
 // -t/--threads for the compute thread pool, set before any kernel runs.
@@ -328,6 +336,20 @@ void AddThreadsOption(CLI::App* cmd, int* threads) {
   cmd->add_option("-t,--threads", *threads, "compute threads (default: one per core)")
       ->check(CLI::Range(0, 1024))
       ->each([](const std::string& value) { ThreadPool::SetGlobalThreads(std::stoi(value)); });
+}
+
+void AddKvTypeOption(CLI::App* cmd, DType* kv_type) {
+  *kv_type = DType::kF32;
+  cmd->add_option_function<std::string>(
+         "--kv-type",
+         [kv_type](const std::string& value) {
+           *kv_type = value == "f16" ? DType::kF16 : DType::kF32;
+         },
+         "KV cache element type: f32 (the default, for now: exact keys and values, what the "
+         "numerics tests and the reward scorer rely on) or f16 (llama.cpp's default: half the "
+         "cache memory and half the bytes attention reads; keys and values rounded to half)")
+      ->check(CLI::IsMember({"f32", "f16"}))
+      ->default_str("f32");
 }
 
 }  // namespace starling::cli

@@ -48,6 +48,7 @@ void RegisterServe(CLI::App& app) {
   cmd->add_option("--max-body", o->max_body_bytes, "largest request body in bytes")
       ->capture_default_str();
   AddThreadsOption(cmd, threads.get());
+  AddKvTypeOption(cmd, &o->kv_type);
   cmd->callback([=] {
     ServerOptions options = *o;
     const LoadedModel loaded = LoadModelOrDefault(*model);

@@ -7,6 +7,8 @@
 #include <string>
 #include <vector>
 
+#include "core/dtype.h"
+
 namespace starling::cli {
 
 void RegisterTokenize(CLI::App& app);
@@ -23,6 +25,8 @@ void RegisterServe(CLI::App& app);
 // Shared option helpers.
 // -t/--threads for the compute thread pool, set before any kernel runs.
 void AddThreadsOption(CLI::App* cmd, int* threads);
+// --kv-type f32|f16: the KV cache element type (Session's kv_type); f32 unless given.
+void AddKvTypeOption(CLI::App* cmd, DType* kv_type);
 // Ids given as separate arguments, or as one argument "1 2 3" or "1,2,3" or "[1, 2, 3]".
 std::vector<int32_t> ParseIds(const std::vector<std::string>& args);
 
