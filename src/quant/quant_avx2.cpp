@@ -757,16 +757,117 @@ STARLING_AVX2 void DotsQ6_KQ8_K_Avx2(const void* w, size_t w_stride, int64_t row
              out_stride);
 }
 
-float DotQ4_KQ8_K_Avx2(const void* w, const void* a, int64_t n) {
-  float out = 0.0f;
-  DotsQ4_KQ8_K_Avx2(w, 0, 1, a, 0, 1, n, &out, 1);
-  return out;
+// One row against one token (matrix-vector, generation): the whole row streams from memory, so
+// these keep one block's work in one register pass; the tiles above pay per-tile reductions that
+// only many tokens amortize (1.1B Q4_K_M generation: 23 tok/s with these, 14 with 4 x 1 tiles).
+// Same bits as the scalar twins, and so as the tiles.
+STARLING_AVX2 float DotQ4_KQ8_K_Avx2(const void* w, const void* a, int64_t n) {
+  const int64_t blocks = QuantBlockCount(QuantType::kQ4_K, n);
+  const auto* x = static_cast<const BlockQ4_K*>(w);
+  const auto* y = static_cast<const BlockQ8_K*>(a);
+  const __m256i low4 = _mm256_set1_epi8(0x0F);
+  // Shuffle masks that spread int16 scale j (bytes 2j, 2j + 1) over all 16 lanes.
+  __m256i spread[8];
+  for (int j = 0; j < 8; ++j)
+    spread[j] = _mm256_set1_epi16(static_cast<int16_t>(0x0100 * (2 * j + 1) + 2 * j));
+  float sum = 0.0f;
+  for (int64_t i = 0; i < blocks; ++i) {
+    const Q4_KScales scales = DecodeQ4_KScales(x[i].scales);
+    // The eight 6-bit scales as int16, in both 128-bit lanes.
+    const __m256i sc16 = _mm256_broadcastsi128_si256(
+        _mm_cvtepu8_epi16(_mm_cvtsi64_si128(static_cast<int64_t>(scales.sc))));
+    __m256i acc = _mm256_setzero_si256();
+    for (int g = 0; g < 4; ++g) {
+      const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[i].qs + 32 * g));
+      const __m256i lo = _mm256_and_si256(q, low4);
+      const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), low4);
+      const auto* qa = reinterpret_cast<const __m256i*>(y[i].qs + 64 * g);
+      // u4 x s8 pairs: |.| <= 2 * 15 * 128, no saturation. Times the 6-bit scale in madd.
+      const __m256i plo = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, _mm256_loadu_si256(qa)),
+                                            _mm256_shuffle_epi8(sc16, spread[2 * g]));
+      const __m256i phi = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, _mm256_loadu_si256(qa + 1)),
+                                            _mm256_shuffle_epi8(sc16, spread[2 * g + 1]));
+      acc = _mm256_add_epi32(acc, _mm256_add_epi32(plo, phi));
+    }
+    // sum_k bsums[k] * m[k / 2]: duplicate each min into two int16 lanes.
+    const __m128i m16 = _mm_cvtepu8_epi16(_mm_cvtsi64_si128(static_cast<int64_t>(scales.m)));
+    const __m256i mins =
+        _mm256_set_m128i(_mm_unpackhi_epi16(m16, m16), _mm_unpacklo_epi16(m16, m16));
+    const __m256i bsums = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(y[i].bsums));
+    // Both reductions at once (integer sums: exact in any order): lane 0 sumi, lane 1 summ.
+    const __m256i both = _mm256_hadd_epi32(acc, _mm256_madd_epi16(bsums, mins));
+    __m128i r = _mm_add_epi32(_mm256_castsi256_si128(both), _mm256_extracti128_si256(both, 1));
+    r = _mm_hadd_epi32(r, r);
+    const int32_t sumi = _mm_cvtsi128_si32(r);
+    const int32_t summ = _mm_extract_epi32(r, 1);
+    // The scalar twin's float operations, in its order.
+    const float d = HalfToFloatF16c(x[i].d) * y[i].d;
+    const float dmin = HalfToFloatF16c(x[i].dmin) * y[i].d;
+    sum = std::fma(d, static_cast<float>(sumi), sum);
+    sum = std::fma(-dmin, static_cast<float>(summ), sum);
+  }
+  return sum;
 }
 
-float DotQ6_KQ8_K_Avx2(const void* w, const void* a, int64_t n) {
-  float out = 0.0f;
-  DotsQ6_KQ8_K_Avx2(w, 0, 1, a, 0, 1, n, &out, 1);
-  return out;
+STARLING_AVX2 float DotQ6_KQ8_K_Avx2(const void* w, const void* a, int64_t n) {
+  const int64_t blocks = QuantBlockCount(QuantType::kQ6_K, n);
+  const auto* x = static_cast<const BlockQ6_K*>(w);
+  const auto* y = static_cast<const BlockQ8_K*>(a);
+  const __m256i low4 = _mm256_set1_epi8(0x0F);
+  // Shuffle masks for quarter k: int16 scale 2k over the low 128-bit lane (elements 0-15 of the
+  // quarter), 2k + 1 over the high lane (elements 16-31), from a register holding 8 scales.
+  __m256i quarter_scales[4];
+  for (int k = 0; k < 4; ++k) {
+    const auto lo = static_cast<int16_t>(0x0100 * (4 * k + 1) + 4 * k);
+    const auto hi = static_cast<int16_t>(0x0100 * (4 * k + 3) + 4 * k + 2);
+    quarter_scales[k] = _mm256_set_m128i(_mm_set1_epi16(hi), _mm_set1_epi16(lo));
+  }
+  float sum = 0.0f;
+  for (int64_t i = 0; i < blocks; ++i) {
+    const BlockQ6_K& b = x[i];
+    // The sixteen int8 scales as int16: scales16 = [0..7 | 8..15].
+    const __m256i scales16 =
+        _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b.scales)));
+    __m256i acc = _mm256_setzero_si256();
+    for (int h = 0; h < 2; ++h) {
+      // Scales 8h .. 8h + 7 in both 128-bit lanes.
+      const __m256i half_scales =
+          _mm256_permute2x128_si256(scales16, scales16, h == 0 ? 0x00 : 0x11);
+      const auto* ql = reinterpret_cast<const __m256i*>(b.ql + 64 * h);
+      const __m256i ql0 = _mm256_loadu_si256(ql);
+      const __m256i ql1 = _mm256_loadu_si256(ql + 1);
+      const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.qh + 32 * h));
+      // The unsigned 6-bit quants (q, not q - 32) of the four 32-element quarters. The 16-bit
+      // shifts cannot move bits across bytes that the masks keep.
+      __m256i q[4];
+      q[0] = _mm256_or_si256(_mm256_and_si256(ql0, low4),
+                             _mm256_slli_epi16(_mm256_and_si256(qh, _mm256_set1_epi8(0x03)), 4));
+      q[1] = _mm256_or_si256(_mm256_and_si256(ql1, low4),
+                             _mm256_slli_epi16(_mm256_and_si256(qh, _mm256_set1_epi8(0x0C)), 2));
+      q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), low4),
+                             _mm256_and_si256(qh, _mm256_set1_epi8(0x30)));
+      q[3] = _mm256_or_si256(
+          _mm256_and_si256(_mm256_srli_epi16(ql1, 4), low4),
+          _mm256_srli_epi16(_mm256_and_si256(qh, _mm256_set1_epi8(static_cast<char>(0xC0))), 2));
+      for (int k = 0; k < 4; ++k) {
+        const int e = 128 * h + 32 * k;  // first element; scales e/16 and e/16 + 1
+        const __m256i qa = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(y[i].qs + e));
+        const __m256i scale = _mm256_shuffle_epi8(half_scales, quarter_scales[k]);  // e/16, +1
+        // u6 x s8 pairs: |.| <= 2 * 63 * 128 < 2^15, no saturation.
+        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(q[k], qa), scale));
+      }
+    }
+    // sum sc * (q - 32) * a = sum sc * q * a - 32 * sum_k sc[k] * bsums[k]; both reductions at
+    // once (integer sums: exact in any order).
+    const __m256i bsums = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(y[i].bsums));
+    const __m256i both = _mm256_hadd_epi32(acc, _mm256_madd_epi16(scales16, bsums));
+    __m128i r = _mm_add_epi32(_mm256_castsi256_si128(both), _mm256_extracti128_si256(both, 1));
+    r = _mm_hadd_epi32(r, r);
+    const int32_t sumi = _mm_cvtsi128_si32(r) - 32 * _mm_extract_epi32(r, 1);
+    const float d = HalfToFloatF16c(b.d) * y[i].d;
+    sum = std::fma(d, static_cast<float>(sumi), sum);
+  }
+  return sum;
 }
 
 }  // namespace starling

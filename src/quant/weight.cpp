@@ -61,9 +61,12 @@ QuantDot DotFor(WeightFormat f) {
   }
 }
 
-// The register-tiled kernels where there are some; nullptr means one dot product per output.
-QuantDots TiledDotsFor(WeightFormat f) {
+// The register-tiled kernels where there are some and they pay at this many tokens; nullptr
+// means one dot product per output. The K-quant tiles (1 row x 8 tokens) lose to the single
+// dot below 8 tokens; the results are the same bits either way.
+QuantDots TiledDotsFor(WeightFormat f, int64_t tokens) {
   if (!UseAvx2()) return nullptr;
+  if ((f == WeightFormat::kQ4_K || f == WeightFormat::kQ6_K) && tokens < 8) return nullptr;
   switch (f) {
     case WeightFormat::kQ8_0: return UseAvx512() ? DotsQ8_0Q8_0_Avx512 : DotsQ8_0Q8_0_Avx2;
     case WeightFormat::kQ4_0: return UseAvx512() ? DotsQ4_0Q8_0_Avx512 : DotsQ4_0Q8_0_Avx2;
@@ -227,7 +230,7 @@ void MatMul(const WeightMatrix& w, const float* x, int64_t tokens, float* out) {
     });
     return;
   }
-  if (const QuantDots dots = TiledDotsFor(w.format)) {
+  if (const QuantDots dots = TiledDotsFor(w.format, tokens)) {
     ForEachBlock(w.rows, tokens, [&](int64_t r0, int64_t r1, int64_t t0, int64_t t1) {
       dots(w.row(r0), row_bytes, r1 - r0, quantized + t0 * a_bytes, a_bytes, t1 - t0, w.cols,
            out + t0 * w.rows + r0, w.rows);
