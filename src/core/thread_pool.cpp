@@ -59,13 +59,12 @@ void ThreadPool::SetGlobalThreads(int threads) {
   g_global_threads = threads;
 }
 
-void ThreadPool::Range(int part, int64_t* begin, int64_t* end) const {
-  // Split whole grains evenly; the last part also takes the remainder.
+void ThreadPool::RunGrains(int thread) {
   const int64_t grains = (n_ + grain_ - 1) / grain_;
-  const int64_t first = grains * part / parts_;
-  const int64_t last = grains * (part + 1) / parts_;
-  *begin = std::min(n_, first * grain_);
-  *end = std::min(n_, last * grain_);
+  for (int64_t g = next_grain_.fetch_add(1, std::memory_order_relaxed); g < grains;
+       g = next_grain_.fetch_add(1, std::memory_order_relaxed)) {
+    task_(context_, g * grain_, std::min(n_, (g + 1) * grain_), thread);
+  }
 }
 
 void ThreadPool::Run(int64_t n, int64_t grain, Task task, void* context) {
@@ -85,14 +84,13 @@ void ThreadPool::Run(int64_t n, int64_t grain, Task task, void* context) {
     n_ = n;
     grain_ = grain;
     parts_ = parts;
+    next_grain_.store(0, std::memory_order_relaxed);
     pending_.store(parts - 1, std::memory_order_relaxed);
     ++generation_;
     published_.store(generation_, std::memory_order_release);
   }
   start_.notify_all();
-  int64_t begin, end;
-  Range(0, &begin, &end);
-  if (begin < end) task(context, begin, end, 0);
+  RunGrains(0);
   const auto finished = [this] { return pending_.load(std::memory_order_acquire) == 0; };
   if (SpinUntil(spin_iterations_, finished)) return;
   std::unique_lock<std::mutex> lock(mutex_);
@@ -108,12 +106,8 @@ void ThreadPool::WorkerLoop(int index) {
     if (stop_) return;
     seen = generation_;
     if (index >= parts_) continue;  // this job has fewer parts than threads
-    const Task task = task_;
-    void* context = context_;
-    int64_t begin, end;
-    Range(index, &begin, &end);
     lock.unlock();
-    if (begin < end) task(context, begin, end, index);
+    RunGrains(index);
     if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
       // Under the mutex, so a caller that checked pending_ and is about to sleep is woken.
       std::lock_guard<std::mutex> guard(mutex_);

@@ -1,6 +1,6 @@
-// A fixed pool of worker threads for data-parallel loops. ParallelFor splits [0, n) into one
-// contiguous range per thread (the caller's thread takes the first), runs them, and returns
-// when all are done. No allocation per call: the task is passed by reference.
+// A fixed pool of worker threads for data-parallel loops. ParallelFor hands out grains of
+// [0, n) to the caller's thread and the workers, each taking the next as it finishes one, and
+// returns when all are done. No allocation per call: the task is passed by reference.
 #pragma once
 
 #include <atomic>
@@ -22,10 +22,13 @@ class ThreadPool {
 
   int size() const { return static_cast<int>(workers_.size()) + 1; }
 
-  // Calls fn(begin, end, thread_index) over a partition of [0, n) into at most size() ranges
-  // whose boundaries are multiples of `grain` (except the last). Calls from several threads
-  // take turns (e.g. a server's engine thread and a reward request); fn must not call
-  // ParallelFor on the same pool.
+  // Calls fn(begin, end, thread_index) over [0, n) in pieces whose boundaries are multiples of
+  // `grain` (one grain each, or all of [0, n) when one thread suffices), on up to size()
+  // threads that take the next grain as they finish one, so that a thread slowed down (by the
+  // memory system, another process) does not hold the others at the end. Which thread runs a grain
+  // varies from call to call: fn must not make results depend on it (per-thread scratch is fine).
+  // Calls from several threads take turns (e.g. a server's engine thread and a reward request); fn
+  // must not call ParallelFor on the same pool.
   template <typename Fn>
   void ParallelFor(int64_t n, int64_t grain, Fn&& fn) {
     Run(n, grain, &Invoke<Fn>, &fn);
@@ -44,7 +47,7 @@ class ThreadPool {
   }
   void Run(int64_t n, int64_t grain, Task task, void* context);
   void WorkerLoop(int index);
-  void Range(int part, int64_t* begin, int64_t* end) const;
+  void RunGrains(int thread);
 
   std::vector<std::thread> workers_;
   std::mutex run_mutex_;  // one job at a time
@@ -65,6 +68,7 @@ class ThreadPool {
   int64_t n_ = 0;
   int64_t grain_ = 1;
   int parts_ = 0;
+  std::atomic<int64_t> next_grain_{0};
 };
 
 }  // namespace starling
