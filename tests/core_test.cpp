@@ -4,11 +4,33 @@
 #include <string>
 
 #include "core/error.h"
+#include "core/memory.h"
 #include "core/utf8.h"
 #include "formats/protobuf_reader.h"
 
 namespace starling {
 namespace {
+
+// Huge-page buffers: zero-filled, 2 MiB aligned, writable to the last byte (sizes around the
+// huge-page and page boundaries), and moved without copying.
+TEST(HugePageBuffer, ZeroFilledAlignedAndMovable) {
+  for (size_t size : {size_t{1}, size_t{4095}, size_t{4097}, (size_t{2} << 20) - 1,
+                      (size_t{2} << 20) + 1, size_t{5} << 20}) {
+    HugePageBuffer buffer(size);
+    ASSERT_EQ(buffer.size(), size);
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(buffer.data()) % (size_t{2} << 20), 0u);
+    size_t nonzero = 0;
+    for (size_t i = 0; i < size; ++i) nonzero += buffer.data()[i] != 0;
+    EXPECT_EQ(nonzero, 0u) << size;
+    buffer.data()[size - 1] = 7;
+    const uint8_t* data = buffer.data();
+    HugePageBuffer moved(std::move(buffer));
+    EXPECT_EQ(moved.data(), data);
+    EXPECT_EQ(moved.data()[size - 1], 7);
+    EXPECT_EQ(buffer.size(), 0u);  // NOLINT(bugprone-use-after-move): moved-from is empty
+  }
+  EXPECT_EQ(HugePageBuffer().data(), nullptr);
+}
 
 TEST(Utf8, DecodesWellFormedCharacters) {
   size_t n = 0;

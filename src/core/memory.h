@@ -7,8 +7,9 @@
 namespace starling {
 
 // A zero-filled buffer of `size` bytes, 2 MiB aligned, that asks the kernel for transparent
-// huge pages (madvise; where THP is "madvise" or "always"). Streaming gigabytes of weights
-// through 4 KiB pages costs a TLB miss every 4 KiB; on 2 MiB pages, one per 2 MiB. Move-only.
+// huge pages over its whole 2 MiB pages (madvise; where THP is "madvise" or "always"). Streaming
+// gigabytes of weights through 4 KiB pages costs a TLB miss every 4 KiB; on 2 MiB pages, one per 2
+// MiB. Move-only.
 class HugePageBuffer {
  public:
   HugePageBuffer() = default;
@@ -26,7 +27,7 @@ class HugePageBuffer {
  private:
   uint8_t* data_ = nullptr;
   size_t size_ = 0;
-  size_t mapped_ = 0;  // bytes mapped (size rounded up to whole huge pages)
+  size_t mapped_ = 0;  // bytes mapped (size rounded up to whole pages)
 };
 
 }  // namespace starling
