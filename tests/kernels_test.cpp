@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <bit>
 #include <cmath>
 #include <cstring>
 #include <random>
@@ -100,6 +101,36 @@ std::vector<CacheElement<kCache>> ToCache(const std::vector<float>& x) {
     }
   }
   return out;
+}
+
+// One row against several tokens: each output is the single dot's bits, for every tile
+// remainder (tiles of 3) and every length class (steps of 32, of 8, scalar tail).
+TEST(Kernels, Avx2DotRowsEqualSingleDotsBitForBit) {
+  if (!CpuHasAvx2()) GTEST_SKIP() << "this CPU has no AVX2+FMA+F16C";
+  std::mt19937 rng(43);
+  for (const int64_t n : {1, 8, 9, 33, 100, 4099}) {
+    const Row w = RandomRow(n, rng);
+    for (int64_t tokens = 1; tokens <= 7; ++tokens) {
+      const size_t x_stride = static_cast<size_t>(n) + 5;
+      std::vector<float> x(x_stride * static_cast<size_t>(tokens));
+      for (int64_t t = 0; t < tokens; ++t) {
+        const Row row = RandomRow(n, rng);
+        std::copy(row.f32.begin(), row.f32.end(),
+                  x.begin() + static_cast<std::ptrdiff_t>(t * x_stride));
+      }
+      for (const DType type : {DType::kF32, DType::kF16, DType::kBF16}) {
+        const int64_t out_stride = 3;
+        std::vector<float> out(static_cast<size_t>(tokens * out_stride), -1.0f);
+        DotRowsAvx2(type, w.Data(type), x.data(), x_stride, tokens, n, out.data(), out_stride);
+        for (int64_t t = 0; t < tokens; ++t) {
+          const float want = DotRowAvx2(type, w.Data(type), x.data() + t * x_stride, n);
+          ASSERT_EQ(std::bit_cast<uint32_t>(out[t * out_stride]), std::bit_cast<uint32_t>(want))
+              << "n " << n << " tokens " << tokens << " token " << t << " " << DTypeName(type);
+          EXPECT_EQ(out[t * out_stride + 1], -1.0f) << "wrote between outputs";
+        }
+      }
+    }
+  }
 }
 
 // Attention of one head against a double-precision reference, scalar twin and AVX2, for a

@@ -63,27 +63,67 @@ __attribute__((target("avx2,fma,f16c"))) inline __m256 Load8(const void* row, in
   }
 }
 
-template <DType kType>
-__attribute__((target("avx2,fma,f16c"))) float DotAvx2(const void* row, const float* x, int64_t n) {
-  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-  __m256 acc2 = _mm256_setzero_ps(), acc3 = _mm256_setzero_ps();
+// One weight row against kTokens activation rows (x + t * x_stride): each weight vector is
+// loaded (and converted) once for all of them. Every output performs DotAvx2's operations in
+// its order: 4 accumulators over steps of 32, then steps of 8 into the first, their sum, and
+// the scalar tail, so a tile's outputs are the single dot's bits.
+template <DType kType, int kTokens>
+__attribute__((target("avx2,fma,f16c"))) void DotTile(const void* row, const float* x,
+                                                      size_t x_stride, int64_t n, float* out,
+                                                      int64_t out_stride) {
+  __m256 acc[kTokens][4];
+  for (auto& token : acc) {
+    for (auto& a : token) a = _mm256_setzero_ps();
+  }
   int64_t i = 0;
   for (; i + 32 <= n; i += 32) {
-    acc0 = _mm256_fmadd_ps(Load8<kType>(row, i), _mm256_loadu_ps(x + i), acc0);
-    acc1 = _mm256_fmadd_ps(Load8<kType>(row, i + 8), _mm256_loadu_ps(x + i + 8), acc1);
-    acc2 = _mm256_fmadd_ps(Load8<kType>(row, i + 16), _mm256_loadu_ps(x + i + 16), acc2);
-    acc3 = _mm256_fmadd_ps(Load8<kType>(row, i + 24), _mm256_loadu_ps(x + i + 24), acc3);
+    __m256 w[4];
+    for (int k = 0; k < 4; ++k) w[k] = Load8<kType>(row, i + 8 * k);
+    for (int t = 0; t < kTokens; ++t) {
+      const float* xt = x + t * x_stride + i;
+      for (int k = 0; k < 4; ++k) {
+        acc[t][k] = _mm256_fmadd_ps(w[k], _mm256_loadu_ps(xt + 8 * k), acc[t][k]);
+      }
+    }
   }
-  for (; i + 8 <= n; i += 8)
-    acc0 = _mm256_fmadd_ps(Load8<kType>(row, i), _mm256_loadu_ps(x + i), acc0);
-  float sum = HorizontalSum(_mm256_add_ps(_mm256_add_ps(acc0, acc1), _mm256_add_ps(acc2, acc3)));
-  // The tail (n not a multiple of 8) in scalar.
-  if (i < n) {
-    const size_t element = DTypeSize(kType);
-    sum += DotRowScalar(kType, static_cast<const char*>(row) + i * static_cast<int64_t>(element),
-                        x + i, n - i);
+  for (; i + 8 <= n; i += 8) {
+    const __m256 w = Load8<kType>(row, i);
+    for (int t = 0; t < kTokens; ++t) {
+      acc[t][0] = _mm256_fmadd_ps(w, _mm256_loadu_ps(x + t * x_stride + i), acc[t][0]);
+    }
   }
-  return sum;
+  for (int t = 0; t < kTokens; ++t) {
+    float sum = HorizontalSum(
+        _mm256_add_ps(_mm256_add_ps(acc[t][0], acc[t][1]), _mm256_add_ps(acc[t][2], acc[t][3])));
+    // The tail (n not a multiple of 8) in scalar.
+    if (i < n) {
+      const auto element = static_cast<int64_t>(DTypeSize(kType));
+      sum += DotRowScalar(kType, static_cast<const char*>(row) + i * element, x + t * x_stride + i,
+                          n - i);
+    }
+    out[t * out_stride] = sum;
+  }
+}
+
+template <DType kType>
+__attribute__((target("avx2,fma,f16c"))) float DotAvx2(const void* row, const float* x, int64_t n) {
+  float out = 0.0f;
+  DotTile<kType, 1>(row, x, 0, n, &out, 1);
+  return out;
+}
+
+// Tiles of 3 tokens: 12 accumulators and 4 weight vectors fill the 16 registers.
+template <DType kType>
+void DotsAvx2(const void* row, const float* x, size_t x_stride, int64_t tokens, int64_t n,
+              float* out, int64_t out_stride) {
+  int64_t t = 0;
+  for (; t + 3 <= tokens; t += 3) {
+    DotTile<kType, 3>(row, x + t * x_stride, x_stride, n, out + t * out_stride, out_stride);
+  }
+  if (tokens - t == 2)
+    DotTile<kType, 2>(row, x + t * x_stride, x_stride, n, out + t * out_stride, out_stride);
+  if (tokens - t == 1)
+    DotTile<kType, 1>(row, x + t * x_stride, x_stride, n, out + t * out_stride, out_stride);
 }
 
 // AttentionHeadAvx2's body: a template in this file, so that it carries the target attribute
@@ -160,6 +200,16 @@ __attribute__((target("avx2,fma,f16c"))) void FloatToHalfRowAvx2(const float* x,
     _mm_storeu_si128(reinterpret_cast<__m128i*>(halves),
                      _mm256_cvtps_ph(_mm256_loadu_ps(tail), kRound));
     std::memcpy(out + i, halves, rest * sizeof(uint16_t));
+  }
+}
+
+void DotRowsAvx2(DType dtype, const void* row, const float* x, size_t x_stride, int64_t tokens,
+                 int64_t n, float* out, int64_t out_stride) {
+  switch (dtype) {
+    case DType::kF32: return DotsAvx2<DType::kF32>(row, x, x_stride, tokens, n, out, out_stride);
+    case DType::kF16: return DotsAvx2<DType::kF16>(row, x, x_stride, tokens, n, out, out_stride);
+    case DType::kBF16: return DotsAvx2<DType::kBF16>(row, x, x_stride, tokens, n, out, out_stride);
+    default: std::abort();
   }
 }
 

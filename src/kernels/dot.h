@@ -11,6 +11,10 @@ namespace starling {
 
 float DotRowScalar(DType dtype, const void* row, const float* x, int64_t n);
 float DotRowAvx2(DType dtype, const void* row, const float* x, int64_t n);  // needs AVX2+FMA+F16C
+// out[t * out_stride] = DotRowAvx2(dtype, row, x + t * x_stride, n) for t < tokens, bit for
+// bit: the row is loaded and converted once per tile of tokens (prompt processing).
+void DotRowsAvx2(DType dtype, const void* row, const float* x, size_t x_stride, int64_t tokens,
+                 int64_t n, float* out, int64_t out_stride);
 
 // out[n] = x[n] as IEEE binary16 bits, rounded to nearest even (F16C; needs AVX2+FMA+F16C):
 // the bits of quant/quant.h's scalar FloatToHalf for every input except NaNs with a payload

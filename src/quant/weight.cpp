@@ -189,8 +189,14 @@ void MatMul(const WeightMatrix& w, const float* x, int64_t tokens, float* out) {
   const size_t row_bytes = w.row_bytes();
   if (!IsQuantized(w.format)) {
     const DType type = DenseType(w.format);
+    const bool avx2 = UseAvx2();
     ForEachBlock(w.rows, tokens, [&](int64_t r0, int64_t r1, int64_t t0, int64_t t1) {
       for (int64_t r = r0; r < r1; ++r) {
+        if (avx2) {  // the same bits as DotRow, one weight load per tile of tokens
+          DotRowsAvx2(type, w.row(r), x + t0 * w.cols, static_cast<size_t>(w.cols), t1 - t0, w.cols,
+                      out + t0 * w.rows + r, w.rows);
+          continue;
+        }
         for (int64_t t = t0; t < t1; ++t) {
           out[t * w.rows + r] = DotRow(type, w.row(r), x + t * w.cols, w.cols);
         }
