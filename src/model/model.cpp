@@ -56,7 +56,12 @@ class TensorTable {
     const WeightMatrix stored{t.format, t.data, rows, cols};
     if (!LoadsForMatMul(stored)) return stored;
     auto buffer = std::make_shared<HugePageBuffer>();
-    const WeightMatrix faster = LoadForMatMul(stored, *buffer);
+    WeightMatrix faster;
+    try {
+      faster = LoadForMatMul(stored, *buffer);
+    } catch (const Error& e) {  // e.g. out of memory: say which tensor
+      Fail(t.file, ": tensor '", name, "': ", e.what());
+    }
     relaid.push_back(std::move(buffer));
     if (t.mapping != nullptr) t.mapping->DropPages(t.data, t.size_bytes);
     return faster;
