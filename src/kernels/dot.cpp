@@ -133,8 +133,33 @@ __attribute__((target("avx2,fma,f16c"))) void AttentionHeadAvx2Impl(
     const float* q, const CacheElement<kCache>* keys, const CacheElement<kCache>* values,
     int64_t kv_stride, int64_t head_dim, int64_t first, int64_t last, float* scores, float* out) {
   const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
-  for (int64_t j = first; j <= last; ++j) {
-    scores[j - first] = DotAvx2<kCache>(keys + j * kv_stride, q, head_dim) * scale;
+  int64_t key = first;
+  if (head_dim % 8 == 0) {
+    // Eight keys at a time: q is loaded once for all of them, eight independent fma chains
+    // keep both fma units busy, and one reduction tree sums all eight.
+    const __m256 scale8 = _mm256_set1_ps(scale);
+    for (; key + 8 <= last + 1; key += 8) {
+      __m256 acc[8];
+      for (auto& a : acc) a = _mm256_setzero_ps();
+      for (int64_t d = 0; d < head_dim; d += 8) {
+        const __m256 q8 = _mm256_loadu_ps(q + d);
+        for (int k = 0; k < 8; ++k) {
+          acc[k] = _mm256_fmadd_ps(Load8<kCache>(keys + (key + k) * kv_stride, d), q8, acc[k]);
+        }
+      }
+      // hadd pairs within 128-bit lanes: lane l of h holds key l's partial sums of its two
+      // halves; the last add sums the halves. Lane k is key + k.
+      const __m256 h0 =
+          _mm256_hadd_ps(_mm256_hadd_ps(acc[0], acc[1]), _mm256_hadd_ps(acc[2], acc[3]));
+      const __m256 h1 =
+          _mm256_hadd_ps(_mm256_hadd_ps(acc[4], acc[5]), _mm256_hadd_ps(acc[6], acc[7]));
+      const __m256 sums =
+          _mm256_add_ps(_mm256_permute2f128_ps(h0, h1, 0x20), _mm256_permute2f128_ps(h0, h1, 0x31));
+      _mm256_storeu_ps(scores + (key - first), _mm256_mul_ps(sums, scale8));
+    }
+  }
+  for (; key <= last; ++key) {
+    scores[key - first] = DotAvx2<kCache>(keys + key * kv_stride, q, head_dim) * scale;
   }
   Softmax(scores, last - first + 1);
   // out[d] = sum_j p_j v_j[d] in j order (as the scalar twin), 64 dimensions per pass in 8
