@@ -1,5 +1,6 @@
 // Matmul kernel throughput, one thread, in G multiply-adds per second, for every weight format
-// as the model loads it (quantized matrices through LoadForMatMul: Q4_0/Q8_0 interleaved):
+// as the model loads it (quantized matrices through LoadForMatMul: interleaved eight rows at a
+// time):
 //   pp:   4096 x 4096 (Mistral-7B's q/o projections) against 64 tokens: prompt processing,
 //         activation quantization included
 //   tg:   28672 x 4096 (two Mistral-7B FFN matrices, larger than L3) against 1 token: the

@@ -317,21 +317,6 @@ void QuantizeQ6_K(const float* x, int64_t blocks, BlockQ6_K* y) {
   }
 }
 
-// Unpacks the 256 6-bit quants of a Q6_K block (already minus 32) in element order.
-void UnpackQ6_K(const BlockQ6_K& b, int8_t* q) {
-  for (int h = 0; h < 2; ++h) {
-    const uint8_t* ql = b.ql + 64 * h;
-    const uint8_t* qh = b.qh + 32 * h;
-    int8_t* qo = q + 128 * h;
-    for (int l = 0; l < 32; ++l) {
-      qo[l] = static_cast<int8_t>(((ql[l] & 0xF) | (qh[l] & 3) << 4) - 32);
-      qo[l + 32] = static_cast<int8_t>(((ql[l + 32] & 0xF) | (qh[l] >> 2 & 3) << 4) - 32);
-      qo[l + 64] = static_cast<int8_t>(((ql[l] >> 4) | (qh[l] >> 4 & 3) << 4) - 32);
-      qo[l + 96] = static_cast<int8_t>(((ql[l + 32] >> 4) | (qh[l] >> 6 & 3) << 4) - 32);
-    }
-  }
-}
-
 // ---- Q8_K
 
 void QuantizeQ8_K(const float* x, int64_t blocks, BlockQ8_K* y) {
@@ -364,6 +349,20 @@ void QuantizeQ8_K(const float* x, int64_t blocks, BlockQ8_K* y) {
 }
 
 }  // namespace
+
+void UnpackQ6_K(const BlockQ6_K& b, int8_t* q) {
+  for (int h = 0; h < 2; ++h) {
+    const uint8_t* ql = b.ql + 64 * h;
+    const uint8_t* qh = b.qh + 32 * h;
+    int8_t* qo = q + 128 * h;
+    for (int l = 0; l < 32; ++l) {
+      qo[l] = static_cast<int8_t>(((ql[l] & 0xF) | (qh[l] & 3) << 4) - 32);
+      qo[l + 32] = static_cast<int8_t>(((ql[l + 32] & 0xF) | (qh[l] >> 2 & 3) << 4) - 32);
+      qo[l + 64] = static_cast<int8_t>(((ql[l] >> 4) | (qh[l] >> 4 & 3) << 4) - 32);
+      qo[l + 96] = static_cast<int8_t>(((ql[l + 32] >> 4) | (qh[l] >> 6 & 3) << 4) - 32);
+    }
+  }
+}
 
 uint16_t FloatToHalf(float value) {
   const auto bits = std::bit_cast<uint32_t>(value);

@@ -94,6 +94,8 @@ static_assert(offsetof(BlockQ8_K, bsums) == 260);
 
 // Decodes sub-block j's (scale, min) of a Q4_K block (ggml's get_scale_min_k4).
 void Q4_KScaleMin(const uint8_t* scales, int j, uint8_t* sc, uint8_t* m);
+// q[256] = the block's 6-bit quants minus 32 (in [-32, 31]), in element order.
+void UnpackQ6_K(const BlockQ6_K& b, int8_t* q);
 
 // out = quantized x[n] (QuantRowBytes(type, n) bytes). Throws Error for a bad n. x must be
 // finite.
@@ -245,5 +247,70 @@ void DotsQ8_0Q8_0_Avx512(const void* w, size_t w_stride, int64_t rows, const voi
 void DotsQ4_0Q8_0_Avx512(const void* w, size_t w_stride, int64_t rows, const void* a,
                          size_t a_stride, int64_t tokens, int64_t n, float* out,
                          int64_t out_stride);
+
+// ---- Q4_K and Q6_K weights interleaved eight rows at a time (quant_interleaved_k.cpp), the
+// layouts the matmul copies these matrices into at load, as Q4_0/Q8_0 above: one 256-bit
+// register holds a 4-quant word of each of 8 rows, the activation word is broadcast against it,
+// and each row's products land in its own lanes. Eight rows share every activation load, each
+// madd applies a sub-block's scales to all 8 rows at once, and the per-row horizontal
+// reductions of the row-major kernels disappear.
+//
+// Group g (rows 8g..8g+7) is `blocks` = n / 256 consecutive interleaved blocks. Both keep the
+// bytes per weight of the file (an interleaved block is exactly 8 row blocks). The quants are
+// 32-byte chunks of 4-byte words, word r (bytes 4r..4r+3) belonging to row r. A last group with
+// fewer than 8 rows is padded with zero rows (all bytes zero: scales 0).
+
+// Q4_K. d[r], dmin[r]: row r's fp16 scales. scales: the row's 12 packed bytes (BlockQ4_K) as
+// three 4-byte words, word w of row r at scales[32w + 4r..]: decoded for 8 rows at once by the
+// same word arithmetic (Q4_KScaleMin). qs: the row's qs[4j..4j+3] at chunk j, bytes 4r..4r+3
+// (so, as in the file, chunks 8g..8g+7 hold sub-block 2g in their low nibbles and 2g+1 in their
+// high nibbles: chunk j's low nibbles are values 64g + 4(j % 8) + 0..3, its high nibbles those
+// plus 32, with g = j / 8).
+struct BlockQ4_Kx8 {
+  uint16_t d[8];
+  uint16_t dmin[8];
+  uint8_t scales[96];  // 3 words x 8 rows
+  uint8_t qs[1024];    // 32 chunks
+};
+
+// Q6_K, re-encoded by 16-value sub-block k (the unit of its scales), unsigned q = quant + 32:
+//   value 16k + 4p + i (p, i < 4) of row r has
+//     low 4 bits:  ql chunk 2k + p / 2, byte 4r + i, low nibble for p even, high for p odd
+//     high 2 bits: qh chunk k, byte 4r + i, bits 2p, 2p + 1
+//   scales: row r's int8 scales 2s and 2s + 1 at scales[16s + 2r], [16s + 2r + 1] (sign-
+//   extended to int16, eight row pairs of lanes: the madd weights of the bsums term as is, and
+//   one shuffle from each sub-block's scale for all rows); d[r]: row r's fp16 scale.
+struct BlockQ6_Kx8 {
+  uint16_t d[8];
+  int8_t scales[128];  // 8 groups of 16 bytes
+  uint8_t ql[1024];    // 32 chunks
+  uint8_t qh[512];     // 16 chunks
+};
+static_assert(sizeof(BlockQ4_Kx8) == 8 * sizeof(BlockQ4_K));
+static_assert(sizeof(BlockQ6_Kx8) == 8 * sizeof(BlockQ6_K));
+
+// out = the row-major matrix w [rows, n] (rows of QuantRowBytes bytes) interleaved: ceil(rows /
+// 8) * (n / 256) blocks.
+void RepackQ4_Kx8(const void* w, int64_t rows, int64_t n, void* out);
+void RepackQ6_Kx8(const void* w, int64_t rows, int64_t n, void* out);
+// out[n] = row `row` of an interleaved matrix, dequantized: the bits of DequantizeRow of the
+// original row.
+void DequantizeRowQ4_Kx8(const void* w, int64_t row, int64_t n, float* out);
+void DequantizeRowQ6_Kx8(const void* w, int64_t row, int64_t n, float* out);
+
+// For r < rows, t < tokens: out[t * out_stride + r] = the dot product of row r of the
+// interleaved matrix w (from its first group) with activation row t (Q8_K blocks at a + t *
+// a_stride), with the bits of DotQ4_KQ8_K / DotQ6_KQ8_K on the original row: exact integer sums
+// per 256-block, then that function's float operations in its order. They read the activations'
+// bsums, so those must be consistent with qs. The AVX2 kernels return the scalar twins' bits
+// for any tile shape and any activation quants (the int16 bounds hold for -128 too).
+void DotsQ4_Kx8Q8_K(const void* w, int64_t rows, const void* a, size_t a_stride, int64_t tokens,
+                    int64_t n, float* out, int64_t out_stride);
+void DotsQ6_Kx8Q8_K(const void* w, int64_t rows, const void* a, size_t a_stride, int64_t tokens,
+                    int64_t n, float* out, int64_t out_stride);
+void DotsQ4_Kx8Q8_K_Avx2(const void* w, int64_t rows, const void* a, size_t a_stride,
+                         int64_t tokens, int64_t n, float* out, int64_t out_stride);
+void DotsQ6_Kx8Q8_K_Avx2(const void* w, int64_t rows, const void* a, size_t a_stride,
+                         int64_t tokens, int64_t n, float* out, int64_t out_stride);
 
 }  // namespace starling

@@ -7,6 +7,7 @@
 #include <cstring>
 
 #include "kernels/kernels.h"
+#include "quant/interleaved.h"
 #include "quant/quant.h"
 
 #define STARLING_AVX2 __attribute__((target("avx2,fma,f16c")))
@@ -14,11 +15,8 @@
 namespace starling {
 namespace {
 
-constexpr int kGroupRows = 8;
-
-int64_t GroupCount(int64_t rows) {
-  return (rows + kGroupRows - 1) / kGroupRows;
-}
+using interleaved::GroupCount;
+using interleaved::kGroupRows;
 
 // The row-major block type an interleaved block comes from.
 template <typename Interleaved>
@@ -245,22 +243,14 @@ STARLING_AVX2 void DotsInterleavedAvx2(const void* w, int64_t rows, const void* 
   const auto* groups = static_cast<const Interleaved*>(w);
   const auto* ab = static_cast<const char*>(a);
   for (int64_t g = 0; g < GroupCount(rows); ++g) {
-    const int64_t valid = std::min<int64_t>(kGroupRows, rows - g * kGroupRows);
+    const int64_t valid = interleaved::ValidRows(g, rows);
     for (int64_t t = 0; t < tokens; t += kTokens) {
       const int64_t tile_tokens = std::min<int64_t>(kTokens, tokens - t);
       __m256 acc[kTokens];
       kTiles[tile_tokens - 1](groups + g * blocks, blocks, ab + t * a_stride, a_stride,
                               terms + t * blocks, acc);
-      for (int64_t i = 0; i < tile_tokens; ++i) {
-        float* dst = out + (t + i) * out_stride + g * kGroupRows;
-        if (valid == kGroupRows) {
-          _mm256_storeu_ps(dst, acc[i]);
-        } else {
-          alignas(32) float lanes[kGroupRows];
-          _mm256_store_ps(lanes, acc[i]);
-          std::copy(lanes, lanes + valid, dst);
-        }
-      }
+      interleaved::StoreGroupTile(acc, tile_tokens, valid, out + t * out_stride + g * kGroupRows,
+                                  out_stride);
     }
   }
 }

@@ -49,6 +49,10 @@ bool UseAvx512() {
   return ActiveSimdLevel() == SimdLevel::kAvx512;
 }
 
+bool IsKQuant(WeightFormat f) {
+  return f == WeightFormat::kQ4_K || f == WeightFormat::kQ6_K;
+}
+
 QuantDot DotFor(WeightFormat f) {
   const bool avx2 = UseAvx2();
   switch (f) {
@@ -61,12 +65,13 @@ QuantDot DotFor(WeightFormat f) {
   }
 }
 
-// The register-tiled kernels where there are some and they pay at this many tokens; nullptr
-// means one dot product per output. The K-quant tiles (1 row x 8 tokens) lose to the single
-// dot below 8 tokens; the results are the same bits either way.
+// For row-major matrices (LoadForMatMul interleaves them): the register-tiled kernels where
+// there are some and they pay at this many tokens; nullptr means one dot product per output.
+// The K-quant tiles (1 row x 8 tokens) lose to the single dot below 8 tokens; the results are
+// the same bits either way.
 QuantDots TiledDotsFor(WeightFormat f, int64_t tokens) {
   if (!UseAvx2()) return nullptr;
-  if ((f == WeightFormat::kQ4_K || f == WeightFormat::kQ6_K) && tokens < 8) return nullptr;
+  if (IsKQuant(f) && tokens < 8) return nullptr;
   switch (f) {
     case WeightFormat::kQ8_0: return UseAvx512() ? DotsQ8_0Q8_0_Avx512 : DotsQ8_0Q8_0_Avx2;
     case WeightFormat::kQ4_0: return UseAvx512() ? DotsQ4_0Q8_0_Avx512 : DotsQ4_0Q8_0_Avx2;
@@ -148,14 +153,20 @@ WeightMatrix LoadForMatMul(const WeightMatrix& w, HugePageBuffer& buffer) {
   const size_t row_bytes = w.row_bytes();
   const auto* in = static_cast<const uint8_t*>(w.data);
   WeightMatrix out = w;
-  // The AVX-512 VNNI kernels (opt-in) read the row-major layout.
-  const bool interleave =
-      (w.format == WeightFormat::kQ4_0 || w.format == WeightFormat::kQ8_0) && !UseAvx512();
+  // The AVX-512 VNNI kernels (opt-in) read Q4_0 and Q8_0 in the row-major layout; K-quants
+  // have no AVX-512 kernels, the AVX2 ones serve that level.
+  const bool interleave = IsKQuant(w.format) || !UseAvx512();
   if (interleave) {
-    const auto repack = w.format == WeightFormat::kQ4_0 ? RepackQ4_0x8 : RepackQ8_0x8;
+    const auto repack = [&] {
+      switch (w.format) {
+        case WeightFormat::kQ4_0: return RepackQ4_0x8;
+        case WeightFormat::kQ8_0: return RepackQ8_0x8;
+        case WeightFormat::kQ4_K: return RepackQ4_Kx8;
+        default: return RepackQ6_Kx8;
+      }
+    }();
     // An interleaved block holds 8 row blocks: a group of 8 rows takes 8 rows' bytes.
-    buffer = HugePageBuffer(static_cast<size_t>(InterleavedBlockCount(w.rows, w.cols)) * 8 *
-                            QuantBlockBytes(BlockType(w.format)));
+    buffer = HugePageBuffer(static_cast<size_t>((w.rows + 7) / 8) * 8 * row_bytes);
     // Groups of 8 rows over the threads.
     ThreadPool::Global().ParallelFor((w.rows + 7) / 8, 16, [&](int64_t begin, int64_t end, int) {
       const int64_t rows = std::min(w.rows, 8 * end) - 8 * begin;
@@ -176,8 +187,12 @@ WeightMatrix LoadForMatMul(const WeightMatrix& w, HugePageBuffer& buffer) {
 
 void ReadRow(const WeightMatrix& w, int64_t r, float* out) {
   if (w.layout == WeightLayout::kInterleaved8) {
-    (w.format == WeightFormat::kQ4_0 ? DequantizeRowQ4_0x8 : DequantizeRowQ8_0x8)(w.data, r, w.cols,
-                                                                                  out);
+    switch (w.format) {
+      case WeightFormat::kQ4_0: return DequantizeRowQ4_0x8(w.data, r, w.cols, out);
+      case WeightFormat::kQ8_0: return DequantizeRowQ8_0x8(w.data, r, w.cols, out);
+      case WeightFormat::kQ4_K: return DequantizeRowQ4_Kx8(w.data, r, w.cols, out);
+      default: return DequantizeRowQ6_Kx8(w.data, r, w.cols, out);
+    }
   } else if (IsQuantized(w.format)) {
     DequantizeRow(BlockType(w.format), w.row(r), w.cols, out);
   } else {
@@ -214,6 +229,18 @@ void MatMul(const WeightMatrix& w, const float* x, int64_t tokens, float* out) {
   for (int64_t t = 0; t < tokens; ++t) {
     QuantizeActivations(activation, x + t * w.cols, w.cols, quantized + t * a_bytes);
   }
+  const size_t group_bytes = 8 * row_bytes;
+  if (w.layout == WeightLayout::kInterleaved8 && IsKQuant(w.format)) {
+    const bool q4 = w.format == WeightFormat::kQ4_K;
+    const auto dots = UseAvx2() ? (q4 ? DotsQ4_Kx8Q8_K_Avx2 : DotsQ6_Kx8Q8_K_Avx2)
+                                : (q4 ? DotsQ4_Kx8Q8_K : DotsQ6_Kx8Q8_K);
+    ForEachBlock(w.rows, tokens, [&](int64_t r0, int64_t r1, int64_t t0, int64_t t1) {
+      // Row chunks start at multiples of kRowChunk, so at a group boundary.
+      dots(static_cast<const char*>(w.data) + r0 / 8 * group_bytes, r1 - r0,
+           quantized + t0 * a_bytes, a_bytes, t1 - t0, w.cols, out + t0 * w.rows + r0, w.rows);
+    });
+    return;
+  }
   if (w.layout == WeightLayout::kInterleaved8) {
     // The kernels also need each activation block's scale and offset term.
     const int64_t blocks = QuantBlockCount(QuantType::kQ8_0, w.cols);
@@ -227,7 +254,6 @@ void MatMul(const WeightMatrix& w, const float* x, int64_t tokens, float* out) {
     const bool q4 = w.format == WeightFormat::kQ4_0;
     const auto dots = UseAvx2() ? (q4 ? DotsQ4_0x8Q8_0_Avx2 : DotsQ8_0x8Q8_0_Avx2)
                                 : (q4 ? DotsQ4_0x8Q8_0 : DotsQ8_0x8Q8_0);
-    const size_t group_bytes = 8 * row_bytes;
     ForEachBlock(w.rows, tokens, [&](int64_t r0, int64_t r1, int64_t t0, int64_t t1) {
       // Row chunks start at multiples of kRowChunk, so at a group boundary.
       dots(static_cast<const char*>(w.data) + r0 / 8 * group_bytes, r1 - r0,

@@ -28,8 +28,9 @@ size_t WeightRowBytes(WeightFormat format, int64_t cols);
 // How a matrix's rows are arranged in memory.
 enum class WeightLayout : uint8_t {
   kRows,         // row after row, as files store them
-  kInterleaved8  // Q4_0, Q8_0: groups of eight rows interleaved block by block (BlockQ4_0x8,
-                 // BlockQ8_0x8; the last group padded to eight rows), made by LoadForMatMul()
+  kInterleaved8  // Q4_0, Q8_0, Q4_K, Q6_K: groups of eight rows interleaved block by block
+                 // (BlockQ4_0x8, BlockQ8_0x8, BlockQ4_Kx8, BlockQ6_Kx8; the last group padded
+                 // to eight rows), made by LoadForMatMul()
 };
 
 // A [rows, cols] matrix.
@@ -47,10 +48,10 @@ struct WeightMatrix {
 };
 
 // Quantized matrices are copied out of their files at load (LoadForMatMul): onto huge pages
-// (streaming gigabytes through 4 KiB pages costs ~10% of the read bandwidth here), and Q4_0
-// and Q8_0 into the interleaved layout their AVX2 and scalar kernels read (not at the opt-in
-// AVX-512 level, whose VNNI kernels read rows). Dense F32/F16/BF16 matrices stay
-// memory-mapped (a float32 reward model may not fit in memory twice).
+// (streaming gigabytes through 4 KiB pages costs ~10% of the read bandwidth here), and into the
+// interleaved layout their AVX2 and scalar kernels read: Q4_K and Q6_K always, Q4_0 and Q8_0
+// except at the opt-in AVX-512 level (whose VNNI kernels read rows). Dense F32/F16/BF16
+// matrices stay memory-mapped (a float32 reward model may not fit in memory twice).
 bool LoadsForMatMul(const WeightMatrix& w);
 // w (row-major, as stored) copied into `buffer`, which the result points into. One pass over
 // the matrix, over the thread pool. MatMul's results over the copy stay within rounding of

@@ -1,0 +1,236 @@
+// Q4_K and Q6_K interleaved eight rows at a time (BlockQ4_Kx8, BlockQ6_Kx8): the repacking
+// keeps every value (dequantized rows have DequantizeRow's bits, padding rows are zero), the
+// scalar twins return DotQ4_KQ8_K's / DotQ6_KQ8_K's bits on the original rows, the AVX2 kernels
+// the scalar twins' bits for every tile shape, and MatMul over LoadForMatMul's copy the bits of
+// MatMul over the row-major matrix.
+#include <gtest/gtest.h>
+
+#include <bit>
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "kernels/dot.h"
+#include "quant/quant.h"
+#include "quant/weight.h"
+
+namespace starling {
+namespace {
+
+using Bytes = std::vector<uint8_t>;
+
+// An interleaved K-quant format and its functions.
+struct Format {
+  WeightFormat format;
+  QuantType type;
+  void (*repack)(const void*, int64_t, int64_t, void*);
+  void (*dequantize_row)(const void*, int64_t, int64_t, float*);
+  using Dots = void (*)(const void*, int64_t, const void*, size_t, int64_t, int64_t, float*,
+                        int64_t);
+  Dots dots;
+  Dots dots_avx2;
+  float (*row_dot)(const void*, const void*, int64_t);  // the row-major product
+};
+const Format kFormats[] = {{WeightFormat::kQ4_K, QuantType::kQ4_K, RepackQ4_Kx8,
+                            DequantizeRowQ4_Kx8, DotsQ4_Kx8Q8_K, DotsQ4_Kx8Q8_K_Avx2, DotQ4_KQ8_K},
+                           {WeightFormat::kQ6_K, QuantType::kQ6_K, RepackQ6_Kx8,
+                            DequantizeRowQ6_Kx8, DotsQ6_Kx8Q8_K, DotsQ6_Kx8Q8_K_Avx2, DotQ6_KQ8_K}};
+
+// `rows` weight rows of n columns from random bytes (every quant, scale and min byte occurs),
+// with fp16 scales in [2^-12, 2^4) at the block's d (and Q4_K's dmin).
+Bytes RandomRows(QuantType type, int64_t rows, int64_t n, std::mt19937& rng) {
+  Bytes w(QuantRowBytes(type, n) * rows);
+  std::uniform_int_distribution<int> byte(0, 255), half(0x0C00, 0x4BFF);
+  for (auto& b : w) b = static_cast<uint8_t>(byte(rng));
+  const size_t d_at = type == QuantType::kQ4_K ? offsetof(BlockQ4_K, d) : offsetof(BlockQ6_K, d);
+  for (size_t p = 0; p < w.size(); p += QuantBlockBytes(type)) {
+    for (const size_t at : {d_at, type == QuantType::kQ4_K ? offsetof(BlockQ4_K, dmin) : d_at}) {
+      const auto d = static_cast<uint16_t>(half(rng));
+      std::memcpy(&w[p + at], &d, 2);
+    }
+  }
+  return w;
+}
+
+// Q8_K activation rows: quants in [-127, 127] (QuantizeRow's range), consistent bsums, scales
+// of either sign.
+Bytes RandomActivations(int64_t tokens, int64_t n, std::mt19937& rng) {
+  std::vector<BlockQ8_K> blocks(static_cast<size_t>(tokens * n / 256));
+  std::uniform_int_distribution<int> quant(-127, 127);
+  std::uniform_real_distribution<float> scale(-0.05f, 0.05f);
+  for (BlockQ8_K& b : blocks) {
+    b.d = scale(rng);
+    for (auto& q : b.qs) q = static_cast<int8_t>(quant(rng));
+    for (int k = 0; k < 16; ++k) {
+      int sum = 0;
+      for (int l = 0; l < 16; ++l) sum += b.qs[16 * k + l];
+      b.bsums[k] = static_cast<int16_t>(sum);
+    }
+  }
+  Bytes out(blocks.size() * sizeof(BlockQ8_K));
+  std::memcpy(out.data(), blocks.data(), out.size());
+  return out;
+}
+
+Bytes Repack(const Format& f, const Bytes& w, int64_t rows, int64_t n) {
+  // 0xAA: bytes the repacking leaves unwritten would show.
+  Bytes out(static_cast<size_t>((rows + 7) / 8 * 8) * QuantRowBytes(f.type, n), 0xAA);
+  f.repack(w.data(), rows, n, out.data());
+  return out;
+}
+
+void ExpectSameBits(const std::vector<float>& got, const std::vector<float>& want,
+                    const std::string& what) {
+  ASSERT_EQ(got.size(), want.size());
+  for (size_t i = 0; i < got.size(); ++i) {
+    ASSERT_EQ(std::bit_cast<uint32_t>(got[i]), std::bit_cast<uint32_t>(want[i]))
+        << what << " at " << i << ": " << got[i] << " vs " << want[i];
+  }
+}
+
+TEST(QuantInterleavedK, RepackKeepsEveryValueAndPadsWithZeroRows) {
+  std::mt19937 rng(1);
+  for (const Format& f : kFormats) {
+    for (int64_t rows = 1; rows <= 17; ++rows) {
+      const int64_t n = 512;
+      const Bytes w = RandomRows(f.type, rows, n, rng);
+      const Bytes packed = Repack(f, w, rows, n);
+      std::vector<float> want(n), got(n);
+      for (int64_t r = 0; r < (rows + 7) / 8 * 8; ++r) {
+        f.dequantize_row(packed.data(), r, n, got.data());
+        if (r < rows) {
+          DequantizeRow(f.type, &w[r * QuantRowBytes(f.type, n)], n, want.data());
+        } else {
+          // Zero scales: Q4_K 0 * q - 0; Q6_K (0 * 0) * (0 - 32) = -0.
+          std::fill(want.begin(), want.end(), f.type == QuantType::kQ6_K ? -0.0f : 0.0f);
+        }
+        ExpectSameBits(got, want,
+                       std::string(QuantTypeName(f.type)) + " rows=" + std::to_string(rows) +
+                           " row " + std::to_string(r));
+      }
+    }
+  }
+}
+
+TEST(QuantInterleavedK, ScalarDotsEqualTheRowDotBits) {
+  std::mt19937 rng(2);
+  for (const Format& f : kFormats) {
+    for (int64_t n : {256, 1024, 4096}) {
+      const int64_t rows = 11, tokens = 3;
+      const Bytes w = RandomRows(f.type, rows, n, rng);
+      const Bytes a = RandomActivations(tokens, n, rng);
+      const Bytes packed = Repack(f, w, rows, n);
+      const size_t w_stride = QuantRowBytes(f.type, n),
+                   a_stride = QuantRowBytes(QuantType::kQ8_K, n);
+      std::vector<float> got(rows * tokens), want(rows * tokens);
+      f.dots(packed.data(), rows, a.data(), a_stride, tokens, n, got.data(), rows);
+      for (int64_t r = 0; r < rows; ++r) {
+        for (int64_t t = 0; t < tokens; ++t) {
+          want[t * rows + r] = f.row_dot(&w[r * w_stride], &a[t * a_stride], n);
+        }
+      }
+      ExpectSameBits(got, want, std::string(QuantTypeName(f.type)) + " n=" + std::to_string(n));
+    }
+  }
+}
+
+TEST(QuantInterleavedK, Avx2DotsEqualScalarBitsForEveryTileShape) {
+  if (!CpuHasAvx2Fma()) GTEST_SKIP() << "no AVX2/FMA/F16C";
+  std::mt19937 rng(3);
+  for (const Format& f : kFormats) {
+    for (int64_t n : {256, 768}) {
+      for (int64_t rows = 1; rows <= 17; ++rows) {
+        for (int64_t tokens = 1; tokens <= 9; ++tokens) {
+          const Bytes packed = Repack(f, RandomRows(f.type, rows, n, rng), rows, n);
+          const Bytes a = RandomActivations(tokens, n, rng);
+          const size_t a_stride = QuantRowBytes(QuantType::kQ8_K, n);
+          const int64_t out_stride = rows + 3;  // outputs between rows stay untouched
+          std::vector<float> want(out_stride * tokens, -1.0f), got(out_stride * tokens, -1.0f);
+          f.dots(packed.data(), rows, a.data(), a_stride, tokens, n, want.data(), out_stride);
+          f.dots_avx2(packed.data(), rows, a.data(), a_stride, tokens, n, got.data(), out_stride);
+          ExpectSameBits(got, want,
+                         std::string(QuantTypeName(f.type)) + " n=" + std::to_string(n) +
+                             " rows=" + std::to_string(rows) + " tokens=" + std::to_string(tokens));
+        }
+      }
+    }
+  }
+}
+
+// The AVX2 kernels' int16 sums at their bounds: all quants at their maximum (15 or 63), all
+// activations 127, -127 or -128 (outside QuantizeRow's range, but the bounds hold), all scales
+// and mins 63 (Q6_K: -128).
+TEST(QuantInterleavedK, Avx2DotsAreExactAtTheExtremes) {
+  if (!CpuHasAvx2Fma()) GTEST_SKIP() << "no AVX2/FMA/F16C";
+  const int64_t rows = 8, tokens = 2, n = 256;
+  for (const Format& f : kFormats) {
+    for (const int8_t extreme : {int8_t{127}, int8_t{-127}, int8_t{-128}}) {
+      Bytes w(QuantRowBytes(f.type, n) * rows, 0xFF);
+      for (size_t p = 0; p < w.size(); p += QuantBlockBytes(f.type)) {
+        const uint16_t one = 0x3C00;
+        if (f.type == QuantType::kQ4_K) {
+          std::memcpy(&w[p], &one, 2);
+          std::memcpy(&w[p + 2], &one, 2);
+        } else {
+          std::fill(&w[p + 192], &w[p + 208], 0x80);  // scales -128
+          std::memcpy(&w[p + 208], &one, 2);
+        }
+      }
+      std::vector<BlockQ8_K> a(tokens);
+      for (BlockQ8_K& b : a) {
+        b.d = 1.0f;
+        std::fill(std::begin(b.qs), std::end(b.qs), extreme);
+        std::fill(std::begin(b.bsums), std::end(b.bsums), static_cast<int16_t>(16 * extreme));
+      }
+      const Bytes packed = Repack(f, w, rows, n);
+      std::vector<float> want(rows * tokens), got(rows * tokens);
+      f.dots(packed.data(), rows, a.data(), sizeof(BlockQ8_K), tokens, n, want.data(), rows);
+      f.dots_avx2(packed.data(), rows, a.data(), sizeof(BlockQ8_K), tokens, n, got.data(), rows);
+      ExpectSameBits(got, want, QuantTypeName(f.type));
+      EXPECT_EQ(want[0], f.row_dot(w.data(), a.data(), n));
+    }
+  }
+}
+
+// MatMul over LoadForMatMul's interleaved copy against MatMul over the row-major matrix (the
+// row-major kernels), bit for bit: generation (1 token), a few tokens, and more than a token
+// block; rows with a partial last group and more than one thread's share.
+TEST(QuantInterleavedK, MatMulOverInterleavedLayoutHasTheRowLayoutBits) {
+  std::mt19937 rng(4);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  const int64_t rows = 203, n = 512;
+  std::vector<float> weights(rows * n);
+  for (float& v : weights) v = normal(rng);
+  for (const Format& f : kFormats) {
+    const size_t row_bytes = QuantRowBytes(f.type, n);
+    Bytes w(row_bytes * rows);
+    for (int64_t r = 0; r < rows; ++r) QuantizeRow(f.type, &weights[r * n], n, &w[r * row_bytes]);
+    const WeightMatrix row_major{f.format, w.data(), rows, n};
+    ASSERT_TRUE(LoadsForMatMul(row_major));
+    HugePageBuffer buffer;
+    const WeightMatrix interleaved = LoadForMatMul(row_major, buffer);
+    ASSERT_EQ(interleaved.layout, WeightLayout::kInterleaved8);  // at every SIMD level
+    EXPECT_FALSE(LoadsForMatMul(interleaved));
+    EXPECT_EQ(buffer.size(), (rows + 7) / 8 * 8 * row_bytes);
+    for (int64_t tokens : {1, 2, 5, 9, 70}) {
+      std::vector<float> x(tokens * n);
+      for (float& v : x) v = normal(rng);
+      std::vector<float> want(tokens * rows), got(tokens * rows);
+      MatMul(row_major, x.data(), tokens, want.data());
+      MatMul(interleaved, x.data(), tokens, got.data());
+      ExpectSameBits(got, want,
+                     std::string(QuantTypeName(f.type)) + " tokens=" + std::to_string(tokens));
+    }
+    std::vector<float> row(n), stored(n);
+    for (int64_t r = 0; r < rows; ++r) {
+      ReadRow(interleaved, r, row.data());
+      ReadRow(row_major, r, stored.data());
+      ExpectSameBits(row, stored,
+                     std::string(QuantTypeName(f.type)) + " ReadRow " + std::to_string(r));
+    }
+  }
+}
+
+}  // namespace
+}  // namespace starling
