@@ -2,9 +2,12 @@
 // set this machine can run; and the thread pool's partitioning.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <bit>
+#include <cfloat>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <random>
 #include <string>
@@ -266,6 +269,214 @@ TEST(Kernels, FloatToHalfRowAvx2MatchesFloatToHalf) {
   for (size_t i = 0; i < x.size(); ++i) {
     ASSERT_EQ(out[i], FloatToHalf(x[i])) << std::hexfloat << x[i] << " at " << i;
   }
+}
+
+// The ulp of the float binade holding |v| (2^-149 for subnormals): the unit of ExpFast's bounds.
+double FloatUlp(double v) {
+  int exponent = 0;
+  std::frexp(v, &exponent);  // |v| = m 2^exponent, m in [1/2, 1)
+  return std::ldexp(1.0, std::max(exponent - 24, -149));
+}
+
+// Inputs for ExpFast: every 101st float of [-104, 89] by bit pattern (all binades), uniform
+// values over it, every float near the overflow threshold, the subnormal boundary and the
+// underflow to 0, and the edges.
+std::vector<float> ExpInputs() {
+  std::vector<float> x = {0.0f,
+                          -0.0f,
+                          1.0f,
+                          -1.0f,
+                          0x1p-149f,
+                          -0x1p-149f,
+                          0x1p-126f,
+                          88.0f,
+                          88.72283172607422f,
+                          88.72283935546875f,
+                          89.0f,
+                          89.5f,
+                          1000.0f,
+                          -87.33654f,
+                          -103.97208f,
+                          -103.9721f,
+                          -104.0f,
+                          -104.5f,
+                          -1000.0f,
+                          INFINITY,
+                          -INFINITY,
+                          NAN,
+                          -NAN,
+                          FLT_MAX,
+                          -FLT_MAX};
+  for (uint32_t b = 0; b <= std::bit_cast<uint32_t>(89.0f); b += 101) {
+    x.push_back(std::bit_cast<float>(b));
+  }
+  for (uint32_t b = 0x80000000u; b <= std::bit_cast<uint32_t>(-104.0f); b += 101) {
+    x.push_back(std::bit_cast<float>(b));
+  }
+  std::mt19937 rng(17);
+  std::uniform_real_distribution<float> uniform(-104.0f, 89.0f);
+  for (int i = 0; i < 2000000; ++i) x.push_back(uniform(rng));
+  for (const auto& [from, to] : {std::pair{88.70f, 88.73f}, std::pair{-87.36f, -87.32f},
+                                std::pair{-103.99f, -103.95f}, std::pair{-0.36f, 0.36f}}) {
+    for (float v = from; v <= to; v = std::nextafter(v, INFINITY)) {
+      x.push_back(v);
+      if (std::abs(v) < 0.3f) v += 1e-5f;  // a sample, not all 2^30 floats near 0
+    }
+  }
+  return x;
+}
+
+// ExpFast against e^x in double: within kExpUlps of it in float ulps (so at most one float
+// away from the correctly rounded value) for normal results; subnormal results within one
+// ulp (2^-149), with no flush to zero; overflow exactly where the correctly rounded value is
+// +inf; and the special values.
+TEST(Kernels, ExpFastMatchesDoubleExp) {
+  constexpr double kExpUlps = 1.0;  // the observed maximum is printed below
+  double worst = 0, worst_at = 0;
+  int64_t not_correctly_rounded = 0, count = 0;
+  for (const float x : ExpInputs()) {
+    if (std::isnan(x) || std::isinf(x)) continue;
+    const float got = ExpFast(x);
+    const double want = std::exp(static_cast<double>(x));
+    ++count;
+    if (got != static_cast<float>(want)) ++not_correctly_rounded;
+    if (static_cast<float>(want) == INFINITY) {
+      ASSERT_EQ(got, INFINITY) << std::hexfloat << x;
+      continue;
+    }
+    ASSERT_TRUE(std::isfinite(got)) << std::hexfloat << x;
+    const double error = std::abs(static_cast<double>(got) - want) / FloatUlp(want);
+    if (want < 0x1p-126) {
+      ASSERT_LE(error, 1.0) << std::hexfloat << "subnormal e^" << x << " = " << got;
+      continue;
+    }
+    if (error > worst) worst = error, worst_at = x;
+    ASSERT_LE(error, kExpUlps) << std::hexfloat << "e^" << x << " = " << got << " not " << want;
+  }
+  std::printf(
+      "ExpFast over %lld inputs: max error %.3f ulp (at x = %.9g), %lld (%.2f%%) not "
+      "correctly rounded\n",
+      static_cast<long long>(count), worst, worst_at, static_cast<long long>(not_correctly_rounded),
+      100.0 * static_cast<double>(not_correctly_rounded) / static_cast<double>(count));
+
+  EXPECT_EQ(ExpFast(0.0f), 1.0f);
+  EXPECT_EQ(ExpFast(-0.0f), 1.0f);
+  EXPECT_EQ(ExpFast(0x1p-149f), 1.0f);
+  EXPECT_EQ(ExpFast(-INFINITY), 0.0f);
+  EXPECT_EQ(ExpFast(-104.0f), 0.0f);
+  EXPECT_EQ(ExpFast(-1e30f), 0.0f);
+  EXPECT_EQ(ExpFast(-103.9f), 0x1p-149f);  // e^-103.9 = 1.07 2^-149: the smallest subnormal
+  EXPECT_EQ(ExpFast(INFINITY), INFINITY);
+  EXPECT_EQ(ExpFast(1e30f), INFINITY);
+  EXPECT_EQ(ExpFast(88.72283935546875f), INFINITY);  // the least float with e^x > FLT_MAX
+  EXPECT_GT(ExpFast(88.72283172607422f), 3.4e38f);   // the float below it: finite
+  EXPECT_LE(ExpFast(88.72283172607422f), FLT_MAX);
+  EXPECT_TRUE(std::isnan(ExpFast(NAN)));
+  EXPECT_TRUE(std::isnan(ExpFast(-NAN)));
+}
+
+// ExpRowAvx2's lanes are ExpFast: the same bits on the sweep above, on random bit patterns of
+// every exponent (NaNs: NaN both), and for every tail length.
+TEST(Kernels, ExpRowAvx2MatchesExpFastBitForBit) {
+  if (!CpuHasAvx2()) GTEST_SKIP() << "no AVX2+FMA";
+  std::vector<float> x = ExpInputs();
+  std::mt19937 rng(23);
+  std::uniform_int_distribution<uint32_t> bits;
+  for (int i = 0; i < 1000000; ++i) x.push_back(std::bit_cast<float>(bits(rng)));
+  const auto same = [](float a, float b) {
+    return std::bit_cast<uint32_t>(a) == std::bit_cast<uint32_t>(b) ||
+           (std::isnan(a) && std::isnan(b));
+  };
+  std::vector<float> out(x.size());
+  ExpRowAvx2(x.data(), static_cast<int64_t>(x.size()), out.data());
+  for (size_t i = 0; i < x.size(); ++i) {
+    ASSERT_TRUE(same(out[i], ExpFast(x[i])))
+        << std::hexfloat << "e^" << x[i] << ": " << out[i] << " vs " << ExpFast(x[i]);
+  }
+  for (int64_t n = 0; n <= 17; ++n) {
+    std::vector<float> row(n + 1, 7.0f);
+    ExpRowAvx2(x.data() + 1000, n, row.data());
+    for (int64_t i = 0; i < n; ++i) ASSERT_TRUE(same(row[i], ExpFast(x[1000 + i]))) << n;
+    EXPECT_EQ(row[n], 7.0f) << "wrote past the row";
+  }
+}
+
+// SiluMulAvx2 computes SiluMul's operations per element: the same bits, every tail.
+TEST(Kernels, SiluMulAvx2MatchesScalarBitForBit) {
+  if (!CpuHasAvx2()) GTEST_SKIP() << "no AVX2+FMA";
+  std::mt19937 rng(29);
+  std::normal_distribution<float> normal(0.0f, 3.0f);
+  for (int64_t n : {0, 1, 7, 8, 9, 15, 16, 17, 100, 5632}) {
+    std::vector<float> gate(n + 1, 7.0f), up(n);
+    for (int64_t i = 0; i < n; ++i) gate[i] = normal(rng), up[i] = normal(rng);
+    // Saturation, overflow of e^-g (g < -88.7: silu is -0), the infinities and NaN.
+    const float edges[] = {90.0f, -90.0f, -88.0f, 1e30f, -1e30f, INFINITY, -INFINITY, NAN, 0.0f};
+    for (int64_t i = 0; i < n && i < 9; ++i) gate[(i * 7) % n] = edges[i];
+    std::vector<float> want = gate, got = gate;
+    SiluMul(want.data(), up.data(), n);
+    SiluMulAvx2(got.data(), up.data(), n);
+    for (int64_t i = 0; i < n; ++i) {
+      ASSERT_TRUE(std::bit_cast<uint32_t>(got[i]) == std::bit_cast<uint32_t>(want[i]) ||
+                  (std::isnan(got[i]) && std::isnan(want[i])))
+          << "n=" << n << " i=" << i << " gate=" << gate[i] << ": " << got[i] << " vs " << want[i];
+    }
+    EXPECT_EQ(got[n], 7.0f) << "wrote past the row";
+  }
+}
+
+// Softmax and SoftmaxAvx2 against softmax in double of the same float differences x - max
+// (the subtraction rounds alike in all three). Per entry, relative to the reference p: each
+// exponential is within 1 ulp (2^-23 relative), a sum of m terms in float within (m - 1)
+// 2^-24, the inverse and the product 2^-24 each, so |out - p| <= (2 + 2 + m + 1) 2^-24 p, with
+// m = n for the scalar's index-order sum and m = ceil(n / 8) + 3 + 7 (a lane, the three adds
+// across lanes, the scalar tail) for AVX2; plus 2^-149 for outputs that are subnormal.
+TEST(Kernels, SoftmaxMatchesDoubleReference) {
+  std::mt19937 rng(31);
+  std::normal_distribution<float> normal(0.0f, 4.0f);
+  double worst_scalar = 0, worst_avx2 = 0;  // in units of 2^-24 relative
+  for (int64_t n : {1, 2, 7, 8, 9, 16, 31, 64, 300, 1000, 4097}) {
+    for (int trial = 0; trial < 4; ++trial) {
+      std::vector<float> x(n);
+      for (float& v : x) v = normal(rng) * static_cast<float>(trial + 1);
+      if (n > 2) x[n / 2] = -INFINITY;           // masked: probability exactly 0
+      if (trial == 3) x[0] = x[n - 1] + 200.0f;  // the others underflow
+      float max_value = -INFINITY;
+      for (const float v : x) max_value = std::max(max_value, v);
+      std::vector<double> want(n);
+      double total = 0;
+      for (int64_t i = 0; i < n; ++i) total += want[i] = std::exp(double{x[i] - max_value});
+      for (double& w : want) w /= total;
+
+      std::vector<std::pair<void (*)(float*, int64_t), const char*>> kernels = {
+          {Softmax, "scalar"}};
+      if (CpuHasAvx2()) kernels.emplace_back(SoftmaxAvx2, "avx2");
+      for (const auto& [softmax, name] : kernels) {
+        const bool avx2 = std::string(name) == "avx2";
+        const double terms = avx2 ? static_cast<double>((n + 7) / 8 + 10) : static_cast<double>(n);
+        std::vector<float> got = x;
+        softmax(got.data(), n);
+        for (int64_t i = 0; i < n; ++i) {
+          const double error = std::abs(got[i] - want[i]);
+          ASSERT_LE(error, (terms + 5) * 0x1p-24 * want[i] + 0x1p-149)
+              << name << " n=" << n << " trial=" << trial << " i=" << i;
+          if (want[i] > 0x1p-126) {
+            double& worst = avx2 ? worst_avx2 : worst_scalar;
+            worst = std::max(worst, error / want[i] / 0x1p-24);
+          }
+        }
+        if (n > 2) {
+          EXPECT_EQ(got[n / 2], 0.0f) << name;
+        }
+        if (avx2 && n < 8) {  // no lanes: the scalar's operations exactly
+          std::vector<float> scalar = x;
+          Softmax(scalar.data(), n);
+          for (int64_t i = 0; i < n; ++i) ASSERT_EQ(got[i], scalar[i]) << n << " " << i;
+        }
+      }
+    }
+  }
+  std::printf("Softmax: max relative error %.1f (scalar), %.1f (avx2) x 2^-24\n", worst_scalar,
+              worst_avx2);
 }
 
 TEST(Kernels, MatMulMatchesReference) {

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <string_view>
 
 #include "kernels/kernels.h"
@@ -126,6 +127,77 @@ void DotsAvx2(const void* row, const float* x, size_t x_stride, int64_t tokens, 
     DotTile<kType, 1>(row, x + t * x_stride, x_stride, n, out + t * out_stride, out_stride);
 }
 
+// GCC fuses a multiply into the add that uses it (its default -ffp-contract=fast holds in ISO
+// C++ mode too, and reaches through intrinsics). An empty asm hides where a value came from,
+// so that a caller's add (SiluMul's 1 + e) takes the rounded product, as the scalar twin does.
+__attribute__((target("avx2,fma,f16c"))) inline __m256 Opaque(__m256 v) {
+  asm("" : "+x"(v));
+  return v;
+}
+
+// ExpFast (kernels.cpp) in 8 lanes: the same operations in the same order, each one correctly
+// rounded, so each lane returns ExpFast's bits. The constants and the reasoning are there.
+__attribute__((target("avx2,fma,f16c"))) inline __m256 Exp8(__m256 x) {
+  using namespace exp_fast;
+  const __m256 shift = _mm256_set1_ps(kRoundingShift);
+  // max_ps(a, b) is a > b ? a : b, min_ps(a, b) a < b ? a : b: with x second, NaN stays.
+  x = _mm256_max_ps(_mm256_set1_ps(kMinInput), x);
+  x = _mm256_min_ps(_mm256_set1_ps(kMaxInput), x);
+  const __m256 shifted = _mm256_fmadd_ps(x, _mm256_set1_ps(kLog2E), shift);
+  const __m256 k = _mm256_sub_ps(shifted, shift);
+  const __m256i k_int = _mm256_sub_epi32(_mm256_castps_si256(shifted), _mm256_castps_si256(shift));
+  __m256 r = _mm256_fnmadd_ps(k, _mm256_set1_ps(kLn2Hi), x);  // -(k ln2hi) + x
+  r = _mm256_fnmadd_ps(k, _mm256_set1_ps(kLn2Lo), r);
+  const __m256 one = _mm256_set1_ps(1.0f);
+  __m256 p = _mm256_set1_ps(kC6);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(kC5));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(kC4));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(kC3));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(kC2));
+  p = _mm256_fmadd_ps(p, r, one);
+  p = _mm256_fmadd_ps(p, r, one);
+  const __m256i k_low = _mm256_srai_epi32(k_int, 1);
+  const __m256i k_high = _mm256_sub_epi32(k_int, k_low);
+  const __m256i bias = _mm256_set1_epi32(127);
+  const __m256 low = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(k_low, bias), 23));
+  const __m256 high = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(k_high, bias), 23));
+  return Opaque(_mm256_mul_ps(_mm256_mul_ps(p, low), high));
+}
+
+// Softmax's steps with 8 lanes: the maximum (exact in any order), the exponentials (ExpFast's
+// bits), their sum in 8 lane sums then the scalar tail (the only difference from Softmax),
+// and the products with its inverse.
+__attribute__((target("avx2,fma,f16c"))) inline void Softmax8(float* x, int64_t n) {
+  int64_t i = 0;
+  __m256 max8 = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+  for (; i + 8 <= n; i += 8) max8 = _mm256_max_ps(max8, _mm256_loadu_ps(x + i));
+  __m128 m = _mm_max_ps(_mm256_castps256_ps128(max8), _mm256_extractf128_ps(max8, 1));
+  m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+  m = _mm_max_ss(m, _mm_shuffle_ps(m, m, 1));
+  float max_value = _mm_cvtss_f32(m);
+  for (; i < n; ++i) max_value = std::max(max_value, x[i]);
+
+  const __m256 max_broadcast = _mm256_set1_ps(max_value);
+  __m256 sum8 = _mm256_setzero_ps();
+  for (i = 0; i + 8 <= n; i += 8) {
+    const __m256 e = Exp8(_mm256_sub_ps(_mm256_loadu_ps(x + i), max_broadcast));
+    _mm256_storeu_ps(x + i, e);
+    sum8 = _mm256_add_ps(sum8, e);
+  }
+  float sum = HorizontalSum(sum8);
+  for (; i < n; ++i) {
+    x[i] = ExpFast(x[i] - max_value);
+    sum += x[i];
+  }
+
+  const float inverse = 1.0f / sum;
+  const __m256 inverse8 = _mm256_set1_ps(inverse);
+  for (i = 0; i + 8 <= n; i += 8) {
+    _mm256_storeu_ps(x + i, _mm256_mul_ps(_mm256_loadu_ps(x + i), inverse8));
+  }
+  for (; i < n; ++i) x[i] *= inverse;
+}
+
 // AttentionHeadAvx2's body: a template in this file, so that it carries the target attribute
 // (GCC drops it from instantiations of a template declared without it in kernels.h).
 template <DType kCache>
@@ -161,7 +233,7 @@ __attribute__((target("avx2,fma,f16c"))) void AttentionHeadAvx2Impl(
   for (; key <= last; ++key) {
     scores[key - first] = DotAvx2<kCache>(keys + key * kv_stride, q, head_dim) * scale;
   }
-  Softmax(scores, last - first + 1);
+  Softmax8(scores, last - first + 1);
   // out[d] = sum_j p_j v_j[d] in j order (as the scalar twin), 64 dimensions per pass in 8
   // registers, then 8 at a time, then one at a time.
   int64_t d = 0;
@@ -207,6 +279,30 @@ template void AttentionHeadAvx2<DType::kF32>(const float*, const float*, const f
                                              int64_t, int64_t, int64_t, float*, float*);
 template void AttentionHeadAvx2<DType::kF16>(const float*, const uint16_t*, const uint16_t*,
                                              int64_t, int64_t, int64_t, int64_t, float*, float*);
+
+__attribute__((target("avx2,fma,f16c"))) void ExpRowAvx2(const float* x, int64_t n, float* out) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(out + i, Exp8(_mm256_loadu_ps(x + i)));
+  for (; i < n; ++i) out[i] = ExpFast(x[i]);
+}
+
+__attribute__((target("avx2,fma,f16c"))) void SoftmaxAvx2(float* x, int64_t n) {
+  Softmax8(x, n);
+}
+
+__attribute__((target("avx2,fma,f16c"))) void SiluMulAvx2(float* gate, const float* up, int64_t n) {
+  // SiluMul's operations per element: the quotient and product round as the scalar ones do.
+  const __m256 one = _mm256_set1_ps(1.0f);
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 g = _mm256_loadu_ps(gate + i);
+    const __m256 e = Exp8(_mm256_xor_ps(g, sign));  // e^-g
+    const __m256 silu = _mm256_div_ps(g, _mm256_add_ps(one, e));
+    _mm256_storeu_ps(gate + i, _mm256_mul_ps(silu, _mm256_loadu_ps(up + i)));
+  }
+  for (; i < n; ++i) gate[i] = gate[i] / (1.0f + ExpFast(-gate[i])) * up[i];
+}
 
 __attribute__((target("avx2,fma,f16c"))) void FloatToHalfRowAvx2(const float* x, int64_t n,
                                                                  uint16_t* out) {

@@ -21,6 +21,10 @@ void DotRowsAvx2(DType dtype, const void* row, const float* x, size_t x_stride, 
 // (F16C keeps the payload's top bits, FloatToHalf gives the default quiet NaN; both are NaN).
 void FloatToHalfRowAvx2(const float* x, int64_t n, uint16_t* out);
 
+// out[n] = ExpFast(x[n]) (kernels/kernels.h), bit for bit, 8 lanes at a time (needs
+// AVX2+FMA). `out` may alias `x`.
+void ExpRowAvx2(const float* x, int64_t n, float* out);
+
 bool CpuHasAvx2();        // AVX2, FMA and F16C
 bool CpuHasAvx512Vnni();  // AVX-512 F, BW, VL and VNNI (with AVX2, FMA and F16C)
 

@@ -1,5 +1,6 @@
 #include "kernels/kernels.h"
 
+#include <bit>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -69,12 +70,49 @@ void RmsNorm(const float* x, const float* weight, int64_t n, float eps, float* o
   for (int64_t i = 0; i < n; ++i) out[i] = x[i] * scale * weight[i];
 }
 
+// e^x = 2^k e^r with k = round(x log2 e), r = x - k ln2, |r| <= ln2 / 2: a polynomial for
+// e^r, then 2^k written into exponent bits. Every step is one correctly rounded float
+// operation (std::fma where the lanes use an fma), in the order ExpRowAvx2 performs them, so
+// the two agree bit for bit. Not inline: a caller's 1 + ExpFast(..) must round the result
+// first, and a compiler that may fuse a multiply into an add (GCC does by default) could fuse
+// the final scaling into it.
+[[gnu::noinline]] float ExpFast(float x) {
+  using namespace exp_fast;
+  // The clamp, written as the comparisons maxps/minps make (the lanes' _mm256_max_ps(lo, x)
+  // is lo > x ? lo : x): a NaN fails both and passes through to a NaN result.
+  x = kMinInput > x ? kMinInput : x;
+  x = kMaxInput < x ? kMaxInput : x;
+  const float shifted = std::fma(x, kLog2E, kRoundingShift);
+  const float k = shifted - kRoundingShift;  // exact: round(x log2 e)
+  // The same integer from the bits (same binade as kRoundingShift); unsigned arithmetic, so a
+  // NaN's bits wrap harmlessly.
+  const auto k_int = static_cast<int32_t>(std::bit_cast<uint32_t>(shifted) -
+                                          std::bit_cast<uint32_t>(kRoundingShift));
+  float r = std::fma(-k, kLn2Hi, x);  // exact (see kLn2Hi)
+  r = std::fma(-k, kLn2Lo, r);
+  float p = kC6;
+  p = std::fma(p, r, kC5);
+  p = std::fma(p, r, kC4);
+  p = std::fma(p, r, kC3);
+  p = std::fma(p, r, kC2);
+  p = std::fma(p, r, 1.0f);
+  p = std::fma(p, r, 1.0f);
+  // 2^k as two normal factors 2^floor(k/2) 2^ceil(k/2), each biased exponent in [52, 191]:
+  // the first product is exact, the second rounds once, so a subnormal result is rounded
+  // once (not flushed) and k = 128 (x up to 89) overflows to +inf as it should.
+  const int32_t k_low = k_int >> 1;
+  const int32_t k_high = k_int - k_low;
+  const auto low = std::bit_cast<float>(static_cast<uint32_t>(k_low + 127) << 23);
+  const auto high = std::bit_cast<float>(static_cast<uint32_t>(k_high + 127) << 23);
+  return p * low * high;
+}
+
 void Softmax(float* x, int64_t n) {
   float max_value = -std::numeric_limits<float>::infinity();
   for (int64_t i = 0; i < n; ++i) max_value = std::max(max_value, x[i]);
   float sum = 0.0f;
   for (int64_t i = 0; i < n; ++i) {
-    x[i] = std::exp(x[i] - max_value);
+    x[i] = ExpFast(x[i] - max_value);
     sum += x[i];
   }
   const float inverse = 1.0f / sum;
@@ -84,7 +122,7 @@ void Softmax(float* x, int64_t n) {
 void SiluMul(float* gate, const float* up, int64_t n) {
   for (int64_t i = 0; i < n; ++i) {
     const float g = gate[i];
-    gate[i] = g / (1.0f + std::exp(-g)) * up[i];
+    gate[i] = g / (1.0f + ExpFast(-g)) * up[i];
   }
 }
 

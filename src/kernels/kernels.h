@@ -31,11 +31,55 @@ void ReadRow(const DenseMatrix& w, int64_t row, float* out);
 // out[n] = x[n] / sqrt(mean(x^2) + eps) * weight[n]. `out` may alias `x`.
 void RmsNorm(const float* x, const float* weight, int64_t n, float eps, float* out);
 
-// In-place softmax over x[n], max-subtracted. -inf entries get probability 0.
-void Softmax(float* x, int64_t n);
+// e^x in float32 from a range reduction and a degree-6 polynomial (kernels.cpp says how),
+// within 1 ulp of e^x (0.951 measured), so at most one float from the correctly rounded
+// value, which it returns for about 98% of inputs (kernels_test sweeps it). Subnormal results
+// are computed, not flushed: within 2^-149 (the smallest subnormal) for x in [-103.97,
+// -87.34]; 0 below (-inf included), +inf above 88.7228 (+inf included), NaN for NaN. The
+// readable twin of the AVX2 lanes in ExpRowAvx2 (kernels/dot.h): they perform the same float
+// operations, so they return the same bits (NaNs: both NaN, payloads aside).
+float ExpFast(float x);
 
-// gate[n] = silu(gate[n]) * up[n]
+// ExpFast's constants, shared with its AVX2 lanes so that both compute with the same values.
+namespace exp_fast {
+// Inputs are clamped to [kMinInput, kMaxInput] first (NaN passes through): e^-104 < 2^-150
+// rounds to 0 and e^89 > FLT_MAX overflows to +inf, so the clamp changes no result, and on
+// this range k = round(x log2 e) lies in [-150, 128], which the two-factor scaling reaches.
+inline constexpr float kMinInput = -104.0f;
+inline constexpr float kMaxInput = 89.0f;
+inline constexpr float kLog2E = 0x1.715476p+0f;  // log2(e), rounded to float
+// 1.5 * 2^23: fma(x, log2 e, kRoundingShift) lands in [2^23, 2^24), where floats are the
+// integers, so its one rounding is round-to-nearest-even of x log2 e, and its low mantissa
+// bits hold that integer plus 2^22.
+inline constexpr float kRoundingShift = 0x1.8p+23f;
+// ln 2 = kLn2Hi + kLn2Lo (to 2^-54): x - k kLn2Hi is exact in one fma for |x| <= 104 (both
+// are multiples of 2^-25 and the difference is below 1/2), kLn2Lo carries the rest.
+inline constexpr float kLn2Hi = 0x1.62e430p-1f;
+inline constexpr float kLn2Lo = -0x1.05c610p-29f;
+// e^r ~ 1 + r + r^2 (kC2 + kC3 r + kC4 r^2 + kC5 r^3 + kC6 r^4) on |r| <= ln2 / 2: the
+// quartic interpolates (e^r - 1 - r) / r^2 at the 5 Chebyshev nodes a cos((2i+1) pi / 10),
+// a = ln2 / 2 (a near-minimax fit, solved in exact rational arithmetic from the series, then
+// rounded to float; kC2 comes out as 1/2 because the middle node is 0). Relative error of
+// the polynomial with these float coefficients: below 0.17 * 2^-24; near 1/n! (Taylor) but
+// 16x more accurate than Taylor to the same degree.
+inline constexpr float kC2 = 0.5f;
+inline constexpr float kC3 = 0x1.5554dep-3f;
+inline constexpr float kC4 = 0x1.55551ap-5f;
+inline constexpr float kC5 = 0x1.120b62p-7f;
+inline constexpr float kC6 = 0x1.6d10fcp-10f;
+}  // namespace exp_fast
+
+// In-place softmax over x[n], max-subtracted. -inf entries get probability 0. Exponentials
+// by ExpFast, summed in index order. SoftmaxAvx2 (needs AVX2+FMA): the same exponentials, the
+// same bits for n < 8; longer rows sum in 8 lanes, so their outputs differ from these by the
+// rounding of the sum (a few ulp relative).
+void Softmax(float* x, int64_t n);
+void SoftmaxAvx2(float* x, int64_t n);
+
+// gate[n] = silu(gate[n]) * up[n] = gate / (1 + ExpFast(-gate)) * up. SiluMulAvx2 (needs
+// AVX2+FMA) returns the same bits for every element.
 void SiluMul(float* gate, const float* up, int64_t n);
+void SiluMulAvx2(float* gate, const float* up, int64_t n);
 
 // Rotary position embedding of one token's heads, in place: vec[heads, head_dim]. Only the
 // first rope_dim dimensions of each head rotate. `inv_freq[rope_dim / 2]` holds

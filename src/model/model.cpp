@@ -344,7 +344,8 @@ void Session::RunRows(const Model& m, std::span<const Row> rows, ForwardScratch*
     }
     MatMul(w.w_gate, xn, n, s->gate.data());  // [T, F]
     MatMul(w.w_up, xn, n, s->up.data());      // [T, F]
-    SiluMul(s->gate.data(), s->up.data(), n * f);
+    const auto silu_mul = ActiveSimdLevel() != SimdLevel::kScalar ? SiluMulAvx2 : SiluMul;
+    silu_mul(s->gate.data(), s->up.data(), n * f);
     MatMul(w.w_down, s->gate.data(), n, xn);  // [T, D]
     for (int64_t i = 0; i < n * d; ++i) x[i] += xn[i];
   }
