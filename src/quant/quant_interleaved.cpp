@@ -206,9 +206,11 @@ STARLING_AVX2 inline void BlockSums(const BlockQ8_0x8& x, const BlockQ8_0* const
   }
 }
 
+// stream: the weights come from memory (generation: one tile of tokens per group), so the
+// lines ahead are prefetched.
 template <typename Interleaved, int kTokens>
 STARLING_AVX2 void Tile(const Interleaved* x, int64_t blocks, const char* a, size_t a_stride,
-                        const Q8_0BlockTerms* terms, __m256* out) {
+                        const Q8_0BlockTerms* terms, bool stream, __m256* out) {
   const BlockQ8_0* y[kTokens];
   const Q8_0BlockTerms* y_terms[kTokens];
   for (int t = 0; t < kTokens; ++t) {
@@ -218,6 +220,7 @@ STARLING_AVX2 void Tile(const Interleaved* x, int64_t blocks, const char* a, siz
   __m256 acc[kTokens];  // local, so that it lives in registers
   for (auto& sum : acc) sum = _mm256_setzero_ps();
   for (int64_t b = 0; b < blocks; ++b) {
+    if (stream) interleaved::PrefetchLines(x + b, interleaved::kPrefetchBytes);
     __m256i sumi[kTokens];
     BlockSums<kTokens>(x[b], y, b, y_terms, sumi);
     const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x[b].d)));
@@ -235,8 +238,8 @@ STARLING_AVX2 void DotsInterleavedAvx2(const void* w, int64_t rows, const void* 
                                        const Q8_0BlockTerms* terms, int64_t tokens, int64_t n,
                                        float* out, int64_t out_stride) {
   constexpr int kTokens = 4;
-  using TileFn =
-      void (*)(const Interleaved*, int64_t, const char*, size_t, const Q8_0BlockTerms*, __m256*);
+  using TileFn = void (*)(const Interleaved*, int64_t, const char*, size_t, const Q8_0BlockTerms*,
+                          bool, __m256*);
   static constexpr TileFn kTiles[kTokens] = {Tile<Interleaved, 1>, Tile<Interleaved, 2>,
                                              Tile<Interleaved, 3>, Tile<Interleaved, 4>};
   const int64_t blocks = QuantBlockCount(Source<Interleaved>::kType, n);
@@ -248,7 +251,7 @@ STARLING_AVX2 void DotsInterleavedAvx2(const void* w, int64_t rows, const void* 
       const int64_t tile_tokens = std::min<int64_t>(kTokens, tokens - t);
       __m256 acc[kTokens];
       kTiles[tile_tokens - 1](groups + g * blocks, blocks, ab + t * a_stride, a_stride,
-                              terms + t * blocks, acc);
+                              terms + t * blocks, tokens <= kTokens, acc);
       interleaved::StoreGroupTile(acc, tile_tokens, valid, out + t * out_stride + g * kGroupRows,
                                   out_stride);
     }
