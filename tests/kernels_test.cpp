@@ -12,6 +12,7 @@
 #include <random>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -220,6 +221,98 @@ TEST(Kernels, AttentionHeadMatchesDoubleReference) {
   ExpectAttentionHeadsMatchDoubleReference<DType::kF16>();
 }
 
+// Grouped-query attention (several query heads over one key/value head) against the per-head
+// kernels and a double-precision reference: the AVX2 group kernel must give each head
+// AttentionHeadAvx2's bits, the scalar twin AttentionHead's. Group sizes with and without a
+// lone last head, head dims with 32-wide, 8-wide and scalar parts (12: no tiles of keys
+// at all), windows not starting at 0, lengths 1..40 (every remainder of the key tiles and of
+// the value blocks) and 300 (several value blocks); q and out rows with gaps between heads.
+template <DType kCache>
+void ExpectAttentionGroupsMatchHeads() {
+  SCOPED_TRACE(DTypeName(kCache));
+  std::mt19937 rng(21);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::vector<int64_t> counts;
+  for (int64_t count = 1; count <= 40; ++count) counts.push_back(count);
+  counts.push_back(300);
+  for (const int64_t head_dim : {12, 64, 80, 128}) {
+    for (const int64_t group : {1, 2, 3, 4, 8}) {
+      for (const int64_t count : counts) {
+        const int64_t first = 3, last = first + count - 1, kv_stride = 2 * head_dim + 8;
+        const int64_t q_stride = head_dim + 4, out_stride = head_dim + 3;
+        std::vector<float> q(group * q_stride), keys((last + 1) * kv_stride), values(keys.size());
+        for (float& v : q) v = normal(rng);
+        for (float& v : keys) v = normal(rng);
+        for (float& v : values) v = normal(rng);
+        const auto cached_keys = ToCache<kCache>(keys), cached_values = ToCache<kCache>(values);
+        const auto trace = "head_dim=" + std::to_string(head_dim) +
+                           " group=" + std::to_string(group) + " count=" + std::to_string(count);
+
+        // The double reference of head h, from the cache's values (as in the test above).
+        const auto reference = [&](int64_t h) {
+          std::vector<double> p(count), want(head_dim, 0.0);
+          double max = -INFINITY, total = 0;
+          for (int64_t j = 0; j < count; ++j) {
+            double dot = 0;
+            for (int64_t d = 0; d < head_dim; ++d) {
+              dot += double{q[h * q_stride + d]} *
+                     CacheToFloat<kCache>(cached_keys[(first + j) * kv_stride + d]);
+            }
+            p[j] = dot / std::sqrt(static_cast<double>(head_dim));
+            max = std::max(max, p[j]);
+          }
+          for (double& v : p) total += v = std::exp(v - max);
+          for (int64_t j = 0; j < count; ++j) {
+            for (int64_t d = 0; d < head_dim; ++d) {
+              want[d] +=
+                  p[j] / total * CacheToFloat<kCache>(cached_values[(first + j) * kv_stride + d]);
+            }
+          }
+          return want;
+        };
+
+        using Group = void (*)(const float*, int64_t, int64_t, const CacheElement<kCache>*,
+                               const CacheElement<kCache>*, int64_t, int64_t, int64_t, int64_t,
+                               float*, float*, int64_t);
+        using Head =
+            void (*)(const float*, const CacheElement<kCache>*, const CacheElement<kCache>*,
+                     int64_t, int64_t, int64_t, int64_t, float*, float*);
+        std::vector<std::tuple<Group, Head, const char*>> kernels = {
+            {AttentionGroup<kCache>, AttentionHead<kCache>, "scalar"}};
+        if (CpuHasAvx2()) {
+          kernels.emplace_back(AttentionGroupAvx2<kCache>, AttentionHeadAvx2<kCache>, "avx2");
+        }
+        for (const auto& [group_kernel, head_kernel, name] : kernels) {
+          SCOPED_TRACE(trace + " " + name);
+          std::vector<float> scores(group * count), out(group * out_stride, 7.0f);
+          group_kernel(q.data(), q_stride, group, cached_keys.data(), cached_values.data(),
+                       kv_stride, head_dim, first, last, scores.data(), out.data(), out_stride);
+          for (int64_t h = 0; h < group; ++h) {
+            std::vector<float> head_scores(count), head_out(head_dim);
+            head_kernel(q.data() + h * q_stride, cached_keys.data(), cached_values.data(),
+                        kv_stride, head_dim, first, last, head_scores.data(), head_out.data());
+            const std::vector<double> want = reference(h);
+            for (int64_t d = 0; d < head_dim; ++d) {
+              const float got = out[h * out_stride + d];
+              ASSERT_EQ(std::bit_cast<uint32_t>(got), std::bit_cast<uint32_t>(head_out[d]))
+                  << "head " << h << " d=" << d;
+              ASSERT_NEAR(got, want[d], 2e-5) << "head " << h << " d=" << d;  // as above
+            }
+            for (int64_t d = head_dim; d < out_stride; ++d) {
+              EXPECT_EQ(out[h * out_stride + d], 7.0f) << "wrote between heads";
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST(Kernels, AttentionGroupEqualsHeadsBitForBit) {
+  ExpectAttentionGroupsMatchHeads<DType::kF32>();
+  ExpectAttentionGroupsMatchHeads<DType::kF16>();
+}
+
 // The F16C row conversion the F16 KV cache stores with gives FloatToHalf's bits: ties,
 // subnormals, overflow, infinities, zeros, the default NaN, and every tail length.
 TEST(Kernels, FloatToHalfRowAvx2MatchesFloatToHalf) {
@@ -317,7 +410,7 @@ std::vector<float> ExpInputs() {
   std::uniform_real_distribution<float> uniform(-104.0f, 89.0f);
   for (int i = 0; i < 2000000; ++i) x.push_back(uniform(rng));
   for (const auto& [from, to] : {std::pair{88.70f, 88.73f}, std::pair{-87.36f, -87.32f},
-                                std::pair{-103.99f, -103.95f}, std::pair{-0.36f, 0.36f}}) {
+                                 std::pair{-103.99f, -103.95f}, std::pair{-0.36f, 0.36f}}) {
     for (float v = from; v <= to; v = std::nextafter(v, INFINITY)) {
       x.push_back(v);
       if (std::abs(v) < 0.3f) v += 1e-5f;  // a sample, not all 2^30 floats near 0

@@ -4,6 +4,7 @@
 
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -266,6 +267,142 @@ __attribute__((target("avx2,fma,f16c"))) void AttentionHeadAvx2Impl(
   }
 }
 
+// One tile of AttentionGroupAvx2's scores: 4 consecutive keys (key0 + i * kv_stride) against
+// kHeads query heads (q + h * q_stride), 4 * kHeads accumulators (8 for a head pair, with the
+// 4 key vectors: 13 registers). Each (head, key) dot is AttentionHeadAvx2Impl's: one fma chain
+// over d in steps of 8, then the same hadd tree (lane sums pairwise, then the two halves), so
+// every score has its bits. scores[h * n + i] = dot * scale.
+template <DType kCache, int kHeads>
+__attribute__((target("avx2,fma,f16c"), always_inline)) inline void ScoreTile(
+    const float* q, int64_t q_stride, const CacheElement<kCache>* key0, int64_t kv_stride,
+    int64_t head_dim, __m128 scale4, float* scores, int64_t n) {
+  __m256 acc[kHeads][4];
+  for (auto& head : acc) {
+    for (auto& a : head) a = _mm256_setzero_ps();
+  }
+  for (int64_t d = 0; d < head_dim; d += 8) {
+    __m256 k[4];
+    for (int i = 0; i < 4; ++i) k[i] = Load8<kCache>(key0 + i * kv_stride, d);
+    for (int h = 0; h < kHeads; ++h) {
+      const __m256 q8 = _mm256_loadu_ps(q + h * q_stride + d);
+      for (int i = 0; i < 4; ++i) acc[h][i] = _mm256_fmadd_ps(k[i], q8, acc[h][i]);
+    }
+  }
+  for (int h = 0; h < kHeads; ++h) {
+    // Lane i of each 128-bit half: key i's sums of its half's pairs; the halves added last.
+    const __m256 sums8 =
+        _mm256_hadd_ps(_mm256_hadd_ps(acc[h][0], acc[h][1]), _mm256_hadd_ps(acc[h][2], acc[h][3]));
+    const __m128 sums = _mm_add_ps(_mm256_castps256_ps128(sums8), _mm256_extractf128_ps(sums8, 1));
+    _mm_storeu_ps(scores + h * n, _mm_mul_ps(sums, scale4));
+  }
+}
+
+// One block of rows of AttentionGroupAvx2's weighted sum of values: for kHeads heads,
+// out_h[d] += p_h[j] v_j[d] for j < rows in order, continuing the fma chain that out holds
+// (a stored float is the register's value, so blocking does not change the bits). 8 * 8 /
+// kHeads dimensions per pass (8 accumulators), then 8 at a time, then one at a time.
+template <DType kCache, int kHeads>
+__attribute__((target("avx2,fma,f16c"), always_inline)) inline void ValueTile(
+    const float* p, int64_t n, const CacheElement<kCache>* values, int64_t kv_stride, int64_t rows,
+    int64_t head_dim, float* out, int64_t out_stride) {
+  constexpr int kVectors = 8 / kHeads;
+  int64_t d = 0;
+  for (; d + 8 * kVectors <= head_dim; d += 8 * kVectors) {
+    __m256 acc[kHeads][kVectors];
+    for (int h = 0; h < kHeads; ++h) {
+      for (int i = 0; i < kVectors; ++i)
+        acc[h][i] = _mm256_loadu_ps(out + h * out_stride + d + 8 * i);
+    }
+    for (int64_t j = 0; j < rows; ++j) {
+      __m256 v[kVectors];
+      for (int i = 0; i < kVectors; ++i) v[i] = Load8<kCache>(values + j * kv_stride, d + 8 * i);
+      for (int h = 0; h < kHeads; ++h) {
+        const __m256 p8 = _mm256_broadcast_ss(p + h * n + j);
+        for (int i = 0; i < kVectors; ++i) acc[h][i] = _mm256_fmadd_ps(p8, v[i], acc[h][i]);
+      }
+    }
+    for (int h = 0; h < kHeads; ++h) {
+      for (int i = 0; i < kVectors; ++i)
+        _mm256_storeu_ps(out + h * out_stride + d + 8 * i, acc[h][i]);
+    }
+  }
+  for (; d + 8 <= head_dim; d += 8) {
+    for (int h = 0; h < kHeads; ++h) {
+      __m256 acc = _mm256_loadu_ps(out + h * out_stride + d);
+      for (int64_t j = 0; j < rows; ++j) {
+        acc = _mm256_fmadd_ps(_mm256_broadcast_ss(p + h * n + j),
+                              Load8<kCache>(values + j * kv_stride, d), acc);
+      }
+      _mm256_storeu_ps(out + h * out_stride + d, acc);
+    }
+  }
+  for (; d < head_dim; ++d) {
+    for (int h = 0; h < kHeads; ++h) {
+      float acc = out[h * out_stride + d];
+      for (int64_t j = 0; j < rows; ++j) {
+        acc = std::fma(p[h * n + j], CacheToFloat<kCache>(values[j * kv_stride + d]), acc);
+      }
+      out[h * out_stride + d] = acc;
+    }
+  }
+}
+
+// AttentionGroupAvx2's body (a template here for the target attribute, as above). Each head's
+// output has AttentionHeadAvx2Impl's bits: the same scores (tiles of 4 keys within its tiles of
+// 8, the rest through DotTile, which is DotAvx2 per head), Softmax8 per head, and the same fma
+// chain over j per output element. What changes is the loop order: each chunk of keys or
+// values loaded from L2 serves every head of the group while it sits in L1.
+template <DType kCache>
+__attribute__((target("avx2,fma,f16c"))) void AttentionGroupAvx2Impl(
+    const float* q, int64_t q_stride, int64_t group, const CacheElement<kCache>* keys,
+    const CacheElement<kCache>* values, int64_t kv_stride, int64_t head_dim, int64_t first,
+    int64_t last, float* scores, float* out, int64_t out_stride) {
+  const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
+  const int64_t n = last - first + 1;  // scores: [group][n]
+  // AttentionHeadAvx2Impl's tiles of 8 keys (only for head_dim % 8 == 0), here as pairs of
+  // tiles of 4 keys x 2 heads.
+  const int64_t tiled = head_dim % 8 == 0 ? n / 8 * 8 : 0;
+  const __m128 scale4 = _mm_set1_ps(scale);
+  for (int64_t j = 0; j < tiled; j += 4) {
+    const CacheElement<kCache>* key0 = keys + (first + j) * kv_stride;
+    int64_t h = 0;
+    for (; h + 2 <= group; h += 2) {
+      ScoreTile<kCache, 2>(q + h * q_stride, q_stride, key0, kv_stride, head_dim, scale4,
+                           scores + h * n + j, n);
+    }
+    if (h < group) {
+      ScoreTile<kCache, 1>(q + h * q_stride, q_stride, key0, kv_stride, head_dim, scale4,
+                           scores + h * n + j, n);
+    }
+  }
+  // The remaining keys as AttentionHeadAvx2Impl's DotAvx2 calls: DotsAvx2 gives each head the
+  // single dot's bits.
+  for (int64_t j = tiled; j < n; ++j) {
+    DotsAvx2<kCache>(keys + (first + j) * kv_stride, q, static_cast<size_t>(q_stride), group,
+                     head_dim, scores + j, n);
+    for (int64_t h = 0; h < group; ++h) scores[h * n + j] *= scale;
+  }
+  for (int64_t h = 0; h < group; ++h) Softmax8(scores + h * n, n);
+
+  for (int64_t h = 0; h < group; ++h) std::fill_n(out + h * out_stride, head_dim, 0.0f);
+  // Blocks of 32 rows: at most 16 KB of values (head_dim 128, F32), which stay in L1 while
+  // every head pair passes over them.
+  constexpr int64_t kBlock = 32;
+  for (int64_t j = 0; j < n; j += kBlock) {
+    const int64_t rows = std::min(kBlock, n - j);
+    const CacheElement<kCache>* v = values + (first + j) * kv_stride;
+    int64_t h = 0;
+    for (; h + 2 <= group; h += 2) {
+      ValueTile<kCache, 2>(scores + h * n + j, n, v, kv_stride, rows, head_dim,
+                           out + h * out_stride, out_stride);
+    }
+    if (h < group) {
+      ValueTile<kCache, 1>(scores + h * n + j, n, v, kv_stride, rows, head_dim,
+                           out + h * out_stride, out_stride);
+    }
+  }
+}
+
 }  // namespace
 
 template <DType kCache>
@@ -279,6 +416,22 @@ template void AttentionHeadAvx2<DType::kF32>(const float*, const float*, const f
                                              int64_t, int64_t, int64_t, float*, float*);
 template void AttentionHeadAvx2<DType::kF16>(const float*, const uint16_t*, const uint16_t*,
                                              int64_t, int64_t, int64_t, int64_t, float*, float*);
+
+template <DType kCache>
+void AttentionGroupAvx2(const float* q, int64_t q_stride, int64_t group,
+                        const CacheElement<kCache>* keys, const CacheElement<kCache>* values,
+                        int64_t kv_stride, int64_t head_dim, int64_t first, int64_t last,
+                        float* scores, float* out, int64_t out_stride) {
+  AttentionGroupAvx2Impl<kCache>(q, q_stride, group, keys, values, kv_stride, head_dim, first, last,
+                                 scores, out, out_stride);
+}
+
+template void AttentionGroupAvx2<DType::kF32>(const float*, int64_t, int64_t, const float*,
+                                              const float*, int64_t, int64_t, int64_t, int64_t,
+                                              float*, float*, int64_t);
+template void AttentionGroupAvx2<DType::kF16>(const float*, int64_t, int64_t, const uint16_t*,
+                                              const uint16_t*, int64_t, int64_t, int64_t, int64_t,
+                                              float*, float*, int64_t);
 
 __attribute__((target("avx2,fma,f16c"))) void ExpRowAvx2(const float* x, int64_t n, float* out) {
   int64_t i = 0;

@@ -169,4 +169,22 @@ template void AttentionHead<DType::kF32>(const float*, const float*, const float
 template void AttentionHead<DType::kF16>(const float*, const uint16_t*, const uint16_t*, int64_t,
                                          int64_t, int64_t, int64_t, float*, float*);
 
+template <DType kCache>
+void AttentionGroup(const float* q, int64_t q_stride, int64_t group,
+                    const CacheElement<kCache>* keys, const CacheElement<kCache>* values,
+                    int64_t kv_stride, int64_t head_dim, int64_t first, int64_t last, float* scores,
+                    float* out, int64_t out_stride) {
+  for (int64_t h = 0; h < group; ++h) {
+    AttentionHead<kCache>(q + h * q_stride, keys, values, kv_stride, head_dim, first, last, scores,
+                          out + h * out_stride);
+  }
+}
+
+template void AttentionGroup<DType::kF32>(const float*, int64_t, int64_t, const float*,
+                                          const float*, int64_t, int64_t, int64_t, int64_t, float*,
+                                          float*, int64_t);
+template void AttentionGroup<DType::kF16>(const float*, int64_t, int64_t, const uint16_t*,
+                                          const uint16_t*, int64_t, int64_t, int64_t, int64_t,
+                                          float*, float*, int64_t);
+
 }  // namespace starling

@@ -120,4 +120,21 @@ void AttentionHeadAvx2(const float* q, const CacheElement<kCache>* keys,
                        const CacheElement<kCache>* values, int64_t kv_stride, int64_t head_dim,
                        int64_t first, int64_t last, float* scores, float* out);
 
+// The `group` query heads that share one key/value head (grouped-query attention), each as
+// AttentionHead: head h reads q + h * q_stride [Dh] and writes out + h * out_stride [Dh];
+// scores: scratch [group * (last - first + 1)]. The scalar twin loops AttentionHead over the
+// heads. The AVX2 kernel gives every head AttentionHeadAvx2's bits (the same operations in
+// the same order per head), but reads each chunk of keys and values from L2 once for the
+// whole group. Instantiated for kF32 and kF16.
+template <DType kCache>
+void AttentionGroup(const float* q, int64_t q_stride, int64_t group,
+                    const CacheElement<kCache>* keys, const CacheElement<kCache>* values,
+                    int64_t kv_stride, int64_t head_dim, int64_t first, int64_t last, float* scores,
+                    float* out, int64_t out_stride);
+template <DType kCache>
+void AttentionGroupAvx2(const float* q, int64_t q_stride, int64_t group,
+                        const CacheElement<kCache>* keys, const CacheElement<kCache>* values,
+                        int64_t kv_stride, int64_t head_dim, int64_t first, int64_t last,
+                        float* scores, float* out, int64_t out_stride);
+
 }  // namespace starling

@@ -158,11 +158,12 @@ void StoreHalves(const float* x, int64_t n, uint16_t* out) {
 template <DType kCache>
 void AttendCache(const std::vector<CacheElement<kCache>>& keys,
                  const std::vector<CacheElement<kCache>>& values, int64_t offset, const float* q,
-                 int64_t kv_stride, int64_t head_dim, int64_t first, int64_t last, float* scores,
-                 float* out) {
+                 int64_t q_stride, int64_t group, int64_t kv_stride, int64_t head_dim,
+                 int64_t first, int64_t last, float* scores, float* out, int64_t out_stride) {
   const auto attend =
-      ActiveSimdLevel() != SimdLevel::kScalar ? AttentionHeadAvx2<kCache> : AttentionHead<kCache>;
-  attend(q, &keys[offset], &values[offset], kv_stride, head_dim, first, last, scores, out);
+      ActiveSimdLevel() != SimdLevel::kScalar ? AttentionGroupAvx2<kCache> : AttentionGroup<kCache>;
+  attend(q, q_stride, group, &keys[offset], &values[offset], kv_stride, head_dim, first, last,
+         scores, out, out_stride);
 }
 
 }  // namespace
@@ -180,16 +181,17 @@ void Session::StoreKeyValue(int32_t layer, int64_t position, const float* key, c
   }
 }
 
-void Session::Attend(int32_t layer, int64_t kv_head, const float* q, int64_t first, int64_t last,
-                     float* scores, float* out) const {
+void Session::Attend(int32_t layer, int64_t kv_head, const float* q, int64_t group, int64_t first,
+                     int64_t last, float* scores, float* out) const {
   const ModelConfig& c = model_->config();
   const int64_t hd = c.head_dim, kv_dim = int64_t{c.num_kv_heads} * hd;
   const int64_t offset = int64_t{layer} * context_length_ * kv_dim + kv_head * hd;
   if (kv_type_ == DType::kF32) {
-    AttendCache<DType::kF32>(keys_, values_, offset, q, kv_dim, hd, first, last, scores, out);
+    AttendCache<DType::kF32>(keys_, values_, offset, q, hd, group, kv_dim, hd, first, last, scores,
+                             out, hd);
   } else {
-    AttendCache<DType::kF16>(half_keys_, half_values_, offset, q, kv_dim, hd, first, last, scores,
-                             out);
+    AttendCache<DType::kF16>(half_keys_, half_values_, offset, q, hd, group, kv_dim, hd, first,
+                             last, scores, out, hd);
   }
 }
 
@@ -207,9 +209,11 @@ void ForwardScratch::Ensure(const ModelConfig& c, int64_t tokens, int64_t contex
     last.resize(c.hidden_size);
     rows = tokens;
   }
-  // One row of attention scores per thread, `context` floats apart.
+  // Attention scores [group, context] per thread (group: the query heads of a key/value head,
+  // attended together), group * context floats apart.
   context = std::max(context, context_length);
-  const auto score_floats = static_cast<size_t>(ThreadPool::Global().size() * context);
+  const int64_t group = c.num_heads / c.num_kv_heads;
+  const auto score_floats = static_cast<size_t>(ThreadPool::Global().size() * group * context);
   if (scores.size() < score_floats) scores.resize(score_floats);
 }
 
@@ -318,20 +322,28 @@ void Session::RunRows(const Model& m, std::span<const Row> rows, ForwardScratch*
            interleaved);
       r.session->StoreKeyValue(l, r.position, &s->k[t * kv_dim], &s->v[t * kv_dim]);
     }
-    // Every (head, row) pair on its own, over the threads; head-major, so that each thread
-    // gets whole heads (rows late in a prompt cost more than early ones).
-    const int64_t heads = c.num_heads, group = c.num_heads / c.num_kv_heads;
-    ThreadPool::Global().ParallelFor(heads * n, 1, [&](int64_t begin, int64_t end, int thread) {
-      float* scores = s->scores.data() + thread * s->context;
+    // One item per (slice of a group, row) over the threads: the query heads of a group
+    // share their key/value head, whose keys and values AttentionGroup reads once for all of
+    // them. A slice is the whole group unless that leaves too few items to keep the threads
+    // busy (decoding a single row): then groups split in halves. Each head's output has the
+    // same bits however its group is sliced, so results do not depend on the thread count.
+    // Slice-major, so that each thread gets whole slices (rows late in a prompt cost more).
+    const int64_t group = c.num_heads / c.num_kv_heads;
+    const int64_t threads = ThreadPool::Global().size();
+    int64_t slice = group;  // query heads per item
+    while (slice % 2 == 0 && c.num_heads / slice * n < 4 * threads) slice /= 2;
+    const int64_t slices = c.num_heads / slice;
+    ThreadPool::Global().ParallelFor(slices * n, 1, [&](int64_t begin, int64_t end, int thread) {
+      float* scores = s->scores.data() + thread * group * s->context;  // [slice, context]
       for (int64_t i = begin; i < end; ++i) {
-        const int64_t h = i / n, t = i % n;
+        const int64_t h = i / n * slice, t = i % n;  // the slice's first query head
         const Row& r = rows[t];
         // Mistral's sliding window: position i sees exactly positions (i - window, i]. A probe
         // sees the cached positions only.
         const int64_t last = r.probe ? r.session->length_ - 1 : r.position;
         const int64_t first =
             c.sliding_window > 0 ? std::max<int64_t>(0, r.position - c.sliding_window + 1) : 0;
-        r.session->Attend(l, h / group, &s->q[t * q_dim + h * hd], first, last, scores,
+        r.session->Attend(l, h / group, &s->q[t * q_dim + h * hd], slice, first, last, scores,
                           &s->attn[t * q_dim + h * hd]);
       }
     });

@@ -146,10 +146,11 @@ class Session {
   void CheckTokens(std::span<const int32_t> tokens) const;
   // Stores a token's key and value [KVH * Dh] of `layer` at `position`, in kv_type_.
   void StoreKeyValue(int32_t layer, int64_t position, const float* key, const float* value);
-  // AttentionHead over this session's cache of `layer`, key/value head `kv_head`, positions
-  // [first, last]; picks the kernel for kv_type_ and the CPU.
-  void Attend(int32_t layer, int64_t kv_head, const float* q, int64_t first, int64_t last,
-              float* scores, float* out) const;
+  // AttentionGroup over this session's cache of `layer`, key/value head `kv_head`, positions
+  // [first, last], for `group` consecutive query heads of it: q and out [group, Dh]; scores:
+  // scratch [group, last - first + 1]. Picks the kernel for kv_type_ and the CPU.
+  void Attend(int32_t layer, int64_t kv_head, const float* q, int64_t group, int64_t first,
+              int64_t last, float* scores, float* out) const;
 
   const Model* model_;
   int32_t context_length_;
