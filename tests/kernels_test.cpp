@@ -174,14 +174,20 @@ void ExpectAttentionHeadsMatchDoubleReference() {
       for (int64_t j = 0; j < count; ++j) {
         for (int64_t d = 0; d < head_dim; ++d) want[d] += p[j] / total * value(j, d);
       }
+      const double want_lse = max + std::log(total);
       using Head = void (*)(const float*, const CacheElement<kCache>*, const CacheElement<kCache>*,
-                            int64_t, int64_t, int64_t, int64_t, float*, float*);
+                            int64_t, int64_t, int64_t, int64_t, float*, float*, float*);
       std::vector<std::pair<Head, const char*>> heads = {{AttentionHead<kCache>, "scalar"}};
       if (CpuHasAvx2()) heads.emplace_back(AttentionHeadAvx2<kCache>, "avx2");
       for (const auto& [head, name] : heads) {
         std::vector<float> scores(count), out(head_dim + 1, 7.0f);
+        float lse = 0.0f;
         head(q.data(), cached_keys.data(), cached_values.data(), kv_stride, head_dim, first, last,
-             scores.data(), out.data());
+             scores.data(), out.data(), &lse);
+        // The log-sum-exp training saves: scores of size ~ |q||k|/sqrt(Dh) ~ 1 carry float
+        // errors ~ Dh * 2^-24 relative, and the log of a sum of up to 300 terms a few ulp: 1e-5
+        // absolute on values of size ~ log(count) + max.
+        EXPECT_NEAR(lse, want_lse, 1e-5) << "head_dim=" << head_dim << " count=" << count << " " << name;
         for (int64_t d = 0; d < head_dim; ++d) {
           // Outputs are convex combinations of N(0, 1) values; the scores' float errors
           // (~ head_dim * 2^-24 * |q||k|, scores of size ~ 1) move the weights by ~1e-6
@@ -205,7 +211,7 @@ void ExpectAttentionHeadsMatchDoubleReference() {
                                                        : AttentionHead<DType::kF32>;
           std::vector<float> f32_out(head_dim);
           f32(q.data(), wide_keys.data(), wide_values.data(), kv_stride, head_dim, first, last,
-              scores.data(), f32_out.data());
+              scores.data(), f32_out.data(), nullptr);
           for (int64_t d = 0; d < head_dim; ++d) {
             ASSERT_EQ(out[d], f32_out[d])
                 << "head_dim=" << head_dim << " count=" << count << " d=" << d << " " << name;
@@ -273,10 +279,10 @@ void ExpectAttentionGroupsMatchHeads() {
 
         using Group = void (*)(const float*, int64_t, int64_t, const CacheElement<kCache>*,
                                const CacheElement<kCache>*, int64_t, int64_t, int64_t, int64_t,
-                               float*, float*, int64_t);
+                               float*, float*, int64_t, float*);
         using Head =
             void (*)(const float*, const CacheElement<kCache>*, const CacheElement<kCache>*,
-                     int64_t, int64_t, int64_t, int64_t, float*, float*);
+                     int64_t, int64_t, int64_t, int64_t, float*, float*, float*);
         std::vector<std::tuple<Group, Head, const char*>> kernels = {
             {AttentionGroup<kCache>, AttentionHead<kCache>, "scalar"}};
         if (CpuHasAvx2()) {
@@ -286,11 +292,13 @@ void ExpectAttentionGroupsMatchHeads() {
           SCOPED_TRACE(trace + " " + name);
           std::vector<float> scores(group * count), out(group * out_stride, 7.0f);
           group_kernel(q.data(), q_stride, group, cached_keys.data(), cached_values.data(),
-                       kv_stride, head_dim, first, last, scores.data(), out.data(), out_stride);
+                       kv_stride, head_dim, first, last, scores.data(), out.data(), out_stride,
+                       nullptr);
           for (int64_t h = 0; h < group; ++h) {
             std::vector<float> head_scores(count), head_out(head_dim);
             head_kernel(q.data() + h * q_stride, cached_keys.data(), cached_values.data(),
-                        kv_stride, head_dim, first, last, head_scores.data(), head_out.data());
+                        kv_stride, head_dim, first, last, head_scores.data(), head_out.data(),
+                        nullptr);
             const std::vector<double> want = reference(h);
             for (int64_t d = 0; d < head_dim; ++d) {
               const float got = out[h * out_stride + d];

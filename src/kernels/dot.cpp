@@ -168,7 +168,9 @@ __attribute__((target("avx2,fma,f16c"))) inline __m256 Exp8(__m256 x) {
 // Softmax's steps with 8 lanes: the maximum (exact in any order), the exponentials (ExpFast's
 // bits), their sum in 8 lane sums then the scalar tail (the only difference from Softmax),
 // and the products with its inverse.
-__attribute__((target("avx2,fma,f16c"))) inline void Softmax8(float* x, int64_t n) {
+// Returns max + log(sum), the log-sum-exp, when `want_lse` (else 0).
+__attribute__((target("avx2,fma,f16c"))) inline float Softmax8(float* x, int64_t n,
+                                                               bool want_lse = false) {
   int64_t i = 0;
   __m256 max8 = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
   for (; i + 8 <= n; i += 8) max8 = _mm256_max_ps(max8, _mm256_loadu_ps(x + i));
@@ -197,6 +199,7 @@ __attribute__((target("avx2,fma,f16c"))) inline void Softmax8(float* x, int64_t 
     _mm256_storeu_ps(x + i, _mm256_mul_ps(_mm256_loadu_ps(x + i), inverse8));
   }
   for (; i < n; ++i) x[i] *= inverse;
+  return want_lse ? max_value + std::log(sum) : 0.0f;
 }
 
 // AttentionHeadAvx2's body: a template in this file, so that it carries the target attribute
@@ -204,7 +207,8 @@ __attribute__((target("avx2,fma,f16c"))) inline void Softmax8(float* x, int64_t 
 template <DType kCache>
 __attribute__((target("avx2,fma,f16c"))) void AttentionHeadAvx2Impl(
     const float* q, const CacheElement<kCache>* keys, const CacheElement<kCache>* values,
-    int64_t kv_stride, int64_t head_dim, int64_t first, int64_t last, float* scores, float* out) {
+    int64_t kv_stride, int64_t head_dim, int64_t first, int64_t last, float* scores, float* out,
+    float* lse) {
   const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
   int64_t key = first;
   if (head_dim % 8 == 0) {
@@ -234,7 +238,8 @@ __attribute__((target("avx2,fma,f16c"))) void AttentionHeadAvx2Impl(
   for (; key <= last; ++key) {
     scores[key - first] = DotAvx2<kCache>(keys + key * kv_stride, q, head_dim) * scale;
   }
-  Softmax8(scores, last - first + 1);
+  const float log_sum = Softmax8(scores, last - first + 1, lse != nullptr);
+  if (lse != nullptr) *lse = log_sum;
   // out[d] = sum_j p_j v_j[d] in j order (as the scalar twin), 64 dimensions per pass in 8
   // registers, then 8 at a time, then one at a time.
   int64_t d = 0;
@@ -356,7 +361,7 @@ template <DType kCache>
 __attribute__((target("avx2,fma,f16c"))) void AttentionGroupAvx2Impl(
     const float* q, int64_t q_stride, int64_t group, const CacheElement<kCache>* keys,
     const CacheElement<kCache>* values, int64_t kv_stride, int64_t head_dim, int64_t first,
-    int64_t last, float* scores, float* out, int64_t out_stride) {
+    int64_t last, float* scores, float* out, int64_t out_stride, float* lse) {
   const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
   const int64_t n = last - first + 1;  // scores: [group][n]
   // AttentionHeadAvx2Impl's tiles of 8 keys (only for head_dim % 8 == 0), here as pairs of
@@ -382,7 +387,10 @@ __attribute__((target("avx2,fma,f16c"))) void AttentionGroupAvx2Impl(
                      head_dim, scores + j, n);
     for (int64_t h = 0; h < group; ++h) scores[h * n + j] *= scale;
   }
-  for (int64_t h = 0; h < group; ++h) Softmax8(scores + h * n, n);
+  for (int64_t h = 0; h < group; ++h) {
+    const float log_sum = Softmax8(scores + h * n, n, lse != nullptr);
+    if (lse != nullptr) lse[h] = log_sum;
+  }
 
   for (int64_t h = 0; h < group; ++h) std::fill_n(out + h * out_stride, head_dim, 0.0f);
   // Blocks of 32 rows: at most 16 KB of values (head_dim 128, F32), which stay in L1 while
@@ -408,30 +416,32 @@ __attribute__((target("avx2,fma,f16c"))) void AttentionGroupAvx2Impl(
 template <DType kCache>
 void AttentionHeadAvx2(const float* q, const CacheElement<kCache>* keys,
                        const CacheElement<kCache>* values, int64_t kv_stride, int64_t head_dim,
-                       int64_t first, int64_t last, float* scores, float* out) {
-  AttentionHeadAvx2Impl<kCache>(q, keys, values, kv_stride, head_dim, first, last, scores, out);
+                       int64_t first, int64_t last, float* scores, float* out, float* lse) {
+  AttentionHeadAvx2Impl<kCache>(q, keys, values, kv_stride, head_dim, first, last, scores, out,
+                                lse);
 }
 
 template void AttentionHeadAvx2<DType::kF32>(const float*, const float*, const float*, int64_t,
-                                             int64_t, int64_t, int64_t, float*, float*);
+                                             int64_t, int64_t, int64_t, float*, float*, float*);
 template void AttentionHeadAvx2<DType::kF16>(const float*, const uint16_t*, const uint16_t*,
-                                             int64_t, int64_t, int64_t, int64_t, float*, float*);
+                                             int64_t, int64_t, int64_t, int64_t, float*, float*,
+                                             float*);
 
 template <DType kCache>
 void AttentionGroupAvx2(const float* q, int64_t q_stride, int64_t group,
                         const CacheElement<kCache>* keys, const CacheElement<kCache>* values,
                         int64_t kv_stride, int64_t head_dim, int64_t first, int64_t last,
-                        float* scores, float* out, int64_t out_stride) {
+                        float* scores, float* out, int64_t out_stride, float* lse) {
   AttentionGroupAvx2Impl<kCache>(q, q_stride, group, keys, values, kv_stride, head_dim, first, last,
-                                 scores, out, out_stride);
+                                 scores, out, out_stride, lse);
 }
 
 template void AttentionGroupAvx2<DType::kF32>(const float*, int64_t, int64_t, const float*,
                                               const float*, int64_t, int64_t, int64_t, int64_t,
-                                              float*, float*, int64_t);
+                                              float*, float*, int64_t, float*);
 template void AttentionGroupAvx2<DType::kF16>(const float*, int64_t, int64_t, const uint16_t*,
                                               const uint16_t*, int64_t, int64_t, int64_t, int64_t,
-                                              float*, float*, int64_t);
+                                              float*, float*, int64_t, float*);
 
 __attribute__((target("avx2,fma,f16c"))) void ExpRowAvx2(const float* x, int64_t n, float* out) {
   int64_t i = 0;

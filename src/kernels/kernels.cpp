@@ -63,11 +63,25 @@ void ReadRow(const DenseMatrix& w, int64_t row, float* out) {
   }
 }
 
-void RmsNorm(const float* x, const float* weight, int64_t n, float eps, float* out) {
+float RmsNorm(const float* x, const float* weight, int64_t n, float eps, float* out) {
   float sum_squares = 0.0f;
   for (int64_t i = 0; i < n; ++i) sum_squares += x[i] * x[i];
   const float scale = 1.0f / std::sqrt(sum_squares / static_cast<float>(n) + eps);
   for (int64_t i = 0; i < n; ++i) out[i] = x[i] * scale * weight[i];
+  return scale;
+}
+
+void RmsNormBackward(const float* x, const float* weight, float rstd, const float* dy, int64_t n,
+                     float* dx, float* dweight) {
+  // y_i = x_i r w_i with r = (mean(x^2) + eps)^(-1/2), dr/dx_i = -r^3 x_i / n, so
+  // dx_i = r w_i dy_i - (r^3 / n) x_i sum_j dy_j w_j x_j.
+  float dot = 0.0f;
+  for (int64_t i = 0; i < n; ++i) dot += dy[i] * weight[i] * x[i];
+  const float c = rstd * rstd * rstd * dot / static_cast<float>(n);
+  for (int64_t i = 0; i < n; ++i) {
+    if (dweight != nullptr) dweight[i] += dy[i] * x[i] * rstd;
+    dx[i] += rstd * weight[i] * dy[i] - c * x[i];
+  }
 }
 
 // e^x = 2^k e^r with k = round(x log2 e), r = x - k ln2, |r| <= ln2 / 2: a polynomial for
@@ -107,7 +121,11 @@ void RmsNorm(const float* x, const float* weight, int64_t n, float eps, float* o
   return p * low * high;
 }
 
-void Softmax(float* x, int64_t n) {
+namespace {
+
+// Softmax's steps; returns the log-sum-exp of the inputs, max + log(sum of exponentials), when
+// `want_lse` (else 0: inference needs no logarithm).
+float SoftmaxLse(float* x, int64_t n, bool want_lse) {
   float max_value = -std::numeric_limits<float>::infinity();
   for (int64_t i = 0; i < n; ++i) max_value = std::max(max_value, x[i]);
   float sum = 0.0f;
@@ -117,7 +135,12 @@ void Softmax(float* x, int64_t n) {
   }
   const float inverse = 1.0f / sum;
   for (int64_t i = 0; i < n; ++i) x[i] *= inverse;
+  return want_lse ? max_value + std::log(sum) : 0.0f;
 }
+
+}  // namespace
+
+void Softmax(float* x, int64_t n) { SoftmaxLse(x, n, false); }
 
 void SiluMul(float* gate, const float* up, int64_t n) {
   for (int64_t i = 0; i < n; ++i) {
@@ -126,13 +149,29 @@ void SiluMul(float* gate, const float* up, int64_t n) {
   }
 }
 
-void Rope(float* vec, int64_t heads, int64_t head_dim, int64_t rope_dim, int64_t position,
-          std::span<const float> inv_freq, bool interleaved) {
+void SiluMulBackward(const float* gate, const float* up, const float* dy, int64_t n, float* dgate,
+                     float* dup) {
+  // y = silu(g) u with silu(g) = g s, s = 1 / (1 + e^-g): dy/du = g s and
+  // dy/dg = u s (1 + g (1 - s)).
+  for (int64_t i = 0; i < n; ++i) {
+    const float g = gate[i];
+    const float s = 1.0f / (1.0f + ExpFast(-g));
+    dup[i] = dy[i] * g * s;
+    dgate[i] = dy[i] * up[i] * s * (1.0f + g * (1.0f - s));
+  }
+}
+
+namespace {
+
+// Rotates each pair of the first rope_dim dimensions of every head by `sign` * angle (the
+// negation is exact, so the backward's rotation is the forward's with sin negated).
+void RotatePairs(float* vec, int64_t heads, int64_t head_dim, int64_t rope_dim, int64_t position,
+                 std::span<const float> inv_freq, bool interleaved, float sign) {
   const int64_t half = rope_dim / 2;
   for (int64_t i = 0; i < half; ++i) {
     // Angles as Hugging Face computes them: float32 position * float32 inverse frequency.
     const float angle = static_cast<float>(position) * inv_freq[i];
-    const float c = std::cos(angle), s = std::sin(angle);
+    const float c = std::cos(angle), s = sign * std::sin(angle);
     for (int64_t h = 0; h < heads; ++h) {
       float* v = vec + h * head_dim;
       const int64_t a = interleaved ? 2 * i : i;
@@ -144,10 +183,23 @@ void Rope(float* vec, int64_t heads, int64_t head_dim, int64_t rope_dim, int64_t
   }
 }
 
+}  // namespace
+
+void Rope(float* vec, int64_t heads, int64_t head_dim, int64_t rope_dim, int64_t position,
+          std::span<const float> inv_freq, bool interleaved) {
+  RotatePairs(vec, heads, head_dim, rope_dim, position, inv_freq, interleaved, 1.0f);
+}
+
+// The forward is a rotation by +angle per pair; its transpose is the rotation by -angle.
+void RopeBackward(float* grad, int64_t heads, int64_t head_dim, int64_t rope_dim, int64_t position,
+                  std::span<const float> inv_freq, bool interleaved) {
+  RotatePairs(grad, heads, head_dim, rope_dim, position, inv_freq, interleaved, -1.0f);
+}
+
 template <DType kCache>
 void AttentionHead(const float* q, const CacheElement<kCache>* keys,
                    const CacheElement<kCache>* values, int64_t kv_stride, int64_t head_dim,
-                   int64_t first, int64_t last, float* scores, float* out) {
+                   int64_t first, int64_t last, float* scores, float* out, float* lse) {
   const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
   for (int64_t j = first; j <= last; ++j) {
     const CacheElement<kCache>* k = keys + j * kv_stride;
@@ -155,7 +207,8 @@ void AttentionHead(const float* q, const CacheElement<kCache>* keys,
     for (int64_t d = 0; d < head_dim; ++d) dot += q[d] * CacheToFloat<kCache>(k[d]);
     scores[j - first] = dot * scale;
   }
-  Softmax(scores, last - first + 1);
+  const float log_sum = SoftmaxLse(scores, last - first + 1, lse != nullptr);
+  if (lse != nullptr) *lse = log_sum;
   for (int64_t d = 0; d < head_dim; ++d) out[d] = 0.0f;
   for (int64_t j = first; j <= last; ++j) {
     const float p = scores[j - first];
@@ -165,26 +218,66 @@ void AttentionHead(const float* q, const CacheElement<kCache>* keys,
 }
 
 template void AttentionHead<DType::kF32>(const float*, const float*, const float*, int64_t, int64_t,
-                                         int64_t, int64_t, float*, float*);
+                                         int64_t, int64_t, float*, float*, float*);
 template void AttentionHead<DType::kF16>(const float*, const uint16_t*, const uint16_t*, int64_t,
-                                         int64_t, int64_t, int64_t, float*, float*);
+                                         int64_t, int64_t, int64_t, float*, float*, float*);
 
 template <DType kCache>
 void AttentionGroup(const float* q, int64_t q_stride, int64_t group,
                     const CacheElement<kCache>* keys, const CacheElement<kCache>* values,
                     int64_t kv_stride, int64_t head_dim, int64_t first, int64_t last, float* scores,
-                    float* out, int64_t out_stride) {
+                    float* out, int64_t out_stride, float* lse) {
   for (int64_t h = 0; h < group; ++h) {
     AttentionHead<kCache>(q + h * q_stride, keys, values, kv_stride, head_dim, first, last, scores,
-                          out + h * out_stride);
+                          out + h * out_stride, lse != nullptr ? lse + h : nullptr);
   }
 }
 
 template void AttentionGroup<DType::kF32>(const float*, int64_t, int64_t, const float*,
                                           const float*, int64_t, int64_t, int64_t, int64_t, float*,
-                                          float*, int64_t);
+                                          float*, int64_t, float*);
 template void AttentionGroup<DType::kF16>(const float*, int64_t, int64_t, const uint16_t*,
                                           const uint16_t*, int64_t, int64_t, int64_t, int64_t,
-                                          float*, float*, int64_t);
+                                          float*, float*, int64_t, float*);
+
+void AttentionGroupBackward(const float* q, const float* keys, const float* values,
+                            int64_t kv_stride, int64_t group, int64_t head_dim, int64_t first,
+                            int64_t last, const float* out, const float* lse, const float* dout,
+                            float* scores, float* dq, float* dkeys, float* dvalues) {
+  const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
+  for (int64_t h = 0; h < group; ++h) {
+    const float* qh = q + h * head_dim;
+    const float* oh = out + h * head_dim;
+    const float* doh = dout + h * head_dim;
+    float* dqh = dq + h * head_dim;
+    // p_j recomputed from the saved log-sum-exp: p_j = exp(s_j - lse).
+    for (int64_t j = first; j <= last; ++j) {
+      const float* k = keys + j * kv_stride;
+      float dot = 0.0f;
+      for (int64_t d = 0; d < head_dim; ++d) dot += qh[d] * k[d];
+      scores[j - first] = std::exp(dot * scale - lse[h]);
+    }
+    // sum_j p_j dp_j = dout . out (out = sum_j p_j v_j).
+    float delta = 0.0f;
+    for (int64_t d = 0; d < head_dim; ++d) delta += doh[d] * oh[d];
+    for (int64_t j = first; j <= last; ++j) {
+      const float p = scores[j - first];
+      const float* v = values + j * kv_stride;
+      float* dv = dvalues + j * kv_stride;
+      float dp = 0.0f;
+      for (int64_t d = 0; d < head_dim; ++d) {
+        dp += doh[d] * v[d];
+        dv[d] += p * doh[d];
+      }
+      const float ds = p * (dp - delta) * scale;  // d loss / d (q . k_j)
+      const float* k = keys + j * kv_stride;
+      float* dk = dkeys + j * kv_stride;
+      for (int64_t d = 0; d < head_dim; ++d) {
+        dqh[d] += ds * k[d];
+        dk[d] += ds * qh[d];
+      }
+    }
+  }
+}
 
 }  // namespace starling

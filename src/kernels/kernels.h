@@ -28,8 +28,13 @@ float BFloat16ToFloat(uint16_t bits);
 // out[cols] = row `row` of `w`, converted to float32.
 void ReadRow(const DenseMatrix& w, int64_t row, float* out);
 
-// out[n] = x[n] / sqrt(mean(x^2) + eps) * weight[n]. `out` may alias `x`.
-void RmsNorm(const float* x, const float* weight, int64_t n, float eps, float* out);
+// out[n] = x[n] / sqrt(mean(x^2) + eps) * weight[n]. `out` may alias `x`. Returns the scale
+// rstd = 1 / sqrt(mean(x^2) + eps), which training saves for the backward.
+float RmsNorm(const float* x, const float* weight, int64_t n, float eps, float* out);
+// The backward of RmsNorm at input x[n] (its saved rstd): dx[n] += d out / d x . dy[n], and
+// dweight[n] += dy * x * rstd unless dweight is null (a frozen norm).
+void RmsNormBackward(const float* x, const float* weight, float rstd, const float* dy, int64_t n,
+                     float* dx, float* dweight);
 
 // e^x in float32 from a range reduction and a degree-6 polynomial (kernels.cpp says how),
 // within 1 ulp of e^x (0.951 measured), so at most one float from the correctly rounded
@@ -80,6 +85,10 @@ void SoftmaxAvx2(float* x, int64_t n);
 // AVX2+FMA) returns the same bits for every element.
 void SiluMul(float* gate, const float* up, int64_t n);
 void SiluMulAvx2(float* gate, const float* up, int64_t n);
+// The backward of SiluMul at the saved pre-activations gate[n] and up[n]: dgate[n] and dup[n]
+// (written, not accumulated) from dy[n].
+void SiluMulBackward(const float* gate, const float* up, const float* dy, int64_t n, float* dgate,
+                     float* dup);
 
 // Rotary position embedding of one token's heads, in place: vec[heads, head_dim]. Only the
 // first rope_dim dimensions of each head rotate. `inv_freq[rope_dim / 2]` holds
@@ -87,6 +96,9 @@ void SiluMulAvx2(float* gate, const float* up, int64_t n);
 // (Hugging Face's rotate_half).
 void Rope(float* vec, int64_t heads, int64_t head_dim, int64_t rope_dim, int64_t position,
           std::span<const float> inv_freq, bool interleaved);
+// The backward of Rope, in place on the gradient grad[heads, head_dim]: the inverse rotation.
+void RopeBackward(float* grad, int64_t heads, int64_t head_dim, int64_t rope_dim, int64_t position,
+                  std::span<const float> inv_freq, bool interleaved);
 
 // The C++ type of one KV cache element: float for F32, uint16_t holding IEEE binary16 bits
 // for F16 (the only cache types).
@@ -110,31 +122,45 @@ inline float CacheToFloat(CacheElement<kCache> x) {
 // kCache (F32 or F16; F16 elements are widened to float32 as they are read, so the arithmetic
 // is the same float32 for both); scores: scratch [last - first + 1]. The AVX2 twin
 // (kernels/dot.cpp: its dots keep 8 lanes, its sum over positions runs per dimension in the
-// scalar order) agrees to rounding. Instantiated for kF32 and kF16.
+// scalar order) agrees to rounding. Instantiated for kF32 and kF16. `lse`: null, or where the
+// log-sum-exp of the scaled scores goes (max + log(sum of exponentials)), which training saves
+// so that the backward recomputes the probabilities instead of storing them.
 template <DType kCache>
 void AttentionHead(const float* q, const CacheElement<kCache>* keys,
                    const CacheElement<kCache>* values, int64_t kv_stride, int64_t head_dim,
-                   int64_t first, int64_t last, float* scores, float* out);
+                   int64_t first, int64_t last, float* scores, float* out, float* lse = nullptr);
 template <DType kCache>
 void AttentionHeadAvx2(const float* q, const CacheElement<kCache>* keys,
                        const CacheElement<kCache>* values, int64_t kv_stride, int64_t head_dim,
-                       int64_t first, int64_t last, float* scores, float* out);
+                       int64_t first, int64_t last, float* scores, float* out,
+                       float* lse = nullptr);
 
 // The `group` query heads that share one key/value head (grouped-query attention), each as
 // AttentionHead: head h reads q + h * q_stride [Dh] and writes out + h * out_stride [Dh];
 // scores: scratch [group * (last - first + 1)]. The scalar twin loops AttentionHead over the
 // heads. The AVX2 kernel gives every head AttentionHeadAvx2's bits (the same operations in
 // the same order per head), but reads each chunk of keys and values from L2 once for the
-// whole group. Instantiated for kF32 and kF16.
+// whole group. Instantiated for kF32 and kF16. `lse`: null or [group] (see AttentionHead).
 template <DType kCache>
 void AttentionGroup(const float* q, int64_t q_stride, int64_t group,
                     const CacheElement<kCache>* keys, const CacheElement<kCache>* values,
                     int64_t kv_stride, int64_t head_dim, int64_t first, int64_t last, float* scores,
-                    float* out, int64_t out_stride);
+                    float* out, int64_t out_stride, float* lse = nullptr);
 template <DType kCache>
 void AttentionGroupAvx2(const float* q, int64_t q_stride, int64_t group,
                         const CacheElement<kCache>* keys, const CacheElement<kCache>* values,
                         int64_t kv_stride, int64_t head_dim, int64_t first, int64_t last,
-                        float* scores, float* out, int64_t out_stride);
+                        float* scores, float* out, int64_t out_stride, float* lse = nullptr);
+
+// The backward of AttentionGroup (float32 keys and values) for one query row: the `group`
+// query heads q[group, Dh] (contiguous) that share the key/value head at keys/values (row j at
+// + j * kv_stride), positions [first, last], with the forward's outputs out[group, Dh] and
+// log-sum-exps lse[group], and the gradient dout[group, Dh]. Accumulates dq[group, Dh] and
+// dkeys/dvalues (same layout as keys/values) in a fixed order: heads in order, then positions
+// in order. Probabilities are recomputed as exp(s_j - lse). scores: scratch [last - first + 1].
+void AttentionGroupBackward(const float* q, const float* keys, const float* values,
+                            int64_t kv_stride, int64_t group, int64_t head_dim, int64_t first,
+                            int64_t last, const float* out, const float* lse, const float* dout,
+                            float* scores, float* dq, float* dkeys, float* dvalues);
 
 }  // namespace starling

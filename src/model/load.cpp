@@ -15,7 +15,7 @@
 namespace starling {
 namespace {
 
-Model LoadGguf(std::shared_ptr<const GgufFile> gguf) {
+ModelFiles GgufFiles(std::shared_ptr<const GgufFile> gguf) {
   const std::string& path = gguf->source();
   const ModelConfig config = ModelConfigFromGguf(*gguf, path);
   std::vector<TensorRef> tensors;
@@ -45,10 +45,10 @@ Model LoadGguf(std::shared_ptr<const GgufFile> gguf) {
     if (gguf->mapping().size() > 0) t.mapping = &gguf->mapping();
     tensors.push_back(std::move(t));
   }
-  return Model(config, tensors, path, gguf);
+  return {config, std::move(tensors), path, gguf};
 }
 
-Model LoadHuggingFace(const std::string& dir) {
+ModelFiles HuggingFaceFiles(const std::string& dir) {
   const ModelConfig config = LoadHuggingFaceConfig(dir);
   auto weights = std::make_shared<SafetensorsModel>(SafetensorsModel::OpenDirectory(dir));
   std::vector<TensorRef> tensors;
@@ -73,23 +73,29 @@ Model LoadHuggingFace(const std::string& dir) {
     t.size_bytes = data.size();
     tensors.push_back(std::move(t));
   }
-  return Model(config, tensors, dir, weights);
+  return {config, std::move(tensors), dir, weights};
 }
 
 }  // namespace
 
 Model Model::LoadGgufBytes(std::string_view bytes, const std::string& source) {
-  return LoadGguf(std::make_shared<const GgufFile>(GgufFile::Parse(bytes, source)));
+  ModelFiles files = GgufFiles(std::make_shared<const GgufFile>(GgufFile::Parse(bytes, source)));
+  return Model(std::move(files.config), files.tensors, files.source, files.storage);
 }
 
-Model Model::Load(const std::string& path) {
-  if (IsDirectory(path)) return LoadHuggingFace(path);
+ModelFiles OpenModelFiles(const std::string& path) {
+  if (IsDirectory(path)) return HuggingFaceFiles(path);
   if (ReadFilePrefix(path, 4) == "GGUF") {
-    return LoadGguf(std::make_shared<const GgufFile>(GgufFile::Open(path)));
+    return GgufFiles(std::make_shared<const GgufFile>(GgufFile::Open(path)));
   }
   Fail(path,
        ": not a model (expected a Hugging Face directory with config.json and "
        "*.safetensors, or a GGUF file)");
+}
+
+Model Model::Load(const std::string& path) {
+  ModelFiles files = OpenModelFiles(path);
+  return Model(std::move(files.config), files.tensors, files.source, files.storage);
 }
 
 }  // namespace starling

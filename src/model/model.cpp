@@ -7,6 +7,8 @@
 #include "core/error.h"
 #include "core/thread_pool.h"
 #include "kernels/dot.h"
+#include "model/forward.h"
+#include "model/tensors.h"
 #include "quant/quant.h"
 
 namespace starling {
@@ -67,11 +69,18 @@ class TensorTable {
     return faster;
   }
 
-  std::vector<float> Vector(const std::string& name, int64_t n) const {
+  // A float32 view of vector `name`: in place when stored as aligned F32 (a trainer's
+  // parameters, most F32 files), else a converted copy kept in `owned`.
+  std::span<const float> Vector(const std::string& name, int64_t n,
+                                std::vector<std::shared_ptr<const std::vector<float>>>& owned) const {
     const TensorRef& t = Require(name, {n});
-    std::vector<float> out(static_cast<size_t>(n));
-    ReadRow(WeightMatrix{t.format, t.data, 1, n}, 0, out.data());
-    return out;
+    if (t.format == WeightFormat::kF32 && reinterpret_cast<uintptr_t>(t.data) % alignof(float) == 0) {
+      return {static_cast<const float*>(t.data), static_cast<size_t>(n)};
+    }
+    auto out = std::make_shared<std::vector<float>>(static_cast<size_t>(n));
+    ReadRow(WeightMatrix{t.format, t.data, 1, n}, 0, out->data());
+    owned.push_back(out);
+    return {out->data(), out->size()};
   }
 
  private:
@@ -90,33 +99,29 @@ Model::Model(ModelConfig config, const std::vector<TensorRef>& tensors, std::str
   config_.Validate(source_);
   const ModelConfig& c = config_;
   const TensorTable table(tensors_, source_);
-  const int64_t d = c.hidden_size, v = c.vocab_size, f = c.intermediate_size;
-  const int64_t q_rows = int64_t{c.num_heads} * c.head_dim;
-  const int64_t kv_rows = int64_t{c.num_kv_heads} * c.head_dim;
-
-  embedding_ = table.Matrix("model.embed_tokens.weight", v, d, relaid_);
-  final_norm_ = table.Vector("model.norm.weight", d);
-  if (c.head == ModelHead::kReward) {
-    head_ = table.Matrix("score.weight", 1, d, relaid_);
-  } else if (c.tie_word_embeddings) {
-    head_ = embedding_;
-  } else {
-    head_ = table.Matrix("lm_head.weight", v, d, relaid_);
+  layers_.resize(static_cast<size_t>(c.num_layers));
+  for (const TensorSpec& spec : ModelTensors(c)) {
+    const std::string& name = spec.name;
+    LayerWeights* layer = spec.layer >= 0 ? &layers_[spec.layer] : nullptr;
+    auto matrix = [&] { return table.Matrix(name, spec.shape[0], spec.shape[1], relaid_); };
+    auto vector = [&] { return table.Vector(name, spec.shape[0], vectors_); };
+    switch (spec.role) {
+      case TensorRole::kEmbedding: embedding_ = matrix(); break;
+      case TensorRole::kAttnNorm: layer->attn_norm = vector(); break;
+      case TensorRole::kWq: layer->wq = matrix(); break;
+      case TensorRole::kWk: layer->wk = matrix(); break;
+      case TensorRole::kWv: layer->wv = matrix(); break;
+      case TensorRole::kWo: layer->wo = matrix(); break;
+      case TensorRole::kFfnNorm: layer->ffn_norm = vector(); break;
+      case TensorRole::kGate: layer->w_gate = matrix(); break;
+      case TensorRole::kUp: layer->w_up = matrix(); break;
+      case TensorRole::kDown: layer->w_down = matrix(); break;
+      case TensorRole::kFinalNorm: final_norm_ = vector(); break;
+      case TensorRole::kLmHead: head_ = matrix(); break;
+      case TensorRole::kScore: head_ = matrix(); break;
+    }
   }
-  for (int32_t i = 0; i < c.num_layers; ++i) {
-    const std::string p = "model.layers." + std::to_string(i) + ".";
-    LayerWeights layer;
-    layer.attn_norm = table.Vector(p + "input_layernorm.weight", d);
-    layer.wq = table.Matrix(p + "self_attn.q_proj.weight", q_rows, d, relaid_);
-    layer.wk = table.Matrix(p + "self_attn.k_proj.weight", kv_rows, d, relaid_);
-    layer.wv = table.Matrix(p + "self_attn.v_proj.weight", kv_rows, d, relaid_);
-    layer.wo = table.Matrix(p + "self_attn.o_proj.weight", d, q_rows, relaid_);
-    layer.ffn_norm = table.Vector(p + "post_attention_layernorm.weight", d);
-    layer.w_gate = table.Matrix(p + "mlp.gate_proj.weight", f, d, relaid_);
-    layer.w_up = table.Matrix(p + "mlp.up_proj.weight", f, d, relaid_);
-    layer.w_down = table.Matrix(p + "mlp.down_proj.weight", d, f, relaid_);
-    layers_.push_back(std::move(layer));
-  }
+  if (c.head == ModelHead::kLanguageModel && c.tie_word_embeddings) head_ = embedding_;
   for (const TensorRef& t : tensors_) weight_bytes_ += t.size_bytes;
 
   // inv_freq as Hugging Face computes it in float32: 1 / theta^(2i / rope_dim).
@@ -159,11 +164,12 @@ template <DType kCache>
 void AttendCache(const std::vector<CacheElement<kCache>>& keys,
                  const std::vector<CacheElement<kCache>>& values, int64_t offset, const float* q,
                  int64_t q_stride, int64_t group, int64_t kv_stride, int64_t head_dim,
-                 int64_t first, int64_t last, float* scores, float* out, int64_t out_stride) {
+                 int64_t first, int64_t last, float* scores, float* out, int64_t out_stride,
+                 float* lse) {
   const auto attend =
       ActiveSimdLevel() != SimdLevel::kScalar ? AttentionGroupAvx2<kCache> : AttentionGroup<kCache>;
   attend(q, q_stride, group, &keys[offset], &values[offset], kv_stride, head_dim, first, last,
-         scores, out, out_stride);
+         scores, out, out_stride, lse);
 }
 
 }  // namespace
@@ -182,16 +188,16 @@ void Session::StoreKeyValue(int32_t layer, int64_t position, const float* key, c
 }
 
 void Session::Attend(int32_t layer, int64_t kv_head, const float* q, int64_t group, int64_t first,
-                     int64_t last, float* scores, float* out) const {
+                     int64_t last, float* scores, float* out, float* lse) const {
   const ModelConfig& c = model_->config();
   const int64_t hd = c.head_dim, kv_dim = int64_t{c.num_kv_heads} * hd;
   const int64_t offset = int64_t{layer} * context_length_ * kv_dim + kv_head * hd;
   if (kv_type_ == DType::kF32) {
     AttendCache<DType::kF32>(keys_, values_, offset, q, hd, group, kv_dim, hd, first, last, scores,
-                             out, hd);
+                             out, hd, lse);
   } else {
     AttendCache<DType::kF16>(half_keys_, half_values_, offset, q, hd, group, kv_dim, hd, first,
-                             last, scores, out, hd);
+                             last, scores, out, hd, lse);
   }
 }
 
@@ -240,10 +246,24 @@ void Session::Forward(std::span<const int32_t> tokens, std::span<float> logits, 
          context_length_);
   }
   CheckTokens(tokens);
-  rows_.clear();
-  for (int64_t t = 0; t < n; ++t) rows_.push_back({this, tokens[t], length_ + t, false});
-  RunRows(*model_, rows_, &scratch_, logits, all_logits);
-  length_ += static_cast<int32_t>(n);
+  const int64_t o_size = model_->config().output_size();
+  if (static_cast<int64_t>(logits.size()) < (all_logits ? n * o_size : o_size)) {
+    Fail("output buffer too small");
+  }
+  for (int64_t begin = 0; begin < n; begin += kChunkRows) {
+    const int64_t end = std::min(n, begin + kChunkRows);
+    rows_.clear();
+    for (int64_t t = begin; t < end; ++t) rows_.push_back({this, tokens[t], length_ + t - begin, false});
+    // Every chunk's outputs when all are asked for; else only the last chunk's last row.
+    if (all_logits) {
+      RunRows(*model_, rows_, &scratch_, logits.subspan(begin * o_size), true);
+    } else if (end == n) {
+      RunRows(*model_, rows_, &scratch_, logits, false);
+    } else {
+      RunRows(*model_, rows_, &scratch_, {}, false, /*outputs_wanted=*/false);
+    }
+    length_ += static_cast<int32_t>(end - begin);
+  }
 }
 
 void Session::Probe(int32_t token, int64_t position, std::span<float> outputs) {
@@ -285,90 +305,62 @@ void Session::ForwardBatch(std::span<Session* const> sessions, std::span<const i
   for (Session* s : sessions) s->length_ += 1;
 }
 
+// The rows of a batch of sessions as a key/value source: each row's key and value go into its
+// session's cache, and each row attends to its session's cache.
+class SessionKeyValues final : public KeyValueSource {
+ public:
+  explicit SessionKeyValues(std::span<const Session::Row> rows) : rows_(rows) {
+    for (const Session::Row& r : rows) max_span_ = std::max<int64_t>(max_span_, r.session->context_length_);
+  }
+  void Append(int32_t layer, const float* k, const float* v) override {
+    const ModelConfig& c = rows_[0].session->model().config();
+    const int64_t kv_dim = int64_t{c.num_kv_heads} * c.head_dim;
+    for (size_t t = 0; t < rows_.size(); ++t) {
+      const Session::Row& r = rows_[t];
+      if (r.probe) continue;  // a probe's key and value are never attended to
+      r.session->StoreKeyValue(layer, r.position, &k[t * kv_dim], &v[t * kv_dim]);
+    }
+  }
+  void Attend(int32_t layer, int64_t row, int64_t kv_head, const float* q, int64_t group,
+              float* scores, float* out, float* lse) const override {
+    const Session::Row& r = rows_[row];
+    // Mistral's sliding window: position i sees exactly positions (i - window, i]. A probe
+    // sees the cached positions only.
+    const int32_t window = r.session->model().config().sliding_window;
+    const int64_t last = r.probe ? r.session->length_ - 1 : r.position;
+    const int64_t first = window > 0 ? std::max<int64_t>(0, r.position - window + 1) : 0;
+    r.session->Attend(layer, kv_head, q, group, first, last, scores, out, lse);
+  }
+  int64_t max_span() const override { return max_span_; }
+
+ private:
+  std::span<const Session::Row> rows_;
+  int64_t max_span_ = 0;
+};
+
 void Session::RunRows(const Model& m, std::span<const Row> rows, ForwardScratch* s,
-                      std::span<float> outputs, bool all_outputs) {
+                      std::span<float> outputs, bool all_outputs, bool outputs_wanted) {
   const ModelConfig& c = m.config();
   const auto n = static_cast<int64_t>(rows.size());
   const int64_t o_size = c.output_size();
-  if (static_cast<int64_t>(outputs.size()) < (all_outputs ? n * o_size : o_size)) {
+  if (outputs_wanted && static_cast<int64_t>(outputs.size()) < (all_outputs ? n * o_size : o_size)) {
     Fail("output buffer too small");
   }
-  int64_t max_context = 0;
-  for (const Row& r : rows)
-    max_context = std::max<int64_t>(max_context, r.session->context_length_);
-  s->Ensure(c, n, max_context);
-  const int64_t d = c.hidden_size, hd = c.head_dim, f = c.intermediate_size;
-  const int64_t q_dim = int64_t{c.num_heads} * hd, kv_dim = int64_t{c.num_kv_heads} * hd;
-  const bool interleaved = c.rope_layout == RopeLayout::kInterleaved;
-  float* x = s->x.data();
-  float* xn = s->xn.data();
-
-  for (int64_t t = 0; t < n; ++t) ReadRow(m.embedding(), rows[t].token, &x[t * d]);
-
-  for (int32_t l = 0; l < c.num_layers; ++l) {
-    const LayerWeights& w = m.layers()[l];
-    // Attention block: x += Wo · attention(rope(Wq·norm(x)), rope(Wk·norm(x)), Wv·norm(x))
-    for (int64_t t = 0; t < n; ++t) {
-      RmsNorm(&x[t * d], w.attn_norm.data(), d, c.rms_norm_eps, &xn[t * d]);
-    }
-    MatMul(w.wq, xn, n, s->q.data());  // [T, H * Dh]
-    MatMul(w.wk, xn, n, s->k.data());  // [T, KVH * Dh]
-    MatMul(w.wv, xn, n, s->v.data());  // [T, KVH * Dh]
-    for (int64_t t = 0; t < n; ++t) {
-      const Row& r = rows[t];
-      Rope(&s->q[t * q_dim], c.num_heads, hd, c.rope_dim, r.position, m.inv_freq(), interleaved);
-      if (r.probe) continue;  // a probe's key and value are never attended to
-      Rope(&s->k[t * kv_dim], c.num_kv_heads, hd, c.rope_dim, r.position, m.inv_freq(),
-           interleaved);
-      r.session->StoreKeyValue(l, r.position, &s->k[t * kv_dim], &s->v[t * kv_dim]);
-    }
-    // One item per (slice of a group, row) over the threads: the query heads of a group
-    // share their key/value head, whose keys and values AttentionGroup reads once for all of
-    // them. A slice is the whole group unless that leaves too few items to keep the threads
-    // busy (decoding a single row): then groups split in halves. Each head's output has the
-    // same bits however its group is sliced, so results do not depend on the thread count.
-    // Slice-major, so that each thread gets whole slices (rows late in a prompt cost more).
-    const int64_t group = c.num_heads / c.num_kv_heads;
-    const int64_t threads = ThreadPool::Global().size();
-    int64_t slice = group;  // query heads per item
-    while (slice % 2 == 0 && c.num_heads / slice * n < 4 * threads) slice /= 2;
-    const int64_t slices = c.num_heads / slice;
-    ThreadPool::Global().ParallelFor(slices * n, 1, [&](int64_t begin, int64_t end, int thread) {
-      float* scores = s->scores.data() + thread * group * s->context;  // [slice, context]
-      for (int64_t i = begin; i < end; ++i) {
-        const int64_t h = i / n * slice, t = i % n;  // the slice's first query head
-        const Row& r = rows[t];
-        // Mistral's sliding window: position i sees exactly positions (i - window, i]. A probe
-        // sees the cached positions only.
-        const int64_t last = r.probe ? r.session->length_ - 1 : r.position;
-        const int64_t first =
-            c.sliding_window > 0 ? std::max<int64_t>(0, r.position - c.sliding_window + 1) : 0;
-        r.session->Attend(l, h / group, &s->q[t * q_dim + h * hd], slice, first, last, scores,
-                          &s->attn[t * q_dim + h * hd]);
-      }
-    });
-    MatMul(w.wo, s->attn.data(), n, xn);  // [T, D]
-    for (int64_t i = 0; i < n * d; ++i) x[i] += xn[i];
-
-    // Feed-forward block: x += W_down · (silu(W_gate·norm(x)) * W_up·norm(x))
-    for (int64_t t = 0; t < n; ++t) {
-      RmsNorm(&x[t * d], w.ffn_norm.data(), d, c.rms_norm_eps, &xn[t * d]);
-    }
-    MatMul(w.w_gate, xn, n, s->gate.data());  // [T, F]
-    MatMul(w.w_up, xn, n, s->up.data());      // [T, F]
-    const auto silu_mul = ActiveSimdLevel() != SimdLevel::kScalar ? SiluMulAvx2 : SiluMul;
-    silu_mul(s->gate.data(), s->up.data(), n * f);
-    MatMul(w.w_down, s->gate.data(), n, xn);  // [T, D]
-    for (int64_t i = 0; i < n * d; ++i) x[i] += xn[i];
+  s->row_tokens.resize(static_cast<size_t>(n));
+  s->row_positions.resize(static_cast<size_t>(n));
+  for (int64_t t = 0; t < n; ++t) {
+    s->row_tokens[t] = rows[t].token;
+    s->row_positions[t] = rows[t].position;
   }
-
+  SessionKeyValues kv(rows);
+  RunDecoder(m, s->row_tokens, s->row_positions, kv, *s, nullptr);
+  if (!outputs_wanted) return;
+  const int64_t d = c.hidden_size;
   if (all_outputs) {
-    for (int64_t t = 0; t < n; ++t) {
-      RmsNorm(&x[t * d], m.final_norm().data(), d, c.rms_norm_eps, &xn[t * d]);
-    }
-    MatMul(m.head(), xn, n, outputs.data());
+    FinalNorm(m, s->x.data(), n, s->xn.data(), nullptr);
+    MatMul(m.head(), s->xn.data(), n, outputs.data());
   } else {
-    RmsNorm(&x[(n - 1) * d], m.final_norm().data(), d, c.rms_norm_eps, s->last.data());
+    FinalNorm(m, &s->x[(n - 1) * d], 1, s->last.data(), nullptr);
     MatMul(m.head(), s->last.data(), 1, outputs.data());
   }
 }

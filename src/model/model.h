@@ -27,13 +27,15 @@ struct TensorRef {
   const MappedFile* mapping = nullptr;
 };
 
+// Norm weights are float32 views: into the file where it stores them as aligned F32 (so a
+// trainer updating that memory updates the model), else into a converted copy the model owns.
 struct LayerWeights {
-  std::vector<float> attn_norm;  // [D]
+  std::span<const float> attn_norm;  // [D]
   WeightMatrix wq;               // [H * Dh, D]
   WeightMatrix wk;               // [KVH * Dh, D]
   WeightMatrix wv;               // [KVH * Dh, D]
   WeightMatrix wo;               // [D, H * Dh]
-  std::vector<float> ffn_norm;   // [D]
+  std::span<const float> ffn_norm;   // [D]
   WeightMatrix w_gate;           // [F, D]
   WeightMatrix w_up;             // [F, D]
   WeightMatrix w_down;           // [D, F]
@@ -58,11 +60,13 @@ class Model {
   const WeightMatrix& embedding() const { return embedding_; }  // [V, D]
   // The output head: [V, D] (language model) or [1, D] (reward model); see ModelHead.
   const WeightMatrix& head() const { return head_; }
-  const std::vector<float>& final_norm() const { return final_norm_; }
+  std::span<const float> final_norm() const { return final_norm_; }  // [D]
   const std::vector<float>& inv_freq() const { return inv_freq_; }  // [rope_dim / 2]
   // Bytes of weights as stored (what generating one token reads), and the tensor list.
   uint64_t weight_bytes() const { return weight_bytes_; }
   const std::vector<TensorRef>& tensors() const { return tensors_; }
+  // What keeps the tensors' bytes alive (file mappings, a trainer's parameters).
+  const std::shared_ptr<const void>& storage() const { return storage_; }
 
  private:
   ModelConfig config_;
@@ -71,8 +75,10 @@ class Model {
   std::vector<TensorRef> tensors_;
   WeightMatrix embedding_;
   WeightMatrix head_;
-  std::vector<float> final_norm_;
+  std::span<const float> final_norm_;
   std::vector<LayerWeights> layers_;
+  // Norm weights converted to float32 (shared by copies of the model, as relaid_ is).
+  std::vector<std::shared_ptr<const std::vector<float>>> vectors_;
   std::vector<float> inv_freq_;
   // Matrices rearranged at load into the layout MatMul runs fastest (see LoadForMatMul).
   std::vector<std::shared_ptr<const HugePageBuffer>> relaid_;
@@ -85,8 +91,22 @@ struct ForwardScratch {
   int64_t rows = 0;
   int64_t context = 0;
   std::vector<float> x, xn, q, k, v, attn, gate, up, scores, last;
+  std::vector<int32_t> row_tokens;  // [N] of the rows in flight
+  std::vector<int64_t> row_positions;  // [N]
+  // Sizes the buffers for `tokens` rows and attention over up to `context_length` positions.
   void Ensure(const ModelConfig& c, int64_t tokens, int64_t context_length);
 };
+
+// The model files behind a path, opened but not yet bound: a Hugging Face directory or a GGUF
+// file as canonical tensors. Model::Load binds them; a trainer binds its own parameters in
+// place of some of them.
+struct ModelFiles {
+  ModelConfig config;
+  std::vector<TensorRef> tensors;
+  std::string source;
+  std::shared_ptr<const void> storage;
+};
+ModelFiles OpenModelFiles(const std::string& path);
 
 // One sequence's state: the KV cache and scratch buffers, sized once for `context_length`
 // positions, so that decoding allocates nothing.
@@ -102,7 +122,10 @@ class Session {
   // the cache. Writes the head's outputs (O = config().output_size(): logits, or the reward)
   // of the last token [O], or with `all_logits` [T, O] for every token, into `logits`. Throws
   // starling::Error when the context would overflow or a token id is outside the vocabulary.
+  // Prompts longer than kChunkRows run in chunks of that many rows, so that scratch memory
+  // stays bounded whatever the prompt's length.
   void Forward(std::span<const int32_t> tokens, std::span<float> logits, bool all_logits = false);
+  static constexpr int64_t kChunkRows = 512;
 
   // The head's outputs [O] for `token` placed at RoPE position `position` (>= length()) that
   // attends to the cached positions only, not to itself; the cache is left unchanged. This is
@@ -132,6 +155,7 @@ class Session {
                            std::span<float> outputs, ForwardScratch* scratch);
 
  private:
+  friend class SessionKeyValues;
   // A token in flight: where it runs and what it attends to.
   struct Row {
     Session* session;
@@ -141,8 +165,10 @@ class Session {
   };
   // The forward pass over rows of any sessions of one model. Outputs: every row's [n, O], or
   // only the last row's [O].
+  // `outputs_wanted` false: run the rows for their keys and values only (a prompt's early
+  // chunks), computing no head outputs.
   static void RunRows(const Model& m, std::span<const Row> rows, ForwardScratch* s,
-                      std::span<float> outputs, bool all_outputs);
+                      std::span<float> outputs, bool all_outputs, bool outputs_wanted = true);
   void CheckTokens(std::span<const int32_t> tokens) const;
   // Stores a token's key and value [KVH * Dh] of `layer` at `position`, in kv_type_.
   void StoreKeyValue(int32_t layer, int64_t position, const float* key, const float* value);
@@ -150,7 +176,7 @@ class Session {
   // [first, last], for `group` consecutive query heads of it: q and out [group, Dh]; scores:
   // scratch [group, last - first + 1]. Picks the kernel for kv_type_ and the CPU.
   void Attend(int32_t layer, int64_t kv_head, const float* q, int64_t group, int64_t first,
-              int64_t last, float* scores, float* out) const;
+              int64_t last, float* scores, float* out, float* lse) const;
 
   const Model* model_;
   int32_t context_length_;

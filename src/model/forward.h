@@ -1,0 +1,113 @@
+// The forward pass as block functions over explicit activations, shared by inference
+// (Session: keys and values through the KV cache) and training (train/: the batch's own keys
+// and values, with every activation the backward needs saved). Reads top to bottom:
+//
+//   EmbedRows -> for each layer: AttentionBlock, FeedForwardBlock -> FinalNorm -> heads
+//
+// Shapes: N rows (tokens) in flight, D hidden, H heads, KVH key/value heads, Dh head dim,
+// F feed-forward, V vocabulary.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "model/model.h"
+
+namespace starling {
+
+// Where attention finds the keys and values a row attends to.
+class KeyValueSource {
+ public:
+  virtual ~KeyValueSource() = default;
+  // Block `layer`'s new keys (post-RoPE) and values of every row, k and v [N, KVH * Dh]; valid
+  // until the block ends. A cache stores them; a batch attends to them directly.
+  virtual void Append(int32_t layer, const float* k, const float* v) = 0;
+  // AttentionGroup for row `row`: the `group` query heads q[group, Dh] of key/value head
+  // `kv_head`, over the positions the row sees; out[group, Dh]; scores: scratch
+  // [group, max_span()]; lse: null or [group] (training saves it).
+  virtual void Attend(int32_t layer, int64_t row, int64_t kv_head, const float* q, int64_t group,
+                      float* scores, float* out, float* lse) const = 0;
+  // The most positions any row attends to (sizes the scores scratch).
+  virtual int64_t max_span() const = 0;
+};
+
+// Rows that are whole sequences laid end to end (training, scoring): sequence s has lengths[s]
+// rows at positions 0.. lengths[s]-1, attending causally (and within Mistral's sliding window)
+// to its own rows' keys and values, which it reads from the block's k/v, float32.
+class SequenceKeyValues final : public KeyValueSource {
+ public:
+  SequenceKeyValues(const ModelConfig& c, std::span<const int64_t> lengths);
+  void Append(int32_t layer, const float* k, const float* v) override;
+  void Attend(int32_t layer, int64_t row, int64_t kv_head, const float* q, int64_t group,
+              float* scores, float* out, float* lse) const override;
+  int64_t max_span() const override { return max_span_; }
+  int64_t rows() const { return static_cast<int64_t>(start_.size()); }
+  // Row r's position in its sequence, and its sequence's first row.
+  int64_t position(int64_t r) const { return r - start_[r]; }
+  int64_t sequence_start(int64_t r) const { return start_[r]; }
+  // The first position row r sees (its sequence's frame): 0, or pos - window + 1.
+  int64_t first_visible(int64_t r) const;
+  const std::vector<int64_t>& positions() const { return positions_; }
+
+ private:
+  int64_t kv_dim_, head_dim_, window_, max_span_ = 0;
+  std::vector<int64_t> start_;      // [N] first row of each row's sequence
+  std::vector<int64_t> positions_;  // [N]
+  const float* k_ = nullptr;
+  const float* v_ = nullptr;
+};
+
+// What one decoder block's backward needs, saved by its forward (N rows).
+struct BlockActivations {
+  std::vector<float> x_attn;     // [N, D] input of the attention block (its norm's input)
+  std::vector<float> rstd_attn;  // [N]
+  std::vector<float> xn_attn;    // [N, D] normed
+  std::vector<float> q;          // [N, H * Dh] after RoPE
+  std::vector<float> k, v;       // [N, KVH * Dh] (k after RoPE)
+  std::vector<float> attn;       // [N, H * Dh] attention output (input of Wo)
+  std::vector<float> lse;        // [N, H] log-sum-exp of each head's scores
+  std::vector<float> x_ffn;      // [N, D] input of the feed-forward block
+  std::vector<float> rstd_ffn;   // [N]
+  std::vector<float> xn_ffn;     // [N, D]
+  std::vector<float> gate, up;   // [N, F] before SwiGLU
+  std::vector<float> act;        // [N, F] silu(gate) * up (input of W_down)
+  void Resize(const ModelConfig& c, int64_t n);
+  uint64_t bytes() const;
+};
+
+// Everything a training forward saves: blocks from `first_saved` up (blocks below the lowest
+// trainable one need no backward), and the final norm's input, rstd and output.
+struct ForwardRecord {
+  int32_t first_saved = 0;
+  std::vector<BlockActivations> blocks;  // [L], empty below first_saved
+  std::vector<float> x_final;            // [N, D]
+  std::vector<float> rstd_final;         // [N]
+  std::vector<float> hidden;             // [N, D] the heads' input
+  uint64_t bytes() const;
+};
+
+// x[N, D] = embedding rows of tokens[N].
+void EmbedRows(const Model& m, std::span<const int32_t> tokens, float* x);
+
+// x[N, D] += Wo . attention(rope(Wq . norm(x)), rope(Wk . norm(x)), Wv . norm(x)), rows at
+// RoPE positions[N], keys and values through `kv`. `save`: null (inference) or the block's
+// record, whose buffers then serve as the working buffers (nothing is copied twice).
+void AttentionBlock(const Model& m, int32_t layer, std::span<const int64_t> positions,
+                    KeyValueSource& kv, ForwardScratch& s, float* x, BlockActivations* save);
+
+// x[N, D] += W_down . (silu(W_gate . norm(x)) * (W_up . norm(x))).
+void FeedForwardBlock(const Model& m, int32_t layer, int64_t n, ForwardScratch& s, float* x,
+                      BlockActivations* save);
+
+// The decoder over N rows: embed, every block, leaving the residual stream in s.x [N, D]
+// (before the final norm). `record`: null, or where a training forward saves its activations.
+void RunDecoder(const Model& m, std::span<const int32_t> tokens,
+                std::span<const int64_t> positions, KeyValueSource& kv, ForwardScratch& s,
+                ForwardRecord* record);
+
+// out[rows, D] = the final norm of x[rows, D] (the heads' input); returns nothing, saves the
+// rstd into rstd[rows] when not null.
+void FinalNorm(const Model& m, const float* x, int64_t rows, float* out, float* rstd);
+
+}  // namespace starling
