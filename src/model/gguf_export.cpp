@@ -1,5 +1,7 @@
 #include "model/gguf_export.h"
 
+#include "model/tensors.h"
+
 #include <cmath>
 #include <cstring>
 #include <random>
@@ -7,6 +9,7 @@
 #include "core/error.h"
 #include "formats/gguf.h"
 #include "model/gguf_names.h"
+#include "model/tensors.h"
 
 namespace starling {
 namespace {
@@ -163,8 +166,7 @@ std::vector<ExportTensor> ExportTensorsOf(const Model& model) {
 }
 
 std::vector<ExportTensor> RandomTensors(const ModelConfig& c, uint64_t seed) {
-  const int64_t d = c.hidden_size, f = c.intermediate_size, v = c.vocab_size;
-  const int64_t q = int64_t{c.num_heads} * c.head_dim, kv = int64_t{c.num_kv_heads} * c.head_dim;
+  const int64_t d = c.hidden_size, f = c.intermediate_size;
   std::vector<ExportTensor> out;
   // Each row is generated from its own seed, so rows can be produced in any order.
   auto add = [&](std::string name, std::vector<int64_t> shape, float scale, float offset) {
@@ -176,22 +178,27 @@ std::vector<ExportTensor> RandomTensors(const ModelConfig& c, uint64_t seed) {
                      for (int64_t i = 0; i < cols; ++i) o[i] = normal(rng);
                    }});
   };
+  // Scales like trained weights: unit embeddings, norms near 1, matrices 1/sqrt(fan-in).
   const float wscale = 1.0f / std::sqrt(static_cast<float>(d));
-  add("model.embed_tokens.weight", {v, d}, 1.0f, 0.0f);
-  for (int32_t l = 0; l < c.num_layers; ++l) {
-    const std::string p = "model.layers." + std::to_string(l) + ".";
-    add(p + "input_layernorm.weight", {d}, 0.05f, 1.0f);
-    add(p + "self_attn.q_proj.weight", {q, d}, wscale, 0.0f);
-    add(p + "self_attn.k_proj.weight", {kv, d}, wscale, 0.0f);
-    add(p + "self_attn.v_proj.weight", {kv, d}, wscale, 0.0f);
-    add(p + "self_attn.o_proj.weight", {d, q}, wscale, 0.0f);
-    add(p + "post_attention_layernorm.weight", {d}, 0.05f, 1.0f);
-    add(p + "mlp.gate_proj.weight", {f, d}, wscale, 0.0f);
-    add(p + "mlp.up_proj.weight", {f, d}, wscale, 0.0f);
-    add(p + "mlp.down_proj.weight", {d, f}, 1.0f / std::sqrt(static_cast<float>(f)), 0.0f);
+  for (const TensorSpec& spec : ModelTensors(c)) {
+    switch (spec.role) {
+      case TensorRole::kEmbedding: add(spec.name, spec.shape, 1.0f, 0.0f); break;
+      case TensorRole::kAttnNorm:
+      case TensorRole::kFfnNorm:
+      case TensorRole::kFinalNorm: add(spec.name, spec.shape, 0.05f, 1.0f); break;
+      case TensorRole::kDown:
+        add(spec.name, spec.shape, 1.0f / std::sqrt(static_cast<float>(f)), 0.0f);
+        break;
+      case TensorRole::kWq:
+      case TensorRole::kWk:
+      case TensorRole::kWv:
+      case TensorRole::kWo:
+      case TensorRole::kGate:
+      case TensorRole::kUp:
+      case TensorRole::kLmHead:
+      case TensorRole::kScore: add(spec.name, spec.shape, wscale, 0.0f); break;
+    }
   }
-  add("model.norm.weight", {d}, 0.05f, 1.0f);
-  if (!c.tie_word_embeddings) add("lm_head.weight", {v, d}, wscale, 0.0f);
   return out;
 }
 

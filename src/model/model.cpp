@@ -7,7 +7,7 @@
 #include "core/error.h"
 #include "core/thread_pool.h"
 #include "kernels/dot.h"
-#include "model/forward.h"
+#include "model/blocks.h"
 #include "model/tensors.h"
 #include "quant/quant.h"
 

@@ -1,10 +1,11 @@
-#include "model/forward.h"
+#include "model/blocks.h"
 
 #include <algorithm>
 
 #include "core/error.h"
 #include "core/thread_pool.h"
 #include "kernels/dot.h"
+#include "kernels/gemm.h"
 
 namespace starling {
 
@@ -167,8 +168,12 @@ void RunDecoder(const Model& m, std::span<const int32_t> tokens,
   for (int32_t l = 0; l < c.num_layers; ++l) {
     BlockActivations* save = nullptr;
     if (record && l >= record->first_saved) {
-      save = &record->blocks[l];
-      save->Resize(c, n);
+      if (record->recompute) {
+        record->blocks[l].x_attn.assign(x, x + n * c.hidden_size);
+      } else {
+        save = &record->blocks[l];
+        save->Resize(c, n);
+      }
     }
     AttentionBlock(m, l, positions, kv, s, x, save);
     FeedForwardBlock(m, l, n, s, x, save);
@@ -188,6 +193,150 @@ void FinalNorm(const Model& m, const float* x, int64_t rows, float* out, float* 
   for (int64_t t = 0; t < rows; ++t) {
     const float r = RmsNorm(&x[t * d], m.final_norm().data(), d, c.rms_norm_eps, &out[t * d]);
     if (rstd) rstd[t] = r;
+  }
+}
+
+// ---- Backward ----------------------------------------------------------------------------
+namespace {
+
+// A trainable matrix's float32 rows (the backward reads weights as float32).
+const float* F32(const WeightMatrix& w, const char* what) {
+  if (w.format != WeightFormat::kF32 || w.layout != WeightLayout::kRows) {
+    Fail("the backward pass needs float32 weights for ", what, ", not ", WeightFormatName(w.format),
+         " (train only the blocks that are float32: --unfreeze-layers)");
+  }
+  return static_cast<const float*>(w.data);
+}
+
+}  // namespace
+
+void BackwardScratch::Ensure(const ModelConfig& c, int64_t n, int64_t max_span) {
+  const auto rows = static_cast<size_t>(n);
+  const size_t q_dim = static_cast<size_t>(c.num_heads) * c.head_dim * rows;
+  const size_t kv_dim = static_cast<size_t>(c.num_kv_heads) * c.head_dim * rows;
+  const size_t f = static_cast<size_t>(c.intermediate_size) * rows;
+  dxn.resize(static_cast<size_t>(c.hidden_size) * rows);
+  dattn.resize(q_dim), dq.resize(q_dim), dk.resize(kv_dim), dv.resize(kv_dim);
+  dgate.resize(f), dup.resize(f), dact.resize(f);
+  scores.resize(static_cast<size_t>(ThreadPool::Global().size() * max_span));
+}
+
+void FeedForwardBlockBackward(const Model& m, int32_t layer, const BlockActivations& a, int64_t n,
+                              BackwardScratch& s, float* dx, const BlockGrads& g) {
+  const ModelConfig& c = m.config();
+  const LayerWeights& w = m.layers()[layer];
+  const int64_t d = c.hidden_size, f = c.intermediate_size;
+  // out = x + W_down act: d act [N, F] = dx W_down; dW_down += dx^T act.
+  LinearBackward(a.act.data(), F32(w.w_down, "mlp.down_proj"), dx, n, f, d, s.dact.data(), false,
+                 g.down);
+  // act = silu(gate) * up
+  SiluMulBackward(a.gate.data(), a.up.data(), s.dact.data(), n * f, s.dgate.data(), s.dup.data());
+  // gate = xn W_gate^T, up = xn W_up^T: d xn [N, D] = dgate W_gate + dup W_up.
+  LinearBackward(a.xn_ffn.data(), F32(w.w_gate, "mlp.gate_proj"), s.dgate.data(), n, d, f,
+                 s.dxn.data(), false, g.gate);
+  LinearBackward(a.xn_ffn.data(), F32(w.w_up, "mlp.up_proj"), s.dup.data(), n, d, f, s.dxn.data(),
+                 true, g.up);
+  // xn = norm(x); dx already holds the residual path's gradient.
+  for (int64_t t = 0; t < n; ++t) {
+    RmsNormBackward(&a.x_ffn[t * d], w.ffn_norm.data(), a.rstd_ffn[t], &s.dxn[t * d], d,
+                    &dx[t * d], g.ffn_norm);
+  }
+}
+
+void AttentionBlockBackward(const Model& m, int32_t layer, const SequenceKeyValues& kv,
+                            const BlockActivations& a, BackwardScratch& s, float* dx,
+                            const BlockGrads& g) {
+  const ModelConfig& c = m.config();
+  const LayerWeights& w = m.layers()[layer];
+  const int64_t n = kv.rows(), d = c.hidden_size, hd = c.head_dim;
+  const int64_t q_dim = int64_t{c.num_heads} * hd, kv_dim = int64_t{c.num_kv_heads} * hd;
+  const int64_t group = c.num_heads / c.num_kv_heads;
+  const bool interleaved = c.rope_layout == RopeLayout::kInterleaved;
+  // out = x + Wo attn: d attn [N, H * Dh] = dx Wo; dWo += dx^T attn.
+  LinearBackward(a.attn.data(), F32(w.wo, "self_attn.o_proj"), dx, n, q_dim, d, s.dattn.data(),
+                 false, g.wo);
+  std::fill(s.dq.begin(), s.dq.end(), 0.0f);
+  std::fill(s.dk.begin(), s.dk.end(), 0.0f);
+  std::fill(s.dv.begin(), s.dv.end(), 0.0f);
+  // One work item per (sequence, key/value head): it alone writes that head's dk/dv rows of
+  // the sequence and its query heads' dq, rows in order, so the sums have a fixed order.
+  std::vector<int64_t> starts;  // first row of each sequence
+  for (int64_t r = 0; r < n; ++r) {
+    if (kv.position(r) == 0) starts.push_back(r);
+  }
+  const auto sequences = static_cast<int64_t>(starts.size());
+  const int64_t span = kv.max_span();
+  ThreadPool::Global().ParallelFor(
+      sequences * c.num_kv_heads, 1, [&](int64_t begin, int64_t end, int thread) {
+        float* scores = s.scores.data() + thread * span;
+        for (int64_t item = begin; item < end; ++item) {
+          const int64_t seq = item / c.num_kv_heads, kvh = item % c.num_kv_heads;
+          const int64_t start = starts[seq];
+          const int64_t stop = seq + 1 < sequences ? starts[seq + 1] : n;
+          const int64_t kv_off = start * kv_dim + kvh * hd;
+          for (int64_t r = start; r < stop; ++r) {
+            const int64_t q_off = r * q_dim + kvh * group * hd;
+            AttentionGroupBackward(&a.q[q_off], &a.k[kv_off], &a.v[kv_off], kv_dim, group, hd,
+                                   kv.first_visible(r), kv.position(r), &a.attn[q_off],
+                                   &a.lse[r * c.num_heads + kvh * group], &s.dattn[q_off], scores,
+                                   &s.dq[q_off], &s.dk[kv_off], &s.dv[kv_off]);
+          }
+        }
+      });
+  for (int64_t t = 0; t < n; ++t) {
+    const int64_t pos = kv.position(t);
+    RopeBackward(&s.dq[t * q_dim], c.num_heads, hd, c.rope_dim, pos, m.inv_freq(), interleaved);
+    RopeBackward(&s.dk[t * kv_dim], c.num_kv_heads, hd, c.rope_dim, pos, m.inv_freq(),
+                 interleaved);
+  }
+  // q = xn Wq^T, k = xn Wk^T, v = xn Wv^T.
+  LinearBackward(a.xn_attn.data(), F32(w.wq, "self_attn.q_proj"), s.dq.data(), n, d, q_dim,
+                 s.dxn.data(), false, g.wq);
+  LinearBackward(a.xn_attn.data(), F32(w.wk, "self_attn.k_proj"), s.dk.data(), n, d, kv_dim,
+                 s.dxn.data(), true, g.wk);
+  LinearBackward(a.xn_attn.data(), F32(w.wv, "self_attn.v_proj"), s.dv.data(), n, d, kv_dim,
+                 s.dxn.data(), true, g.wv);
+  for (int64_t t = 0; t < n; ++t) {
+    RmsNormBackward(&a.x_attn[t * d], w.attn_norm.data(), a.rstd_attn[t], &s.dxn[t * d], d,
+                    &dx[t * d], g.attn_norm);
+  }
+}
+
+void DecoderBackward(const Model& m, std::span<const int32_t> tokens, SequenceKeyValues& kv,
+                     const ForwardRecord& record, const float* dhidden, const ModelGrads& g,
+                     BackwardScratch& s, std::vector<float>& dx, ForwardScratch& fs,
+                     BlockActivations& recomputed) {
+  const ModelConfig& c = m.config();
+  const int64_t n = kv.rows(), d = c.hidden_size;
+  if (g.lowest_layer < record.first_saved) {
+    Fail("the forward saved blocks from ", record.first_saved, ", the backward needs ",
+         g.lowest_layer);
+  }
+  s.Ensure(c, n, kv.max_span());
+  dx.assign(static_cast<size_t>(n * d), 0.0f);
+  for (int64_t t = 0; t < n; ++t) {
+    RmsNormBackward(&record.x_final[t * d], m.final_norm().data(), record.rstd_final[t],
+                    &dhidden[t * d], d, &dx[t * d], g.final_norm);
+  }
+  for (int32_t l = c.num_layers - 1; l >= g.lowest_layer; --l) {
+    const BlockActivations* saved = &record.blocks[l];
+    if (record.recompute) {  // the block's forward again, from its saved input
+      fs.Ensure(c, n, kv.max_span());
+      recomputed.Resize(c, n);
+      std::copy_n(record.blocks[l].x_attn.data(), n * d, fs.x.data());
+      AttentionBlock(m, l, kv.positions(), kv, fs, fs.x.data(), &recomputed);
+      FeedForwardBlock(m, l, n, fs, fs.x.data(), &recomputed);
+      saved = &recomputed;
+    }
+    const BlockActivations& a = *saved;
+    FeedForwardBlockBackward(m, l, a, n, s, dx.data(), g.layers[l]);
+    AttentionBlockBackward(m, l, kv, a, s, dx.data(), g.layers[l]);
+  }
+  if (g.lowest_layer == 0 && g.embedding != nullptr) {
+    for (int64_t t = 0; t < n; ++t) {  // scatter-add, rows in order
+      float* row = g.embedding + static_cast<int64_t>(tokens[t]) * d;
+      for (int64_t i = 0; i < d; ++i) row[i] += dx[t * d + i];
+    }
   }
 }
 

@@ -80,6 +80,10 @@ struct BlockActivations {
 // trainable one need no backward), and the final norm's input, rstd and output.
 struct ForwardRecord {
   int32_t first_saved = 0;
+  // Recompute instead of saving: blocks keep only their input x_attn, and the backward runs
+  // each block's forward again just before its backward (memory: one block's activations
+  // instead of every block's, for about a third more compute).
+  bool recompute = false;
   std::vector<BlockActivations> blocks;  // [L], empty below first_saved
   std::vector<float> x_final;            // [N, D]
   std::vector<float> rstd_final;         // [N]
@@ -109,5 +113,57 @@ void RunDecoder(const Model& m, std::span<const int32_t> tokens,
 // out[rows, D] = the final norm of x[rows, D] (the heads' input); returns nothing, saves the
 // rstd into rstd[rows] when not null.
 void FinalNorm(const Model& m, const float* x, int64_t rows, float* out, float* rstd);
+
+// ---- Backward ----------------------------------------------------------------------------
+// Each block's backward sits under its forward's declaration's twin here and in blocks.cpp.
+// Weights read by a backward must be float32 rows (a trainer's parameters); gradients are
+// accumulated (+=) in a fixed order, so they do not depend on the thread count.
+
+// Where one block's weight gradients go, each shaped as its weight; null: frozen (its weight
+// gradient is not computed; the gradient still flows through it to the block's input).
+struct BlockGrads {
+  float* attn_norm = nullptr;  // [D]
+  float* wq = nullptr;         // [H * Dh, D]
+  float* wk = nullptr;         // [KVH * Dh, D]
+  float* wv = nullptr;         // [KVH * Dh, D]
+  float* wo = nullptr;         // [D, H * Dh]
+  float* ffn_norm = nullptr;   // [D]
+  float* gate = nullptr;       // [F, D]
+  float* up = nullptr;         // [F, D]
+  float* down = nullptr;       // [D, F]
+};
+
+struct ModelGrads {
+  float* embedding = nullptr;   // [V, D]
+  float* final_norm = nullptr;  // [D]
+  std::vector<BlockGrads> layers;  // [L]
+  // The lowest block the backward reaches (blocks below it get no backward at all), and
+  // whether the embedding rows get the input gradient (only when that block is 0).
+  int32_t lowest_layer = 0;
+};
+
+// Working memory of the backward, sized on first use and kept (N rows).
+struct BackwardScratch {
+  std::vector<float> dxn, dattn, dq, dk, dv, dgate, dup, dact, scores;
+  void Ensure(const ModelConfig& c, int64_t n, int64_t max_span);
+};
+
+// dx[N, D]: on entry d loss / d (block output), on return d loss / d (block input).
+void FeedForwardBlockBackward(const Model& m, int32_t layer, const BlockActivations& a, int64_t n,
+                              BackwardScratch& s, float* dx, const BlockGrads& g);
+void AttentionBlockBackward(const Model& m, int32_t layer, const SequenceKeyValues& kv,
+                            const BlockActivations& a, BackwardScratch& s, float* dx,
+                            const BlockGrads& g);
+
+// The backward of RunDecoder + FinalNorm over whole sequences: from dhidden[N, D] (d loss / d
+// the heads' input) through the final norm and the blocks from the top down to
+// g.lowest_layer, then into the embedding rows when g.lowest_layer == 0 and g.embedding is
+// set. dx: [N, D] working memory (ends as d loss / d (the lowest block's input)).
+// With record.recompute, each block's activations are recomputed into `recomputed` (using
+// `fs` as forward scratch) from its saved input.
+void DecoderBackward(const Model& m, std::span<const int32_t> tokens, SequenceKeyValues& kv,
+                     const ForwardRecord& record, const float* dhidden, const ModelGrads& g,
+                     BackwardScratch& s, std::vector<float>& dx, ForwardScratch& fs,
+                     BlockActivations& recomputed);
 
 }  // namespace starling

@@ -1,0 +1,96 @@
+#include "train/loss.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "core/error.h"
+#include "core/thread_pool.h"
+#include "kernels/gemm.h"
+
+namespace starling {
+
+double LmHeadCrossEntropy(const float* w, int64_t vocab, const float* hidden, int64_t n, int64_t d,
+                          std::span<const int32_t> targets, std::span<const float> weights,
+                          double normalizer, float* dhidden, float* dw, LossScratch& scratch,
+                          std::span<float> token_losses) {
+  if (static_cast<int64_t>(targets.size()) != n || static_cast<int64_t>(weights.size()) != n) {
+    Fail("cross-entropy: ", n, " rows but ", targets.size(), " targets and ", weights.size(),
+         " weights");
+  }
+  if (!(normalizer > 0)) Fail("cross-entropy: the normalizer must be positive");
+  constexpr int64_t kChunk = 256;
+  scratch.logits.resize(static_cast<size_t>(std::min(n, kChunk) * vocab));
+  std::fill(dhidden, dhidden + n * d, 0.0f);
+  std::vector<double> row_loss(static_cast<size_t>(std::min(n, kChunk)));
+  double total = 0.0;
+  for (int64_t begin = 0; begin < n; begin += kChunk) {
+    // The chunk's rows with nonzero weight, packed (masked rows cost nothing).
+    std::vector<int64_t> rows;
+    for (int64_t i = begin; i < std::min(n, begin + kChunk); ++i) {
+      if (weights[i] != 0.0f) rows.push_back(i);
+      if (targets[i] < 0 || targets[i] >= vocab) {
+        Fail("cross-entropy: target ", targets[i], " at row ", i, " is outside the vocabulary (",
+             vocab, ")");
+      }
+    }
+    const auto m = static_cast<int64_t>(rows.size());
+    if (m == 0) continue;
+    std::vector<float> packed(static_cast<size_t>(m * d));
+    for (int64_t r = 0; r < m; ++r) std::copy_n(&hidden[rows[r] * d], d, &packed[r * d]);
+    float* logits = scratch.logits.data();  // [m, V]
+    GemmForward(packed.data(), w, m, d, vocab, logits);
+    // Per row: loss and d loss / d logits = weight / normalizer * (softmax - onehot), in place.
+    ThreadPool::Global().ParallelFor(m, 1, [&](int64_t b, int64_t e, int) {
+      for (int64_t r = b; r < e; ++r) {
+        float* z = &logits[r * vocab];
+        const int64_t i = rows[r];
+        float max_value = z[0];
+        for (int64_t v = 1; v < vocab; ++v) max_value = std::max(max_value, z[v]);
+        double sum = 0.0;
+        for (int64_t v = 0; v < vocab; ++v) sum += std::exp(static_cast<double>(z[v] - max_value));
+        const double lse = max_value + std::log(sum);
+        const double ce = lse - z[targets[i]];
+        row_loss[r] = ce;
+        const double scale = weights[i] / normalizer;
+        for (int64_t v = 0; v < vocab; ++v) {
+          z[v] = static_cast<float>(scale * std::exp(static_cast<double>(z[v]) - lse));
+        }
+        z[targets[i]] -= static_cast<float>(scale);
+      }
+    });
+    for (int64_t r = 0; r < m; ++r) {
+      total += weights[rows[r]] * row_loss[r];
+      if (!token_losses.empty()) token_losses[rows[r]] = static_cast<float>(row_loss[r]);
+    }
+    // logits = packed W^T: d packed [m, D] = dlogits W; dW += dlogits^T packed.
+    std::vector<float> dpacked(static_cast<size_t>(m * d));
+    LinearBackward(packed.data(), w, logits, m, d, vocab, dpacked.data(), false, dw);
+    for (int64_t r = 0; r < m; ++r) std::copy_n(&dpacked[r * d], d, &dhidden[rows[r] * d]);
+  }
+  return total / normalizer;
+}
+
+void ScalarHead(const float* w, const float* hidden, int64_t d, std::span<const int64_t> rows,
+                std::span<float> values) {
+  for (size_t i = 0; i < rows.size(); ++i) {
+    const float* h = &hidden[rows[i] * d];
+    float acc = 0.0f;
+    for (int64_t k = 0; k < d; ++k) acc += w[k] * h[k];
+    values[i] = acc;
+  }
+}
+
+void ScalarHeadBackward(const float* w, const float* hidden, int64_t d,
+                        std::span<const int64_t> rows, std::span<const float> dvalues,
+                        float* dhidden, float* dw) {
+  for (size_t i = 0; i < rows.size(); ++i) {
+    const float* h = &hidden[rows[i] * d];
+    float* dh = &dhidden[rows[i] * d];
+    for (int64_t k = 0; k < d; ++k) {
+      dh[k] += dvalues[i] * w[k];
+      if (dw) dw[k] += dvalues[i] * h[k];
+    }
+  }
+}
+
+}  // namespace starling

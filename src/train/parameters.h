@@ -1,0 +1,60 @@
+// A model being trained: its trainable tensors as owned float32 parameters (value, gradient
+// and AdamW's two moments, all in the layout of ModelTensors), the rest bound as stored
+// (frozen, possibly quantized), and a Model whose weights are views of those buffers, so the
+// forward pass reads what the optimizer writes.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "model/blocks.h"
+#include "model/model.h"
+#include "model/tensors.h"
+
+namespace starling {
+
+struct Parameter {
+  TensorSpec spec;
+  std::vector<float> value;  // shape of spec
+  std::vector<float> grad;   // same
+  std::vector<float> m, v;   // AdamW's first and second moments (empty until the first step)
+};
+
+class TrainModel {
+ public:
+  // `unfreeze_layers`: train the last N blocks, the final norm and the head (N = -1 or the
+  // layer count: everything, embedding included). Blocks below stay frozen as stored. A tied
+  // embedding is trained only when everything is (its input side needs the full backward).
+  // Throws for N outside [-1, L] or a frozen tensor the backward would need as float32.
+  TrainModel(ModelFiles files, int32_t unfreeze_layers);
+  TrainModel(TrainModel&&) = default;
+
+  const Model& model() const { return *model_; }
+  const ModelConfig& config() const { return model_->config(); }
+  std::vector<Parameter>& parameters() { return params_; }
+  const std::vector<Parameter>& parameters() const { return params_; }
+  const ModelFiles& files() const { return files_; }
+  // Gradient pointers by role for DecoderBackward, plus the head's ([V, D] or [1, D]; null
+  // when frozen; for a tied head, the embedding's gradient).
+  const ModelGrads& grads() const { return grads_; }
+  float* head_grad() const { return head_grad_; }
+  const float* head_weights() const;  // float32 [O, D]
+  int32_t lowest_trainable_layer() const { return grads_.lowest_layer; }
+  void ZeroGrads();
+  uint64_t parameter_count() const;  // trainable elements
+  uint64_t frozen_count() const;     // frozen elements
+
+ private:
+  ModelFiles files_;
+  std::vector<Parameter> params_;
+  std::unique_ptr<Model> model_;
+  ModelGrads grads_;
+  float* head_grad_ = nullptr;
+};
+
+// Fresh model files for a config with seeded random weights (RandomTensors), all float32.
+ModelFiles RandomModelFiles(const ModelConfig& c, uint64_t seed);
+
+}  // namespace starling

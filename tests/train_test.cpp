@@ -1,0 +1,311 @@
+// The training core against independent references: each op's backward and the whole
+// model's gradients against complex-step derivatives of naive forwards (tests/train_reference.h),
+// the BLAS products against their scalar twins. The PyTorch fixtures are in
+// train_fixture_test.cpp.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <complex>
+#include <random>
+
+#include "core/error.h"
+#include "kernels/gemm.h"
+#include "kernels/kernels.h"
+#include "model/blocks.h"
+#include "tests/train_reference.h"
+#include "train/optimizer.h"
+#include "train/parameters.h"
+#include "train/step.h"
+
+namespace starling {
+namespace {
+
+using C = std::complex<double>;
+constexpr double kStep = 1e-20;  // complex step: no cancellation, so any tiny step is exact
+
+std::vector<float> Random(size_t n, std::mt19937& rng, float scale = 1.0f) {
+  std::normal_distribution<float> normal(0.0f, scale);
+  std::vector<float> v(n);
+  for (float& x : v) x = normal(rng);
+  return v;
+}
+
+std::vector<C> Complex(const std::vector<float>& v) { return {v.begin(), v.end()}; }
+
+// |got - want| <= abs + rel * scale for every element, printing the first failure.
+void ExpectClose(const std::vector<float>& got, const std::vector<double>& want, double abs,
+                 double rel, const std::string& what) {
+  double scale = 0;
+  for (double w : want) scale = std::max(scale, std::abs(w));
+  for (size_t i = 0; i < want.size(); ++i) {
+    ASSERT_NEAR(got[i], want[i], abs + rel * scale) << what << " index " << i;
+  }
+}
+
+// --- Ops -------------------------------------------------------------------------------------
+
+TEST(Backward, RmsNormMatchesComplexStep) {
+  std::mt19937 rng(1);
+  const int64_t n = 37;
+  const auto x = Random(n, rng), w = Random(n, rng), dy = Random(n, rng);
+  std::vector<float> y(n), dx(n, 0.0f), dw(n, 0.0f);
+  const float rstd = RmsNorm(x.data(), w.data(), n, 1e-5f, y.data());
+  RmsNormBackward(x.data(), w.data(), rstd, dy.data(), n, dx.data(), dw.data());
+  // loss = dy . norm(x) w
+  auto loss = [&](std::vector<C> xc, std::vector<C> wc) {
+    const auto out = reference::Norm(xc, wc, 1, n, 1e-5);
+    C s(0);
+    for (int64_t i = 0; i < n; ++i) s += C(dy[i]) * out[i];
+    return s;
+  };
+  std::vector<double> want_dx(n), want_dw(n);
+  for (int64_t i = 0; i < n; ++i) {
+    auto xc = Complex(x);
+    xc[i] += C(0, kStep);
+    want_dx[i] = loss(xc, Complex(w)).imag() / kStep;
+    auto wc = Complex(w);
+    wc[i] += C(0, kStep);
+    want_dw[i] = loss(Complex(x), wc).imag() / kStep;
+  }
+  // float32 arithmetic over 37 terms of size ~1: a few 1e-7 relative; 1e-5 of the largest.
+  ExpectClose(dx, want_dx, 1e-6, 1e-5, "dx");
+  ExpectClose(dw, want_dw, 1e-6, 1e-5, "dw");
+}
+
+TEST(Backward, SiluMulMatchesComplexStep) {
+  std::mt19937 rng(2);
+  const int64_t n = 50;
+  const auto g = Random(n, rng, 3.0f), u = Random(n, rng), dy = Random(n, rng);
+  std::vector<float> dg(n), du(n);
+  SiluMulBackward(g.data(), u.data(), dy.data(), n, dg.data(), du.data());
+  std::vector<double> want_dg(n), want_du(n);
+  for (int64_t i = 0; i < n; ++i) {
+    const C gc(g[i], kStep);
+    want_dg[i] = (C(dy[i]) * gc / (C(1) + std::exp(-gc)) * C(u[i])).imag() / kStep;
+    const C uc(u[i], kStep);
+    want_du[i] = (C(dy[i]) * C(g[i]) / (C(1) + std::exp(-C(g[i]))) * uc).imag() / kStep;
+  }
+  // Elementwise float32 with ExpFast (1 ulp): a few ulp of each value.
+  ExpectClose(dg, want_dg, 1e-6, 1e-6, "dgate");
+  ExpectClose(du, want_du, 1e-6, 1e-6, "dup");
+}
+
+TEST(Backward, RopeIsTheTransposeOfTheRotationInBothLayouts) {
+  std::mt19937 rng(3);
+  const int64_t heads = 3, hd = 8;
+  std::vector<float> inv(hd / 2);
+  for (int64_t i = 0; i < hd / 2; ++i)
+    inv[i] = static_cast<float>(1.0 / std::pow(10000.0, 2.0 * static_cast<double>(i) / hd));
+  for (bool interleaved : {false, true}) {
+    for (int64_t pos : {0, 1, 17, 300}) {
+      const auto x = Random(heads * hd, rng), dy = Random(heads * hd, rng);
+      std::vector<float> dx = dy;
+      RopeBackward(dx.data(), heads, hd, hd, pos, inv, interleaved);
+      std::vector<double> want(x.size());
+      for (size_t i = 0; i < x.size(); ++i) {
+        auto xc = Complex(x);
+        xc[i] += C(0, kStep);
+        reference::Rope(xc, 1, heads, hd, {pos}, 10000.0, interleaved);
+        C s(0);
+        for (size_t j = 0; j < x.size(); ++j) s += C(dy[j]) * xc[j];
+        want[i] = s.imag() / kStep;
+      }
+      ExpectClose(dx, want, 1e-6, 1e-6, interleaved ? "interleaved" : "halves");
+    }
+  }
+}
+
+// One query row's group of heads over keys [first, last] of a sequence, as in
+// AttentionBlockBackward; gradients of loss = dout . out w.r.t. q, k, v.
+TEST(Backward, AttentionGroupMatchesComplexStepForGqaGroupsAndWindows) {
+  std::mt19937 rng(4);
+  const int64_t hd = 8, positions = 9;
+  for (int64_t group : {1, 2, 4}) {
+    for (int64_t first : {0, 3}) {
+      const int64_t last = positions - 1, kv_stride = 2 * hd;  // another head's columns between
+      const auto q = Random(group * hd, rng), keys = Random(positions * kv_stride, rng),
+                 values = Random(positions * kv_stride, rng), dout = Random(group * hd, rng);
+      std::vector<float> out(group * hd), lse(group), scores(group * positions);
+      AttentionGroup<DType::kF32>(q.data(), hd, group, keys.data(), values.data(), kv_stride, hd,
+                                  first, last, scores.data(), out.data(), hd, lse.data());
+      std::vector<float> dq(q.size(), 0.0f), dk(keys.size(), 0.0f), dv(values.size(), 0.0f);
+      AttentionGroupBackward(q.data(), keys.data(), values.data(), kv_stride, group, hd, first,
+                             last, out.data(), lse.data(), dout.data(), scores.data(), dq.data(),
+                             dk.data(), dv.data());
+      auto loss = [&](const std::vector<C>& qc, const std::vector<C>& kc, const std::vector<C>& vc) {
+        C total(0);
+        for (int64_t h = 0; h < group; ++h) {
+          std::vector<C> s;
+          for (int64_t j = first; j <= last; ++j) {
+            C dot(0);
+            for (int64_t i = 0; i < hd; ++i) dot += qc[h * hd + i] * kc[j * kv_stride + i];
+            s.push_back(std::exp(dot / std::sqrt(double(hd))));
+          }
+          C z(0);
+          for (const C& e : s) z += e;
+          for (int64_t j = first; j <= last; ++j)
+            for (int64_t i = 0; i < hd; ++i)
+              total += C(dout[h * hd + i]) * s[j - first] / z * vc[j * kv_stride + i];
+        }
+        return total;
+      };
+      auto grad = [&](int which, size_t n) {
+        std::vector<double> g(n);
+        for (size_t i = 0; i < n; ++i) {
+          auto qc = Complex(q), kc = Complex(keys), vc = Complex(values);
+          (which == 0 ? qc : which == 1 ? kc : vc)[i] += C(0, kStep);
+          g[i] = loss(qc, kc, vc).imag() / kStep;
+        }
+        return g;
+      };
+      const std::string what = "group " + std::to_string(group) + " first " + std::to_string(first);
+      // Softmax over <= 9 float32 scores and sums of <= 36 products: ~1e-6 relative.
+      ExpectClose(dq, grad(0, q.size()), 1e-6, 2e-5, what + " dq");
+      ExpectClose(dk, grad(1, keys.size()), 1e-6, 2e-5, what + " dk");
+      ExpectClose(dv, grad(2, values.size()), 1e-6, 2e-5, what + " dv");
+    }
+  }
+}
+
+TEST(Backward, BlasProductsMatchTheirScalarTwins) {
+  std::mt19937 rng(5);
+  for (auto [n, in, out] : {std::tuple{1, 1, 1}, {5, 7, 3}, {70, 33, 130}, {129, 64, 65}}) {
+    const auto x = Random(n * in, rng), w = Random(out * in, rng), dy = Random(n * out, rng);
+    std::vector<float> y(n * out), y_ref(n * out);
+    GemmForward(x.data(), w.data(), n, in, out, y.data());
+    GemmForwardReference(x.data(), w.data(), n, in, out, y_ref.data());
+    std::vector<float> dx(n * in, 1.0f), dx_ref(n * in, 1.0f), dw(out * in, 0.5f),
+        dw_ref(out * in, 0.5f);
+    LinearBackward(x.data(), w.data(), dy.data(), n, in, out, dx.data(), true, dw.data());
+    LinearBackwardReference(x.data(), w.data(), dy.data(), n, in, out, dx_ref.data(), true,
+                            dw_ref.data());
+    // Sums of up to 130 products of N(0,1) values in another order (BLAS blocks and fmas):
+    // differences ~ sqrt(K) * 2^-24 * |terms|; 1e-5 * K absolute leaves a wide margin.
+    const auto tol = [](int64_t k) { return 1e-5 * static_cast<double>(k); };
+    for (size_t i = 0; i < y.size(); ++i) ASSERT_NEAR(y[i], y_ref[i], tol(in)) << i;
+    for (size_t i = 0; i < dx.size(); ++i) ASSERT_NEAR(dx[i], dx_ref[i], tol(out)) << i;
+    for (size_t i = 0; i < dw.size(); ++i) ASSERT_NEAR(dw[i], dw_ref[i], tol(n)) << i;
+  }
+}
+
+// --- The whole model -------------------------------------------------------------------------
+
+struct ModelCase {
+  const char* name;
+  int32_t kv_heads;
+  int32_t window;
+  bool tied;
+  bool interleaved;
+  bool masked;
+  int32_t unfreeze;  // -1: all
+};
+
+void PrintTo(const ModelCase& mc, std::ostream* os) { *os << mc.name; }
+
+ModelConfig SmallConfig(const ModelCase& mc) {
+  ModelConfig c;
+  c.architecture = "MistralForCausalLM";
+  c.vocab_size = 61, c.hidden_size = 16, c.intermediate_size = 24, c.num_layers = 2;
+  c.num_heads = 4, c.num_kv_heads = mc.kv_heads, c.head_dim = 4, c.rope_dim = 4;
+  c.sliding_window = mc.window, c.max_position_embeddings = 64;
+  c.tie_word_embeddings = mc.tied;
+  c.rope_layout = mc.interleaved ? RopeLayout::kInterleaved : RopeLayout::kHalves;
+  c.eos_token_ids = {2};
+  return c;
+}
+
+class ModelGradientTest : public ::testing::TestWithParam<ModelCase> {};
+
+TEST_P(ModelGradientTest, EveryTensorMatchesComplexStep) {
+  const ModelCase mc = GetParam();
+  const ModelConfig c = SmallConfig(mc);
+  TrainModel tm(RandomModelFiles(c, 11), mc.unfreeze);
+  std::mt19937 rng(6);
+  TokenBatch b;
+  b.lengths = {7, 5, 8};
+  for (int64_t len : b.lengths) {
+    for (int64_t i = 0; i < len; ++i) {
+      b.inputs.push_back(static_cast<int32_t>(rng() % 61));
+      b.targets.push_back(static_cast<int32_t>(rng() % 61));
+      b.weights.push_back(mc.masked ? static_cast<float>(rng() % 3) * 0.75f : 1.0f);
+    }
+  }
+  int64_t trained = 0;
+  for (float w : b.weights) trained += w != 0.0f;
+  b.normalizer = static_cast<double>(trained);
+  TrainStep step(tm);
+  const double loss = step.LanguageModelLoss(b);
+
+  // The reference's weights: every tensor the model has, parameters and frozen ones alike.
+  reference::Weights<C> weights;
+  for (const TensorRef& t : tm.files().tensors) {
+    const auto* p = static_cast<const float*>(t.data);
+    weights[t.name] = std::vector<C>(p, p + t.size_bytes / sizeof(float));
+  }
+  for (const Parameter& p : tm.parameters()) weights[p.spec.name] = Complex(p.value);
+  const double want_loss = reference::LanguageModelLoss(c, weights, b.lengths, b.inputs, b.targets,
+                                                        b.weights, b.normalizer).real();
+  // A loss of ~4 from float32 sums over 16-61 terms: ~1e-6 relative.
+  EXPECT_NEAR(loss, want_loss, 1e-5 * want_loss);
+
+  for (const Parameter& p : tm.parameters()) {
+    // Gradients of a few elements per tensor (the rows of used tokens included for the
+    // embedding, whose other rows are exactly zero).
+    std::vector<size_t> picks;
+    for (int i = 0; i < 6; ++i) picks.push_back(rng() % p.value.size());
+    if (p.spec.role == TensorRole::kEmbedding) picks.push_back(b.inputs[3] * 16 + 5);
+    double scale = 0;
+    for (float g : p.grad) scale = std::max(scale, double{std::abs(g)});
+    for (size_t i : picks) {
+      auto w = weights;
+      w[p.spec.name][i] += C(0, kStep);
+      const double want = reference::LanguageModelLoss(c, w, b.lengths, b.inputs, b.targets,
+                                                       b.weights, b.normalizer).imag() / kStep;
+      // float32 forward and backward through 2 blocks: errors of ~1e-6 of the tensor's
+      // largest gradient; 1e-4 of it leaves a margin and still catches any wrong term.
+      EXPECT_NEAR(p.grad[i], want, 1e-7 + 1e-4 * scale) << mc.name << " " << p.spec.name << "[" << i << "]";
+    }
+  }
+  if (mc.unfreeze >= 0) {  // frozen blocks have no parameters at all
+    for (const Parameter& p : tm.parameters()) {
+      EXPECT_TRUE(p.spec.layer < 0 || p.spec.layer >= c.num_layers - mc.unfreeze) << p.spec.name;
+      EXPECT_NE(p.spec.role, TensorRole::kEmbedding);
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Cases, ModelGradientTest,
+    ::testing::Values(ModelCase{"gqa2", 2, 0, false, false, false, -1},
+                      ModelCase{"mha_tied_interleaved_masked", 4, 0, true, true, true, -1},
+                      ModelCase{"gqa4_window3", 1, 3, false, false, false, -1},
+                      ModelCase{"window_larger_than_t", 2, 64, false, false, true, -1},
+                      ModelCase{"unfreeze_top_block", 2, 0, false, false, false, 1},
+                      ModelCase{"head_only", 2, 0, false, false, false, 0}),
+    [](const auto& param_info) { return std::string(param_info.param.name); });
+
+TEST(Training, RecomputingActivationsGivesTheSameBits) {
+  const ModelConfig c = SmallConfig({"", 2, 3, false, false, true, -1});
+  TokenBatch b;
+  b.lengths = {9, 4};
+  for (int i = 0; i < 13; ++i) {
+    b.inputs.push_back(i * 7 % 61), b.targets.push_back(i * 5 % 61), b.weights.push_back(1.0f);
+  }
+  b.normalizer = 13;
+  TrainModel saved(RandomModelFiles(c, 3), -1), recomputed(RandomModelFiles(c, 3), -1);
+  TrainStep a(saved), r(recomputed, /*recompute=*/true);
+  EXPECT_EQ(a.LanguageModelLoss(b), r.LanguageModelLoss(b));
+  for (size_t i = 0; i < saved.parameters().size(); ++i) {
+    EXPECT_EQ(saved.parameters()[i].grad, recomputed.parameters()[i].grad)
+        << saved.parameters()[i].spec.name;
+  }
+}
+
+TEST(Training, UnfreezeBeyondTheLayerCountIsAnError) {
+  const ModelConfig c = SmallConfig({"", 2, 0, false, false, false, -1});
+  EXPECT_THROW(TrainModel(RandomModelFiles(c, 1), 3), Error);
+  EXPECT_THROW(TrainModel(RandomModelFiles(c, 1), -2), Error);
+}
+
+}  // namespace
+}  // namespace starling
