@@ -11,42 +11,12 @@
 
 #include <nlohmann/json.hpp>
 
+#include "run_starling.h"
 #include "test_dir.h"
 
 namespace {
 
-const std::string kStarling = STARLING_BINARY;
 const std::string kOpenChat = std::string(STARLING_MODELS_DIR) + "/openchat-3.5-tokenizer";
-
-struct RunStarlingResult {
-  int exit_code;
-  std::string out;  // stdout
-  std::string err;  // stderr
-};
-
-RunStarlingResult RunStarling(const std::string& args, const std::string& stdin_text = "") {
-  // ctest runs tests in parallel processes: give each its own files.
-  const std::string dir = ::testing::TempDir() + "/cli_" + std::to_string(::getpid());
-  const std::string in = dir + "_in", out = dir + "_out", err = dir + "_err";
-  std::ofstream(in, std::ios::binary) << stdin_text;
-  const std::string command = kStarling + " " + args + " <" + in + " >" + out + " 2>" + err;
-  const int status = std::system(command.c_str());
-  auto slurp = [](const std::string& path) {
-    std::ifstream f(path, std::ios::binary);
-    return std::string(std::istreambuf_iterator<char>(f), {});
-  };
-  RunStarlingResult result{WIFEXITED(status) ? WEXITSTATUS(status) : -1, slurp(out), slurp(err)};
-  for (const std::string& path : {in, out, err}) std::remove(path.c_str());
-  return result;
-}
-
-// A file in the temp dir, removed when the test program exits.
-std::string WriteTemp(const std::string& name, const std::string& content) {
-  const std::string path = ::testing::TempDir() + "/" + std::to_string(::getpid()) + "_" + name;
-  std::ofstream(path, std::ios::binary) << content;
-  starling::testing::RemoveAtExit(path);
-  return path;
-}
 
 TEST(Cli, TokenizePrintsIdsAndPieces) {
   const RunStarlingResult r =

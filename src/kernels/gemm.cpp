@@ -3,7 +3,6 @@
 #include <cblas.h>
 
 #include <algorithm>
-#include <mutex>
 
 #include "core/thread_pool.h"
 
@@ -14,18 +13,11 @@ namespace {
 // so every element's arithmetic) does not depend on the thread count.
 constexpr int64_t kBlockRows = 64;
 
-// OpenBLAS would start its own threads beside the pool; one thread per call instead.
-void SingleThreadedBlas() {
-  static std::once_flag once;
-  std::call_once(once, [] { openblas_set_num_threads(1); });
-}
-
 int Int(int64_t v) { return static_cast<int>(v); }
 
 }  // namespace
 
 void GemmForward(const float* x, const float* w, int64_t n, int64_t in, int64_t out, float* y) {
-  SingleThreadedBlas();
   // Blocks of output columns (rows of W), so that each W block is read once per call.
   const int64_t blocks = (out + kBlockRows - 1) / kBlockRows;
   ThreadPool::Global().ParallelFor(blocks, 1, [&](int64_t begin, int64_t end, int) {
@@ -51,7 +43,6 @@ void GemmForwardReference(const float* x, const float* w, int64_t n, int64_t in,
 
 void LinearBackward(const float* x, const float* w, const float* dy, int64_t n, int64_t in,
                     int64_t out, float* dx, bool accumulate_dx, float* dw) {
-  SingleThreadedBlas();
   // Both products as one pass over blocks: dx by blocks of token rows, dw by blocks of W rows.
   const int64_t dx_blocks = dx ? (n + kBlockRows - 1) / kBlockRows : 0;
   const int64_t dw_blocks = dw ? (out + kBlockRows - 1) / kBlockRows : 0;

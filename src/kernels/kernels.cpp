@@ -250,12 +250,12 @@ void AttentionGroupBackward(const float* q, const float* keys, const float* valu
     const float* oh = out + h * head_dim;
     const float* doh = dout + h * head_dim;
     float* dqh = dq + h * head_dim;
-    // p_j recomputed from the saved log-sum-exp: p_j = exp(s_j - lse).
+    // p_j recomputed from the saved log-sum-exp: p_j = exp(s_j - lse), by ExpFast.
     for (int64_t j = first; j <= last; ++j) {
       const float* k = keys + j * kv_stride;
       float dot = 0.0f;
       for (int64_t d = 0; d < head_dim; ++d) dot += qh[d] * k[d];
-      scores[j - first] = std::exp(dot * scale - lse[h]);
+      scores[j - first] = ExpFast(dot * scale - lse[h]);
     }
     // sum_j p_j dp_j = dout . out (out = sum_j p_j v_j).
     float delta = 0.0f;

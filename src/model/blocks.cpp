@@ -73,6 +73,20 @@ uint64_t ForwardRecord::bytes() const {
   return n;
 }
 
+namespace {
+
+// out[N, rows] = x[N, cols] w^T. A training forward (`training`) multiplies float32 weights
+// with sgemm (the products the backward uses too); everything else, and inference always,
+// goes through MatMul, whose bits the inference tests pin down.
+void Linear(const WeightMatrix& w, const float* x, int64_t n, float* out, bool training) {
+  if (training && w.format == WeightFormat::kF32 && w.layout == WeightLayout::kRows) {
+    return GemmForward(x, static_cast<const float*>(w.data), n, w.cols, w.rows, out);
+  }
+  MatMul(w, x, n, out);
+}
+
+}  // namespace
+
 void EmbedRows(const Model& m, std::span<const int32_t> tokens, float* x) {
   const int64_t d = m.config().hidden_size;
   for (size_t t = 0; t < tokens.size(); ++t) ReadRow(m.embedding(), tokens[t], &x[t * d]);
@@ -100,9 +114,9 @@ void AttentionBlock(const Model& m, int32_t layer, std::span<const int64_t> posi
     const float rstd = RmsNorm(&x[t * d], w.attn_norm.data(), d, c.rms_norm_eps, &xn[t * d]);
     if (save) save->rstd_attn[t] = rstd;
   }
-  MatMul(w.wq, xn, n, q);  // [N, H * Dh]
-  MatMul(w.wk, xn, n, k);  // [N, KVH * Dh]
-  MatMul(w.wv, xn, n, v);  // [N, KVH * Dh]
+  Linear(w.wq, xn, n, q, save != nullptr || s.training);  // [N, H * Dh]
+  Linear(w.wk, xn, n, k, save != nullptr || s.training);  // [N, KVH * Dh]
+  Linear(w.wv, xn, n, v, save != nullptr || s.training);  // [N, KVH * Dh]
   for (int64_t t = 0; t < n; ++t) {
     Rope(&q[t * q_dim], c.num_heads, hd, c.rope_dim, positions[t], m.inv_freq(), interleaved);
     Rope(&k[t * kv_dim], c.num_kv_heads, hd, c.rope_dim, positions[t], m.inv_freq(), interleaved);
@@ -128,7 +142,7 @@ void AttentionBlock(const Model& m, int32_t layer, std::span<const int64_t> posi
     }
   });
   float* out = s.xn.data();  // [N, D]; free again (the normed input is in the record or done)
-  MatMul(w.wo, attn, n, out);
+  Linear(w.wo, attn, n, out, save != nullptr || s.training);
   for (int64_t i = 0; i < n * d; ++i) x[i] += out[i];
 }
 
@@ -145,14 +159,14 @@ void FeedForwardBlock(const Model& m, int32_t layer, int64_t n, ForwardScratch& 
     const float rstd = RmsNorm(&x[t * d], w.ffn_norm.data(), d, c.rms_norm_eps, &xn[t * d]);
     if (save) save->rstd_ffn[t] = rstd;
   }
-  MatMul(w.w_gate, xn, n, gate);  // [N, F]
-  MatMul(w.w_up, xn, n, up);      // [N, F]
+  Linear(w.w_gate, xn, n, gate, save != nullptr || s.training);  // [N, F]
+  Linear(w.w_up, xn, n, up, save != nullptr || s.training);      // [N, F]
   if (save) std::copy_n(gate, n * f, save->gate.data());
   const auto silu_mul = ActiveSimdLevel() != SimdLevel::kScalar ? SiluMulAvx2 : SiluMul;
   silu_mul(gate, up, n * f);  // gate = silu(gate) * up
   if (save) std::copy_n(gate, n * f, save->act.data());
   float* out = s.xn.data();  // [N, D]
-  MatMul(w.w_down, gate, n, out);
+  Linear(w.w_down, gate, n, out, save != nullptr || s.training);
   for (int64_t i = 0; i < n * d; ++i) x[i] += out[i];
 }
 
@@ -162,6 +176,7 @@ void RunDecoder(const Model& m, std::span<const int32_t> tokens,
   const ModelConfig& c = m.config();
   const auto n = static_cast<int64_t>(tokens.size());
   s.Ensure(c, n, kv.max_span());
+  s.training = record != nullptr;
   float* x = s.x.data();  // [N, D], the residual stream
   EmbedRows(m, tokens, x);
   if (record) record->blocks.resize(static_cast<size_t>(c.num_layers));
@@ -269,6 +284,8 @@ void AttentionBlockBackward(const Model& m, int32_t layer, const SequenceKeyValu
   ThreadPool::Global().ParallelFor(
       sequences * c.num_kv_heads, 1, [&](int64_t begin, int64_t end, int thread) {
         float* scores = s.scores.data() + thread * span;
+        const auto backward = ActiveSimdLevel() != SimdLevel::kScalar ? AttentionGroupBackwardAvx2
+                                                                       : AttentionGroupBackward;
         for (int64_t item = begin; item < end; ++item) {
           const int64_t seq = item / c.num_kv_heads, kvh = item % c.num_kv_heads;
           const int64_t start = starts[seq];
@@ -276,7 +293,7 @@ void AttentionBlockBackward(const Model& m, int32_t layer, const SequenceKeyValu
           const int64_t kv_off = start * kv_dim + kvh * hd;
           for (int64_t r = start; r < stop; ++r) {
             const int64_t q_off = r * q_dim + kvh * group * hd;
-            AttentionGroupBackward(&a.q[q_off], &a.k[kv_off], &a.v[kv_off], kv_dim, group, hd,
+            backward(&a.q[q_off], &a.k[kv_off], &a.v[kv_off], kv_dim, group, hd,
                                    kv.first_visible(r), kv.position(r), &a.attn[q_off],
                                    &a.lse[r * c.num_heads + kvh * group], &s.dattn[q_off], scores,
                                    &s.dq[q_off], &s.dk[kv_off], &s.dv[kv_off]);

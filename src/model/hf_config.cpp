@@ -306,4 +306,37 @@ ModelConfig LoadHuggingFaceConfig(const std::string& dir) {
   return ParseHuggingFaceConfig(config, generation, dir);
 }
 
+std::string HuggingFaceConfigJson(const ModelConfig& c, const std::string& torch_dtype) {
+  const bool reward = c.head == ModelHead::kReward;
+  const bool llama = c.architecture.rfind("Llama", 0) == 0 || c.architecture == "llama";
+  std::string architecture = c.architecture;
+  if (architecture == "llama") architecture = "LlamaForCausalLM";  // GGUF's name
+  const nlohmann::json config = {
+      {"architectures", {architecture}},
+      {"model_type", llama ? "llama" : "mistral"},
+      {"vocab_size", c.vocab_size},
+      {"hidden_size", c.hidden_size},
+      {"intermediate_size", c.intermediate_size},
+      {"num_hidden_layers", c.num_layers},
+      {"num_attention_heads", c.num_heads},
+      {"num_key_value_heads", c.num_kv_heads},
+      {"head_dim", c.head_dim},
+      {"hidden_act", "silu"},
+      {"max_position_embeddings", c.max_position_embeddings},
+      {"rms_norm_eps", c.rms_norm_eps},
+      {"rope_theta", c.rope_theta},
+      {"sliding_window",
+       c.sliding_window > 0 ? nlohmann::json(c.sliding_window) : nlohmann::json()},
+      {"tie_word_embeddings", c.tie_word_embeddings},
+      {"bos_token_id", c.bos_token_id},
+      {"eos_token_id", c.eos_token_ids.size() == 1 ? nlohmann::json(c.eos_token_ids.front())
+                                                   : nlohmann::json(c.eos_token_ids)},
+      {"num_labels", reward ? nlohmann::json(1) : nlohmann::json()},
+      {"torch_dtype", torch_dtype},
+  };
+  nlohmann::json out = config;
+  if (!reward) out.erase("num_labels");
+  return out.dump(2) + "\n";
+}
+
 }  // namespace starling

@@ -26,4 +26,8 @@ ModelConfig ParseHuggingFaceConfig(std::string_view config_json,
 // Reads `dir`/config.json and, when present, `dir`/generation_config.json.
 ModelConfig LoadHuggingFaceConfig(const std::string& dir);
 
+// config.json for `c` as Hugging Face writes it (indented, newline-terminated), with
+// `torch_dtype` "float32", "float16" or "bfloat16". ParseHuggingFaceConfig reads it back to c.
+std::string HuggingFaceConfigJson(const ModelConfig& c, const std::string& torch_dtype);
+
 }  // namespace starling

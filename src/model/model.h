@@ -93,6 +93,8 @@ struct ForwardScratch {
   std::vector<float> x, xn, q, k, v, attn, gate, up, scores, last;
   std::vector<int32_t> row_tokens;  // [N] of the rows in flight
   std::vector<int64_t> row_positions;  // [N]
+  // Set by a training forward: float32 weights multiply with sgemm (see blocks.cpp, Linear).
+  bool training = false;
   // Sizes the buffers for `tokens` rows and attention over up to `context_length` positions.
   void Ensure(const ModelConfig& c, int64_t tokens, int64_t context_length);
 };

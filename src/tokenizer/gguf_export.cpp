@@ -50,4 +50,15 @@ void WriteTokenizerToGguf(const std::string& path, GgufWriter* writer) {
   if (!chat_template.empty()) writer->AddString("tokenizer.chat_template", chat_template);
 }
 
+void CopyTokenizerToGguf(const std::string& source, GgufWriter* writer) {
+  if (IsDirectory(source) || ReadFilePrefix(source, 4) != "GGUF") {
+    WriteTokenizerToGguf(source, writer);
+    return;
+  }
+  const GgufFile gguf = GgufFile::Open(source);
+  for (const GgufKeyValue& kv : gguf.metadata()) {
+    if (kv.key.rfind("tokenizer.", 0) == 0) writer->AddValue(kv.key, kv.value);
+  }
+}
+
 }  // namespace starling

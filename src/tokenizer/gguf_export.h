@@ -15,4 +15,7 @@ class GgufWriter;
 // when the directory has one. Added tokens are CONTROL when special, USER_DEFINED otherwise.
 void WriteTokenizerToGguf(const std::string& path, GgufWriter* writer);
 
+// As WriteTokenizerToGguf, and also from a GGUF file (its tokenizer.* keys, copied as they are).
+void CopyTokenizerToGguf(const std::string& source, GgufWriter* writer);
+
 }  // namespace starling

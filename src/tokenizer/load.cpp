@@ -299,6 +299,11 @@ std::string LoadChatTemplateJinja(const std::string& path) {
 }
 
 Tokenizer LoadTokenizer(const std::string& path) {
+  // A directory a trainer wrote from a GGUF model carries its tokenizer as tokenizer.gguf.
+  if (IsDirectory(path) && !FileExists(path + "/tokenizer.model") &&
+      FileExists(path + "/tokenizer.gguf")) {
+    return LoadTokenizer(path + "/tokenizer.gguf");
+  }
   if (IsDirectory(path)) return LoadHuggingFaceTokenizer(path);
   const std::string head = ReadFilePrefix(path, 4);
   if (head == "GGUF") {

@@ -5,9 +5,18 @@
 
 #include "core/error.h"
 #include "core/thread_pool.h"
+#include "kernels/dot.h"
 #include "kernels/gemm.h"
+#include "kernels/kernels.h"
 
 namespace starling {
+namespace {
+
+void ExpRow(const float* x, int64_t n, float* out) {
+  for (int64_t i = 0; i < n; ++i) out[i] = ExpFast(x[i]);
+}
+
+}  // namespace
 
 double LmHeadCrossEntropy(const float* w, int64_t vocab, const float* hidden, int64_t n, int64_t d,
                           std::span<const int32_t> targets, std::span<const float> weights,
@@ -40,21 +49,23 @@ double LmHeadCrossEntropy(const float* w, int64_t vocab, const float* hidden, in
     float* logits = scratch.logits.data();  // [m, V]
     GemmForward(packed.data(), w, m, d, vocab, logits);
     // Per row: loss and d loss / d logits = weight / normalizer * (softmax - onehot), in place.
+    const auto exp_row = ActiveSimdLevel() != SimdLevel::kScalar ? ExpRowAvx2 : ExpRow;
     ThreadPool::Global().ParallelFor(m, 1, [&](int64_t b, int64_t e, int) {
       for (int64_t r = b; r < e; ++r) {
         float* z = &logits[r * vocab];
         const int64_t i = rows[r];
         float max_value = z[0];
         for (int64_t v = 1; v < vocab; ++v) max_value = std::max(max_value, z[v]);
+        const float target_shifted = z[targets[i]] - max_value;
+        for (int64_t v = 0; v < vocab; ++v) z[v] -= max_value;
+        exp_row(z, vocab, z);  // e^(z - max), ExpFast's bits at every SIMD level
         double sum = 0.0;
-        for (int64_t v = 0; v < vocab; ++v) sum += std::exp(static_cast<double>(z[v] - max_value));
-        const double lse = max_value + std::log(sum);
-        const double ce = lse - z[targets[i]];
-        row_loss[r] = ce;
+        for (int64_t v = 0; v < vocab; ++v) sum += z[v];
+        row_loss[r] = std::log(sum) - target_shifted;  // logsumexp(z) - z[target]
+        // d loss / d z = weight / normalizer * (softmax - onehot), in place.
+        const auto scale_over_sum = static_cast<float>(weights[i] / normalizer / sum);
+        for (int64_t v = 0; v < vocab; ++v) z[v] *= scale_over_sum;
         const double scale = weights[i] / normalizer;
-        for (int64_t v = 0; v < vocab; ++v) {
-          z[v] = static_cast<float>(scale * std::exp(static_cast<double>(z[v]) - lse));
-        }
         z[targets[i]] -= static_cast<float>(scale);
       }
     });

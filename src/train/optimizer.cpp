@@ -45,12 +45,17 @@ void AdamWStep(std::vector<Parameter>& params, int64_t step, double lr, const Ad
     }
     const float decay =
         p.spec.is_norm() ? 1.0f : static_cast<float>(1.0 - lr * static_cast<double>(c.weight_decay));
-    float* value = p.value.data();
-    float* m = p.m.data();
-    float* v = p.v.data();
-    const float* g = p.grad.data();
+    float* pv = p.value.data();
+    float* pm = p.m.data();
+    float* pvv = p.v.data();
+    const float* pg = p.grad.data();
     ThreadPool::Global().ParallelFor(
         static_cast<int64_t>(p.value.size()), 4096, [&](int64_t begin, int64_t end, int) {
+          // Distinct buffers: restrict lets the compiler vectorise the loop.
+          float* __restrict value = pv;
+          float* __restrict m = pm;
+          float* __restrict v = pvv;
+          const float* __restrict g = pg;
           for (int64_t i = begin; i < end; ++i) {
             value[i] *= decay;
             m[i] = b1 * m[i] + (1.0f - b1) * g[i];

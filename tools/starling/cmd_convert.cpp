@@ -19,24 +19,13 @@
 namespace starling::cli {
 namespace {
 
-void CopyTokenizerMetadata(const std::string& source, GgufWriter* writer) {
-  if (IsDirectory(source) || ReadFilePrefix(source, 4) != "GGUF") {
-    WriteTokenizerToGguf(source, writer);
-    return;
-  }
-  const GgufFile gguf = GgufFile::Open(source);
-  for (const GgufKeyValue& kv : gguf.metadata()) {
-    if (kv.key.rfind("tokenizer.", 0) == 0) writer->AddValue(kv.key, kv.value);
-  }
-}
-
 void RunQuantize(const std::string& in, const std::string& out, const std::string& type) {
   const QuantPreset preset = QuantPresetFromName(type);
   const Model model = Model::Load(in);
   GgufWriter writer;
   AddModelToGguf(model.config(), ExportTensorsOf(model), preset, &writer);
   writer.AddUint32("general.quantization_version", 2);
-  CopyTokenizerMetadata(in, &writer);
+  CopyTokenizerToGguf(in, &writer);
   writer.WriteTo(out);
   std::fprintf(stderr, "wrote %s (%s)\n", out.c_str(), QuantPresetName(preset));
 }
@@ -104,31 +93,11 @@ void WriteHuggingFaceDirectory(const ModelConfig& c, const std::vector<ExportTen
     writer.AddTensor(t.name, dtype, t.shape, bytes);
   }
   writer.WriteTo(f.out + "/model.safetensors");
-  nlohmann::json config = {
-      {"architectures", {c.architecture}},
-      {"model_type", c.architecture == "LlamaForCausalLM" ? "llama" : "mistral"},
-      {"vocab_size", c.vocab_size},
-      {"hidden_size", c.hidden_size},
-      {"intermediate_size", c.intermediate_size},
-      {"num_hidden_layers", c.num_layers},
-      {"num_attention_heads", c.num_heads},
-      {"num_key_value_heads", c.num_kv_heads},
-      {"head_dim", c.head_dim},
-      {"hidden_act", "silu"},
-      {"max_position_embeddings", c.max_position_embeddings},
-      {"rms_norm_eps", c.rms_norm_eps},
-      {"rope_theta", c.rope_theta},
-      {"sliding_window",
-       c.sliding_window > 0 ? nlohmann::json(c.sliding_window) : nlohmann::json()},
-      {"tie_word_embeddings", c.tie_word_embeddings},
-      {"bos_token_id", c.bos_token_id},
-      {"eos_token_id", c.eos_token_ids.front()},
-      {"torch_dtype", preset == QuantPreset::kBF16  ? "bfloat16"
-                      : preset == QuantPreset::kF16 ? "float16"
-                                                    : "float32"},
-  };
+  const std::string config = HuggingFaceConfigJson(c, preset == QuantPreset::kBF16  ? "bfloat16"
+                                                    : preset == QuantPreset::kF16 ? "float16"
+                                                                                  : "float32");
   WriteFileAtomically(f.out + "/config.json",
-                      [&](const ByteSink& sink) { sink(config.dump(2) + "\n"); });
+                      [&](const ByteSink& sink) { sink(config); });
   for (const char* name : {"tokenizer.model", "added_tokens.json", "special_tokens_map.json",
                            "tokenizer_config.json"}) {
     const std::string from = f.vocab + "/" + name;
@@ -150,7 +119,7 @@ void RunMakeModel(const MakeModelFlags& f) {
   } else if (f.format == "gguf") {
     GgufWriter writer;
     AddModelToGguf(c, tensors, preset, &writer);
-    CopyTokenizerMetadata(f.vocab, &writer);
+    CopyTokenizerToGguf(f.vocab, &writer);
     writer.WriteTo(f.out);
   } else {
     Fail("--format must be gguf or hf, not '", f.format, "'");

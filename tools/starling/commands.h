@@ -21,6 +21,7 @@ void RegisterBench(CLI::App& app);
 void RegisterConvert(CLI::App& app);  // quantize, make-model
 void RegisterReward(CLI::App& app);   // score, rank
 void RegisterServe(CLI::App& app);
+void RegisterTrain(CLI::App& app);  // train pretrain, bench-train
 
 // Shared option helpers.
 // -t/--threads for the compute thread pool, set before any kernel runs.

@@ -20,6 +20,7 @@ int main(int argc, char** argv) {
   starling::cli::RegisterConvert(app);
   starling::cli::RegisterReward(app);
   starling::cli::RegisterServe(app);
+  starling::cli::RegisterTrain(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -1,0 +1,33 @@
+// Pretraining data: a token stream cut into windows, and the order they are visited in.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "train/step.h"
+
+namespace starling {
+
+// Window i is tokens[i*T .. i*T+T] (T+1 tokens: inputs the first T, targets the last T); there
+// are floor((n-1)/T) windows. Sample s (= step * B + j) is window s mod W without shuffling, or
+// window perm_e[s mod W] of epoch e = s / W, where perm_e is a Fisher-Yates shuffle of [0, W)
+// driven by mt19937_64(seed + e) (j from i = W-1 down to 1 swaps i with rng() mod (i+1)).
+class TokenWindows {
+ public:
+  // Throws naming `source` when the stream has fewer than T + 1 tokens.
+  TokenWindows(std::vector<int32_t> tokens, int64_t ctx, const std::string& source);
+  int64_t count() const { return count_; }
+  int64_t ctx() const { return ctx_; }
+  int64_t WindowOf(int64_t sample, bool shuffle, uint64_t seed);
+  // Appends window w to the batch: T inputs, T targets, weights 1, one sequence of length T.
+  void Append(int64_t w, TokenBatch* batch) const;
+
+ private:
+  std::vector<int32_t> tokens_;
+  int64_t ctx_, count_;
+  int64_t epoch_ = -1;  // of perm_
+  std::vector<int64_t> perm_;
+};
+
+}  // namespace starling

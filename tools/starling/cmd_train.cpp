@@ -1,0 +1,212 @@
+// `starling train pretrain` (next-token training on text) and `starling bench-train` (the
+// speed of a full training step on random data).
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "commands.h"
+#include "core/error.h"
+#include "core/file.h"
+#include "core/thread_pool.h"
+#include "kernels/dot.h"
+#include "kernels/gemm.h"
+#include "model/hf_config.h"
+#include "train/optimizer.h"
+#include "train/pretrain.h"
+#include "train/step.h"
+
+namespace starling::cli {
+namespace {
+
+double Now() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+// llama2.c's Llama shapes (tied classifier), by name.
+ModelConfig TrainPreset(const std::string& name) {
+  ModelConfig c;
+  c.architecture = "LlamaForCausalLM";
+  c.tie_word_embeddings = true;
+  c.max_position_embeddings = 1024;
+  c.eos_token_ids = {2};
+  if (name == "stories260K") {
+    c.vocab_size = 512, c.hidden_size = 64, c.num_layers = 5, c.num_heads = 8, c.num_kv_heads = 4;
+    c.intermediate_size = 172;
+  } else if (name == "stories15M") {
+    c.vocab_size = 32000, c.hidden_size = 288, c.num_layers = 6, c.num_heads = 6;
+    c.num_kv_heads = 6, c.intermediate_size = 768;
+  } else if (name == "stories42M") {
+    c.vocab_size = 32000, c.hidden_size = 512, c.num_layers = 8, c.num_heads = 8;
+    c.num_kv_heads = 8, c.intermediate_size = 1376;
+  } else {
+    Fail("unknown preset '", name, "' (known: stories260K, stories15M, stories42M; or --config)");
+  }
+  c.head_dim = c.hidden_size / c.num_heads;
+  c.rope_dim = c.head_dim;
+  return c;
+}
+
+// GFLOP/s of GemmForward on square products large enough to run at the BLAS's full rate: the
+// machine's practical float32 peak for the training step's products.
+double MeasureGemmPeak() {
+  const int64_t n = 768;
+  std::vector<float> a(n * n, 0.5f), b(n * n, 0.25f), c(n * n);
+  GemmForward(a.data(), b.data(), n, n, n, c.data());  // warm up
+  double best = 0;
+  for (int r = 0; r < 5; ++r) {
+    const double t0 = Now();
+    GemmForward(a.data(), b.data(), n, n, n, c.data());
+    best = std::max(best, 2.0 * n * n * n / (Now() - t0) / 1e9);
+  }
+  return best;
+}
+
+struct BenchTrainFlags {
+  std::string preset = "stories15M";
+  std::string config;
+  int64_t batch = 4;
+  int64_t ctx = 256;
+  int steps = 5;
+  int threads = 0;
+  bool json = false;
+  bool recompute = false;
+};
+
+void RunBenchTrain(const BenchTrainFlags& f) {
+  ModelConfig c = f.config.empty() ? TrainPreset(f.preset)
+                                   : ParseHuggingFaceConfig(ReadFile(f.config), "", f.config);
+  c.Validate(f.config.empty() ? "preset " + f.preset : f.config);
+  TrainModel tm(RandomModelFiles(c, 1), -1);
+  TrainStep step(tm, f.recompute);
+  std::mt19937 rng(1);
+  TokenBatch b;
+  for (int64_t s = 0; s < f.batch; ++s) {
+    b.lengths.push_back(f.ctx);
+    for (int64_t t = 0; t < f.ctx; ++t) {
+      b.inputs.push_back(static_cast<int32_t>(rng() % static_cast<uint32_t>(c.vocab_size)));
+      b.targets.push_back(static_cast<int32_t>(rng() % static_cast<uint32_t>(c.vocab_size)));
+      b.weights.push_back(1.0f);
+    }
+  }
+  b.normalizer = static_cast<double>(f.batch * f.ctx);
+  const AdamWConfig adam;
+  std::vector<double> rates;
+  for (int s = 0; s < f.steps + 1; ++s) {  // the first step warms up (allocations, pages)
+    const double t0 = Now();
+    tm.ZeroGrads();
+    step.LanguageModelLoss(b);
+    const double norm = GradNorm(tm.parameters());
+    ClipGrads(tm.parameters(), norm, 1.0);
+    AdamWStep(tm.parameters(), s + 1, 1e-4, adam);
+    if (s > 0) rates.push_back(static_cast<double>(f.batch * f.ctx) / (Now() - t0));
+  }
+  std::sort(rates.begin(), rates.end());
+  const double median = rates[rates.size() / 2];
+  const auto params = static_cast<double>(tm.parameter_count());
+  const double gflops = 6.0 * params * median / 1e9;
+  const double peak = MeasureGemmPeak();
+  const double param_mib = params * 4 / (1024.0 * 1024.0);
+  const double act_mib = static_cast<double>(step.activation_bytes()) / (1024.0 * 1024.0);
+  const std::string name = f.config.empty() ? f.preset : f.config;
+  if (f.json) {
+    const nlohmann::json out = {
+        {"model", name},          {"parameters", tm.parameter_count()},
+        {"batch", f.batch},       {"ctx", f.ctx},
+        {"threads", ThreadPool::Global().size()},
+        {"simd", DotRowImplementation()},
+        {"tokens_per_s_median", median}, {"tokens_per_s_min", rates.front()},
+        {"tokens_per_s_max", rates.back()}, {"gflops", gflops},
+        {"gemm_peak_gflops", peak},
+        {"memory_mib", {{"parameters", param_mib}, {"gradients", param_mib},
+                        {"adamw", 2 * param_mib}, {"activations", act_mib}}},
+        {"recompute", f.recompute}};
+    std::printf("%s\n", out.dump().c_str());
+    return;
+  }
+  std::printf("model %s: %.2fM parameters, batch %lld x %lld tokens, %d threads (%s)\n",
+              name.c_str(), params / 1e6, static_cast<long long>(f.batch),
+              static_cast<long long>(f.ctx), ThreadPool::Global().size(), DotRowImplementation());
+  std::printf("train step: %.0f tokens/s median (min %.0f, max %.0f over %d steps)\n", median,
+              rates.front(), rates.back(), f.steps);
+  std::printf("           %.1f GFLOP/s (6 x params x tokens/s) = %.0f%% of the measured sgemm "
+              "peak %.1f GFLOP/s\n",
+              gflops, 100.0 * gflops / peak, peak);
+  std::printf("memory: parameters %.1f MiB + gradients %.1f + AdamW %.1f + activations %.1f%s\n",
+              param_mib, param_mib, 2 * param_mib, act_mib,
+              f.recompute ? " (recompute)" : "");
+}
+
+}  // namespace
+
+void RegisterTrain(CLI::App& app) {
+  CLI::App* train = app.add_subcommand("train", "Train a model (pretrain; SFT, RM, APA to come)");
+  train->require_subcommand(1);
+
+  auto o = std::make_shared<PretrainOptions>();
+  auto threads = std::make_shared<int>(0);
+  auto no_shuffle = std::make_shared<bool>(false);
+  CLI::App* p = train->add_subcommand(
+      "pretrain",
+      "Next-token training on a text file. The file is tokenized once as `starling tokenize` "
+      "does (BOS, then the text) and cut into windows of --ctx + 1 tokens; the loss is the mean "
+      "cross-entropy over the batch's B x T targets. AdamW as torch.optim.AdamW; weight decay "
+      "applies to matrices and embeddings, not to norm weights.");
+  p->add_option("-m,--model", o->model, "initial model: Hugging Face directory or GGUF file");
+  p->add_option("--config", o->config, "a config.json for a fresh, randomly initialised model");
+  p->add_option("--tokenizer", o->tokenizer, "tokenizer (default: the -m model's)");
+  p->add_option("--data", o->data, "UTF-8 text file")->required();
+  p->add_option("--out", o->out, "directory for the trained model (Hugging Face layout)")
+      ->required();
+  p->add_option("--ctx", o->ctx, "tokens per sequence (T)")->capture_default_str();
+  p->add_option("--batch", o->batch, "sequences per step (B)")->capture_default_str();
+  p->add_option("--steps", o->steps, "optimizer steps")->capture_default_str();
+  p->add_option("--lr", o->lr, "learning rate")->capture_default_str();
+  p->add_option("--weight-decay", o->adam.weight_decay,
+                "AdamW decoupled weight decay (matrices and embeddings; not norms)")
+      ->capture_default_str();
+  p->add_option("--beta1", o->adam.beta1, "AdamW beta1")->capture_default_str();
+  p->add_option("--beta2", o->adam.beta2, "AdamW beta2")->capture_default_str();
+  p->add_option("--eps", o->adam.eps, "AdamW epsilon")->capture_default_str();
+  p->add_option("--grad-clip", o->grad_clip,
+                "clip the global gradient norm (torch's clip_grad_norm_); 0: no clipping")
+      ->capture_default_str();
+  p->add_option("--unfreeze-layers", o->unfreeze_layers,
+                "train only the last N blocks plus the final norm and head (-1: everything)")
+      ->capture_default_str();
+  p->add_option("--seed", o->seed, "seed for the data order and a fresh model's weights")
+      ->capture_default_str();
+  p->add_flag("--no-shuffle", *no_shuffle,
+              "step k uses windows (k*B + j) mod n_windows, j = 0..B-1");
+  p->add_flag("--recompute", o->recompute,
+              "recompute each block's activations in the backward instead of saving them");
+  p->add_option("--log", o->log, "JSON Lines log: step, loss, lr, grad_norm, tokens_per_s");
+  p->add_flag("-q,--quiet", o->quiet, "no progress line");
+  AddThreadsOption(p, threads.get());
+  p->callback([o, no_shuffle] {
+    o->shuffle = !*no_shuffle;
+    RunPretrain(*o);
+  });
+
+  auto f = std::make_shared<BenchTrainFlags>();
+  CLI::App* b = app.add_subcommand(
+      "bench-train",
+      "Tokens/s of a full training step (forward, backward, clipping, AdamW) on random data");
+  b->add_option("--preset", f->preset, "stories260K, stories15M or stories42M (llama2.c shapes)")
+      ->capture_default_str();
+  b->add_option("--config", f->config, "a config.json instead of a preset");
+  b->add_option("-b,--batch", f->batch, "sequences per step")->capture_default_str();
+  b->add_option("-c,--ctx", f->ctx, "tokens per sequence")->capture_default_str();
+  b->add_option("-r,--steps", f->steps, "timed steps (after one warm-up step)")
+      ->capture_default_str();
+  b->add_flag("--recompute", f->recompute, "recompute activations in the backward");
+  b->add_flag("--json", f->json, "one JSON object");
+  AddThreadsOption(b, &f->threads);
+  b->callback([f] { RunBenchTrain(*f); });
+}
+
+}  // namespace starling::cli
