@@ -12,7 +12,7 @@ packages=(
   libsentencepiece-dev          # reference tokenizer: the tests' oracle and the benchmark's baseline
   sentencepiece                 # spm_encode, for cross-checking by hand
   libcpp-httplib-dev            # HTTP server (starling serve)
-  libopenblas-serial-dev        # sgemm for training's matrix products (src/kernels/gemm)
+  libblis-serial-dev            # sgemm for training's matrix products (src/kernels/gemm)
   python3 curl                  # the server's end-to-end test and the browser test's runner
   chromium                      # the web page's headless-browser test (playwright-core from npm)
 )

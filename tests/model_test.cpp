@@ -357,6 +357,46 @@ TEST_P(ForwardTest, BatchedDecodeOfSeveralSessionsEqualsEachAlone) {
   EXPECT_EQ(batched[0]->length(), alone[0]->length());
 }
 
+TEST(Forward, SessionKeepsItsIdsAndReusesTheLongestPrefix) {
+  const auto m = MakeRandomModel(0, RopeLayout::kHalves);
+  const Model model(m->config, m->tensors, "random", nullptr);
+  Session s(model, 32);
+  std::vector<float> out(static_cast<size_t>(model.config().vocab_size));
+  const std::vector<int32_t> a = {1, 5, 7, 9, 11}, b = {1, 5, 7, 4}, same = {1, 5, 7, 9, 11};
+  s.Forward(a, out);
+  EXPECT_EQ(s.tokens(), a);
+  EXPECT_EQ(s.ReusePrefix(b), 3);  // 1 5 7 shared
+  EXPECT_EQ(s.tokens(), std::vector<int32_t>({1, 5, 7}));
+  s.Forward(std::span(b).subspan(3), out);
+  EXPECT_EQ(s.tokens(), b);
+  s.Truncate(4);
+  s.Forward(std::vector<int32_t>{2, 3}, out);
+  EXPECT_EQ(s.ReusePrefix(std::vector<int32_t>{1, 5, 7, 4, 2, 3}), 5);  // the last id runs again
+  EXPECT_EQ(s.ReusePrefix(same), 3);
+  EXPECT_EQ(s.ReusePrefix(std::vector<int32_t>{8}), 0);
+  EXPECT_EQ(s.length(), 0);
+}
+
+TEST(Forward, ALongPromptRunsInChunksWithTheSameOutputs) {
+  // Session::kChunkRows rows at a time: the outputs equal those of the same prompt run in two
+  // calls split elsewhere (each position's bits do not depend on its batch).
+  const auto m = MakeRandomModel(0, RopeLayout::kHalves);
+  const Model model(m->config, m->tensors, "random", nullptr);
+  const int64_t n = Session::kChunkRows + 37, v = model.config().vocab_size;
+  std::vector<int32_t> ids(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) ids[i] = static_cast<int32_t>((i * 7 + 1) % v);
+  Session whole(model, 1024), split(model, 1024);
+  std::vector<float> all(static_cast<size_t>(n * v)), parts(all.size());
+  whole.Forward(ids, all, true);
+  split.Forward(std::span(ids).first(100), std::span(parts).first(100 * v), true);
+  split.Forward(std::span(ids).subspan(100), std::span(parts).subspan(100 * v), true);
+  EXPECT_EQ(all, parts);
+  std::vector<float> last(static_cast<size_t>(v));
+  Session again(model, 1024);
+  again.Forward(ids, last);
+  EXPECT_TRUE(std::equal(last.begin(), last.end(), all.end() - v));
+}
+
 TEST(Forward, ErrorsAreClear) {
   const auto m = MakeRandomModel(0, RopeLayout::kHalves);
   const Model model(m->config, m->tensors, "random", nullptr);

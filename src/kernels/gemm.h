@@ -1,5 +1,5 @@
 // Dense float32 matrix products for training: the backward of a linear layer y = x W^T and a
-// matmul forward over float32 weights, on OpenBLAS's sgemm (its serial build: each call runs on the calling thread) spread
+// matmul forward over float32 weights, on BLIS's sgemm (its serial, reentrant build: each call runs on the calling thread) spread
 // over the thread pool in fixed blocks of rows, so every output element is computed by the
 // same code in the same order whatever the thread count. Each has a readable scalar twin
 // (index-order loops) that tests hold it to.

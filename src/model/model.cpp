@@ -226,6 +226,15 @@ void ForwardScratch::Ensure(const ModelConfig& c, int64_t tokens, int64_t contex
 void Session::Truncate(int32_t n) {
   if (n < 0 || n > length_) Fail("cannot truncate a session of ", length_, " positions to ", n);
   length_ = n;
+  tokens_.resize(static_cast<size_t>(n));
+}
+
+int32_t Session::ReusePrefix(std::span<const int32_t> ids) {
+  size_t common = 0;
+  const size_t limit = ids.empty() ? 0 : std::min(tokens_.size(), ids.size() - 1);
+  while (common < limit && tokens_[common] == ids[common]) ++common;
+  Truncate(static_cast<int32_t>(common));
+  return static_cast<int32_t>(common);
 }
 
 void Session::CheckTokens(std::span<const int32_t> tokens) const {
@@ -263,6 +272,7 @@ void Session::Forward(std::span<const int32_t> tokens, std::span<float> logits, 
       RunRows(*model_, rows_, &scratch_, {}, false, /*outputs_wanted=*/false);
     }
     length_ += static_cast<int32_t>(end - begin);
+    tokens_.insert(tokens_.end(), tokens.begin() + begin, tokens.begin() + end);
   }
 }
 
@@ -302,7 +312,10 @@ void Session::ForwardBatch(std::span<Session* const> sessions, std::span<const i
     rows.push_back({s, tokens[i], s->length_, false});
   }
   RunRows(m, rows, scratch, outputs, true);
-  for (Session* s : sessions) s->length_ += 1;
+  for (size_t i = 0; i < sessions.size(); ++i) {
+    sessions[i]->length_ += 1;
+    sessions[i]->tokens_.push_back(tokens[i]);
+  }
 }
 
 // The rows of a batch of sessions as a key/value source: each row's key and value go into its

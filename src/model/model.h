@@ -138,6 +138,13 @@ class Session {
 
   const Model& model() const { return *model_; }
   int32_t length() const { return length_; }
+  // The token ids whose keys and values the cache holds, [length()].
+  const std::vector<int32_t>& tokens() const { return tokens_; }
+  // Prefix reuse: keeps the longest prefix of the cache that `ids` starts with, but leaves at
+  // least the last id of `ids` to run (its outputs are what a caller wants), truncating the
+  // rest; returns the kept length. The caller then runs ids[returned..]. The forward pass gives
+  // each position the same bits whether it ran now or earlier.
+  int32_t ReusePrefix(std::span<const int32_t> ids);
   int32_t context_length() const { return context_length_; }
   // Forgets positions >= n (n <= length()), e.g. to start a new conversation.
   void Truncate(int32_t n);
@@ -183,6 +190,7 @@ class Session {
   const Model* model_;
   int32_t context_length_;
   int32_t length_ = 0;
+  std::vector<int32_t> tokens_;  // [length_]
   DType kv_type_;
   // The cache, [L, S, KVH * Dh] each, in the pair of kv_type_ (the other pair stays empty):
   // float32, or binary16 bits.

@@ -46,16 +46,12 @@ void RewardScorer::Run(std::span<const int32_t> ids) {
   }
   // Reuse the longest common prefix, but run at least the last token again: its output is
   // what the caller wants, and rewards_ past the prefix are recomputed.
-  size_t common = 0;
-  const size_t limit = reuse_prefix_ ? std::min(cached_.size(), ids.size() - 1) : 0;
-  while (common < limit && cached_[common] == ids[common]) ++common;
-  session_.Truncate(static_cast<int32_t>(common));
-  cached_.resize(common);
+  if (!reuse_prefix_) session_.Truncate(0);
+  const auto common = static_cast<size_t>(session_.ReusePrefix(ids));
   rewards_.resize(common);
   const std::span<const int32_t> rest = ids.subspan(common);
   scratch_.resize(rest.size());
   session_.Forward(rest, scratch_, /*all_logits=*/true);
-  cached_.insert(cached_.end(), rest.begin(), rest.end());
   rewards_.insert(rewards_.end(), scratch_.begin(), scratch_.end());
   stats_.sequences += 1;
   stats_.tokens += static_cast<int64_t>(ids.size());

@@ -81,8 +81,7 @@ class RewardScorer {
   const Model* model_;
   const Tokenizer* tokenizer_;
   Session session_;
-  std::vector<int32_t> cached_;  // the ids in the cache
-  std::vector<float> rewards_;   // [cached_.size()] the head's output per position
+  std::vector<float> rewards_;  // [session_.length()] the head's output per position
   std::vector<float> scratch_;
   RewardStats stats_;
   bool reuse_prefix_ = true;

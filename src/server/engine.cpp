@@ -97,7 +97,7 @@ Engine::Slot* Engine::BestFreeSlot(const std::vector<int32_t>& prompt) {
   size_t best_shared = 0;
   for (Slot& slot : slots_) {
     if (slot.job != nullptr) continue;
-    const size_t shared = CommonPrefix(slot.cached, prompt);
+    const size_t shared = CommonPrefix(slot.session->tokens(), prompt);
     if (best == nullptr || shared > best_shared) {
       best = &slot;
       best_shared = shared;
@@ -113,16 +113,13 @@ void Engine::Start(Slot& slot, std::shared_ptr<Job> job) {
   try {
     // Reuse the cached prefix, but run at least the prompt's last token: its logits start the
     // generation. The forward pass gives each position the same bits either way.
-    const size_t reuse = std::min(CommonPrefix(slot.cached, j.prompt_), j.prompt_.size() - 1);
-    slot.session->Truncate(static_cast<int32_t>(reuse));
-    slot.cached.assign(j.prompt_.begin(), j.prompt_.end());
+    const auto reuse = static_cast<size_t>(slot.session->ReusePrefix(j.prompt_));
     slot.stream = std::make_unique<GenerationStream>(tokenizer_, j.prompt_, j.options_);
     slot.session->Forward(std::span(j.prompt_).subspan(reuse), logits);
     std::lock_guard lock(mutex_);
     stats_.prompt_tokens += static_cast<int64_t>(j.prompt_.size());
     stats_.prompt_reused += static_cast<int64_t>(reuse);
   } catch (const Error&) {
-    slot.cached.clear();
     slot.session->Truncate(0);
     // The handler validated the request; a failure here is a bug or a resource problem.
     j.Finish(FinishReason::kCancelled, 0);
@@ -201,7 +198,6 @@ void Engine::Loop() {
       }
       sessions.push_back(slot.session.get());
       tokens.push_back(slot.stream->token());
-      slot.cached.push_back(slot.stream->token());
       active.push_back(&slot);
     }
     if (active.empty()) continue;
@@ -212,7 +208,6 @@ void Engine::Loop() {
       for (Slot* slot : active) {
         slot->job->Finish(FinishReason::kCancelled,
                           static_cast<int64_t>(slot->stream->tokens().size()));
-        slot->cached.clear();
         slot->session->Truncate(0);
         Release(*slot);
       }

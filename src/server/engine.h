@@ -82,9 +82,8 @@ class Engine {
     std::unique_ptr<Session> session;
     std::shared_ptr<Job> job;
     std::unique_ptr<GenerationStream> stream;
-    // The ids in the session's cache, kept after the job ends: the next job that starts with
-    // the same tokens (the next turn of a chat) runs only what follows them.
-    std::vector<int32_t> cached;
+    // The session keeps its ids after the job ends (Session::tokens): the next job that starts
+    // with the same tokens (the next turn of a chat) runs only what follows them.
   };
   // The free slot whose cache shares the longest prefix with `prompt` (nullptr: none free).
   Slot* BestFreeSlot(const std::vector<int32_t>& prompt);

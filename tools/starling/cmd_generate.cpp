@@ -150,7 +150,6 @@ void RunChat(const ChatFlags& f) {
   const ChatTemplate& chat_template = m.ChooseTemplate(f.template_name);
   const GenerationOptions options = f.sampling.Options(m, &chat_template);
   Session session(*m.model, f.sampling.Context(m), f.sampling.kv_type);
-  std::vector<int32_t> cached;  // the tokens whose keys/values the session holds
   std::vector<ChatMessage> messages;
   std::string system = f.system;
   const bool interactive = ::isatty(STDIN_FILENO) != 0;
@@ -182,12 +181,7 @@ void RunChat(const ChatFlags& f) {
     if (!system.empty()) conversation.push_back({"system", system});
     conversation.insert(conversation.end(), messages.begin(), messages.end());
     const std::vector<int32_t> ids = chat_template.Render(*m.tokenizer, conversation, true).ids;
-    size_t common = 0;
-    while (common < cached.size() && common < ids.size() && cached[common] == ids[common]) {
-      ++common;
-    }
-    if (common == ids.size()) --common;  // at least one token must run to get logits
-    session.Truncate(static_cast<int32_t>(common));
+    const auto common = static_cast<size_t>(session.ReusePrefix(ids));
     if (ids.size() + static_cast<size_t>(options.max_new_tokens) >
         static_cast<size_t>(session.context_length())) {
       std::fprintf(stderr, "[the conversation no longer fits the context; /reset]\n");
@@ -200,9 +194,6 @@ void RunChat(const ChatFlags& f) {
                                           return true;
                                         });
     Print("\n");
-    cached = ids;
-    cached.insert(cached.end(), r.tokens.begin(), r.tokens.end());
-    cached.resize(static_cast<size_t>(session.length()));
     messages.push_back({"assistant", r.text});
   }
 }
