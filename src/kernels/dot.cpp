@@ -467,6 +467,28 @@ __attribute__((target("avx2,fma,f16c"))) void SiluMulAvx2(float* gate, const flo
   for (; i < n; ++i) gate[i] = gate[i] / (1.0f + ExpFast(-gate[i])) * up[i];
 }
 
+__attribute__((target("avx2,fma,f16c"))) void SiluMulBackwardAvx2(const float* gate,
+                                                                  const float* up, const float* dy,
+                                                                  int64_t n, float* dgate,
+                                                                  float* dup) {
+  // SiluMulBackward's operations per element, in its order, without fused multiply-adds: the
+  // same bits.
+  const __m256 one = _mm256_set1_ps(1.0f);
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 g = _mm256_loadu_ps(gate + i);
+    const __m256 d = _mm256_loadu_ps(dy + i);
+    const __m256 s = _mm256_div_ps(one, _mm256_add_ps(one, Exp8(_mm256_xor_ps(g, sign))));
+    _mm256_storeu_ps(dup + i, _mm256_mul_ps(_mm256_mul_ps(d, g), s));
+    // Opaque: the product rounds before the sum, as in the twin (no fused multiply-add).
+    const __m256 slope = _mm256_add_ps(one, Opaque(_mm256_mul_ps(g, _mm256_sub_ps(one, s))));
+    _mm256_storeu_ps(dgate + i,
+                     _mm256_mul_ps(_mm256_mul_ps(_mm256_mul_ps(d, _mm256_loadu_ps(up + i)), s), slope));
+  }
+  if (i < n) SiluMulBackward(gate + i, up + i, dy + i, n - i, dgate + i, dup + i);
+}
+
 __attribute__((target("avx2,fma,f16c"))) void FloatToHalfRowAvx2(const float* x, int64_t n,
                                                                  uint16_t* out) {
   // Rounding given in the instruction (nearest even), not taken from MXCSR.

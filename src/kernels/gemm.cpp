@@ -1,6 +1,6 @@
 #include "kernels/gemm.h"
 
-#include <cblas.h>
+#include <blis.h>
 
 #include <algorithm>
 
@@ -9,24 +9,55 @@
 namespace starling {
 namespace {
 
-// Rows of the output per work item. A constant, so that which rows share a BLAS call (and
-// so every element's arithmetic) does not depend on the thread count.
-constexpr int64_t kBlockRows = 64;
+// C[m, n] = alpha op(A) op(B) + beta C, row-major, on BLIS's packed kernels. Its small-matrix
+// ("sup") path is switched off: it picks kernels by the shape (some sum dot products in
+// vector lanes), so a block's results would depend on how the pool split the product. On the
+// packed path every element is one micro-kernel accumulation over k in the same K blocks
+// whatever the M and N extents, so splitting rows or columns among threads changes no bits
+// (tests/train_cli_test checks 1, 2 and 3 threads), and large blocks run at its full rate.
+void Sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float beta, const float* a,
+           int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc) {
+  rntm_t rntm = BLIS_RNTM_INITIALIZER;
+  bli_rntm_disable_l3_sup(&rntm);
+  float one = 1.0f;
+  // Row-major X with leading dimension ld: row stride ld, column stride 1 (as stored, before
+  // the transpose the trans flag asks for).
+  bli_sgemm_ex(trans_a ? BLIS_TRANSPOSE : BLIS_NO_TRANSPOSE,
+               trans_b ? BLIS_TRANSPOSE : BLIS_NO_TRANSPOSE, m, n, k, &one, const_cast<float*>(a),
+               lda, 1, const_cast<float*>(b), ldb, 1, &beta, c, ldc, 1, nullptr, &rntm);
+}
 
-int Int(int64_t v) { return static_cast<int>(v); }
+// [begin, end) of part p of `total` split into `parts` pieces, boundaries multiples of `align`.
+std::pair<int64_t, int64_t> Part(int64_t total, int64_t parts, int64_t p, int64_t align) {
+  const int64_t units = (total + align - 1) / align;
+  const int64_t begin = std::min(total, units * p / parts * align);
+  const int64_t end = std::min(total, units * (p + 1) / parts * align);
+  return {begin, end};
+}
+
+// Runs fn(begin, end) over one contiguous part of [0, total) per thread.
+template <typename Fn>
+void ForEachPart(int64_t total, int64_t align, Fn&& fn) {
+  const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(ThreadPool::Global().size(),
+                                                               (total + align - 1) / align));
+  ThreadPool::Global().ParallelFor(parts, 1, [&](int64_t first, int64_t last, int) {
+    for (int64_t p = first; p < last; ++p) {
+      const auto [begin, end] = Part(total, parts, p, align);
+      if (end > begin) fn(begin, end);
+    }
+  });
+}
+
+// The micro-kernel's column width (a multiple of every x86 BLIS kernel's NR): parts start on a
+// micro-tile boundary.
+constexpr int64_t kAlign = 16;
 
 }  // namespace
 
 void GemmForward(const float* x, const float* w, int64_t n, int64_t in, int64_t out, float* y) {
-  // Blocks of output columns (rows of W), so that each W block is read once per call.
-  const int64_t blocks = (out + kBlockRows - 1) / kBlockRows;
-  ThreadPool::Global().ParallelFor(blocks, 1, [&](int64_t begin, int64_t end, int) {
-    for (int64_t b = begin; b < end; ++b) {
-      const int64_t o0 = b * kBlockRows, rows = std::min(kBlockRows, out - o0);
-      // y[:, o0:o0+rows] = x W[o0:o0+rows]^T
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int(n), Int(rows), Int(in), 1.0f, x,
-                  Int(in), w + o0 * in, Int(in), 0.0f, y + o0, Int(out));
-    }
+  // Parts of the output columns (rows of W): each thread reads its part of W once.
+  ForEachPart(out, kAlign, [&](int64_t o0, int64_t o1) {
+    Sgemm(false, true, n, o1 - o0, in, 0.0f, x, in, w + o0 * in, in, y + o0, out);
   });
 }
 
@@ -43,25 +74,17 @@ void GemmForwardReference(const float* x, const float* w, int64_t n, int64_t in,
 
 void LinearBackward(const float* x, const float* w, const float* dy, int64_t n, int64_t in,
                     int64_t out, float* dx, bool accumulate_dx, float* dw) {
-  // Both products as one pass over blocks: dx by blocks of token rows, dw by blocks of W rows.
-  const int64_t dx_blocks = dx ? (n + kBlockRows - 1) / kBlockRows : 0;
-  const int64_t dw_blocks = dw ? (out + kBlockRows - 1) / kBlockRows : 0;
-  ThreadPool::Global().ParallelFor(dx_blocks + dw_blocks, 1, [&](int64_t begin, int64_t end, int) {
-    for (int64_t b = begin; b < end; ++b) {
-      if (b < dx_blocks) {
-        const int64_t t0 = b * kBlockRows, rows = std::min(kBlockRows, n - t0);
-        // dx[t0:t0+rows] (+)= dy[t0:t0+rows] W
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int(rows), Int(in), Int(out), 1.0f,
-                    dy + t0 * out, Int(out), w, Int(in), accumulate_dx ? 1.0f : 0.0f, dx + t0 * in,
-                    Int(in));
-      } else {
-        const int64_t o0 = (b - dx_blocks) * kBlockRows, rows = std::min(kBlockRows, out - o0);
-        // dw[o0:o0+rows] += dy[:, o0:o0+rows]^T x
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, Int(rows), Int(in), Int(n), 1.0f,
-                    dy + o0, Int(out), x, Int(in), 1.0f, dw + o0 * in, Int(in));
-      }
-    }
-  });
+  if (dx) {  // dx (+)= dy W, by parts of dx's columns
+    ForEachPart(in, kAlign, [&](int64_t i0, int64_t i1) {
+      Sgemm(false, false, n, i1 - i0, out, accumulate_dx ? 1.0f : 0.0f, dy, out, w + i0, in,
+            dx + i0, in);
+    });
+  }
+  if (dw) {  // dw += dy^T x, by parts of dw's rows
+    ForEachPart(out, kAlign, [&](int64_t o0, int64_t o1) {
+      Sgemm(true, false, o1 - o0, in, n, 1.0f, dy + o0, out, x, in, dw + o0 * in, in);
+    });
+  }
 }
 
 void LinearBackwardReference(const float* x, const float* w, const float* dy, int64_t n,

@@ -89,6 +89,9 @@ void SiluMulAvx2(float* gate, const float* up, int64_t n);
 // (written, not accumulated) from dy[n].
 void SiluMulBackward(const float* gate, const float* up, const float* dy, int64_t n, float* dgate,
                      float* dup);
+// The same with AVX2 lanes (needs AVX2+FMA): the same bits for every element.
+void SiluMulBackwardAvx2(const float* gate, const float* up, const float* dy, int64_t n,
+                         float* dgate, float* dup);
 
 // Rotary position embedding of one token's heads, in place: vec[heads, head_dim]. Only the
 // first rope_dim dimensions of each head rotate. `inv_freq[rope_dim / 2]` holds

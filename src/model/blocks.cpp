@@ -245,7 +245,10 @@ void FeedForwardBlockBackward(const Model& m, int32_t layer, const BlockActivati
   LinearBackward(a.act.data(), F32(w.w_down, "mlp.down_proj"), dx, n, f, d, s.dact.data(), false,
                  g.down);
   // act = silu(gate) * up
-  SiluMulBackward(a.gate.data(), a.up.data(), s.dact.data(), n * f, s.dgate.data(), s.dup.data());
+  const auto silu_mul_backward =
+      ActiveSimdLevel() != SimdLevel::kScalar ? SiluMulBackwardAvx2 : SiluMulBackward;
+  silu_mul_backward(a.gate.data(), a.up.data(), s.dact.data(), n * f, s.dgate.data(),
+                    s.dup.data());
   // gate = xn W_gate^T, up = xn W_up^T: d xn [N, D] = dgate W_gate + dup W_up.
   LinearBackward(a.xn_ffn.data(), F32(w.w_gate, "mlp.gate_proj"), s.dgate.data(), n, d, f,
                  s.dxn.data(), false, g.gate);
