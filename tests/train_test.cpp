@@ -106,6 +106,23 @@ TEST(Backward, SiluMulAvx2GivesItsTwinsBits) {
   }
 }
 
+TEST(Optimizer, AdamWAvx2GivesItsTwinsBits) {
+  if (!CpuHasAvx2()) GTEST_SKIP() << "no AVX2";
+  std::mt19937 rng(10);
+  const AdamWScalars a{0.999f, 0.9f, 0.999f, 1e-8f, 0.0123f, 0.0316f};
+  for (int64_t n : {1, 8, 13, 1000}) {
+    const auto g = Random(n, rng);
+    auto p = Random(n, rng), m = Random(n, rng, 0.1f), v = Random(n, rng, 0.1f);
+    for (float& x : v) x = x * x;
+    auto p2 = p, m2 = m, v2 = v;
+    AdamWRow(a, g.data(), n, p.data(), m.data(), v.data());
+    AdamWRowAvx2(a, g.data(), n, p2.data(), m2.data(), v2.data());
+    EXPECT_EQ(p, p2) << n;
+    EXPECT_EQ(m, m2) << n;
+    EXPECT_EQ(v, v2) << n;
+  }
+}
+
 TEST(Backward, RopeIsTheTransposeOfTheRotationInBothLayouts) {
   std::mt19937 rng(3);
   const int64_t heads = 3, hd = 8;
@@ -351,6 +368,38 @@ TEST(Training, UnfreezeBeyondTheLayerCountIsAnError) {
   const ModelConfig c = SmallConfig({"", 2, 0, false, false, false, -1});
   EXPECT_THROW(TrainModel(RandomModelFiles(c, 1), 3), Error);
   EXPECT_THROW(TrainModel(RandomModelFiles(c, 1), -2), Error);
+}
+
+TEST(Optimizer, AdamWMatchesTorchsFormulaInDouble) {
+  // One parameter of 3 elements, two steps, against the update written out in double.
+  ModelConfig c = SmallConfig({"", 2, 0, false, false, false, -1});
+  TrainModel tm(RandomModelFiles(c, 2), -1);
+  Parameter& p = tm.parameters()[1];  // layer 0's input norm: no decay
+  Parameter& w = tm.parameters()[2];  // q_proj: decayed
+  AdamWConfig cfg;
+  cfg.weight_decay = 0.1f;
+  std::vector<double> pv(p.value.begin(), p.value.end()), wv(w.value.begin(), w.value.end());
+  std::vector<double> pm(pv.size()), pvv(pv.size()), wm(wv.size()), wvv(wv.size());
+  std::mt19937 rng(11);
+  for (int step = 1; step <= 2; ++step) {
+    for (auto* q : {&p, &w}) q->grad = Random(q->value.size(), rng);
+    AdamWStep(tm.parameters(), step, 0.01, cfg);
+    auto update = [&](std::vector<double>& x, std::vector<double>& m, std::vector<double>& v,
+                      const std::vector<float>& g, double wd) {
+      for (size_t i = 0; i < x.size(); ++i) {
+        x[i] *= 1 - 0.01 * wd;
+        m[i] = 0.9 * m[i] + 0.1 * g[i];
+        v[i] = 0.999 * v[i] + 0.001 * double{g[i]} * g[i];
+        x[i] -= 0.01 / (1 - std::pow(0.9, step)) * m[i] /
+                (std::sqrt(v[i]) / std::sqrt(1 - std::pow(0.999, step)) + 1e-8);
+      }
+    };
+    update(pv, pm, pvv, p.grad, 0.0);
+    update(wv, wm, wvv, w.grad, 0.1);
+    // float32 arithmetic on values of size ~1: a few ulp.
+    for (size_t i = 0; i < pv.size(); ++i) ASSERT_NEAR(p.value[i], pv[i], 1e-6) << i;
+    for (size_t i = 0; i < wv.size(); ++i) ASSERT_NEAR(w.value[i], wv[i], 1e-6) << i;
+  }
 }
 
 }  // namespace

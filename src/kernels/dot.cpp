@@ -489,6 +489,30 @@ __attribute__((target("avx2,fma,f16c"))) void SiluMulBackwardAvx2(const float* g
   if (i < n) SiluMulBackward(gate + i, up + i, dy + i, n - i, dgate + i, dup + i);
 }
 
+__attribute__((target("avx2,fma,f16c"))) void AdamWRowAvx2(const AdamWScalars& a, const float* g,
+                                                           int64_t n, float* p, float* m,
+                                                           float* v) {
+  // AdamWRow's operations in its order; Opaque keeps each product rounded before its sum.
+  const __m256 decay = _mm256_set1_ps(a.decay), b1 = _mm256_set1_ps(a.beta1),
+               b2 = _mm256_set1_ps(a.beta2), c1 = _mm256_set1_ps(1.0f - a.beta1),
+               c2 = _mm256_set1_ps(1.0f - a.beta2), eps = _mm256_set1_ps(a.eps),
+               step = _mm256_set1_ps(a.step_size), bias2 = _mm256_set1_ps(a.bias2_sqrt);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 g8 = _mm256_loadu_ps(g + i);
+    const __m256 p8 = Opaque(_mm256_mul_ps(_mm256_loadu_ps(p + i), decay));
+    const __m256 m8 = _mm256_add_ps(Opaque(_mm256_mul_ps(b1, _mm256_loadu_ps(m + i))),
+                                    Opaque(_mm256_mul_ps(c1, g8)));
+    const __m256 v8 = _mm256_add_ps(Opaque(_mm256_mul_ps(b2, _mm256_loadu_ps(v + i))),
+                                    Opaque(_mm256_mul_ps(_mm256_mul_ps(c2, g8), g8)));
+    const __m256 denom = _mm256_add_ps(_mm256_div_ps(_mm256_sqrt_ps(v8), bias2), eps);
+    _mm256_storeu_ps(p + i, _mm256_sub_ps(p8, Opaque(_mm256_mul_ps(step, _mm256_div_ps(m8, denom)))));
+    _mm256_storeu_ps(m + i, m8);
+    _mm256_storeu_ps(v + i, v8);
+  }
+  if (i < n) AdamWRow(a, g + i, n - i, p + i, m + i, v + i);
+}
+
 __attribute__((target("avx2,fma,f16c"))) void FloatToHalfRowAvx2(const float* x, int64_t n,
                                                                  uint16_t* out) {
   // Rounding given in the instruction (nearest even), not taken from MXCSR.

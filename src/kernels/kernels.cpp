@@ -161,6 +161,16 @@ void SiluMulBackward(const float* gate, const float* up, const float* dy, int64_
   }
 }
 
+void AdamWRow(const AdamWScalars& a, const float* g, int64_t n, float* p, float* m, float* v) {
+  for (int64_t i = 0; i < n; ++i) {
+    p[i] *= a.decay;
+    m[i] = a.beta1 * m[i] + (1.0f - a.beta1) * g[i];
+    v[i] = a.beta2 * v[i] + (1.0f - a.beta2) * g[i] * g[i];
+    const float denom = std::sqrt(v[i]) / a.bias2_sqrt + a.eps;
+    p[i] -= a.step_size * (m[i] / denom);
+  }
+}
+
 namespace {
 
 // Rotates each pair of the first rope_dim dimensions of every head by `sign` * angle (the

@@ -93,6 +93,17 @@ void SiluMulBackward(const float* gate, const float* up, const float* dy, int64_
 void SiluMulBackwardAvx2(const float* gate, const float* up, const float* dy, int64_t n,
                          float* dgate, float* dup);
 
+// One AdamW update of n elements (torch.optim.AdamW's single-tensor arithmetic, float32):
+//   p *= decay; m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g g;
+//   p -= step_size * (m / (sqrt(v) / bias2_sqrt + eps))
+// with decay = 1 - lr wd, step_size = lr / (1 - b1^t), bias2_sqrt = sqrt(1 - b2^t).
+// AdamWRowAvx2 (needs AVX2) performs the same operations without fusing: the same bits.
+struct AdamWScalars {
+  float decay, beta1, beta2, eps, step_size, bias2_sqrt;
+};
+void AdamWRow(const AdamWScalars& a, const float* g, int64_t n, float* p, float* m, float* v);
+void AdamWRowAvx2(const AdamWScalars& a, const float* g, int64_t n, float* p, float* m, float* v);
+
 // Rotary position embedding of one token's heads, in place: vec[heads, head_dim]. Only the
 // first rope_dim dimensions of each head rotate. `inv_freq[rope_dim / 2]` holds
 // theta^(-2i / rope_dim). `interleaved`: pairs (2i, 2i+1) (GGUF); else (i, i + rope_dim/2)

@@ -3,6 +3,8 @@
 #include <cmath>
 
 #include "core/thread_pool.h"
+#include "kernels/dot.h"
+#include "kernels/kernels.h"
 
 namespace starling {
 
@@ -35,34 +37,20 @@ bool GradsFinite(const std::vector<Parameter>& params) {
 void AdamWStep(std::vector<Parameter>& params, int64_t step, double lr, const AdamWConfig& c) {
   const double bias1 = 1.0 - std::pow(static_cast<double>(c.beta1), static_cast<double>(step));
   const double bias2 = 1.0 - std::pow(static_cast<double>(c.beta2), static_cast<double>(step));
-  const auto step_size = static_cast<float>(lr / bias1);
-  const auto bias2_sqrt = static_cast<float>(std::sqrt(bias2));
-  const float b1 = c.beta1, b2 = c.beta2, eps = c.eps;
+  AdamWScalars a{1.0f, c.beta1, c.beta2, c.eps, static_cast<float>(lr / bias1),
+                 static_cast<float>(std::sqrt(bias2))};
+  const auto row = ActiveSimdLevel() != SimdLevel::kScalar ? AdamWRowAvx2 : AdamWRow;
   for (Parameter& p : params) {
     if (p.m.empty()) {
       p.m.assign(p.value.size(), 0.0f);
       p.v.assign(p.value.size(), 0.0f);
     }
-    const float decay =
-        p.spec.is_norm() ? 1.0f : static_cast<float>(1.0 - lr * static_cast<double>(c.weight_decay));
-    float* pv = p.value.data();
-    float* pm = p.m.data();
-    float* pvv = p.v.data();
-    const float* pg = p.grad.data();
+    // Decoupled weight decay on matrices and embeddings, not on norm weights.
+    a.decay = p.spec.is_norm() ? 1.0f
+                               : static_cast<float>(1.0 - lr * static_cast<double>(c.weight_decay));
     ThreadPool::Global().ParallelFor(
-        static_cast<int64_t>(p.value.size()), 4096, [&](int64_t begin, int64_t end, int) {
-          // Distinct buffers: restrict lets the compiler vectorise the loop.
-          float* __restrict value = pv;
-          float* __restrict m = pm;
-          float* __restrict v = pvv;
-          const float* __restrict g = pg;
-          for (int64_t i = begin; i < end; ++i) {
-            value[i] *= decay;
-            m[i] = b1 * m[i] + (1.0f - b1) * g[i];
-            v[i] = b2 * v[i] + (1.0f - b2) * g[i] * g[i];
-            const float denom = std::sqrt(v[i]) / bias2_sqrt + eps;
-            value[i] -= step_size * (m[i] / denom);
-          }
+        static_cast<int64_t>(p.value.size()), 8192, [&](int64_t begin, int64_t end, int) {
+          row(a, &p.grad[begin], end - begin, &p.value[begin], &p.m[begin], &p.v[begin]);
         });
   }
 }
