@@ -50,6 +50,8 @@ TrainModel::TrainModel(ModelFiles files, int32_t unfreeze_layers) : files_(std::
            static_cast<uint64_t>(rows) * w.row_bytes());
     }
     for (int64_t r = 0; r < rows; ++r) ReadRow(w, r, &p.value[static_cast<size_t>(r * cols)]);
+    // The file's copy is not read again (saving reads the parameter): let its pages go.
+    if (t.mapping != nullptr) t.mapping->DropPages(t.data, t.size_bytes);
     params_.push_back(std::move(p));
   }
   for (Parameter& p : params_) {
