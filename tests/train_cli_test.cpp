@@ -86,6 +86,23 @@ TEST(TrainCli, GradientsDoNotDependOnTheThreadCount) {
   }
 }
 
+TEST(TrainCli, TopBlocksOfAQuantizedModelTrainWhileTheRestStaysQuantized) {
+  starling::testing::TempDir dir("quantized");
+  const std::string q8 = dir.path() + "/s260-q8_0.gguf", log = dir.path() + "/log.jsonl";
+  ASSERT_EQ(RunStarling("quantize " + kStories + " " + q8 + " --type q8_0").exit_code, 0);
+  const auto r = RunStarling("train pretrain -m " + q8 + " --unfreeze-layers 2 --data " + kData +
+                             " --out " + dir.path() + "/out --ctx 32 --batch 4 --steps 12 --lr 3e-3" +
+                             " --no-shuffle --log " + log + " -t 2");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  // Blocks 3 and 4 and the final norm train; the tied Q8_0 embedding/head and blocks 0-2 stay
+  // as stored (the head read through a float32 copy for the backward).
+  EXPECT_NE(r.err.find("blocks 3..4 trained"), std::string::npos) << r.err;
+  const auto lines = ReadLog(log);
+  ASSERT_EQ(lines.size(), 12u);
+  EXPECT_LT(lines.back()["loss"].get<double>(), 0.8 * lines.front()["loss"].get<double>());
+  EXPECT_EQ(RunStarling("generate -m " + dir.path() + "/out -p 'The' -n 4 --temp 0").exit_code, 0);
+}
+
 TEST(TrainCli, BadInputGetsAClearError) {
   starling::testing::TempDir dir("bad");
   const std::string empty = dir.path() + "/empty.txt", tiny = dir.path() + "/tiny.txt";

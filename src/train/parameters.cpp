@@ -92,12 +92,28 @@ TrainModel::TrainModel(ModelFiles files, int32_t unfreeze_layers) : files_(std::
   }
 }
 
-const float* TrainModel::head_weights() const {
+const float* TrainModel::head_weights() {
   const WeightMatrix& h = model_->head();
-  if (h.format != WeightFormat::kF32 || h.layout != WeightLayout::kRows) {
-    Fail("the output head is ", WeightFormatName(h.format), "; training needs it float32");
+  if (h.format == WeightFormat::kF32 && h.layout == WeightLayout::kRows) {
+    return static_cast<const float*>(h.data);
   }
-  return static_cast<const float*>(h.data);
+  if (head_grad_ != nullptr) Fail("a trained head must be float32");  // parameters always are
+  if (frozen_head_.empty()) {
+    // The head's rows as stored (the model may hold it relaid for MatMul).
+    const std::string name = config().head == ModelHead::kReward ? "score.weight"
+                             : config().tie_word_embeddings     ? "model.embed_tokens.weight"
+                                                                : "lm_head.weight";
+    for (const TensorRef& t : files_.tensors) {
+      if (t.name != name) continue;
+      const int64_t rows = t.shape[0], cols = t.shape[1];
+      frozen_head_.resize(static_cast<size_t>(rows * cols));
+      for (int64_t r = 0; r < rows; ++r) {
+        ReadRow(WeightMatrix{t.format, t.data, rows, cols}, r, &frozen_head_[r * cols]);
+      }
+    }
+    if (frozen_head_.empty()) Fail(files_.source, ": no tensor '", name, "'");
+  }
+  return frozen_head_.data();
 }
 
 void TrainModel::ZeroGrads() {

@@ -40,7 +40,9 @@ class TrainModel {
   // when frozen; for a tied head, the embedding's gradient).
   const ModelGrads& grads() const { return grads_; }
   float* head_grad() const { return head_grad_; }
-  const float* head_weights() const;  // float32 [O, D]
+  // The head as float32 [O, D]: the parameter, or (a frozen head stored in another format,
+  // e.g. a quantized tied embedding) a dequantized copy made once.
+  const float* head_weights();
   int32_t lowest_trainable_layer() const { return grads_.lowest_layer; }
   void ZeroGrads();
   uint64_t parameter_count() const;  // trainable elements
@@ -52,6 +54,7 @@ class TrainModel {
   std::unique_ptr<Model> model_;
   ModelGrads grads_;
   float* head_grad_ = nullptr;
+  std::vector<float> frozen_head_;  // [O, D] when the head is frozen and not float32
 };
 
 // Fresh model files for a config with seeded random weights (RandomTensors), all float32.
