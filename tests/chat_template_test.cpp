@@ -166,6 +166,42 @@ TEST(ChatTemplate, Llama2SystemMessageGoesInsideTheFirstInst) {
   EXPECT_EQ(r.ids, expected);
 }
 
+TEST(ChatTemplate, AssistantMaskCoversExactlyTheAnswersAndTheirEndOfTurn) {
+  const std::vector<ChatMessage> messages = {{"system", "Be brief."},
+                                             {"user", "What is 2 + 3?"},
+                                             {"assistant", "It is 5."},
+                                             {"user", "And 2 + 4?"},
+                                             {"assistant", "6, of course."}};
+  auto masked = [](const RenderedChat& r) {
+    EXPECT_EQ(r.assistant.size(), r.ids.size());
+    std::vector<int32_t> out;
+    for (size_t i = 0; i < r.ids.size(); ++i) {
+      if (r.assistant[i]) out.push_back(r.ids[i]);
+    }
+    return out;
+  };
+  // openchat: the content's own encoding and <|end_of_turn|> (32000), per assistant turn;
+  // role prefixes, user and system turns are not in the mask.
+  const RenderedChat oc = ChatTemplate::ByName("openchat").Render(OpenChatTokenizer(), messages, false);
+  std::vector<int32_t> want;
+  OpenChatTokenizer().EncodeText("It is 5.", &want);
+  want.push_back(32000);
+  OpenChatTokenizer().EncodeText("6, of course.", &want);
+  want.push_back(32000);
+  EXPECT_EQ(masked(oc), want);
+  // llama-2: the reply shares one text run with " [/INST]"; the masked tokens decode to the
+  // answers and </s> alone.
+  const RenderedChat l2 = ChatTemplate::ByName("llama-2").Render(Llama2Tokenizer(), messages, false);
+  // (Decode drops the dummy-prefix space at the start of each segment.)
+  EXPECT_EQ(Llama2Tokenizer().Decode(masked(l2)), "It is 5.</s>6, of course.</s>");
+  // A generation prompt and a trailing user turn add nothing to train.
+  const RenderedChat open =
+      ChatTemplate::ByName("openchat").Render(OpenChatTokenizer(), std::span(messages).first(4), true);
+  std::vector<int32_t> first_answer;
+  OpenChatTokenizer().EncodeText("It is 5.", &first_answer);
+  EXPECT_EQ(masked(open).size(), first_answer.size() + 1);
+}
+
 TEST(ChatTemplate, RejectsBadConversations) {
   const ChatTemplate& t = ChatTemplate::ByName("openchat");
   const Tokenizer& tok = OpenChatTokenizer();

@@ -15,6 +15,7 @@
 #include "model/blocks.h"
 #include "tests/train_reference.h"
 #include "train/optimizer.h"
+#include "train/schedule.h"
 #include "train/parameters.h"
 #include "train/step.h"
 
@@ -400,6 +401,28 @@ TEST(Optimizer, AdamWMatchesTorchsFormulaInDouble) {
     for (size_t i = 0; i < pv.size(); ++i) ASSERT_NEAR(p.value[i], pv[i], 1e-6) << i;
     for (size_t i = 0; i < wv.size(); ++i) ASSERT_NEAR(w.value[i], wv[i], 1e-6) << i;
   }
+}
+
+TEST(Schedule, MatchesHuggingFaceFormulas) {
+  // get_scheduler(name, num_warmup_steps=10, num_training_steps=110) lr_lambda, times lr 1e-3,
+  // written out: warmup step / 10; linear (110 - step) / 100; cosine 0.5 (1 + cos(pi p)).
+  LrScheduleConfig c{LrSchedule::kLinear, 1e-3, 0.0, 10, 110};
+  for (int step : {0, 1, 5, 9}) EXPECT_DOUBLE_EQ(LearningRate(c, step), 1e-3 * step / 10.0);
+  for (int step : {10, 11, 60, 109, 110, 200}) {
+    EXPECT_DOUBLE_EQ(LearningRate(c, step), 1e-3 * std::max(0.0, (110.0 - step) / 100.0)) << step;
+  }
+  c.kind = LrSchedule::kCosine;
+  for (int step : {10, 35, 60, 85, 110}) {
+    const double p = (step - 10) / 100.0;
+    EXPECT_NEAR(LearningRate(c, step), 1e-3 * 0.5 * (1 + std::cos(M_PI * p)), 1e-18) << step;
+  }
+  c.min_lr = 1e-4;  // linear and cosine end at --min-lr instead of 0
+  EXPECT_DOUBLE_EQ(LearningRate(c, 110), 1e-4);
+  EXPECT_DOUBLE_EQ(LearningRate(c, 60), 1e-4 + 0.9e-3 * 0.5);
+  c.kind = LrSchedule::kConstant;
+  EXPECT_DOUBLE_EQ(LearningRate(c, 5), 0.5e-3);
+  EXPECT_DOUBLE_EQ(LearningRate(c, 1000), 1e-3);
+  EXPECT_THROW(LrScheduleFromName("exponential"), Error);
 }
 
 }  // namespace

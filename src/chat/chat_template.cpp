@@ -16,7 +16,8 @@ class Builder {
   Builder(const Tokenizer& tokenizer, std::string_view template_name)
       : tokenizer_(tokenizer), template_name_(template_name) {}
 
-  void Special(std::string_view content) {
+  // `assistant`: the part is (part of) an assistant turn's trained tokens (RenderedChat).
+  void Special(std::string_view content, bool assistant = false) {
     const std::optional<int32_t> id = tokenizer_.FindAddedToken(content);
     if (!id) {
       Fail("chat template '", template_name_, "' needs the special token '", content,
@@ -24,25 +25,46 @@ class Builder {
     }
     out_.ids.push_back(*id);
     out_.text += content;
+    Mark(assistant);
   }
 
   // `display` is how the part reads in the display string (it may add the space that the
   // dummy prefix stands for); `text` is what is encoded.
-  void Text(std::string_view text, std::string_view display) {
+  void Text(std::string_view text, std::string_view display, bool assistant = false) {
     tokenizer_.EncodeText(text, &out_.ids);
     out_.text += display;
+    Mark(assistant);
   }
 
   // A run of text right after a special token, as Hugging Face's LlamaTokenizer encodes it
-  // (without the dummy prefix when the tokenizer is not legacy).
-  void TextAfterSpecial(std::string_view text, std::string_view display) {
+  // (without the dummy prefix when the tokenizer is not legacy). Tokens from character
+  // `assistant_from` of `text` on are assistant content: the run is encoded whole (as the
+  // reference does), and its leading tokens that equal the encoding of text[0, assistant_from)
+  // alone are the prefix; should a merge cross the boundary, that token counts as prefix.
+  void TextAfterSpecial(std::string_view text, std::string_view display,
+                        size_t assistant_from = std::string_view::npos) {
+    const size_t begin = out_.ids.size();
     tokenizer_.EncodeTextAfterAddedToken(text, &out_.ids);
     out_.text += display;
+    Mark(false);
+    if (assistant_from >= text.size()) return;
+    std::vector<int32_t> prefix;
+    tokenizer_.EncodeTextAfterAddedToken(text.substr(0, assistant_from), &prefix);
+    size_t same = 0;
+    while (same < prefix.size() && begin + same < out_.ids.size() &&
+           out_.ids[begin + same] == prefix[same]) {
+      ++same;
+    }
+    // A token that merged across the boundary was cut short in `prefix`: it stays prefix.
+    if (same < prefix.size()) ++same;
+    for (size_t i = begin + same; i < out_.ids.size(); ++i) out_.assistant[i] = 1;
   }
 
   RenderedChat Take() { return std::move(out_); }
 
  private:
+  void Mark(bool assistant) { out_.assistant.resize(out_.ids.size(), assistant ? 1 : 0); }
+
   const Tokenizer& tokenizer_;
   std::string_view template_name_;
   RenderedChat out_;
@@ -141,9 +163,10 @@ RenderedChat ChatTemplate::Render(const Tokenizer& tokenizer, std::span<const Ch
     for (size_t i = first_turn; i < messages.size(); ++i) {
       const ChatMessage& m = messages[i];
       const std::string& prefix = m.role == "user" ? user_prefix_ : assistant_prefix_;
+      const bool assistant = m.role == "assistant";
       out.Text(prefix, prefix);
-      out.Text(m.content, " " + m.content);
-      out.Special(end_of_turn_);
+      out.Text(m.content, " " + m.content, assistant);
+      out.Special(end_of_turn_, assistant);
     }
     if (add_generation_prompt) out.Text(assistant_prefix_, assistant_prefix_);
     return out.Take();
@@ -166,8 +189,8 @@ RenderedChat ChatTemplate::Render(const Tokenizer& tokenizer, std::span<const Ch
     out.Special(end_of_turn_);
     if (i + 1 < messages.size()) {
       const std::string reply = " " + assistant_prefix_ + " " + messages[i + 1].content;
-      out.TextAfterSpecial(reply, reply);
-      out.Special(end_of_turn_);
+      out.TextAfterSpecial(reply, reply, assistant_prefix_.size() + 1);
+      out.Special(end_of_turn_, /*assistant=*/true);
     } else if (add_generation_prompt) {
       const std::string open = " " + assistant_prefix_;
       out.TextAfterSpecial(open, open);

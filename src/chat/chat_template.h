@@ -26,6 +26,9 @@ struct ChatMessage {
 struct RenderedChat {
   std::vector<int32_t> ids;
   std::string text;  // what the ids decode to with special tokens shown
+  // [ids.size()]: 1 where the token belongs to an assistant message's content or to the
+  // end-of-turn token that closes it (what supervised fine-tuning trains on), else 0.
+  std::vector<uint8_t> assistant;
 };
 
 class ChatTemplate {

@@ -161,4 +161,13 @@ void MappedFile::Release() {
   size_ = 0;
 }
 
+void SyncPath(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) Fail(path, ": cannot open to sync: ", std::strerror(errno));
+  const int rc = ::fsync(fd);
+  const int err = errno;
+  ::close(fd);
+  if (rc != 0) Fail(path, ": fsync failed: ", std::strerror(err));
+}
+
 }  // namespace starling

@@ -24,6 +24,10 @@ void WriteFileAtomically(const std::string& path,
 // Reads a whole stream (stdin) byte for byte.
 std::string ReadStdin();
 
+// fsync(2) of a file or directory, so that what was written (or renamed into a directory)
+// survives a crash of the machine; throws starling::Error naming the path.
+void SyncPath(const std::string& path);
+
 bool FileExists(const std::string& path);
 bool IsDirectory(const std::string& path);
 

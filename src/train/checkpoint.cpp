@@ -13,6 +13,43 @@
 #include "tokenizer/gguf_export.h"
 
 namespace starling {
+namespace {
+
+// Rows of Q/K heads in Hugging Face's halves layout versus GGUF's interleaved one: HF row
+// h*Dh + j*Dh/2 + i holds the interleaved row h*Dh + 2i + j. `heads` 0: not a Q/K matrix.
+int64_t InterleavedRow(int64_t hf_row, int64_t rows, int64_t heads) {
+  if (heads == 0) return hf_row;
+  const int64_t dh = rows / heads, h = hf_row / dh, within = hf_row % dh;
+  return h * dh + 2 * (within % (dh / 2)) + within / (dh / 2);
+}
+
+int64_t QkHeads(const ModelConfig& c, const TensorSpec& spec) {
+  if (c.rope_layout != RopeLayout::kInterleaved) return 0;
+  if (spec.role == TensorRole::kWq) return c.num_heads;
+  if (spec.role == TensorRole::kWk) return c.num_kv_heads;
+  return 0;
+}
+
+}  // namespace
+
+void LoadParameters(TrainModel& m, const std::string& path) {
+  const SafetensorsFile f = SafetensorsFile::Open(path);
+  for (Parameter& p : m.parameters()) {
+    const SafetensorsTensor* t = f.Find(p.spec.name);
+    if (t == nullptr || t->dtype != DType::kF32 || t->shape != p.spec.shape) {
+      Fail(path, ": no float32 tensor '", p.spec.name, "' of the model's shape");
+    }
+    const char* data = f.Data(*t).data();
+    const int64_t rows = p.spec.shape.size() == 2 ? p.spec.shape[0] : 1;
+    const int64_t cols = p.spec.shape.back();
+    const int64_t heads = QkHeads(m.config(), p.spec);
+    for (int64_t r = 0; r < rows; ++r) {
+      std::memcpy(&p.value[static_cast<size_t>(InterleavedRow(r, rows, heads) * cols)],
+                  data + static_cast<size_t>(r * cols) * sizeof(float),
+                  static_cast<size_t>(cols) * sizeof(float));
+    }
+  }
+}
 
 void SaveHuggingFace(const TrainModel& m, const std::string& dir,
                      const std::string& tokenizer_source) {
@@ -43,17 +80,11 @@ void SaveHuggingFace(const TrainModel& m, const std::string& dir,
     const int64_t cols = spec.shape.back();
     std::string bytes(static_cast<size_t>(rows * cols) * sizeof(float), '\0');
     auto* out = reinterpret_cast<float*>(bytes.data());
-    int64_t heads = 0;  // Q/K of an interleaved model: rows go back to the halves layout
-    if (interleaved && spec.role == TensorRole::kWq) heads = c.num_heads;
-    if (interleaved && spec.role == TensorRole::kWk) heads = c.num_kv_heads;
+    const int64_t heads = QkHeads(c, spec);  // Q/K rows go back to the halves layout
     const auto p = params.find(spec.name);
     const TensorRef* t = p == params.end() ? stored.at(spec.name) : nullptr;
     for (int64_t r = 0; r < rows; ++r) {
-      int64_t source = r;
-      if (heads > 0) {  // HF row h*Dh + j*Dh/2 + i holds the interleaved row h*Dh + 2i + j
-        const int64_t dh = rows / heads, h = r / dh, within = r % dh;
-        source = h * dh + 2 * (within % (dh / 2)) + within / (dh / 2);
-      }
+      const int64_t source = InterleavedRow(r, rows, heads);
       float* row = out + r * cols;
       if (t == nullptr) {
         std::memcpy(row, &p->second->value[static_cast<size_t>(source * cols)],

@@ -17,4 +17,8 @@ namespace starling {
 void SaveHuggingFace(const TrainModel& m, const std::string& dir,
                      const std::string& tokenizer_source);
 
+// Reads every parameter of `m` back from a model.safetensors that SaveHuggingFace wrote
+// (float32; Q/K rows returned to the model's own RoPE layout), exactly.
+void LoadParameters(TrainModel& m, const std::string& safetensors_path);
+
 }  // namespace starling

@@ -4,7 +4,8 @@
 
 namespace starling {
 
-double TrainStep::LanguageModelLoss(const TokenBatch& b, std::span<float> token_losses) {
+double TrainStep::LanguageModelLoss(const TokenBatch& b, bool backward,
+                                    std::span<float> token_losses) {
   const Model& m = model_.model();
   const ModelConfig& c = m.config();
   if (c.head != ModelHead::kLanguageModel) Fail("language-model loss on a model without an LM head");
@@ -26,8 +27,10 @@ double TrainStep::LanguageModelLoss(const TokenBatch& b, std::span<float> token_
   dhidden_.resize(static_cast<size_t>(n * d));
   const double loss = LmHeadCrossEntropy(model_.head_weights(), c.vocab_size,
                                          record_.hidden.data(), n, d, b.targets, b.weights,
-                                         b.normalizer, dhidden_.data(), model_.head_grad(), loss_,
+                                         b.normalizer, dhidden_.data(),
+                                         backward ? model_.head_grad() : nullptr, loss_,
                                          token_losses);
+  if (!backward) return loss;
   DecoderBackward(m, b.inputs, kv, record_, dhidden_.data(), model_.grads(), backward_, dx_,
                   forward_, recomputed_);
   return loss;

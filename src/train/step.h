@@ -29,7 +29,9 @@ class TrainStep {
 
   // Forward and backward of the language-modelling loss: adds the gradients into the
   // parameters' grad buffers (the caller zeroes them per optimizer step) and returns the loss.
-  double LanguageModelLoss(const TokenBatch& batch, std::span<float> token_losses = {});
+  // `backward` false: the loss only (evaluation), gradients untouched.
+  double LanguageModelLoss(const TokenBatch& batch, bool backward = true,
+                           std::span<float> token_losses = {});
 
   // Bytes of the activations the last step saved (plus the backward's working memory).
   uint64_t activation_bytes() const;

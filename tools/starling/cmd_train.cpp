@@ -141,38 +141,36 @@ void RunBenchTrain(const BenchTrainFlags& f) {
               f.recompute ? " (recompute)" : "");
 }
 
-}  // namespace
 
-void RegisterTrain(CLI::App& app) {
-  CLI::App* train = app.add_subcommand("train", "Train a model (pretrain; SFT, RM, APA to come)");
-  train->require_subcommand(1);
-
-  auto o = std::make_shared<PretrainOptions>();
-  auto threads = std::make_shared<int>(0);
-  auto no_shuffle = std::make_shared<bool>(false);
-  CLI::App* p = train->add_subcommand(
-      "pretrain",
-      "Next-token training on a text file. The file is tokenized once as `starling tokenize` "
-      "does (BOS, then the text) and cut into windows of --ctx + 1 tokens; the loss is the mean "
-      "cross-entropy over the batch's B x T targets. AdamW as torch.optim.AdamW; weight decay "
-      "applies to matrices and embeddings, not to norm weights.");
+// The options every trainer shares (model, data shape, optimizer, schedule, checkpoints).
+void AddTrainerOptions(CLI::App* p, TrainerOptions* o, bool* no_shuffle, int* threads) {
   p->add_option("-m,--model", o->model, "initial model: Hugging Face directory or GGUF file");
   p->add_option("--config", o->config, "a config.json for a fresh, randomly initialised model");
   p->add_option("--tokenizer", o->tokenizer, "tokenizer (default: the -m model's)");
-  p->add_option("--data", o->data, "UTF-8 text file")->required();
-  p->add_option("--out", o->out, "directory for the trained model (Hugging Face layout)")
+  p->add_option("--out", o->loop.out,
+                "run directory: the final model (Hugging Face layout) and checkpoint-STEP/")
       ->required();
   p->add_option("--ctx", o->ctx, "tokens per sequence (T)")->capture_default_str();
-  p->add_option("--batch", o->batch, "sequences per step (B)")->capture_default_str();
-  p->add_option("--steps", o->steps, "optimizer steps")->capture_default_str();
-  p->add_option("--lr", o->lr, "learning rate")->capture_default_str();
-  p->add_option("--weight-decay", o->adam.weight_decay,
+  p->add_option("--batch", o->batch, "sequences per micro-batch (B)")->capture_default_str();
+  p->add_option("--accum", o->loop.accum,
+                "micro-batches per optimizer step (gradient accumulation)")
+      ->capture_default_str();
+  p->add_option("--steps", o->loop.steps, "optimizer steps");
+  p->add_option("--epochs", o->epochs, "train for this many passes over the data (without --steps)");
+  p->add_option("--lr", o->loop.lr.lr, "peak learning rate")->capture_default_str();
+  p->add_option("--schedule", o->schedule, "constant, linear or cosine (as HF Trainer's)")
+      ->capture_default_str();
+  p->add_option("--warmup", o->loop.lr.warmup, "linear warmup steps from 0")
+      ->capture_default_str();
+  p->add_option("--min-lr", o->loop.lr.min_lr, "where linear and cosine end")
+      ->capture_default_str();
+  p->add_option("--weight-decay", o->loop.adam.weight_decay,
                 "AdamW decoupled weight decay (matrices and embeddings; not norms)")
       ->capture_default_str();
-  p->add_option("--beta1", o->adam.beta1, "AdamW beta1")->capture_default_str();
-  p->add_option("--beta2", o->adam.beta2, "AdamW beta2")->capture_default_str();
-  p->add_option("--eps", o->adam.eps, "AdamW epsilon")->capture_default_str();
-  p->add_option("--grad-clip", o->grad_clip,
+  p->add_option("--beta1", o->loop.adam.beta1, "AdamW beta1")->capture_default_str();
+  p->add_option("--beta2", o->loop.adam.beta2, "AdamW beta2")->capture_default_str();
+  p->add_option("--eps", o->loop.adam.eps, "AdamW epsilon")->capture_default_str();
+  p->add_option("--grad-clip", o->loop.grad_clip,
                 "clip the global gradient norm (torch's clip_grad_norm_); 0: no clipping")
       ->capture_default_str();
   p->add_option("--unfreeze-layers", o->unfreeze_layers,
@@ -180,16 +178,76 @@ void RegisterTrain(CLI::App& app) {
       ->capture_default_str();
   p->add_option("--seed", o->seed, "seed for the data order and a fresh model's weights")
       ->capture_default_str();
-  p->add_flag("--no-shuffle", *no_shuffle,
-              "step k uses windows (k*B + j) mod n_windows, j = 0..B-1");
-  p->add_flag("--recompute", o->recompute,
+  p->add_flag("--no-shuffle", *no_shuffle, "visit the data in file order (see --help above)");
+  p->add_flag("--recompute", o->loop.recompute,
               "recompute each block's activations in the backward instead of saving them");
-  p->add_option("--log", o->log, "JSON Lines log: step, loss, lr, grad_norm, tokens_per_s");
-  p->add_flag("-q,--quiet", o->quiet, "no progress line");
-  AddThreadsOption(p, threads.get());
+  p->add_option("--save-every", o->loop.save_every,
+                "write a checkpoint every N steps (and always at the end); the last two are kept")
+      ->capture_default_str();
+  p->add_option("--resume", o->loop.resume,
+                "continue the run in this --out directory (its newest checkpoint) or checkpoint");
+  p->add_option("--log", o->loop.log,
+                "JSON Lines log: step, loss, lr, grad_norm, tokens, tokens_per_s, epoch, "
+                "eval_loss");
+  p->add_flag("-q,--quiet", o->loop.quiet, "no progress line");
+  AddThreadsOption(p, threads);
+}
+
+}  // namespace
+
+void RegisterTrain(CLI::App& app) {
+  CLI::App* train = app.add_subcommand("train", "Train a model: pretrain, sft");
+  train->require_subcommand(1);
+
+  auto o = std::make_shared<TrainerOptions>();
+  o->loop.steps = 0;
+  auto threads = std::make_shared<int>(0);
+  auto no_shuffle = std::make_shared<bool>(false);
+  CLI::App* p = train->add_subcommand(
+      "pretrain",
+      "Next-token training on a text file. The file is tokenized once as `starling tokenize` "
+      "does (BOS, then the text) and cut into windows of --ctx + 1 tokens; --no-shuffle takes "
+      "windows (k*B + j) mod n_windows at micro-batch k, else a seeded shuffle per epoch. The "
+      "loss is the mean cross-entropy over the step's targets. AdamW as torch.optim.AdamW; "
+      "weight decay applies to matrices and embeddings, not to norm weights.");
+  p->add_option("--data", o->data, "UTF-8 text file")->required();
+  AddTrainerOptions(p, o.get(), no_shuffle.get(), threads.get());
   p->callback([o, no_shuffle] {
     o->shuffle = !*no_shuffle;
     RunPretrain(*o);
+  });
+
+  auto sft = std::make_shared<SftOptions>();
+  sft->common.loop.steps = 0;
+  auto sft_no_shuffle = std::make_shared<bool>(false);
+  auto sft_threads = std::make_shared<int>(0);
+  CLI::App* s = train->add_subcommand(
+      "sft",
+      "Supervised fine-tuning on conversations (JSON Lines: {\"messages\": [{\"role\", "
+      "\"content\"}...], \"weight\": w} or ShareGPT's {\"conversations\": [{\"from\", "
+      "\"value\"}...]}). Each conversation is rendered by --template; a token is trained iff "
+      "it is an assistant message's content or the end-of-turn token closing it, with the "
+      "conversation's weight. A step's loss is the sum of weighted token losses divided by the "
+      "number of trained tokens in the step. --no-shuffle: micro-batch k takes conversations "
+      "(k*B + j) mod N, each its own sequence; by default a seeded shuffle per epoch, packed "
+      "into B rows of at most --ctx tokens (each conversation still attends only to itself).");
+  s->add_option("--data", sft->common.data, "conversations, JSON Lines")->required();
+  s->add_option("--template", sft->chat_template, "openchat, openchat-code or llama-2")
+      ->required();
+  s->add_option("--eval-data", sft->eval_data, "held-out conversations: mean masked loss");
+  s->add_option("--eval-every", sft->common.loop.eval_every,
+                "evaluate every N steps (and at the end)")
+      ->capture_default_str();
+  s->add_option("--long-conversations", sft->long_conversations,
+                "conversations longer than --ctx + 1 tokens: skip, or truncate (drop the "
+                "earliest tokens); both are counted")
+      ->capture_default_str();
+  s->add_flag("--skip-bad-lines", sft->skip_bad_lines,
+              "count and skip malformed lines instead of stopping at the first");
+  AddTrainerOptions(s, &sft->common, sft_no_shuffle.get(), sft_threads.get());
+  s->callback([sft, sft_no_shuffle] {
+    sft->common.shuffle = !*sft_no_shuffle;
+    RunSft(*sft);
   });
 
   auto f = std::make_shared<BenchTrainFlags>();

@@ -1,0 +1,297 @@
+#include "train/loop.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <csignal>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <optional>
+
+#include "core/error.h"
+#include "core/file.h"
+#include "formats/safetensors.h"
+#include "train/checkpoint.h"
+
+namespace starling {
+namespace {
+
+namespace fs = std::filesystem;
+
+std::atomic<int> g_stop_signal{0};
+extern "C" void OnStopSignal(int signal) { g_stop_signal.store(signal); }
+
+// SIGINT/SIGTERM set a flag for the duration of the loop (then the old handlers return).
+class StopSignals {
+ public:
+  StopSignals() {
+    g_stop_signal.store(0);
+    struct sigaction action {};
+    action.sa_handler = OnStopSignal;
+    sigemptyset(&action.sa_mask);
+    sigaction(SIGINT, &action, &old_int_);
+    sigaction(SIGTERM, &action, &old_term_);
+  }
+  ~StopSignals() {
+    sigaction(SIGINT, &old_int_, nullptr);
+    sigaction(SIGTERM, &old_term_, nullptr);
+  }
+  int signal() const { return g_stop_signal.load(); }
+
+ private:
+  struct sigaction old_int_ {};
+  struct sigaction old_term_ {};
+};
+
+std::string Duration(double seconds) {
+  const auto s = static_cast<int64_t>(seconds + 0.5);
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%lld:%02lld:%02lld", static_cast<long long>(s / 3600),
+                static_cast<long long>(s / 60 % 60), static_cast<long long>(s % 60));
+  return buf;
+}
+
+int64_t Trained(const TokenBatch& b) {
+  int64_t n = 0;
+  for (const float w : b.weights) n += w != 0.0f;
+  return n;
+}
+
+int64_t StepOf(const fs::path& dir) {
+  const std::string name = dir.filename().string();
+  if (name.rfind("checkpoint-", 0) != 0) return -1;
+  try {
+    return std::stoll(name.substr(11));
+  } catch (const std::exception&) {
+    return -1;
+  }
+}
+
+// out/checkpoint-STEP: the model, AdamW's moments and trainer_state.json, written into a
+// temporary directory, synced, then renamed into place; older checkpoints beyond the last two
+// are removed.
+void SaveCheckpoint(const TrainModel& m, const TrainLoopOptions& o, int64_t step,
+                    int64_t position) {
+  const fs::path out(o.out);
+  fs::create_directories(out);
+  const fs::path final_dir = out / ("checkpoint-" + std::to_string(step));
+  const fs::path temp = out / (".checkpoint-" + std::to_string(step) + ".tmp");
+  fs::remove_all(temp);
+  SaveHuggingFace(m, temp.string(), o.tokenizer_source);
+  SafetensorsWriter moments;
+  for (const Parameter& p : m.parameters()) {
+    if (p.m.empty()) continue;  // no step taken yet
+    const auto bytes = [](const std::vector<float>& v) {
+      return std::string(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(float));
+    };
+    moments.AddTensor("m." + p.spec.name, DType::kF32, p.spec.shape, bytes(p.m));
+    moments.AddTensor("v." + p.spec.name, DType::kF32, p.spec.shape, bytes(p.v));
+  }
+  moments.WriteTo((temp / "optimizer.safetensors").string());
+  const nlohmann::json state = {{"format", "starling-trainer-state-1"},
+                                {"step", step},
+                                {"position", position},
+                                {"run", o.run_config}};
+  const std::string text = state.dump(2) + "\n";
+  WriteFileAtomically((temp / "trainer_state.json").string(),
+                      [&](const ByteSink& sink) { sink(text); });
+  for (const auto& entry : fs::directory_iterator(temp)) SyncPath(entry.path().string());
+  SyncPath(temp.string());
+  fs::remove_all(final_dir);
+  fs::rename(temp, final_dir);
+  SyncPath(out.string());
+  std::vector<std::pair<int64_t, fs::path>> all;
+  for (const auto& entry : fs::directory_iterator(out)) {
+    const int64_t s = StepOf(entry.path());
+    if (s >= 0 && entry.is_directory()) all.emplace_back(s, entry.path());
+  }
+  std::sort(all.begin(), all.end());
+  for (size_t i = 0; i + 2 < all.size(); ++i) fs::remove_all(all[i].second);
+}
+
+// Loads a checkpoint into `m` (parameters and moments by name) and returns its state.
+nlohmann::json LoadCheckpoint(TrainModel& m, const std::string& dir,
+                              const nlohmann::json& run_config) {
+  const std::string state_path = dir + "/trainer_state.json";
+  nlohmann::json state;
+  try {
+    state = nlohmann::json::parse(ReadFile(state_path));
+  } catch (const nlohmann::json::exception& e) {
+    Fail(state_path, ": ", e.what());
+  }
+  if (state.value("format", "") != "starling-trainer-state-1" || !state.contains("run")) {
+    Fail(state_path, ": not a starling trainer state");
+  }
+  for (const auto& [key, value] : run_config.items()) {
+    if (!state["run"].contains(key) || state["run"][key] != value) {
+      Fail("--resume ", dir, ": the checkpoint's ", key, " is ",
+           state["run"].contains(key) ? state["run"][key].dump() : "absent", ", this run's ",
+           value.dump(), " (resume with the same settings)");
+    }
+  }
+  LoadParameters(m, dir + "/model.safetensors");
+  const std::string optimizer_path = dir + "/optimizer.safetensors";
+  const bool has_moments = FileExists(optimizer_path);
+  std::optional<SafetensorsFile> moments;
+  if (has_moments) moments.emplace(SafetensorsFile::Open(optimizer_path));
+  auto read = [](const SafetensorsFile& f, const std::string& name, std::vector<float>& into) {
+    const SafetensorsTensor* t = f.Find(name);
+    if (t == nullptr || t->dtype != DType::kF32 || t->size_bytes != into.size() * sizeof(float)) {
+      Fail(f.source(), ": no float32 tensor '", name, "' of ", into.size(), " elements");
+    }
+    std::memcpy(into.data(), f.Data(*t).data(), t->size_bytes);
+  };
+  for (Parameter& p : m.parameters()) {
+    if (has_moments && moments->Find("m." + p.spec.name) != nullptr) {
+      p.m.resize(p.value.size());
+      p.v.resize(p.value.size());
+      read(*moments, "m." + p.spec.name, p.m);
+      read(*moments, "v." + p.spec.name, p.v);
+    }
+  }
+  return state;
+}
+
+}  // namespace
+
+std::string FindCheckpoint(const std::string& dir) {
+  if (FileExists(dir + "/trainer_state.json")) return dir;
+  if (!IsDirectory(dir)) Fail("--resume ", dir, ": no such directory");
+  int64_t best = -1;
+  std::string found;
+  for (const auto& entry : fs::directory_iterator(dir)) {
+    const int64_t s = StepOf(entry.path());
+    if (s > best && FileExists((entry.path() / "trainer_state.json").string())) {
+      best = s;
+      found = entry.path().string();
+    }
+  }
+  if (found.empty()) Fail("--resume ", dir, ": no complete checkpoint (checkpoint-STEP) in it");
+  return found;
+}
+
+double EvaluateLoss(TrainStep& step, const std::vector<TokenBatch>& batches) {
+  double sum = 0.0;
+  int64_t count = 0;
+  for (TokenBatch b : batches) {
+    b.normalizer = 1.0;  // the sum of weighted losses
+    sum += step.LanguageModelLoss(b, /*backward=*/false);
+    count += Trained(b);
+  }
+  return count > 0 ? sum / static_cast<double>(count) : 0.0;
+}
+
+void RunTrainLoop(TrainModel& m, BatchSource& source, const std::vector<TokenBatch>& eval,
+                  const TrainLoopOptions& o) {
+  if (o.accum < 1) Fail("--accum must be at least 1, not ", o.accum);
+  if (o.steps < 1) Fail("the run needs at least one step, not ", o.steps);
+  int64_t first_step = 0, position = 0;
+  if (!o.resume.empty()) {
+    const std::string dir = FindCheckpoint(o.resume);
+    const nlohmann::json state = LoadCheckpoint(m, dir, o.run_config);
+    first_step = state["step"].get<int64_t>();
+    position = state["position"].get<int64_t>();
+    std::fprintf(stderr, "resuming from %s (step %lld)\n", dir.c_str(),
+                 static_cast<long long>(first_step));
+  }
+  std::ofstream log;
+  if (!o.log.empty()) {
+    log.open(o.log, o.resume.empty() ? std::ios::trunc : std::ios::app);
+    if (!log) Fail(o.log, ": cannot open the log for writing");
+  }
+  TrainStep step(m, o.recompute);
+  StopSignals signals;
+  const bool terminal = isatty(fileno(stderr)) != 0;
+  const auto start = std::chrono::steady_clock::now();
+  double smoothed = NAN, eval_loss = NAN;
+  if (!eval.empty() && first_step == 0) {  // where the run starts from
+    eval_loss = EvaluateLoss(step, eval);
+    if (log) log << nlohmann::json{{"step", 0}, {"eval_loss", eval_loss}}.dump() << "\n";
+    if (!o.quiet) std::fprintf(stderr, "eval loss before training: %.4f\n", eval_loss);
+  }
+  int64_t k = first_step;
+  for (; k < o.steps; ++k) {
+    const auto t0 = std::chrono::steady_clock::now();
+    std::vector<TokenBatch> micro;
+    int64_t trained = 0, tokens = 0;
+    for (int64_t a = 0; a < o.accum; ++a) {
+      micro.push_back(source.Next(&position));
+      trained += Trained(micro.back());
+      tokens += static_cast<int64_t>(micro.back().inputs.size());
+    }
+    m.ZeroGrads();
+    double loss = 0.0;
+    if (trained > 0) {
+      for (TokenBatch& b : micro) {
+        b.normalizer = static_cast<double>(trained);
+        loss += step.LanguageModelLoss(b);
+      }
+    }
+    const double norm = GradNorm(m.parameters());
+    if (!std::isfinite(loss) || !std::isfinite(norm)) {
+      Fail("step ", k + 1, ": the loss is ", loss, " and the gradient norm ", norm,
+           "; stopping before the update (the last checkpoint in ", o.out,
+           " is intact); try a lower --lr or --grad-clip");
+    }
+    if (o.grad_clip > 0) ClipGrads(m.parameters(), norm, o.grad_clip);
+    const double lr = LearningRate(o.lr, k);
+    AdamWStep(m.parameters(), k + 1, lr, o.adam);
+    const auto t1 = std::chrono::steady_clock::now();
+    const double seconds = std::chrono::duration<double>(t1 - t0).count();
+    const bool last = k + 1 == o.steps;
+    const bool evaluate = !eval.empty() && (last || (o.eval_every > 0 && (k + 1) % o.eval_every == 0));
+    if (evaluate) eval_loss = EvaluateLoss(step, eval);
+    smoothed = std::isnan(smoothed) ? loss : 0.9 * smoothed + 0.1 * loss;
+    const double epoch = static_cast<double>(position) / static_cast<double>(source.examples());
+    if (log) {
+      nlohmann::json line = {{"step", k + 1},     {"loss", loss},       {"lr", lr},
+                             {"grad_norm", norm}, {"tokens", trained},  {"epoch", epoch},
+                             {"tokens_per_s", static_cast<double>(tokens) / seconds}};
+      if (evaluate) line["eval_loss"] = eval_loss;
+      log << line.dump() << "\n" << std::flush;
+    }
+    const bool stop = signals.signal() != 0;
+    if (!o.quiet && (terminal || last || stop || evaluate ||
+                     (k + 1) % std::max<int64_t>(1, o.steps / 20) == 0)) {
+      const double elapsed = std::chrono::duration<double>(t1 - start).count();
+      const double eta = elapsed / static_cast<double>(k + 1 - first_step) *
+                         static_cast<double>(o.steps - k - 1);
+      char eval_text[32] = "";
+      if (!std::isnan(eval_loss)) std::snprintf(eval_text, sizeof eval_text, "  eval %.4f", eval_loss);
+      std::fprintf(stderr,
+                   "%sstep %lld/%lld  epoch %.2f  loss %.4f (smoothed %.4f)%s  lr %.3g  %.0f tok/s  "
+                   "ETA %s%s",
+                   terminal ? "\r" : "", static_cast<long long>(k + 1),
+                   static_cast<long long>(o.steps), epoch, loss, smoothed, eval_text, lr,
+                   static_cast<double>(tokens) / seconds, Duration(eta).c_str(),
+                   terminal && !last && !stop ? "   " : "\n");
+    }
+    if (stop) {
+      SaveCheckpoint(m, o, k + 1, position);
+      std::fprintf(stderr, "signal %d: saved %s/checkpoint-%lld; resume with --resume %s\n",
+                   signals.signal(), o.out.c_str(), static_cast<long long>(k + 1), o.out.c_str());
+      return;
+    }
+    if (!last && o.save_every > 0 && (k + 1) % o.save_every == 0) {
+      SaveCheckpoint(m, o, k + 1, position);
+    }
+  }
+  const uint64_t param_bytes = m.parameter_count() * sizeof(float);
+  const auto mib = [](uint64_t b) { return static_cast<double>(b) / (1024.0 * 1024.0); };
+  std::fprintf(stderr,
+               "memory: parameters %.1f MiB + gradients %.1f MiB + AdamW moments %.1f MiB + "
+               "activations %.1f MiB%s\n",
+               mib(param_bytes), mib(param_bytes), mib(2 * param_bytes),
+               mib(step.activation_bytes()), o.recompute ? " (recomputed per block)" : "");
+  SaveCheckpoint(m, o, o.steps, position);
+  SaveHuggingFace(m, o.out, o.tokenizer_source);
+  std::fprintf(stderr, "wrote %s (and %s/checkpoint-%lld)\n", o.out.c_str(), o.out.c_str(),
+               static_cast<long long>(o.steps));
+}
+
+}  // namespace starling
