@@ -7,6 +7,16 @@
 
 namespace starling {
 
+std::vector<int64_t> EpochPermutation(int64_t n, uint64_t seed, int64_t epoch) {
+  std::vector<int64_t> perm(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) perm[i] = i;
+  std::mt19937_64 rng(seed + static_cast<uint64_t>(epoch));
+  for (int64_t i = n - 1; i >= 1; --i) {
+    std::swap(perm[i], perm[rng() % static_cast<uint64_t>(i + 1)]);
+  }
+  return perm;
+}
+
 TokenWindows::TokenWindows(std::vector<int32_t> tokens, int64_t ctx, const std::string& source)
     : tokens_(std::move(tokens)), ctx_(ctx) {
   if (ctx < 1) Fail("--ctx must be at least 1, not ", ctx);
@@ -23,13 +33,7 @@ int64_t TokenWindows::WindowOf(int64_t sample, bool shuffle, uint64_t seed) {
   if (!shuffle) return within;
   const int64_t epoch = sample / count_;
   if (epoch != epoch_) {
-    perm_.resize(static_cast<size_t>(count_));
-    for (int64_t i = 0; i < count_; ++i) perm_[i] = i;
-    std::mt19937_64 rng(seed + static_cast<uint64_t>(epoch));
-    for (int64_t i = count_ - 1; i >= 1; --i) {
-      const auto j = static_cast<int64_t>(rng() % static_cast<uint64_t>(i + 1));
-      std::swap(perm_[i], perm_[j]);
-    }
+    perm_ = EpochPermutation(count_, seed, epoch);
     epoch_ = epoch;
   }
   return perm_[within];

@@ -9,10 +9,13 @@
 
 namespace starling {
 
+// The order of epoch `epoch` over n examples: a Fisher-Yates shuffle of [0, n) driven by
+// mt19937_64(seed + epoch) (i from n-1 down to 1 swaps i with rng() mod (i+1)).
+std::vector<int64_t> EpochPermutation(int64_t n, uint64_t seed, int64_t epoch);
+
 // Window i is tokens[i*T .. i*T+T] (T+1 tokens: inputs the first T, targets the last T); there
 // are floor((n-1)/T) windows. Sample s (= step * B + j) is window s mod W without shuffling, or
-// window perm_e[s mod W] of epoch e = s / W, where perm_e is a Fisher-Yates shuffle of [0, W)
-// driven by mt19937_64(seed + e) (j from i = W-1 down to 1 swaps i with rng() mod (i+1)).
+// window perm_e[s mod W] of epoch e = s / W, perm_e = EpochPermutation(W, seed, e).
 class TokenWindows {
  public:
   // Throws naming `source` when the stream has fewer than T + 1 tokens.

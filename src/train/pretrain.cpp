@@ -2,7 +2,6 @@
 
 #include <cmath>
 #include <cstdio>
-#include <random>
 
 #include "core/error.h"
 #include "core/file.h"
@@ -133,12 +132,7 @@ class ChatSource final : public BatchSource {
     if (!shuffle_) return examples_[position % n];
     const int64_t epoch = position / n;
     if (epoch != epoch_) {
-      perm_.resize(static_cast<size_t>(n));
-      for (int64_t i = 0; i < n; ++i) perm_[i] = i;
-      std::mt19937_64 rng(seed_ + static_cast<uint64_t>(epoch));
-      for (int64_t i = n - 1; i >= 1; --i) {
-        std::swap(perm_[i], perm_[rng() % static_cast<uint64_t>(i + 1)]);
-      }
+      perm_ = EpochPermutation(n, seed_, epoch);
       epoch_ = epoch;
     }
     return examples_[perm_[position % n]];
