@@ -13,6 +13,7 @@ packages=(
   sentencepiece                 # spm_encode, for cross-checking by hand
   libcpp-httplib-dev            # HTTP server (starling serve)
   libblis-serial-dev            # sgemm for training's matrix products (src/kernels/gemm)
+  libcairo2-dev                 # starling plot: training curves as SVG or PNG
   python3 curl                  # the server's end-to-end test and the browser test's runner
   chromium                      # the web page's headless-browser test (playwright-core from npm)
 )

@@ -192,6 +192,29 @@ TEST(TrainSft, LearnsTheAnswersAndLowersTheHeldOutLoss) {
   ASSERT_EQ(eval.size(), 4u);  // before training, at 50, 100 and 150
   // Held-out names cannot be guessed, but "Hello, " and "!</s>" can: measured 6.8 -> 2.6.
   EXPECT_LT(eval.back(), 0.5 * eval.front());
+  // The curves as pictures: a PNG of the requested size, an SVG with one coloured line (and
+  // legend swatch) per series.
+  const std::string png = dir.path() + "/curves.png", svg = dir.path() + "/curves.svg";
+  ASSERT_EQ(RunStarling("plot " + log + " -o " + png + " --width 640 --height 400 --log-y").exit_code, 0);
+  const std::string header = ReadAll(png).substr(0, 24);
+  ASSERT_EQ(header.substr(1, 3), "PNG");
+  auto be32 = [&](size_t at) {
+    return (static_cast<uint32_t>(static_cast<uint8_t>(header[at])) << 24) |
+           (static_cast<uint32_t>(static_cast<uint8_t>(header[at + 1])) << 16) |
+           (static_cast<uint32_t>(static_cast<uint8_t>(header[at + 2])) << 8) |
+           static_cast<uint8_t>(header[at + 3]);
+  };
+  EXPECT_EQ(be32(16), 640u);  // IHDR width, height
+  EXPECT_EQ(be32(20), 400u);
+  ASSERT_EQ(RunStarling("plot " + log + " -o " + svg + " --series loss,eval_loss,grad_norm").exit_code, 0);
+  const std::string text = ReadAll(svg);
+  for (const char* colour : {"rgb(12%,47%,71%)", "rgb(100%,50%,5%)", "rgb(17%,63%,17%)"}) {
+    EXPECT_NE(text.find(std::string("stroke:") + colour), std::string::npos) << colour;
+  }
+  EXPECT_EQ(text.find("stroke:rgb(84%,15%,16%)"), std::string::npos);  // no fourth series
+  const auto missing = RunStarling("plot " + log + " -o " + svg + " --series nonsense");
+  EXPECT_EQ(missing.exit_code, 1);
+  EXPECT_NE(missing.err.find("no numeric 'nonsense'"), std::string::npos) << missing.err;
   // The trained model answers a training prompt with the trained answer (greedy).
   const auto chat = RunStarling("chat -m " + out + " --template llama-2 --temp 0 -n 12",
                                 "Say hello to Anna.\n");

@@ -212,7 +212,9 @@ void RegisterTrain(CLI::App& app) {
       "weight decay applies to matrices and embeddings, not to norm weights.");
   p->add_option("--data", o->data, "UTF-8 text file")->required();
   AddTrainerOptions(p, o.get(), no_shuffle.get(), threads.get());
-  p->callback([o, no_shuffle] {
+  // The callbacks hold every flag's storage: CLI11 writes into it while parsing, after this
+  // function has returned.
+  p->callback([o, no_shuffle, threads] {
     o->shuffle = !*no_shuffle;
     RunPretrain(*o);
   });
@@ -245,7 +247,7 @@ void RegisterTrain(CLI::App& app) {
   s->add_flag("--skip-bad-lines", sft->skip_bad_lines,
               "count and skip malformed lines instead of stopping at the first");
   AddTrainerOptions(s, &sft->common, sft_no_shuffle.get(), sft_threads.get());
-  s->callback([sft, sft_no_shuffle] {
+  s->callback([sft, sft_no_shuffle, sft_threads] {
     sft->common.shuffle = !*sft_no_shuffle;
     RunSft(*sft);
   });

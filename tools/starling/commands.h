@@ -21,7 +21,8 @@ void RegisterBench(CLI::App& app);
 void RegisterConvert(CLI::App& app);  // quantize, make-model
 void RegisterReward(CLI::App& app);   // score, rank
 void RegisterServe(CLI::App& app);
-void RegisterTrain(CLI::App& app);  // train pretrain, bench-train
+void RegisterTrain(CLI::App& app);  // train pretrain/sft, bench-train
+void RegisterPlot(CLI::App& app);
 
 // Shared option helpers.
 // -t/--threads for the compute thread pool, set before any kernel runs.

@@ -21,6 +21,7 @@ int main(int argc, char** argv) {
   starling::cli::RegisterReward(app);
   starling::cli::RegisterServe(app);
   starling::cli::RegisterTrain(app);
+  starling::cli::RegisterPlot(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
