@@ -11,7 +11,10 @@
 #include <string>
 #include <vector>
 
+#include "chat/chat_template.h"
 #include "formats/safetensors.h"
+#include "tokenizer/load.h"
+#include "train/chat_data.h"
 #include "train/optimizer.h"
 #include "train/parameters.h"
 #include "train/step.h"
@@ -134,6 +137,67 @@ INSTANTIATE_TEST_SUITE_P(Models, FixtureTest,
                            for (char& ch : n) ch = ch == '-' ? '_' : ch;
                            return n;
                          });
+
+// Supervised fine-tuning against tools/sft_reference.py (float64 PyTorch; the ids made by
+// SentencePiece's Python binding by OpenChat's rule): the rendered ids and loss weights of 6
+// conversations exactly, then the loss and gradients of the first micro-batch. The 10-step
+// run through `starling train sft` is in train_cli_test.
+TEST(SftFixture, IdsWeightsLossAndGradientsMatchPyTorch) {
+  const std::string root = std::string(STARLING_TEST_DATA_DIR) + "/../../";
+  const SafetensorsFile f = SafetensorsFile::Open(std::string(STARLING_TEST_DATA_DIR) +
+                                                  "/train/sft/tiny-mistral-sft.fixture.safetensors");
+  const std::string model_dir = root + f.metadata().at("model");
+  const Tokenizer tokenizer = LoadTokenizer(model_dir);
+  ChatDataOptions options;
+  options.ctx = 64;
+  const std::vector<ChatExample> examples =
+      LoadChatData(root + f.metadata().at("data"), tokenizer, ChatTemplate::ByName("openchat"),
+                   options, nullptr);
+  ASSERT_EQ(examples.size(), 6u);
+  for (size_t i = 0; i < examples.size(); ++i) {
+    EXPECT_EQ(examples[i].ids, Read<int32_t>(f, "ids." + std::to_string(i))) << i;
+    EXPECT_EQ(examples[i].weights, Read<float>(f, "weights." + std::to_string(i))) << i;
+  }
+  TrainModel tm(OpenModelFiles(model_dir), -1);
+  TokenBatch b;
+  int64_t trained = 0;
+  for (size_t i = 0; i < 3; ++i) {
+    const ChatExample& e = examples[i];
+    b.lengths.push_back(static_cast<int64_t>(e.ids.size()) - 1);
+    b.inputs.insert(b.inputs.end(), e.ids.begin(), e.ids.end() - 1);
+    b.targets.insert(b.targets.end(), e.ids.begin() + 1, e.ids.end());
+    b.weights.insert(b.weights.end(), e.weights.begin(), e.weights.end());
+    trained += e.trained_tokens();
+  }
+  b.normalizer = static_cast<double>(trained);
+  TrainStep step(tm);
+  tm.ZeroGrads();
+  // Tolerances from tests/data/train/README.md (torch float32 vs float64: loss 5.1e-6,
+  // gradients 3.7e-6 relative L2 at worst): 1e-4 for both.
+  EXPECT_NEAR(step.LanguageModelLoss(b), Read<double>(f, "loss")[0], 1e-4);
+  for (const Parameter& p : tm.parameters()) {
+    const auto want = Read<float>(f, "grad." + p.spec.name);
+    std::vector<float> got = p.grad;
+    if (p.spec.role == TensorRole::kEmbedding || p.spec.role == TensorRole::kLmHead) {
+      // Only the rows of the batch's ids are stored, and the whole tensor's norm.
+      double norm = 0;
+      for (const float g : p.grad) norm += double{g} * g;
+      EXPECT_NEAR(std::sqrt(norm), Read<double>(f, "grad_norm." + p.spec.name)[0],
+                  1e-5 * Read<double>(f, "grad_norm." + p.spec.name)[0]) << p.spec.name;
+      const auto rows = Read<int32_t>(f, "grad_rows." + p.spec.name);
+      const int64_t d = p.spec.shape[1];
+      got.clear();
+      for (const int32_t r : rows) got.insert(got.end(), &p.grad[r * d], &p.grad[(r + 1) * d]);
+    }
+    ASSERT_EQ(got.size(), want.size()) << p.spec.name;
+    double diff = 0, norm = 0;
+    for (size_t i = 0; i < want.size(); ++i) {
+      diff += (double{got[i]} - want[i]) * (double{got[i]} - want[i]);
+      norm += double{want[i]} * want[i];
+    }
+    EXPECT_LT(std::sqrt(diff / norm), 1e-4) << p.spec.name;
+  }
+}
 
 }  // namespace
 }  // namespace starling
