@@ -9,7 +9,7 @@ seconds=${1:-60}
 shift || true
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=(fuzz_sentencepiece_model fuzz_tokenizer fuzz_gguf fuzz_hf_tokenizer_files fuzz_safetensors fuzz_torch_checkpoint
-  fuzz_openai_request)
+  fuzz_openai_request fuzz_chat_data)
 generator=()
 command -v ninja >/dev/null 2>&1 && generator=(-G Ninja)
 if [ ! -f build-fuzz/CMakeCache.txt ]; then
@@ -105,6 +105,10 @@ PY
       printf '%s' '{"content": "caf\u00e9 \ud83e\udda9", "add_special": false}' >"$dir/tokenize.json"
       printf '%s' '{"tokens": [1, 22, 0, 2147483647]}' >"$dir/detokenize.json"
       printf '%s' '{"model": "rm", "conversations": [[{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]], "messages": null}' >"$dir/rewards.json" ;;
+    fuzz_chat_data)
+      cp -f tests/data/train/sft/chats.jsonl "$dir/chats.jsonl"
+      cp -f tests/data/train/chat/train.jsonl "$dir/hello.jsonl"
+      printf '%s\n' '{"conversations": [{"from": "system", "value": "S"}, {"from": "human", "value": "Q"}, {"from": "gpt", "value": "A"}], "weight": 0.5}' >"$dir/sharegpt.jsonl" ;;
     fuzz_hf_tokenizer_files)
       for f in models/openchat-3.5-tokenizer/*.json; do
         { printf '\x01'; cat "$f"; } >"$dir/$(basename "$f")"

@@ -14,7 +14,7 @@
 #include "chat/chat_template.h"
 #include "formats/safetensors.h"
 #include "tokenizer/load.h"
-#include "train/chat_data.h"
+#include "chat/chat_data.h"
 #include "train/optimizer.h"
 #include "train/parameters.h"
 #include "train/step.h"

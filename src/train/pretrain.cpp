@@ -7,7 +7,7 @@
 #include "core/file.h"
 #include "model/hf_config.h"
 #include "tokenizer/load.h"
-#include "train/chat_data.h"
+#include "chat/chat_data.h"
 #include "train/data.h"
 
 namespace starling {

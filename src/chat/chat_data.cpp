@@ -1,4 +1,4 @@
-#include "train/chat_data.h"
+#include "chat/chat_data.h"
 
 #include <cmath>
 #include <nlohmann/json.hpp>
@@ -66,8 +66,19 @@ int64_t ChatExample::trained_tokens() const {
 std::vector<ChatExample> LoadChatData(const std::string& path, const Tokenizer& tokenizer,
                                       const ChatTemplate& chat_template,
                                       const ChatDataOptions& options, ChatDataStats* stats) {
-  const std::string text = ReadFile(path);
-  std::istringstream in(text);
+  ChatDataStats s;
+  std::vector<ChatExample> out =
+      ParseChatData(ReadFile(path), path, tokenizer, chat_template, options, &s);
+  if (stats != nullptr) *stats = s;
+  if (out.empty()) Fail(path, ": no conversation to train on (", s.lines, " lines)");
+  return out;
+}
+
+std::vector<ChatExample> ParseChatData(std::string_view text, const std::string& path,
+                                       const Tokenizer& tokenizer,
+                                       const ChatTemplate& chat_template,
+                                       const ChatDataOptions& options, ChatDataStats* stats) {
+  std::istringstream in{std::string(text)};
   std::vector<ChatExample> out;
   ChatDataStats s;
   std::string line;
@@ -115,7 +126,6 @@ std::vector<ChatExample> LoadChatData(const std::string& path, const Tokenizer& 
   }
   s.conversations = static_cast<int64_t>(out.size());
   if (stats != nullptr) *stats = s;
-  if (out.empty()) Fail(path, ": no conversation to train on (", s.lines, " lines)");
   return out;
 }
 

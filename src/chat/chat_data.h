@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "chat/chat_template.h"
@@ -50,5 +51,10 @@ struct ChatDataStats {
 std::vector<ChatExample> LoadChatData(const std::string& path, const Tokenizer& tokenizer,
                                       const ChatTemplate& chat_template,
                                       const ChatDataOptions& options, ChatDataStats* stats);
+// The same over the file's bytes (`source` names it in errors); may return no conversation.
+std::vector<ChatExample> ParseChatData(std::string_view text, const std::string& source,
+                                       const Tokenizer& tokenizer,
+                                       const ChatTemplate& chat_template,
+                                       const ChatDataOptions& options, ChatDataStats* stats);
 
 }  // namespace starling
