@@ -27,10 +27,15 @@ namespace {
 const std::string kStories = std::string(STARLING_MODELS_DIR) + "/stories260K.gguf";
 const std::string kData = std::string(STARLING_TEST_DATA_DIR) + "/tiny-mistral/reference/text.txt";
 
-std::vector<nlohmann::json> ReadLog(const std::string& path) {
+// The log's lines; without `with_step0`, only the steps' (a run's first lines are step 0: the
+// data's counts, the eval loss before training).
+std::vector<nlohmann::json> ReadLog(const std::string& path, bool with_step0 = false) {
   std::ifstream f(path);
   std::vector<nlohmann::json> lines;
-  for (std::string line; std::getline(f, line);) lines.push_back(nlohmann::json::parse(line));
+  for (std::string line; std::getline(f, line);) {
+    nlohmann::json j = nlohmann::json::parse(line);
+    if (with_step0 || j["step"] != 0) lines.push_back(std::move(j));
+  }
   return lines;
 }
 
@@ -41,7 +46,7 @@ const std::string kChat = std::string(STARLING_TEST_DATA_DIR) + "/train/chat";
 std::map<int64_t, nlohmann::json> LossByStep(const std::string& log) {
   std::map<int64_t, nlohmann::json> out;
   for (const auto& line : ReadLog(log)) {
-    if (line.contains("loss")) out[line["step"].get<int64_t>()] = line["loss"];
+    if (line.contains("loss")) out[line["step"].get<int64_t>()] = line["loss"];  // not step 0
   }
   return out;
 }
@@ -188,10 +193,14 @@ TEST(TrainSft, LearnsTheAnswersAndLowersTheHeldOutLoss) {
                                               "/eval.jsonl --eval-every 50 --log " + log + " -t 2"));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   std::vector<double> eval;
-  for (const auto& line : ReadLog(log)) {
+  for (const auto& line : ReadLog(log, true)) {
     if (line.contains("eval_loss")) eval.push_back(line["eval_loss"].get<double>());
   }
   ASSERT_EQ(eval.size(), 4u);  // before training, at 50, 100 and 150
+  const auto counts = ReadLog(log, true).front();  // the data's counts come first
+  EXPECT_EQ(counts["step"], 0);
+  EXPECT_EQ(counts["conversations"], 20);
+  EXPECT_EQ(counts["skipped_too_long"], 0);
   // Held-out names cannot be guessed, but "Hello, " and "!</s>" can: measured 6.8 -> 2.6.
   EXPECT_LT(eval.back(), 0.5 * eval.front());
   // The curves as pictures: a PNG of the requested size, an SVG with one coloured line (and

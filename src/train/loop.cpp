@@ -204,6 +204,11 @@ void RunTrainLoop(TrainModel& m, BatchSource& source, const std::vector<TokenBat
     log.open(o.log, o.resume.empty() ? std::ios::trunc : std::ios::app);
     if (!log) Fail(o.log, ": cannot open the log for writing");
   }
+  if (log && o.resume.empty()) {
+    nlohmann::json header = o.log_header.is_object() ? o.log_header : nlohmann::json::object();
+    header["step"] = 0;
+    log << header.dump() << "\n";
+  }
   TrainStep step(m, o.recompute);
   StopSignals signals;
   const bool terminal = isatty(fileno(stderr)) != 0;

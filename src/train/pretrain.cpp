@@ -249,6 +249,12 @@ void RunSft(SftOptions s) {
                                        {"template", s.chat_template},
                                        {"eval_data", s.eval_data},
                                        {"long_conversations", s.long_conversations}});
+  loop.log_header = {{"conversations", stats.conversations},
+                     {"trained_tokens", stats.trained_tokens},
+                     {"skipped_no_assistant", stats.no_assistant},
+                     {"skipped_too_long", stats.too_long_skipped},
+                     {"skipped_bad_lines", stats.bad_lines},
+                     {"truncated", stats.truncated}};
   RunTrainLoop(m, source, eval, loop);
 }
 
