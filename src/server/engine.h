@@ -35,6 +35,9 @@ class Job {
   void Cancel() { cancelled_ = true; }
 
   FinishReason finish() const { return finish_; }
+  // Once finished: why the job failed (the engine could not complete it; the request gets a
+  // server error), or empty when it ended normally or was cancelled.
+  const std::string& error() const { return error_; }
   int64_t completion_tokens() const { return completion_tokens_; }
   int64_t prompt_tokens() const { return static_cast<int64_t>(prompt_.size()); }
 
@@ -42,6 +45,7 @@ class Job {
   friend class Engine;
   void Deliver(const std::string& text, int64_t completion_tokens);
   void Finish(FinishReason reason, int64_t completion_tokens);
+  void FinishWithError(std::string message, int64_t completion_tokens);
 
   const std::vector<int32_t> prompt_;
   const GenerationOptions options_;
@@ -51,6 +55,7 @@ class Job {
   std::vector<std::string> pending_;
   bool finished_ = false;
   FinishReason finish_ = FinishReason::kLength;
+  std::string error_;
   int64_t completion_tokens_ = 0;
 };
 
@@ -91,6 +96,12 @@ class Engine {
   void Start(Slot& slot, std::shared_ptr<Job> job);
   void Advance(Slot& slot, std::span<float> logits);  // one sampled step of an active slot
   void Release(Slot& slot);
+  // Ends the slot's job with an error (the exception being handled) and frees the slot; the
+  // other slots go on.
+  void FailSlot(Slot& slot);
+  // Ends every queued and running job (cancelled, or failed with `error` when it is not
+  // empty) and refuses new ones.
+  void EndAll(const std::string& error);
 
   const Model& model_;
   const Tokenizer& tokenizer_;

@@ -50,6 +50,12 @@ void SendError(httplib::Response& res, const ApiError& error) {
   res.set_content(ErrorBody(error), "application/json");
 }
 
+// The error a request gets when the engine could not complete its job.
+ApiError GenerationFailed(const Job& job) {
+  return ApiError(500, "server_error", "generation failed: " + job.error(), "",
+                  "generation_failed");
+}
+
 sigset_t ShutdownSignals() {
   sigset_t signals;
   sigemptyset(&signals);
@@ -115,8 +121,8 @@ class Server {
             SendError(res, e);
           } catch (const Error& e) {
             SendError(res, ApiError(400, "invalid_request_error", e.what()));
-          } catch (const std::exception& e) {
-            SendError(res, ApiError(500, "server_error", e.what()));
+          } catch (...) {
+            SendError(res, ApiError(500, "server_error", CurrentExceptionMessage()));
           }
         });
     http_.Get("/", [](const httplib::Request&, httplib::Response& res) {
@@ -300,6 +306,7 @@ class Server {
       for (bool finished = false; !finished;) {
         for (const std::string& piece : job->Wait(1000, &finished)) text += piece;
       }
+      if (!job->error().empty()) throw GenerationFailed(*job);
       if (job->finish() == FinishReason::kCancelled) {
         throw ApiError(503, "server_error", "the request was cancelled (server shutting down)");
       }
@@ -312,49 +319,67 @@ class Server {
     }
     res.set_header("Cache-Control", "no-cache");
     auto started = std::make_shared<bool>(false);
+    // Called on an HTTP worker outside httplib's exception handling: nothing may escape it.
+    auto provide = [=](size_t, httplib::DataSink& sink) {
+      auto send = [&](const nlohmann::json& j) {
+        const std::string event = SseEvent(j);
+        return sink.write(event.data(), event.size());
+      };
+      auto end_stream = [&] {
+        const std::string done = SseDone();
+        sink.write(done.data(), done.size());
+        sink.done();
+        return true;
+      };
+      if (!*started) {
+        *started = true;
+        if (chat && !send(ChatCompletionChunk(id, model, created, "assistant", "", {}))) {
+          job->Cancel();
+          return false;
+        }
+      }
+      bool finished = false;
+      const std::vector<std::string> pieces = job->Wait(200, &finished);
+      // One event per token's text, as OpenAI streams, however fast they were generated.
+      for (const std::string& text : pieces) {
+        const bool ok = send(chat ? ChatCompletionChunk(id, model, created, {}, text, {})
+                                  : CompletionChunk(id, model, created, text, {}));
+        if (!ok) {  // the client went away: free the slot
+          job->Cancel();
+          return false;
+        }
+      }
+      if (pieces.empty() && !finished && !sink.is_writable()) {
+        job->Cancel();
+        return false;
+      }
+      if (!finished) return true;
+      // A failed generation ends the stream with OpenAI's error object, then [DONE].
+      if (!job->error().empty()) {
+        send(ErrorJson(GenerationFailed(*job)));
+        return end_stream();
+      }
+      if (job->finish() == FinishReason::kCancelled) return false;
+      const std::string reason = FinishReasonName(job->finish());
+      send(chat ? ChatCompletionChunk(id, model, created, {}, {}, reason)
+                : CompletionChunk(id, model, created, "", reason));
+      if (p.include_usage) {
+        send(UsageChunk(id, model, created, {usage_prompt.prompt_tokens, job->completion_tokens()},
+                        chat ? "chat.completion.chunk" : "text_completion"));
+      }
+      return end_stream();
+    };
     res.set_chunked_content_provider(
         "text/event-stream",
-        [=](size_t, httplib::DataSink& sink) {
-          auto send = [&](const nlohmann::json& j) {
-            const std::string event = SseEvent(j);
-            return sink.write(event.data(), event.size());
-          };
-          if (!*started) {
-            *started = true;
-            if (chat && !send(ChatCompletionChunk(id, model, created, "assistant", "", {}))) {
-              job->Cancel();
-              return false;
-            }
-          }
-          bool finished = false;
-          const std::vector<std::string> pieces = job->Wait(200, &finished);
-          // One event per token's text, as OpenAI streams, however fast they were generated.
-          for (const std::string& text : pieces) {
-            const bool ok = send(chat ? ChatCompletionChunk(id, model, created, {}, text, {})
-                                      : CompletionChunk(id, model, created, text, {}));
-            if (!ok) {  // the client went away: free the slot
-              job->Cancel();
-              return false;
-            }
-          }
-          if (pieces.empty() && !finished && !sink.is_writable()) {
+        [job, provide](size_t offset, httplib::DataSink& sink) {
+          try {
+            return provide(offset, sink);
+          } catch (...) {
+            std::fprintf(stderr, "starling serve: a stream failed: %s\n",
+                         CurrentExceptionMessage().c_str());
             job->Cancel();
             return false;
           }
-          if (!finished) return true;
-          if (job->finish() == FinishReason::kCancelled) return false;
-          const std::string reason = FinishReasonName(job->finish());
-          send(chat ? ChatCompletionChunk(id, model, created, {}, {}, reason)
-                    : CompletionChunk(id, model, created, "", reason));
-          if (p.include_usage) {
-            send(UsageChunk(id, model, created,
-                            {usage_prompt.prompt_tokens, job->completion_tokens()},
-                            chat ? "chat.completion.chunk" : "text_completion"));
-          }
-          const std::string done = SseDone();
-          sink.write(done.data(), done.size());
-          sink.done();
-          return true;
         },
         [job](bool success) {
           if (!success) job->Cancel();

@@ -5,15 +5,21 @@
 
 Starts servers on free ports with the embedded stories260K model (and the tiny reward model),
 checks the OpenAI endpoints (non-streaming, streaming, concurrent batched requests, cancellation,
-queue limits, errors, API keys, rewards), and that SIGTERM ends the server with exit code 0.
+queue limits, errors, API keys, rewards), that a request whose generation fails (a model with NaN
+logits) gets an error while the server keeps serving, and that SIGTERM ends the server with exit
+code 0.
 Exits non-zero with a message naming the failed check.
 """
 import http.client
 import json
+import os
 import re
+import shutil
 import socket
+import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -59,11 +65,16 @@ class Server:
         status, raw = self.request(method, path, body, headers)
         return status, json.loads(raw)
 
-    def stream(self, body, headers=None):
-        """Streams a completion; returns (list of parsed events, saw [DONE])."""
+    def stream(self, body, headers=None, raw=False):
+        """Streams a chat completion; returns (status, content type, list of parsed events,
+        saw [DONE]). `raw`: a completion (/v1/completions) from the message's content."""
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
-        conn.request("POST", "/v1/chat/completions", body=json.dumps(body).encode(),
-                     headers=headers or {})
+        path = "/v1/chat/completions"
+        if raw:
+            path = "/v1/completions"
+            body = dict(body, prompt=body["messages"][0]["content"])
+            del body["messages"]
+        conn.request("POST", path, body=json.dumps(body).encode(), headers=headers or {})
         res = conn.getresponse()
         events, done = [], False
         for line in res:
@@ -89,6 +100,100 @@ def chat(content, **kw):
 def stream_text(events):
     return "".join(e["choices"][0]["delta"].get("content", "") for e in events
                    if e.get("choices"))
+
+
+def write_nan_model(directory, tensor_name, keep_rows=()):
+    """Copies tiny-mistral to `directory` with the tensor `tensor_name` all NaN but for the rows
+    `keep_rows`. Logits that become NaN make the sampler throw (inside the server's engine thread)."""
+    shutil.copytree(DATA + "/tiny-mistral/hf", directory)
+    nan = {"F32": b"\x00\x00\xc0\x7f", "BF16": b"\xc0\x7f", "F16": b"\x00\x7e"}
+    written = 0
+    for name in sorted(os.listdir(directory)):
+        if not name.endswith(".safetensors"):
+            continue
+        with open(os.path.join(directory, name), "r+b") as f:
+            (header_len,) = struct.unpack("<Q", f.read(8))
+            tensor = json.loads(f.read(header_len)).get(tensor_name)
+            if not tensor:
+                continue
+            begin, end = tensor["data_offsets"]
+            value = nan[tensor["dtype"]]
+            row = len(value) * (tensor["shape"][1] if len(tensor["shape"]) == 2 else 1)
+            for offset in range(begin, end, row):
+                if (offset - begin) // row not in keep_rows:
+                    f.seek(8 + header_len + offset)
+                    f.write(value * (row // len(value)))
+            written += 1
+    assert written == 1, tensor_name + " not found in " + directory
+
+
+def check_failed_generation():
+    """A generation that fails inside the engine ends only its request, with OpenAI's error."""
+    with tempfile.TemporaryDirectory() as tmp:
+        # Final norm NaN: every logit is NaN, from the prompt's on (fails as the slot starts).
+        write_nan_model(tmp + "/nan-model", "model.norm.weight")
+        s = Server("-m", tmp + "/nan-model", "--parallel", "2", "--ctx", "256")
+        for endpoint, body in [("/v1/chat/completions", chat("Hello", max_tokens=8)),
+                               ("/v1/completions", {"prompt": "Hello", "max_tokens": 8})]:
+            status, raw = s.request("POST", endpoint, body)
+            err = json.loads(raw).get("error", {})
+            check(status == 500 and err.get("type") == "server_error"
+                  and err.get("code") == "generation_failed" and "NaN" in err.get("message", ""),
+                  "NaN logits -> 500 in OpenAI's shape on %s: %d %r" % (endpoint, status, raw))
+        status, _, events, done = s.stream(chat("Hello", max_tokens=8, stream=True))
+        check(status == 200 and done and events and "error" in events[-1]
+              and "NaN" in events[-1]["error"]["message"],
+              "NaN logits in a stream -> a final error event, then [DONE]: %r" % events)
+        # Two at once (batched in one decode step), then the server still answers.
+        results = [None] * 2
+
+        def worker(i):
+            results[i] = s.request("POST", "/v1/chat/completions", chat("Hi", max_tokens=4))
+
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        check(all(r is not None and r[0] == 500 for r in results),
+              "concurrent failing requests each get 500: %r" % results)
+        check(s.proc.poll() is None and s.json("GET", "/health")[0] == 200,
+              "still serving after failed generations")
+        status, tok = s.json("POST", "/tokenize", {"content": "Hello"})
+        check(status == 200 and tok["tokens"], "other endpoints still work: %r" % tok)
+        check(s.stop() == 0, "SIGTERM exits 0 (NaN model)")
+
+        # Embeddings NaN but for the prompt's tokens: the prompt runs, and the first generated
+        # token outside it makes a batched decode step give NaN logits to that request alone.
+        prompt = "Once upon a time"
+        ids = subprocess.run([STARLING, "tokenize", "--tokenizer", DATA + "/tiny-mistral/hf",
+                              "--ids", prompt], capture_output=True, text=True, check=True).stdout
+        write_nan_model(tmp + "/nan-embed", "model.embed_tokens.weight",
+                        {int(i) for i in ids.split()})
+        s = Server("-m", tmp + "/nan-embed", "--parallel", "2", "--ctx", "256")
+        failing = {}
+
+        def stream_worker():
+            failing["result"] = s.stream(chat(prompt, max_tokens=100, stream=True), raw=True)
+
+        t = threading.Thread(target=stream_worker)
+        t.start()
+        status, r = s.json("POST", "/v1/completions",
+                           {"prompt": prompt, "max_tokens": 1, "temperature": 0})
+        t.join()
+        check(status == 200 and r["choices"][0]["finish_reason"] == "length",
+              "a request beside a failing one completes: %r" % r)
+        status, _, events, done = failing["result"]
+        check(status == 200 and done and events and "error" in events[-1]
+              and events[-1]["error"]["code"] == "generation_failed",
+              "a stream whose decode step gives NaN ends with an error event, then [DONE]: %r"
+              % events[-3:])
+        status, raw = s.request("POST", "/v1/completions",
+                                {"prompt": prompt, "max_tokens": 100, "temperature": 0})
+        check(status == 500 and json.loads(raw)["error"]["code"] == "generation_failed",
+              "NaN in a decode step -> 500: %d %r" % (status, raw))
+        check(s.json("GET", "/health")[0] == 200, "still serving after a failed decode step")
+        check(s.stop() == 0, "SIGTERM exits 0 (NaN embeddings)")
 
 
 def main():
@@ -217,6 +322,8 @@ def main():
     check(status == 200 and len(r["data"]) == 2 and r["data"][0]["reward"] == cli["reward"]
           and r["data"][1]["reward"] == cli["reward"], "rewards over HTTP equal the CLI: %r %r" % (r, cli))
     check(s.stop() == 0, "SIGTERM exits 0 (third server)")
+
+    check_failed_generation()
 
     if failures:
         print("%d checks failed" % len(failures))
