@@ -14,6 +14,7 @@ packages=(
   libcpp-httplib-dev            # HTTP server (starling serve)
   libblis-serial-dev            # sgemm for training's matrix products (src/kernels/gemm)
   python3 curl                  # the server's end-to-end test and the browser test's runner
+  valgrind                      # memcheck of the CLI's option handling (tests/cli_memcheck.sh)
   chromium                      # the web page's headless-browser test (playwright-core from npm)
 )
 # Node.js and npm for that test: Debian's packages unless the machine already has node and npm

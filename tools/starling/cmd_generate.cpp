@@ -36,11 +36,10 @@ struct SamplingFlags {
   int64_t seed = -1;
   int32_t context = 0;
   DType kv_type = DType::kF32;
-  int threads = 0;
   std::vector<std::string> stop;
 
   void Add(CLI::App* cmd) {
-    AddThreadsOption(cmd, &threads);
+    AddThreadsOption(cmd);
     AddKvTypeOption(cmd, &kv_type);
     cmd->add_option("-n,--n-predict", n_predict, "maximum new tokens")->capture_default_str();
     cmd->add_option("--temp", temperature, "temperature; 0 is greedy")->capture_default_str();
@@ -303,8 +302,7 @@ void RegisterPerplexity(CLI::App& app) {
   cmd->add_option("-m,--model", *model, "a Hugging Face directory or a GGUF file");
   cmd->add_option("-f,--file", *file, "the text ('-': stdin)")->required();
   cmd->add_option("-c,--ctx", *context, "window length in tokens")->capture_default_str();
-  auto threads = std::make_shared<int>(0);
-  AddThreadsOption(cmd, threads.get());
+  AddThreadsOption(cmd);
   auto kv_type = std::make_shared<DType>(DType::kF32);
   AddKvTypeOption(cmd, kv_type.get());
   cmd->callback([=] { RunPerplexity(*model, *file, *context, *kv_type); });
@@ -322,11 +320,18 @@ void RegisterInfo(CLI::App& app) {
   cmd->callback([=] { RunInfo(*model, *context, *kv_type); });
 }
 
-// -t/--threads for the compute thread pool, set before any kernel runs.
-void AddThreadsOption(CLI::App* cmd, int* threads) {
-  cmd->add_option("-t,--threads", *threads, "compute threads (default: one per core)")
-      ->check(CLI::Range(0, 1024))
-      ->each([](const std::string& value) { ThreadPool::SetGlobalThreads(std::stoi(value)); });
+// -t/--threads for the compute thread pool, set before any kernel runs. It once wrote the
+// value through a pointer into a shared_ptr that `serve` and `perplexity` had already freed
+// (valgrind: an invalid write of size 4): now nothing is stored.
+void AddThreadsOption(CLI::App* cmd) {
+  cmd->add_option_function<int>(
+         "-t,--threads", [](int threads) { ThreadPool::SetGlobalThreads(threads); },
+         "compute threads (default: one per core)")
+      ->check(CLI::Range(0, 1024));
+}
+
+void AddThreadsOption(CLI::App* cmd, int* /*threads*/) {
+  AddThreadsOption(cmd);
 }
 
 void AddKvTypeOption(CLI::App* cmd, DType* kv_type) {

@@ -23,7 +23,6 @@ void RegisterServe(CLI::App& app) {
   auto o = std::make_shared<ServerOptions>();
   auto model = std::make_shared<std::string>();
   auto reward = std::make_shared<std::string>();
-  auto threads = std::make_shared<int>(0);
   CLI::App* cmd = app.add_subcommand(
       "serve", "OpenAI-compatible HTTP server with batched streaming and a web chat page");
   cmd->add_option("-m,--model", *model,
@@ -47,7 +46,7 @@ void RegisterServe(CLI::App& app) {
                   "chat template (default: the model's own known template)");
   cmd->add_option("--max-body", o->max_body_bytes, "largest request body in bytes")
       ->capture_default_str();
-  AddThreadsOption(cmd, threads.get());
+  AddThreadsOption(cmd);
   AddKvTypeOption(cmd, &o->kv_type);
   cmd->callback([=] {
     ServerOptions options = *o;

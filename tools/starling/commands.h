@@ -24,7 +24,10 @@ void RegisterServe(CLI::App& app);
 void RegisterTrain(CLI::App& app);  // train pretrain, bench-train
 
 // Shared option helpers.
-// -t/--threads for the compute thread pool, set before any kernel runs.
+// -t/--threads for the compute thread pool, set before any kernel runs. The value goes
+// straight to ThreadPool::SetGlobalThreads: no storage that must outlive the parse.
+void AddThreadsOption(CLI::App* cmd);
+// The same; `threads` is ignored (kept for callers not yet moved to the form above).
 void AddThreadsOption(CLI::App* cmd, int* threads);
 // --kv-type f32|f16: the KV cache element type (Session's kv_type); f32 unless given.
 void AddKvTypeOption(CLI::App* cmd, DType* kv_type);
