@@ -74,7 +74,7 @@ std::shared_ptr<Job> Engine::Submit(std::vector<int32_t> prompt, GenerationOptio
   auto job = std::make_shared<Job>(std::move(prompt), std::move(options));
   {
     std::lock_guard lock(mutex_);
-    if (stop_) return nullptr;
+    if (stop_ || draining_) return nullptr;
     size_t busy = 0;
     for (const Slot& slot : slots_) busy += slot.job != nullptr;
     // Free slots take jobs at once; beyond them, at most queue_limit_ wait.
@@ -83,6 +83,26 @@ std::shared_ptr<Job> Engine::Submit(std::vector<int32_t> prompt, GenerationOptio
   }
   wake_.notify_all();
   return job;
+}
+
+void Engine::Drain(std::chrono::milliseconds timeout) {
+  {
+    std::unique_lock lock(mutex_);
+    draining_ = true;
+    idle_.wait_for(lock, timeout, [&] {
+      if (stop_) return true;
+      for (const Slot& slot : slots_) {
+        if (slot.job != nullptr) return false;
+      }
+      return queue_.empty();
+    });
+  }
+  Shutdown();
+}
+
+bool Engine::stopping() const {
+  std::lock_guard lock(mutex_);
+  return stop_ || draining_;
 }
 
 void Engine::Shutdown() {
@@ -102,8 +122,11 @@ EngineStats Engine::stats() const {
 
 void Engine::Release(Slot& slot) {
   slot.stream.reset();
-  std::lock_guard lock(mutex_);
-  slot.job.reset();
+  {
+    std::lock_guard lock(mutex_);
+    slot.job.reset();
+  }
+  idle_.notify_all();
 }
 
 void Engine::FailSlot(Slot& slot) {
@@ -259,7 +282,9 @@ void Engine::Loop() {
 }
 
 void Engine::EndAll(const std::string& error) {
-  std::lock_guard lock(mutex_);
+  const std::lock_guard lock(mutex_);
+  // Drain waits under the same mutex: it sees stop_ once this returns.
+  idle_.notify_all();
   stop_ = true;
   auto end = [&](Job& job, int64_t generated) {
     if (error.empty()) {

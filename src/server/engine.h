@@ -6,6 +6,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
@@ -74,10 +75,16 @@ class Engine {
          int queue_limit, DType kv_type = DType::kF32);
   ~Engine();  // cancels everything and joins
 
-  // Queues a job. Returns nullptr when the queue is full (the caller answers 503).
+  // Queues a job. Returns nullptr when the queue is full or the engine is stopping (the caller
+  // answers 503).
   std::shared_ptr<Job> Submit(std::vector<int32_t> prompt, GenerationOptions options);
+  // Takes no new job, waits up to `timeout` for the queued and running ones to end, then
+  // cancels what is left and stops the thread (Shutdown).
+  void Drain(std::chrono::milliseconds timeout);
   // Cancels queued and running jobs and stops the thread; idempotent.
   void Shutdown();
+  // True once Drain or Shutdown has begun (or the engine failed): Submit refuses every job.
+  bool stopping() const;
 
   int32_t context() const { return context_; }
   EngineStats stats() const;
@@ -113,7 +120,9 @@ class Engine {
 
   mutable std::mutex mutex_;
   std::condition_variable wake_;
+  std::condition_variable idle_;  // a slot was released (Drain waits for all of them)
   std::deque<std::shared_ptr<Job>> queue_;
+  bool draining_ = false;
   bool stop_ = false;
   EngineStats stats_;
   std::thread thread_;

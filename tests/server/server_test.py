@@ -76,13 +76,7 @@ class Server:
             del body["messages"]
         conn.request("POST", path, body=json.dumps(body).encode(), headers=headers or {})
         res = conn.getresponse()
-        events, done = [], False
-        for line in res:
-            line = line.decode().strip()
-            if line == "data: [DONE]":
-                done = True
-            elif line.startswith("data: "):
-                events.append(json.loads(line[6:]))
+        events, done, _ = read_stream(res)
         conn.close()
         return res.status, res.getheader("Content-Type"), events, done
 
@@ -194,6 +188,84 @@ def check_failed_generation():
               "NaN in a decode step -> 500: %d %r" % (status, raw))
         check(s.json("GET", "/health")[0] == 200, "still serving after a failed decode step")
         check(s.stop() == 0, "SIGTERM exits 0 (NaN embeddings)")
+
+
+def open_stream(s, body):
+    """Starts a streaming completion and reads its first event; returns the response."""
+    conn = http.client.HTTPConnection("127.0.0.1", s.port, timeout=60)
+    conn.request("POST", "/v1/completions", body=json.dumps(body).encode())
+    res = conn.getresponse()
+    check(res.status == 200 and res.readline().startswith(b"data: "), "stream started")
+    return res
+
+
+def read_stream(res):
+    """The rest of a stream: (parsed events, saw [DONE], ended with the chunked terminator)."""
+    events, done = [], False
+    try:
+        for line in res:
+            line = line.decode().strip()
+            if line == "data: [DONE]":
+                done = True
+            elif line.startswith("data: "):
+                events.append(json.loads(line[6:]))
+        complete = True
+    except (http.client.IncompleteRead, ConnectionError):  # cut short, e.g. the server died
+        complete = False
+    return events, done, complete
+
+
+def check_shutdown():
+    """SIGTERM with a quantized model (its compute threads start while it loads) drains streams."""
+    with tempfile.TemporaryDirectory() as tmp:
+        q8 = tmp + "/q8.gguf"
+        subprocess.run([STARLING, "quantize", DATA + "/tiny-mistral/model-f32.gguf", q8,
+                        "--type", "q8_0"], check=True, capture_output=True)
+        long = {"prompt": "Once upon a time", "max_tokens": 1000, "seed": 1, "stream": True}
+
+        # A stream in flight at SIGTERM finishes; meanwhile new requests get 503.
+        s = Server("-m", q8, "--ctx", "4096", "--drain-timeout", "60")
+        res = open_stream(s, long)
+        s.proc.send_signal(15)
+        status, raw = 0, b""
+        deadline = time.time() + 10
+        while status != 503 and time.time() < deadline:
+            try:
+                status, raw = s.request("GET", "/health")
+            except ConnectionError:  # the server died of the signal
+                break
+        check(status == 503 and json.loads(raw).get("error", {}).get("code") == "shutting_down",
+              "a request during shutdown gets 503 shutting down: %d %r" % (status, raw))
+        events, done, complete = read_stream(res)
+        finish = [e["choices"][0]["finish_reason"] for e in events if e.get("choices")]
+        check(complete and done and finish and finish[-1] in ("length", "stop"),
+              "a stream in flight at SIGTERM finishes (finish_reason, [DONE]): %r" % finish[-3:])
+        check(s.proc.wait(timeout=60) == 0, "SIGTERM exits 0 with a quantized model")
+
+        # Past the drain timeout, a stream ends with finish_reason "cancelled" and [DONE].
+        s = Server("-m", q8, "--ctx", "4096", "--drain-timeout", "0")
+        res = open_stream(s, dict(long, max_tokens=4000))
+        s.proc.send_signal(15)
+        events, done, complete = read_stream(res)
+        finish = [e["choices"][0]["finish_reason"] for e in events if e.get("choices")]
+        check(complete and done and finish and finish[-1] == "cancelled",
+              "a stream cut by shutdown says so: %r, [DONE] %s" % (finish[-3:], done))
+        check(s.proc.wait(timeout=60) == 0, "SIGTERM exits 0 after cancelling a stream")
+
+        # Other subcommands still end by the signal, as without the signal thread.
+        chat_proc = subprocess.Popen([STARLING, "chat", "-m", q8, "--template", "openchat"],
+                                     stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        time.sleep(0.5)
+        chat_proc.send_signal(15)
+        check(chat_proc.wait(timeout=30) == -15, "SIGTERM still ends `starling chat`")
+        chat_proc.stdin.close()
+
+        # An address that is not this machine's (TEST-NET-1): a clear error, not a signal.
+        bad = subprocess.run([STARLING, "serve", "-m", q8, "--host", "192.0.2.1", "--port", "0"],
+                             capture_output=True, text=True, timeout=60)
+        check(bad.returncode == 1 and "cannot listen on 192.0.2.1:0" in bad.stderr
+              and "signal" not in bad.stderr, "a failed bind: %r" % bad.stderr)
 
 
 def main():
@@ -324,6 +396,7 @@ def main():
     check(s.stop() == 0, "SIGTERM exits 0 (third server)")
 
     check_failed_generation()
+    check_shutdown()
 
     if failures:
         print("%d checks failed" % len(failures))

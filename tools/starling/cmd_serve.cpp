@@ -46,6 +46,10 @@ void RegisterServe(CLI::App& app) {
                   "chat template (default: the model's own known template)");
   cmd->add_option("--max-body", o->max_body_bytes, "largest request body in bytes")
       ->capture_default_str();
+  cmd->add_option("--drain-timeout", o->drain_seconds,
+                  "seconds that running requests may take to finish after SIGINT/SIGTERM")
+      ->check(CLI::Range(0, 3600))
+      ->capture_default_str();
   AddThreadsOption(cmd);
   AddKvTypeOption(cmd, &o->kv_type);
   cmd->callback([=] {
