@@ -1,5 +1,6 @@
 // The starling executable end to end: real processes, real files, exit codes.
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -7,6 +8,7 @@
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -242,6 +244,41 @@ TEST(Cli, RankSummarizesAgreementAndReusesPrompts) {
   ASSERT_EQ(separate.exit_code, 0) << separate.err;
   EXPECT_EQ(separate.out.substr(0, separate.out.find("{\"summary\"")),
             r.out.substr(0, r.out.find("{\"summary\"")));
+}
+
+TEST(Cli, BadValuesAreErrorsNamingTheFlag) {
+  const std::string tiny = std::string(STARLING_TEST_DATA_DIR) + "/tiny-mistral/hf";
+  const std::string text = WriteTemp("ppl.txt", "Once upon a time there was a cat.\n");
+  // Each was accepted silently (or ended in "internal error: std::bad_alloc").
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"generate -p x --top-k -5", "--top-k: Value -5 not in range 0 to"},
+      {"generate -p x -m ''", "--model: must not be empty"},
+      {"chat -m ''", "--model: must not be empty"},
+      {"serve -m ''", "--model: must not be empty"},
+      {"serve --rm ''", "--rm: must not be empty"},
+      {"generate -p x -c 1e8", "--ctx"},
+      {"generate -p x -c 4096", "--ctx 4096 exceeds the model's 2048 positions"},
+      {"perplexity -f " + text + " -c 100000", "--ctx 100000 exceeds the model's 2048 positions"},
+      {"info -c -1", "--ctx -1 must be positive"},
+      {"serve --parallel 256 -c 1048576", "--ctx 1048576 exceeds the model's 2048 positions"},
+      {"generate -m " + tiny + " -p x -c 1048576", "--ctx 1048576 exceeds the model's 8192"},
+  };
+  for (const auto& [args, message] : cases) {
+    const RunStarlingResult r = RunStarling(args);
+    EXPECT_NE(r.exit_code, 0) << args;
+    EXPECT_NE(r.err.find(message), std::string::npos) << args << ": " << r.err;
+    EXPECT_EQ(r.err.find("internal error"), std::string::npos) << args << ": " << r.err;
+  }
+}
+
+TEST(Cli, ModelThatIsAFifoIsRefusedNotWaitedOn) {
+  starling::testing::TempDir dir("fifo");
+  const std::string fifo = dir.path() + "/model.gguf";
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  // Opening a FIFO for reading used to block until a writer came: forever.
+  const RunStarlingResult r = RunStarling("generate -p x -m " + fifo);
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find(fifo + ": not a regular file"), std::string::npos) << r.err;
 }
 
 }  // namespace

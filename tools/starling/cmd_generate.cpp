@@ -3,6 +3,7 @@
 
 #include <cstdio>
 #include <iostream>
+#include <limits>
 #include <memory>
 #include <random>
 #include <string>
@@ -43,7 +44,9 @@ struct SamplingFlags {
     AddKvTypeOption(cmd, &kv_type);
     cmd->add_option("-n,--n-predict", n_predict, "maximum new tokens")->capture_default_str();
     cmd->add_option("--temp", temperature, "temperature; 0 is greedy")->capture_default_str();
-    cmd->add_option("--top-k", top_k, "top-k sampling; 0 is off")->capture_default_str();
+    cmd->add_option("--top-k", top_k, "top-k sampling; 0 is off")
+        ->check(CLI::Range(0, std::numeric_limits<int32_t>::max()))
+        ->capture_default_str();
     cmd->add_option("--top-p", top_p, "nucleus sampling; 1 is off")->capture_default_str();
     cmd->add_option("--min-p", min_p, "min-p sampling; 0 is off")->capture_default_str();
     cmd->add_option("--repeat-penalty", repeat_penalty, "1 is off")->capture_default_str();
@@ -80,8 +83,9 @@ struct SamplingFlags {
 
   int32_t Context(const LoadedModel& m) const {
     const int32_t max = m.model->config().max_position_embeddings;
-    if (context < 0) Fail("--ctx ", context, " must be positive");
-    return context > 0 ? context : std::min(max, 4096);
+    if (context == 0) return std::min(max, 4096);
+    CheckContext(m, context, 1, kv_type);
+    return context;
   }
 };
 
@@ -200,6 +204,7 @@ void RunChat(const ChatFlags& f) {
 void RunPerplexity(const std::string& model, const std::string& file, int32_t context,
                    DType kv_type) {
   const LoadedModel m = LoadModelOrDefault(model);
+  CheckContext(m, context, 1, kv_type);
   const std::string text = file == "-" ? ReadStdin() : ReadFile(file);
   const PerplexityResult r = ComputePerplexity(
       *m.model, *m.tokenizer, text, context, kv_type, [](int32_t c, int32_t n, double p) {
@@ -225,6 +230,7 @@ std::string Bytes(uint64_t n) {
 void RunInfo(const std::string& path, int32_t context, DType kv_type) {
   const LoadedModel m = LoadModelOrDefault(path);
   const ModelConfig& c = m.model->config();
+  if (context < 0) Fail("--ctx ", context, " must be positive");
   const int32_t ctx = context > 0 ? context : std::min(c.max_position_embeddings, 4096);
   std::printf("model: %s\narchitecture: %s\n", m.source.c_str(), c.architecture.c_str());
   std::printf(
@@ -267,7 +273,8 @@ void RegisterGenerate(CLI::App& app) {
   CLI::App* cmd = app.add_subcommand(
       "generate", "Continue a prompt (or answer it with --template), streaming the new text");
   cmd->add_option("-m,--model", f->model,
-                  "a Hugging Face directory or a GGUF file (default: the embedded stories260K)");
+                  "a Hugging Face directory or a GGUF file (default: the embedded stories260K)")
+      ->check(NonEmpty());
   cmd->add_option("-p,--prompt", f->prompt, "the prompt text (\"\" for BOS alone)");
   cmd->add_option("-f,--file", f->file, "read the prompt from FILE ('-': stdin)");
   cmd->add_option("--template", f->template_name,
@@ -285,7 +292,8 @@ void RegisterChat(CLI::App& app) {
   auto f = std::make_shared<ChatFlags>();
   CLI::App* cmd = app.add_subcommand(
       "chat", "Multi-turn chat on stdin (interactive or piped, one message per line)");
-  cmd->add_option("-m,--model", f->model, "a Hugging Face directory or a GGUF file");
+  cmd->add_option("-m,--model", f->model, "a Hugging Face directory or a GGUF file")
+      ->check(NonEmpty());
   cmd->add_option("--template", f->template_name,
                   "chat template (default: the model's own, when it is a known one)");
   cmd->add_option("--system", f->system, "system message");
@@ -299,7 +307,8 @@ void RegisterPerplexity(CLI::App& app) {
   auto context = std::make_shared<int32_t>(512);
   CLI::App* cmd = app.add_subcommand(
       "perplexity", "Mean negative log-likelihood and perplexity of a text (llama.cpp's method)");
-  cmd->add_option("-m,--model", *model, "a Hugging Face directory or a GGUF file");
+  cmd->add_option("-m,--model", *model, "a Hugging Face directory or a GGUF file")
+      ->check(NonEmpty());
   cmd->add_option("-f,--file", *file, "the text ('-': stdin)")->required();
   cmd->add_option("-c,--ctx", *context, "window length in tokens")->capture_default_str();
   AddThreadsOption(cmd);
@@ -313,7 +322,8 @@ void RegisterInfo(CLI::App& app) {
   auto context = std::make_shared<int32_t>(0);
   CLI::App* cmd = app.add_subcommand(
       "info", "Show a model's config, tensors, dtypes and the memory it will use");
-  cmd->add_option("-m,--model", *model, "a Hugging Face directory or a GGUF file");
+  cmd->add_option("-m,--model", *model, "a Hugging Face directory or a GGUF file")
+      ->check(NonEmpty());
   cmd->add_option("-c,--ctx", *context, "context length for the KV cache estimate");
   auto kv_type = std::make_shared<DType>(DType::kF32);
   AddKvTypeOption(cmd, kv_type.get());
@@ -332,6 +342,35 @@ void AddThreadsOption(CLI::App* cmd) {
 
 void AddThreadsOption(CLI::App* cmd, int* /*threads*/) {
   AddThreadsOption(cmd);
+}
+
+CLI::Validator NonEmpty() {
+  return CLI::Validator(
+      [](const std::string& value) {
+        return value.empty() ? std::string("must not be empty") : std::string();
+      },
+      "", "NonEmpty");
+}
+
+void CheckContext(const LoadedModel& m, int64_t context, int64_t sequences, DType kv_type) {
+  const ModelConfig& c = m.model->config();
+  if (context <= 0) Fail("--ctx ", context, " must be positive");
+  if (context > c.max_position_embeddings) {
+    Fail("--ctx ", context, " exceeds the model's ", c.max_position_embeddings,
+         " positions (max_position_embeddings)");
+  }
+  // Checked before allocating: a huge -c once ended in "internal error: std::bad_alloc" after
+  // gigabytes were touched.
+  const double kv = 2.0 * c.num_layers * static_cast<double>(context) * c.num_kv_heads *
+                    c.head_dim * static_cast<double>(DTypeSize(kv_type)) *
+                    static_cast<double>(sequences);
+  const double memory =
+      static_cast<double>(::sysconf(_SC_PHYS_PAGES)) * static_cast<double>(::sysconf(_SC_PAGESIZE));
+  if (memory > 0 && kv > memory) {
+    Fail("--ctx ", context, " needs ", Bytes(static_cast<uint64_t>(kv)), " of KV cache for ",
+         sequences, " sequence(s); this machine has ", Bytes(static_cast<uint64_t>(memory)),
+         " of memory");
+  }
 }
 
 void AddKvTypeOption(CLI::App* cmd, DType* kv_type) {

@@ -26,8 +26,10 @@ void RegisterServe(CLI::App& app) {
   CLI::App* cmd = app.add_subcommand(
       "serve", "OpenAI-compatible HTTP server with batched streaming and a web chat page");
   cmd->add_option("-m,--model", *model,
-                  "a Hugging Face directory or a GGUF file (default: the embedded model)");
-  cmd->add_option("--rm", *reward, "a reward model directory: enables POST /v1/rewards");
+                  "a Hugging Face directory or a GGUF file (default: the embedded model)")
+      ->check(NonEmpty());
+  cmd->add_option("--rm", *reward, "a reward model directory: enables POST /v1/rewards")
+      ->check(NonEmpty());
   cmd->add_option("--host", o->host, "address to listen on")->capture_default_str();
   cmd->add_option("--port", o->port, "port (0: any free port)")
       ->check(CLI::Range(0, 65535))
@@ -55,6 +57,7 @@ void RegisterServe(CLI::App& app) {
   cmd->callback([=] {
     ServerOptions options = *o;
     const LoadedModel loaded = LoadModelOrDefault(*model);
+    CheckContext(loaded, options.context, options.parallel, options.kv_type);
     options.model_name = model->empty() ? std::string(kEmbeddedModelName) : BaseName(*model);
     std::optional<LoadedRewardModel> rm;
     if (!reward->empty()) {
