@@ -281,4 +281,18 @@ TEST(Cli, ModelThatIsAFifoIsRefusedNotWaitedOn) {
   EXPECT_NE(r.err.find(fifo + ": not a regular file"), std::string::npos) << r.err;
 }
 
+TEST(Cli, ThreadsThatCannotStartAreAnErrorNotACrash) {
+  // 1024 threads' stacks (8 MiB of address space each) cannot fit under a 1 GB limit: the
+  // pool's constructor left started threads joinable (std::terminate) or hung.
+  const std::string err = WriteTemp("threads_err", "");
+  const int status = std::system(("ulimit -v 1000000; timeout 120 " + kStarling +
+                                  " generate -p x -n 2 --seed 1 -t 1024 >/dev/null 2>" + err)
+                                     .c_str());
+  std::ifstream f(err);
+  const std::string message(std::istreambuf_iterator<char>(f), {});
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 1) << message;
+  EXPECT_NE(message.find("cannot start 1024 compute threads (-t)"), std::string::npos) << message;
+}
+
 }  // namespace
