@@ -262,6 +262,9 @@ TEST(Cli, BadValuesAreErrorsNamingTheFlag) {
       {"info -c -1", "--ctx -1 must be positive"},
       {"serve --parallel 256 -c 1048576", "--ctx 1048576 exceeds the model's 2048 positions"},
       {"generate -m " + tiny + " -p x -c 1048576", "--ctx 1048576 exceeds the model's 8192"},
+      {"generate -p x --seed 18446744073709551616", "--seed: must be an integer from 0 to"},
+      {"chat --seed 1e3", "--seed: must be an integer from 0 to"},
+      {"detokenize --tokenizer " + kOpenChat + " 1,,2", "'1,,2' has an empty token id"},
   };
   for (const auto& [args, message] : cases) {
     const RunStarlingResult r = RunStarling(args);

@@ -1,6 +1,7 @@
 // `starling generate`, `chat`, `perplexity` and `info`.
 #include <unistd.h>
 
+#include <charconv>
 #include <cstdio>
 #include <iostream>
 #include <limits>
@@ -52,7 +53,20 @@ struct SamplingFlags {
     cmd->add_option("--repeat-penalty", repeat_penalty, "1 is off")->capture_default_str();
     cmd->add_option("--repeat-last-n", repeat_last_n, "tokens the penalty looks back")
         ->capture_default_str();
-    cmd->add_option("--seed", seed, "sampling seed (default: random, printed to stderr)");
+    cmd->add_option("--seed", seed, "sampling seed (default: random, printed to stderr)")
+        ->check(CLI::Validator(
+            [](const std::string& value) {
+              // Whole and in range: CLI11 took 2^64 silently (clamped).
+              int64_t parsed = 0;
+              const auto [end, ec] =
+                  std::from_chars(value.data(), value.data() + value.size(), parsed);
+              return ec == std::errc() && end == value.data() + value.size() && parsed >= -1
+                         ? std::string()
+                         : std::string(
+                               "must be an integer from 0 to 9223372036854775807 (-1: "
+                               "random)");
+            },
+            "", "Seed"));
     cmd->add_option("-c,--ctx", context,
                     "context length: KV cache positions (default: the model's, at most 4096)");
     cmd->add_option("--stop", stop, "stop string (repeatable)");
