@@ -274,6 +274,30 @@ TEST(Cli, BadValuesAreErrorsNamingTheFlag) {
   }
 }
 
+TEST(Cli, ContextWhoseKvCacheExceedsMemoryIsRefusedBeforeAllocating) {
+  // 32 layers x 8 KV heads x 64 dims: 2 x 32 x 8 x 64 x 4 bytes = 128 KiB per position, so 2^24
+  // positions need 2 TiB, and 256 slots of 2^20 positions 32 TiB: more than any test machine.
+  starling::testing::TempDir dir("bigctx");
+  const std::string config = dir.path() + "/config.json";
+  std::ofstream(config) << R"({"architectures": ["MistralForCausalLM"], "model_type": "mistral",
+    "vocab_size": 32002, "hidden_size": 64, "intermediate_size": 64, "num_hidden_layers": 32,
+    "num_attention_heads": 8, "num_key_value_heads": 8, "head_dim": 64,
+    "max_position_embeddings": 16777216, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
+    "tie_word_embeddings": true, "bos_token_id": 1, "eos_token_id": 32000})";
+  const std::string model = dir.path() + "/big.gguf";
+  const RunStarlingResult made =
+      RunStarling("make-model " + model + " --config " + config + " --type f32 --vocab " +
+                  std::string(STARLING_TEST_DATA_DIR) + "/tiny-mistral/hf");
+  ASSERT_EQ(made.exit_code, 0) << made.err;
+  for (const auto& [args, message] : std::vector<std::pair<std::string, std::string>>{
+           {"generate -p x -c 16777216", "--ctx 16777216 needs 2048.00 GiB of KV cache for 1"},
+           {"serve --parallel 256 -c 1048576", "--ctx 1048576 needs 32768.00 GiB of KV cache"}}) {
+    const RunStarlingResult r = RunStarling(args + " -m " + model);
+    EXPECT_EQ(r.exit_code, 1) << args;
+    EXPECT_NE(r.err.find(message), std::string::npos) << args << ": " << r.err;
+  }
+}
+
 TEST(Cli, ModelThatIsAFifoIsRefusedNotWaitedOn) {
   starling::testing::TempDir dir("fifo");
   const std::string fifo = dir.path() + "/model.gguf";
