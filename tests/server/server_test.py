@@ -221,7 +221,7 @@ def check_shutdown():
         q8 = tmp + "/q8.gguf"
         subprocess.run([STARLING, "quantize", DATA + "/tiny-mistral/model-f32.gguf", q8,
                         "--type", "q8_0"], check=True, capture_output=True)
-        long = {"prompt": "Once upon a time", "max_tokens": 1000, "seed": 1, "stream": True}
+        long = {"prompt": "Once upon a time", "max_tokens": 2000, "seed": 1, "stream": True}
 
         # A stream in flight at SIGTERM finishes; meanwhile new requests get 503.
         s = Server("-m", q8, "--ctx", "4096", "--drain-timeout", "60")
