@@ -217,13 +217,19 @@ class Server {
       while (open_streams_ > 0 && std::chrono::steady_clock::now() < deadline) {
         std::this_thread::sleep_for(std::chrono::milliseconds(10));
       }
-      http_.stop();  // returns once the drained requests' handlers have written their ends
+      // stop() does nothing before the accept loop runs: a signal right after the start line
+      // would leave listen_after_bind() running forever.
+      while (!http_.is_running() && !listen_returned_) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      }
+      http_.stop();  // listen_after_bind() then joins the HTTP workers and returns
     });
     std::fprintf(stderr, "starling serve: %s on http://%s:%d (%d slots, context %d, %s KV cache)\n",
                  options_.model_name.c_str(), options_.host.c_str(), port, options_.parallel,
                  options_.context, DTypeName(options_.kv_type));
     std::fflush(stderr);
     const bool listened = http_.listen_after_bind();
+    listen_returned_ = true;
     {
       std::lock_guard lock(stop->mutex);
       if (stop->signal == 0) stop->signal = -1;  // the listening socket failed: stop anyway
@@ -465,6 +471,7 @@ class Server {
   std::mutex reward_mutex_;
   std::atomic<bool> shutting_down_{false};
   std::atomic<int> open_streams_{0};  // streaming responses not yet fully written
+  std::atomic<bool> listen_returned_{false};
   httplib::Server http_;
 };
 
