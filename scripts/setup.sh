@@ -15,6 +15,7 @@ packages=(
   libblis-serial-dev            # sgemm for training's matrix products (src/kernels/gemm)
   libcairo2-dev                 # starling plot: training curves as SVG or PNG
   python3 curl                  # the server's end-to-end test and the browser test's runner
+  valgrind                      # memcheck of the CLI's option handling (tests/cli_memcheck.sh)
   chromium                      # the web page's headless-browser test (playwright-core from npm)
 )
 # Node.js and npm for that test: Debian's packages unless the machine already has node and npm

@@ -1,5 +1,6 @@
 // The starling executable end to end: real processes, real files, exit codes.
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -7,6 +8,7 @@
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -242,6 +244,82 @@ TEST(Cli, RankSummarizesAgreementAndReusesPrompts) {
   ASSERT_EQ(separate.exit_code, 0) << separate.err;
   EXPECT_EQ(separate.out.substr(0, separate.out.find("{\"summary\"")),
             r.out.substr(0, r.out.find("{\"summary\"")));
+}
+
+TEST(Cli, BadValuesAreErrorsNamingTheFlag) {
+  const std::string tiny = std::string(STARLING_TEST_DATA_DIR) + "/tiny-mistral/hf";
+  const std::string text = WriteTemp("ppl.txt", "Once upon a time there was a cat.\n");
+  // Each was accepted silently (or ended in "internal error: std::bad_alloc").
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"generate -p x --top-k -5", "--top-k: Value -5 not in range 0 to"},
+      {"generate -p x -m ''", "--model: must not be empty"},
+      {"chat -m ''", "--model: must not be empty"},
+      {"serve -m ''", "--model: must not be empty"},
+      {"serve --rm ''", "--rm: must not be empty"},
+      {"generate -p x -c 1e8", "--ctx"},
+      {"generate -p x -c 4096", "--ctx 4096 exceeds the model's 2048 positions"},
+      {"perplexity -f " + text + " -c 100000", "--ctx 100000 exceeds the model's 2048 positions"},
+      {"info -c -1", "--ctx -1 must be positive"},
+      {"serve --parallel 256 -c 1048576", "--ctx 1048576 exceeds the model's 2048 positions"},
+      {"generate -m " + tiny + " -p x -c 1048576", "--ctx 1048576 exceeds the model's 8192"},
+      {"generate -p x --seed 18446744073709551616", "--seed: must be an integer from 0 to"},
+      {"chat --seed 1e3", "--seed: must be an integer from 0 to"},
+      {"detokenize --tokenizer " + kOpenChat + " 1,,2", "'1,,2' has an empty token id"},
+  };
+  for (const auto& [args, message] : cases) {
+    const RunStarlingResult r = RunStarling(args);
+    EXPECT_NE(r.exit_code, 0) << args;
+    EXPECT_NE(r.err.find(message), std::string::npos) << args << ": " << r.err;
+    EXPECT_EQ(r.err.find("internal error"), std::string::npos) << args << ": " << r.err;
+  }
+}
+
+TEST(Cli, ContextWhoseKvCacheExceedsMemoryIsRefusedBeforeAllocating) {
+  // 32 layers x 8 KV heads x 64 dims: 2 x 32 x 8 x 64 x 4 bytes = 128 KiB per position, so 2^24
+  // positions need 2 TiB, and 256 slots of 2^20 positions 32 TiB: more than any test machine.
+  starling::testing::TempDir dir("bigctx");
+  const std::string config = dir.path() + "/config.json";
+  std::ofstream(config) << R"({"architectures": ["MistralForCausalLM"], "model_type": "mistral",
+    "vocab_size": 32002, "hidden_size": 64, "intermediate_size": 64, "num_hidden_layers": 32,
+    "num_attention_heads": 8, "num_key_value_heads": 8, "head_dim": 64,
+    "max_position_embeddings": 16777216, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
+    "tie_word_embeddings": true, "bos_token_id": 1, "eos_token_id": 32000})";
+  const std::string model = dir.path() + "/big.gguf";
+  const RunStarlingResult made =
+      RunStarling("make-model " + model + " --config " + config + " --type f32 --vocab " +
+                  std::string(STARLING_TEST_DATA_DIR) + "/tiny-mistral/hf");
+  ASSERT_EQ(made.exit_code, 0) << made.err;
+  for (const auto& [args, message] : std::vector<std::pair<std::string, std::string>>{
+           {"generate -p x -c 16777216", "--ctx 16777216 needs 2048.00 GiB of KV cache for 1"},
+           {"serve --parallel 256 -c 1048576", "--ctx 1048576 needs 32768.00 GiB of KV cache"}}) {
+    const RunStarlingResult r = RunStarling(args + " -m " + model);
+    EXPECT_EQ(r.exit_code, 1) << args;
+    EXPECT_NE(r.err.find(message), std::string::npos) << args << ": " << r.err;
+  }
+}
+
+TEST(Cli, ModelThatIsAFifoIsRefusedNotWaitedOn) {
+  starling::testing::TempDir dir("fifo");
+  const std::string fifo = dir.path() + "/model.gguf";
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  // Opening a FIFO for reading used to block until a writer came: forever.
+  const RunStarlingResult r = RunStarling("generate -p x -m " + fifo);
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find(fifo + ": not a regular file"), std::string::npos) << r.err;
+}
+
+TEST(Cli, ThreadsThatCannotStartAreAnErrorNotACrash) {
+  // 1024 threads' stacks (8 MiB of address space each) cannot fit under a 1 GB limit: the
+  // pool's constructor left started threads joinable (std::terminate) or hung.
+  const std::string err = WriteTemp("threads_err", "");
+  const int status = std::system(("ulimit -v 1000000; timeout 120 " + kStarling +
+                                  " generate -p x -n 2 --seed 1 -t 1024 >/dev/null 2>" + err)
+                                     .c_str());
+  std::ifstream f(err);
+  const std::string message(std::istreambuf_iterator<char>(f), {});
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 1) << message;
+  EXPECT_NE(message.find("cannot start 1024 compute threads (-t)"), std::string::npos) << message;
 }
 
 }  // namespace

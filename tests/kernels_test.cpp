@@ -16,6 +16,7 @@
 #include <utility>
 #include <vector>
 
+#include "core/error.h"
 #include "core/thread_pool.h"
 #include "kernels/dot.h"
 #include "kernels/kernels.h"
@@ -644,6 +645,26 @@ TEST(ThreadPool, CallersOnSeveralThreadsTakeTurns) {
   for (std::thread& t : callers) t.join();
   EXPECT_EQ(sums[0].load(), 500 * 90);
   EXPECT_EQ(sums[1].load(), 500 * 90);
+}
+
+TEST(ThreadPool, AnExceptionInAnyThreadReachesTheCallerAndThePoolGoesOn) {
+  // Thrown on a worker it ended the process (std::terminate); thrown on the caller's part it
+  // left the workers running on the caller's unwound stack.
+  ThreadPool pool(4);
+  for (const int64_t bad : {0, 1, 37, 63}) {  // the grain the caller or a worker may take
+    std::atomic<int64_t> ran{0};
+    EXPECT_THROW(pool.ParallelFor(64, 1,
+                                  [&](int64_t begin, int64_t, int) {
+                                    if (begin == bad) throw Error("grain failed");
+                                    ++ran;
+                                  }),
+                 Error)
+        << bad;
+    EXPECT_LT(ran.load(), 64);
+    std::atomic<int64_t> sum{0};  // the next job runs whole
+    pool.ParallelFor(64, 1, [&](int64_t begin, int64_t end, int) { sum += end - begin; });
+    EXPECT_EQ(sum.load(), 64);
+  }
 }
 
 }  // namespace

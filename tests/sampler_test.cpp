@@ -473,6 +473,9 @@ TEST(Sampler, ValidateNamesTheBadField) {
   bad = {};
   bad.repeat_last_n = -2;
   expect_error(bad, "repeat_last_n");
+  SamplerConfig negative_k;
+  negative_k.top_k = -5;  // was taken as "off"
+  expect_error(negative_k, "top_k");
   try {
     SamplerConfig config;
     config.top_p = 1.5f;
@@ -484,7 +487,7 @@ TEST(Sampler, ValidateNamesTheBadField) {
   // The edges of each range are valid.
   SamplerConfig edges;
   edges.temperature = 0.0f;
-  edges.top_k = -3;
+  edges.top_k = 0;
   edges.top_p = 1.0f;
   edges.min_p = 1.0f;
   edges.repeat_penalty = 1e-3f;

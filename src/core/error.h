@@ -2,6 +2,7 @@
 // (files, JSON, command-line values). Messages name the file, field or position.
 #pragma once
 
+#include <exception>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -43,6 +44,18 @@ inline std::string PrintableForError(std::string_view s, size_t max_bytes = 96) 
   }
   if (n < s.size()) out += Concat("...(", s.size(), " bytes)");
   return out;
+}
+
+// Inside a catch block: the message of the exception being handled (what() of a
+// std::exception, else a fixed text). For the catch-all at a thread's entry point.
+inline std::string CurrentExceptionMessage() {
+  try {
+    throw;
+  } catch (const std::exception& e) {
+    return e.what();
+  } catch (...) {
+    return "an exception that is not a std::exception";
+  }
 }
 
 template <typename... Parts>

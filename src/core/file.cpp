@@ -40,9 +40,23 @@ std::string ReadFile(const std::string& path) {
   return out;
 }
 
-std::string ReadFilePrefix(const std::string& path, size_t max_bytes) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+namespace {
+// Opens a file that must be regular (a model, a tokenizer), refusing anything else before a
+// read: O_NONBLOCK keeps open() from waiting forever for a FIFO's writer.
+int OpenRegularFile(const std::string& path, struct stat* st) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) Fail(path, ": cannot open: ", std::strerror(errno));
+  if (::fstat(fd, st) != 0 || !S_ISREG(st->st_mode)) {
+    ::close(fd);
+    Fail(path, ": not a regular file");
+  }
+  return fd;
+}
+}  // namespace
+
+std::string ReadFilePrefix(const std::string& path, size_t max_bytes) {
+  struct stat st {};
+  const int fd = OpenRegularFile(path, &st);
   std::string out(max_bytes, '\0');
   size_t got = 0;
   while (got < max_bytes) {
@@ -100,13 +114,8 @@ bool IsDirectory(const std::string& path) {
 }
 
 MappedFile::MappedFile(const std::string& path) : path_(path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) Fail(path, ": cannot open: ", std::strerror(errno));
   struct stat st {};
-  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-    ::close(fd);
-    Fail(path, ": not a regular file");
-  }
+  const int fd = OpenRegularFile(path, &st);
   size_ = static_cast<size_t>(st.st_size);
   if (size_ > 0) {
     void* p = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);

@@ -2,6 +2,10 @@
 
 #include <algorithm>
 #include <memory>
+#include <system_error>
+#include <utility>
+
+#include "core/error.h"
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -38,10 +42,22 @@ ThreadPool::ThreadPool(int threads) {
   const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   if (threads <= 0) threads = cores;
   spin_iterations_ = threads <= cores ? kSpinIterations : 0;
-  for (int i = 1; i < threads; ++i) workers_.emplace_back([this, i] { WorkerLoop(i); });
+  try {
+    for (int i = 1; i < threads; ++i) workers_.emplace_back([this, i] { WorkerLoop(i); });
+  } catch (const std::system_error& e) {
+    // E.g. -t 1024 under a memory limit. The destructor will not run: stop the workers that did
+    // start here (a joinable std::thread left behind would call std::terminate).
+    StopWorkers();
+    Fail("cannot start ", threads, " compute threads (-t): ", e.what(), " after ",
+         workers_.size() + 1);
+  }
 }
 
 ThreadPool::~ThreadPool() {
+  StopWorkers();
+}
+
+void ThreadPool::StopWorkers() {
   {
     std::lock_guard<std::mutex> lock(mutex_);
     stop_ = true;
@@ -61,9 +77,17 @@ void ThreadPool::SetGlobalThreads(int threads) {
 
 void ThreadPool::RunGrains(int thread) {
   const int64_t grains = (n_ + grain_ - 1) / grain_;
-  for (int64_t g = next_grain_.fetch_add(1, std::memory_order_relaxed); g < grains;
-       g = next_grain_.fetch_add(1, std::memory_order_relaxed)) {
-    task_(context_, g * grain_, std::min(n_, (g + 1) * grain_), thread);
+  try {
+    for (int64_t g = next_grain_.fetch_add(1, std::memory_order_relaxed); g < grains;
+         g = next_grain_.fetch_add(1, std::memory_order_relaxed)) {
+      task_(context_, g * grain_, std::min(n_, (g + 1) * grain_), thread);
+    }
+  } catch (...) {
+    // Escaping a worker would end the process; escaping the caller's part early would leave
+    // the workers running on its stack. Keep the first, skip the grains left, let Run rethrow.
+    next_grain_.store(grains, std::memory_order_relaxed);
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (error_ == nullptr) error_ = std::current_exception();
   }
 }
 
@@ -92,9 +116,13 @@ void ThreadPool::Run(int64_t n, int64_t grain, Task task, void* context) {
   start_.notify_all();
   RunGrains(0);
   const auto finished = [this] { return pending_.load(std::memory_order_acquire) == 0; };
-  if (SpinUntil(spin_iterations_, finished)) return;
-  std::unique_lock<std::mutex> lock(mutex_);
-  done_.wait(lock, finished);
+  if (!SpinUntil(spin_iterations_, finished)) {
+    std::unique_lock<std::mutex> lock(mutex_);
+    done_.wait(lock, finished);
+  }
+  // Every part has ended, and pending_ was read with acquire after each part's release: no
+  // thread writes error_ now.
+  if (error_ != nullptr) std::rethrow_exception(std::exchange(error_, nullptr));
 }
 
 void ThreadPool::WorkerLoop(int index) {

@@ -6,6 +6,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
+#include <exception>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -34,6 +35,9 @@ class ThreadPool {
     Run(n, grain, &Invoke<Fn>, &fn);
   }
 
+  // An exception thrown by fn on any thread stops the grains not yet taken and is rethrown
+  // here, on the caller's thread, once every thread has stopped (the first one, if several).
+  //
   // The process-wide pool used by the kernels; SetGlobalThreads must be called before first
   // use to change its size (e.g. from the CLI's -t).
   static ThreadPool& Global();
@@ -48,6 +52,7 @@ class ThreadPool {
   void Run(int64_t n, int64_t grain, Task task, void* context);
   void WorkerLoop(int index);
   void RunGrains(int thread);
+  void StopWorkers();  // joins every started worker
 
   std::vector<std::thread> workers_;
   std::mutex run_mutex_;  // one job at a time
@@ -69,6 +74,7 @@ class ThreadPool {
   int64_t grain_ = 1;
   int parts_ = 0;
   std::atomic<int64_t> next_grain_{0};
+  std::exception_ptr error_;  // the current job's first exception, under mutex_
 };
 
 }  // namespace starling

@@ -57,6 +57,7 @@ void SamplerConfig::Validate() const {
   if (!(std::isfinite(temperature) && temperature >= 0.0f)) {
     Fail("temperature = ", temperature, " is out of range: must be finite and >= 0");
   }
+  if (top_k < 0) Fail("top_k = ", top_k, " is out of range: must be >= 0 (0 is off)");
   if (!(top_p > 0.0f && top_p <= 1.0f)) {
     Fail("top_p = ", top_p, " is out of range (0, 1]");
   }

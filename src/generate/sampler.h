@@ -43,7 +43,7 @@ namespace starling {
 
 struct SamplerConfig {
   float temperature = 0.8f;     // < 1e-6 (e.g. 0): greedy argmax, ties -> lowest id
-  int32_t top_k = 40;           // <= 0: off
+  int32_t top_k = 40;           // 0: off (negative: an error)
   float top_p = 0.95f;          // in (0, 1]; 1: off
   float min_p = 0.05f;          // in [0, 1]; 0: off
   float repeat_penalty = 1.0f;  // > 0; 1: off. logit > 0 ? logit / p : logit * p (CTRL)

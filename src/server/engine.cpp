@@ -1,6 +1,7 @@
 #include "server/engine.h"
 
 #include <chrono>
+#include <cstdio>
 
 #include "core/error.h"
 
@@ -33,6 +34,17 @@ void Job::Finish(FinishReason reason, int64_t completion_tokens) {
   ready_.notify_all();
 }
 
+void Job::FinishWithError(std::string message, int64_t completion_tokens) {
+  {
+    std::lock_guard lock(mutex_);
+    finished_ = true;
+    finish_ = FinishReason::kCancelled;
+    error_ = std::move(message);
+    completion_tokens_ = completion_tokens;
+  }
+  ready_.notify_all();
+}
+
 Engine::Engine(const Model& model, const Tokenizer& tokenizer, int slots, int32_t context,
                int queue_limit, DType kv_type)
     : model_(model), tokenizer_(tokenizer), context_(context), queue_limit_(queue_limit) {
@@ -41,7 +53,17 @@ Engine::Engine(const Model& model, const Tokenizer& tokenizer, int slots, int32_
   slots_.resize(static_cast<size_t>(slots));
   for (Slot& slot : slots_) slot.session = std::make_unique<Session>(model, context, kv_type);
   logits_.resize(static_cast<size_t>(slots) * static_cast<size_t>(model.config().vocab_size));
-  thread_ = std::thread([this] { Loop(); });
+  thread_ = std::thread([this] {
+    try {
+      Loop();
+    } catch (...) {
+      // The loop's own bookkeeping failed (say, out of memory): rather than end the process,
+      // every job fails with the reason and no new one is taken.
+      const std::string message = CurrentExceptionMessage();
+      std::fprintf(stderr, "starling serve: the engine stopped: %s\n", message.c_str());
+      EndAll(message);
+    }
+  });
 }
 
 Engine::~Engine() {
@@ -52,7 +74,7 @@ std::shared_ptr<Job> Engine::Submit(std::vector<int32_t> prompt, GenerationOptio
   auto job = std::make_shared<Job>(std::move(prompt), std::move(options));
   {
     std::lock_guard lock(mutex_);
-    if (stop_) return nullptr;
+    if (stop_ || draining_) return nullptr;
     size_t busy = 0;
     for (const Slot& slot : slots_) busy += slot.job != nullptr;
     // Free slots take jobs at once; beyond them, at most queue_limit_ wait.
@@ -61,6 +83,26 @@ std::shared_ptr<Job> Engine::Submit(std::vector<int32_t> prompt, GenerationOptio
   }
   wake_.notify_all();
   return job;
+}
+
+void Engine::Drain(std::chrono::milliseconds timeout) {
+  {
+    std::unique_lock lock(mutex_);
+    draining_ = true;
+    idle_.wait_for(lock, timeout, [&] {
+      if (stop_) return true;
+      for (const Slot& slot : slots_) {
+        if (slot.job != nullptr) return false;
+      }
+      return queue_.empty();
+    });
+  }
+  Shutdown();
+}
+
+bool Engine::stopping() const {
+  std::lock_guard lock(mutex_);
+  return stop_ || draining_;
 }
 
 void Engine::Shutdown() {
@@ -80,8 +122,22 @@ EngineStats Engine::stats() const {
 
 void Engine::Release(Slot& slot) {
   slot.stream.reset();
-  std::lock_guard lock(mutex_);
-  slot.job.reset();
+  {
+    std::lock_guard lock(mutex_);
+    slot.job.reset();
+  }
+  idle_.notify_all();
+}
+
+void Engine::FailSlot(Slot& slot) {
+  std::string message = CurrentExceptionMessage();
+  std::fprintf(stderr, "starling serve: a request failed: %s\n", message.c_str());
+  const int64_t generated =
+      slot.stream != nullptr ? static_cast<int64_t>(slot.stream->tokens().size()) : 0;
+  // The cache may hold a partly processed prompt: start the slot's next job afresh.
+  slot.session->Truncate(0);
+  slot.job->FinishWithError(std::move(message), generated);
+  Release(slot);
 }
 
 namespace {
@@ -116,22 +172,22 @@ void Engine::Start(Slot& slot, std::shared_ptr<Job> job) {
     const auto reuse = static_cast<size_t>(slot.session->ReusePrefix(j.prompt_));
     slot.stream = std::make_unique<GenerationStream>(tokenizer_, j.prompt_, j.options_);
     slot.session->Forward(std::span(j.prompt_).subspan(reuse), logits);
-    std::lock_guard lock(mutex_);
-    stats_.prompt_tokens += static_cast<int64_t>(j.prompt_.size());
-    stats_.prompt_reused += static_cast<int64_t>(reuse);
-  } catch (const Error&) {
-    slot.session->Truncate(0);
-    // The handler validated the request; a failure here is a bug or a resource problem.
-    j.Finish(FinishReason::kCancelled, 0);
-    Release(slot);
-    return;
+    {
+      std::lock_guard lock(mutex_);
+      stats_.prompt_tokens += static_cast<int64_t>(j.prompt_.size());
+      stats_.prompt_reused += static_cast<int64_t>(reuse);
+    }
+    if (slot.stream->done()) {  // max_tokens 0
+      j.Finish(slot.stream->finish(), 0);
+      Release(slot);
+      return;
+    }
+    Advance(slot, logits);
+  } catch (...) {
+    // The handler validated the request: this is a bug, a resource problem or a model whose
+    // numbers broke down (e.g. NaN logits). Only this request fails.
+    FailSlot(slot);
   }
-  if (slot.stream->done()) {  // max_tokens 0
-    j.Finish(slot.stream->finish(), 0);
-    Release(slot);
-    return;
-  }
-  Advance(slot, logits);
 }
 
 void Engine::Advance(Slot& slot, std::span<float> logits) {
@@ -203,14 +259,9 @@ void Engine::Loop() {
     if (active.empty()) continue;
     try {
       Session::ForwardBatch(sessions, tokens, logits_, &scratch_);
-    } catch (const Error&) {
-      // Checked before any work (context, ids), so no slot changed: end these jobs cleanly.
-      for (Slot* slot : active) {
-        slot->job->Finish(FinishReason::kCancelled,
-                          static_cast<int64_t>(slot->stream->tokens().size()));
-        slot->session->Truncate(0);
-        Release(*slot);
-      }
+    } catch (...) {
+      // Which slot's state is consistent is unknown: every job of the step fails.
+      for (Slot* slot : active) FailSlot(*slot);
       continue;
     }
     {
@@ -219,17 +270,35 @@ void Engine::Loop() {
       stats_.batched_rows += static_cast<int64_t>(active.size());
     }
     for (size_t i = 0; i < active.size(); ++i) {
-      Advance(*active[i], std::span(logits_).subspan(i * static_cast<size_t>(vocab),
-                                                     static_cast<size_t>(vocab)));
+      try {
+        Advance(*active[i], std::span(logits_).subspan(i * static_cast<size_t>(vocab),
+                                                       static_cast<size_t>(vocab)));
+      } catch (...) {  // e.g. all logits NaN: this job fails, the others go on
+        FailSlot(*active[i]);
+      }
     }
   }
-  // Shutdown: everything still queued or running ends as cancelled.
-  std::lock_guard lock(mutex_);
-  for (auto& job : queue_) job->Finish(FinishReason::kCancelled, 0);
+  EndAll({});  // shutdown: everything still queued or running ends as cancelled
+}
+
+void Engine::EndAll(const std::string& error) {
+  const std::lock_guard lock(mutex_);
+  // Drain waits under the same mutex: it sees stop_ once this returns.
+  idle_.notify_all();
+  stop_ = true;
+  auto end = [&](Job& job, int64_t generated) {
+    if (error.empty()) {
+      job.Finish(FinishReason::kCancelled, generated);
+    } else {
+      job.FinishWithError(error, generated);
+    }
+  };
+  for (auto& job : queue_) end(*job, 0);
   queue_.clear();
   for (Slot& slot : slots_) {
     if (slot.job != nullptr) {
-      slot.job->Finish(FinishReason::kCancelled, 0);
+      end(*slot.job,
+          slot.stream != nullptr ? static_cast<int64_t>(slot.stream->tokens().size()) : 0);
       slot.stream.reset();
       slot.job.reset();
     }

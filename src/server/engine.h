@@ -6,6 +6,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
@@ -35,6 +36,9 @@ class Job {
   void Cancel() { cancelled_ = true; }
 
   FinishReason finish() const { return finish_; }
+  // Once finished: why the job failed (the engine could not complete it; the request gets a
+  // server error), or empty when it ended normally or was cancelled.
+  const std::string& error() const { return error_; }
   int64_t completion_tokens() const { return completion_tokens_; }
   int64_t prompt_tokens() const { return static_cast<int64_t>(prompt_.size()); }
 
@@ -42,6 +46,7 @@ class Job {
   friend class Engine;
   void Deliver(const std::string& text, int64_t completion_tokens);
   void Finish(FinishReason reason, int64_t completion_tokens);
+  void FinishWithError(std::string message, int64_t completion_tokens);
 
   const std::vector<int32_t> prompt_;
   const GenerationOptions options_;
@@ -51,6 +56,7 @@ class Job {
   std::vector<std::string> pending_;
   bool finished_ = false;
   FinishReason finish_ = FinishReason::kLength;
+  std::string error_;
   int64_t completion_tokens_ = 0;
 };
 
@@ -69,10 +75,16 @@ class Engine {
          int queue_limit, DType kv_type = DType::kF32);
   ~Engine();  // cancels everything and joins
 
-  // Queues a job. Returns nullptr when the queue is full (the caller answers 503).
+  // Queues a job. Returns nullptr when the queue is full or the engine is stopping (the caller
+  // answers 503).
   std::shared_ptr<Job> Submit(std::vector<int32_t> prompt, GenerationOptions options);
+  // Takes no new job, waits up to `timeout` for the queued and running ones to end, then
+  // cancels what is left and stops the thread (Shutdown).
+  void Drain(std::chrono::milliseconds timeout);
   // Cancels queued and running jobs and stops the thread; idempotent.
   void Shutdown();
+  // True once Drain or Shutdown has begun (or the engine failed): Submit refuses every job.
+  bool stopping() const;
 
   int32_t context() const { return context_; }
   EngineStats stats() const;
@@ -91,6 +103,12 @@ class Engine {
   void Start(Slot& slot, std::shared_ptr<Job> job);
   void Advance(Slot& slot, std::span<float> logits);  // one sampled step of an active slot
   void Release(Slot& slot);
+  // Ends the slot's job with an error (the exception being handled) and frees the slot; the
+  // other slots go on.
+  void FailSlot(Slot& slot);
+  // Ends every queued and running job (cancelled, or failed with `error` when it is not
+  // empty) and refuses new ones.
+  void EndAll(const std::string& error);
 
   const Model& model_;
   const Tokenizer& tokenizer_;
@@ -102,7 +120,9 @@ class Engine {
 
   mutable std::mutex mutex_;
   std::condition_variable wake_;
+  std::condition_variable idle_;  // a slot was released (Drain waits for all of them)
   std::deque<std::shared_ptr<Job>> queue_;
+  bool draining_ = false;
   bool stop_ = false;
   EngineStats stats_;
   std::thread thread_;

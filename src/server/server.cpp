@@ -1,16 +1,17 @@
 #include "server/server.h"
 
 #include <httplib.h>
-#include <pthread.h>
-#include <signal.h>
 
+#include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstdio>
 #include <mutex>
 #include <random>
 #include <thread>
 
 #include "core/error.h"
+#include "core/signals.h"
 #include "server/engine.h"
 #include "server/openai_api.h"
 #include "server/web_page.h"
@@ -50,13 +51,23 @@ void SendError(httplib::Response& res, const ApiError& error) {
   res.set_content(ErrorBody(error), "application/json");
 }
 
-sigset_t ShutdownSignals() {
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGINT);
-  sigaddset(&signals, SIGTERM);
-  return signals;
+// The error a request gets when the engine could not complete its job.
+ApiError GenerationFailed(const Job& job) {
+  return ApiError(500, "server_error", "generation failed: " + job.error(), "",
+                  "generation_failed");
 }
+
+ApiError ShuttingDown() {
+  return ApiError(503, "server_error", "the server is shutting down", "", "shutting_down");
+}
+
+// A shutdown request from the signal thread, waited for by the server's stopping thread. Shared,
+// so that a signal handled late never reaches a destroyed server.
+struct StopRequest {
+  std::mutex mutex;
+  std::condition_variable cv;
+  int signal = 0;  // 0: not yet
+};
 
 // The parts of a completion request shared by /v1/chat/completions and /v1/completions.
 struct Prepared {
@@ -115,8 +126,8 @@ class Server {
             SendError(res, e);
           } catch (const Error& e) {
             SendError(res, ApiError(400, "invalid_request_error", e.what()));
-          } catch (const std::exception& e) {
-            SendError(res, ApiError(500, "server_error", e.what()));
+          } catch (...) {
+            SendError(res, ApiError(500, "server_error", CurrentExceptionMessage()));
           }
         });
     http_.Get("/", [](const httplib::Request&, httplib::Response& res) {
@@ -168,15 +179,6 @@ class Server {
       Rewards(ParseRewardsRequest(req.body), res);
     });
 
-    // SIGINT/SIGTERM (blocked in every thread since Serve began) are taken by one thread.
-    sigset_t signals = ShutdownSignals();
-    std::thread waiter([this, signals] {
-      int signal = 0;
-      sigwait(&signals, &signal);
-      std::fprintf(stderr, "starling serve: signal %d, shutting down\n", signal);
-      engine_.Shutdown();  // in-flight jobs end as cancelled; their handlers return
-      http_.stop();
-    });
     int port = options_.port;
     if (port == 0) {
       port = http_.bind_to_any_port(options_.host);
@@ -184,17 +186,58 @@ class Server {
       port = -1;
     }
     if (port < 0) {
-      engine_.Shutdown();
-      pthread_kill(waiter.native_handle(), SIGTERM);
-      waiter.join();
-      Fail("cannot listen on ", options_.host, ":", options_.port);
+      Fail("cannot listen on ", options_.host, ":", options_.port,
+           " (is the port in use, or the address not this machine's?)");
     }
+    // SIGINT/SIGTERM come from the signal thread (StartSignalThread); this thread acts on them.
+    auto stop = std::make_shared<StopRequest>();
+    SetSignalHandler([stop](int signal) {
+      {
+        std::lock_guard lock(stop->mutex);
+        stop->signal = signal;
+      }
+      stop->cv.notify_all();
+    });
+    std::thread stopper([this, stop] {
+      int signal = 0;
+      {
+        std::unique_lock lock(stop->mutex);
+        stop->cv.wait(lock, [&] { return stop->signal != 0; });
+        signal = stop->signal;
+      }
+      if (signal > 0) {
+        std::fprintf(stderr, "starling serve: signal %d, shutting down (draining up to %d s)\n",
+                     signal, options_.drain_seconds);
+      }
+      shutting_down_ = true;  // new requests get 503 from here on
+      engine_.Drain(std::chrono::seconds(options_.drain_seconds));
+      // Every job has ended; let the streams write their last chunk and [DONE] (httplib's
+      // stop() cuts a stream between two chunks), bounded for a client that does not read.
+      const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+      while (open_streams_ > 0 && std::chrono::steady_clock::now() < deadline) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      }
+      // stop() does nothing before the accept loop runs: a signal right after the start line
+      // would leave listen_after_bind() running forever.
+      while (!http_.is_running() && !listen_returned_) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      }
+      http_.stop();  // listen_after_bind() then joins the HTTP workers and returns
+    });
     std::fprintf(stderr, "starling serve: %s on http://%s:%d (%d slots, context %d, %s KV cache)\n",
                  options_.model_name.c_str(), options_.host.c_str(), port, options_.parallel,
                  options_.context, DTypeName(options_.kv_type));
     std::fflush(stderr);
-    http_.listen_after_bind();
-    waiter.join();
+    const bool listened = http_.listen_after_bind();
+    listen_returned_ = true;
+    {
+      std::lock_guard lock(stop->mutex);
+      if (stop->signal == 0) stop->signal = -1;  // the listening socket failed: stop anyway
+    }
+    stop->cv.notify_all();
+    stopper.join();
+    SetSignalHandler({});
+    if (!listened) Fail("the listening socket on ", options_.host, ":", port, " failed");
     return 0;
   }
 
@@ -204,6 +247,10 @@ class Server {
   }
 
   httplib::Server::HandlerResponse Authorize(const httplib::Request& req, httplib::Response& res) {
+    if (shutting_down_) {
+      SendError(res, ShuttingDown());
+      return httplib::Server::HandlerResponse::Handled;
+    }
     if (options_.api_key.empty() || !ProtectedPath(req.path)) {
       return httplib::Server::HandlerResponse::Unhandled;
     }
@@ -287,6 +334,7 @@ class Server {
     const Usage usage_prompt{static_cast<int64_t>(p.prompt.size()), 0};
     std::shared_ptr<Job> job = engine_.Submit(std::move(p.prompt), std::move(p.options));
     if (job == nullptr) {
+      if (engine_.stopping()) throw ShuttingDown();
       throw ApiError(503, "server_error",
                      "the server is busy: every slot is taken and the queue is full; retry "
                      "later",
@@ -300,6 +348,7 @@ class Server {
       for (bool finished = false; !finished;) {
         for (const std::string& piece : job->Wait(1000, &finished)) text += piece;
       }
+      if (!job->error().empty()) throw GenerationFailed(*job);
       if (job->finish() == FinishReason::kCancelled) {
         throw ApiError(503, "server_error", "the request was cancelled (server shutting down)");
       }
@@ -312,49 +361,69 @@ class Server {
     }
     res.set_header("Cache-Control", "no-cache");
     auto started = std::make_shared<bool>(false);
+    // Counts this stream as open until httplib has written it and dropped the provider.
+    ++open_streams_;
+    auto open = std::shared_ptr<void>(nullptr, [this](void*) { --open_streams_; });
+    // Called on an HTTP worker outside httplib's exception handling: nothing may escape it.
+    auto provide = [=](size_t, httplib::DataSink& sink) {
+      auto send = [&](const nlohmann::json& j) {
+        const std::string event = SseEvent(j);
+        return sink.write(event.data(), event.size());
+      };
+      auto end_stream = [&] {
+        const std::string done = SseDone();
+        sink.write(done.data(), done.size());
+        sink.done();
+        return true;
+      };
+      if (!*started) {
+        *started = true;
+        if (chat && !send(ChatCompletionChunk(id, model, created, "assistant", "", {}))) {
+          job->Cancel();
+          return false;
+        }
+      }
+      bool finished = false;
+      const std::vector<std::string> pieces = job->Wait(200, &finished);
+      // One event per token's text, as OpenAI streams, however fast they were generated.
+      for (const std::string& text : pieces) {
+        const bool ok = send(chat ? ChatCompletionChunk(id, model, created, {}, text, {})
+                                  : CompletionChunk(id, model, created, text, {}));
+        if (!ok) {  // the client went away: free the slot
+          job->Cancel();
+          return false;
+        }
+      }
+      if (pieces.empty() && !finished && !sink.is_writable()) {
+        job->Cancel();
+        return false;
+      }
+      if (!finished) return true;
+      // A failed generation ends the stream with OpenAI's error object, then [DONE].
+      if (!job->error().empty()) {
+        send(ErrorJson(GenerationFailed(*job)));
+        return end_stream();
+      }
+      const std::string reason = FinishReasonName(job->finish());
+      send(chat ? ChatCompletionChunk(id, model, created, {}, {}, reason)
+                : CompletionChunk(id, model, created, "", reason));
+      if (p.include_usage) {
+        send(UsageChunk(id, model, created, {usage_prompt.prompt_tokens, job->completion_tokens()},
+                        chat ? "chat.completion.chunk" : "text_completion"));
+      }
+      return end_stream();
+    };
     res.set_chunked_content_provider(
         "text/event-stream",
-        [=](size_t, httplib::DataSink& sink) {
-          auto send = [&](const nlohmann::json& j) {
-            const std::string event = SseEvent(j);
-            return sink.write(event.data(), event.size());
-          };
-          if (!*started) {
-            *started = true;
-            if (chat && !send(ChatCompletionChunk(id, model, created, "assistant", "", {}))) {
-              job->Cancel();
-              return false;
-            }
-          }
-          bool finished = false;
-          const std::vector<std::string> pieces = job->Wait(200, &finished);
-          // One event per token's text, as OpenAI streams, however fast they were generated.
-          for (const std::string& text : pieces) {
-            const bool ok = send(chat ? ChatCompletionChunk(id, model, created, {}, text, {})
-                                      : CompletionChunk(id, model, created, text, {}));
-            if (!ok) {  // the client went away: free the slot
-              job->Cancel();
-              return false;
-            }
-          }
-          if (pieces.empty() && !finished && !sink.is_writable()) {
+        [job, provide, open](size_t offset, httplib::DataSink& sink) {
+          try {
+            return provide(offset, sink);
+          } catch (...) {
+            std::fprintf(stderr, "starling serve: a stream failed: %s\n",
+                         CurrentExceptionMessage().c_str());
             job->Cancel();
             return false;
           }
-          if (!finished) return true;
-          if (job->finish() == FinishReason::kCancelled) return false;
-          const std::string reason = FinishReasonName(job->finish());
-          send(chat ? ChatCompletionChunk(id, model, created, {}, {}, reason)
-                    : CompletionChunk(id, model, created, "", reason));
-          if (p.include_usage) {
-            send(UsageChunk(id, model, created,
-                            {usage_prompt.prompt_tokens, job->completion_tokens()},
-                            chat ? "chat.completion.chunk" : "text_completion"));
-          }
-          const std::string done = SseDone();
-          sink.write(done.data(), done.size());
-          sink.done();
-          return true;
         },
         [job](bool success) {
           if (!success) job->Cancel();
@@ -400,16 +469,16 @@ class Server {
   const ChatTemplate* chat_template_ = nullptr;
   std::unique_ptr<RewardScorer> reward_scorer_;
   std::mutex reward_mutex_;
+  std::atomic<bool> shutting_down_{false};
+  std::atomic<int> open_streams_{0};  // streaming responses not yet fully written
+  std::atomic<bool> listen_returned_{false};
   httplib::Server http_;
 };
 
 }  // namespace
 
 int Serve(const LoadedModel& model, LoadedRewardModel* reward, const ServerOptions& options) {
-  // Block the shutdown signals before any thread starts (threads inherit the mask), so that
-  // only Run's waiting thread receives them.
-  const sigset_t signals = ShutdownSignals();
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  StartSignalThread();  // does nothing when main() started it first, as it should
   Server server(model, reward, options);
   return server.Run();
 }

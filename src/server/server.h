@@ -22,12 +22,15 @@ struct ServerOptions {
   DType kv_type = DType::kF32;  // the slots' KV cache element type: F32 or F16 (half the memory)
   std::string template_name;    // empty: the model's own known template
   size_t max_body_bytes = 4u << 20;
+  int drain_seconds = 10;  // on SIGINT/SIGTERM, how long running requests may take to finish
   std::string model_name;  // what /v1/models lists
   std::string reward_model_name;
 };
 
-// Serves until SIGINT or SIGTERM, then stops accepting, cancels in-flight requests and returns
-// 0. `reward` may be null (no /v1/rewards).
+// Serves until SIGINT or SIGTERM (taken through SetSignalHandler: call StartSignalThread
+// before any thread starts), then answers new requests with 503, lets running ones finish for
+// up to `drain_seconds`, cancels the rest (their streams end with finish_reason "cancelled")
+// and returns 0. `reward` may be null (no /v1/rewards).
 int Serve(const LoadedModel& model, LoadedRewardModel* reward, const ServerOptions& options);
 
 }  // namespace starling

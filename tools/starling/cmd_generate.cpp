@@ -1,8 +1,10 @@
 // `starling generate`, `chat`, `perplexity` and `info`.
 #include <unistd.h>
 
+#include <charconv>
 #include <cstdio>
 #include <iostream>
+#include <limits>
 #include <memory>
 #include <random>
 #include <string>
@@ -36,21 +38,35 @@ struct SamplingFlags {
   int64_t seed = -1;
   int32_t context = 0;
   DType kv_type = DType::kF32;
-  int threads = 0;
   std::vector<std::string> stop;
 
   void Add(CLI::App* cmd) {
-    AddThreadsOption(cmd, &threads);
+    AddThreadsOption(cmd);
     AddKvTypeOption(cmd, &kv_type);
     cmd->add_option("-n,--n-predict", n_predict, "maximum new tokens")->capture_default_str();
     cmd->add_option("--temp", temperature, "temperature; 0 is greedy")->capture_default_str();
-    cmd->add_option("--top-k", top_k, "top-k sampling; 0 is off")->capture_default_str();
+    cmd->add_option("--top-k", top_k, "top-k sampling; 0 is off")
+        ->check(CLI::Range(0, std::numeric_limits<int32_t>::max()))
+        ->capture_default_str();
     cmd->add_option("--top-p", top_p, "nucleus sampling; 1 is off")->capture_default_str();
     cmd->add_option("--min-p", min_p, "min-p sampling; 0 is off")->capture_default_str();
     cmd->add_option("--repeat-penalty", repeat_penalty, "1 is off")->capture_default_str();
     cmd->add_option("--repeat-last-n", repeat_last_n, "tokens the penalty looks back")
         ->capture_default_str();
-    cmd->add_option("--seed", seed, "sampling seed (default: random, printed to stderr)");
+    cmd->add_option("--seed", seed, "sampling seed (default: random, printed to stderr)")
+        ->check(CLI::Validator(
+            [](const std::string& value) {
+              // Whole and in range: CLI11 took 2^64 silently (clamped).
+              int64_t parsed = 0;
+              const auto [end, ec] =
+                  std::from_chars(value.data(), value.data() + value.size(), parsed);
+              return ec == std::errc() && end == value.data() + value.size() && parsed >= -1
+                         ? std::string()
+                         : std::string(
+                               "must be an integer from 0 to 9223372036854775807 (-1: "
+                               "random)");
+            },
+            "", "Seed"));
     cmd->add_option("-c,--ctx", context,
                     "context length: KV cache positions (default: the model's, at most 4096)");
     cmd->add_option("--stop", stop, "stop string (repeatable)");
@@ -81,8 +97,9 @@ struct SamplingFlags {
 
   int32_t Context(const LoadedModel& m) const {
     const int32_t max = m.model->config().max_position_embeddings;
-    if (context < 0) Fail("--ctx ", context, " must be positive");
-    return context > 0 ? context : std::min(max, 4096);
+    if (context == 0) return std::min(max, 4096);
+    CheckContext(m, context, 1, kv_type);
+    return context;
   }
 };
 
@@ -201,6 +218,7 @@ void RunChat(const ChatFlags& f) {
 void RunPerplexity(const std::string& model, const std::string& file, int32_t context,
                    DType kv_type) {
   const LoadedModel m = LoadModelOrDefault(model);
+  CheckContext(m, context, 1, kv_type);
   const std::string text = file == "-" ? ReadStdin() : ReadFile(file);
   const PerplexityResult r = ComputePerplexity(
       *m.model, *m.tokenizer, text, context, kv_type, [](int32_t c, int32_t n, double p) {
@@ -226,6 +244,7 @@ std::string Bytes(uint64_t n) {
 void RunInfo(const std::string& path, int32_t context, DType kv_type) {
   const LoadedModel m = LoadModelOrDefault(path);
   const ModelConfig& c = m.model->config();
+  if (context < 0) Fail("--ctx ", context, " must be positive");
   const int32_t ctx = context > 0 ? context : std::min(c.max_position_embeddings, 4096);
   std::printf("model: %s\narchitecture: %s\n", m.source.c_str(), c.architecture.c_str());
   std::printf(
@@ -268,7 +287,8 @@ void RegisterGenerate(CLI::App& app) {
   CLI::App* cmd = app.add_subcommand(
       "generate", "Continue a prompt (or answer it with --template), streaming the new text");
   cmd->add_option("-m,--model", f->model,
-                  "a Hugging Face directory or a GGUF file (default: the embedded stories260K)");
+                  "a Hugging Face directory or a GGUF file (default: the embedded stories260K)")
+      ->check(NonEmpty());
   cmd->add_option("-p,--prompt", f->prompt, "the prompt text (\"\" for BOS alone)");
   cmd->add_option("-f,--file", f->file, "read the prompt from FILE ('-': stdin)");
   cmd->add_option("--template", f->template_name,
@@ -286,7 +306,8 @@ void RegisterChat(CLI::App& app) {
   auto f = std::make_shared<ChatFlags>();
   CLI::App* cmd = app.add_subcommand(
       "chat", "Multi-turn chat on stdin (interactive or piped, one message per line)");
-  cmd->add_option("-m,--model", f->model, "a Hugging Face directory or a GGUF file");
+  cmd->add_option("-m,--model", f->model, "a Hugging Face directory or a GGUF file")
+      ->check(NonEmpty());
   cmd->add_option("--template", f->template_name,
                   "chat template (default: the model's own, when it is a known one)");
   cmd->add_option("--system", f->system, "system message");
@@ -300,11 +321,11 @@ void RegisterPerplexity(CLI::App& app) {
   auto context = std::make_shared<int32_t>(512);
   CLI::App* cmd = app.add_subcommand(
       "perplexity", "Mean negative log-likelihood and perplexity of a text (llama.cpp's method)");
-  cmd->add_option("-m,--model", *model, "a Hugging Face directory or a GGUF file");
+  cmd->add_option("-m,--model", *model, "a Hugging Face directory or a GGUF file")
+      ->check(NonEmpty());
   cmd->add_option("-f,--file", *file, "the text ('-': stdin)")->required();
   cmd->add_option("-c,--ctx", *context, "window length in tokens")->capture_default_str();
-  auto threads = std::make_shared<int>(0);
-  AddThreadsOption(cmd, threads.get());
+  AddThreadsOption(cmd);
   auto kv_type = std::make_shared<DType>(DType::kF32);
   AddKvTypeOption(cmd, kv_type.get());
   cmd->callback([=] { RunPerplexity(*model, *file, *context, *kv_type); });
@@ -315,18 +336,55 @@ void RegisterInfo(CLI::App& app) {
   auto context = std::make_shared<int32_t>(0);
   CLI::App* cmd = app.add_subcommand(
       "info", "Show a model's config, tensors, dtypes and the memory it will use");
-  cmd->add_option("-m,--model", *model, "a Hugging Face directory or a GGUF file");
+  cmd->add_option("-m,--model", *model, "a Hugging Face directory or a GGUF file")
+      ->check(NonEmpty());
   cmd->add_option("-c,--ctx", *context, "context length for the KV cache estimate");
   auto kv_type = std::make_shared<DType>(DType::kF32);
   AddKvTypeOption(cmd, kv_type.get());
   cmd->callback([=] { RunInfo(*model, *context, *kv_type); });
 }
 
-// -t/--threads for the compute thread pool, set before any kernel runs.
-void AddThreadsOption(CLI::App* cmd, int* threads) {
-  cmd->add_option("-t,--threads", *threads, "compute threads (default: one per core)")
-      ->check(CLI::Range(0, 1024))
-      ->each([](const std::string& value) { ThreadPool::SetGlobalThreads(std::stoi(value)); });
+// -t/--threads for the compute thread pool, set before any kernel runs. It once wrote the
+// value through a pointer into a shared_ptr that `serve` and `perplexity` had already freed
+// (valgrind: an invalid write of size 4): now nothing is stored.
+void AddThreadsOption(CLI::App* cmd) {
+  cmd->add_option_function<int>(
+         "-t,--threads", [](int threads) { ThreadPool::SetGlobalThreads(threads); },
+         "compute threads (default: one per core)")
+      ->check(CLI::Range(0, 1024));
+}
+
+void AddThreadsOption(CLI::App* cmd, int* /*threads*/) {
+  AddThreadsOption(cmd);
+}
+
+CLI::Validator NonEmpty() {
+  return CLI::Validator(
+      [](const std::string& value) {
+        return value.empty() ? std::string("must not be empty") : std::string();
+      },
+      "", "NonEmpty");
+}
+
+void CheckContext(const LoadedModel& m, int64_t context, int64_t sequences, DType kv_type) {
+  const ModelConfig& c = m.model->config();
+  if (context <= 0) Fail("--ctx ", context, " must be positive");
+  if (context > c.max_position_embeddings) {
+    Fail("--ctx ", context, " exceeds the model's ", c.max_position_embeddings,
+         " positions (max_position_embeddings)");
+  }
+  // Checked before allocating: a huge -c once ended in "internal error: std::bad_alloc" after
+  // gigabytes were touched.
+  const double kv = 2.0 * c.num_layers * static_cast<double>(context) * c.num_kv_heads *
+                    c.head_dim * static_cast<double>(DTypeSize(kv_type)) *
+                    static_cast<double>(sequences);
+  const double memory =
+      static_cast<double>(::sysconf(_SC_PHYS_PAGES)) * static_cast<double>(::sysconf(_SC_PAGESIZE));
+  if (memory > 0 && kv > memory) {
+    Fail("--ctx ", context, " needs ", Bytes(static_cast<uint64_t>(kv)), " of KV cache for ",
+         sequences, " sequence(s); this machine has ", Bytes(static_cast<uint64_t>(memory)),
+         " of memory");
+  }
 }
 
 void AddKvTypeOption(CLI::App* cmd, DType* kv_type) {

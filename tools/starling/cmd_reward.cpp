@@ -29,7 +29,6 @@ struct RewardFlags {
   int32_t card_max_length = 2048;
   int32_t context = 4096;
   bool no_bos = false;
-  int threads = 0;
 
   void Add(CLI::App* cmd) {
     cmd->add_option("-m,--model", model,
@@ -57,7 +56,7 @@ struct RewardFlags {
     cmd->add_flag("--no-bos", no_bos,
                   "do not add the tokenizer's BOS before the template (the card's tokenizer "
                   "call adds one, so its ids start with two)");
-    AddThreadsOption(cmd, &threads);
+    AddThreadsOption(cmd);
   }
 
   RewardReadout Readout() const {

@@ -23,12 +23,13 @@ void RegisterServe(CLI::App& app) {
   auto o = std::make_shared<ServerOptions>();
   auto model = std::make_shared<std::string>();
   auto reward = std::make_shared<std::string>();
-  auto threads = std::make_shared<int>(0);
   CLI::App* cmd = app.add_subcommand(
       "serve", "OpenAI-compatible HTTP server with batched streaming and a web chat page");
   cmd->add_option("-m,--model", *model,
-                  "a Hugging Face directory or a GGUF file (default: the embedded model)");
-  cmd->add_option("--rm", *reward, "a reward model directory: enables POST /v1/rewards");
+                  "a Hugging Face directory or a GGUF file (default: the embedded model)")
+      ->check(NonEmpty());
+  cmd->add_option("--rm", *reward, "a reward model directory: enables POST /v1/rewards")
+      ->check(NonEmpty());
   cmd->add_option("--host", o->host, "address to listen on")->capture_default_str();
   cmd->add_option("--port", o->port, "port (0: any free port)")
       ->check(CLI::Range(0, 65535))
@@ -47,11 +48,16 @@ void RegisterServe(CLI::App& app) {
                   "chat template (default: the model's own known template)");
   cmd->add_option("--max-body", o->max_body_bytes, "largest request body in bytes")
       ->capture_default_str();
-  AddThreadsOption(cmd, threads.get());
+  cmd->add_option("--drain-timeout", o->drain_seconds,
+                  "seconds that running requests may take to finish after SIGINT/SIGTERM")
+      ->check(CLI::Range(0, 3600))
+      ->capture_default_str();
+  AddThreadsOption(cmd);
   AddKvTypeOption(cmd, &o->kv_type);
   cmd->callback([=] {
     ServerOptions options = *o;
     const LoadedModel loaded = LoadModelOrDefault(*model);
+    CheckContext(loaded, options.context, options.parallel, options.kv_type);
     options.model_name = model->empty() ? std::string(kEmbeddedModelName) : BaseName(*model);
     std::optional<LoadedRewardModel> rm;
     if (!reward->empty()) {

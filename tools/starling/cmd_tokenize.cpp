@@ -157,8 +157,10 @@ std::vector<int32_t> ParseIds(const std::vector<std::string>& args) {
   std::vector<int32_t> ids;
   for (const std::string& arg : args) {
     std::string token;
+    bool after_comma = false;  // a comma with no id after it yet
     auto flush = [&] {
       if (token.empty()) return;
+      after_comma = false;
       char* end = nullptr;
       errno = 0;
       const long long value = std::strtoll(token.c_str(), &end, 10);
@@ -170,7 +172,11 @@ std::vector<int32_t> ParseIds(const std::vector<std::string>& args) {
     };
     for (const char c : arg) {
       if (c == ' ' || c == ',' || c == '\t' || c == '\n' || c == '[' || c == ']') {
+        if (c == ',' && token.empty() && after_comma) {
+          Fail("'", PrintableForError(arg), "' has an empty token id between two commas");
+        }
         flush();
+        if (c == ',') after_comma = true;
       } else {
         token.push_back(c);
       }

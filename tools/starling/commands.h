@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "core/dtype.h"
+#include "generate/loaded_model.h"
 
 namespace starling::cli {
 
@@ -25,8 +26,16 @@ void RegisterTrain(CLI::App& app);  // train pretrain/sft, bench-train
 void RegisterPlot(CLI::App& app);
 
 // Shared option helpers.
-// -t/--threads for the compute thread pool, set before any kernel runs.
+// -t/--threads for the compute thread pool, set before any kernel runs. The value goes
+// straight to ThreadPool::SetGlobalThreads: no storage that must outlive the parse.
+void AddThreadsOption(CLI::App* cmd);
+// The same; `threads` is ignored (kept for callers not yet moved to the form above).
 void AddThreadsOption(CLI::App* cmd, int* threads);
+// A value that must not be empty: `-m ''` once ran the embedded model without a word.
+CLI::Validator NonEmpty();
+// -c/--ctx checked before anything is allocated: positive, at most the model's
+// max_position_embeddings, and `sequences` KV caches of that length within the machine's memory.
+void CheckContext(const LoadedModel& m, int64_t context, int64_t sequences, DType kv_type);
 // --kv-type f32|f16: the KV cache element type (Session's kv_type); f32 unless given.
 void AddKvTypeOption(CLI::App* cmd, DType* kv_type);
 // Ids given as separate arguments, or as one argument "1 2 3" or "1,2,3" or "[1, 2, 3]".

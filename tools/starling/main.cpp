@@ -5,8 +5,12 @@
 
 #include "commands.h"
 #include "core/error.h"
+#include "core/signals.h"
 
 int main(int argc, char** argv) {
+  // First, before any thread (the compute pool starts while a model loads): SIGINT/SIGTERM go
+  // to one thread, so that `serve` can shut down in order whatever started before it.
+  starling::StartSignalThread();
   CLI::App app{"starling: a native toolchain for Starling/OpenChat-style chat models"};
   app.set_version_flag("--version", "starling 0.1.0");
   app.require_subcommand(1);
