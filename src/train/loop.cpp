@@ -6,7 +6,6 @@
 #include <atomic>
 #include <chrono>
 #include <cmath>
-#include <csignal>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -15,6 +14,7 @@
 
 #include "core/error.h"
 #include "core/file.h"
+#include "core/signals.h"
 #include "formats/safetensors.h"
 #include "train/checkpoint.h"
 
@@ -23,29 +23,19 @@ namespace {
 
 namespace fs = std::filesystem;
 
-std::atomic<int> g_stop_signal{0};
-extern "C" void OnStopSignal(int signal) { g_stop_signal.store(signal); }
-
-// SIGINT/SIGTERM set a flag for the duration of the loop (then the old handlers return).
+// SIGINT/SIGTERM note a stop request for the duration of the loop (core/signals.h: one
+// thread takes the signals; main() starts it), then the usual effect returns.
 class StopSignals {
  public:
   StopSignals() {
-    g_stop_signal.store(0);
-    struct sigaction action {};
-    action.sa_handler = OnStopSignal;
-    sigemptyset(&action.sa_mask);
-    sigaction(SIGINT, &action, &old_int_);
-    sigaction(SIGTERM, &action, &old_term_);
+    StartSignalThread();  // no-op when main() started it, as the CLI does
+    SetSignalHandler([this](int signal) { signal_.store(signal); });
   }
-  ~StopSignals() {
-    sigaction(SIGINT, &old_int_, nullptr);
-    sigaction(SIGTERM, &old_term_, nullptr);
-  }
-  int signal() const { return g_stop_signal.load(); }
+  ~StopSignals() { SetSignalHandler({}); }
+  int signal() const { return signal_.load(); }
 
  private:
-  struct sigaction old_int_ {};
-  struct sigaction old_term_ {};
+  std::atomic<int> signal_{0};
 };
 
 std::string Duration(double seconds) {

@@ -354,9 +354,6 @@ void AddThreadsOption(CLI::App* cmd) {
       ->check(CLI::Range(0, 1024));
 }
 
-void AddThreadsOption(CLI::App* cmd, int* /*threads*/) {
-  AddThreadsOption(cmd);
-}
 
 CLI::Validator NonEmpty() {
   return CLI::Validator(

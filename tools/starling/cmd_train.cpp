@@ -72,7 +72,6 @@ struct BenchTrainFlags {
   int64_t batch = 4;
   int64_t ctx = 256;
   int steps = 5;
-  int threads = 0;
   bool json = false;
   bool recompute = false;
 };
@@ -143,7 +142,7 @@ void RunBenchTrain(const BenchTrainFlags& f) {
 
 
 // The options every trainer shares (model, data shape, optimizer, schedule, checkpoints).
-void AddTrainerOptions(CLI::App* p, TrainerOptions* o, bool* no_shuffle, int* threads) {
+void AddTrainerOptions(CLI::App* p, TrainerOptions* o, bool* no_shuffle) {
   p->add_option("-m,--model", o->model, "initial model: Hugging Face directory or GGUF file");
   p->add_option("--config", o->config, "a config.json for a fresh, randomly initialised model");
   p->add_option("--tokenizer", o->tokenizer, "tokenizer (default: the -m model's)");
@@ -190,7 +189,7 @@ void AddTrainerOptions(CLI::App* p, TrainerOptions* o, bool* no_shuffle, int* th
                 "JSON Lines log: step, loss, lr, grad_norm, tokens, tokens_per_s, epoch, "
                 "eval_loss");
   p->add_flag("-q,--quiet", o->loop.quiet, "no progress line");
-  AddThreadsOption(p, threads);
+  AddThreadsOption(p);
 }
 
 }  // namespace
@@ -201,7 +200,6 @@ void RegisterTrain(CLI::App& app) {
 
   auto o = std::make_shared<TrainerOptions>();
   o->loop.steps = 0;
-  auto threads = std::make_shared<int>(0);
   auto no_shuffle = std::make_shared<bool>(false);
   CLI::App* p = train->add_subcommand(
       "pretrain",
@@ -211,10 +209,10 @@ void RegisterTrain(CLI::App& app) {
       "loss is the mean cross-entropy over the step's targets. AdamW as torch.optim.AdamW; "
       "weight decay applies to matrices and embeddings, not to norm weights.");
   p->add_option("--data", o->data, "UTF-8 text file")->required();
-  AddTrainerOptions(p, o.get(), no_shuffle.get(), threads.get());
+  AddTrainerOptions(p, o.get(), no_shuffle.get());
   // The callbacks hold every flag's storage: CLI11 writes into it while parsing, after this
   // function has returned.
-  p->callback([o, no_shuffle, threads] {
+  p->callback([o, no_shuffle] {
     o->shuffle = !*no_shuffle;
     RunPretrain(*o);
   });
@@ -222,7 +220,6 @@ void RegisterTrain(CLI::App& app) {
   auto sft = std::make_shared<SftOptions>();
   sft->common.loop.steps = 0;
   auto sft_no_shuffle = std::make_shared<bool>(false);
-  auto sft_threads = std::make_shared<int>(0);
   CLI::App* s = train->add_subcommand(
       "sft",
       "Supervised fine-tuning on conversations (JSON Lines: {\"messages\": [{\"role\", "
@@ -246,8 +243,8 @@ void RegisterTrain(CLI::App& app) {
       ->capture_default_str();
   s->add_flag("--skip-bad-lines", sft->skip_bad_lines,
               "count and skip malformed lines instead of stopping at the first");
-  AddTrainerOptions(s, &sft->common, sft_no_shuffle.get(), sft_threads.get());
-  s->callback([sft, sft_no_shuffle, sft_threads] {
+  AddTrainerOptions(s, &sft->common, sft_no_shuffle.get());
+  s->callback([sft, sft_no_shuffle] {
     sft->common.shuffle = !*sft_no_shuffle;
     RunSft(*sft);
   });
@@ -265,7 +262,7 @@ void RegisterTrain(CLI::App& app) {
       ->capture_default_str();
   b->add_flag("--recompute", f->recompute, "recompute activations in the backward");
   b->add_flag("--json", f->json, "one JSON object");
-  AddThreadsOption(b, &f->threads);
+  AddThreadsOption(b);
   b->callback([f] { RunBenchTrain(*f); });
 }
 

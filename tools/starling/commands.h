@@ -29,8 +29,6 @@ void RegisterPlot(CLI::App& app);
 // -t/--threads for the compute thread pool, set before any kernel runs. The value goes
 // straight to ThreadPool::SetGlobalThreads: no storage that must outlive the parse.
 void AddThreadsOption(CLI::App* cmd);
-// The same; `threads` is ignored (kept for callers not yet moved to the form above).
-void AddThreadsOption(CLI::App* cmd, int* threads);
 // A value that must not be empty: `-m ''` once ran the embedded model without a word.
 CLI::Validator NonEmpty();
 // -c/--ctx checked before anything is allocated: positive, at most the model's
