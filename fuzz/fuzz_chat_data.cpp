@@ -38,7 +38,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         if (static_cast<int64_t>(examples.size()) != stats.conversations) __builtin_trap();
         for (const auto& e : examples) {
           if (e.ids.size() < 2 || e.weights.size() + 1 != e.ids.size()) __builtin_trap();
-          if (options.ctx > 0 && static_cast<int64_t>(e.ids.size()) > options.ctx + 1) __builtin_trap();
+          if (options.ctx > 0 && static_cast<int64_t>(e.ids.size()) > options.ctx + 1)
+            __builtin_trap();
           if (e.trained_tokens() == 0) __builtin_trap();
           for (const float w : e.weights) {
             if (!(w >= 0.0f)) __builtin_trap();

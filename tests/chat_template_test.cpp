@@ -182,7 +182,8 @@ TEST(ChatTemplate, AssistantMaskCoversExactlyTheAnswersAndTheirEndOfTurn) {
   };
   // openchat: the content's own encoding and <|end_of_turn|> (32000), per assistant turn;
   // role prefixes, user and system turns are not in the mask.
-  const RenderedChat oc = ChatTemplate::ByName("openchat").Render(OpenChatTokenizer(), messages, false);
+  const RenderedChat oc =
+      ChatTemplate::ByName("openchat").Render(OpenChatTokenizer(), messages, false);
   std::vector<int32_t> want;
   OpenChatTokenizer().EncodeText("It is 5.", &want);
   want.push_back(32000);
@@ -191,12 +192,13 @@ TEST(ChatTemplate, AssistantMaskCoversExactlyTheAnswersAndTheirEndOfTurn) {
   EXPECT_EQ(masked(oc), want);
   // llama-2: the reply shares one text run with " [/INST]"; the masked tokens decode to the
   // answers and </s> alone.
-  const RenderedChat l2 = ChatTemplate::ByName("llama-2").Render(Llama2Tokenizer(), messages, false);
+  const RenderedChat l2 =
+      ChatTemplate::ByName("llama-2").Render(Llama2Tokenizer(), messages, false);
   // (Decode drops the dummy-prefix space at the start of each segment.)
   EXPECT_EQ(Llama2Tokenizer().Decode(masked(l2)), "It is 5.</s>6, of course.</s>");
   // A generation prompt and a trailing user turn add nothing to train.
-  const RenderedChat open =
-      ChatTemplate::ByName("openchat").Render(OpenChatTokenizer(), std::span(messages).first(4), true);
+  const RenderedChat open = ChatTemplate::ByName("openchat")
+                                .Render(OpenChatTokenizer(), std::span(messages).first(4), true);
   std::vector<int32_t> first_answer;
   OpenChatTokenizer().EncodeText("It is 5.", &first_answer);
   EXPECT_EQ(masked(open).size(), first_answer.size() + 1);

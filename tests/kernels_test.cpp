@@ -188,7 +188,8 @@ void ExpectAttentionHeadsMatchDoubleReference() {
         // The log-sum-exp training saves: scores of size ~ |q||k|/sqrt(Dh) ~ 1 carry float
         // errors ~ Dh * 2^-24 relative, and the log of a sum of up to 300 terms a few ulp: 1e-5
         // absolute on values of size ~ log(count) + max.
-        EXPECT_NEAR(lse, want_lse, 1e-5) << "head_dim=" << head_dim << " count=" << count << " " << name;
+        EXPECT_NEAR(lse, want_lse, 1e-5)
+            << "head_dim=" << head_dim << " count=" << count << " " << name;
         for (int64_t d = 0; d < head_dim; ++d) {
           // Outputs are convex combinations of N(0, 1) values; the scores' float errors
           // (~ head_dim * 2^-24 * |q||k|, scores of size ~ 1) move the weights by ~1e-6

@@ -11,9 +11,9 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
-#include <thread>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -85,9 +85,9 @@ std::string ReadAll(const std::string& path) {
 TEST(TrainCli, PretrainLowersTheLossAndWritesALoadableModel) {
   starling::testing::TempDir dir("pretrain");
   const std::string log = dir.path() + "/log.jsonl", out = dir.path() + "/out";
-  const auto r = RunStarling("train pretrain -m " + kStories + " --data " + kData + " --out " +
-                             out + " --ctx 32 --batch 4 --steps 12 --lr 2e-3 --no-shuffle --log " +
-                             log + " -t 2");
+  const auto r =
+      RunStarling("train pretrain -m " + kStories + " --data " + kData + " --out " + out +
+                  " --ctx 32 --batch 4 --steps 12 --lr 2e-3 --no-shuffle --log " + log + " -t 2");
   ASSERT_EQ(r.exit_code, 0) << r.err;
   const auto lines = ReadLog(log);
   ASSERT_EQ(lines.size(), 12u);
@@ -125,9 +125,10 @@ TEST(TrainCli, GradientsDoNotDependOnTheThreadCount) {
   std::vector<std::vector<nlohmann::json>> logs;
   for (int threads : {1, 2, 3}) {
     const std::string log = dir.path() + "/log" + std::to_string(threads);
-    const auto r = RunStarling("train pretrain -m " + kStories + " --data " + kData + " --out " +
-                               dir.path() + "/out --ctx 48 --batch 3 --steps 4 --lr 1e-3 --seed 5 " +
-                               "--grad-clip 1 --log " + log + " -q -t " + std::to_string(threads));
+    const auto r =
+        RunStarling("train pretrain -m " + kStories + " --data " + kData + " --out " + dir.path() +
+                    "/out --ctx 48 --batch 3 --steps 4 --lr 1e-3 --seed 5 " +
+                    "--grad-clip 1 --log " + log + " -q -t " + std::to_string(threads));
     ASSERT_EQ(r.exit_code, 0) << r.err;
     logs.push_back(ReadLog(log));
   }
@@ -144,9 +145,9 @@ TEST(TrainCli, TopBlocksOfAQuantizedModelTrainWhileTheRestStaysQuantized) {
   starling::testing::TempDir dir("quantized");
   const std::string q8 = dir.path() + "/s260-q8_0.gguf", log = dir.path() + "/log.jsonl";
   ASSERT_EQ(RunStarling("quantize " + kStories + " " + q8 + " --type q8_0").exit_code, 0);
-  const auto r = RunStarling("train pretrain -m " + q8 + " --unfreeze-layers 2 --data " + kData +
-                             " --out " + dir.path() + "/out --ctx 32 --batch 4 --steps 12 --lr 3e-3" +
-                             " --no-shuffle --log " + log + " -t 2");
+  const auto r = RunStarling(
+      "train pretrain -m " + q8 + " --unfreeze-layers 2 --data " + kData + " --out " + dir.path() +
+      "/out --ctx 32 --batch 4 --steps 12 --lr 3e-3" + " --no-shuffle --log " + log + " -t 2");
   ASSERT_EQ(r.exit_code, 0) << r.err;
   // Blocks 3 and 4 and the final norm train; the tied Q8_0 embedding/head and blocks 0-2 stay
   // as stored (the head read through a float32 copy for the backward).
@@ -182,21 +183,22 @@ TEST(TrainCli, BadInputGetsAClearError) {
 }
 
 std::string SftArgs(const std::string& out, const std::string& extra) {
-  return "train sft -m " + kStories + " --template llama-2 --data " + kChat + "/train.jsonl --out " +
-         out + " --ctx 64 --lr 3e-3 -q " + extra;
+  return "train sft -m " + kStories + " --template llama-2 --data " + kChat +
+         "/train.jsonl --out " + out + " --ctx 64 --lr 3e-3 -q " + extra;
 }
 
 TEST(TrainSft, LearnsTheAnswersAndLowersTheHeldOutLoss) {
   starling::testing::TempDir dir("sft");
   const std::string out = dir.path() + "/out", log = dir.path() + "/log.jsonl";
-  const auto r = RunStarling(SftArgs(out, "--batch 8 --steps 150 --eval-data " + kChat +
-                                              "/eval.jsonl --eval-every 50 --log " + log + " -t 2"));
+  const auto r =
+      RunStarling(SftArgs(out, "--batch 8 --steps 150 --eval-data " + kChat +
+                                   "/eval.jsonl --eval-every 50 --log " + log + " -t 2"));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   std::vector<double> eval;
   for (const auto& line : ReadLog(log, true)) {
     if (line.contains("eval_loss")) eval.push_back(line["eval_loss"].get<double>());
   }
-  ASSERT_EQ(eval.size(), 4u);  // before training, at 50, 100 and 150
+  ASSERT_EQ(eval.size(), 4u);                      // before training, at 50, 100 and 150
   const auto counts = ReadLog(log, true).front();  // the data's counts come first
   EXPECT_EQ(counts["step"], 0);
   EXPECT_EQ(counts["conversations"], 20);
@@ -206,7 +208,8 @@ TEST(TrainSft, LearnsTheAnswersAndLowersTheHeldOutLoss) {
   // The curves as pictures: a PNG of the requested size, an SVG with one coloured line (and
   // legend swatch) per series.
   const std::string png = dir.path() + "/curves.png", svg = dir.path() + "/curves.svg";
-  ASSERT_EQ(RunStarling("plot " + log + " -o " + png + " --width 640 --height 400 --log-y").exit_code, 0);
+  ASSERT_EQ(
+      RunStarling("plot " + log + " -o " + png + " --width 640 --height 400 --log-y").exit_code, 0);
   const std::string header = ReadAll(png).substr(0, 24);
   ASSERT_EQ(header.substr(1, 3), "PNG");
   auto be32 = [&](size_t at) {
@@ -217,7 +220,9 @@ TEST(TrainSft, LearnsTheAnswersAndLowersTheHeldOutLoss) {
   };
   EXPECT_EQ(be32(16), 640u);  // IHDR width, height
   EXPECT_EQ(be32(20), 400u);
-  ASSERT_EQ(RunStarling("plot " + log + " -o " + svg + " --series loss,eval_loss,grad_norm").exit_code, 0);
+  ASSERT_EQ(
+      RunStarling("plot " + log + " -o " + svg + " --series loss,eval_loss,grad_norm").exit_code,
+      0);
   const std::string text = ReadAll(svg);
   for (const char* colour : {"rgb(12%,47%,71%)", "rgb(100%,50%,5%)", "rgb(17%,63%,17%)"}) {
     EXPECT_NE(text.find(std::string("stroke:") + colour), std::string::npos) << colour;
@@ -227,8 +232,8 @@ TEST(TrainSft, LearnsTheAnswersAndLowersTheHeldOutLoss) {
   EXPECT_EQ(missing.exit_code, 1);
   EXPECT_NE(missing.err.find("no numeric 'nonsense'"), std::string::npos) << missing.err;
   // The trained model answers a training prompt with the trained answer (greedy).
-  const auto chat = RunStarling("chat -m " + out + " --template llama-2 --temp 0 -n 12",
-                                "Say hello to Anna.\n");
+  const auto chat =
+      RunStarling("chat -m " + out + " --template llama-2 --temp 0 -n 12", "Say hello to Anna.\n");
   EXPECT_EQ(chat.exit_code, 0) << chat.err;
   EXPECT_EQ(chat.out, "Hello, Anna!\n");
 }
@@ -236,8 +241,13 @@ TEST(TrainSft, LearnsTheAnswersAndLowersTheHeldOutLoss) {
 TEST(TrainSft, AccumulationEqualsALargerBatch) {
   starling::testing::TempDir dir("accum");
   const std::string one = dir.path() + "/one.jsonl", two = dir.path() + "/two.jsonl";
-  ASSERT_EQ(RunStarling(SftArgs(dir.path() + "/a", "--no-shuffle --batch 4 --steps 4 --log " + one)).exit_code, 0);
-  ASSERT_EQ(RunStarling(SftArgs(dir.path() + "/b", "--no-shuffle --batch 2 --accum 2 --steps 4 --log " + two)).exit_code, 0);
+  ASSERT_EQ(RunStarling(SftArgs(dir.path() + "/a", "--no-shuffle --batch 4 --steps 4 --log " + one))
+                .exit_code,
+            0);
+  ASSERT_EQ(RunStarling(SftArgs(dir.path() + "/b",
+                                "--no-shuffle --batch 2 --accum 2 --steps 4 --log " + two))
+                .exit_code,
+            0);
   const auto a = ReadLog(one), b = ReadLog(two);
   ASSERT_EQ(a.size(), 4u);
   ASSERT_EQ(b.size(), 4u);
@@ -245,15 +255,17 @@ TEST(TrainSft, AccumulationEqualsALargerBatch) {
     // The same conversations and normalizer; only float32 summation order differs (two
     // backward passes adding into the gradients instead of one): 1e-4 relative is ~100x that.
     EXPECT_NEAR(b[i]["loss"].get<double>(), a[i]["loss"].get<double>(),
-                1e-4 * a[i]["loss"].get<double>()) << "step " << i + 1;
+                1e-4 * a[i]["loss"].get<double>())
+        << "step " << i + 1;
     EXPECT_EQ(b[i]["tokens"], a[i]["tokens"]);
   }
 }
 
 TEST(TrainSft, AResumedRunAfterSigkillHasTheSameLossesBitForBit) {
   starling::testing::TempDir dir("resume");
-  const std::string args = "--batch 4 --steps 60 --save-every 5 --weight-decay 0.01 --grad-clip 1 "
-                           "--schedule cosine --warmup 5 -t 2 --log ";
+  const std::string args =
+      "--batch 4 --steps 60 --save-every 5 --weight-decay 0.01 --grad-clip 1 "
+      "--schedule cosine --warmup 5 -t 2 --log ";
   const std::string whole = dir.path() + "/whole", cut = dir.path() + "/cut";
   ASSERT_EQ(RunStarling(SftArgs(whole, args + whole + ".jsonl")).exit_code, 0);
   // Killed (SIGKILL, no chance to clean up) some time after its second checkpoint.
@@ -306,10 +318,15 @@ TEST(TrainSft, TenStepsMatchThePyTorchReference) {
   const std::string root = std::string(STARLING_TEST_DATA_DIR) + "/../..";
   starling::testing::TempDir dir("sftref");
   const std::string log = dir.path() + "/log.jsonl";
-  const auto r = RunStarling("train sft -m " + root + "/tests/data/tiny-mistral/hf --template openchat "
-                             "--data " + root + "/tests/data/train/sft/chats.jsonl --no-shuffle "
-                             "--batch 3 --ctx 64 --steps 10 --lr 0.01 --weight-decay 0.1 --grad-clip 1 "
-                             "--out " + dir.path() + "/out --log " + log + " -q");
+  const auto r =
+      RunStarling("train sft -m " + root +
+                  "/tests/data/tiny-mistral/hf --template openchat "
+                  "--data " +
+                  root +
+                  "/tests/data/train/sft/chats.jsonl --no-shuffle "
+                  "--batch 3 --ctx 64 --steps 10 --lr 0.01 --weight-decay 0.1 --grad-clip 1 "
+                  "--out " +
+                  dir.path() + "/out --log " + log + " -q");
   ASSERT_EQ(r.exit_code, 0) << r.err;
   const starling::SafetensorsFile f = starling::SafetensorsFile::Open(
       root + "/tests/data/train/sft/tiny-mistral-sft.fixture.safetensors");
@@ -325,7 +342,8 @@ TEST(TrainSft, TenStepsMatchThePyTorchReference) {
   ASSERT_EQ(lines.size(), 10u);
   for (size_t k = 0; k < 10; ++k) {
     // README: torch float32 itself drifts up to 4e-3 in loss and 2.2e-3 relative in grad norm
-    // over these steps; the bounds below leave room for that, and are far below the 1.1-6.8 that a wrong mask, weight or normalization costs.
+    // over these steps; the bounds below leave room for that, and are far below the 1.1-6.8 that a
+    // wrong mask, weight or normalization costs.
     EXPECT_NEAR(lines[k]["loss"].get<double>(), losses[k], k < 3 ? 2e-3 : 2e-2) << "step " << k + 1;
     EXPECT_NEAR(lines[k]["grad_norm"].get<double>(), norms[k], (k < 5 ? 2e-3 : 2e-2) * norms[k])
         << "step " << k + 1;
@@ -337,11 +355,16 @@ TEST(TrainSft, TenStepsMatchThePyTorchReference) {
 TEST(TrainSft, BadConversationsAreNamedByLine) {
   starling::testing::TempDir dir("sftbad");
   const std::string data = dir.path() + "/bad.jsonl";
-  std::ofstream(data) << R"({"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]})" "\n"
-                      << R"({"messages": [{"role": "user", "content": "Only a question"}]})" "\n"
-                      << R"({"messages": [{"role": "robot", "content": "x"}]})" "\n"
-                      << "{not json\n"
-                      << R"({"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Yo"}]})" "\n";
+  std::ofstream(data)
+      << R"({"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]})"
+         "\n"
+      << R"({"messages": [{"role": "user", "content": "Only a question"}]})"
+         "\n"
+      << R"({"messages": [{"role": "robot", "content": "x"}]})"
+         "\n"
+      << "{not json\n"
+      << R"({"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Yo"}]})"
+         "\n";
   const std::string base = "train sft -m " + kStories + " --template llama-2 --data " + data +
                            " --out " + dir.path() + "/out --steps 1 -q";
   auto r = RunStarling(base);

@@ -11,10 +11,10 @@
 #include <string>
 #include <vector>
 
+#include "chat/chat_data.h"
 #include "chat/chat_template.h"
 #include "formats/safetensors.h"
 #include "tokenizer/load.h"
-#include "chat/chat_data.h"
 #include "train/optimizer.h"
 #include "train/parameters.h"
 #include "train/step.h"
@@ -34,12 +34,14 @@ std::vector<T> Read(const SafetensorsFile& f, const std::string& name) {
 
 struct FixtureCase {
   const char* name;
-  double adamw_loss_tolerance;       // |loss diff| at every one of the 10 steps
-  double grad_norm_tolerance;        // relative, steps 1-5
-  double late_grad_norm_tolerance;   // relative, steps 6-10
+  double adamw_loss_tolerance;      // |loss diff| at every one of the 10 steps
+  double grad_norm_tolerance;       // relative, steps 1-5
+  double late_grad_norm_tolerance;  // relative, steps 6-10
 };
 
-void PrintTo(const FixtureCase& c, std::ostream* os) { *os << c.name; }
+void PrintTo(const FixtureCase& c, std::ostream* os) {
+  *os << c.name;
+}
 
 class FixtureTest : public ::testing::TestWithParam<FixtureCase> {};
 
@@ -51,8 +53,8 @@ TEST_P(FixtureTest, LossGradientsAndTenAdamWStepsMatchPyTorch) {
       std::string(STARLING_TEST_DATA_DIR) + "/../../" + f.metadata().at("model");
   TrainModel tm(OpenModelFiles(model_dir), -1);
 
-  const auto tokens = Read<int32_t>(f, "tokens");          // [B, T + 1]
-  const auto weights = Read<float>(f, "loss_weights");     // [B, T]
+  const auto tokens = Read<int32_t>(f, "tokens");       // [B, T + 1]
+  const auto weights = Read<float>(f, "loss_weights");  // [B, T]
   const int64_t batch = 2, t = static_cast<int64_t>(weights.size()) / batch;
   ASSERT_EQ(static_cast<int64_t>(tokens.size()), batch * (t + 1));
   TokenBatch b;
@@ -110,17 +112,18 @@ TEST_P(FixtureTest, LossGradientsAndTenAdamWStepsMatchPyTorch) {
     const double l = fresh_step.LanguageModelLoss(b);
     const double n = GradNorm(fresh.parameters());
     EXPECT_NEAR(l, losses[k], fc.adamw_loss_tolerance) << "step " << k + 1;
-    EXPECT_NEAR(n, norms[k], norms[k] * (k < 5 ? fc.grad_norm_tolerance : fc.late_grad_norm_tolerance))
+    EXPECT_NEAR(n, norms[k],
+                norms[k] * (k < 5 ? fc.grad_norm_tolerance : fc.late_grad_norm_tolerance))
         << "step " << k + 1;
     worst_loss = std::max(worst_loss, std::abs(l - losses[k]));
     worst_norm = std::max(worst_norm, std::abs(n - norms[k]) / norms[k]);
     ClipGrads(fresh.parameters(), n, 1.0);
     AdamWStep(fresh.parameters(), k + 1, 0.01, adam);
   }
-  std::printf("%s: loss diff %.2g, worst gradient rel L2 %.2g, AdamW: worst loss diff %.2g, "
-              "worst grad-norm rel diff %.2g\n",
-              fc.name, std::abs(loss - Read<double>(f, "loss")[0]), worst_rel, worst_loss,
-              worst_norm);
+  std::printf(
+      "%s: loss diff %.2g, worst gradient rel L2 %.2g, AdamW: worst loss diff %.2g, "
+      "worst grad-norm rel diff %.2g\n",
+      fc.name, std::abs(loss - Read<double>(f, "loss")[0]), worst_rel, worst_loss, worst_norm);
 }
 
 // Tolerances from tests/data/train/README.md: the small-vocabulary models keep to within a few
@@ -144,8 +147,8 @@ INSTANTIATE_TEST_SUITE_P(Models, FixtureTest,
 // run through `starling train sft` is in train_cli_test.
 TEST(SftFixture, IdsWeightsLossAndGradientsMatchPyTorch) {
   const std::string root = std::string(STARLING_TEST_DATA_DIR) + "/../../";
-  const SafetensorsFile f = SafetensorsFile::Open(std::string(STARLING_TEST_DATA_DIR) +
-                                                  "/train/sft/tiny-mistral-sft.fixture.safetensors");
+  const SafetensorsFile f = SafetensorsFile::Open(
+      std::string(STARLING_TEST_DATA_DIR) + "/train/sft/tiny-mistral-sft.fixture.safetensors");
   const std::string model_dir = root + f.metadata().at("model");
   const Tokenizer tokenizer = LoadTokenizer(model_dir);
   ChatDataOptions options;
@@ -183,7 +186,8 @@ TEST(SftFixture, IdsWeightsLossAndGradientsMatchPyTorch) {
       double norm = 0;
       for (const float g : p.grad) norm += double{g} * g;
       EXPECT_NEAR(std::sqrt(norm), Read<double>(f, "grad_norm." + p.spec.name)[0],
-                  1e-5 * Read<double>(f, "grad_norm." + p.spec.name)[0]) << p.spec.name;
+                  1e-5 * Read<double>(f, "grad_norm." + p.spec.name)[0])
+          << p.spec.name;
       const auto rows = Read<int32_t>(f, "grad_rows." + p.spec.name);
       const int64_t d = p.spec.shape[1];
       got.clear();

@@ -15,8 +15,12 @@
 
 namespace starling::reference {
 
-inline double Real(double x) { return x; }
-inline double Real(const std::complex<double>& x) { return x.real(); }
+inline double Real(double x) {
+  return x;
+}
+inline double Real(const std::complex<double>& x) {
+  return x.real();
+}
 
 // Tensors by canonical name, row-major, as T.
 template <typename T>
@@ -97,7 +101,8 @@ T LanguageModelLoss(const ModelConfig& c, const Weights<T>& W, const std::vector
     for (int64_t t = 0; t < n; ++t)
       for (int64_t h = 0; h < H; ++h) {
         const int64_t kvh = h / (H / KVH);
-        const int64_t first = c.sliding_window > 0 ? std::max<int64_t>(0, pos[t] - c.sliding_window + 1) : 0;
+        const int64_t first =
+            c.sliding_window > 0 ? std::max<int64_t>(0, pos[t] - c.sliding_window + 1) : 0;
         std::vector<T> s;
         double mx = -1e300;
         for (int64_t j = first; j <= pos[t]; ++j) {
@@ -111,7 +116,8 @@ T LanguageModelLoss(const ModelConfig& c, const Weights<T>& W, const std::vector
         for (T& e : s) z += (e = std::exp(e - T(mx)));
         for (int64_t j = first; j <= pos[t]; ++j)
           for (int64_t i = 0; i < hd; ++i)
-            att[(t * H + h) * hd + i] += s[j - first] / z * v[((start[t] + j) * KVH + kvh) * hd + i];
+            att[(t * H + h) * hd + i] +=
+                s[j - first] / z * v[((start[t] + j) * KVH + kvh) * hd + i];
       }
     const auto o = Linear(w(p + "self_attn.o_proj.weight"), d, H * hd, att, n);
     for (size_t i = 0; i < x.size(); ++i) x[i] += o[i];

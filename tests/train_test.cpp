@@ -15,8 +15,8 @@
 #include "model/blocks.h"
 #include "tests/train_reference.h"
 #include "train/optimizer.h"
-#include "train/schedule.h"
 #include "train/parameters.h"
+#include "train/schedule.h"
 #include "train/step.h"
 
 namespace starling {
@@ -32,7 +32,9 @@ std::vector<float> Random(size_t n, std::mt19937& rng, float scale = 1.0f) {
   return v;
 }
 
-std::vector<C> Complex(const std::vector<float>& v) { return {v.begin(), v.end()}; }
+std::vector<C> Complex(const std::vector<float>& v) {
+  return {v.begin(), v.end()};
+}
 
 // |got - want| <= abs + rel * scale for every element, printing the first failure.
 void ExpectClose(const std::vector<float>& got, const std::vector<double>& want, double abs,
@@ -166,7 +168,8 @@ TEST(Backward, AttentionGroupMatchesComplexStepForGqaGroupsAndWindows) {
       AttentionGroupBackward(q.data(), keys.data(), values.data(), kv_stride, group, hd, first,
                              last, out.data(), lse.data(), dout.data(), scores.data(), dq.data(),
                              dk.data(), dv.data());
-      auto loss = [&](const std::vector<C>& qc, const std::vector<C>& kc, const std::vector<C>& vc) {
+      auto loss = [&](const std::vector<C>& qc, const std::vector<C>& kc,
+                      const std::vector<C>& vc) {
         C total(0);
         for (int64_t h = 0; h < group; ++h) {
           std::vector<C> s;
@@ -264,7 +267,9 @@ struct ModelCase {
   int32_t unfreeze;  // -1: all
 };
 
-void PrintTo(const ModelCase& mc, std::ostream* os) { *os << mc.name; }
+void PrintTo(const ModelCase& mc, std::ostream* os) {
+  *os << mc.name;
+}
 
 ModelConfig SmallConfig(const ModelCase& mc) {
   ModelConfig c;
@@ -308,7 +313,8 @@ TEST_P(ModelGradientTest, EveryTensorMatchesComplexStep) {
   }
   for (const Parameter& p : tm.parameters()) weights[p.spec.name] = Complex(p.value);
   const double want_loss = reference::LanguageModelLoss(c, weights, b.lengths, b.inputs, b.targets,
-                                                        b.weights, b.normalizer).real();
+                                                        b.weights, b.normalizer)
+                               .real();
   // A loss of ~4 from float32 sums over 16-61 terms: ~1e-6 relative.
   EXPECT_NEAR(loss, want_loss, 1e-5 * want_loss);
 
@@ -324,10 +330,13 @@ TEST_P(ModelGradientTest, EveryTensorMatchesComplexStep) {
       auto w = weights;
       w[p.spec.name][i] += C(0, kStep);
       const double want = reference::LanguageModelLoss(c, w, b.lengths, b.inputs, b.targets,
-                                                       b.weights, b.normalizer).imag() / kStep;
+                                                       b.weights, b.normalizer)
+                              .imag() /
+                          kStep;
       // float32 forward and backward through 2 blocks: errors of ~1e-6 of the tensor's
       // largest gradient; 1e-4 of it leaves a margin and still catches any wrong term.
-      EXPECT_NEAR(p.grad[i], want, 1e-7 + 1e-4 * scale) << mc.name << " " << p.spec.name << "[" << i << "]";
+      EXPECT_NEAR(p.grad[i], want, 1e-7 + 1e-4 * scale)
+          << mc.name << " " << p.spec.name << "[" << i << "]";
     }
   }
   if (mc.unfreeze >= 0) {  // frozen blocks have no parameters at all

@@ -36,15 +36,15 @@ std::vector<ChatMessage> Messages(const nlohmann::json& j, double* weight) {
     if (!list.is_array()) Fail("\"conversations\" must be a list");
     for (size_t i = 0; i < list.size(); ++i) {
       const nlohmann::json& m = list[i];
-      if (!m.is_object() || !m.contains("from") || !m["from"].is_string() ||
-          !m.contains("value") || !m["value"].is_string()) {
+      if (!m.is_object() || !m.contains("from") || !m["from"].is_string() || !m.contains("value") ||
+          !m["value"].is_string()) {
         Fail("turn ", i, " needs string \"from\" and \"value\"");
       }
       const std::string from = m["from"].get<std::string>();
-      const std::string role = from == "human" || from == "user"        ? "user"
-                               : from == "gpt" || from == "assistant"   ? "assistant"
-                               : from == "system"                       ? "system"
-                                                                        : "";
+      const std::string role = from == "human" || from == "user"      ? "user"
+                               : from == "gpt" || from == "assistant" ? "assistant"
+                               : from == "system"                     ? "system"
+                                                                      : "";
       if (role.empty()) Fail("turn ", i, ": unknown \"from\" '", from, "' (human, gpt or system)");
       out.push_back({role, m["value"].get<std::string>()});
     }

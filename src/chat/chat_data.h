@@ -32,11 +32,11 @@ struct ChatDataOptions {
 
 struct ChatDataStats {
   int64_t lines = 0;
-  int64_t conversations = 0;    // kept
-  int64_t bad_lines = 0;        // skipped with --skip-bad-lines
-  int64_t no_assistant = 0;     // nothing to train: skipped
+  int64_t conversations = 0;  // kept
+  int64_t bad_lines = 0;      // skipped with --skip-bad-lines
+  int64_t no_assistant = 0;   // nothing to train: skipped
   int64_t too_long_skipped = 0;
-  int64_t truncated = 0;        // cut from the left (earliest turns first)
+  int64_t truncated = 0;  // cut from the left (earliest turns first)
   int64_t trained_tokens = 0;
 };
 

@@ -483,8 +483,9 @@ __attribute__((target("avx2,fma,f16c"))) void SiluMulBackwardAvx2(const float* g
     _mm256_storeu_ps(dup + i, _mm256_mul_ps(_mm256_mul_ps(d, g), s));
     // Opaque: the product rounds before the sum, as in the twin (no fused multiply-add).
     const __m256 slope = _mm256_add_ps(one, Opaque(_mm256_mul_ps(g, _mm256_sub_ps(one, s))));
-    _mm256_storeu_ps(dgate + i,
-                     _mm256_mul_ps(_mm256_mul_ps(_mm256_mul_ps(d, _mm256_loadu_ps(up + i)), s), slope));
+    _mm256_storeu_ps(
+        dgate + i,
+        _mm256_mul_ps(_mm256_mul_ps(_mm256_mul_ps(d, _mm256_loadu_ps(up + i)), s), slope));
   }
   if (i < n) SiluMulBackward(gate + i, up + i, dy + i, n - i, dgate + i, dup + i);
 }
@@ -506,7 +507,8 @@ __attribute__((target("avx2,fma,f16c"))) void AdamWRowAvx2(const AdamWScalars& a
     const __m256 v8 = _mm256_add_ps(Opaque(_mm256_mul_ps(b2, _mm256_loadu_ps(v + i))),
                                     Opaque(_mm256_mul_ps(_mm256_mul_ps(c2, g8), g8)));
     const __m256 denom = _mm256_add_ps(_mm256_div_ps(_mm256_sqrt_ps(v8), bias2), eps);
-    _mm256_storeu_ps(p + i, _mm256_sub_ps(p8, Opaque(_mm256_mul_ps(step, _mm256_div_ps(m8, denom)))));
+    _mm256_storeu_ps(p + i,
+                     _mm256_sub_ps(p8, Opaque(_mm256_mul_ps(step, _mm256_div_ps(m8, denom)))));
     _mm256_storeu_ps(m + i, m8);
     _mm256_storeu_ps(v + i, v8);
   }

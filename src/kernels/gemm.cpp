@@ -38,8 +38,8 @@ std::pair<int64_t, int64_t> Part(int64_t total, int64_t parts, int64_t p, int64_
 // Runs fn(begin, end) over one contiguous part of [0, total) per thread.
 template <typename Fn>
 void ForEachPart(int64_t total, int64_t align, Fn&& fn) {
-  const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(ThreadPool::Global().size(),
-                                                               (total + align - 1) / align));
+  const int64_t parts = std::max<int64_t>(
+      1, std::min<int64_t>(ThreadPool::Global().size(), (total + align - 1) / align));
   ThreadPool::Global().ParallelFor(parts, 1, [&](int64_t first, int64_t last, int) {
     for (int64_t p = first; p < last; ++p) {
       const auto [begin, end] = Part(total, parts, p, align);
@@ -87,8 +87,8 @@ void LinearBackward(const float* x, const float* w, const float* dy, int64_t n, 
   }
 }
 
-void LinearBackwardReference(const float* x, const float* w, const float* dy, int64_t n,
-                             int64_t in, int64_t out, float* dx, bool accumulate_dx, float* dw) {
+void LinearBackwardReference(const float* x, const float* w, const float* dy, int64_t n, int64_t in,
+                             int64_t out, float* dx, bool accumulate_dx, float* dw) {
   if (dx) {
     for (int64_t t = 0; t < n; ++t) {
       for (int64_t i = 0; i < in; ++i) {

@@ -140,7 +140,9 @@ float SoftmaxLse(float* x, int64_t n, bool want_lse) {
 
 }  // namespace
 
-void Softmax(float* x, int64_t n) { SoftmaxLse(x, n, false); }
+void Softmax(float* x, int64_t n) {
+  SoftmaxLse(x, n, false);
+}
 
 void SiluMul(float* gate, const float* up, int64_t n) {
   for (int64_t i = 0; i < n; ++i) {

@@ -180,8 +180,7 @@ void AttentionGroupBackward(const float* q, const float* keys, const float* valu
 // back to the twin): the same exponentials, dots summed in 8 lanes: agrees to rounding.
 void AttentionGroupBackwardAvx2(const float* q, const float* keys, const float* values,
                                 int64_t kv_stride, int64_t group, int64_t head_dim, int64_t first,
-                                int64_t last, const float* out, const float* lse,
-                                const float* dout, float* scores, float* dq, float* dkeys,
-                                float* dvalues);
+                                int64_t last, const float* out, const float* lse, const float* dout,
+                                float* scores, float* dq, float* dkeys, float* dvalues);
 
 }  // namespace starling

@@ -102,7 +102,7 @@ void AttentionBlock(const Model& m, int32_t layer, std::span<const int64_t> posi
   const bool interleaved = c.rope_layout == RopeLayout::kInterleaved;
   // Working buffers: the record's when training (so the forward writes what the backward
   // reads, once), else the scratch.
-  float* xn = save ? save->xn_attn.data() : s.xn.data();  // [N, D]
+  float* xn = save ? save->xn_attn.data() : s.xn.data();   // [N, D]
   float* q = save ? save->q.data() : s.q.data();           // [N, H * Dh]
   float* k = save ? save->k.data() : s.k.data();           // [N, KVH * Dh]
   float* v = save ? save->v.data() : s.v.data();           // [N, KVH * Dh]
@@ -170,9 +170,8 @@ void FeedForwardBlock(const Model& m, int32_t layer, int64_t n, ForwardScratch& 
   for (int64_t i = 0; i < n * d; ++i) x[i] += out[i];
 }
 
-void RunDecoder(const Model& m, std::span<const int32_t> tokens,
-                std::span<const int64_t> positions, KeyValueSource& kv, ForwardScratch& s,
-                ForwardRecord* record) {
+void RunDecoder(const Model& m, std::span<const int32_t> tokens, std::span<const int64_t> positions,
+                KeyValueSource& kv, ForwardScratch& s, ForwardRecord* record) {
   const ModelConfig& c = m.config();
   const auto n = static_cast<int64_t>(tokens.size());
   s.Ensure(c, n, kv.max_span());
@@ -247,8 +246,7 @@ void FeedForwardBlockBackward(const Model& m, int32_t layer, const BlockActivati
   // act = silu(gate) * up
   const auto silu_mul_backward =
       ActiveSimdLevel() != SimdLevel::kScalar ? SiluMulBackwardAvx2 : SiluMulBackward;
-  silu_mul_backward(a.gate.data(), a.up.data(), s.dact.data(), n * f, s.dgate.data(),
-                    s.dup.data());
+  silu_mul_backward(a.gate.data(), a.up.data(), s.dact.data(), n * f, s.dgate.data(), s.dup.data());
   // gate = xn W_gate^T, up = xn W_up^T: d xn [N, D] = dgate W_gate + dup W_up.
   LinearBackward(a.xn_ffn.data(), F32(w.w_gate, "mlp.gate_proj"), s.dgate.data(), n, d, f,
                  s.dxn.data(), false, g.gate);
@@ -256,8 +254,8 @@ void FeedForwardBlockBackward(const Model& m, int32_t layer, const BlockActivati
                  true, g.up);
   // xn = norm(x); dx already holds the residual path's gradient.
   for (int64_t t = 0; t < n; ++t) {
-    RmsNormBackward(&a.x_ffn[t * d], w.ffn_norm.data(), a.rstd_ffn[t], &s.dxn[t * d], d,
-                    &dx[t * d], g.ffn_norm);
+    RmsNormBackward(&a.x_ffn[t * d], w.ffn_norm.data(), a.rstd_ffn[t], &s.dxn[t * d], d, &dx[t * d],
+                    g.ffn_norm);
   }
 }
 
@@ -288,7 +286,7 @@ void AttentionBlockBackward(const Model& m, int32_t layer, const SequenceKeyValu
       sequences * c.num_kv_heads, 1, [&](int64_t begin, int64_t end, int thread) {
         float* scores = s.scores.data() + thread * span;
         const auto backward = ActiveSimdLevel() != SimdLevel::kScalar ? AttentionGroupBackwardAvx2
-                                                                       : AttentionGroupBackward;
+                                                                      : AttentionGroupBackward;
         for (int64_t item = begin; item < end; ++item) {
           const int64_t seq = item / c.num_kv_heads, kvh = item % c.num_kv_heads;
           const int64_t start = starts[seq];
@@ -297,17 +295,16 @@ void AttentionBlockBackward(const Model& m, int32_t layer, const SequenceKeyValu
           for (int64_t r = start; r < stop; ++r) {
             const int64_t q_off = r * q_dim + kvh * group * hd;
             backward(&a.q[q_off], &a.k[kv_off], &a.v[kv_off], kv_dim, group, hd,
-                                   kv.first_visible(r), kv.position(r), &a.attn[q_off],
-                                   &a.lse[r * c.num_heads + kvh * group], &s.dattn[q_off], scores,
-                                   &s.dq[q_off], &s.dk[kv_off], &s.dv[kv_off]);
+                     kv.first_visible(r), kv.position(r), &a.attn[q_off],
+                     &a.lse[r * c.num_heads + kvh * group], &s.dattn[q_off], scores, &s.dq[q_off],
+                     &s.dk[kv_off], &s.dv[kv_off]);
           }
         }
       });
   for (int64_t t = 0; t < n; ++t) {
     const int64_t pos = kv.position(t);
     RopeBackward(&s.dq[t * q_dim], c.num_heads, hd, c.rope_dim, pos, m.inv_freq(), interleaved);
-    RopeBackward(&s.dk[t * kv_dim], c.num_kv_heads, hd, c.rope_dim, pos, m.inv_freq(),
-                 interleaved);
+    RopeBackward(&s.dk[t * kv_dim], c.num_kv_heads, hd, c.rope_dim, pos, m.inv_freq(), interleaved);
   }
   // q = xn Wq^T, k = xn Wk^T, v = xn Wv^T.
   LinearBackward(a.xn_attn.data(), F32(w.wq, "self_attn.q_proj"), s.dq.data(), n, d, q_dim,

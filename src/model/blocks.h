@@ -106,9 +106,8 @@ void FeedForwardBlock(const Model& m, int32_t layer, int64_t n, ForwardScratch& 
 
 // The decoder over N rows: embed, every block, leaving the residual stream in s.x [N, D]
 // (before the final norm). `record`: null, or where a training forward saves its activations.
-void RunDecoder(const Model& m, std::span<const int32_t> tokens,
-                std::span<const int64_t> positions, KeyValueSource& kv, ForwardScratch& s,
-                ForwardRecord* record);
+void RunDecoder(const Model& m, std::span<const int32_t> tokens, std::span<const int64_t> positions,
+                KeyValueSource& kv, ForwardScratch& s, ForwardRecord* record);
 
 // out[rows, D] = the final norm of x[rows, D] (the heads' input); returns nothing, saves the
 // rstd into rstd[rows] when not null.
@@ -134,8 +133,8 @@ struct BlockGrads {
 };
 
 struct ModelGrads {
-  float* embedding = nullptr;   // [V, D]
-  float* final_norm = nullptr;  // [D]
+  float* embedding = nullptr;      // [V, D]
+  float* final_norm = nullptr;     // [D]
   std::vector<BlockGrads> layers;  // [L]
   // The lowest block the backward reaches (blocks below it get no backward at all), and
   // whether the embedding rows get the input gradient (only when that block is 0).

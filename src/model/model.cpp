@@ -71,10 +71,12 @@ class TensorTable {
 
   // A float32 view of vector `name`: in place when stored as aligned F32 (a trainer's
   // parameters, most F32 files), else a converted copy kept in `owned`.
-  std::span<const float> Vector(const std::string& name, int64_t n,
-                                std::vector<std::shared_ptr<const std::vector<float>>>& owned) const {
+  std::span<const float> Vector(
+      const std::string& name, int64_t n,
+      std::vector<std::shared_ptr<const std::vector<float>>>& owned) const {
     const TensorRef& t = Require(name, {n});
-    if (t.format == WeightFormat::kF32 && reinterpret_cast<uintptr_t>(t.data) % alignof(float) == 0) {
+    if (t.format == WeightFormat::kF32 &&
+        reinterpret_cast<uintptr_t>(t.data) % alignof(float) == 0) {
       return {static_cast<const float*>(t.data), static_cast<size_t>(n)};
     }
     auto out = std::make_shared<std::vector<float>>(static_cast<size_t>(n));
@@ -262,7 +264,8 @@ void Session::Forward(std::span<const int32_t> tokens, std::span<float> logits, 
   for (int64_t begin = 0; begin < n; begin += kChunkRows) {
     const int64_t end = std::min(n, begin + kChunkRows);
     rows_.clear();
-    for (int64_t t = begin; t < end; ++t) rows_.push_back({this, tokens[t], length_ + t - begin, false});
+    for (int64_t t = begin; t < end; ++t)
+      rows_.push_back({this, tokens[t], length_ + t - begin, false});
     // Every chunk's outputs when all are asked for; else only the last chunk's last row.
     if (all_logits) {
       RunRows(*model_, rows_, &scratch_, logits.subspan(begin * o_size), true);
@@ -323,7 +326,8 @@ void Session::ForwardBatch(std::span<Session* const> sessions, std::span<const i
 class SessionKeyValues final : public KeyValueSource {
  public:
   explicit SessionKeyValues(std::span<const Session::Row> rows) : rows_(rows) {
-    for (const Session::Row& r : rows) max_span_ = std::max<int64_t>(max_span_, r.session->context_length_);
+    for (const Session::Row& r : rows)
+      max_span_ = std::max<int64_t>(max_span_, r.session->context_length_);
   }
   void Append(int32_t layer, const float* k, const float* v) override {
     const ModelConfig& c = rows_[0].session->model().config();
@@ -356,7 +360,8 @@ void Session::RunRows(const Model& m, std::span<const Row> rows, ForwardScratch*
   const ModelConfig& c = m.config();
   const auto n = static_cast<int64_t>(rows.size());
   const int64_t o_size = c.output_size();
-  if (outputs_wanted && static_cast<int64_t>(outputs.size()) < (all_outputs ? n * o_size : o_size)) {
+  if (outputs_wanted &&
+      static_cast<int64_t>(outputs.size()) < (all_outputs ? n * o_size : o_size)) {
     Fail("output buffer too small");
   }
   s->row_tokens.resize(static_cast<size_t>(n));

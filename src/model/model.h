@@ -31,14 +31,14 @@ struct TensorRef {
 // trainer updating that memory updates the model), else into a converted copy the model owns.
 struct LayerWeights {
   std::span<const float> attn_norm;  // [D]
-  WeightMatrix wq;               // [H * Dh, D]
-  WeightMatrix wk;               // [KVH * Dh, D]
-  WeightMatrix wv;               // [KVH * Dh, D]
-  WeightMatrix wo;               // [D, H * Dh]
+  WeightMatrix wq;                   // [H * Dh, D]
+  WeightMatrix wk;                   // [KVH * Dh, D]
+  WeightMatrix wv;                   // [KVH * Dh, D]
+  WeightMatrix wo;                   // [D, H * Dh]
   std::span<const float> ffn_norm;   // [D]
-  WeightMatrix w_gate;           // [F, D]
-  WeightMatrix w_up;             // [F, D]
-  WeightMatrix w_down;           // [D, F]
+  WeightMatrix w_gate;               // [F, D]
+  WeightMatrix w_up;                 // [F, D]
+  WeightMatrix w_down;               // [D, F]
 };
 
 class Model {
@@ -61,7 +61,7 @@ class Model {
   // The output head: [V, D] (language model) or [1, D] (reward model); see ModelHead.
   const WeightMatrix& head() const { return head_; }
   std::span<const float> final_norm() const { return final_norm_; }  // [D]
-  const std::vector<float>& inv_freq() const { return inv_freq_; }  // [rope_dim / 2]
+  const std::vector<float>& inv_freq() const { return inv_freq_; }   // [rope_dim / 2]
   // Bytes of weights as stored (what generating one token reads), and the tensor list.
   uint64_t weight_bytes() const { return weight_bytes_; }
   const std::vector<TensorRef>& tensors() const { return tensors_; }
@@ -91,7 +91,7 @@ struct ForwardScratch {
   int64_t rows = 0;
   int64_t context = 0;
   std::vector<float> x, xn, q, k, v, attn, gate, up, scores, last;
-  std::vector<int32_t> row_tokens;  // [N] of the rows in flight
+  std::vector<int32_t> row_tokens;     // [N] of the rows in flight
   std::vector<int64_t> row_positions;  // [N]
   // Set by a training forward: float32 weights multiply with sgemm (see blocks.cpp, Linear).
   bool training = false;

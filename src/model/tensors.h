@@ -32,8 +32,10 @@ struct TensorSpec {
   std::vector<int64_t> shape;  // outermost first
   TensorRole role;
   int32_t layer;  // decoder block, or -1 (embedding, final norm, heads)
-  bool is_norm() const { return role == TensorRole::kAttnNorm || role == TensorRole::kFfnNorm ||
-                                role == TensorRole::kFinalNorm; }
+  bool is_norm() const {
+    return role == TensorRole::kAttnNorm || role == TensorRole::kFfnNorm ||
+           role == TensorRole::kFinalNorm;
+  }
   int64_t elements() const {
     int64_t n = 1;
     for (int64_t d : shape) n *= d;

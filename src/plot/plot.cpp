@@ -17,7 +17,8 @@ namespace starling {
 namespace {
 
 bool EndsWith(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+  return s.size() >= suffix.size() &&
+         s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
 // Tick positions: about `count` round numbers (1, 2 or 5 times a power of ten) over [lo, hi].
@@ -154,7 +155,7 @@ void PlotSeries(const std::vector<Series>& series, const PlotOptions& o, const s
     cairo_set_font_size(cr, 12);
   }
   // The series, clipped to the plot area, and the legend.
-  static const double kColors[][3] = {{0.12, 0.47, 0.71}, {1.0, 0.5, 0.05}, {0.17, 0.63, 0.17},
+  static const double kColors[][3] = {{0.12, 0.47, 0.71}, {1.0, 0.5, 0.05},  {0.17, 0.63, 0.17},
                                       {0.84, 0.15, 0.16}, {0.58, 0.4, 0.74}, {0.55, 0.34, 0.29}};
   for (size_t k = 0; k < series.size(); ++k) {
     const Series& s = series[k];
@@ -172,7 +173,8 @@ void PlotSeries(const std::vector<Series>& series, const PlotOptions& o, const s
         cairo_line_to(cr, px(s.x[i]), py(y));
       }
     }
-    if (s.x.size() == 1) cairo_arc(cr, px(s.x[0]), py(o.log_y ? std::log10(s.y[0]) : s.y[0]), 3, 0, 7);
+    if (s.x.size() == 1)
+      cairo_arc(cr, px(s.x[0]), py(o.log_y ? std::log10(s.y[0]) : s.y[0]), 3, 0, 7);
     cairo_stroke(cr);
     cairo_restore(cr);
     const double ly = top + 16 + 18 * static_cast<double>(k);

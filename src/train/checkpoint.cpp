@@ -57,8 +57,7 @@ void SaveHuggingFace(const TrainModel& m, const std::string& dir,
   for (const Parameter& p : m.parameters()) {
     for (size_t i = 0; i < p.value.size(); ++i) {
       if (!std::isfinite(p.value[i])) {
-        Fail("not saving ", dir, ": parameter '", p.spec.name, "' element ", i, " is ",
-             p.value[i]);
+        Fail("not saving ", dir, ": parameter '", p.spec.name, "' element ", i, " is ", p.value[i]);
       }
     }
   }
@@ -100,9 +99,9 @@ void SaveHuggingFace(const TrainModel& m, const std::string& dir,
   WriteFileAtomically(dir + "/config.json", [&](const ByteSink& sink) { sink(config); });
 
   if (IsDirectory(tokenizer_source)) {
-    for (const char* name : {"tokenizer.model", "tokenizer.json", "tokenizer_config.json",
-                             "special_tokens_map.json", "added_tokens.json",
-                             "generation_config.json", "tokenizer.gguf"}) {
+    for (const char* name :
+         {"tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+          "added_tokens.json", "generation_config.json", "tokenizer.gguf"}) {
       const std::string from = tokenizer_source + "/" + name;
       if (!FileExists(from)) continue;
       const std::string bytes = ReadFile(from);

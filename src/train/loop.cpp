@@ -239,13 +239,18 @@ void RunTrainLoop(TrainModel& m, BatchSource& source, const std::vector<TokenBat
     const auto t1 = std::chrono::steady_clock::now();
     const double seconds = std::chrono::duration<double>(t1 - t0).count();
     const bool last = k + 1 == o.steps;
-    const bool evaluate = !eval.empty() && (last || (o.eval_every > 0 && (k + 1) % o.eval_every == 0));
+    const bool evaluate =
+        !eval.empty() && (last || (o.eval_every > 0 && (k + 1) % o.eval_every == 0));
     if (evaluate) eval_loss = EvaluateLoss(step, eval);
     smoothed = std::isnan(smoothed) ? loss : 0.9 * smoothed + 0.1 * loss;
     const double epoch = static_cast<double>(position) / static_cast<double>(source.examples());
     if (log) {
-      nlohmann::json line = {{"step", k + 1},     {"loss", loss},       {"lr", lr},
-                             {"grad_norm", norm}, {"tokens", trained},  {"epoch", epoch},
+      nlohmann::json line = {{"step", k + 1},
+                             {"loss", loss},
+                             {"lr", lr},
+                             {"grad_norm", norm},
+                             {"tokens", trained},
+                             {"epoch", epoch},
                              {"tokens_per_s", static_cast<double>(tokens) / seconds}};
       if (evaluate) line["eval_loss"] = eval_loss;
       log << line.dump() << "\n" << std::flush;
@@ -254,17 +259,18 @@ void RunTrainLoop(TrainModel& m, BatchSource& source, const std::vector<TokenBat
     if (!o.quiet && (terminal || last || stop || evaluate ||
                      (k + 1) % std::max<int64_t>(1, o.steps / 20) == 0)) {
       const double elapsed = std::chrono::duration<double>(t1 - start).count();
-      const double eta = elapsed / static_cast<double>(k + 1 - first_step) *
-                         static_cast<double>(o.steps - k - 1);
+      const double eta =
+          elapsed / static_cast<double>(k + 1 - first_step) * static_cast<double>(o.steps - k - 1);
       char eval_text[32] = "";
-      if (!std::isnan(eval_loss)) std::snprintf(eval_text, sizeof eval_text, "  eval %.4f", eval_loss);
-      std::fprintf(stderr,
-                   "%sstep %lld/%lld  epoch %.2f  loss %.4f (smoothed %.4f)%s  lr %.3g  %.0f tok/s  "
-                   "ETA %s%s",
-                   terminal ? "\r" : "", static_cast<long long>(k + 1),
-                   static_cast<long long>(o.steps), epoch, loss, smoothed, eval_text, lr,
-                   static_cast<double>(tokens) / seconds, Duration(eta).c_str(),
-                   terminal && !last && !stop ? "   " : "\n");
+      if (!std::isnan(eval_loss))
+        std::snprintf(eval_text, sizeof eval_text, "  eval %.4f", eval_loss);
+      std::fprintf(
+          stderr,
+          "%sstep %lld/%lld  epoch %.2f  loss %.4f (smoothed %.4f)%s  lr %.3g  %.0f tok/s  "
+          "ETA %s%s",
+          terminal ? "\r" : "", static_cast<long long>(k + 1), static_cast<long long>(o.steps),
+          epoch, loss, smoothed, eval_text, lr, static_cast<double>(tokens) / seconds,
+          Duration(eta).c_str(), terminal && !last && !stop ? "   " : "\n");
     }
     if (stop) {
       SaveCheckpoint(m, o, k + 1, position);

@@ -36,9 +36,9 @@ struct TrainLoopOptions {
   int64_t accum = 1;             // micro-batches per optimizer step
   LrScheduleConfig lr;
   AdamWConfig adam;
-  double grad_clip = 0.0;   // 0: none
-  int64_t save_every = 0;   // 0: only at the end
-  int64_t eval_every = 0;   // 0: only at the end (when there is eval data)
+  double grad_clip = 0.0;  // 0: none
+  int64_t save_every = 0;  // 0: only at the end
+  int64_t eval_every = 0;  // 0: only at the end (when there is eval data)
   bool recompute = false;
   bool quiet = false;
   // What defines the run (model, data, batch shape, seed...): stored in every checkpoint and

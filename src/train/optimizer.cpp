@@ -37,7 +37,11 @@ bool GradsFinite(const std::vector<Parameter>& params) {
 void AdamWStep(std::vector<Parameter>& params, int64_t step, double lr, const AdamWConfig& c) {
   const double bias1 = 1.0 - std::pow(static_cast<double>(c.beta1), static_cast<double>(step));
   const double bias2 = 1.0 - std::pow(static_cast<double>(c.beta2), static_cast<double>(step));
-  AdamWScalars a{1.0f, c.beta1, c.beta2, c.eps, static_cast<float>(lr / bias1),
+  AdamWScalars a{1.0f,
+                 c.beta1,
+                 c.beta2,
+                 c.eps,
+                 static_cast<float>(lr / bias1),
                  static_cast<float>(std::sqrt(bias2))};
   const auto row = ActiveSimdLevel() != SimdLevel::kScalar ? AdamWRowAvx2 : AdamWRow;
   for (Parameter& p : params) {

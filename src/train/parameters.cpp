@@ -101,8 +101,8 @@ const float* TrainModel::head_weights() {
   if (frozen_head_.empty()) {
     // The head's rows as stored (the model may hold it relaid for MatMul).
     const std::string name = config().head == ModelHead::kReward ? "score.weight"
-                             : config().tie_word_embeddings     ? "model.embed_tokens.weight"
-                                                                : "lm_head.weight";
+                             : config().tie_word_embeddings      ? "model.embed_tokens.weight"
+                                                                 : "lm_head.weight";
     for (const TensorRef& t : files_.tensors) {
       if (t.name != name) continue;
       const int64_t rows = t.shape[0], cols = t.shape[1];

@@ -3,11 +3,11 @@
 #include <cmath>
 #include <cstdio>
 
+#include "chat/chat_data.h"
 #include "core/error.h"
 #include "core/file.h"
 #include "model/hf_config.h"
 #include "tokenizer/load.h"
-#include "chat/chat_data.h"
 #include "train/data.h"
 
 namespace starling {
@@ -18,7 +18,8 @@ TrainModel OpenTrainModel(const TrainerOptions& o, std::string* tokenizer_source
   if (o.model.empty() == o.config.empty()) Fail("give either -m INIT or --config config.json");
   if (o.batch < 1) Fail("--batch must be at least 1, not ", o.batch);
   if (o.ctx < 1) Fail("--ctx must be at least 1, not ", o.ctx);
-  if (!(o.loop.lr.lr >= 0) || !std::isfinite(o.loop.lr.lr)) Fail("--lr must be a finite number >= 0");
+  if (!(o.loop.lr.lr >= 0) || !std::isfinite(o.loop.lr.lr))
+    Fail("--lr must be a finite number >= 0");
   *tokenizer_source = o.tokenizer.empty() ? o.model : o.tokenizer;
   if (tokenizer_source->empty()) {
     Fail("--config needs --tokenizer (a tokenizer.model, HF directory or GGUF)");
@@ -28,7 +29,8 @@ TrainModel OpenTrainModel(const TrainerOptions& o, std::string* tokenizer_source
           ? OpenModelFiles(o.model)
           : RandomModelFiles(ParseHuggingFaceConfig(ReadFile(o.config), "", o.config), o.seed);
   const ModelConfig& c = files.config;
-  if (c.head != ModelHead::kLanguageModel) Fail(files.source, ": this trainer needs a language model");
+  if (c.head != ModelHead::kLanguageModel)
+    Fail(files.source, ": this trainer needs a language model");
   if (c.max_position_embeddings > 0 && o.ctx > c.max_position_embeddings) {
     Fail("--ctx ", o.ctx, " is larger than the model's context (max_position_embeddings ",
          c.max_position_embeddings, ")");
@@ -176,8 +178,8 @@ void RunPretrain(TrainerOptions o) {
   WindowSource source(TokenWindows(std::move(tokens), o.ctx, o.data), o.batch, o.shuffle, o.seed);
   std::fprintf(stderr, "data: %s, %zu tokens, %lld windows of %lld\n", o.data.c_str(), token_count,
                static_cast<long long>(source.examples()), static_cast<long long>(o.ctx));
-  const TrainLoopOptions loop = LoopOptions(o, m, source.examples(), o.batch, tokenizer_source,
-                                            {{"trainer", "pretrain"}});
+  const TrainLoopOptions loop =
+      LoopOptions(o, m, source.examples(), o.batch, tokenizer_source, {{"trainer", "pretrain"}});
   RunTrainLoop(m, source, {}, loop);
 }
 
@@ -249,12 +251,10 @@ void RunSft(SftOptions s) {
                                        {"template", s.chat_template},
                                        {"eval_data", s.eval_data},
                                        {"long_conversations", s.long_conversations}});
-  loop.log_header = {{"conversations", stats.conversations},
-                     {"trained_tokens", stats.trained_tokens},
-                     {"skipped_no_assistant", stats.no_assistant},
-                     {"skipped_too_long", stats.too_long_skipped},
-                     {"skipped_bad_lines", stats.bad_lines},
-                     {"truncated", stats.truncated}};
+  loop.log_header = {
+      {"conversations", stats.conversations},       {"trained_tokens", stats.trained_tokens},
+      {"skipped_no_assistant", stats.no_assistant}, {"skipped_too_long", stats.too_long_skipped},
+      {"skipped_bad_lines", stats.bad_lines},       {"truncated", stats.truncated}};
   RunTrainLoop(m, source, eval, loop);
 }
 

@@ -17,7 +17,7 @@ struct TrainerOptions {
   std::string data;       // --data
   int64_t ctx = 256;
   int64_t batch = 4;
-  int64_t epochs = 0;     // when set (and steps is not), the steps that cover this many epochs
+  int64_t epochs = 0;  // when set (and steps is not), the steps that cover this many epochs
   int32_t unfreeze_layers = -1;
   uint64_t seed = 1;
   bool shuffle = true;
@@ -29,8 +29,8 @@ void RunPretrain(TrainerOptions o);
 
 struct SftOptions {
   TrainerOptions common;
-  std::string chat_template;  // --template
-  std::string eval_data;      // --eval-data
+  std::string chat_template;                // --template
+  std::string eval_data;                    // --eval-data
   std::string long_conversations = "skip";  // skip | truncate
   bool skip_bad_lines = false;
 };

@@ -11,10 +11,10 @@ LrSchedule LrScheduleFromName(const std::string& name);  // constant, linear, co
 
 struct LrScheduleConfig {
   LrSchedule kind = LrSchedule::kConstant;
-  double lr = 3e-4;      // the peak
-  double min_lr = 0.0;   // where linear and cosine end
-  int64_t warmup = 0;    // steps
-  int64_t total = 1;     // optimizer steps in the run
+  double lr = 3e-4;     // the peak
+  double min_lr = 0.0;  // where linear and cosine end
+  int64_t warmup = 0;   // steps
+  int64_t total = 1;    // optimizer steps in the run
 };
 
 // The learning rate of optimizer step `step` (from 0), HF's lr_lambda(step) applied between

@@ -8,7 +8,8 @@ double TrainStep::LanguageModelLoss(const TokenBatch& b, bool backward,
                                     std::span<float> token_losses) {
   const Model& m = model_.model();
   const ModelConfig& c = m.config();
-  if (c.head != ModelHead::kLanguageModel) Fail("language-model loss on a model without an LM head");
+  if (c.head != ModelHead::kLanguageModel)
+    Fail("language-model loss on a model without an LM head");
   const auto n = static_cast<int64_t>(b.inputs.size());
   if (b.targets.size() != b.inputs.size() || b.weights.size() != b.inputs.size()) {
     Fail("a batch needs as many targets and weights as inputs");
@@ -25,11 +26,9 @@ double TrainStep::LanguageModelLoss(const TokenBatch& b, bool backward,
   RunDecoder(m, b.inputs, kv.positions(), kv, forward_, &record_);
   const int64_t d = c.hidden_size;
   dhidden_.resize(static_cast<size_t>(n * d));
-  const double loss = LmHeadCrossEntropy(model_.head_weights(), c.vocab_size,
-                                         record_.hidden.data(), n, d, b.targets, b.weights,
-                                         b.normalizer, dhidden_.data(),
-                                         backward ? model_.head_grad() : nullptr, loss_,
-                                         token_losses);
+  const double loss = LmHeadCrossEntropy(
+      model_.head_weights(), c.vocab_size, record_.hidden.data(), n, d, b.targets, b.weights,
+      b.normalizer, dhidden_.data(), backward ? model_.head_grad() : nullptr, loss_, token_losses);
   if (!backward) return loss;
   DecoderBackward(m, b.inputs, kv, record_, dhidden_.data(), model_.grads(), backward_, dx_,
                   forward_, recomputed_);
@@ -38,8 +37,8 @@ double TrainStep::LanguageModelLoss(const TokenBatch& b, bool backward,
 
 uint64_t TrainStep::activation_bytes() const {
   auto floats = [](const std::vector<float>& v) { return v.size() * sizeof(float); };
-  uint64_t n = record_.bytes() + recomputed_.bytes() + floats(dhidden_) + floats(dx_) +
-               floats(loss_.logits);
+  uint64_t n =
+      record_.bytes() + recomputed_.bytes() + floats(dhidden_) + floats(dx_) + floats(loss_.logits);
   for (const auto* v : {&backward_.dxn, &backward_.dattn, &backward_.dq, &backward_.dk,
                         &backward_.dv, &backward_.dgate, &backward_.dup, &backward_.dact}) {
     n += floats(*v);

@@ -94,10 +94,9 @@ void WriteHuggingFaceDirectory(const ModelConfig& c, const std::vector<ExportTen
   }
   writer.WriteTo(f.out + "/model.safetensors");
   const std::string config = HuggingFaceConfigJson(c, preset == QuantPreset::kBF16  ? "bfloat16"
-                                                    : preset == QuantPreset::kF16 ? "float16"
-                                                                                  : "float32");
-  WriteFileAtomically(f.out + "/config.json",
-                      [&](const ByteSink& sink) { sink(config); });
+                                                      : preset == QuantPreset::kF16 ? "float16"
+                                                                                    : "float32");
+  WriteFileAtomically(f.out + "/config.json", [&](const ByteSink& sink) { sink(config); });
   for (const char* name : {"tokenizer.model", "added_tokens.json", "special_tokens_map.json",
                            "tokenizer_config.json"}) {
     const std::string from = f.vocab + "/" + name;

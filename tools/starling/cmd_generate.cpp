@@ -354,7 +354,6 @@ void AddThreadsOption(CLI::App* cmd) {
       ->check(CLI::Range(0, 1024));
 }
 
-
 CLI::Validator NonEmpty() {
   return CLI::Validator(
       [](const std::string& value) {

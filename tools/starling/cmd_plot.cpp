@@ -30,8 +30,12 @@ void RegisterPlot(CLI::App& app) {
   p->add_option("--x", f->x, "the key along the horizontal axis")->capture_default_str();
   p->add_option("--title", f->title, "a title above the chart");
   p->add_flag("--log-y", f->log_y, "logarithmic vertical axis");
-  p->add_option("--width", f->width, "pixels")->check(CLI::Range(200, 10000))->capture_default_str();
-  p->add_option("--height", f->height, "pixels")->check(CLI::Range(150, 10000))->capture_default_str();
+  p->add_option("--width", f->width, "pixels")
+      ->check(CLI::Range(200, 10000))
+      ->capture_default_str();
+  p->add_option("--height", f->height, "pixels")
+      ->check(CLI::Range(150, 10000))
+      ->capture_default_str();
   p->callback([f] {
     std::vector<std::string> names;
     std::istringstream in(f->series);

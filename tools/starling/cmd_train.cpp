@@ -113,17 +113,23 @@ void RunBenchTrain(const BenchTrainFlags& f) {
   const double act_mib = static_cast<double>(step.activation_bytes()) / (1024.0 * 1024.0);
   const std::string name = f.config.empty() ? f.preset : f.config;
   if (f.json) {
-    const nlohmann::json out = {
-        {"model", name},          {"parameters", tm.parameter_count()},
-        {"batch", f.batch},       {"ctx", f.ctx},
-        {"threads", ThreadPool::Global().size()},
-        {"simd", DotRowImplementation()},
-        {"tokens_per_s_median", median}, {"tokens_per_s_min", rates.front()},
-        {"tokens_per_s_max", rates.back()}, {"gflops", gflops},
-        {"gemm_peak_gflops", peak},
-        {"memory_mib", {{"parameters", param_mib}, {"gradients", param_mib},
-                        {"adamw", 2 * param_mib}, {"activations", act_mib}}},
-        {"recompute", f.recompute}};
+    const nlohmann::json out = {{"model", name},
+                                {"parameters", tm.parameter_count()},
+                                {"batch", f.batch},
+                                {"ctx", f.ctx},
+                                {"threads", ThreadPool::Global().size()},
+                                {"simd", DotRowImplementation()},
+                                {"tokens_per_s_median", median},
+                                {"tokens_per_s_min", rates.front()},
+                                {"tokens_per_s_max", rates.back()},
+                                {"gflops", gflops},
+                                {"gemm_peak_gflops", peak},
+                                {"memory_mib",
+                                 {{"parameters", param_mib},
+                                  {"gradients", param_mib},
+                                  {"adamw", 2 * param_mib},
+                                  {"activations", act_mib}}},
+                                {"recompute", f.recompute}};
     std::printf("%s\n", out.dump().c_str());
     return;
   }
@@ -132,14 +138,13 @@ void RunBenchTrain(const BenchTrainFlags& f) {
               static_cast<long long>(f.ctx), ThreadPool::Global().size(), DotRowImplementation());
   std::printf("train step: %.0f tokens/s median (min %.0f, max %.0f over %d steps)\n", median,
               rates.front(), rates.back(), f.steps);
-  std::printf("           %.1f GFLOP/s (6 x params x tokens/s) = %.0f%% of the measured sgemm "
-              "peak %.1f GFLOP/s\n",
-              gflops, 100.0 * gflops / peak, peak);
+  std::printf(
+      "           %.1f GFLOP/s (6 x params x tokens/s) = %.0f%% of the measured sgemm "
+      "peak %.1f GFLOP/s\n",
+      gflops, 100.0 * gflops / peak, peak);
   std::printf("memory: parameters %.1f MiB + gradients %.1f + AdamW %.1f + activations %.1f%s\n",
-              param_mib, param_mib, 2 * param_mib, act_mib,
-              f.recompute ? " (recompute)" : "");
+              param_mib, param_mib, 2 * param_mib, act_mib, f.recompute ? " (recompute)" : "");
 }
-
 
 // The options every trainer shares (model, data shape, optimizer, schedule, checkpoints).
 void AddTrainerOptions(CLI::App* p, TrainerOptions* o, bool* no_shuffle) {
@@ -155,12 +160,12 @@ void AddTrainerOptions(CLI::App* p, TrainerOptions* o, bool* no_shuffle) {
                 "micro-batches per optimizer step (gradient accumulation)")
       ->capture_default_str();
   p->add_option("--steps", o->loop.steps, "optimizer steps");
-  p->add_option("--epochs", o->epochs, "train for this many passes over the data (without --steps)");
+  p->add_option("--epochs", o->epochs,
+                "train for this many passes over the data (without --steps)");
   p->add_option("--lr", o->loop.lr.lr, "peak learning rate")->capture_default_str();
   p->add_option("--schedule", o->schedule, "constant, linear or cosine (as HF Trainer's)")
       ->capture_default_str();
-  p->add_option("--warmup", o->loop.lr.warmup, "linear warmup steps from 0")
-      ->capture_default_str();
+  p->add_option("--warmup", o->loop.lr.warmup, "linear warmup steps from 0")->capture_default_str();
   p->add_option("--min-lr", o->loop.lr.min_lr, "where linear and cosine end")
       ->capture_default_str();
   p->add_option("--weight-decay", o->loop.adam.weight_decay,
@@ -231,8 +236,7 @@ void RegisterTrain(CLI::App& app) {
       "(k*B + j) mod N, each its own sequence; by default a seeded shuffle per epoch, packed "
       "into B rows of at most --ctx tokens (each conversation still attends only to itself).");
   s->add_option("--data", sft->common.data, "conversations, JSON Lines")->required();
-  s->add_option("--template", sft->chat_template, "openchat, openchat-code or llama-2")
-      ->required();
+  s->add_option("--template", sft->chat_template, "openchat, openchat-code or llama-2")->required();
   s->add_option("--eval-data", sft->eval_data, "held-out conversations: mean masked loss");
   s->add_option("--eval-every", sft->common.loop.eval_every,
                 "evaluate every N steps (and at the end)")
