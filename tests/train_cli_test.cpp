@@ -27,14 +27,15 @@ namespace {
 const std::string kStories = std::string(STARLING_MODELS_DIR) + "/stories260K.gguf";
 const std::string kData = std::string(STARLING_TEST_DATA_DIR) + "/tiny-mistral/reference/text.txt";
 
-// The log's lines; without `with_step0`, only the steps' (a run's first lines are step 0: the
-// data's counts, the eval loss before training).
-std::vector<nlohmann::json> ReadLog(const std::string& path, bool with_step0 = false) {
+// The log's lines: one per step, each with at least step, loss, lr, grad_norm, tokens_per_s.
+std::vector<nlohmann::json> ReadLog(const std::string& path) {
   std::ifstream f(path);
   std::vector<nlohmann::json> lines;
   for (std::string line; std::getline(f, line);) {
-    nlohmann::json j = nlohmann::json::parse(line);
-    if (with_step0 || j["step"] != 0) lines.push_back(std::move(j));
+    lines.push_back(nlohmann::json::parse(line));
+    for (const char* key : {"step", "loss", "lr", "grad_norm", "tokens_per_s"}) {
+      EXPECT_TRUE(lines.back().contains(key)) << path << ": " << key << " in " << line;
+    }
   }
   return lines;
 }
@@ -46,7 +47,7 @@ const std::string kChat = std::string(STARLING_TEST_DATA_DIR) + "/train/chat";
 std::map<int64_t, nlohmann::json> LossByStep(const std::string& log) {
   std::map<int64_t, nlohmann::json> out;
   for (const auto& line : ReadLog(log)) {
-    if (line.contains("loss")) out[line["step"].get<int64_t>()] = line["loss"];  // not step 0
+    out[line["step"].get<int64_t>()] = line["loss"];
   }
   return out;
 }
@@ -195,12 +196,15 @@ TEST(TrainSft, LearnsTheAnswersAndLowersTheHeldOutLoss) {
                                    "/eval.jsonl --eval-every 50 --log " + log + " -t 2"));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   std::vector<double> eval;
-  for (const auto& line : ReadLog(log, true)) {
+  const auto lines = ReadLog(log);
+  ASSERT_EQ(lines.size(), 150u);
+  eval.push_back(lines.front()["eval_loss_before"].get<double>());
+  for (const auto& line : lines) {
     if (line.contains("eval_loss")) eval.push_back(line["eval_loss"].get<double>());
   }
-  ASSERT_EQ(eval.size(), 4u);                      // before training, at 50, 100 and 150
-  const auto counts = ReadLog(log, true).front();  // the data's counts come first
-  EXPECT_EQ(counts["step"], 0);
+  ASSERT_EQ(eval.size(), 4u);          // before training, at 50, 100 and 150
+  const auto& counts = lines.front();  // step 1 also carries the data's counts
+  EXPECT_EQ(counts["step"], 1);
   EXPECT_EQ(counts["conversations"], 20);
   EXPECT_EQ(counts["skipped_too_long"], 0);
   // Held-out names cannot be guessed, but "Hello, " and "!</s>" can: measured 6.8 -> 2.6.

@@ -194,11 +194,9 @@ void RunTrainLoop(TrainModel& m, BatchSource& source, const std::vector<TokenBat
     log.open(o.log, o.resume.empty() ? std::ios::trunc : std::ios::app);
     if (!log) Fail(o.log, ": cannot open the log for writing");
   }
-  if (log && o.resume.empty()) {
-    nlohmann::json header = o.log_header.is_object() ? o.log_header : nlohmann::json::object();
-    header["step"] = 0;
-    log << header.dump() << "\n";
-  }
+  // Extra keys of a fresh run's first line (the data's counts, the eval loss before training):
+  // the log stays one line per step.
+  nlohmann::json first_extra = o.log_header.is_object() ? o.log_header : nlohmann::json::object();
   TrainStep step(m, o.recompute);
   StopSignals signals;
   const bool terminal = isatty(fileno(stderr)) != 0;
@@ -206,7 +204,7 @@ void RunTrainLoop(TrainModel& m, BatchSource& source, const std::vector<TokenBat
   double smoothed = NAN, eval_loss = NAN;
   if (!eval.empty() && first_step == 0) {  // where the run starts from
     eval_loss = EvaluateLoss(step, eval);
-    if (log) log << nlohmann::json{{"step", 0}, {"eval_loss", eval_loss}}.dump() << "\n";
+    first_extra["eval_loss_before"] = eval_loss;
     if (!o.quiet) std::fprintf(stderr, "eval loss before training: %.4f\n", eval_loss);
   }
   int64_t k = first_step;
@@ -253,6 +251,7 @@ void RunTrainLoop(TrainModel& m, BatchSource& source, const std::vector<TokenBat
                              {"epoch", epoch},
                              {"tokens_per_s", static_cast<double>(tokens) / seconds}};
       if (evaluate) line["eval_loss"] = eval_loss;
+      if (k == 0) line.update(first_extra);
       log << line.dump() << "\n" << std::flush;
     }
     const bool stop = signals.signal() != 0;

@@ -44,7 +44,7 @@ struct TrainLoopOptions {
   // What defines the run (model, data, batch shape, seed...): stored in every checkpoint and
   // compared on resume, which refuses a different run and names the field.
   nlohmann::json run_config;
-  // Written as the log's first line, {"step": 0, ...} (fresh runs): e.g. the data's counts.
+  // Extra keys for the log line of step 1 (fresh runs): e.g. the data's counts.
   nlohmann::json log_header;
 };
 
