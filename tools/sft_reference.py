@@ -51,7 +51,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch_llama as tl  # noqa: E402
 from train_reference import (BETA1, BETA2, EPS, GRAD_CLIP, LR, STEPS,  # noqa: E402
-                             WEIGHT_DECAY, rel_l2, to_torch)
+                             WEIGHT_DECAY, rel_l2, run_adamw, to_torch)
 
 torch.set_num_threads(1)
 
@@ -132,7 +132,7 @@ def micro_batch(step, n):
 # Loss and training
 # --------------------------------------------------------------------------------------------
 
-def step_loss(cfg, params, seqs, normalization="count"):
+def step_loss_of(cfg, params, seqs, normalization="count"):
     """sum over sequences of sum_i w_i * CE_i, over count(w_i != 0) in the step. `seqs` is a
     list of (ids, weights) numpy pairs; each sequence runs alone (positions from 0, attention
     within itself). normalization "sum_w" or "per_sequence" are deliberate mistakes."""
@@ -154,33 +154,16 @@ def step_loss(cfg, params, seqs, normalization="count"):
 
 
 def train(cfg, weights_np, convs, dtype, reverse_within_batch=False, normalization="count"):
-    """STEPS steps of torch.optim.AdamW over the --no-shuffle micro-batches. Each step: zero
-    grads; forward + loss (recorded); backward; clip_grad_norm_ (the norm before clipping is
-    recorded); step. Returns the first step's loss and gradients too."""
+    """STEPS AdamW steps (train_reference.run_adamw) over the --no-shuffle micro-batches."""
     params = to_torch(weights_np, dtype)
-    plist = list(params.values())
-    groups = [
-        {"params": [p for p in plist if p.dim() == 2], "weight_decay": WEIGHT_DECAY},
-        {"params": [p for p in plist if p.dim() == 1], "weight_decay": 0.0},
-    ]
-    opt = torch.optim.AdamW(groups, lr=LR, betas=(BETA1, BETA2), eps=EPS, foreach=False)
-    losses, norms, grads0 = [], [], None
-    for step in range(STEPS):
+
+    def step_loss(step):
         batch = micro_batch(step, len(convs))
         if reverse_within_batch:
             batch = batch[::-1]
-        opt.zero_grad(set_to_none=True)
-        loss = step_loss(cfg, params, [convs[i][:2] for i in batch], normalization)
-        loss.backward()
-        if step == 0:
-            grads0 = {n: p.grad.detach().clone() for n, p in params.items()}
-        norm = torch.nn.utils.clip_grad_norm_(plist, GRAD_CLIP)
-        losses.append(loss.item())
-        norms.append(norm.item())
-        opt.step()
-    final = {n: p.detach().clone() for n, p in params.items()}
-    return {"loss": losses[0], "grads": grads0, "losses": losses, "grad_norms": norms,
-            "final": final}
+        return step_loss_of(cfg, params, [convs[i][:2] for i in batch], normalization)
+
+    return run_adamw(params, step_loss)
 
 
 def first_batch_rows(convs):
@@ -246,9 +229,9 @@ def finite_difference_check(cfg, weights_np, convs, grads, seed=3001, per_tensor
             h = 1e-5 * max(1.0, abs(p[idx].item()))
             old = p[idx].item()
             p[idx] = old + h
-            up = step_loss(cfg, params, seqs).item()
+            up = step_loss_of(cfg, params, seqs).item()
             p[idx] = old - h
-            down = step_loss(cfg, params, seqs).item()
+            down = step_loss_of(cfg, params, seqs).item()
             p[idx] = old
             fd = (up - down) / (2 * h)
             ag = grads[name][idx].item()

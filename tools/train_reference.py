@@ -154,16 +154,14 @@ def to_torch(weights_np: dict, dtype, requires_grad=True) -> dict:
             for n, a in sorted(weights_np.items())}
 
 
-def train(cfg, weights_np, tokens_np, lw_np, dtype):
-    """The initial loss and gradients, then STEPS steps of torch.optim.AdamW on the same batch.
+def run_adamw(params: dict, step_loss):
+    """STEPS steps of torch.optim.AdamW over `params`, step_loss(step) giving each step's loss.
 
     Each step: zero grads; forward + loss (recorded); backward; total = clip_grad_norm_(all
     parameters, GRAD_CLIP) (recorded: the norm before clipping); optimizer.step(). Weight decay
-    applies to 2-D tensors (matrices, embeddings) only: two parameter groups.
+    applies to 2-D tensors (matrices, embeddings) only: two parameter groups. Returns the first
+    step's loss and gradients too, and the final parameters.
     """
-    params = to_torch(weights_np, dtype)
-    tokens = torch.tensor(tokens_np, dtype=torch.long)
-    lw = torch.tensor(lw_np, dtype=dtype)
     plist = list(params.values())
     groups = [
         {"params": [p for p in plist if p.dim() == 2], "weight_decay": WEIGHT_DECAY},
@@ -173,7 +171,7 @@ def train(cfg, weights_np, tokens_np, lw_np, dtype):
     losses, norms, grads0 = [], [], None
     for step in range(STEPS):
         opt.zero_grad(set_to_none=True)
-        loss = loss_fn(cfg, params, tokens, lw)
+        loss = step_loss(step)
         loss.backward()
         if step == 0:
             grads0 = {n: p.grad.detach().clone() for n, p in params.items()}
@@ -184,6 +182,14 @@ def train(cfg, weights_np, tokens_np, lw_np, dtype):
     final = {n: p.detach().clone() for n, p in params.items()}
     return {"loss": losses[0], "grads": grads0, "losses": losses, "grad_norms": norms,
             "final": final}
+
+
+def train(cfg, weights_np, tokens_np, lw_np, dtype):
+    """The initial loss and gradients, then STEPS AdamW steps (run_adamw) on the same batch."""
+    params = to_torch(weights_np, dtype)
+    tokens = torch.tensor(tokens_np, dtype=torch.long)
+    lw = torch.tensor(lw_np, dtype=dtype)
+    return run_adamw(params, lambda step: loss_fn(cfg, params, tokens, lw))
 
 
 def write_fixture(name, rel_model_dir, tokens, lw, result):
