@@ -70,13 +70,12 @@ void Rope(std::vector<T>& v, int64_t n, int64_t heads, int64_t hd, const std::ve
       }
 }
 
-// The mean-or-weighted LM loss sum_i w_i CE_i / normalizer over sequences laid end to end.
+// The final hidden states [N, D] (after the final norm) of sequences laid end to end.
 template <typename T>
-T LanguageModelLoss(const ModelConfig& c, const Weights<T>& W, const std::vector<int64_t>& lengths,
-                    const std::vector<int32_t>& inputs, const std::vector<int32_t>& targets,
-                    const std::vector<float>& weights, double normalizer) {
+std::vector<T> Hidden(const ModelConfig& c, const Weights<T>& W,
+                      const std::vector<int64_t>& lengths, const std::vector<int32_t>& inputs) {
   const int64_t n = static_cast<int64_t>(inputs.size()), d = c.hidden_size, hd = c.head_dim;
-  const int64_t H = c.num_heads, KVH = c.num_kv_heads, F = c.intermediate_size, V = c.vocab_size;
+  const int64_t H = c.num_heads, KVH = c.num_kv_heads, F = c.intermediate_size;
   const bool inter = c.rope_layout == RopeLayout::kInterleaved;
   std::vector<int64_t> pos, start;
   int64_t s0 = 0;
@@ -128,8 +127,18 @@ T LanguageModelLoss(const ModelConfig& c, const Weights<T>& W, const std::vector
     const auto down = Linear(w(p + "mlp.down_proj.weight"), d, F, g, n);
     for (size_t i = 0; i < x.size(); ++i) x[i] += down[i];
   }
-  const auto h = Norm(x, w("model.norm.weight"), n, d, c.rms_norm_eps);
-  const auto& head = c.tie_word_embeddings ? emb : w("lm_head.weight");
+  return Norm(x, w("model.norm.weight"), n, d, c.rms_norm_eps);
+}
+
+// The mean-or-weighted LM loss sum_i w_i CE_i / normalizer over sequences laid end to end.
+template <typename T>
+T LanguageModelLoss(const ModelConfig& c, const Weights<T>& W, const std::vector<int64_t>& lengths,
+                    const std::vector<int32_t>& inputs, const std::vector<int32_t>& targets,
+                    const std::vector<float>& weights, double normalizer) {
+  const int64_t n = static_cast<int64_t>(inputs.size()), d = c.hidden_size, V = c.vocab_size;
+  const auto h = Hidden(c, W, lengths, inputs);
+  const auto& head =
+      c.tie_word_embeddings ? W.at("model.embed_tokens.weight") : W.at("lm_head.weight");
   T loss(0);
   for (int64_t t = 0; t < n; ++t) {
     if (weights[t] == 0.0f) continue;
@@ -144,6 +153,51 @@ T LanguageModelLoss(const ModelConfig& c, const Weights<T>& W, const std::vector
     T sum(0);
     for (const T& e : z) sum += std::exp(e - T(mx));
     loss += T(static_cast<double>(weights[t])) * (T(mx) + std::log(sum) - z[targets[t]]);
+  }
+  return loss / T(normalizer);
+}
+
+// A reward model's ranking loss, every (prompt, answer) sequence run alone from its first
+// token: sequences[i] are whole token sequences, groups[g] the number of consecutive sequences
+// (best first) ranked together; the loss is the mean over groups of
+//   kwise: -sum_j [r_j - log sum_{k>=j} e^{r_k}] / (K - 1),  pairwise: mean_{i<j} log(1 + e^{r_j -
+//   r_i})
+// plus zero_sum * (sum r)^2, r = score.weight . hidden at each sequence's last token.
+template <typename T>
+T RankingLoss(const ModelConfig& c, const Weights<T>& W,
+              const std::vector<std::vector<int32_t>>& sequences,
+              const std::vector<int64_t>& groups, bool kwise, double zero_sum, double normalizer) {
+  const int64_t d = c.hidden_size;
+  std::vector<T> r;
+  for (const auto& seq : sequences) {
+    const auto h = Hidden(c, W, {static_cast<int64_t>(seq.size())}, seq);
+    const int64_t last = static_cast<int64_t>(seq.size()) - 1;
+    T acc(0);
+    for (int64_t i = 0; i < d; ++i) acc += W.at("score.weight")[i] * h[last * d + i];
+    r.push_back(acc);
+  }
+  T loss(0);
+  size_t first = 0;
+  for (const int64_t k : groups) {
+    T l(0), sum(0);
+    for (int64_t j = 0; j < k; ++j) sum += r[first + j];
+    if (kwise) {
+      for (int64_t j = 0; j < k; ++j) {
+        double mx = -1e300;
+        for (int64_t i = j; i < k; ++i) mx = std::max(mx, Real(r[first + i]));
+        T z(0);
+        for (int64_t i = j; i < k; ++i) z += std::exp(r[first + i] - T(mx));
+        l += T(mx) + std::log(z) - r[first + j];
+      }
+      l = l / T(static_cast<double>(k - 1));
+    } else {
+      for (int64_t i = 0; i < k; ++i)
+        for (int64_t j = i + 1; j < k; ++j)
+          l += std::log(T(1) + std::exp(r[first + j] - r[first + i]));
+      l = l / T(static_cast<double>(k * (k - 1) / 2));
+    }
+    loss += l + T(zero_sum) * sum * sum;
+    first += static_cast<size_t>(k);
   }
   return loss / T(normalizer);
 }

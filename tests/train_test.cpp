@@ -357,6 +357,114 @@ INSTANTIATE_TEST_SUITE_P(
                       ModelCase{"head_only", 2, 0, false, false, false, 0}),
     [](const auto& param_info) { return std::string(param_info.param.name); });
 
+// --- Reward models: ranking losses with shared prompts ----------------------------------------
+
+TEST(RankingLoss, TwoAnswersKWiseEqualsPairwiseEqualsLogistic) {
+  const std::vector<float> r = {0.7f, -0.4f};
+  std::vector<float> gk(2), gp(2);
+  const double kwise = RankingLoss(RankingLossKind::kKWise, r, 0.0, 1.0, gk);
+  const double pairwise = RankingLoss(RankingLossKind::kPairwise, r, 0.0, 1.0, gp);
+  const double d = static_cast<double>(r[0]) - r[1];
+  // -log sigmoid(d), in double: both agree to double rounding.
+  EXPECT_NEAR(kwise, std::log1p(std::exp(-d)), 1e-12);
+  EXPECT_NEAR(pairwise, std::log1p(std::exp(-d)), 1e-12);
+  EXPECT_NEAR(gk[0], -1.0 / (1.0 + std::exp(d)), 1e-7);  // float32 output
+  EXPECT_EQ(gk, gp);
+  EXPECT_THROW(RankingLoss(RankingLossKind::kKWise, std::vector<float>{1.0f}, 0.0, 1.0, gk), Error);
+}
+
+struct RewardCase {
+  const char* name;
+  int32_t window;
+  bool kwise;
+  double zero_sum;
+  int32_t unfreeze;
+};
+
+void PrintTo(const RewardCase& rc, std::ostream* os) {
+  *os << rc.name;
+}
+
+class RewardGradientTest : public ::testing::TestWithParam<RewardCase> {};
+
+// Two prompts: the first's three answers continue its shared 5-token prefix; the second has no
+// shared prefix (its two answers are sequences of their own). The reference runs each whole
+// (prompt, answer) sequence alone, so it checks the prefix sharing as well as the loss.
+TEST_P(RewardGradientTest, EveryTensorMatchesComplexStepOfUnsharedSequences) {
+  const RewardCase rc = GetParam();
+  ModelConfig c = SmallConfig({"", 2, rc.window, false, false, false, -1});
+  c.head = ModelHead::kReward;
+  TrainModel tm(RandomModelFiles(c, 21), rc.unfreeze);
+  std::mt19937 rng(9);
+  auto tokens = [&](int n) {
+    std::vector<int32_t> t;
+    for (int i = 0; i < n; ++i) t.push_back(static_cast<int32_t>(rng() % 61));
+    return t;
+  };
+  const std::vector<int32_t> prompt = tokens(5);
+  const std::vector<std::vector<int32_t>> answers = {tokens(2), tokens(4), tokens(1), tokens(4),
+                                                     tokens(6)};
+  RankingBatch b;
+  b.lengths = {5, 2, 4, 1, 4, 6};
+  b.prefixes = {-1, 0, 0, 0, -1, -1};
+  b.inputs = prompt;
+  for (const auto& a : answers) {
+    b.inputs.insert(b.inputs.end(), a.begin(), a.end());
+  }
+  b.score_rows = {6, 10, 11, 15, 21};
+  b.answers = {3, 2};
+  b.normalizer = 2;
+  std::vector<std::vector<int32_t>> whole;
+  for (int i = 0; i < 3; ++i) {
+    whole.push_back(prompt);
+    whole.back().insert(whole.back().end(), answers[i].begin(), answers[i].end());
+  }
+  whole.push_back(answers[3]);
+  whole.push_back(answers[4]);
+  const RankingLossOptions options{rc.kwise ? RankingLossKind::kKWise : RankingLossKind::kPairwise,
+                                   rc.zero_sum};
+  TrainStep step(tm);
+  std::vector<float> rewards(5);
+  const double loss = step.RankingLoss(b, options, true, rewards);
+
+  reference::Weights<C> weights;
+  for (const TensorRef& t : tm.files().tensors) {
+    const auto* p = static_cast<const float*>(t.data);
+    weights[t.name] = std::vector<C>(p, p + t.size_bytes / sizeof(float));
+  }
+  for (const Parameter& p : tm.parameters()) weights[p.spec.name] = Complex(p.value);
+  auto reference_loss = [&](const reference::Weights<C>& w) {
+    return reference::RankingLoss(c, w, whole, b.answers, rc.kwise, rc.zero_sum, b.normalizer);
+  };
+  // A loss of ~0.7 from float32 forwards (the shared rows' attention merged from two parts):
+  // ~1e-6 relative.
+  EXPECT_NEAR(loss, reference_loss(weights).real(), 1e-5);
+  for (const Parameter& p : tm.parameters()) {
+    std::vector<size_t> picks;
+    for (int i = 0; i < 6; ++i) picks.push_back(rng() % p.value.size());
+    if (p.spec.role == TensorRole::kEmbedding) picks.push_back(prompt[2] * 16 + 3);
+    double scale = 0;
+    for (float g : p.grad) scale = std::max(scale, double{std::abs(g)});
+    for (size_t i : picks) {
+      auto w = weights;
+      w[p.spec.name][i] += C(0, kStep);
+      const double want = reference_loss(w).imag() / kStep;
+      // As the language-model case: float32 through 2 blocks, 1e-4 of the tensor's largest.
+      EXPECT_NEAR(p.grad[i], want, 1e-7 + 1e-4 * scale)
+          << rc.name << " " << p.spec.name << "[" << i << "]";
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Cases, RewardGradientTest,
+                         ::testing::Values(RewardCase{"kwise", 0, true, 0.0, -1},
+                                           RewardCase{"pairwise_zero_sum", 0, false, 0.05, -1},
+                                           RewardCase{"kwise_window3_across_the_prefix", 3, true,
+                                                      0.0, -1},
+                                           RewardCase{"kwise_window6_zero_sum", 6, true, 0.1, -1},
+                                           RewardCase{"pairwise_top_block", 0, false, 0.0, 1}),
+                         [](const auto& param_info) { return std::string(param_info.param.name); });
+
 TEST(Training, RecomputingActivationsGivesTheSameBits) {
   const ModelConfig c = SmallConfig({"", 2, 3, false, false, true, -1});
   TokenBatch b;

@@ -1,6 +1,7 @@
 #include "model/blocks.h"
 
 #include <algorithm>
+#include <cmath>
 
 #include "core/error.h"
 #include "core/thread_pool.h"
@@ -9,19 +10,39 @@
 
 namespace starling {
 
-SequenceKeyValues::SequenceKeyValues(const ModelConfig& c, std::span<const int64_t> lengths)
+SequenceKeyValues::SequenceKeyValues(const ModelConfig& c, std::span<const int64_t> lengths,
+                                     std::span<const int64_t> prefixes)
     : kv_dim_(int64_t{c.num_kv_heads} * c.head_dim),
       head_dim_(c.head_dim),
       window_(c.sliding_window) {
-  int64_t start = 0;
-  for (const int64_t length : lengths) {
+  if (!prefixes.empty() && prefixes.size() != lengths.size()) {
+    Fail(lengths.size(), " sequences but ", prefixes.size(), " prefix indices");
+  }
+  std::vector<int64_t> first_row(lengths.size());
+  int64_t start = 0, root = -1;
+  for (size_t s = 0; s < lengths.size(); ++s) {
+    const int64_t length = lengths[s];
     if (length < 1) Fail("a sequence of ", length, " tokens");
-    for (int64_t p = 0; p < length; ++p) {
+    const int64_t prefix = prefixes.empty() ? -1 : prefixes[s];
+    if (prefix == -1) {
+      root = static_cast<int64_t>(s);
+      tree_starts_.push_back(start);
+    } else if (prefix != root || root < 0) {
+      Fail("sequence ", s, " continues sequence ", prefix,
+           ": a prefix must be the latest sequence without a prefix of its own");
+    }
+    first_row[s] = start;
+    const int64_t p_start = prefix == -1 ? start : first_row[prefix];
+    const int64_t p_length = prefix == -1 ? 0 : lengths[prefix];
+    for (int64_t t = 0; t < length; ++t) {
       start_.push_back(start);
-      positions_.push_back(p);
+      prefix_start_.push_back(p_start);
+      prefix_length_.push_back(p_length);
+      positions_.push_back(p_length + t);
     }
     start += length;
-    max_span_ = std::max(max_span_, window_ > 0 ? std::min<int64_t>(length, window_) : length);
+    const int64_t seen = p_length + length;
+    max_span_ = std::max(max_span_, window_ > 0 ? std::min<int64_t>(seen, window_) : seen);
   }
 }
 
@@ -37,12 +58,38 @@ int64_t SequenceKeyValues::first_visible(int64_t r) const {
 
 void SequenceKeyValues::Attend(int32_t /*layer*/, int64_t row, int64_t kv_head, const float* q,
                                int64_t group, float* scores, float* out, float* lse) const {
-  const float* keys = k_ + start_[row] * kv_dim_ + kv_head * head_dim_;
-  const float* values = v_ + start_[row] * kv_dim_ + kv_head * head_dim_;
   const auto attend = ActiveSimdLevel() != SimdLevel::kScalar ? AttentionGroupAvx2<DType::kF32>
                                                               : AttentionGroup<DType::kF32>;
-  attend(q, head_dim_, group, keys, values, kv_dim_, head_dim_, first_visible(row), positions_[row],
-         scores, out, head_dim_, lse);
+  const int64_t head = kv_head * head_dim_;
+  const int64_t first = first_visible(row), pos = positions_[row], p = prefix_length_[row];
+  const int64_t own = start_[row] * kv_dim_ + head;
+  if (first >= p) {  // the row's own rows only: one pass
+    attend(q, head_dim_, group, k_ + own, v_ + own, kv_dim_, head_dim_, first - p, pos - p, scores,
+           out, head_dim_, lse);
+    return;
+  }
+  // Prefix rows [first, P) and own rows [0, pos - P], each a softmax of its own, merged:
+  // lse = log(e^lse_a + e^lse_b), out = e^(lse_a - lse) out_a + e^(lse_b - lse) out_b.
+  thread_local std::vector<float> part;  // [group, Dh] prefix outputs, then [2 * group] lses
+  part.resize(static_cast<size_t>(group * (head_dim_ + 2)));
+  float* out_a = part.data();
+  float* lse_a = out_a + group * head_dim_;
+  float* lse_b = lse_a + group;
+  const int64_t prefix = prefix_start_[row] * kv_dim_ + head;
+  attend(q, head_dim_, group, k_ + prefix, v_ + prefix, kv_dim_, head_dim_, first, p - 1, scores,
+         out_a, head_dim_, lse_a);
+  attend(q, head_dim_, group, k_ + own, v_ + own, kv_dim_, head_dim_, 0, pos - p, scores, out,
+         head_dim_, lse_b);
+  for (int64_t h = 0; h < group; ++h) {
+    const double a = lse_a[h], b = lse_b[h], top = std::max(a, b);
+    const double merged = top + std::log(std::exp(a - top) + std::exp(b - top));
+    const auto wa = static_cast<float>(std::exp(a - merged));
+    const auto wb = static_cast<float>(std::exp(b - merged));
+    float* o = out + h * head_dim_;
+    const float* oa = out_a + h * head_dim_;
+    for (int64_t i = 0; i < head_dim_; ++i) o[i] = wa * oa[i] + wb * o[i];
+    if (lse) lse[h] = static_cast<float>(merged);
+  }
 }
 
 void BlockActivations::Resize(const ModelConfig& c, int64_t n) {
@@ -274,30 +321,33 @@ void AttentionBlockBackward(const Model& m, int32_t layer, const SequenceKeyValu
   std::fill(s.dq.begin(), s.dq.end(), 0.0f);
   std::fill(s.dk.begin(), s.dk.end(), 0.0f);
   std::fill(s.dv.begin(), s.dv.end(), 0.0f);
-  // One work item per (sequence, key/value head): it alone writes that head's dk/dv rows of
-  // the sequence and its query heads' dq, rows in order, so the sums have a fixed order.
-  std::vector<int64_t> starts;  // first row of each sequence
-  for (int64_t r = 0; r < n; ++r) {
-    if (kv.position(r) == 0) starts.push_back(r);
-  }
-  const auto sequences = static_cast<int64_t>(starts.size());
+  // One work item per (tree, key/value head): it alone writes that head's dk/dv rows of the
+  // tree (a sequence, or a prefix and the sequences continuing it) and its query heads' dq,
+  // rows in order (a row with a prefix: its prefix part, then its own), so the sums have a
+  // fixed order.
+  const std::vector<int64_t>& starts = kv.tree_starts();
+  const auto trees = static_cast<int64_t>(starts.size());
   const int64_t span = kv.max_span();
   ThreadPool::Global().ParallelFor(
-      sequences * c.num_kv_heads, 1, [&](int64_t begin, int64_t end, int thread) {
+      trees * c.num_kv_heads, 1, [&](int64_t begin, int64_t end, int thread) {
         float* scores = s.scores.data() + thread * span;
         const auto backward = ActiveSimdLevel() != SimdLevel::kScalar ? AttentionGroupBackwardAvx2
                                                                       : AttentionGroupBackward;
         for (int64_t item = begin; item < end; ++item) {
-          const int64_t seq = item / c.num_kv_heads, kvh = item % c.num_kv_heads;
-          const int64_t start = starts[seq];
-          const int64_t stop = seq + 1 < sequences ? starts[seq + 1] : n;
-          const int64_t kv_off = start * kv_dim + kvh * hd;
-          for (int64_t r = start; r < stop; ++r) {
+          const int64_t tree = item / c.num_kv_heads, kvh = item % c.num_kv_heads;
+          const int64_t stop = tree + 1 < trees ? starts[tree + 1] : n;
+          for (int64_t r = starts[tree]; r < stop; ++r) {
             const int64_t q_off = r * q_dim + kvh * group * hd;
-            backward(&a.q[q_off], &a.k[kv_off], &a.v[kv_off], kv_dim, group, hd,
-                     kv.first_visible(r), kv.position(r), &a.attn[q_off],
-                     &a.lse[r * c.num_heads + kvh * group], &s.dattn[q_off], scores, &s.dq[q_off],
-                     &s.dk[kv_off], &s.dv[kv_off]);
+            const int64_t first = kv.first_visible(r), pos = kv.position(r);
+            const int64_t p = kv.prefix_length(r);
+            auto part = [&](int64_t key_row, int64_t from, int64_t to) {
+              const int64_t kv_off = key_row * kv_dim + kvh * hd;
+              backward(&a.q[q_off], &a.k[kv_off], &a.v[kv_off], kv_dim, group, hd, from, to,
+                       &a.attn[q_off], &a.lse[r * c.num_heads + kvh * group], &s.dattn[q_off],
+                       scores, &s.dq[q_off], &s.dk[kv_off], &s.dv[kv_off]);
+            };
+            if (first < p) part(kv.prefix_start(r), first, p - 1);
+            part(kv.sequence_start(r), std::max<int64_t>(0, first - p), pos - p);
           }
         }
       });

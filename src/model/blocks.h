@@ -33,27 +33,47 @@ class KeyValueSource {
 };
 
 // Rows that are whole sequences laid end to end (training, scoring): sequence s has lengths[s]
-// rows at positions 0.. lengths[s]-1, attending causally (and within Mistral's sliding window)
-// to its own rows' keys and values, which it reads from the block's k/v, float32.
+// rows, attending causally (and within Mistral's sliding window) to its own rows' keys and
+// values, which it reads from the block's k/v, float32.
+//
+// A sequence may continue an earlier one (prefixes[s] = that sequence's index; -1 or an empty
+// `prefixes`: none): its rows then sit at positions P.. (P the prefix's length) and see the
+// prefix's rows before their own, as if the prefix were written in front of each. K answers to
+// one prompt share the prompt's rows this way: the prompt's forward is computed once and its
+// gradient gathers the K answers' contributions. A prefix has no prefix of its own, and the
+// sequences continuing it follow it directly (a root and its continuations are one block of
+// rows, a "tree"). A row with a prefix attends in two parts, prefix then its own rows, merged
+// through their log-sum-exps (agrees with one pass to rounding); a row without one takes the
+// single pass of before, bit for bit.
 class SequenceKeyValues final : public KeyValueSource {
  public:
-  SequenceKeyValues(const ModelConfig& c, std::span<const int64_t> lengths);
+  SequenceKeyValues(const ModelConfig& c, std::span<const int64_t> lengths,
+                    std::span<const int64_t> prefixes = {});
   void Append(int32_t layer, const float* k, const float* v) override;
   void Attend(int32_t layer, int64_t row, int64_t kv_head, const float* q, int64_t group,
               float* scores, float* out, float* lse) const override;
   int64_t max_span() const override { return max_span_; }
   int64_t rows() const { return static_cast<int64_t>(start_.size()); }
-  // Row r's position in its sequence, and its sequence's first row.
-  int64_t position(int64_t r) const { return r - start_[r]; }
+  // Row r's position (RoPE) and the rows it sees: its prefix's rows
+  // [prefix_start(r), prefix_start(r) + prefix_length(r)) at positions 0..P-1, then its own
+  // sequence's from sequence_start(r) at positions P.., all from position first_visible(r)
+  // (0, or pos - window + 1) to its own.
+  int64_t position(int64_t r) const { return positions_[r]; }
   int64_t sequence_start(int64_t r) const { return start_[r]; }
-  // The first position row r sees (its sequence's frame): 0, or pos - window + 1.
+  int64_t prefix_start(int64_t r) const { return prefix_start_[r]; }
+  int64_t prefix_length(int64_t r) const { return prefix_length_[r]; }
   int64_t first_visible(int64_t r) const;
   const std::vector<int64_t>& positions() const { return positions_; }
+  // The first row of each tree (a sequence without a prefix and those continuing it), in order.
+  const std::vector<int64_t>& tree_starts() const { return tree_starts_; }
 
  private:
   int64_t kv_dim_, head_dim_, window_, max_span_ = 0;
-  std::vector<int64_t> start_;      // [N] first row of each row's sequence
-  std::vector<int64_t> positions_;  // [N]
+  std::vector<int64_t> start_;          // [N] first row of each row's own sequence
+  std::vector<int64_t> prefix_start_;   // [N] first row of its prefix (its own start if none)
+  std::vector<int64_t> prefix_length_;  // [N] 0 if none
+  std::vector<int64_t> positions_;      // [N]
+  std::vector<int64_t> tree_starts_;
   const float* k_ = nullptr;
   const float* v_ = nullptr;
 };

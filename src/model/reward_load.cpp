@@ -91,7 +91,7 @@ std::optional<std::string> CanonicalRewardTensorName(std::string_view name,
   return std::nullopt;  // lm_head.weight, buffers, anything else the reward does not read
 }
 
-Model LoadRewardModel(const RewardModelFiles& files) {
+ModelFiles OpenRewardModelFiles(const RewardModelFiles& files) {
   const std::string config_path =
       files.config.empty() ? Join(files.directory, "config.json") : files.config;
   ModelConfig config = ParseHuggingFaceConfig(ReadFile(config_path), "", DirectoryOf(config_path));
@@ -156,7 +156,31 @@ Model LoadRewardModel(const RewardModelFiles& files) {
   if (origin.count("score.weight") == 0) {
     Fail(checkpoint, ": no reward head (expected v_head.weight or score.weight)");
   }
-  return Model(config, tensors, checkpoint, storage);
+  return {std::move(config), std::move(tensors), checkpoint, std::move(storage)};
+}
+
+bool IsRewardCheckpoint(const std::string& directory) {
+  if (!IsDirectory(directory) || !FileExists(Join(directory, "config.json"))) return false;
+  const std::string checkpoint = FindCheckpoint(directory);
+  if (checkpoint.ends_with(".index.json")) {
+    const std::string text = ReadFile(checkpoint);
+    return text.find("\"v_head.weight\"") != std::string::npos ||
+           text.find("\"score.weight\"") != std::string::npos;
+  }
+  if (checkpoint.ends_with(".safetensors")) {
+    const SafetensorsFile f = SafetensorsFile::Open(checkpoint);
+    return f.Find("v_head.weight") != nullptr || f.Find("score.weight") != nullptr;
+  }
+  const TorchCheckpoint torch = TorchCheckpoint::Open(checkpoint);
+  for (const TorchTensor& t : torch.tensors()) {
+    if (t.name == "v_head.weight" || t.name == "score.weight") return true;
+  }
+  return false;
+}
+
+Model LoadRewardModel(const RewardModelFiles& files) {
+  ModelFiles f = OpenRewardModelFiles(files);
+  return Model(std::move(f.config), f.tensors, f.source, f.storage);
 }
 
 }  // namespace starling

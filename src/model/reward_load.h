@@ -39,5 +39,10 @@ std::optional<std::string> CanonicalRewardTensorName(std::string_view name,
 
 // Loads config and weights with ModelHead::kReward. Throws starling::Error naming the file.
 Model LoadRewardModel(const RewardModelFiles& files);
+// The same as files (canonical names; what a trainer takes).
+ModelFiles OpenRewardModelFiles(const RewardModelFiles& files);
+// Whether `directory` holds a reward checkpoint (config.json and a checkpoint with a
+// v_head.weight or score.weight), rather than a language model.
+bool IsRewardCheckpoint(const std::string& directory);
 
 }  // namespace starling

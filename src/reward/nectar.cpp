@@ -71,7 +71,10 @@ std::vector<ChatMessage> ParseHumanAssistantPrompt(std::string_view prompt,
 }
 
 NectarRecord ParseNectarRecord(std::string_view json_line, const std::string& source) {
-  const nlohmann::json j = ParseStrictJson(json_line, source, "", true);
+  return NectarRecordFromJson(ParseStrictJson(json_line, source, "", true), source);
+}
+
+NectarRecord NectarRecordFromJson(const nlohmann::json& j, const std::string& source) {
   if (!j.is_object()) Fail(source, ": expected a JSON object (a Nectar record)");
   if (!j.contains("prompt") || !j["prompt"].is_string()) {
     Fail(source, ": \"prompt\" must be a string");

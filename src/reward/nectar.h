@@ -6,6 +6,7 @@
 // Only prompt and answers (answer, rank) are read; other fields are ignored.
 #pragma once
 
+#include <nlohmann/json.hpp>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -29,6 +30,7 @@ struct NectarRecord {
 // content with surrounding whitespace trimmed); the trailing empty "Assistant:" turn, which
 // the answer fills, is dropped. Throws starling::Error naming `source` (e.g. "file:line").
 NectarRecord ParseNectarRecord(std::string_view json_line, const std::string& source);
+NectarRecord NectarRecordFromJson(const nlohmann::json& record, const std::string& source);
 std::vector<ChatMessage> ParseHumanAssistantPrompt(std::string_view prompt,
                                                    const std::string& source);
 

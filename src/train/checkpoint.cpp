@@ -30,14 +30,25 @@ int64_t QkHeads(const ModelConfig& c, const TensorSpec& spec) {
   return 0;
 }
 
+// The name a tensor is saved under: Hugging Face's for a language model; for a reward model,
+// Starling-RM's published layout (GPTRewardModel's transformer.* and v_head.weight), which
+// `score`, `rank` and `serve --rm` load.
+std::string SavedName(const ModelConfig& c, const std::string& name) {
+  if (c.head != ModelHead::kReward) return name;
+  if (name == "score.weight") return "v_head.weight";
+  if (name.rfind("model.", 0) == 0) return "transformer." + name.substr(6);
+  return name;
+}
+
 }  // namespace
 
 void LoadParameters(TrainModel& m, const std::string& path) {
   const SafetensorsFile f = SafetensorsFile::Open(path);
   for (Parameter& p : m.parameters()) {
-    const SafetensorsTensor* t = f.Find(p.spec.name);
+    const std::string name = SavedName(m.config(), p.spec.name);
+    const SafetensorsTensor* t = f.Find(name);
     if (t == nullptr || t->dtype != DType::kF32 || t->shape != p.spec.shape) {
-      Fail(path, ": no float32 tensor '", p.spec.name, "' of the model's shape");
+      Fail(path, ": no float32 tensor '", name, "' of the model's shape");
     }
     const char* data = f.Data(*t).data();
     const int64_t rows = p.spec.shape.size() == 2 ? p.spec.shape[0] : 1;
@@ -92,7 +103,7 @@ void SaveHuggingFace(const TrainModel& m, const std::string& dir,
         ReadRow(WeightMatrix{t->format, t->data, rows, cols}, source, row);
       }
     }
-    writer.AddTensor(spec.name, DType::kF32, spec.shape, bytes);
+    writer.AddTensor(SavedName(c, spec.name), DType::kF32, spec.shape, bytes);
   }
   writer.WriteTo(dir + "/model.safetensors");
   const std::string config = HuggingFaceConfigJson(c, "float32");

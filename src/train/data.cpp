@@ -28,12 +28,12 @@ TokenWindows::TokenWindows(std::vector<int32_t> tokens, int64_t ctx, const std::
   }
 }
 
-int64_t TokenWindows::WindowOf(int64_t sample, bool shuffle, uint64_t seed) {
-  const int64_t within = sample % count_;
-  if (!shuffle) return within;
-  const int64_t epoch = sample / count_;
+int64_t EpochOrder::operator()(int64_t position) {
+  const int64_t within = position % n_;
+  if (!shuffle_) return within;
+  const int64_t epoch = position / n_;
   if (epoch != epoch_) {
-    perm_ = EpochPermutation(count_, seed, epoch);
+    perm_ = EpochPermutation(n_, seed_, epoch);
     epoch_ = epoch;
   }
   return perm_[within];

@@ -38,6 +38,22 @@ class StopSignals {
   std::atomic<int> signal_{0};
 };
 
+// "eval 1.2345  acc 0.6100  tau 0.2200": the headline metrics for the progress line (the log
+// has them all).
+std::string MetricsText(const nlohmann::json& metrics) {
+  std::string text;
+  for (const auto& [key, label] : {std::pair<const char*, const char*>{"eval_loss", "eval"},
+                                   {"eval_pair_accuracy", "acc"},
+                                   {"eval_kendall_tau", "tau"}}) {
+    if (!metrics.contains(key) || !metrics[key].is_number()) continue;
+    char buf[64];
+    std::snprintf(buf, sizeof buf, "%s%s %.4f", text.empty() ? "" : "  ", label,
+                  metrics[key].get<double>());
+    text += buf;
+  }
+  return text;
+}
+
 std::string Duration(double seconds) {
   const auto s = static_cast<int64_t>(seconds + 0.5);
   char buf[32];
@@ -176,8 +192,25 @@ double EvaluateLoss(TrainStep& step, const std::vector<TokenBatch>& batches) {
   return count > 0 ? sum / static_cast<double>(count) : 0.0;
 }
 
-void RunTrainLoop(TrainModel& m, BatchSource& source, const std::vector<TokenBatch>& eval,
-                  const TrainLoopOptions& o) {
+TrainObjective::Size LanguageModelObjective::Read(int64_t slot, int64_t* position) {
+  if (static_cast<int64_t>(slots_.size()) <= slot) slots_.resize(static_cast<size_t>(slot + 1));
+  slots_[slot] = source_.Next(position);
+  return {Trained(slots_[slot]), static_cast<int64_t>(slots_[slot].inputs.size())};
+}
+
+double LanguageModelObjective::Backward(TrainStep& step, int64_t slot, double units) {
+  TokenBatch& b = slots_[slot];
+  if (units <= 0) return 0.0;  // nothing trained in the whole step
+  b.normalizer = units;
+  return step.LanguageModelLoss(b);
+}
+
+nlohmann::json LanguageModelObjective::Evaluate(TrainStep& step) {
+  if (eval_.empty()) return nlohmann::json::object();
+  return {{"eval_loss", EvaluateLoss(step, eval_)}};
+}
+
+void RunTrainLoop(TrainModel& m, TrainObjective& objective, const TrainLoopOptions& o) {
   if (o.accum < 1) Fail("--accum must be at least 1, not ", o.accum);
   if (o.steps < 1) Fail("the run needs at least one step, not ", o.steps);
   int64_t first_step = 0, position = 0;
@@ -201,29 +234,28 @@ void RunTrainLoop(TrainModel& m, BatchSource& source, const std::vector<TokenBat
   StopSignals signals;
   const bool terminal = isatty(fileno(stderr)) != 0;
   const auto start = std::chrono::steady_clock::now();
-  double smoothed = NAN, eval_loss = NAN;
-  if (!eval.empty() && first_step == 0) {  // where the run starts from
-    eval_loss = EvaluateLoss(step, eval);
-    first_extra["eval_loss_before"] = eval_loss;
-    if (!o.quiet) std::fprintf(stderr, "eval loss before training: %.4f\n", eval_loss);
+  double smoothed = NAN;
+  nlohmann::json metrics = nlohmann::json::object();  // the latest evaluation
+  if (first_step == 0) {                              // where the run starts from
+    metrics = objective.Evaluate(step);
+    for (const auto& [key, value] : metrics.items()) first_extra[key + "_before"] = value;
+    if (!o.quiet && !metrics.empty()) {
+      std::fprintf(stderr, "before training: %s\n", MetricsText(metrics).c_str());
+    }
   }
   int64_t k = first_step;
   for (; k < o.steps; ++k) {
     const auto t0 = std::chrono::steady_clock::now();
-    std::vector<TokenBatch> micro;
-    int64_t trained = 0, tokens = 0;
+    int64_t units = 0, tokens = 0;
     for (int64_t a = 0; a < o.accum; ++a) {
-      micro.push_back(source.Next(&position));
-      trained += Trained(micro.back());
-      tokens += static_cast<int64_t>(micro.back().inputs.size());
+      const TrainObjective::Size size = objective.Read(a, &position);
+      units += size.units;
+      tokens += size.tokens;
     }
     m.ZeroGrads();
     double loss = 0.0;
-    if (trained > 0) {
-      for (TokenBatch& b : micro) {
-        b.normalizer = static_cast<double>(trained);
-        loss += step.LanguageModelLoss(b);
-      }
+    for (int64_t a = 0; a < o.accum; ++a) {
+      loss += objective.Backward(step, a, static_cast<double>(units));
     }
     const double norm = GradNorm(m.parameters());
     if (!std::isfinite(loss) || !std::isfinite(norm)) {
@@ -237,20 +269,23 @@ void RunTrainLoop(TrainModel& m, BatchSource& source, const std::vector<TokenBat
     const auto t1 = std::chrono::steady_clock::now();
     const double seconds = std::chrono::duration<double>(t1 - t0).count();
     const bool last = k + 1 == o.steps;
-    const bool evaluate =
-        !eval.empty() && (last || (o.eval_every > 0 && (k + 1) % o.eval_every == 0));
-    if (evaluate) eval_loss = EvaluateLoss(step, eval);
+    nlohmann::json evaluated;
+    if (last || (o.eval_every > 0 && (k + 1) % o.eval_every == 0)) {
+      evaluated = objective.Evaluate(step);
+      if (!evaluated.empty()) metrics = evaluated;
+    }
+    const bool evaluate = evaluated.is_object() && !evaluated.empty();
     smoothed = std::isnan(smoothed) ? loss : 0.9 * smoothed + 0.1 * loss;
-    const double epoch = static_cast<double>(position) / static_cast<double>(source.examples());
+    const double epoch = static_cast<double>(position) / static_cast<double>(objective.examples());
     if (log) {
       nlohmann::json line = {{"step", k + 1},
                              {"loss", loss},
                              {"lr", lr},
                              {"grad_norm", norm},
-                             {"tokens", trained},
+                             {objective.unit_name(), units},
                              {"epoch", epoch},
                              {"tokens_per_s", static_cast<double>(tokens) / seconds}};
-      if (evaluate) line["eval_loss"] = eval_loss;
+      if (evaluate) line.update(evaluated);
       if (k == 0) line.update(first_extra);
       log << line.dump() << "\n" << std::flush;
     }
@@ -260,15 +295,13 @@ void RunTrainLoop(TrainModel& m, BatchSource& source, const std::vector<TokenBat
       const double elapsed = std::chrono::duration<double>(t1 - start).count();
       const double eta =
           elapsed / static_cast<double>(k + 1 - first_step) * static_cast<double>(o.steps - k - 1);
-      char eval_text[32] = "";
-      if (!std::isnan(eval_loss))
-        std::snprintf(eval_text, sizeof eval_text, "  eval %.4f", eval_loss);
+      const std::string eval_text = metrics.empty() ? "" : "  " + MetricsText(metrics);
       std::fprintf(
           stderr,
           "%sstep %lld/%lld  epoch %.2f  loss %.4f (smoothed %.4f)%s  lr %.3g  %.0f tok/s  "
           "ETA %s%s",
           terminal ? "\r" : "", static_cast<long long>(k + 1), static_cast<long long>(o.steps),
-          epoch, loss, smoothed, eval_text, lr, static_cast<double>(tokens) / seconds,
+          epoch, loss, smoothed, eval_text.c_str(), lr, static_cast<double>(tokens) / seconds,
           Duration(eta).c_str(), terminal && !last && !stop ? "   " : "\n");
     }
     if (stop) {

@@ -1,4 +1,4 @@
-// The training loop every trainer shares: micro-batches from a BatchSource, gradient
+// The training loop every trainer shares: micro-batches from a TrainObjective, gradient
 // accumulation, clipping, AdamW under a learning-rate schedule, evaluation, logging and a
 // progress line, and checkpoints that a killed run resumes from bit for bit.
 #pragma once
@@ -15,9 +15,29 @@
 
 namespace starling {
 
-// Where a run's micro-batches come from. A data position counts the examples consumed since
-// the start of the run (over epochs); the batch at a position is a pure function of it, so a
-// checkpoint only needs the position.
+// What the loop trains: micro-batches of the data and the loss over them. A data position
+// counts the examples consumed since the start of the run (over epochs); the micro-batch at a
+// position is a pure function of it, so a checkpoint only needs the position.
+class TrainObjective {
+ public:
+  virtual ~TrainObjective() = default;
+  struct Size {
+    int64_t units = 0;   // what the step's loss is normalized by (trained tokens, prompts)
+    int64_t tokens = 0;  // rows the forward runs (for tokens/s)
+  };
+  // Reads the micro-batch at *position into slot `slot` (0 .. accum - 1) and advances
+  // *position past it.
+  virtual Size Read(int64_t slot, int64_t* position) = 0;
+  // Forward and backward of the slot's micro-batch with its loss divided by `units` (the
+  // whole step's): adds the gradients and returns its share of the step's loss.
+  virtual double Backward(TrainStep& step, int64_t slot, double units) = 0;
+  virtual int64_t examples() const = 0;       // examples per epoch
+  virtual const char* unit_name() const = 0;  // the log's key for the units
+  // Held-out metrics, forward only, e.g. {"eval_loss": ...}; empty without eval data.
+  virtual nlohmann::json Evaluate(TrainStep& step) = 0;
+};
+
+// Token micro-batches for the language-modelling loss (pretraining, SFT).
 class BatchSource {
  public:
   virtual ~BatchSource() = default;
@@ -25,6 +45,25 @@ class BatchSource {
   virtual TokenBatch Next(int64_t* position) = 0;
   // Examples per epoch (for the epoch shown and --epochs).
   virtual int64_t examples() const = 0;
+};
+
+// The language-modelling objective: a step's loss is sum(w * CE) over its micro-batches
+// divided by the number of tokens with w != 0 in them all (pretraining: the mean over every
+// target); evaluation: the same mean over `eval`.
+class LanguageModelObjective final : public TrainObjective {
+ public:
+  LanguageModelObjective(BatchSource& source, std::vector<TokenBatch> eval)
+      : source_(source), eval_(std::move(eval)) {}
+  Size Read(int64_t slot, int64_t* position) override;
+  double Backward(TrainStep& step, int64_t slot, double units) override;
+  int64_t examples() const override { return source_.examples(); }
+  const char* unit_name() const override { return "tokens"; }
+  nlohmann::json Evaluate(TrainStep& step) override;
+
+ private:
+  BatchSource& source_;
+  std::vector<TokenBatch> eval_;
+  std::vector<TokenBatch> slots_;
 };
 
 struct TrainLoopOptions {
@@ -48,13 +87,11 @@ struct TrainLoopOptions {
   nlohmann::json log_header;
 };
 
-// Runs the loop from step 0, or from the newest checkpoint of options.resume. The loss of a
-// step is sum(w * CE) over its micro-batches divided by the number of tokens with w != 0 in
-// them all (pretraining: the mean over every target). A non-finite loss or gradient stops the
-// run before the update, leaving the last checkpoint as it was. SIGINT/SIGTERM end the step in
-// progress, save a checkpoint and return.
-void RunTrainLoop(TrainModel& model, BatchSource& source, const std::vector<TokenBatch>& eval,
-                  const TrainLoopOptions& options);
+// Runs the loop from step 0, or from the newest checkpoint of options.resume. A step's loss is
+// the objective's over its micro-batches, normalized by their units. A non-finite loss or
+// gradient stops the run before the update, leaving the last checkpoint as it was.
+// SIGINT/SIGTERM end the step in progress, save a checkpoint and return.
+void RunTrainLoop(TrainModel& model, TrainObjective& objective, const TrainLoopOptions& options);
 
 // Mean masked loss, sum(w * CE) / count(w != 0), over `batches` (forward only).
 double EvaluateLoss(TrainStep& step, const std::vector<TokenBatch>& batches);

@@ -104,4 +104,48 @@ void ScalarHeadBackward(const float* w, const float* hidden, int64_t d,
   }
 }
 
+double RankingLoss(RankingLossKind kind, std::span<const float> rewards, double zero_sum,
+                   double scale, std::span<float> dscores) {
+  const auto k = static_cast<int64_t>(rewards.size());
+  if (k < 2) Fail("a ranking needs at least 2 answers, not ", k);
+  if (static_cast<int64_t>(dscores.size()) != k)
+    Fail("ranking loss: ", k, " rewards but ", dscores.size(), " gradients");
+  std::vector<double> r(rewards.begin(), rewards.end()), g(static_cast<size_t>(k), 0.0);
+  double loss = 0.0;
+  if (kind == RankingLossKind::kKWise) {
+    // Term j: -(r_j - lse_j), lse_j = log sum_{i>=j} e^{r_i}; d/dr_i = softmax_j(i) - [i == j].
+    const double norm = 1.0 / static_cast<double>(k - 1);
+    for (int64_t j = 0; j < k; ++j) {
+      double top = r[j];
+      for (int64_t i = j; i < k; ++i) top = std::max(top, r[i]);
+      double sum = 0.0;
+      for (int64_t i = j; i < k; ++i) sum += std::exp(r[i] - top);
+      const double lse = top + std::log(sum);
+      loss += (lse - r[j]) * norm;
+      for (int64_t i = j; i < k; ++i) g[i] += std::exp(r[i] - lse) * norm;
+      g[j] -= norm;
+    }
+  } else {
+    // -log sigmoid(d) = log(1 + e^{-d}), d = r_i - r_j; d/dd = -sigmoid(-d).
+    const double norm = 2.0 / static_cast<double>(k * (k - 1));
+    for (int64_t i = 0; i < k; ++i) {
+      for (int64_t j = i + 1; j < k; ++j) {
+        const double d = r[i] - r[j];
+        loss += (d > 0 ? std::log1p(std::exp(-d)) : -d + std::log1p(std::exp(d))) * norm;
+        const double s = d > 0 ? std::exp(-d) / (1.0 + std::exp(-d)) : 1.0 / (1.0 + std::exp(d));
+        g[i] -= s * norm;
+        g[j] += s * norm;
+      }
+    }
+  }
+  if (zero_sum != 0.0) {
+    double sum = 0.0;
+    for (const double x : r) sum += x;
+    loss += zero_sum * sum * sum;
+    for (double& x : g) x += 2.0 * zero_sum * sum;
+  }
+  for (int64_t i = 0; i < k; ++i) dscores[i] = static_cast<float>(scale * g[i]);
+  return loss;
+}
+
 }  // namespace starling

@@ -1,6 +1,6 @@
 // Heads and their losses for training, each forward beside its backward: the language-model
-// head with cross-entropy under per-token weights, and a scalar head read at chosen rows
-// (reward and value models).
+// head with cross-entropy under per-token weights, a scalar head read at chosen rows (reward
+// and value models), and the ranking losses of reward-model training.
 #pragma once
 
 #include <cstdint>
@@ -34,5 +34,17 @@ void ScalarHead(const float* w, const float* hidden, int64_t d, std::span<const 
 void ScalarHeadBackward(const float* w, const float* hidden, int64_t d,
                         std::span<const int64_t> rows, std::span<const float> dvalues,
                         float* dhidden, float* dw);
+
+enum class RankingLossKind { kKWise, kPairwise };
+
+// The loss of one prompt's K >= 2 answers from their rewards r[K], ordered best first:
+//   kKWise (Plackett-Luce maximum likelihood, Zhu, Jiao and Jordan 2023; normalized by K - 1 as
+//     Starling-RM's training does):  L = -sum_{j=1..K} [ r_j - log sum_{k>=j} e^{r_k} ] / (K - 1)
+//   kPairwise (Bradley-Terry over every ordered pair):
+//     L = mean over i < j of -log sigmoid(r_i - r_j)
+// plus zero_sum * (sum_j r_j)^2 (Starling's option to centre the rewards). Computed in double.
+// Writes scale * dL/dr into dscores[K] and returns L (unscaled).
+double RankingLoss(RankingLossKind kind, std::span<const float> rewards, double zero_sum,
+                   double scale, std::span<float> dscores);
 
 }  // namespace starling

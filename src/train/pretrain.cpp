@@ -13,8 +13,92 @@
 namespace starling {
 namespace {
 
-// The model to train and the tokenizer's source, from -m or --config.
+// The language model to train, from -m or --config.
 TrainModel OpenTrainModel(const TrainerOptions& o, std::string* tokenizer_source) {
+  ModelFiles files = OpenInitFiles(o, tokenizer_source);
+  if (files.config.head != ModelHead::kLanguageModel)
+    Fail(files.source, ": this trainer needs a language model");
+  return TrainModel(std::move(files), o.unfreeze_layers);
+}
+
+// Pretraining windows: micro-batch at position p is samples p .. p+B-1 (TokenWindows' order).
+class WindowSource final : public BatchSource {
+ public:
+  WindowSource(TokenWindows windows, int64_t batch, bool shuffle, uint64_t seed)
+      : windows_(std::move(windows)), batch_(batch), order_(windows_.count(), shuffle, seed) {}
+  TokenBatch Next(int64_t* position) override {
+    TokenBatch b;
+    for (int64_t j = 0; j < batch_; ++j) {
+      windows_.Append(order_(*position + j), &b);
+    }
+    *position += batch_;
+    return b;
+  }
+  int64_t examples() const override { return windows_.count(); }
+
+ private:
+  TokenWindows windows_;
+  int64_t batch_;
+  EpochOrder order_;
+};
+
+// Conversations. Without shuffling, the micro-batch at position p is conversations
+// (p + j) mod N, j < B, each its own sequence. With shuffling, conversations come in a
+// seeded Fisher-Yates order per epoch (TokenWindows' rule) and are packed: B rows of at most
+// --ctx tokens each, filled in order with whole conversations, each still its own sequence
+// (positions restart, attention stays inside it), so packing changes no loss, only how many
+// conversations a step takes.
+class ChatSource final : public BatchSource {
+ public:
+  ChatSource(std::vector<ChatExample> examples, int64_t batch, int64_t ctx, bool shuffle,
+             uint64_t seed)
+      : examples_(std::move(examples)),
+        batch_(batch),
+        ctx_(ctx),
+        shuffle_(shuffle),
+        order_(static_cast<int64_t>(examples_.size()), shuffle, seed) {}
+
+  TokenBatch Next(int64_t* position) override {
+    TokenBatch b;
+    if (!shuffle_) {
+      for (int64_t j = 0; j < batch_; ++j) Append(Example(*position + j), &b);
+      *position += batch_;
+      return b;
+    }
+    for (int64_t row = 0; row < batch_; ++row) {
+      int64_t room = ctx_;
+      while (true) {
+        const ChatExample& e = Example(*position);
+        const auto need = static_cast<int64_t>(e.ids.size()) - 1;
+        if (need > room && room < ctx_) break;  // the row is full (a row always takes one)
+        Append(e, &b);
+        ++*position;
+        room -= need;
+        if (room <= 0) break;
+      }
+    }
+    return b;
+  }
+  int64_t examples() const override { return static_cast<int64_t>(examples_.size()); }
+
+ private:
+  const ChatExample& Example(int64_t position) { return examples_[order_(position)]; }
+  static void Append(const ChatExample& e, TokenBatch* b) {
+    b->lengths.push_back(static_cast<int64_t>(e.ids.size()) - 1);
+    b->inputs.insert(b->inputs.end(), e.ids.begin(), e.ids.end() - 1);
+    b->targets.insert(b->targets.end(), e.ids.begin() + 1, e.ids.end());
+    b->weights.insert(b->weights.end(), e.weights.begin(), e.weights.end());
+  }
+
+  std::vector<ChatExample> examples_;
+  int64_t batch_, ctx_;
+  bool shuffle_;
+  EpochOrder order_;
+};
+
+}  // namespace
+
+void CheckTrainerOptions(const TrainerOptions& o, std::string* tokenizer_source) {
   if (o.model.empty() == o.config.empty()) Fail("give either -m INIT or --config config.json");
   if (o.batch < 1) Fail("--batch must be at least 1, not ", o.batch);
   if (o.ctx < 1) Fail("--ctx must be at least 1, not ", o.ctx);
@@ -24,18 +108,23 @@ TrainModel OpenTrainModel(const TrainerOptions& o, std::string* tokenizer_source
   if (tokenizer_source->empty()) {
     Fail("--config needs --tokenizer (a tokenizer.model, HF directory or GGUF)");
   }
+}
+
+ModelFiles OpenInitFiles(const TrainerOptions& o, std::string* tokenizer_source) {
+  CheckTrainerOptions(o, tokenizer_source);
   ModelFiles files =
       o.config.empty()
           ? OpenModelFiles(o.model)
           : RandomModelFiles(ParseHuggingFaceConfig(ReadFile(o.config), "", o.config), o.seed);
-  const ModelConfig& c = files.config;
-  if (c.head != ModelHead::kLanguageModel)
-    Fail(files.source, ": this trainer needs a language model");
+  CheckContext(o, files.config);
+  return files;
+}
+
+void CheckContext(const TrainerOptions& o, const ModelConfig& c) {
   if (c.max_position_embeddings > 0 && o.ctx > c.max_position_embeddings) {
     Fail("--ctx ", o.ctx, " is larger than the model's context (max_position_embeddings ",
          c.max_position_embeddings, ")");
   }
-  return TrainModel(std::move(files), o.unfreeze_layers);
 }
 
 // The loop's settings that follow from the trainer's, and the run's identity for resume.
@@ -71,89 +160,6 @@ TrainLoopOptions LoopOptions(const TrainerOptions& o, const TrainModel& m, int64
   return loop;
 }
 
-// Pretraining windows: micro-batch at position p is samples p .. p+B-1 (TokenWindows' order).
-class WindowSource final : public BatchSource {
- public:
-  WindowSource(TokenWindows windows, int64_t batch, bool shuffle, uint64_t seed)
-      : windows_(std::move(windows)), batch_(batch), shuffle_(shuffle), seed_(seed) {}
-  TokenBatch Next(int64_t* position) override {
-    TokenBatch b;
-    for (int64_t j = 0; j < batch_; ++j) {
-      windows_.Append(windows_.WindowOf(*position + j, shuffle_, seed_), &b);
-    }
-    *position += batch_;
-    return b;
-  }
-  int64_t examples() const override { return windows_.count(); }
-
- private:
-  TokenWindows windows_;
-  int64_t batch_;
-  bool shuffle_;
-  uint64_t seed_;
-};
-
-// Conversations. Without shuffling, the micro-batch at position p is conversations
-// (p + j) mod N, j < B, each its own sequence. With shuffling, conversations come in a
-// seeded Fisher-Yates order per epoch (TokenWindows' rule) and are packed: B rows of at most
-// --ctx tokens each, filled in order with whole conversations, each still its own sequence
-// (positions restart, attention stays inside it), so packing changes no loss, only how many
-// conversations a step takes.
-class ChatSource final : public BatchSource {
- public:
-  ChatSource(std::vector<ChatExample> examples, int64_t batch, int64_t ctx, bool shuffle,
-             uint64_t seed)
-      : examples_(std::move(examples)), batch_(batch), ctx_(ctx), shuffle_(shuffle), seed_(seed) {}
-
-  TokenBatch Next(int64_t* position) override {
-    TokenBatch b;
-    if (!shuffle_) {
-      for (int64_t j = 0; j < batch_; ++j) Append(Example(*position + j), &b);
-      *position += batch_;
-      return b;
-    }
-    for (int64_t row = 0; row < batch_; ++row) {
-      int64_t room = ctx_;
-      while (true) {
-        const ChatExample& e = Example(*position);
-        const auto need = static_cast<int64_t>(e.ids.size()) - 1;
-        if (need > room && room < ctx_) break;  // the row is full (a row always takes one)
-        Append(e, &b);
-        ++*position;
-        room -= need;
-        if (room <= 0) break;
-      }
-    }
-    return b;
-  }
-  int64_t examples() const override { return static_cast<int64_t>(examples_.size()); }
-
- private:
-  const ChatExample& Example(int64_t position) {
-    const auto n = static_cast<int64_t>(examples_.size());
-    if (!shuffle_) return examples_[position % n];
-    const int64_t epoch = position / n;
-    if (epoch != epoch_) {
-      perm_ = EpochPermutation(n, seed_, epoch);
-      epoch_ = epoch;
-    }
-    return examples_[perm_[position % n]];
-  }
-  static void Append(const ChatExample& e, TokenBatch* b) {
-    b->lengths.push_back(static_cast<int64_t>(e.ids.size()) - 1);
-    b->inputs.insert(b->inputs.end(), e.ids.begin(), e.ids.end() - 1);
-    b->targets.insert(b->targets.end(), e.ids.begin() + 1, e.ids.end());
-    b->weights.insert(b->weights.end(), e.weights.begin(), e.weights.end());
-  }
-
-  std::vector<ChatExample> examples_;
-  int64_t batch_, ctx_;
-  bool shuffle_;
-  uint64_t seed_;
-  int64_t epoch_ = -1;
-  std::vector<int64_t> perm_;
-};
-
 void CheckIds(const std::vector<int32_t>& ids, int32_t vocab, const std::string& what) {
   for (size_t i = 0; i < ids.size(); ++i) {
     if (ids[i] >= vocab) {
@@ -162,8 +168,6 @@ void CheckIds(const std::vector<int32_t>& ids, int32_t vocab, const std::string&
     }
   }
 }
-
-}  // namespace
 
 void RunPretrain(TrainerOptions o) {
   std::string tokenizer_source;
@@ -180,7 +184,8 @@ void RunPretrain(TrainerOptions o) {
                static_cast<long long>(source.examples()), static_cast<long long>(o.ctx));
   const TrainLoopOptions loop =
       LoopOptions(o, m, source.examples(), o.batch, tokenizer_source, {{"trainer", "pretrain"}});
-  RunTrainLoop(m, source, {}, loop);
+  LanguageModelObjective objective(source, {});
+  RunTrainLoop(m, objective, loop);
 }
 
 void RunSft(SftOptions s) {
@@ -255,7 +260,8 @@ void RunSft(SftOptions s) {
       {"conversations", stats.conversations},       {"trained_tokens", stats.trained_tokens},
       {"skipped_no_assistant", stats.no_assistant}, {"skipped_too_long", stats.too_long_skipped},
       {"skipped_bad_lines", stats.bad_lines},       {"truncated", stats.truncated}};
-  RunTrainLoop(m, source, eval, loop);
+  LanguageModelObjective objective(source, std::move(eval));
+  RunTrainLoop(m, objective, loop);
 }
 
 }  // namespace starling

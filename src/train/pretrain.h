@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "train/loop.h"
 
@@ -24,6 +25,22 @@ struct TrainerOptions {
   std::string schedule = "constant";
   TrainLoopOptions loop;  // steps, accum, lr, adam, clip, out, log, resume, save_every, ...
 };
+
+// Shared by the trainers:
+// Checks the options every trainer has; *tokenizer_source: --tokenizer or -m.
+void CheckTrainerOptions(const TrainerOptions& o, std::string* tokenizer_source);
+// The initial model's files from -m (HF directory or GGUF) or --config (seeded random weights),
+// after CheckTrainerOptions.
+ModelFiles OpenInitFiles(const TrainerOptions& o, std::string* tokenizer_source);
+// --ctx within the model's positions.
+void CheckContext(const TrainerOptions& o, const ModelConfig& c);
+// The loop's settings that follow from the trainer's (steps from --epochs, the schedule), and
+// the run's identity for resume (`run` plus the shared options).
+TrainLoopOptions LoopOptions(const TrainerOptions& o, const TrainModel& m, int64_t examples,
+                             int64_t examples_per_micro_batch, const std::string& tokenizer_source,
+                             nlohmann::json run);
+// Every id below the model's vocabulary, or an error naming `what` (the tokenizer's mismatch).
+void CheckIds(const std::vector<int32_t>& ids, int32_t vocab, const std::string& what);
 
 void RunPretrain(TrainerOptions o);
 

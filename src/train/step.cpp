@@ -1,5 +1,7 @@
 #include "train/step.h"
 
+#include <algorithm>
+
 #include "core/error.h"
 
 namespace starling {
@@ -30,6 +32,55 @@ double TrainStep::LanguageModelLoss(const TokenBatch& b, bool backward,
       model_.head_weights(), c.vocab_size, record_.hidden.data(), n, d, b.targets, b.weights,
       b.normalizer, dhidden_.data(), backward ? model_.head_grad() : nullptr, loss_, token_losses);
   if (!backward) return loss;
+  DecoderBackward(m, b.inputs, kv, record_, dhidden_.data(), model_.grads(), backward_, dx_,
+                  forward_, recomputed_);
+  return loss;
+}
+
+double TrainStep::RankingLoss(const RankingBatch& b, const RankingLossOptions& options,
+                              bool backward, std::span<float> rewards) {
+  const Model& m = model_.model();
+  const ModelConfig& c = m.config();
+  if (c.head != ModelHead::kReward) Fail("ranking loss on a model without a reward head");
+  const auto n = static_cast<int64_t>(b.inputs.size());
+  for (size_t i = 0; i < b.inputs.size(); ++i) {
+    if (b.inputs[i] < 0 || b.inputs[i] >= c.vocab_size) {
+      Fail("token id ", b.inputs[i], " at batch row ", i, " is outside the vocabulary (",
+           c.vocab_size, ")");
+    }
+  }
+  const auto answers = static_cast<int64_t>(b.score_rows.size());
+  int64_t counted = 0;
+  for (const int64_t k : b.answers) counted += k;
+  if (counted != answers) Fail("a ranking batch counts ", counted, " answers but scores ", answers);
+  for (const int64_t r : b.score_rows) {
+    if (r < 0 || r >= n) Fail("score row ", r, " is outside the batch's ", n, " rows");
+  }
+  if (!rewards.empty() && static_cast<int64_t>(rewards.size()) != answers) {
+    Fail("ranking loss: room for ", rewards.size(), " rewards, ", answers, " answers");
+  }
+  SequenceKeyValues kv(c, b.lengths, b.prefixes);
+  if (kv.rows() != n) Fail("the batch's lengths add up to ", kv.rows(), ", not ", n, " rows");
+  record_.first_saved = model_.lowest_trainable_layer();
+  RunDecoder(m, b.inputs, kv.positions(), kv, forward_, &record_);
+  const int64_t d = c.hidden_size;
+  const float* head = model_.head_weights();  // [1, D]
+  std::vector<float> values(static_cast<size_t>(answers)), dvalues(values.size());
+  ScalarHead(head, record_.hidden.data(), d, b.score_rows, values);
+  double loss = 0.0;
+  int64_t first = 0;
+  for (const int64_t k : b.answers) {
+    const std::span<const float> r(values.data() + first, static_cast<size_t>(k));
+    loss += starling::RankingLoss(options.kind, r, options.zero_sum_penalty, 1.0 / b.normalizer,
+                                  std::span<float>(dvalues.data() + first, static_cast<size_t>(k)));
+    first += k;
+  }
+  loss /= b.normalizer;
+  if (!rewards.empty()) std::copy(values.begin(), values.end(), rewards.begin());
+  if (!backward) return loss;
+  dhidden_.assign(static_cast<size_t>(n * d), 0.0f);
+  ScalarHeadBackward(head, record_.hidden.data(), d, b.score_rows, dvalues, dhidden_.data(),
+                     model_.head_grad());
   DecoderBackward(m, b.inputs, kv, record_, dhidden_.data(), model_.grads(), backward_, dx_,
                   forward_, recomputed_);
   return loss;

@@ -21,6 +21,24 @@ struct TokenBatch {
   double normalizer = 1.0;       // loss = sum(w * CE) / normalizer
 };
 
+// Prompts with K ranked answers each (reward-model training). Each (prompt, answer) is one
+// token sequence scored at its last row; the K sequences of a prompt share their common token
+// prefix, laid once as a sequence of its own that the answers continue (SequenceKeyValues'
+// prefixes), so its forward runs once and its gradient gathers all K answers'.
+struct RankingBatch {
+  std::vector<int64_t> lengths;     // [S] per prompt: its shared prefix (if any), its answers
+  std::vector<int64_t> prefixes;    // [S] -1, or the index of the prompt's shared prefix
+  std::vector<int32_t> inputs;      // [N]
+  std::vector<int64_t> score_rows;  // [A] each answer's last row; a prompt's answers best first
+  std::vector<int64_t> answers;     // [G] answers per prompt, in order
+  double normalizer = 1.0;          // loss = sum of the prompts' losses / normalizer
+};
+
+struct RankingLossOptions {
+  RankingLossKind kind = RankingLossKind::kKWise;
+  double zero_sum_penalty = 0.0;
+};
+
 class TrainStep {
  public:
   explicit TrainStep(TrainModel& model, bool recompute = false) : model_(model) {
@@ -32,6 +50,13 @@ class TrainStep {
   // `backward` false: the loss only (evaluation), gradients untouched.
   double LanguageModelLoss(const TokenBatch& batch, bool backward = true,
                            std::span<float> token_losses = {});
+
+  // Forward and backward of the ranking loss of a reward model (a [1, D] head): rewards are the
+  // head over the final hidden state at score_rows, and each prompt's answers add
+  // RankingLoss / normalizer. Gradients as LanguageModelLoss. The rewards go into
+  // `rewards`[A] when not empty.
+  double RankingLoss(const RankingBatch& batch, const RankingLossOptions& options,
+                     bool backward = true, std::span<float> rewards = {});
 
   // Bytes of the activations the last step saved (plus the backward's working memory).
   uint64_t activation_bytes() const;

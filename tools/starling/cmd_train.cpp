@@ -18,6 +18,7 @@
 #include "model/hf_config.h"
 #include "train/optimizer.h"
 #include "train/pretrain.h"
+#include "train/reward_train.h"
 #include "train/step.h"
 
 namespace starling::cli {
@@ -200,7 +201,7 @@ void AddTrainerOptions(CLI::App* p, TrainerOptions* o, bool* no_shuffle) {
 }  // namespace
 
 void RegisterTrain(CLI::App& app) {
-  CLI::App* train = app.add_subcommand("train", "Train a model: pretrain, sft");
+  CLI::App* train = app.add_subcommand("train", "Train a model: pretrain, sft, rm");
   train->require_subcommand(1);
 
   auto o = std::make_shared<TrainerOptions>();
@@ -251,6 +252,54 @@ void RegisterTrain(CLI::App& app) {
   s->callback([sft, sft_no_shuffle] {
     sft->common.shuffle = !*sft_no_shuffle;
     RunSft(*sft);
+  });
+
+  auto rm = std::make_shared<RewardTrainOptions>();
+  rm->common.loop.steps = 0;
+  rm->common.ctx = 2048;
+  auto rm_no_shuffle = std::make_shared<bool>(false);
+  auto rm_loss = std::make_shared<std::string>();
+  auto rm_no_sharing = std::make_shared<bool>(false);
+  CLI::App* r = train->add_subcommand(
+      "rm",
+      "Reward-model training on ranked answers (JSON Lines): Nectar records {\"prompt\": "
+      "\"\\n\\nHuman: ...\\n\\nAssistant: \", \"answers\": [{\"answer\", \"rank\"}...]} "
+      "ordered by rank (1 = best), or pairs {\"prompt\", \"chosen\", \"rejected\"}. Each "
+      "(prompt, answer) is rendered by --template as `starling score` renders it and scored at "
+      "its last token; a prompt's answers share its tokens (computed once). --loss kwise: "
+      "-sum_j [r_j - log sum_{k>=j} e^r_k] / (K-1) (Starling-RM's Plackett-Luce); pairwise: "
+      "the mean over ranked pairs of -log sigmoid(r_i - r_j). A step's loss is the mean over "
+      "its prompts. -m: a reward model (Starling-RM's layout, safetensors or "
+      "*ForSequenceClassification) or a language model that gets a fresh v_head. --out is a "
+      "reward model in Starling-RM's layout (transformer.*, v_head.weight) that score, rank and "
+      "serve --rm load. --no-shuffle: step k takes records (k*B + j) mod N.");
+  r->add_option("--data", rm->common.data, "rankings or pairs, JSON Lines")->required();
+  r->add_option("--loss", *rm_loss, "kwise or pairwise")
+      ->required()
+      ->check(CLI::IsMember({"kwise", "pairwise"}));
+  r->add_option("--template", rm->chat_template, "chat template the rewards are read under")
+      ->capture_default_str();
+  r->add_option("--eval-data", rm->eval_data,
+                "held-out rankings: loss, adjacent-pair and pair accuracy, Kendall tau, top-1");
+  r->add_option("--eval-every", rm->common.loop.eval_every,
+                "evaluate every N steps (and at the end)")
+      ->capture_default_str();
+  r->add_option("--zero-sum-penalty", rm->loss.zero_sum_penalty,
+                "add C * (sum of a prompt's rewards)^2 (centres the rewards)")
+      ->capture_default_str();
+  r->add_flag("--skip-bad-lines", rm->skip_bad_lines,
+              "count and skip malformed lines instead of stopping at the first");
+  r->add_flag("--no-prefix-sharing", *rm_no_sharing,
+              "run every (prompt, answer) sequence whole (to measure what sharing saves)");
+  AddTrainerOptions(r, &rm->common, rm_no_shuffle.get());
+  r->get_option("--ctx")->description(
+      "longest sequence; longer ones keep their last tokens (truncation from the left)");
+  r->get_option("--batch")->description("prompts per micro-batch (each with all its answers)");
+  r->callback([rm, rm_no_shuffle, rm_loss, rm_no_sharing] {
+    rm->common.shuffle = !*rm_no_shuffle;
+    rm->prefix_sharing = !*rm_no_sharing;
+    rm->loss.kind = *rm_loss == "kwise" ? RankingLossKind::kKWise : RankingLossKind::kPairwise;
+    RunRewardTraining(*rm);
   });
 
   auto f = std::make_shared<BenchTrainFlags>();
