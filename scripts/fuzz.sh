@@ -9,7 +9,7 @@ seconds=${1:-60}
 shift || true
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=(fuzz_sentencepiece_model fuzz_tokenizer fuzz_gguf fuzz_hf_tokenizer_files fuzz_safetensors fuzz_torch_checkpoint
-  fuzz_openai_request fuzz_chat_data)
+  fuzz_openai_request fuzz_chat_data fuzz_ranking_data)
 generator=()
 command -v ninja >/dev/null 2>&1 && generator=(-G Ninja)
 if [ ! -f build-fuzz/CMakeCache.txt ]; then
@@ -109,6 +109,11 @@ PY
       cp -f tests/data/train/sft/chats.jsonl "$dir/chats.jsonl"
       cp -f tests/data/train/chat/train.jsonl "$dir/hello.jsonl"
       printf '%s\n' '{"conversations": [{"from": "system", "value": "S"}, {"from": "human", "value": "Q"}, {"from": "gpt", "value": "A"}], "weight": 0.5}' >"$dir/sharegpt.jsonl" ;;
+    fuzz_ranking_data)
+      cp -f tests/data/nectar/sample.jsonl "$dir/nectar.jsonl"
+      printf '%s\n' '{"prompt": "Why?", "chosen": "Because.", "rejected": "No."}' \
+        '{"chosen": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}], "rejected": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "B"}]}' \
+        >"$dir/pairs.jsonl" ;;
     fuzz_hf_tokenizer_files)
       for f in models/openchat-3.5-tokenizer/*.json; do
         { printf '\x01'; cat "$f"; } >"$dir/$(basename "$f")"

@@ -9,7 +9,6 @@
 #include "core/file.h"
 #include "formats/json.h"
 #include "reward/nectar.h"
-#include "reward/reward.h"
 
 namespace starling {
 namespace {
@@ -63,6 +62,16 @@ std::string PairAnswer(const nlohmann::json& a, const std::string& where,
 }
 
 }  // namespace
+
+std::vector<int32_t> RewardConversationIds(const Tokenizer& tokenizer,
+                                           const ChatTemplate& chat_template,
+                                           const std::vector<ChatMessage>& messages, bool add_bos) {
+  std::vector<int32_t> ids;
+  if (add_bos && tokenizer.bos_id() >= 0) ids.push_back(tokenizer.bos_id());
+  const RenderedChat rendered = chat_template.Render(tokenizer, messages, false);
+  ids.insert(ids.end(), rendered.ids.begin(), rendered.ids.end());
+  return ids;
+}
 
 RankingRecord ParseRankingRecord(std::string_view json_line, const std::string& source) {
   const nlohmann::json j = ParseStrictJson(json_line, source, "", true);

@@ -22,6 +22,13 @@
 
 namespace starling {
 
+// The ids of a conversation as Starling-RM's card's get_reward() feeds them: BOS when `add_bos`
+// (the tokenizer's add_bos_token), then the template's rendering (which starts with its own
+// <s>). What `starling score` scores and what reward training trains on.
+std::vector<int32_t> RewardConversationIds(const Tokenizer& tokenizer,
+                                           const ChatTemplate& chat_template,
+                                           const std::vector<ChatMessage>& messages, bool add_bos);
+
 struct RankingRecord {
   std::vector<ChatMessage> prompt;   // ends with a user turn
   std::vector<std::string> answers;  // best first

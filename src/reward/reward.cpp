@@ -21,16 +21,6 @@ LoadedRewardModel LoadRewardModelAndTokenizer(const RewardModelOptions& options)
   return out;
 }
 
-std::vector<int32_t> RewardConversationIds(const Tokenizer& tokenizer,
-                                           const ChatTemplate& chat_template,
-                                           const std::vector<ChatMessage>& messages, bool add_bos) {
-  std::vector<int32_t> ids;
-  if (add_bos && tokenizer.bos_id() >= 0) ids.push_back(tokenizer.bos_id());
-  const RenderedChat rendered = chat_template.Render(tokenizer, messages, false);
-  ids.insert(ids.end(), rendered.ids.begin(), rendered.ids.end());
-  return ids;
-}
-
 RewardScorer::RewardScorer(const Model& model, const Tokenizer& tokenizer, int32_t context_length)
     : model_(&model), tokenizer_(&tokenizer), session_(model, context_length) {
   if (model.config().head != ModelHead::kReward) {

@@ -25,6 +25,7 @@
 #include "chat/chat_template.h"
 #include "model/model.h"
 #include "model/reward_load.h"
+#include "reward/ranking_data.h"  // RewardConversationIds
 #include "tokenizer/tokenizer.h"
 
 namespace starling {
@@ -42,12 +43,6 @@ struct LoadedRewardModel {
 };
 
 LoadedRewardModel LoadRewardModelAndTokenizer(const RewardModelOptions& options);
-
-// The ids of a conversation as the card's get_reward() feeds them: BOS when `add_bos` (the
-// tokenizer's add_bos_token), then the template's rendering (which starts with its own <s>).
-std::vector<int32_t> RewardConversationIds(const Tokenizer& tokenizer,
-                                           const ChatTemplate& chat_template,
-                                           const std::vector<ChatMessage>& messages, bool add_bos);
 
 struct RewardStats {
   int64_t sequences = 0;
