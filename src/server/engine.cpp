@@ -117,7 +117,10 @@ void Engine::Shutdown() {
 
 EngineStats Engine::stats() const {
   std::lock_guard lock(mutex_);
-  return stats_;
+  EngineStats stats = stats_;
+  for (const Slot& slot : slots_) stats.busy_slots += slot.job != nullptr;
+  stats.queued = static_cast<int64_t>(queue_.size());
+  return stats;
 }
 
 void Engine::Release(Slot& slot) {

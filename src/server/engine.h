@@ -65,6 +65,8 @@ struct EngineStats {
   int64_t batched_rows = 0;   // sum of batch sizes over the steps
   int64_t prompt_tokens = 0;  // prompt tokens of started requests
   int64_t prompt_reused = 0;  // of which came from a slot's cache
+  int64_t busy_slots = 0;     // slots running a request now
+  int64_t queued = 0;         // requests waiting for a slot now
 };
 
 class Engine {

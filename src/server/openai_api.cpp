@@ -1,5 +1,6 @@
 #include "server/openai_api.h"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
@@ -286,6 +287,21 @@ DetokenizeRequest ParseDetokenizeRequest(std::string_view body) {
   return request;
 }
 
+namespace {
+
+// A reward scores a reply: a conversation of system messages alone has nothing to score.
+std::vector<ChatMessage> ConversationValue(const Json& v, const std::string& param) {
+  std::vector<ChatMessage> messages = MessagesValue(v, param);
+  if (std::none_of(messages.begin(), messages.end(), [](const ChatMessage& m) {
+        return m.role == "user" || m.role == "assistant";
+      })) {
+    BadRequest(param + " has no user or assistant message", param);
+  }
+  return messages;
+}
+
+}  // namespace
+
 RewardsRequest ParseRewardsRequest(std::string_view body) {
   const Json j = ParseBody(body);
   RewardsRequest request;
@@ -296,7 +312,7 @@ RewardsRequest ParseRewardsRequest(std::string_view body) {
     BadRequest("give either conversations or messages, not both", "messages");
   }
   if (messages != nullptr) {
-    request.conversations.push_back(MessagesValue(*messages, "messages"));
+    request.conversations.push_back(ConversationValue(*messages, "messages"));
     return request;
   }
   if (conversations == nullptr) BadRequest("conversations is required", "conversations");
@@ -308,7 +324,7 @@ RewardsRequest ParseRewardsRequest(std::string_view body) {
   request.conversations.reserve(conversations->size());
   for (size_t i = 0; i < conversations->size(); ++i) {
     request.conversations.push_back(
-        MessagesValue((*conversations)[i], Concat("conversations[", i, "]")));
+        ConversationValue((*conversations)[i], Concat("conversations[", i, "]")));
   }
   return request;
 }

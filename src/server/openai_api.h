@@ -83,7 +83,8 @@ struct DetokenizeRequest {
 };
 
 // /v1/rewards: {"model"?: str, "conversations": [[{"role", "content"}, ...], ...]}, or
-// {"messages": [...]} for a single conversation (not both). Each conversation is non-empty.
+// {"messages": [...]} for a single conversation (not both). Each conversation is non-empty and
+// has a user or assistant message.
 struct RewardsRequest {
   std::string model;
   std::vector<std::vector<ChatMessage>> conversations;

@@ -2,8 +2,11 @@
 
 #include <httplib.h>
 
+#include <algorithm>
 #include <atomic>
+#include <cctype>
 #include <chrono>
+#include <cmath>
 #include <condition_variable>
 #include <cstdio>
 #include <mutex>
@@ -13,6 +16,7 @@
 #include "core/error.h"
 #include "core/signals.h"
 #include "server/engine.h"
+#include "server/http_server.h"
 #include "server/openai_api.h"
 #include "server/web_page.h"
 
@@ -48,7 +52,128 @@ void SendJson(httplib::Response& res, int status, const nlohmann::json& body) {
 
 void SendError(httplib::Response& res, const ApiError& error) {
   res.status = error.status;
+  if (error.status == 503) res.set_header("Retry-After", "1");
+  if (error.status == 401) res.set_header("WWW-Authenticate", "Bearer");
   res.set_content(ErrorBody(error), "application/json");
+}
+
+std::string Lower(std::string_view text) {
+  std::string out(text);
+  for (char& c : out) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return out;
+}
+
+std::string_view Trim(std::string_view text) {
+  while (!text.empty() && (text.front() == ' ' || text.front() == '\t')) text.remove_prefix(1);
+  while (!text.empty() && (text.back() == ' ' || text.back() == '\t')) text.remove_suffix(1);
+  return text;
+}
+
+// The host name of a Host header ("name", "name:port", "[v6]:port"), lower case.
+std::string HostName(std::string_view host) {
+  host = Trim(host);
+  if (!host.empty() && host.front() == '[') {
+    const size_t close = host.find(']');
+    return Lower(host.substr(1, close == std::string_view::npos ? host.npos : close - 1));
+  }
+  const size_t colon = host.find(':');
+  return Lower(host.substr(0, colon));
+}
+
+bool IsLoopbackName(const std::string& name) {
+  return name == "localhost" || name == "::1" || name.rfind("127.", 0) == 0 ||
+         (name.size() > 10 && name.ends_with(".localhost"));
+}
+
+bool IsIpLiteral(const std::string& name) {
+  if (name.find(':') != std::string::npos) return true;  // IPv6
+  return !name.empty() && name.find_first_not_of("0123456789.") == std::string::npos;
+}
+
+// The token of an "Authorization: Bearer TOKEN" header (the scheme in any case), or nullopt.
+std::optional<std::string_view> BearerToken(std::string_view header) {
+  header = Trim(header);
+  const size_t space = header.find_first_of(" \t");
+  if (space == std::string_view::npos || Lower(header.substr(0, space)) != "bearer") {
+    return std::nullopt;
+  }
+  return Trim(header.substr(space + 1));
+}
+
+// Compares in time independent of where the strings differ.
+bool SameSecret(std::string_view a, std::string_view b) {
+  if (a.size() != b.size()) return false;
+  unsigned diff = 0;
+  for (size_t i = 0; i < a.size(); ++i) diff |= static_cast<unsigned char>(a[i] ^ b[i]);
+  return diff == 0;
+}
+
+// The most bytes of text one token can stand for: its longest piece (at least 32, for unknown
+// characters). Text longer than context x this cannot fit, whatever the tokenizer does.
+size_t MaxTokenBytes(const Tokenizer& tokenizer) {
+  size_t longest = 32;
+  for (int32_t id = 0; id < tokenizer.vocab_size(); ++id) {
+    longest = std::max(longest, tokenizer.Piece(id).size());
+  }
+  return longest;
+}
+
+// Refuses, before any tokenizing, messages that cannot fit `context` tokens: each message
+// renders to at least one token, and no token covers more than `max_token_bytes` of text.
+void CheckFits(size_t messages, size_t bytes, int32_t context, size_t max_token_bytes,
+               const std::string& param) {
+  const auto limit = static_cast<size_t>(context);
+  if (messages > limit) {
+    throw ApiError(400, "invalid_request_error",
+                   Concat(messages, " messages cannot fit the context of ", context,
+                          " tokens (each takes at least one)"),
+                   param, "context_length_exceeded");
+  }
+  if (bytes > limit * max_token_bytes) {
+    throw ApiError(400, "invalid_request_error",
+                   Concat("the messages hold ", bytes,
+                          " bytes of text: more than fits the context of ", context, " tokens"),
+                   param, "context_length_exceeded");
+  }
+}
+
+void CheckFits(const std::vector<ChatMessage>& messages, int32_t context, size_t max_token_bytes,
+               const std::string& param) {
+  size_t bytes = 0;
+  for (const ChatMessage& m : messages) bytes += m.content.size();
+  CheckFits(messages.size(), bytes, context, max_token_bytes, param);
+}
+
+std::string Nonce() {
+  static std::mutex mutex;
+  static std::mt19937_64 rng(std::random_device{}());
+  std::lock_guard lock(mutex);
+  char buf[40];
+  std::snprintf(buf, sizeof buf, "%016llx%016llx", static_cast<unsigned long long>(rng()),
+                static_cast<unsigned long long>(rng()));
+  return buf;
+}
+
+// The chat page with a fresh nonce on its inline script and style, and the headers that let
+// only those run: no other script, no framing, no requests to other origins.
+void SendChatPage(httplib::Response& res) {
+  const std::string nonce = Nonce();
+  std::string page(ChatPageHtml());
+  for (const std::string tag : {"<script>", "<style>"}) {
+    const std::string with = tag.substr(0, tag.size() - 1) + " nonce=\"" + nonce + "\">";
+    for (size_t at = page.find(tag); at != std::string::npos; at = page.find(tag, at)) {
+      page.replace(at, tag.size(), with);
+      at += with.size();
+    }
+  }
+  res.set_header(
+      "Content-Security-Policy",
+      Concat("default-src 'none'; script-src 'nonce-", nonce, "'; style-src 'nonce-", nonce,
+             "'; connect-src 'self'; img-src 'self' data:; base-uri 'none'; "
+             "form-action 'none'; frame-ancestors 'none'"));
+  res.set_header("X-Frame-Options", "DENY");
+  res.set_header("Referrer-Policy", "no-referrer");
+  res.set_content(page, "text/html; charset=utf-8");
 }
 
 // The error a request gets when the engine could not complete its job.
@@ -84,10 +209,15 @@ class Server {
         reward_(reward),
         options_(options),
         engine_(*model.model, *model.tokenizer, options.parallel, options.context, options.queue,
-                options.kv_type) {
+                options.kv_type),
+        http_({.max_body_bytes = options.max_body_bytes,
+               .max_connections = options.max_connections,
+               .read_timeout_seconds = options.read_timeout_seconds}) {
+    max_token_bytes_ = MaxTokenBytes(*model_.tokenizer);
     if (reward_ != nullptr) {
       reward_scorer_ =
           std::make_unique<RewardScorer>(*reward_->model, *reward_->tokenizer, options.context);
+      reward_max_token_bytes_ = MaxTokenBytes(*reward_->tokenizer);
     }
     // The chat template is chosen once, at start, so a bad --template fails before serving. A
     // model with no known template (e.g. a base model) gets its messages as one raw prompt.
@@ -102,19 +232,26 @@ class Server {
   }
 
   int Run() {
-    // Streaming requests hold a worker while they wait for tokens: enough workers for every
-    // slot and queued request, plus some for quick requests.
-    const int workers = options_.parallel + options_.queue + 8;
-    http_.new_task_queue = [workers] { return new httplib::ThreadPool(workers); };
-    http_.set_payload_max_length(options_.max_body_bytes);
-    http_.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
-      return Authorize(req, res);
-    });
+    // Each connection has its own thread (HttpServer): a stream waiting for tokens or a slow
+    // client holds only its own.
+    http_.set_default_headers({{"X-Content-Type-Options", "nosniff"}});
+    // Runs once the headers are in, before any body is read.
+    http_.set_pre_routing_handler(
+        [this](const httplib::Request& req, httplib::Response& res) { return Admit(req, res); });
+    // A client that waits for 100-continue gets the refusal instead.
+    http_.set_expect_100_continue_handler(
+        [this](const httplib::Request& req, httplib::Response& res) {
+          return Admit(req, res) == httplib::Server::HandlerResponse::Handled ? res.status : 100;
+        });
     http_.set_error_handler([](const httplib::Request&, httplib::Response& res) {
       if (!res.body.empty()) return;
+      if (const int status = HttpServer::HeaderFailureStatus(); status != 0) res.status = status;
       const char* type = res.status >= 500 ? "server_error" : "invalid_request_error";
       std::string message = Concat("HTTP ", res.status);
+      if (res.status == 400) message = "malformed HTTP request";
+      if (res.status == 408) message = "the request headers did not arrive in time";
       if (res.status == 413) message = "request body too large";
+      if (res.status == 431) message = "the request headers are too large";
       if (res.status == 404) message = "no such endpoint";
       SendError(res, ApiError(res.status, type, message));
     });
@@ -125,19 +262,21 @@ class Server {
           } catch (const ApiError& e) {
             SendError(res, e);
           } catch (const Error& e) {
-            SendError(res, ApiError(400, "invalid_request_error", e.what()));
+            // Bad input is an ApiError by now (parsing, rendering and limits are checked
+            // first): anything else is the server's own failure.
+            SendError(res, ApiError(500, "server_error", e.what()));
           } catch (...) {
             SendError(res, ApiError(500, "server_error", CurrentExceptionMessage()));
           }
         });
-    http_.Get("/", [](const httplib::Request&, httplib::Response& res) {
-      res.set_content(std::string(ChatPageHtml()), "text/html; charset=utf-8");
-    });
+    http_.Get("/", [](const httplib::Request&, httplib::Response& res) { SendChatPage(res); });
     http_.Get("/health", [this](const httplib::Request&, httplib::Response& res) {
       const EngineStats stats = engine_.stats();
       SendJson(res, 200,
                {{"status", "ok"},
                 {"slots", options_.parallel},
+                {"busy_slots", stats.busy_slots},
+                {"queued", stats.queued},
                 {"decode_steps", stats.steps},
                 {"mean_batch", stats.steps > 0 ? static_cast<double>(stats.batched_rows) /
                                                      static_cast<double>(stats.steps)
@@ -150,21 +289,25 @@ class Server {
       if (reward_ != nullptr) ids.push_back(options_.reward_model_name);
       SendJson(res, 200, ModelsList(ids, Now()));
     });
-    http_.Post("/v1/chat/completions", [this](const httplib::Request& req, httplib::Response& res) {
-      Complete(ParseChatCompletionRequest(req.body), res);
+    http_.Post("/v1/chat/completions", [this](const httplib::Request&, httplib::Response& res,
+                                              const httplib::ContentReader& body) {
+      Complete(ParseChatCompletionRequest(HttpServer::ReadBody(body)), res);
     });
-    http_.Post("/v1/completions", [this](const httplib::Request& req, httplib::Response& res) {
-      Complete(ParseCompletionRequest(req.body), res);
+    http_.Post("/v1/completions", [this](const httplib::Request&, httplib::Response& res,
+                                         const httplib::ContentReader& body) {
+      Complete(ParseCompletionRequest(HttpServer::ReadBody(body)), res);
     });
-    http_.Post("/tokenize", [this](const httplib::Request& req, httplib::Response& res) {
-      const TokenizeRequest r = ParseTokenizeRequest(req.body);
+    http_.Post("/tokenize", [this](const httplib::Request&, httplib::Response& res,
+                                   const httplib::ContentReader& body) {
+      const TokenizeRequest r = ParseTokenizeRequest(HttpServer::ReadBody(body));
       const Tokenizer& tok = *model_.tokenizer;
       SendJson(res, 200,
                {{"tokens", tok.Encode(r.content, {.add_bos = r.add_special && tok.add_bos_token(),
                                                   .parse_special = true})}});
     });
-    http_.Post("/detokenize", [this](const httplib::Request& req, httplib::Response& res) {
-      const DetokenizeRequest r = ParseDetokenizeRequest(req.body);
+    http_.Post("/detokenize", [this](const httplib::Request&, httplib::Response& res,
+                                     const httplib::ContentReader& body) {
+      const DetokenizeRequest r = ParseDetokenizeRequest(HttpServer::ReadBody(body));
       for (size_t i = 0; i < r.tokens.size(); ++i) {
         if (r.tokens[i] < 0 || r.tokens[i] >= model_.tokenizer->vocab_size()) {
           throw ApiError(400, "invalid_request_error",
@@ -175,8 +318,9 @@ class Server {
       // As llama.cpp: special tokens (BOS, end of turn) are not rendered.
       SendJson(res, 200, {{"content", model_.tokenizer->Decode(r.tokens, /*skip_special=*/true)}});
     });
-    http_.Post("/v1/rewards", [this](const httplib::Request& req, httplib::Response& res) {
-      Rewards(ParseRewardsRequest(req.body), res);
+    http_.Post("/v1/rewards", [this](const httplib::Request&, httplib::Response& res,
+                                     const httplib::ContentReader& body) {
+      Rewards(ParseRewardsRequest(HttpServer::ReadBody(body)), res);
     });
 
     int port = options_.port;
@@ -246,21 +390,121 @@ class Server {
     return path.rfind("/v1/", 0) == 0 || path == "/tokenize" || path == "/detokenize";
   }
 
-  httplib::Server::HandlerResponse Authorize(const httplib::Request& req, httplib::Response& res) {
-    if (shutting_down_) {
-      SendError(res, ShuttingDown());
+  // The methods a path answers ("" for an unknown path).
+  static std::string_view Methods(const std::string& path) {
+    if (path == "/" || path == "/health" || path == "/v1/models") return "GET, HEAD";
+    if (path == "/v1/chat/completions" || path == "/v1/completions" || path == "/tokenize" ||
+        path == "/detokenize" || path == "/v1/rewards") {
+      return "POST";
+    }
+    return "";
+  }
+
+  // Whether a Host header names this server: its --host, a loopback name when it listens on
+  // loopback, any address when it listens on all of them, or an --allowed-host. Without this,
+  // a web page whose domain resolves to 127.0.0.1 (DNS rebinding) could use a keyless server.
+  bool HostAllowed(const std::string& host) const {
+    const std::string name = HostName(host);
+    const std::string bound = Lower(options_.host);
+    for (const std::string& allowed : options_.allowed_hosts) {
+      if (allowed == "*" || Lower(allowed) == name) return true;
+    }
+    if (name == bound) return true;
+    if (IsLoopbackName(bound) && IsLoopbackName(name)) return true;
+    return (bound == "0.0.0.0" || bound == "::" || bound.empty()) && IsIpLiteral(name);
+  }
+
+  // Every check that needs only the headers, before any body is read: shutting down, Host,
+  // Origin (CORS stays closed: a request from another origin is refused), path and method,
+  // API key, and the body's framing and size. A request answered here never has its body
+  // read; its connection closes after the response.
+  httplib::Server::HandlerResponse Admit(const httplib::Request& req, httplib::Response& res) {
+    auto refuse = [&](const ApiError& error) {
+      SendError(res, error);
       return httplib::Server::HandlerResponse::Handled;
+    };
+    if (shutting_down_) return refuse(ShuttingDown());
+    const std::string host = req.get_header_value("Host");
+    if (req.has_header("Host") && !HostAllowed(host)) {
+      return refuse(ApiError(403, "invalid_request_error",
+                             Concat("Host '", host,
+                                    "' is not a name of this server (start it with "
+                                    "--allowed-host NAME to allow one)"),
+                             "", "host_not_allowed"));
     }
-    if (options_.api_key.empty() || !ProtectedPath(req.path)) {
-      return httplib::Server::HandlerResponse::Unhandled;
+    if (req.has_header("Origin")) {
+      const std::string origin = req.get_header_value("Origin");
+      const size_t scheme = origin.find("://");
+      if (scheme == std::string::npos || Lower(origin.substr(scheme + 3)) != Lower(host)) {
+        return refuse(
+            ApiError(403, "invalid_request_error",
+                     Concat("cross-origin requests are not allowed (Origin '", origin, "')"), "",
+                     "cross_origin"));
+      }
     }
-    if (req.get_header_value("Authorization") == "Bearer " + options_.api_key) {
-      return httplib::Server::HandlerResponse::Unhandled;
+    const std::string_view methods = Methods(req.path);
+    if (methods.empty()) {
+      return refuse(ApiError(404, "invalid_request_error", "no such endpoint: " + req.path));
     }
-    SendError(res, ApiError(401, "authentication_error",
-                            "missing or wrong API key (send 'Authorization: Bearer KEY')", "",
-                            "invalid_api_key"));
-    return httplib::Server::HandlerResponse::Handled;
+    const std::string method = req.method == "HEAD" ? "GET" : req.method;
+    if (methods.find(method) == std::string_view::npos) {
+      res.set_header("Allow", std::string(methods));
+      return refuse(ApiError(405, "invalid_request_error",
+                             Concat(req.path, " takes ", methods, ", not ", req.method)));
+    }
+    if (!options_.api_key.empty() && ProtectedPath(req.path)) {
+      const auto token = BearerToken(req.get_header_value("Authorization"));
+      if (!token || !SameSecret(*token, options_.api_key)) {
+        return refuse(ApiError(401, "authentication_error",
+                               "missing or wrong API key (send 'Authorization: Bearer KEY')", "",
+                               "invalid_api_key"));
+      }
+    }
+    if (method == "POST") {
+      if (const std::optional<ApiError> error = CheckBodyFraming(req)) return refuse(*error);
+    }
+    return httplib::Server::HandlerResponse::Unhandled;
+  }
+
+  // How the body of a POST arrives: a Content-Length within --max-body or chunked (limited as
+  // it is read, HttpServer::ReadBody), with a content coding httplib can inflate.
+  std::optional<ApiError> CheckBodyFraming(const httplib::Request& req) const {
+    std::optional<ApiError> error;
+    const bool chunked = req.has_header("Transfer-Encoding");
+    if (chunked && Lower(Trim(req.get_header_value("Transfer-Encoding"))) != "chunked") {
+      error.emplace(501, "invalid_request_error", "only 'Transfer-Encoding: chunked' is supported");
+    } else if (chunked && req.has_header("Content-Length")) {
+      error.emplace(400, "invalid_request_error",
+                    "a request may not have both Content-Length and Transfer-Encoding");
+    } else if (!chunked && req.get_header_value_count("Content-Length") != 1) {
+      error.emplace(411, "invalid_request_error",
+                    req.has_header("Content-Length")
+                        ? "more than one Content-Length"
+                        : "the request body needs a Content-Length (or chunked encoding)");
+    } else if (!chunked) {
+      const std::string digits(Trim(req.get_header_value("Content-Length")));
+      if (digits.empty() || digits.size() > 18 ||
+          digits.find_first_not_of("0123456789") != std::string::npos) {
+        error.emplace(400, "invalid_request_error", "malformed Content-Length");
+      } else if (std::stoull(digits) > options_.max_body_bytes) {
+        error.emplace(413, "invalid_request_error",
+                      Concat("request body too large: ", digits, " bytes; the limit is ",
+                             options_.max_body_bytes, " (--max-body)"),
+                      "", "request_too_large");
+      }
+    }
+    if (!error) {
+      const std::string coding = Lower(Trim(req.get_header_value("Content-Encoding")));
+      const std::string type = Lower(req.get_header_value("Content-Type"));
+      if (!coding.empty() && coding != "identity" && coding != "gzip" && coding != "deflate" &&
+          coding != "br") {
+        error.emplace(415, "invalid_request_error",
+                      "Content-Encoding '" + coding + "' is not supported (gzip, deflate, br)");
+      } else if (type.rfind("multipart/", 0) == 0) {
+        error.emplace(415, "invalid_request_error", "the request body must be JSON");
+      }
+    }
+    return error;
   }
 
   void CheckModel(const std::string& name, const std::string& served) const {
@@ -304,6 +548,7 @@ class Server {
   }
 
   void Complete(const ChatCompletionRequest& r, httplib::Response& res) {
+    CheckFits(r.messages, options_.context, max_token_bytes_, "messages");
     std::vector<int32_t> ids;
     const Tokenizer& tok = *model_.tokenizer;
     if (chat_template_ != nullptr) {
@@ -324,6 +569,7 @@ class Server {
 
   void Complete(const CompletionRequest& r, httplib::Response& res) {
     const Tokenizer& tok = *model_.tokenizer;
+    CheckFits(1, r.prompt.size(), options_.context, max_token_bytes_, "prompt");
     Prepared p = Prepare(r, tok.Encode(r.prompt, {.add_bos = tok.add_bos_token()}));
     if (p.prompt.empty()) throw ApiError(400, "invalid_request_error", "empty prompt", "prompt");
     p.options.stop_token_ids = model_.StopTokens(nullptr);
@@ -441,6 +687,10 @@ class Server {
     nlohmann::json data = nlohmann::json::array();
     std::lock_guard lock(reward_mutex_);  // one scorer (one KV cache), shared prefixes reused
     for (size_t i = 0; i < r.conversations.size(); ++i) {
+      CheckFits(r.conversations[i], options_.context, reward_max_token_bytes_,
+                Concat("conversations[", i, "]"));
+    }
+    for (size_t i = 0; i < r.conversations.size(); ++i) {
       std::vector<int32_t> ids;
       try {
         ids = RewardConversationIds(*reward_->tokenizer, llama2, r.conversations[i],
@@ -454,12 +704,31 @@ class Server {
                               options_.context),
                        Concat("conversations[", i, "]"), "context_length_exceeded");
       }
-      data.push_back({{"index", i},
-                      {"object", "reward"},
-                      {"reward", reward_scorer_->Score(ids)},
-                      {"tokens", ids.size()}});
+      data.push_back(
+          {{"index", i}, {"object", "reward"}, {"reward", Score(ids, i)}, {"tokens", ids.size()}});
     }
     SendJson(res, 200, {{"object", "list"}, {"model", options_.reward_model_name}, {"data", data}});
+  }
+
+  // The reward of conversation `index` (its ids checked against the context). A failure here
+  // is the server's or the model's, not the request's: 500, and a fresh scorer for the next
+  // request (the failed one may have left its cache half written).
+  float Score(const std::vector<int32_t>& ids, size_t index) {
+    float reward = 0.0f;
+    std::string why;
+    try {
+      reward = reward_scorer_->Score(ids);
+      if (!std::isfinite(reward)) why = Concat("the reward model gave ", reward);
+    } catch (const std::exception& e) {
+      why = e.what();
+      reward_scorer_ =
+          std::make_unique<RewardScorer>(*reward_->model, *reward_->tokenizer, options_.context);
+    }
+    if (!why.empty()) {
+      throw ApiError(500, "server_error", Concat("scoring conversation ", index, " failed: ", why),
+                     "", "reward_failed");
+    }
+    return reward;
   }
 
   const LoadedModel& model_;
@@ -468,11 +737,13 @@ class Server {
   Engine engine_;
   const ChatTemplate* chat_template_ = nullptr;
   std::unique_ptr<RewardScorer> reward_scorer_;
+  size_t max_token_bytes_ = 0;  // MaxTokenBytes of the model's and the reward model's tokenizers
+  size_t reward_max_token_bytes_ = 0;
   std::mutex reward_mutex_;
   std::atomic<bool> shutting_down_{false};
   std::atomic<int> open_streams_{0};  // streaming responses not yet fully written
   std::atomic<bool> listen_returned_{false};
-  httplib::Server http_;
+  HttpServer http_;
 };
 
 }  // namespace

@@ -5,6 +5,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "core/dtype.h"
 #include "generate/loaded_model.h"
@@ -21,7 +22,11 @@ struct ServerOptions {
   int32_t context = 2048;       // positions per slot: prompt + max_tokens must fit
   DType kv_type = DType::kF32;  // the slots' KV cache element type: F32 or F16 (half the memory)
   std::string template_name;    // empty: the model's own known template
-  size_t max_body_bytes = 4u << 20;
+  size_t max_body_bytes = 4u << 20;  // request body, as received and after inflation
+  int max_connections = 256;         // open at once; one more gets 503 at once
+  int read_timeout_seconds = 10;     // for a request's headers; the longest pause in a body
+  // Host header names accepted beyond --host and, on loopback, the loopback names ("*": any).
+  std::vector<std::string> allowed_hosts;
   int drain_seconds = 10;  // on SIGINT/SIGTERM, how long running requests may take to finish
   std::string model_name;  // what /v1/models lists
   std::string reward_model_name;

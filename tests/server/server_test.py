@@ -23,66 +23,12 @@ import tempfile
 import threading
 import time
 
+import harness
+from harness import Server, check, failures, read_stream
+
 STARLING = sys.argv[1]
 DATA = sys.argv[2]
-failures = []
-
-
-def check(condition, what):
-    if not condition:
-        failures.append(what)
-        print("FAIL:", what, flush=True)
-
-
-class Server:
-    def __init__(self, *args):
-        self.proc = subprocess.Popen([STARLING, "serve", "--port", "0", *args],
-                                     stderr=subprocess.PIPE, text=True)
-        self.port = None
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            line = self.proc.stderr.readline()
-            if not line:
-                break
-            m = re.search(r"on http://127\.0\.0\.1:(\d+)", line)
-            if m:
-                self.port = int(m.group(1))
-                break
-        if self.port is None:
-            raise SystemExit("server did not start: " + " ".join(args))
-        threading.Thread(target=self.proc.stderr.read, daemon=True).start()  # drain
-
-    def request(self, method, path, body=None, headers=None, timeout=60):
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
-        data = body if isinstance(body, (bytes, type(None))) else json.dumps(body).encode()
-        conn.request(method, path, body=data, headers=headers or {})
-        res = conn.getresponse()
-        raw = res.read()
-        conn.close()
-        return res.status, raw
-
-    def json(self, method, path, body=None, headers=None):
-        status, raw = self.request(method, path, body, headers)
-        return status, json.loads(raw)
-
-    def stream(self, body, headers=None, raw=False):
-        """Streams a chat completion; returns (status, content type, list of parsed events,
-        saw [DONE]). `raw`: a completion (/v1/completions) from the message's content."""
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
-        path = "/v1/chat/completions"
-        if raw:
-            path = "/v1/completions"
-            body = dict(body, prompt=body["messages"][0]["content"])
-            del body["messages"]
-        conn.request("POST", path, body=json.dumps(body).encode(), headers=headers or {})
-        res = conn.getresponse()
-        events, done, _ = read_stream(res)
-        conn.close()
-        return res.status, res.getheader("Content-Type"), events, done
-
-    def stop(self):
-        self.proc.send_signal(15)
-        return self.proc.wait(timeout=30)
+harness.STARLING = STARLING
 
 
 def chat(content, **kw):
@@ -197,22 +143,6 @@ def open_stream(s, body):
     res = conn.getresponse()
     check(res.status == 200 and res.readline().startswith(b"data: "), "stream started")
     return res
-
-
-def read_stream(res):
-    """The rest of a stream: (parsed events, saw [DONE], ended with the chunked terminator)."""
-    events, done = [], False
-    try:
-        for line in res:
-            line = line.decode().strip()
-            if line == "data: [DONE]":
-                done = True
-            elif line.startswith("data: "):
-                events.append(json.loads(line[6:]))
-        complete = True
-    except (http.client.IncompleteRead, ConnectionError):  # cut short, e.g. the server died
-        complete = False
-    return events, done, complete
 
 
 def check_shutdown():
