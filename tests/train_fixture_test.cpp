@@ -14,9 +14,12 @@
 #include "chat/chat_data.h"
 #include "chat/chat_template.h"
 #include "formats/safetensors.h"
+#include "model/reward_load.h"
+#include "reward/ranking_data.h"
 #include "tokenizer/load.h"
 #include "train/optimizer.h"
 #include "train/parameters.h"
+#include "train/reward_train.h"
 #include "train/step.h"
 
 namespace starling {
@@ -202,6 +205,85 @@ TEST(SftFixture, IdsWeightsLossAndGradientsMatchPyTorch) {
     EXPECT_LT(std::sqrt(diff / norm), 1e-4) << p.spec.name;
   }
 }
+
+// The squared L2 distance and the squared norm of want, over got and want.
+std::pair<double, double> Distance(const std::vector<float>& got, const std::vector<float>& want) {
+  double diff = 0, norm = 0;
+  for (size_t i = 0; i < want.size(); ++i) {
+    diff += (double{got[i]} - want[i]) * (double{got[i]} - want[i]);
+    norm += double{want[i]} * want[i];
+  }
+  return {diff, norm};
+}
+
+class RmFixtureTest : public ::testing::TestWithParam<const char*> {};
+
+// tools/rm_reference.py's first micro-batch (records 0 and 1 of rankings.jsonl) through the
+// library: the ids, the rewards, the loss and every gradient, with the two prompts' tokens
+// shared (the reference runs each sequence alone).
+TEST_P(RmFixtureTest, IdsRewardsLossAndGradientsMatchPyTorch) {
+  const std::string root = std::string(STARLING_TEST_DATA_DIR) + "/../../";
+  const SafetensorsFile f =
+      SafetensorsFile::Open(std::string(STARLING_TEST_DATA_DIR) + "/train/rm/tiny-rm-" +
+                            GetParam() + ".fixture.safetensors");
+  const std::string model_dir = root + f.metadata().at("model");
+  const Tokenizer tokenizer = LoadTokenizer(model_dir);
+  RankingDataOptions options;
+  options.ctx = 2048;
+  options.add_bos = tokenizer.add_bos_token();
+  const std::vector<RankingExample> records = LoadRankingData(
+      root + f.metadata().at("data"), tokenizer, ChatTemplate::ByName("llama-2"), options, nullptr);
+  ASSERT_EQ(records.size(), 6u);
+  for (size_t r = 0; r < records.size(); ++r) {
+    for (size_t a = 0; a < records[r].sequences.size(); ++a) {
+      EXPECT_EQ(records[r].sequences[a],
+                Read<int32_t>(f, "ids." + std::to_string(r) + "." + std::to_string(a)))
+          << r << "." << a;
+    }
+  }
+  TrainModel tm(OpenRewardModelFiles({.directory = model_dir}), -1);
+  RankingBatch b = MakeRankingBatch({&records[0].sequences, &records[1].sequences}, true);
+  b.normalizer = 2;
+  const RankingLossOptions loss{
+      std::string(GetParam()) == "kwise" ? RankingLossKind::kKWise : RankingLossKind::kPairwise,
+      std::stod(f.metadata().at("zero_sum_penalty"))};
+  TrainStep step(tm);
+  tm.ZeroGrads();
+  std::vector<float> rewards(b.score_rows.size());
+  // Tolerances from tests/data/train/README.md's rm section (torch float32 vs float64: loss
+  // 8.4e-6, rewards 5.8e-6, gradients 3.1e-6 relative L2 at worst): 1e-4 for each.
+  EXPECT_NEAR(step.RankingLoss(b, loss, true, rewards), Read<double>(f, "loss")[0], 1e-4);
+  std::vector<double> want_rewards = Read<double>(f, "rewards.0");
+  for (const double r : Read<double>(f, "rewards.1")) want_rewards.push_back(r);
+  ASSERT_EQ(rewards.size(), want_rewards.size());
+  for (size_t i = 0; i < rewards.size(); ++i) {
+    EXPECT_NEAR(rewards[i], want_rewards[i], 1e-4 + 1e-4 * std::abs(want_rewards[i])) << i;
+  }
+  for (const Parameter& p : tm.parameters()) {
+    // The fixture names Starling-RM's tensors: transformer.* and v_head.weight.
+    const std::string name = p.spec.role == TensorRole::kScore
+                                 ? "v_head.weight"
+                                 : "transformer." + p.spec.name.substr(6);  // after "model."
+    const auto want = Read<float>(f, "grad." + name);
+    std::vector<float> got = p.grad;
+    if (p.spec.role == TensorRole::kEmbedding) {
+      double norm = 0;
+      for (const float g : p.grad) norm += double{g} * g;
+      const double want_norm = Read<double>(f, "grad_norm." + name)[0];
+      EXPECT_NEAR(std::sqrt(norm), want_norm, 1e-4 * want_norm) << name;
+      const int64_t d = p.spec.shape[1];
+      got.clear();
+      for (const int32_t r : Read<int32_t>(f, "grad_rows." + name)) {
+        got.insert(got.end(), &p.grad[r * d], &p.grad[(r + 1) * d]);
+      }
+    }
+    ASSERT_EQ(got.size(), want.size()) << name;
+    const auto [diff, norm] = Distance(got, want);
+    EXPECT_LT(std::sqrt(diff / norm), 1e-4) << name;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Losses, RmFixtureTest, ::testing::Values("kwise", "pairwise"));
 
 }  // namespace
 }  // namespace starling
