@@ -284,7 +284,8 @@ void RunTrainLoop(TrainModel& m, TrainObjective& objective, const TrainLoopOptio
                              {"grad_norm", norm},
                              {objective.unit_name(), units},
                              {"epoch", epoch},
-                             {"tokens_per_s", static_cast<double>(tokens) / seconds}};
+                             {"tokens_per_s", static_cast<double>(tokens) / seconds},
+                             {"seconds", seconds}};
       if (evaluate) line.update(evaluated);
       if (k == 0) line.update(first_extra);
       log << line.dump() << "\n" << std::flush;

@@ -16,6 +16,7 @@ namespace {
 // The language model to train, from -m or --config.
 TrainModel OpenTrainModel(const TrainerOptions& o, std::string* tokenizer_source) {
   ModelFiles files = OpenInitFiles(o, tokenizer_source);
+  CheckContext(o, files.config);
   if (files.config.head != ModelHead::kLanguageModel)
     Fail(files.source, ": this trainer needs a language model");
   return TrainModel(std::move(files), o.unfreeze_layers);
@@ -116,7 +117,6 @@ ModelFiles OpenInitFiles(const TrainerOptions& o, std::string* tokenizer_source)
       o.config.empty()
           ? OpenModelFiles(o.model)
           : RandomModelFiles(ParseHuggingFaceConfig(ReadFile(o.config), "", o.config), o.seed);
-  CheckContext(o, files.config);
   return files;
 }
 

@@ -32,7 +32,7 @@ void CheckTrainerOptions(const TrainerOptions& o, std::string* tokenizer_source)
 // The initial model's files from -m (HF directory or GGUF) or --config (seeded random weights),
 // after CheckTrainerOptions.
 ModelFiles OpenInitFiles(const TrainerOptions& o, std::string* tokenizer_source);
-// --ctx within the model's positions.
+// --ctx within the model's positions (callers check it once the model is open).
 void CheckContext(const TrainerOptions& o, const ModelConfig& c);
 // The loop's settings that follow from the trainer's (steps from --epochs, the schedule), and
 // the run's identity for resume (`run` plus the shared options).

@@ -181,16 +181,20 @@ void RunRewardTraining(RewardTrainOptions r) {
   std::string tokenizer_source;
   ModelFiles files;
   std::string init;
+  const bool default_ctx = o.ctx == 0;  // Starling's max_length, within the model's positions
+  if (default_ctx) o.ctx = 2048;
   if (!o.model.empty() && o.config.empty() && IsRewardCheckpoint(o.model)) {
     CheckTrainerOptions(o, &tokenizer_source);
     files = OpenRewardModelFiles({.directory = o.model});
-    CheckContext(o, files.config);
     init = "reward model " + o.model;
   } else {
     files = WithFreshRewardHead(OpenInitFiles(o, &tokenizer_source), o.seed);
     init = (o.model.empty() ? "config " + o.config : "language model " + o.model) +
            " with a fresh v_head (seed " + std::to_string(o.seed) + ")";
   }
+  const int32_t positions = files.config.max_position_embeddings;
+  if (default_ctx && positions > 0) o.ctx = std::min<int64_t>(o.ctx, positions);
+  CheckContext(o, files.config);
   TrainModel m(std::move(files), o.unfreeze_layers);
   const Tokenizer tokenizer = LoadTokenizer(tokenizer_source);
   const ChatTemplate& chat_template = ChatTemplate::ByName(r.chat_template);

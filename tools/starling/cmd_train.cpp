@@ -256,7 +256,7 @@ void RegisterTrain(CLI::App& app) {
 
   auto rm = std::make_shared<RewardTrainOptions>();
   rm->common.loop.steps = 0;
-  rm->common.ctx = 2048;
+  rm->common.ctx = 0;  // the model's positions, at most 2048 (Starling-RM's max_length)
   auto rm_no_shuffle = std::make_shared<bool>(false);
   auto rm_loss = std::make_shared<std::string>();
   auto rm_no_sharing = std::make_shared<bool>(false);
@@ -293,7 +293,8 @@ void RegisterTrain(CLI::App& app) {
               "run every (prompt, answer) sequence whole (to measure what sharing saves)");
   AddTrainerOptions(r, &rm->common, rm_no_shuffle.get());
   r->get_option("--ctx")->description(
-      "longest sequence; longer ones keep their last tokens (truncation from the left)");
+      "longest sequence; longer ones keep their last tokens (truncation from the left); "
+      "default: the model's max_position_embeddings, at most 2048 (Starling-RM's max_length)");
   r->get_option("--batch")->description("prompts per micro-batch (each with all its answers)");
   r->callback([rm, rm_no_shuffle, rm_loss, rm_no_sharing] {
     rm->common.shuffle = !*rm_no_shuffle;
