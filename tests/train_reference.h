@@ -130,29 +130,42 @@ std::vector<T> Hidden(const ModelConfig& c, const Weights<T>& W,
   return Norm(x, w("model.norm.weight"), n, d, c.rms_norm_eps);
 }
 
+// log p(targets[t]) for every row t of sequences laid end to end (the LM head's softmax).
+template <typename T>
+std::vector<T> TargetLogProbs(const ModelConfig& c, const Weights<T>& W,
+                              const std::vector<int64_t>& lengths,
+                              const std::vector<int32_t>& inputs,
+                              const std::vector<int32_t>& targets) {
+  const int64_t n = static_cast<int64_t>(inputs.size()), d = c.hidden_size, V = c.vocab_size;
+  const auto h = Hidden(c, W, lengths, inputs);
+  const auto& head =
+      c.tie_word_embeddings ? W.at("model.embed_tokens.weight") : W.at("lm_head.weight");
+  std::vector<T> out;
+  for (int64_t t = 0; t < n; ++t) {
+    std::vector<T> z(static_cast<size_t>(V));
+    double mx = -1e300;
+    for (int64_t v = 0; v < V; ++v) {
+      T acc(0);
+      for (int64_t i = 0; i < d; ++i) acc += head[v * d + i] * h[t * d + i];
+      z[v] = acc;
+      mx = std::max(mx, Real(acc));
+    }
+    T sum(0);
+    for (const T& e : z) sum += std::exp(e - T(mx));
+    out.push_back(z[targets[t]] - T(mx) - std::log(sum));
+  }
+  return out;
+}
+
 // The mean-or-weighted LM loss sum_i w_i CE_i / normalizer over sequences laid end to end.
 template <typename T>
 T LanguageModelLoss(const ModelConfig& c, const Weights<T>& W, const std::vector<int64_t>& lengths,
                     const std::vector<int32_t>& inputs, const std::vector<int32_t>& targets,
                     const std::vector<float>& weights, double normalizer) {
-  const int64_t n = static_cast<int64_t>(inputs.size()), d = c.hidden_size, V = c.vocab_size;
-  const auto h = Hidden(c, W, lengths, inputs);
-  const auto& head =
-      c.tie_word_embeddings ? W.at("model.embed_tokens.weight") : W.at("lm_head.weight");
+  const auto logps = TargetLogProbs(c, W, lengths, inputs, targets);
   T loss(0);
-  for (int64_t t = 0; t < n; ++t) {
-    if (weights[t] == 0.0f) continue;
-    std::vector<T> z(static_cast<size_t>(V));
-    double mx = -1e300;
-    for (int64_t v2 = 0; v2 < V; ++v2) {
-      T acc(0);
-      for (int64_t i = 0; i < d; ++i) acc += head[v2 * d + i] * h[t * d + i];
-      z[v2] = acc;
-      mx = std::max(mx, Real(acc));
-    }
-    T sum(0);
-    for (const T& e : z) sum += std::exp(e - T(mx));
-    loss += T(static_cast<double>(weights[t])) * (T(mx) + std::log(sum) - z[targets[t]]);
+  for (size_t t = 0; t < logps.size(); ++t) {
+    if (weights[t] != 0.0f) loss -= T(static_cast<double>(weights[t])) * logps[t];
   }
   return loss / T(normalizer);
 }

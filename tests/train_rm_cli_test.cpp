@@ -1,7 +1,8 @@
-// `starling train rm` end to end: real processes and files. The saved model is what `rank` and
-// `score` load; prefix sharing changes no loss; resume is bit-exact; a language model gets a
-// seeded v_head; bad data names its line. (The losses and gradients against PyTorch are in
-// train_rm_fixture_test.cpp and train_test.cpp.)
+// `starling train rm` and `train dpo` end to end: real processes and files. The saved reward
+// model is what `rank` and `score` load; prefix sharing changes no loss; resume is bit-exact; a
+// language model gets a seeded v_head; bad data names its line; DPO starts at ln 2 and saves a
+// language model. (Losses and gradients against PyTorch: train_rm_fixture_test.cpp,
+// train_dpo_fixture_test.cpp, train_fixture_test.cpp and train_test.cpp.)
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -183,6 +184,57 @@ TEST(TrainRm, BadDataNamesTheLineOrIsSkippedAndCounted) {
   const auto skipped = RunStarling(base + "--skip-bad-lines");
   ASSERT_EQ(skipped.exit_code, 0) << skipped.err;
   EXPECT_EQ(ReadLog(out + ".log")[0]["skipped_bad_lines"], 1);
+}
+
+const std::string kRankings = kData + "/train/rm/rankings.jsonl";  // K = 3, 4, 7, 2, 5, 2
+const std::string kTinyMistral = kData + "/tiny-mistral/hf";
+
+TEST(TrainDpo, StartsAtLn2CountsPairsAndSavesALanguageModel) {
+  starling::testing::TempDir dir("dpo");
+  const std::string out = dir.path() + "/out";
+  const std::string base = "train dpo -m " + kTinyMistral + " --template openchat --data " +
+                           kRankings + " --out " + out + " --log " + out + ".log -q ";
+  const auto r = RunStarling(base + "--eval-data " + kRankings +
+                             " --beta 0.1 --no-shuffle --batch 2 --steps 4 --lr 1e-3");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const auto log = ReadLog(out + ".log");
+  ASSERT_EQ(log.size(), 4u);
+  EXPECT_EQ(log[0]["data_pairs"], 17);  // --pairs best: K - 1 per record
+  EXPECT_EQ(log[0]["pairs"], 2);
+  // The policy is the reference at step 1, computed on the same batches: z = 0 exactly.
+  EXPECT_DOUBLE_EQ(log[0]["loss"].get<double>(), std::log(2.0));
+  EXPECT_DOUBLE_EQ(log[0]["eval_loss_before"].get<double>(), std::log(2.0));
+  EXPECT_LT(log.back()["eval_loss"].get<double>(), std::log(2.0));
+  EXPECT_GT(log.back()["eval_reward_accuracy"].get<double>(), 0.5);
+  const auto generated = RunStarling("generate -m " + out + " -p Hello -n 4 --temp 0");
+  EXPECT_EQ(generated.exit_code, 0) << generated.err;
+  // Every ranked pair.
+  const std::string out2 = dir.path() + "/all";
+  ASSERT_EQ(
+      RunStarling("train dpo -m " + kTinyMistral + " --template openchat --data " + kRankings +
+                  " --out " + out2 + " --log " + out2 + ".log -q --pairs all --steps 1")
+          .exit_code,
+      0);
+  EXPECT_EQ(ReadLog(out2 + ".log")[0]["data_pairs"], 3 + 6 + 21 + 1 + 10 + 1);
+}
+
+TEST(TrainDpo, BadOptionsAndDataAreClearErrors) {
+  starling::testing::TempDir dir("dpo_bad");
+  const std::string out = dir.path() + "/out";
+  const std::string base = "train dpo -m " + kTinyMistral + " --template openchat --out " + out +
+                           " -q --steps 1 --data ";
+  auto r = RunStarling(base + kRankings + " --beta 0");
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.err.find("--beta must be positive"), std::string::npos) << r.err;
+  r = RunStarling("train dpo -m " + kRm + " --template llama-2 --out " + out +
+                  " -q --steps 1 --data " + kRankings);
+  EXPECT_NE(r.exit_code, 0);  // a reward model is not a policy
+  const std::string data = dir.path() + "/bad.jsonl";
+  std::ofstream(data) << R"({"prompt": "Hi", "chosen": "a"})"
+                      << "\n";
+  r = RunStarling(base + data);
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.err.find(data + ":1: a pair needs both"), std::string::npos) << r.err;
 }
 
 }  // namespace

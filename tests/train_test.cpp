@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <complex>
+#include <functional>
 #include <random>
 
 #include "core/error.h"
@@ -14,6 +15,7 @@
 #include "kernels/kernels.h"
 #include "model/blocks.h"
 #include "tests/train_reference.h"
+#include "train/dpo_train.h"
 #include "train/optimizer.h"
 #include "train/parameters.h"
 #include "train/schedule.h"
@@ -283,6 +285,42 @@ ModelConfig SmallConfig(const ModelCase& mc) {
   return c;
 }
 
+// The reference's weights: every tensor the model has, parameters and frozen ones alike.
+reference::Weights<C> ReferenceWeights(const TrainModel& tm) {
+  reference::Weights<C> weights;
+  for (const TensorRef& t : tm.files().tensors) {
+    const auto* p = static_cast<const float*>(t.data);
+    weights[t.name] = std::vector<C>(p, p + t.size_bytes / sizeof(float));
+  }
+  for (const Parameter& p : tm.parameters()) weights[p.spec.name] = Complex(p.value);
+  return weights;
+}
+
+// Six random elements of every parameter's gradient, and `embedding_element` of the
+// embedding's (a row the batch uses: the others are exactly zero), against the complex-step
+// derivative of the reference `loss` at `weights`.
+void ExpectGradientsMatchComplexStep(const TrainModel& tm, const reference::Weights<C>& weights,
+                                     const std::function<C(const reference::Weights<C>&)>& loss,
+                                     size_t embedding_element, std::mt19937& rng,
+                                     const std::string& what) {
+  for (const Parameter& p : tm.parameters()) {
+    std::vector<size_t> picks;
+    for (int i = 0; i < 6; ++i) picks.push_back(rng() % p.value.size());
+    if (p.spec.role == TensorRole::kEmbedding) picks.push_back(embedding_element);
+    double scale = 0;
+    for (float g : p.grad) scale = std::max(scale, double{std::abs(g)});
+    for (size_t i : picks) {
+      auto w = weights;
+      w[p.spec.name][i] += C(0, kStep);
+      const double want = loss(w).imag() / kStep;
+      // float32 forward and backward through 2 blocks: errors of ~1e-6 of the tensor's
+      // largest gradient; 1e-4 of it leaves a margin and still catches any wrong term.
+      EXPECT_NEAR(p.grad[i], want, 1e-7 + 1e-4 * scale)
+          << what << " " << p.spec.name << "[" << i << "]";
+    }
+  }
+}
+
 class ModelGradientTest : public ::testing::TestWithParam<ModelCase> {};
 
 TEST_P(ModelGradientTest, EveryTensorMatchesComplexStep) {
@@ -305,40 +343,16 @@ TEST_P(ModelGradientTest, EveryTensorMatchesComplexStep) {
   TrainStep step(tm);
   const double loss = step.LanguageModelLoss(b);
 
-  // The reference's weights: every tensor the model has, parameters and frozen ones alike.
-  reference::Weights<C> weights;
-  for (const TensorRef& t : tm.files().tensors) {
-    const auto* p = static_cast<const float*>(t.data);
-    weights[t.name] = std::vector<C>(p, p + t.size_bytes / sizeof(float));
-  }
-  for (const Parameter& p : tm.parameters()) weights[p.spec.name] = Complex(p.value);
-  const double want_loss = reference::LanguageModelLoss(c, weights, b.lengths, b.inputs, b.targets,
-                                                        b.weights, b.normalizer)
-                               .real();
+  const reference::Weights<C> weights = ReferenceWeights(tm);
+  auto reference_loss = [&](const reference::Weights<C>& w) {
+    return reference::LanguageModelLoss(c, w, b.lengths, b.inputs, b.targets, b.weights,
+                                        b.normalizer);
+  };
+  const double want_loss = reference_loss(weights).real();
   // A loss of ~4 from float32 sums over 16-61 terms: ~1e-6 relative.
   EXPECT_NEAR(loss, want_loss, 1e-5 * want_loss);
-
-  for (const Parameter& p : tm.parameters()) {
-    // Gradients of a few elements per tensor (the rows of used tokens included for the
-    // embedding, whose other rows are exactly zero).
-    std::vector<size_t> picks;
-    for (int i = 0; i < 6; ++i) picks.push_back(rng() % p.value.size());
-    if (p.spec.role == TensorRole::kEmbedding) picks.push_back(b.inputs[3] * 16 + 5);
-    double scale = 0;
-    for (float g : p.grad) scale = std::max(scale, double{std::abs(g)});
-    for (size_t i : picks) {
-      auto w = weights;
-      w[p.spec.name][i] += C(0, kStep);
-      const double want = reference::LanguageModelLoss(c, w, b.lengths, b.inputs, b.targets,
-                                                       b.weights, b.normalizer)
-                              .imag() /
-                          kStep;
-      // float32 forward and backward through 2 blocks: errors of ~1e-6 of the tensor's
-      // largest gradient; 1e-4 of it leaves a margin and still catches any wrong term.
-      EXPECT_NEAR(p.grad[i], want, 1e-7 + 1e-4 * scale)
-          << mc.name << " " << p.spec.name << "[" << i << "]";
-    }
-  }
+  ExpectGradientsMatchComplexStep(tm, weights, reference_loss,
+                                  static_cast<size_t>(b.inputs[3] * 16 + 5), rng, mc.name);
   if (mc.unfreeze >= 0) {  // frozen blocks have no parameters at all
     for (const Parameter& p : tm.parameters()) {
       EXPECT_TRUE(p.spec.layer < 0 || p.spec.layer >= c.num_layers - mc.unfreeze) << p.spec.name;
@@ -427,33 +441,15 @@ TEST_P(RewardGradientTest, EveryTensorMatchesComplexStepOfUnsharedSequences) {
   std::vector<float> rewards(5);
   const double loss = step.RankingLoss(b, options, true, rewards);
 
-  reference::Weights<C> weights;
-  for (const TensorRef& t : tm.files().tensors) {
-    const auto* p = static_cast<const float*>(t.data);
-    weights[t.name] = std::vector<C>(p, p + t.size_bytes / sizeof(float));
-  }
-  for (const Parameter& p : tm.parameters()) weights[p.spec.name] = Complex(p.value);
+  const reference::Weights<C> weights = ReferenceWeights(tm);
   auto reference_loss = [&](const reference::Weights<C>& w) {
     return reference::RankingLoss(c, w, whole, b.answers, rc.kwise, rc.zero_sum, b.normalizer);
   };
   // A loss of ~0.7 from float32 forwards (the shared rows' attention merged from two parts):
   // ~1e-6 relative.
   EXPECT_NEAR(loss, reference_loss(weights).real(), 1e-5);
-  for (const Parameter& p : tm.parameters()) {
-    std::vector<size_t> picks;
-    for (int i = 0; i < 6; ++i) picks.push_back(rng() % p.value.size());
-    if (p.spec.role == TensorRole::kEmbedding) picks.push_back(prompt[2] * 16 + 3);
-    double scale = 0;
-    for (float g : p.grad) scale = std::max(scale, double{std::abs(g)});
-    for (size_t i : picks) {
-      auto w = weights;
-      w[p.spec.name][i] += C(0, kStep);
-      const double want = reference_loss(w).imag() / kStep;
-      // As the language-model case: float32 through 2 blocks, 1e-4 of the tensor's largest.
-      EXPECT_NEAR(p.grad[i], want, 1e-7 + 1e-4 * scale)
-          << rc.name << " " << p.spec.name << "[" << i << "]";
-    }
-  }
+  ExpectGradientsMatchComplexStep(tm, weights, reference_loss,
+                                  static_cast<size_t>(prompt[2] * 16 + 3), rng, rc.name);
 }
 
 INSTANTIATE_TEST_SUITE_P(Cases, RewardGradientTest,
@@ -464,6 +460,120 @@ INSTANTIATE_TEST_SUITE_P(Cases, RewardGradientTest,
                                            RewardCase{"kwise_window6_zero_sum", 6, true, 0.1, -1},
                                            RewardCase{"pairwise_top_block", 0, false, 0.0, 1}),
                          [](const auto& param_info) { return std::string(param_info.param.name); });
+
+// --- DPO: a loss of the targets' log-probs, chosen and rejected sharing their prompt --------
+
+TEST(DpoLoss, MatchesTheFormulaAndItsDerivative) {
+  double dpw = 0, dpl = 0;
+  // Policy = reference: z = 0, loss ln 2, gradients -+beta/2.
+  EXPECT_DOUBLE_EQ(DpoLoss(0.1, -5, -5, -7, -7, &dpw, &dpl), std::log(2.0));
+  EXPECT_DOUBLE_EQ(dpw, -0.05);
+  EXPECT_DOUBLE_EQ(dpl, 0.05);
+  const double z = 0.5 * ((-3.0 - -4.0) - (-9.0 - -6.0));  // 2
+  EXPECT_NEAR(DpoLoss(0.5, -3, -4, -9, -6, &dpw, &dpl), std::log1p(std::exp(-z)), 1e-15);
+  const double h = 1e-6;  // central difference of the double formula: ~1e-10 error
+  double unused = 0;
+  EXPECT_NEAR(dpw,
+              (DpoLoss(0.5, -3 + h, -4, -9, -6, &unused, &unused) -
+               DpoLoss(0.5, -3 - h, -4, -9, -6, &unused, &unused)) /
+                  (2 * h),
+              1e-8);
+  // Far from zero: no overflow.
+  EXPECT_NEAR(DpoLoss(1.0, 0, 0, 800, 0, &dpw, &dpl), 800.0, 1e-9);
+  EXPECT_NEAR(dpw, -1.0, 1e-12);
+}
+
+class DpoGradientTest : public ::testing::TestWithParam<int32_t> {};
+
+// Two pairs: the first's answers share a 6-token prompt (laid once), the second's differ from
+// the first token (no sharing); scored tokens only at the answers' ends. The reference runs
+// every sequence alone.
+TEST_P(DpoGradientTest, EveryTensorMatchesComplexStepOfUnsharedSequences) {
+  const int32_t window = GetParam();
+  const ModelConfig c = SmallConfig({"", 2, window, false, false, false, -1});
+  TrainModel tm(RandomModelFiles(c, 31), -1);
+  std::mt19937 rng(12);
+  auto tokens = [&](int n) {
+    std::vector<int32_t> t;
+    for (int i = 0; i < n; ++i) t.push_back(static_cast<int32_t>(rng() % 61));
+    return t;
+  };
+  auto example = [](std::vector<int32_t> ids, int scored) {
+    ChatExample e;
+    e.ids = std::move(ids);
+    e.weights.assign(e.ids.size() - 1, 0.0f);
+    std::fill(e.weights.end() - scored, e.weights.end(), 1.0f);
+    return e;
+  };
+  const std::vector<int32_t> prompt = tokens(6);
+  auto join = [&](std::vector<int32_t> a) {
+    a.insert(a.begin(), prompt.begin(), prompt.end());
+    return a;
+  };
+  std::vector<DpoPair> pairs(2);
+  pairs[0].chosen = example(join(tokens(4)), 3);
+  pairs[0].rejected = example(join(tokens(2)), 2);
+  pairs[1].chosen = example(tokens(7), 4);
+  pairs[1].rejected = example(tokens(5), 2);
+  pairs[1].rejected.ids[0] = (pairs[1].chosen.ids[0] + 1) % 61;  // nothing in common
+  const double beta = 0.7;
+  const double refs[4] = {-9.5, -7.25, -11.0, -6.5};
+  pairs[0].reference_chosen = refs[0], pairs[0].reference_rejected = refs[1];
+  pairs[1].reference_chosen = refs[2], pairs[1].reference_rejected = refs[3];
+  std::vector<std::pair<int64_t, int64_t>> rows;
+  const TokenBatch b = MakePairBatch({&pairs[0], &pairs[1]}, &rows);
+  // The first pair shares 5 rows (inputs prompt[0..4], targets prompt[1..5]); the second none.
+  EXPECT_EQ(b.lengths, (std::vector<int64_t>{5, 4, 2, 6, 4}));
+  EXPECT_EQ(b.prefixes, (std::vector<int64_t>{-1, 0, 0, -1, -1}));
+
+  TrainStep step(tm);
+  const double loss = step.LogProbLoss(b, [&](std::span<const float> logps, std::span<float> dl) {
+    double total = 0;
+    for (size_t p = 0; p < 2; ++p) {
+      double sums[2];
+      for (size_t s = 0; s < 2; ++s) {
+        sums[s] = 0;
+        for (int64_t i = rows[2 * p + s].first; i < rows[2 * p + s].second; ++i) {
+          if (b.weights[i] != 0.0f) sums[s] += logps[i];
+        }
+      }
+      double dpw = 0, dpl = 0;
+      total += DpoLoss(beta, sums[0], refs[2 * p], sums[1], refs[2 * p + 1], &dpw, &dpl);
+      for (size_t s = 0; s < 2; ++s) {
+        for (int64_t i = rows[2 * p + s].first; i < rows[2 * p + s].second; ++i) {
+          if (b.weights[i] != 0.0f) dl[i] = static_cast<float>((s == 0 ? dpw : dpl) / 2);
+        }
+      }
+    }
+    return total / 2;
+  });
+
+  const reference::Weights<C> weights = ReferenceWeights(tm);
+  auto reference_loss = [&](const reference::Weights<C>& w) {
+    C total(0);
+    for (size_t p = 0; p < 2; ++p) {
+      C sums[2];
+      for (size_t s = 0; s < 2; ++s) {
+        const ChatExample& e = s == 0 ? pairs[p].chosen : pairs[p].rejected;
+        const std::vector<int32_t> in(e.ids.begin(), e.ids.end() - 1);
+        const std::vector<int32_t> out(e.ids.begin() + 1, e.ids.end());
+        const auto lp = reference::TargetLogProbs(c, w, {static_cast<int64_t>(in.size())}, in, out);
+        for (size_t i = 0; i < lp.size(); ++i) {
+          if (e.weights[i] != 0.0f) sums[s] += lp[i];
+        }
+      }
+      const C z = C(beta) * ((sums[0] - C(refs[2 * p])) - (sums[1] - C(refs[2 * p + 1])));
+      total += std::log(C(1) + std::exp(-z));
+    }
+    return total / C(2);
+  };
+  // Losses of ~1-10 from float32 forwards: ~1e-6 relative.
+  EXPECT_NEAR(loss, reference_loss(weights).real(), 1e-5 * std::max(1.0, loss));
+  ExpectGradientsMatchComplexStep(tm, weights, reference_loss,
+                                  static_cast<size_t>(prompt[1] * 16 + 2), rng, "dpo");
+}
+
+INSTANTIATE_TEST_SUITE_P(Windows, DpoGradientTest, ::testing::Values(0, 4));
 
 TEST(Training, RecomputingActivationsGivesTheSameBits) {
   const ModelConfig c = SmallConfig({"", 2, 3, false, false, true, -1});

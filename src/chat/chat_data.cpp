@@ -57,6 +57,18 @@ std::vector<ChatMessage> Messages(const nlohmann::json& j, double* weight) {
 
 }  // namespace
 
+ChatExample RenderChatExample(const Tokenizer& tokenizer, const ChatTemplate& chat_template,
+                              const std::vector<ChatMessage>& messages, double weight) {
+  const RenderedChat r = chat_template.Render(tokenizer, messages, false);
+  ChatExample e;
+  e.ids = r.ids;
+  e.weights.resize(r.ids.size() - 1);
+  for (size_t i = 0; i + 1 < r.ids.size(); ++i) {
+    e.weights[i] = r.assistant[i + 1] ? static_cast<float>(weight) : 0.0f;
+  }
+  return e;
+}
+
 int64_t ChatExample::trained_tokens() const {
   int64_t n = 0;
   for (const float w : weights) n += w != 0.0f;
@@ -91,12 +103,8 @@ std::vector<ChatExample> ParseChatData(std::string_view text, const std::string&
     try {
       const nlohmann::json j = nlohmann::json::parse(line);
       const std::vector<ChatMessage> messages = Messages(j, &weight);
-      const RenderedChat r = chat_template.Render(tokenizer, messages, false);
-      e.ids = r.ids;
-      e.weights.resize(r.ids.size() - 1);
-      for (size_t i = 0; i + 1 < r.ids.size(); ++i) {
-        e.weights[i] = r.assistant[i + 1] ? static_cast<float>(weight) : 0.0f;
-      }
+      e = RenderChatExample(tokenizer, chat_template, messages, weight);
+      e.line = s.lines;
     } catch (const std::exception& err) {  // JSON syntax errors and Fail alike
       if (!options.skip_bad_lines) {
         Fail(path, ":", s.lines, ": ", err.what(), " (--skip-bad-lines skips such lines)");

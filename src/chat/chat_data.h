@@ -22,6 +22,11 @@ struct ChatExample {
   int64_t trained_tokens() const;
 };
 
+// One conversation rendered by `chat_template` (no generation prompt) into a ChatExample with
+// `weight` on its assistant tokens.
+ChatExample RenderChatExample(const Tokenizer& tokenizer, const ChatTemplate& chat_template,
+                              const std::vector<ChatMessage>& messages, double weight);
+
 enum class LongConversations { kSkip, kTruncateLeft };
 
 struct ChatDataOptions {

@@ -44,6 +44,7 @@ std::string MetricsText(const nlohmann::json& metrics) {
   std::string text;
   for (const auto& [key, label] : {std::pair<const char*, const char*>{"eval_loss", "eval"},
                                    {"eval_pair_accuracy", "acc"},
+                                   {"eval_reward_accuracy", "acc"},
                                    {"eval_kendall_tau", "tau"}}) {
     if (!metrics.contains(key) || !metrics[key].is_number()) continue;
     char buf[64];
@@ -257,6 +258,7 @@ void RunTrainLoop(TrainModel& m, TrainObjective& objective, const TrainLoopOptio
     for (int64_t a = 0; a < o.accum; ++a) {
       loss += objective.Backward(step, a, static_cast<double>(units));
     }
+    const nlohmann::json step_metrics = objective.TakeStepMetrics();
     const double norm = GradNorm(m.parameters());
     if (!std::isfinite(loss) || !std::isfinite(norm)) {
       Fail("step ", k + 1, ": the loss is ", loss, " and the gradient norm ", norm,
@@ -286,6 +288,7 @@ void RunTrainLoop(TrainModel& m, TrainObjective& objective, const TrainLoopOptio
                              {"epoch", epoch},
                              {"tokens_per_s", static_cast<double>(tokens) / seconds},
                              {"seconds", seconds}};
+      line.update(step_metrics);
       if (evaluate) line.update(evaluated);
       if (k == 0) line.update(first_extra);
       log << line.dump() << "\n" << std::flush;

@@ -35,6 +35,8 @@ class TrainObjective {
   virtual const char* unit_name() const = 0;  // the log's key for the units
   // Held-out metrics, forward only, e.g. {"eval_loss": ...}; empty without eval data.
   virtual nlohmann::json Evaluate(TrainStep& step) = 0;
+  // Extra keys for the step's log line, gathered by the step's Backward calls (and reset).
+  virtual nlohmann::json TakeStepMetrics() { return nlohmann::json::object(); }
 };
 
 // Token micro-batches for the language-modelling loss (pretraining, SFT).

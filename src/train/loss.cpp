@@ -148,4 +148,14 @@ double RankingLoss(RankingLossKind kind, std::span<const float> rewards, double 
   return loss;
 }
 
+double DpoLoss(double beta, double pw, double rw, double pl, double rl, double* dpw, double* dpl) {
+  const double z = beta * ((pw - rw) - (pl - rl));
+  // log(1 + e^{-z}) and sigmoid(-z), each without overflow.
+  const double loss = z > 0 ? std::log1p(std::exp(-z)) : -z + std::log1p(std::exp(z));
+  const double s = z > 0 ? std::exp(-z) / (1.0 + std::exp(-z)) : 1.0 / (1.0 + std::exp(z));
+  *dpw = -beta * s;
+  *dpl = beta * s;
+  return loss;
+}
+
 }  // namespace starling

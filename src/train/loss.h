@@ -47,4 +47,10 @@ enum class RankingLossKind { kKWise, kPairwise };
 double RankingLoss(RankingLossKind kind, std::span<const float> rewards, double zero_sum,
                    double scale, std::span<float> dscores);
 
+// DPO (Rafailov et al. 2023) for one preference pair, from the summed response log-probs of the
+// chosen (w) and rejected (l) answers under the policy (pw, pl) and the reference (rw, rl):
+//   z = beta * ((pw - rw) - (pl - rl)),   L = -log sigmoid(z) = log(1 + e^{-z})
+// dL/dpw = -beta * sigmoid(-z) into *dpw, dL/dpl = +beta * sigmoid(-z) into *dpl. In double.
+double DpoLoss(double beta, double pw, double rw, double pl, double rl, double* dpw, double* dpl);
+
 }  // namespace starling

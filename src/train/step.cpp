@@ -6,8 +6,7 @@
 
 namespace starling {
 
-double TrainStep::LanguageModelLoss(const TokenBatch& b, bool backward,
-                                    std::span<float> token_losses) {
+SequenceKeyValues TrainStep::Forward(const TokenBatch& b) {
   const Model& m = model_.model();
   const ModelConfig& c = m.config();
   if (c.head != ModelHead::kLanguageModel)
@@ -22,18 +21,53 @@ double TrainStep::LanguageModelLoss(const TokenBatch& b, bool backward,
            c.vocab_size, ")");
     }
   }
-  SequenceKeyValues kv(c, b.lengths);
+  SequenceKeyValues kv(c, b.lengths, b.prefixes);
   if (kv.rows() != n) Fail("the batch's lengths add up to ", kv.rows(), ", not ", n, " rows");
   record_.first_saved = model_.lowest_trainable_layer();
   RunDecoder(m, b.inputs, kv.positions(), kv, forward_, &record_);
-  const int64_t d = c.hidden_size;
-  dhidden_.resize(static_cast<size_t>(n * d));
-  const double loss = LmHeadCrossEntropy(
-      model_.head_weights(), c.vocab_size, record_.hidden.data(), n, d, b.targets, b.weights,
-      b.normalizer, dhidden_.data(), backward ? model_.head_grad() : nullptr, loss_, token_losses);
+  return kv;
+}
+
+double TrainStep::HeadLoss(const TokenBatch& b, std::span<const float> weights, double normalizer,
+                           bool head_grad, std::span<float> token_losses) {
+  const ModelConfig& c = model_.config();
+  const auto n = static_cast<int64_t>(b.inputs.size());
+  dhidden_.resize(static_cast<size_t>(n * c.hidden_size));
+  return LmHeadCrossEntropy(model_.head_weights(), c.vocab_size, record_.hidden.data(), n,
+                            c.hidden_size, b.targets, weights, normalizer, dhidden_.data(),
+                            head_grad ? model_.head_grad() : nullptr, loss_, token_losses);
+}
+
+void TrainStep::Backward(const TokenBatch& b, SequenceKeyValues& kv) {
+  DecoderBackward(model_.model(), b.inputs, kv, record_, dhidden_.data(), model_.grads(), backward_,
+                  dx_, forward_, recomputed_);
+}
+
+double TrainStep::LanguageModelLoss(const TokenBatch& b, bool backward,
+                                    std::span<float> token_losses) {
+  SequenceKeyValues kv = Forward(b);
+  const double loss = HeadLoss(b, b.weights, b.normalizer, backward, token_losses);
+  if (backward) Backward(b, kv);
+  return loss;
+}
+
+double TrainStep::LogProbLoss(const TokenBatch& b, const LogProbLossFn& loss_fn, bool backward) {
+  SequenceKeyValues kv = Forward(b);
+  const auto n = static_cast<int64_t>(b.inputs.size());
+  // The scored rows' cross-entropies (= -log p(target)), weight 1 each.
+  coefficients_.assign(static_cast<size_t>(n), 0.0f);
+  for (int64_t i = 0; i < n; ++i) coefficients_[i] = b.weights[i] != 0.0f ? 1.0f : 0.0f;
+  logps_.assign(static_cast<size_t>(n), 0.0f);
+  HeadLoss(b, coefficients_, 1.0, false, logps_);
+  for (float& x : logps_) x = -x;
+  dlogps_.assign(static_cast<size_t>(n), 0.0f);
+  const double loss = loss_fn(logps_, dlogps_);
   if (!backward) return loss;
-  DecoderBackward(m, b.inputs, kv, record_, dhidden_.data(), model_.grads(), backward_, dx_,
-                  forward_, recomputed_);
+  // d loss / d logits = sum_i dlogp_i d log p_i / d logits = sum_i (-dlogp_i) d CE_i / d logits:
+  // the cross-entropy's backward with weights -dlogp_i (rows with 0 are skipped).
+  for (int64_t i = 0; i < n; ++i) coefficients_[i] = b.weights[i] != 0.0f ? -dlogps_[i] : 0.0f;
+  HeadLoss(b, coefficients_, 1.0, true, {});
+  Backward(b, kv);
   return loss;
 }
 

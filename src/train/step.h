@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <span>
 #include <vector>
 
@@ -14,11 +15,13 @@ namespace starling {
 
 // Sequences laid end to end: N = sum(lengths) rows.
 struct TokenBatch {
-  std::vector<int64_t> lengths;  // [B]
-  std::vector<int32_t> inputs;   // [N]
-  std::vector<int32_t> targets;  // [N] next tokens
-  std::vector<float> weights;    // [N] loss weights (0 masks)
-  double normalizer = 1.0;       // loss = sum(w * CE) / normalizer
+  std::vector<int64_t> lengths;   // [B]
+  std::vector<int64_t> prefixes;  // [B] or empty: sequences continuing another
+                                  // (SequenceKeyValues' prefixes; e.g. two answers' prompt)
+  std::vector<int32_t> inputs;    // [N]
+  std::vector<int32_t> targets;   // [N] next tokens
+  std::vector<float> weights;     // [N] loss weights (0 masks)
+  double normalizer = 1.0;        // loss = sum(w * CE) / normalizer
 };
 
 // Prompts with K ranked answers each (reward-model training). Each (prompt, answer) is one
@@ -51,6 +54,16 @@ class TrainStep {
   double LanguageModelLoss(const TokenBatch& batch, bool backward = true,
                            std::span<float> token_losses = {});
 
+  // A loss of the targets' log-probabilities (DPO, policy gradients): the forward of the
+  // language model over b, then loss_fn(logps, dlogps) with logps[N] the log-probability of
+  // each row's target under the model (rows whose weight is 0 are not scored: 0), which
+  // returns the loss and writes d loss / d logps into dlogps[N] (zeroed before the call); then
+  // the backward of that loss (gradients added as LanguageModelLoss does). b.normalizer is not
+  // used: the function normalizes.
+  using LogProbLossFn =
+      std::function<double(std::span<const float> logps, std::span<float> dlogps)>;
+  double LogProbLoss(const TokenBatch& b, const LogProbLossFn& loss_fn, bool backward = true);
+
   // Forward and backward of the ranking loss of a reward model (a [1, D] head): rewards are the
   // head over the final hidden state at score_rows, and each prompt's answers add
   // RankingLoss / normalizer. Gradients as LanguageModelLoss. The rewards go into
@@ -67,8 +80,17 @@ class TrainStep {
   ForwardRecord record_;
   BackwardScratch backward_;
   BlockActivations recomputed_;
+  // Checks b's ids against the vocabulary and runs the training forward over it.
+  SequenceKeyValues Forward(const TokenBatch& b);
+  // The LM head's cross-entropy over the forward's hidden states with per-row `weights`:
+  // d hidden into dhidden_, d head too when `head_grad`.
+  double HeadLoss(const TokenBatch& b, std::span<const float> weights, double normalizer,
+                  bool head_grad, std::span<float> token_losses);
+  // DecoderBackward from dhidden_.
+  void Backward(const TokenBatch& b, SequenceKeyValues& kv);
+
   LossScratch loss_;
-  std::vector<float> dhidden_, dx_;
+  std::vector<float> dhidden_, dx_, logps_, dlogps_, coefficients_;
 };
 
 }  // namespace starling

@@ -16,6 +16,7 @@
 #include "kernels/dot.h"
 #include "kernels/gemm.h"
 #include "model/hf_config.h"
+#include "train/dpo_train.h"
 #include "train/optimizer.h"
 #include "train/pretrain.h"
 #include "train/reward_train.h"
@@ -198,10 +199,20 @@ void AddTrainerOptions(CLI::App* p, TrainerOptions* o, bool* no_shuffle) {
   AddThreadsOption(p);
 }
 
+// The options of a trainer with held-out data and line-oriented input.
+void AddDataOptions(CLI::App* p, std::string* eval_data, const std::string& eval_what,
+                    int64_t* eval_every, bool* skip_bad_lines) {
+  p->add_option("--eval-data", *eval_data, eval_what);
+  p->add_option("--eval-every", *eval_every, "evaluate every N steps (and at the end)")
+      ->capture_default_str();
+  p->add_flag("--skip-bad-lines", *skip_bad_lines,
+              "count and skip malformed lines instead of stopping at the first");
+}
+
 }  // namespace
 
 void RegisterTrain(CLI::App& app) {
-  CLI::App* train = app.add_subcommand("train", "Train a model: pretrain, sft, rm");
+  CLI::App* train = app.add_subcommand("train", "Train a model: pretrain, sft, rm, dpo");
   train->require_subcommand(1);
 
   auto o = std::make_shared<TrainerOptions>();
@@ -238,16 +249,12 @@ void RegisterTrain(CLI::App& app) {
       "into B rows of at most --ctx tokens (each conversation still attends only to itself).");
   s->add_option("--data", sft->common.data, "conversations, JSON Lines")->required();
   s->add_option("--template", sft->chat_template, "openchat, openchat-code or llama-2")->required();
-  s->add_option("--eval-data", sft->eval_data, "held-out conversations: mean masked loss");
-  s->add_option("--eval-every", sft->common.loop.eval_every,
-                "evaluate every N steps (and at the end)")
-      ->capture_default_str();
+  AddDataOptions(s, &sft->eval_data, "held-out conversations: mean masked loss",
+                 &sft->common.loop.eval_every, &sft->skip_bad_lines);
   s->add_option("--long-conversations", sft->long_conversations,
                 "conversations longer than --ctx + 1 tokens: skip, or truncate (drop the "
                 "earliest tokens); both are counted")
       ->capture_default_str();
-  s->add_flag("--skip-bad-lines", sft->skip_bad_lines,
-              "count and skip malformed lines instead of stopping at the first");
   AddTrainerOptions(s, &sft->common, sft_no_shuffle.get());
   s->callback([sft, sft_no_shuffle] {
     sft->common.shuffle = !*sft_no_shuffle;
@@ -279,16 +286,12 @@ void RegisterTrain(CLI::App& app) {
       ->check(CLI::IsMember({"kwise", "pairwise"}));
   r->add_option("--template", rm->chat_template, "chat template the rewards are read under")
       ->capture_default_str();
-  r->add_option("--eval-data", rm->eval_data,
-                "held-out rankings: loss, adjacent-pair and pair accuracy, Kendall tau, top-1");
-  r->add_option("--eval-every", rm->common.loop.eval_every,
-                "evaluate every N steps (and at the end)")
-      ->capture_default_str();
+  AddDataOptions(r, &rm->eval_data,
+                 "held-out rankings: loss, adjacent-pair and pair accuracy, Kendall tau, top-1",
+                 &rm->common.loop.eval_every, &rm->skip_bad_lines);
   r->add_option("--zero-sum-penalty", rm->loss.zero_sum_penalty,
                 "add C * (sum of a prompt's rewards)^2 (centres the rewards)")
       ->capture_default_str();
-  r->add_flag("--skip-bad-lines", rm->skip_bad_lines,
-              "count and skip malformed lines instead of stopping at the first");
   r->add_flag("--no-prefix-sharing", *rm_no_sharing,
               "run every (prompt, answer) sequence whole (to measure what sharing saves)");
   AddTrainerOptions(r, &rm->common, rm_no_shuffle.get());
@@ -301,6 +304,38 @@ void RegisterTrain(CLI::App& app) {
     rm->prefix_sharing = !*rm_no_sharing;
     rm->loss.kind = *rm_loss == "kwise" ? RankingLossKind::kKWise : RankingLossKind::kPairwise;
     RunRewardTraining(*rm);
+  });
+
+  auto dpo = std::make_shared<DpoOptions>();
+  dpo->common.loop.steps = 0;
+  dpo->common.ctx = 1024;
+  auto dpo_no_shuffle = std::make_shared<bool>(false);
+  CLI::App* dp = train->add_subcommand(
+      "dpo",
+      "Direct Preference Optimization on preference pairs or rankings (the data of `train rm`: "
+      "Nectar records or {\"prompt\", \"chosen\", \"rejected\"}). Each (prompt, answer) is "
+      "rendered by --template; log pi(y) sums the final answer's token log-probs (its content "
+      "and end-of-turn). Per pair: -log sigmoid(beta ((log pi(y_w) - log pi_ref(y_w)) - (log "
+      "pi(y_l) - log pi_ref(y_l)))); the reference is the initial model, its log-probs computed "
+      "once before training. A step's loss is the mean over its pairs; --batch counts pairs. "
+      "From a ranking, --pairs best takes (rank 1, each worse answer), all every ranked pair. "
+      "--no-shuffle: step k takes pairs (k*B + j) mod N in file order.");
+  dp->add_option("--data", dpo->common.data, "pairs or rankings, JSON Lines")->required();
+  dp->add_option("--template", dpo->chat_template, "the policy's chat template")->required();
+  dp->add_option("--beta", dpo->beta, "DPO's beta (the KL penalty's inverse temperature)")
+      ->capture_default_str();
+  dp->add_option("--pairs", dpo->pairs, "pairs from a ranking: best or all")
+      ->check(CLI::IsMember({"best", "all"}))
+      ->capture_default_str();
+  AddDataOptions(dp, &dpo->eval_data, "held-out pairs: DPO loss, reward accuracy and margin",
+                 &dpo->common.loop.eval_every, &dpo->skip_bad_lines);
+  AddTrainerOptions(dp, &dpo->common, dpo_no_shuffle.get());
+  dp->get_option("--ctx")->description(
+      "longest conversation (+1 token); longer pairs are skipped and counted");
+  dp->get_option("--batch")->description("preference pairs per micro-batch");
+  dp->callback([dpo, dpo_no_shuffle] {
+    dpo->common.shuffle = !*dpo_no_shuffle;
+    RunDpo(*dpo);
   });
 
   auto f = std::make_shared<BenchTrainFlags>();
