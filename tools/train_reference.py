@@ -154,8 +154,9 @@ def to_torch(weights_np: dict, dtype, requires_grad=True) -> dict:
             for n, a in sorted(weights_np.items())}
 
 
-def run_adamw(params: dict, step_loss):
-    """STEPS steps of torch.optim.AdamW over `params`, step_loss(step) giving each step's loss.
+def run_adamw(params: dict, step_loss, lr=None, steps=None):
+    """`steps` (default STEPS) steps of torch.optim.AdamW over `params` with the constant learning
+    rate `lr` (default LR), step_loss(step) giving each step's loss.
 
     Each step: zero grads; forward + loss (recorded); backward; total = clip_grad_norm_(all
     parameters, GRAD_CLIP) (recorded: the norm before clipping); optimizer.step(). Weight decay
@@ -167,9 +168,11 @@ def run_adamw(params: dict, step_loss):
         {"params": [p for p in plist if p.dim() == 2], "weight_decay": WEIGHT_DECAY},
         {"params": [p for p in plist if p.dim() == 1], "weight_decay": 0.0},
     ]
-    opt = torch.optim.AdamW(groups, lr=LR, betas=(BETA1, BETA2), eps=EPS, foreach=False)
+    lr = LR if lr is None else lr
+    steps = STEPS if steps is None else steps
+    opt = torch.optim.AdamW(groups, lr=lr, betas=(BETA1, BETA2), eps=EPS, foreach=False)
     losses, norms, grads0 = [], [], None
-    for step in range(STEPS):
+    for step in range(steps):
         opt.zero_grad(set_to_none=True)
         loss = step_loss(step)
         loss.backward()
