@@ -3,9 +3,11 @@
 // the BLAS products against their scalar twins. The PyTorch fixtures are in
 // train_fixture_test.cpp.
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <cmath>
 #include <complex>
+#include <filesystem>
 #include <functional>
 #include <random>
 
@@ -15,9 +17,11 @@
 #include "kernels/kernels.h"
 #include "model/blocks.h"
 #include "tests/train_reference.h"
+#include "train/checkpoint.h"
 #include "train/dpo_train.h"
 #include "train/optimizer.h"
 #include "train/parameters.h"
+#include "train/policy_loss.h"
 #include "train/schedule.h"
 #include "train/step.h"
 
@@ -574,6 +578,91 @@ TEST_P(DpoGradientTest, EveryTensorMatchesComplexStepOfUnsharedSequences) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Windows, DpoGradientTest, ::testing::Values(0, 4));
+
+// --- Policy tuning: log-probs and a value head through one step ------------------------------
+
+// Two responses (rows 3.. of each sequence scored): the APA (paper) loss plus the value loss
+// through TrainStep::PolicyLoss, against complex-step derivatives of a reference that computes
+// the log-probs and the values from scratch.
+TEST(PolicyStep, LogProbsAndValuesMatchComplexStep) {
+  ModelConfig c = SmallConfig({"", 2, 0, false, false, false, -1});
+  c.value_head = true;
+  TrainModel tm(RandomModelFiles(c, 41), -1);
+  ASSERT_NE(tm.value_weights(), nullptr);
+  std::mt19937 rng(13);
+  TokenBatch b;
+  b.lengths = {7, 9};
+  for (int i = 0; i < 16; ++i) {
+    b.inputs.push_back(static_cast<int32_t>(rng() % 61));
+    b.targets.push_back(static_cast<int32_t>(rng() % 61));
+    const int pos = i < 7 ? i : i - 7;
+    b.weights.push_back(pos >= 3 ? 1.0f : 0.0f);  // the responses: rows 3.. of each
+  }
+  std::vector<size_t> scored;
+  for (size_t i = 0; i < 16; ++i) {
+    if (b.weights[i] != 0.0f) scored.push_back(i);
+  }
+  const size_t m = scored.size();
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::vector<float> old_lp(m), init_lp(m), old_v(m), adv(m), ret(m);
+  for (size_t k = 0; k < m; ++k) {
+    old_lp[k] = -4.0f + normal(rng), init_lp[k] = -4.0f + normal(rng);
+    old_v[k] = normal(rng), adv[k] = 0.1f * normal(rng), ret[k] = normal(rng);
+  }
+  PolicyLossConfig config;
+  config.algorithm = PolicyAlgorithm::kApaPaper;
+  config.cliprange_value = 0;  // smooth, for the complex step
+  config.vf_coef = 0.5;
+  config.adv_coeff = 2.0;
+  TrainStep step(tm);
+  const double loss =
+      step.PolicyLoss(b, [&](std::span<const float> logps, std::span<const float> values,
+                             std::span<float> dlogps, std::span<float> dvalues) {
+        std::vector<float> lp(m), v(m), dl(m), dv(m);
+        for (size_t k = 0; k < m; ++k) lp[k] = logps[scored[k]], v[k] = values[scored[k]];
+        const PolicyLossTerms t =
+            starling::PolicyLoss(config, {lp, v, old_lp, init_lp, old_v, adv, ret}, dl, dv);
+        for (size_t k = 0; k < m; ++k) dlogps[scored[k]] = dl[k], dvalues[scored[k]] = dv[k];
+        return t.loss;
+      });
+
+  const reference::Weights<C> weights = ReferenceWeights(tm);
+  auto reference_loss = [&](const reference::Weights<C>& w) {
+    const auto lp = reference::TargetLogProbs(c, w, b.lengths, b.inputs, b.targets);
+    const auto h = reference::Hidden(c, w, b.lengths, b.inputs);
+    C policy(0), value(0);
+    for (size_t k = 0; k < m; ++k) {
+      C v(0);
+      for (int64_t i = 0; i < 16; ++i) v += w.at("value_head.weight")[i] * h[scored[k] * 16 + i];
+      const C e = lp[scored[k]] - C(2.0 * adv[k]) - C(init_lp[k]);
+      policy += e * e;
+      value += C(0.5) * (v - C(ret[k])) * (v - C(ret[k]));
+    }
+    return (policy + C(0.5) * value) / C(static_cast<double>(m));
+  };
+  // A loss of ~1-10 from float32 forwards: ~1e-6 relative.
+  EXPECT_NEAR(loss, reference_loss(weights).real(), 1e-5 * std::max(1.0, loss));
+  ExpectGradientsMatchComplexStep(tm, weights, reference_loss,
+                                  static_cast<size_t>(b.inputs[2] * 16 + 1), rng, "policy");
+}
+
+TEST(PolicyStep, AValueHeadIsSavedBesideTheModelAndInferenceIgnoresIt) {
+  ModelConfig c = SmallConfig({"", 2, 0, false, false, false, -1});
+  TrainModel tm(WithValueHead(RandomModelFiles(c, 5)), -1);
+  ASSERT_NE(tm.value_weights(), nullptr);
+  EXPECT_EQ(tm.value_weights()[0], 0.0f);  // a fresh value head starts at zero
+  for (Parameter& p : tm.parameters()) {
+    if (p.spec.role == TensorRole::kValue) p.value[3] = 0.25f;
+  }
+  const std::string dir = ::testing::TempDir() + "/value_head_" + std::to_string(::getpid());
+  SaveHuggingFace(tm, dir, "");
+  const Model loaded = Model::Load(dir);  // config.json has no value head: a plain LM
+  EXPECT_FALSE(loaded.config().value_head);
+  TrainModel again(WithValueHead(OpenModelFiles(dir)), -1);
+  LoadParameters(again, dir + "/model.safetensors");  // resume reads the value head back
+  EXPECT_EQ(again.value_weights()[3], 0.25f);
+  std::filesystem::remove_all(dir);
+}
 
 TEST(Training, RecomputingActivationsGivesTheSameBits) {
   const ModelConfig c = SmallConfig({"", 2, 3, false, false, true, -1});

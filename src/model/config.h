@@ -41,6 +41,10 @@ struct ModelConfig {
   int32_t bos_token_id = 1;
   std::vector<int32_t> eos_token_ids;  // generation stops on any of these
   ModelHead head = ModelHead::kLanguageModel;
+  // Training only (policy tuning): a [1, D] value head beside the language-model head,
+  // "value_head.weight". Not written to config.json: a saved policy carries the tensor, which
+  // inference ignores.
+  bool value_head = false;
 
   // Outputs per position: V for a language model, 1 for a reward model.
   int64_t output_size() const { return head == ModelHead::kReward ? 1 : vocab_size; }

@@ -196,7 +196,8 @@ std::vector<ExportTensor> RandomTensors(const ModelConfig& c, uint64_t seed) {
       case TensorRole::kGate:
       case TensorRole::kUp:
       case TensorRole::kLmHead:
-      case TensorRole::kScore: add(spec.name, spec.shape, wscale, 0.0f); break;
+      case TensorRole::kScore:
+      case TensorRole::kValue: add(spec.name, spec.shape, wscale, 0.0f); break;
     }
   }
   return out;

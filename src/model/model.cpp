@@ -121,6 +121,7 @@ Model::Model(ModelConfig config, const std::vector<TensorRef>& tensors, std::str
       case TensorRole::kFinalNorm: final_norm_ = vector(); break;
       case TensorRole::kLmHead: head_ = matrix(); break;
       case TensorRole::kScore: head_ = matrix(); break;
+      case TensorRole::kValue: value_head_ = matrix(); break;
     }
   }
   if (c.head == ModelHead::kLanguageModel && c.tie_word_embeddings) head_ = embedding_;

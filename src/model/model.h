@@ -60,6 +60,7 @@ class Model {
   const WeightMatrix& embedding() const { return embedding_; }  // [V, D]
   // The output head: [V, D] (language model) or [1, D] (reward model); see ModelHead.
   const WeightMatrix& head() const { return head_; }
+  const WeightMatrix& value_head() const { return value_head_; }     // [1, D] when config has one
   std::span<const float> final_norm() const { return final_norm_; }  // [D]
   const std::vector<float>& inv_freq() const { return inv_freq_; }   // [rope_dim / 2]
   // Bytes of weights as stored (what generating one token reads), and the tensor list.
@@ -75,6 +76,7 @@ class Model {
   std::vector<TensorRef> tensors_;
   WeightMatrix embedding_;
   WeightMatrix head_;
+  WeightMatrix value_head_;
   std::span<const float> final_norm_;
   std::vector<LayerWeights> layers_;
   // Norm weights converted to float32 (shared by copies of the model, as relaid_ is).

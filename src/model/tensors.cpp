@@ -26,6 +26,9 @@ std::vector<TensorSpec> ModelTensors(const ModelConfig& c) {
   } else if (!c.tie_word_embeddings) {
     out.push_back({"lm_head.weight", {v, d}, TensorRole::kLmHead, -1});
   }
+  if (c.value_head && c.head == ModelHead::kLanguageModel) {
+    out.push_back({"value_head.weight", {1, d}, TensorRole::kValue, -1});
+  }
   return out;
 }
 

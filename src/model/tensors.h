@@ -24,7 +24,8 @@ enum class TensorRole : uint8_t {
   kDown,       // [D, F]
   kFinalNorm,  // [D]
   kLmHead,     // [V, D] (absent when tied to the embedding)
-  kScore,      // [1, D] reward / value head
+  kScore,      // [1, D] reward head
+  kValue,      // [1, D] a policy's value head (training only: ModelConfig::value_head)
 };
 
 struct TensorSpec {
@@ -44,7 +45,8 @@ struct TensorSpec {
 };
 
 // Every tensor of the model `c` describes, in a fixed order: the embedding, each layer's nine
-// tensors, the final norm, then the head the config names (lm_head unless tied, or score).
+// tensors, the final norm, then the head the config names (lm_head unless tied, or score), then
+// a policy's value head when the config has one.
 std::vector<TensorSpec> ModelTensors(const ModelConfig& c);
 
 }  // namespace starling

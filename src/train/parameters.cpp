@@ -88,6 +88,10 @@ TrainModel::TrainModel(ModelFiles files, int32_t unfreeze_layers) : files_(std::
       case TensorRole::kFinalNorm: grads_.final_norm = g; break;
       case TensorRole::kLmHead:
       case TensorRole::kScore: head_grad_ = g; break;
+      case TensorRole::kValue:
+        value_grad_ = g;
+        value_weights_ = p.value.data();
+        break;
     }
   }
 }
@@ -130,6 +134,28 @@ uint64_t TrainModel::frozen_count() const {
   uint64_t n = 0;
   for (const TensorSpec& s : ModelTensors(config())) n += static_cast<uint64_t>(s.elements());
   return n - parameter_count();
+}
+
+ModelFiles WithValueHead(ModelFiles files) {
+  if (files.config.value_head) return files;
+  if (files.config.head != ModelHead::kLanguageModel) Fail("a value head needs a language model");
+  struct Storage {
+    std::shared_ptr<const void> original;
+    std::vector<float> value_head;
+  };
+  auto storage = std::make_shared<Storage>();
+  storage->original = files.storage;
+  storage->value_head.assign(static_cast<size_t>(files.config.hidden_size), 0.0f);
+  files.config.value_head = true;
+  TensorRef t;
+  t.name = "value_head.weight";
+  t.file = files.source + " (fresh value head: zeros)";
+  t.shape = {1, files.config.hidden_size};
+  t.data = storage->value_head.data();
+  t.size_bytes = storage->value_head.size() * sizeof(float);
+  files.tensors.push_back(std::move(t));
+  files.storage = storage;
+  return files;
 }
 
 ModelFiles RandomModelFiles(const ModelConfig& c, uint64_t seed) {

@@ -40,6 +40,9 @@ class TrainModel {
   // when frozen; for a tied head, the embedding's gradient).
   const ModelGrads& grads() const { return grads_; }
   float* head_grad() const { return head_grad_; }
+  // The value head [1, D] and its gradient (config().value_head; always trained), or null.
+  const float* value_weights() const { return value_weights_; }
+  float* value_grad() const { return value_grad_; }
   // The head as float32 [O, D]: the parameter, or (a frozen head stored in another format,
   // e.g. a quantized tied embedding) a dequantized copy made once.
   const float* head_weights();
@@ -54,8 +57,15 @@ class TrainModel {
   std::unique_ptr<Model> model_;
   ModelGrads grads_;
   float* head_grad_ = nullptr;
+  const float* value_weights_ = nullptr;
+  float* value_grad_ = nullptr;
   std::vector<float> frozen_head_;  // [O, D] when the head is frozen and not float32
 };
+
+// A language model's files with a value head added (config.value_head and a fresh
+// value_head.weight [1, D], zeros: values start at 0, as a fresh critic's baseline), unless
+// they already have one.
+ModelFiles WithValueHead(ModelFiles files);
 
 // Fresh model files for a config with seeded random weights (RandomTensors), all float32.
 ModelFiles RandomModelFiles(const ModelConfig& c, uint64_t seed);

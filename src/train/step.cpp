@@ -52,21 +52,49 @@ double TrainStep::LanguageModelLoss(const TokenBatch& b, bool backward,
 }
 
 double TrainStep::LogProbLoss(const TokenBatch& b, const LogProbLossFn& loss_fn, bool backward) {
+  return PolicyLoss(
+      b,
+      [&](std::span<const float> logps, std::span<const float>, std::span<float> dlogps,
+          std::span<float>) { return loss_fn(logps, dlogps); },
+      backward);
+}
+
+double TrainStep::PolicyLoss(const TokenBatch& b, const PolicyLossFn& loss_fn, bool backward) {
   SequenceKeyValues kv = Forward(b);
   const auto n = static_cast<int64_t>(b.inputs.size());
+  const int64_t d = model_.config().hidden_size;
   // The scored rows' cross-entropies (= -log p(target)), weight 1 each.
   coefficients_.assign(static_cast<size_t>(n), 0.0f);
-  for (int64_t i = 0; i < n; ++i) coefficients_[i] = b.weights[i] != 0.0f ? 1.0f : 0.0f;
+  scored_.clear();
+  for (int64_t i = 0; i < n; ++i) {
+    coefficients_[i] = b.weights[i] != 0.0f ? 1.0f : 0.0f;
+    if (b.weights[i] != 0.0f) scored_.push_back(i);
+  }
   logps_.assign(static_cast<size_t>(n), 0.0f);
   HeadLoss(b, coefficients_, 1.0, false, logps_);
   for (float& x : logps_) x = -x;
+  // Values [N] at the scored rows (0 elsewhere), when the model has a value head.
+  const float* value_head = model_.value_weights();
+  values_.assign(static_cast<size_t>(n), 0.0f);
+  std::vector<float> scored_values(scored_.size());
+  if (value_head != nullptr) {
+    ScalarHead(value_head, record_.hidden.data(), d, scored_, scored_values);
+    for (size_t k = 0; k < scored_.size(); ++k) values_[scored_[k]] = scored_values[k];
+  }
   dlogps_.assign(static_cast<size_t>(n), 0.0f);
-  const double loss = loss_fn(logps_, dlogps_);
+  dvalues_.assign(static_cast<size_t>(n), 0.0f);
+  const double loss = loss_fn(logps_, values_, dlogps_, dvalues_);
   if (!backward) return loss;
   // d loss / d logits = sum_i dlogp_i d log p_i / d logits = sum_i (-dlogp_i) d CE_i / d logits:
   // the cross-entropy's backward with weights -dlogp_i (rows with 0 are skipped).
   for (int64_t i = 0; i < n; ++i) coefficients_[i] = b.weights[i] != 0.0f ? -dlogps_[i] : 0.0f;
   HeadLoss(b, coefficients_, 1.0, true, {});
+  if (value_head != nullptr) {  // the value head's part of d hidden, and d value head
+    std::vector<float> dscored(scored_.size());
+    for (size_t k = 0; k < scored_.size(); ++k) dscored[k] = dvalues_[scored_[k]];
+    ScalarHeadBackward(value_head, record_.hidden.data(), d, scored_, dscored, dhidden_.data(),
+                       model_.value_grad());
+  }
   Backward(b, kv);
   return loss;
 }

@@ -64,6 +64,14 @@ class TrainStep {
       std::function<double(std::span<const float> logps, std::span<float> dlogps)>;
   double LogProbLoss(const TokenBatch& b, const LogProbLossFn& loss_fn, bool backward = true);
 
+  // Policy tuning's step: as LogProbLoss, plus values[N], the value head over each scored row's
+  // final hidden state (the value of the state whose next token is the row's target; the
+  // model needs config().value_head), and d loss / d values from the function.
+  using PolicyLossFn =
+      std::function<double(std::span<const float> logps, std::span<const float> values,
+                           std::span<float> dlogps, std::span<float> dvalues)>;
+  double PolicyLoss(const TokenBatch& b, const PolicyLossFn& loss_fn, bool backward = true);
+
   // Forward and backward of the ranking loss of a reward model (a [1, D] head): rewards are the
   // head over the final hidden state at score_rows, and each prompt's answers add
   // RankingLoss / normalizer. Gradients as LanguageModelLoss. The rewards go into
@@ -90,7 +98,8 @@ class TrainStep {
   void Backward(const TokenBatch& b, SequenceKeyValues& kv);
 
   LossScratch loss_;
-  std::vector<float> dhidden_, dx_, logps_, dlogps_, coefficients_;
+  std::vector<float> dhidden_, dx_, logps_, dlogps_, coefficients_, values_, dvalues_;
+  std::vector<int64_t> scored_;
 };
 
 }  // namespace starling
