@@ -69,16 +69,18 @@ def status_of(response):
 
 
 def flood(server, head, body_chunks, total, seconds=10):
-    """Sends `head`, then chunks from `body_chunks()` until the server answers, `total` bytes
+    """Sends `head`, then chunks from `body_chunks()` until the server answers (its headers and
+    then its whole Content-Length body: they may come in separate segments), `total` bytes
     were sent or `seconds` passed. Returns (the response so far, bytes sent)."""
     s = socket.create_connection(("127.0.0.1", server.port))
     s.setblocking(False)
     pending, sent, response = head, 0, b""
     deadline = time.time() + seconds
     chunks = body_chunks()
+    answered = False  # headers complete: stop sending, read the body
     try:
         while time.time() < deadline:
-            want_write = [s] if sent < total or pending else []
+            want_write = [s] if (sent < total or pending) and not answered else []
             readable, writable, _ = select.select([s], want_write, [], 0.5)
             if readable:
                 data = s.recv(65536)
@@ -86,7 +88,14 @@ def flood(server, head, body_chunks, total, seconds=10):
                     break
                 response += data
                 if b"\r\n\r\n" in response:
-                    break
+                    answered = True
+                    head_end = response.index(b"\r\n\r\n") + 4
+                    length = 0
+                    for line in response[:head_end].split(b"\r\n"):
+                        if line.lower().startswith(b"content-length:"):
+                            length = int(line.split(b":", 1)[1])
+                    if len(response) >= head_end + length:
+                        break
             if writable:
                 if not pending:
                     pending = next(chunks)
