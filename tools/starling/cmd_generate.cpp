@@ -243,13 +243,17 @@ void RunChat(const ChatFlags& f) {
   const size_t budget = context - static_cast<size_t>(options.max_new_tokens);
   const bool interactive = ::isatty(STDIN_FILENO) != 0;
   LineReader reader(interactive, f.history);
-  // Ctrl-C (SIGINT) stops a reply; at the prompt it wakes the reader. SIGTERM leaves.
-  std::atomic<bool> generating{false}, stop_reply{false}, quit{false};
+  // Ctrl-C (SIGINT) stops a reply, or wakes the reader at a terminal's prompt. SIGTERM, and
+  // Ctrl-C while a plain read of a pipe blocks, have their usual effect: the process ends by it.
+  std::atomic<bool> generating{false}, stop_reply{false};
   SetSignalHandler([&](int signal) {
-    if (signal != SIGINT) quit = true;
-    stop_reply = true;
-    if (!interactive && !generating) std::_Exit(128 + signal);  // blocked in a plain read
-    reader.Interrupt();
+    if (signal == SIGINT && (interactive || generating)) {
+      stop_reply = true;
+      reader.Interrupt();
+      return;
+    }
+    SetSignalHandler({});
+    ::kill(::getpid(), signal);  // taken by the signal thread again, now without a handler
   });
   struct RestoreSignals {
     ~RestoreSignals() { SetSignalHandler({}); }
@@ -261,10 +265,10 @@ void RunChat(const ChatFlags& f) {
   std::string system = f.system;
   std::vector<ChatMessage> messages;  // user and assistant turns
   std::string text;
-  while (!quit) {
+  while (true) {
     bool leave = false;
     if (!ReadMessage(reader, &text, &leave)) {
-      if (leave || quit) break;
+      if (leave) break;
       continue;
     }
     if (text.empty()) {
