@@ -11,7 +11,10 @@ packages=(
   libcli11-dev                  # command-line parsing for the starling CLI
   libsentencepiece-dev          # reference tokenizer: the tests' oracle and the benchmark's baseline
   sentencepiece                 # spm_encode, for cross-checking by hand
-  libcpp-httplib-dev            # HTTP server (starling serve)
+  libcpp-httplib-dev            # HTTP server (starling serve) and client (starling pull)
+  libssl-dev                    # HTTPS for starling pull; sha256 of downloads
+  libedit-dev                   # starling chat: line editing and history
+  tmux                          # the terminal chat's test (Ctrl-C, editing) in a real terminal
   libblis-serial-dev            # sgemm for training's matrix products (src/kernels/gemm)
   libcairo2-dev                 # starling plot: training curves as SVG or PNG
   python3 curl                  # the server's end-to-end test and the browser test's runner

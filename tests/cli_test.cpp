@@ -146,6 +146,60 @@ TEST(Cli, ChatFromAPipeKeepsTheConversation) {
   EXPECT_NE(lines[0], lines[1]);
 }
 
+TEST(Cli, ChatCommandsMultiLineInputAndCutReplies) {
+  const std::string chat = "chat -m " + std::string(STARLING_TEST_DATA_DIR) +
+                           "/tiny-mistral/model-f32.gguf --template openchat --temp 0 ";
+  // /help answers on stderr and sends nothing; a \-continued message and a """ block are one
+  // message each: two replies, each cut by -n and saying so.
+  RunStarlingResult r = RunStarling(chat + "-n 4",
+                                    "/help\nfirst line\\\nsecond line\n\"\"\"\nblock one\n\nblock "
+                                    "two\n\"\"\"\n");
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.err.find("/system TEXT"), std::string::npos) << r.err;
+  size_t cuts = 0;
+  for (size_t at = 0;
+       (at = r.err.find("[the reply was cut at -n 4 tokens]", at)) != std::string::npos; ++at) {
+    ++cuts;
+  }
+  EXPECT_EQ(cuts, 2u) << r.err;
+  // The \-continued message is the same message as the """ block of the same two lines.
+  const RunStarlingResult one =
+      RunStarling(chat + "-n 4", "\"\"\"\nfirst line\nsecond line\n\"\"\"\n");
+  EXPECT_EQ(one.out.substr(0, one.out.find('\n')), r.out.substr(0, r.out.find('\n')));
+  // An unknown command is an error, not a message to the model; // sends a leading /.
+  r = RunStarling(chat + "-n 4", "/nope\n");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("unknown command /nope"), std::string::npos) << r.err;
+  EXPECT_EQ(r.out, "");
+  r = RunStarling(chat + "-n 4", "//nope\n");
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out, "");
+}
+
+TEST(Cli, ChatDropsTheOldestTurnsWhenTheContextIsFull) {
+  const std::string chat = "chat -m " + std::string(STARLING_TEST_DATA_DIR) +
+                           "/tiny-mistral/model-f32.gguf --template openchat --temp 0 -n 8 -c 64 ";
+  const RunStarlingResult r = RunStarling(
+      chat + "--system 'Be brief.'",
+      "one two three four five\nsix seven eight nine ten\neleven twelve thirteen\nfourteen\n");
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.err.find("message(s) were dropped, the system message kept]"), std::string::npos)
+      << r.err;
+  // A single message longer than the context is refused, not cut.
+  std::string long_message;
+  for (int i = 0; i < 40; ++i) long_message += "one two three ";
+  const RunStarlingResult big = RunStarling(chat, long_message + "\n");
+  EXPECT_EQ(big.exit_code, 1);
+  EXPECT_NE(big.err.find("than the 56 the context leaves for it"), std::string::npos) << big.err;
+}
+
+TEST(Cli, ChatChecksTheTemplatesTokensAtStart) {
+  // stories260K's vocabulary has no <|end_of_turn|>: an error before any message is read.
+  const RunStarlingResult r = RunStarling("chat --template openchat", "");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("needs the special token '<|end_of_turn|>'"), std::string::npos) << r.err;
+}
+
 TEST(Cli, InfoReportsConfigTensorsAndMemory) {
   const RunStarlingResult r = RunStarling("info -c 1024");
   EXPECT_EQ(r.exit_code, 0) << r.err;

@@ -216,4 +216,25 @@ std::vector<ChatMessage> ParseChatMessages(std::string_view json, const std::str
   return messages;
 }
 
+RenderedChat RenderWithin(const ChatTemplate& chat_template, const Tokenizer& tokenizer,
+                          std::vector<ChatMessage>* messages, size_t max_ids, int* dropped) {
+  *dropped = 0;
+  const size_t first = !messages->empty() && messages->front().role == "system" ? 1 : 0;
+  while (true) {
+    RenderedChat r = chat_template.Render(tokenizer, *messages, true);
+    if (r.ids.size() <= max_ids) return r;
+    if (messages->size() <= first + 1) {
+      Fail("the message is ", r.ids.size(), " tokens with the template",
+           first == 1 ? " and the system message" : "", ", more than the ", max_ids,
+           " the context leaves for it");
+    }
+    // One turn: the user message and, when there is one before the last message, its reply.
+    const size_t n =
+        messages->size() - first > 2 && (*messages)[first + 1].role == "assistant" ? 2 : 1;
+    messages->erase(messages->begin() + static_cast<std::ptrdiff_t>(first),
+                    messages->begin() + static_cast<std::ptrdiff_t>(first + n));
+    *dropped += static_cast<int>(n);
+  }
+}
+
 }  // namespace starling

@@ -68,4 +68,12 @@ class ChatTemplate {
 // Parses a JSON list of {"role": ..., "content": ...} objects. `source` names the file.
 std::vector<ChatMessage> ParseChatMessages(std::string_view json, const std::string& source);
 
+// Renders `*messages` with the generation prompt within `max_ids` tokens, for a chat that
+// outgrows its context: the oldest turns (a user message and the reply after it) are removed
+// from `*messages` until the rendering fits; a leading system message and the last message
+// stay. `*dropped` counts the messages removed. Throws starling::Error when the system message
+// and the last message alone do not fit.
+RenderedChat RenderWithin(const ChatTemplate& chat_template, const Tokenizer& tokenizer,
+                          std::vector<ChatMessage>* messages, size_t max_ids, int* dropped);
+
 }  // namespace starling

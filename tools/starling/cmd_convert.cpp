@@ -135,7 +135,9 @@ void RegisterConvert(CLI::App& app) {
   auto type = std::make_shared<std::string>();
   CLI::App* q = app.add_subcommand(
       "quantize", "Convert a model (HF directory or GGUF) to a GGUF file of the given type");
-  q->add_option("input", *in, "a Hugging Face directory or a GGUF file")->required();
+  AddModelResolution(
+      q->add_option("input", *in, "a Hugging Face directory, a GGUF file or a cached ORG/NAME")
+          ->required());
   q->add_option("output", *out, "the GGUF file to write")->required();
   q->add_option("--type", *type, "f32, f16, bf16, q8_0, q4_0 or q4_k_m")->required();
   q->callback([=] { RunQuantize(*in, *out, *type); });

@@ -1,7 +1,9 @@
 // `starling generate`, `chat`, `perplexity` and `info`.
 #include <unistd.h>
 
+#include <atomic>
 #include <charconv>
+#include <csignal>
 #include <cstdio>
 #include <iostream>
 #include <limits>
@@ -14,9 +16,11 @@
 #include "commands.h"
 #include "core/error.h"
 #include "core/file.h"
+#include "core/signals.h"
 #include "core/thread_pool.h"
 #include "embedded_model.h"
 #include "generate/generate.h"
+#include "line_reader.h"
 
 namespace starling::cli {
 namespace {
@@ -156,62 +160,184 @@ struct ChatFlags {
   std::string model;
   std::string template_name;
   std::string system;
+  std::string history = DefaultChatHistoryFile();
   SamplingFlags sampling;
 };
 
+constexpr const char* kChatHelp =
+    "Type a message and press Enter; the reply streams back. Ctrl-C stops a reply (the "
+    "conversation is kept); Ctrl-C on an empty line or Ctrl-D leaves.\n"
+    "Several lines as one message: end each line but the last with \\, or put the message "
+    "between two lines of \"\"\".\n"
+    "Commands:\n"
+    "  /help          this text\n"
+    "  /reset         start a new conversation (/clear too)\n"
+    "  /system TEXT   set the system message and start a new conversation (/system alone "
+    "removes it)\n"
+    "  /quit          leave (/exit too)\n"
+    "A message that starts with / is written with //, e.g. //usr/bin is a path.\n";
+
+// One message from the user: a line; lines ending in \ joined with the next; or the lines
+// between two """ lines. Returns false at the end of input or on Ctrl-C at an empty prompt
+// (`*leave`) and for Ctrl-C inside a message (`*leave` false: the message is dropped).
+bool ReadMessage(LineReader& reader, std::string* message, bool* leave) {
+  message->clear();
+  *leave = false;
+  bool block = false, first = true;
+  std::string line;
+  while (true) {
+    const char* prompt = first ? "> " : "... ";
+    switch (reader.Read(prompt, &line)) {
+      case LineReader::Status::kEnd:
+        if (reader.interactive()) std::fputc('\n', stdout);
+        *leave = true;
+        if (!first && !block) return true;  // a last line ending in '\' at the end of a pipe
+        return false;
+      case LineReader::Status::kInterruptedEmpty:
+        std::fputc('\n', stdout);
+        *leave = first;
+        return false;
+      case LineReader::Status::kInterrupted: std::fputc('\n', stdout); return false;
+      case LineReader::Status::kLine: break;
+    }
+    reader.AddHistory(line);
+    if (first && line == "\"\"\"") {
+      block = true;
+      first = false;
+      continue;
+    }
+    if (block) {
+      if (line == "\"\"\"") return true;
+      *message += (message->empty() ? "" : "\n") + line;
+      continue;
+    }
+    first = false;
+    if (!line.empty() && line.back() == '\\') {
+      *message += line.substr(0, line.size() - 1) + "\n";
+      continue;
+    }
+    *message += line;
+    return true;
+  }
+}
+
 // Interactive chat; also works with a pipe (one user message per line). The KV cache is
 // kept across turns: each turn renders the whole conversation and only the tokens after the
-// longest prefix already in the cache are run.
+// longest prefix already in the cache are run. A conversation that outgrows the context
+// loses its oldest turns (the system message stays).
 void RunChat(const ChatFlags& f) {
   const LoadedModel m = LoadModelOrDefault(f.model);
   const ChatTemplate& chat_template = m.ChooseTemplate(f.template_name);
+  // At start, not after the first message: the template's special tokens must be in the
+  // vocabulary (openchat's <|end_of_turn|>).
+  const std::vector<ChatMessage> probe = {
+      {"system", "s"}, {"user", "u"}, {"assistant", "a"}, {"user", "u"}};
+  chat_template.Render(*m.tokenizer, probe, true);
   const GenerationOptions options = f.sampling.Options(m, &chat_template);
   Session session(*m.model, f.sampling.Context(m), f.sampling.kv_type);
-  std::vector<ChatMessage> messages;
-  std::string system = f.system;
+  const auto context = static_cast<size_t>(session.context_length());
+  if (static_cast<size_t>(options.max_new_tokens) >= context) {
+    Fail("-n ", options.max_new_tokens, " leaves no room for a message in the context of ", context,
+         " tokens (-c)");
+  }
+  const size_t budget = context - static_cast<size_t>(options.max_new_tokens);
   const bool interactive = ::isatty(STDIN_FILENO) != 0;
+  LineReader reader(interactive, f.history);
+  // Ctrl-C (SIGINT) stops a reply, or wakes the reader at a terminal's prompt. SIGTERM, and
+  // Ctrl-C while a plain read of a pipe blocks, have their usual effect: the process ends by it.
+  std::atomic<bool> generating{false}, stop_reply{false};
+  SetSignalHandler([&](int signal) {
+    if (signal == SIGINT && (interactive || generating)) {
+      stop_reply = true;
+      reader.Interrupt();
+      return;
+    }
+    SetSignalHandler({});
+    ::kill(::getpid(), signal);  // taken by the signal thread again, now without a handler
+  });
+  struct RestoreSignals {
+    ~RestoreSignals() { SetSignalHandler({}); }
+  } restore_signals;
   if (interactive) {
-    std::fprintf(stderr,
-                 "chat with %s (template %s). /reset starts over, /system TEXT sets the system "
-                 "message, /quit or end of input leaves.\n",
+    std::fprintf(stderr, "chat with %s (template %s). /help for help, Ctrl-D to leave.\n",
                  m.source.c_str(), std::string(chat_template.name()).c_str());
   }
-  std::string line;
+  std::string system = f.system;
+  std::vector<ChatMessage> messages;  // user and assistant turns
+  std::string text;
   while (true) {
-    if (interactive) std::fprintf(stderr, "> ");
-    if (!std::getline(std::cin, line)) break;
-    if (line.empty()) continue;
-    if (line == "/quit" || line == "/exit") break;
-    if (line == "/reset") {
-      messages.clear();
-      std::fprintf(stderr, "[conversation reset]\n");
+    bool leave = false;
+    if (!ReadMessage(reader, &text, &leave)) {
+      if (leave) break;
       continue;
     }
-    if (line.rfind("/system", 0) == 0) {
-      system = line.size() > 8 ? line.substr(8) : "";
-      messages.clear();
-      std::fprintf(stderr, "[system message set; conversation reset]\n");
+    if (text.empty()) {
+      if (leave) break;
       continue;
     }
-    messages.push_back({"user", line});
+    if (text[0] == '/' && text.rfind("//", 0) != 0) {
+      const std::string command = text.substr(0, text.find_first_of(" \n"));
+      if (command == "/quit" || command == "/exit") break;
+      if (command == "/help") {
+        std::fputs(kChatHelp, stderr);
+      } else if (command == "/reset" || command == "/clear") {
+        messages.clear();
+        std::fprintf(stderr, "[conversation reset]\n");
+      } else if (command == "/system") {
+        system = text.size() > 8 ? text.substr(8) : "";
+        messages.clear();
+        std::fprintf(stderr, "[system message %s; conversation reset]\n",
+                     system.empty() ? "removed" : "set");
+      } else if (!interactive) {
+        Fail("unknown command ", command, " (a message starting with / is written //...)");
+      } else {
+        std::fprintf(stderr, "error: unknown command %s; /help lists the commands\n",
+                     command.c_str());
+      }
+      if (leave) break;
+      continue;
+    }
+    if (text.rfind("//", 0) == 0) text.erase(0, 1);
+    messages.push_back({"user", text});
     std::vector<ChatMessage> conversation;
     if (!system.empty()) conversation.push_back({"system", system});
     conversation.insert(conversation.end(), messages.begin(), messages.end());
-    const std::vector<int32_t> ids = chat_template.Render(*m.tokenizer, conversation, true).ids;
-    const auto common = static_cast<size_t>(session.ReusePrefix(ids));
-    if (ids.size() + static_cast<size_t>(options.max_new_tokens) >
-        static_cast<size_t>(session.context_length())) {
-      std::fprintf(stderr, "[the conversation no longer fits the context; /reset]\n");
+    int dropped = 0;
+    std::vector<int32_t> ids;
+    try {
+      ids = RenderWithin(chat_template, *m.tokenizer, &conversation, budget, &dropped).ids;
+    } catch (const Error& e) {
       messages.pop_back();
+      if (!interactive) throw;
+      std::fprintf(stderr, "error: %s; nothing was sent\n", e.what());
       continue;
     }
+    if (dropped > 0) {
+      messages.erase(messages.begin(), messages.begin() + dropped);
+      std::fprintf(stderr,
+                   "[the conversation outgrew the context (%zu tokens, -n %d kept free): the "
+                   "oldest %d message(s) were dropped%s]\n",
+                   context, options.max_new_tokens, dropped,
+                   system.empty() ? "" : ", the system message kept");
+    }
+    const auto common = static_cast<size_t>(session.ReusePrefix(ids));
+    stop_reply = false;
+    generating = true;
     const GenerationResult r = Generate(session, *m.tokenizer, std::span(ids).subspan(common),
-                                        options, [](std::string_view text) {
-                                          Print(text);
+                                        options, [&](std::string_view piece) {
+                                          if (stop_reply) return false;
+                                          Print(piece);
                                           return true;
                                         });
+    generating = false;
     Print("\n");
+    if (r.finish == FinishReason::kCancelled) {
+      std::fprintf(stderr, "[stopped]\n");
+    } else if (r.finish == FinishReason::kLength) {
+      std::fprintf(stderr, "[the reply was cut at -n %d tokens]\n", options.max_new_tokens);
+    }
     messages.push_back({"assistant", r.text});
+    if (leave) break;
   }
 }
 
@@ -287,7 +413,8 @@ void RegisterGenerate(CLI::App& app) {
   CLI::App* cmd = app.add_subcommand(
       "generate", "Continue a prompt (or answer it with --template), streaming the new text");
   cmd->add_option("-m,--model", f->model,
-                  "a Hugging Face directory or a GGUF file (default: the embedded stories260K)")
+                  "a Hugging Face directory, a GGUF file or a cached ORG/NAME (default: the "
+                  "embedded stories260K)")
       ->check(NonEmpty());
   cmd->add_option("-p,--prompt", f->prompt, "the prompt text (\"\" for BOS alone)");
   cmd->add_option("-f,--file", f->file, "read the prompt from FILE ('-': stdin)");
@@ -305,13 +432,19 @@ void RegisterGenerate(CLI::App& app) {
 void RegisterChat(CLI::App& app) {
   auto f = std::make_shared<ChatFlags>();
   CLI::App* cmd = app.add_subcommand(
-      "chat", "Multi-turn chat on stdin (interactive or piped, one message per line)");
-  cmd->add_option("-m,--model", f->model, "a Hugging Face directory or a GGUF file")
+      "chat",
+      "Multi-turn chat on a terminal (line editing, history) or from a pipe (one message a line)");
+  cmd->add_option("-m,--model", f->model,
+                  "a Hugging Face directory, a GGUF file or a cached ORG/NAME")
       ->check(NonEmpty());
   cmd->add_option("--template", f->template_name,
                   "chat template (default: the model's own, when it is a known one)");
   cmd->add_option("--system", f->system, "system message");
+  cmd->add_option("--history", f->history,
+                  "file that keeps the prompt's history between sessions ('': none)")
+      ->capture_default_str();
   f->sampling.Add(cmd);
+  cmd->footer(kChatHelp);
   cmd->callback([f] { RunChat(*f); });
 }
 
@@ -321,7 +454,8 @@ void RegisterPerplexity(CLI::App& app) {
   auto context = std::make_shared<int32_t>(512);
   CLI::App* cmd = app.add_subcommand(
       "perplexity", "Mean negative log-likelihood and perplexity of a text (llama.cpp's method)");
-  cmd->add_option("-m,--model", *model, "a Hugging Face directory or a GGUF file")
+  cmd->add_option("-m,--model", *model,
+                  "a Hugging Face directory, a GGUF file or a cached ORG/NAME")
       ->check(NonEmpty());
   cmd->add_option("-f,--file", *file, "the text ('-': stdin)")->required();
   cmd->add_option("-c,--ctx", *context, "window length in tokens")->capture_default_str();
@@ -336,7 +470,8 @@ void RegisterInfo(CLI::App& app) {
   auto context = std::make_shared<int32_t>(0);
   CLI::App* cmd = app.add_subcommand(
       "info", "Show a model's config, tensors, dtypes and the memory it will use");
-  cmd->add_option("-m,--model", *model, "a Hugging Face directory or a GGUF file")
+  cmd->add_option("-m,--model", *model,
+                  "a Hugging Face directory, a GGUF file or a cached ORG/NAME")
       ->check(NonEmpty());
   cmd->add_option("-c,--ctx", *context, "context length for the KV cache estimate");
   auto kv_type = std::make_shared<DType>(DType::kF32);

@@ -5,19 +5,11 @@
 
 #include "commands.h"
 #include "embedded_model.h"
+#include "hub/hf_cache.h"
 #include "reward/reward.h"
 #include "server/server.h"
 
 namespace starling::cli {
-namespace {
-
-std::string BaseName(std::string path) {
-  while (path.size() > 1 && path.back() == '/') path.pop_back();
-  const size_t slash = path.rfind('/');
-  return slash == std::string::npos ? path : path.substr(slash + 1);
-}
-
-}  // namespace
 
 void RegisterServe(CLI::App& app) {
   auto o = std::make_shared<ServerOptions>();
@@ -26,8 +18,9 @@ void RegisterServe(CLI::App& app) {
   auto max_body = std::make_shared<int64_t>(static_cast<int64_t>(o->max_body_bytes));
   CLI::App* cmd = app.add_subcommand(
       "serve", "OpenAI-compatible HTTP server with batched streaming and a web chat page");
-  cmd->add_option("-m,--model", *model,
-                  "a Hugging Face directory or a GGUF file (default: the embedded model)")
+  cmd->add_option(
+         "-m,--model", *model,
+         "a Hugging Face directory, a GGUF file or a cached ORG/NAME (default: the embedded model)")
       ->check(NonEmpty());
   cmd->add_option("--rm", *reward, "a reward model directory: enables POST /v1/rewards")
       ->check(NonEmpty());
@@ -73,11 +66,12 @@ void RegisterServe(CLI::App& app) {
     options.max_body_bytes = static_cast<size_t>(*max_body);
     const LoadedModel loaded = LoadModelOrDefault(*model);
     CheckContext(loaded, options.context, options.parallel, options.kv_type);
-    options.model_name = model->empty() ? std::string(kEmbeddedModelName) : BaseName(*model);
+    options.model_name =
+        model->empty() ? std::string(kEmbeddedModelName) : ModelDisplayName(*model);
     std::optional<LoadedRewardModel> rm;
     if (!reward->empty()) {
       rm = LoadRewardModelAndTokenizer({.files = {.directory = *reward}});
-      options.reward_model_name = BaseName(*reward);
+      options.reward_model_name = ModelDisplayName(*reward);
     }
     Serve(loaded, rm ? &*rm : nullptr, options);
   });

@@ -24,6 +24,14 @@ void RegisterReward(CLI::App& app);   // score, rank
 void RegisterServe(CLI::App& app);
 void RegisterTrain(CLI::App& app);  // train pretrain/sft, bench-train
 void RegisterPlot(CLI::App& app);
+void RegisterPull(CLI::App& app);
+
+// A model reference given as ORG/NAME[@REVISION][/FILE] resolved in the local Hugging Face
+// cache (hub/hf_cache.h) while the command line is parsed; a path that exists stays as it is.
+void AddModelResolution(CLI::Option* option);
+// AddModelResolution on every --model, --rm and --tokenizer option of every subcommand: called
+// once after all are registered, so that each subcommand that takes a model takes an id too.
+void ResolveModelOptions(CLI::App& app);
 
 // Shared option helpers.
 // -t/--threads for the compute thread pool, set before any kernel runs. The value goes

@@ -26,6 +26,8 @@ int main(int argc, char** argv) {
   starling::cli::RegisterServe(app);
   starling::cli::RegisterTrain(app);
   starling::cli::RegisterPlot(app);
+  starling::cli::RegisterPull(app);
+  starling::cli::ResolveModelOptions(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
