@@ -20,9 +20,11 @@
 // torch.BFloat16Storage, key, location, numel). Several names may share one storage (or one
 // tensor object).
 //
-// Every byte is untrusted: zip offsets and sizes, pickle lengths, memo indices, stack depth,
-// shapes and storage ranges are all checked, and every error is a starling::Error naming the
-// source, the zip entry or pickle offset, and what was found.
+// Every byte is untrusted: zip offsets and sizes, pickle lengths, memo indices, stack
+// depth, shapes and storage ranges are all checked, and every error is a starling::Error naming
+// the source, the zip entry or pickle offset, and what was found. The three parts live in
+// zip_reader (the archive), torch_pickle (the state dict pickle) and torch_checkpoint.cpp (the
+// tensors, checked against their storages).
 #pragma once
 
 #include <cstdint>
