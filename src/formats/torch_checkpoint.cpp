@@ -26,17 +26,17 @@ TorchCheckpoint TorchCheckpoint::Open(const std::string& path) {
   return checkpoint;
 }
 
-TorchCheckpoint TorchCheckpoint::Parse(std::string_view bytes, std::string source) {
+TorchCheckpoint TorchCheckpoint::Parse(std::string_view bytes, std::string source, bool check_crc) {
   TorchCheckpoint checkpoint;
   checkpoint.source_ = std::move(source);
   checkpoint.bytes_ = bytes;
-  checkpoint.ParseArchive();
+  checkpoint.ParseArchive(check_crc);
   return checkpoint;
 }
 
-void TorchCheckpoint::ParseArchive() {
+void TorchCheckpoint::ParseArchive(bool check_crc) {
   const std::string& src = source_;
-  const std::vector<ZipEntry> entries = ReadStoredZip(bytes_, src);
+  const std::vector<ZipEntry> entries = ReadStoredZip(bytes_, src, check_crc);
 
   // The archive directory: the one holding data.pkl. Every entry must be inside it.
   const ZipEntry* pickle = nullptr;

@@ -1,5 +1,7 @@
 #include "formats/zip_reader.h"
 
+#include <zlib.h>
+
 #include <algorithm>
 #include <bit>
 #include <map>
@@ -89,7 +91,13 @@ void ReadZip64Extra(std::string_view extra, const std::string& where, uint64_t* 
 
 }  // namespace
 
-std::vector<ZipEntry> ReadStoredZip(std::string_view bytes, const std::string& src) {
+uint32_t Crc32(std::string_view bytes) {
+  return static_cast<uint32_t>(
+      crc32_z(0, reinterpret_cast<const Bytef*>(bytes.data()), bytes.size()));
+}
+
+std::vector<ZipEntry> ReadStoredZip(std::string_view bytes, const std::string& src,
+                                    bool check_crc) {
   const char* base = bytes.data();
   const uint64_t file_size = bytes.size();
   if (file_size > 0 && static_cast<uint8_t>(base[0]) == 0x80) {
@@ -203,6 +211,7 @@ std::vector<ZipEntry> ReadStoredZip(std::string_view bytes, const std::string& s
     if (Le32(c) != kCentralHeaderSig) Fail(where, ": bad signature ", Hex(Le32(c)));
     const uint16_t flags = Le16(c + 8);
     const uint16_t method = Le16(c + 10);
+    const uint32_t crc = Le32(c + 16);
     uint64_t compressed = Le32(c + 20);
     uint64_t uncompressed = Le32(c + 24);
     const uint64_t name_len = Le16(c + 28), extra_len = Le16(c + 30), comment_len = Le16(c + 32);
@@ -235,7 +244,7 @@ std::vector<ZipEntry> ReadStoredZip(std::string_view bytes, const std::string& s
     if (disk_start != 0) Fail(named, ": starts on disk ", disk_start, " (multi-disk archive)");
     const auto [it, inserted] = names.emplace(name, out.size());
     if (!inserted) Fail(named, ": duplicate name (also entry ", it->second, ")");
-    out.push_back(ZipEntry{name, local_offset, 0, uncompressed});
+    out.push_back(ZipEntry{name, local_offset, 0, uncompressed, crc});
     p += kCentralHeaderSize + name_len + extra_len + comment_len;
   }
   if (p != cd_end) {
@@ -301,6 +310,18 @@ std::vector<ZipEntry> ReadStoredZip(std::string_view bytes, const std::string& s
       Fail(src, ": zip entries ", Quoted(prev.name), " (bytes ", prev.local_offset, "..",
            prev.data_offset + prev.size, ") and ", Quoted(next.name), " (local header at offset ",
            next.local_offset, ") overlap");
+    }
+  }
+
+  if (check_crc) {
+    for (const ZipEntry& entry : out) {
+      const uint32_t actual = Crc32(bytes.substr(entry.data_offset, entry.size));
+      if (actual != entry.crc32) {
+        Fail(src, ": zip entry ", Quoted(entry.name), " (", entry.size, " bytes at offset ",
+             entry.data_offset, "): its CRC-32 is ", Hex(actual),
+             " but the central directory says ", Hex(entry.crc32),
+             ": the file is corrupt (re-download or re-save it)");
+      }
     }
   }
   return out;
