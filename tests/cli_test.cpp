@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -296,6 +297,35 @@ TEST(Cli, ContextWhoseKvCacheExceedsMemoryIsRefusedBeforeAllocating) {
     EXPECT_EQ(r.exit_code, 1) << args;
     EXPECT_NE(r.err.find(message), std::string::npos) << args << ": " << r.err;
   }
+}
+
+TEST(Cli, MakeModelRefusesWhatStarlingWouldRefuseToLoad) {
+  // vocab_size 32000 with the 32002-token OpenChat tokenizer: the model used to be written and
+  // then refused by every command that loads it.
+  starling::testing::TempDir dir("makemodel");
+  const std::string config = dir.path() + "/config.json";
+  std::ofstream(config) << R"({"architectures": ["LlamaForCausalLM"], "vocab_size": 32000,
+    "hidden_size": 32, "intermediate_size": 32, "num_hidden_layers": 1,
+    "num_attention_heads": 2, "max_position_embeddings": 64})";
+  for (const std::string format : {"gguf", "hf"}) {
+    const std::string out = dir.path() + "/m." + format;
+    const RunStarlingResult r = RunStarling("make-model " + out + " --config " + config +
+                                            " --format " + format + " --vocab " + kOpenChat);
+    EXPECT_EQ(r.exit_code, 1) << format;
+    EXPECT_NE(r.err.find("make-model: --vocab " + kOpenChat + " with " + config +
+                         ": the tokenizer has 32002 tokens but the model's vocabulary is 32000"),
+              std::string::npos)
+        << r.err;
+    EXPECT_FALSE(std::filesystem::exists(out)) << format;
+  }
+  // A bare tokenizer.model (32000 tokens) fits, and the directory gets it, so it loads.
+  const std::string hf = dir.path() + "/bare";
+  const RunStarlingResult made =
+      RunStarling("make-model " + hf + " --config " + config + " --format hf --type f32 --vocab " +
+                  kOpenChat + "/tokenizer.model");
+  ASSERT_EQ(made.exit_code, 0) << made.err;
+  const RunStarlingResult info = RunStarling("info -m " + hf);
+  EXPECT_EQ(info.exit_code, 0) << info.err;
 }
 
 TEST(Cli, ModelThatIsAFifoIsRefusedNotWaitedOn) {
