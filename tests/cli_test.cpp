@@ -16,6 +16,7 @@
 
 #include "run_starling.h"
 #include "test_dir.h"
+#include "tokenizer/load.h"
 
 namespace {
 
@@ -50,6 +51,61 @@ TEST(Cli, TokenizeReadsFilesAndStdinByteForByte) {
   const RunStarlingResult back =
       RunStarling("detokenize --tokenizer " + kOpenChat + " '" + from_file.out + "'");
   EXPECT_EQ(back.out, text);
+}
+
+// "1 2 3", as `tokenize --ids` prints them.
+std::string JoinIds(const std::vector<int32_t>& ids) {
+  std::string out;
+  for (size_t k = 0; k < ids.size(); ++k) {
+    if (k > 0) out += ' ';
+    out += std::to_string(ids[k]);
+  }
+  return out;
+}
+
+TEST(Cli, TokenizeStreamsALargeFileWithTheIdsOfTheWhole) {
+  // -f reads and encodes a megabyte at a time (memory no longer grows with the file: a 100 MB
+  // file once peaked at 3 GB); the ids, in every output format, are those of the whole text.
+  std::string text;
+  uint32_t state = 7;
+  const char* words[] = {"Hello",
+                         "world,",
+                         "caf\xC3\xA9",
+                         "\xF0\x9F\xA6\xA9",
+                         "<|end_of_turn|>",
+                         "a",
+                         "\n",
+                         "\t",
+                         "  ",
+                         "\xE2\x96\x81",
+                         "\xFF",
+                         "GPT4 Correct User:"};
+  while (text.size() < (3u << 20) + 12345) {
+    state = state * 1664525u + 1013904223u;
+    text += words[(state >> 16) % (sizeof words / sizeof *words)];
+    if ((state >> 8) % 3 != 0) text += ' ';
+  }
+  const std::string path = WriteTemp("large.txt", text);
+  const starling::Tokenizer tokenizer = starling::LoadTokenizer(kOpenChat);
+  const std::vector<int32_t> whole = tokenizer.Encode(text);
+  const std::string expected = JoinIds(whole);
+  const RunStarlingResult ids =
+      RunStarling("tokenize --ids --tokenizer " + kOpenChat + " -f " + path);
+  ASSERT_EQ(ids.exit_code, 0) << ids.err;
+  EXPECT_TRUE(ids.out == expected + "\n") << "the streamed ids differ from the whole text's";
+  const RunStarlingResult json =
+      RunStarling("tokenize --json --tokenizer " + kOpenChat + " -f " + path);
+  ASSERT_EQ(json.exit_code, 0) << json.err;
+  const nlohmann::json parsed = nlohmann::json::parse(json.out);
+  EXPECT_TRUE(parsed["ids"].get<std::vector<int32_t>>() == whole);
+  EXPECT_EQ(parsed["pieces"].size(), whole.size());
+  // Plain text too, and from standard input: the same ids.
+  const RunStarlingResult plain =
+      RunStarling("tokenize --ids --plain --tokenizer " + kOpenChat + " -f -", text);
+  ASSERT_EQ(plain.exit_code, 0) << plain.err;
+  const std::vector<int32_t> plain_whole = tokenizer.Encode(text, {.parse_special = false});
+  const std::string plain_expected = JoinIds(plain_whole);
+  EXPECT_TRUE(plain.out == plain_expected + "\n");
 }
 
 TEST(Cli, TokenizeRendersAConversation) {
