@@ -187,6 +187,7 @@ TEST(Tokenizer, StreamCutsEncodeExactlyLikeTheWhole) {
   for (int i = 0; i < 300; ++i) {
     std::string text = generator.Next(40, /*allow_malformed=*/i % 3 == 0);
     if (i % 4 == 1) text += " <|end_of_turn|> x <mask> y  a b z\ta  b";
+    if (i % 4 == 2) text += " q\t <mask> w<mask>\t r\xE3\x80\x80 <mask> s\n x";
     for (const Tokenizer* t : {&OpenChat(), &strip}) {
       for (const bool special : {true, false}) {
         for (size_t n = 1; n <= text.size(); n += 1 + n / 8) {
@@ -212,6 +213,9 @@ TEST(Tokenizer, StreamCutsEncodeExactlyLikeTheWhole) {
   EXPECT_EQ(short_tokens.StreamCut("<mask> andmore", true), 0u);
   EXPECT_EQ(short_tokens.StreamCut("x  y  zzzzzz", true), 4u);            // after a non-space only
   EXPECT_EQ(short_tokens.StreamCut("x y\xE2\x96\x81 zzzzzz", true), 1u);  // not after a U+2581
+  // Not after other whitespace either: "q\t <mask>" strips "\t " (lstrip) as one run.
+  EXPECT_EQ(short_tokens.StreamCut("q\t <mask> zzzzzz", true), 0u);
+  EXPECT_EQ(short_tokens.StreamCut("q\xE3\x80\x80 zzzzzz", true), 0u);  // U+3000
 }
 
 TEST(Tokenizer, BadIdsAreErrors) {

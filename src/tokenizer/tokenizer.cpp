@@ -468,8 +468,11 @@ size_t Tokenizer::StreamCut(std::string_view text, bool parse_special, size_t mi
   for (const std::string_view symbol : user_defined_) reach = std::max(reach, symbol.size());
   if (text.size() < reach) return 0;
   for (size_t p = text.size() - reach + 1; p-- > std::max<size_t>(min_cut, 1);) {
-    // A word starts at a U+2581 (a space) that does not follow another one (literal or not).
-    if (text[p] != ' ' || text[p - 1] == ' ' || EndsWith(text.substr(0, p), kSpaceSymbol)) {
+    // A word starts at a U+2581 (a space) that does not follow another one (literal or not);
+    // and the text before the cut must not end in whitespace, which an lstrip token after
+    // the cut (or an rstrip one before it) would strip along with the space.
+    if (text[p] != ' ' || EndsWith(text.substr(0, p), kSpaceSymbol) ||
+        StripTrailingSpace(text.substr(0, p)).size() != p) {
       continue;
     }
     bool clear = true;

@@ -51,7 +51,7 @@ class Tokenizer {
   std::vector<int32_t> Encode(std::string_view text, const EncodeOptions& options = {}) const;
   // Where a long text may be cut so that it can be encoded in pieces (the first as usual, the
   // rest with `continuation`) with exactly the ids of the whole: the largest p in
-  // [min_cut, text.size()) such that text[p] is a space after neither a space nor a U+2581
+  // [min_cut, text.size()) such that text[p] is a space after neither whitespace nor a U+2581
   // (SentencePiece's space symbol, which a literal one in the text also is), no added token
   // (with parse_special) or user-defined piece touches p, and text goes on past p for as long
   // as the longest of those (whatever follows `text` cannot change the verdict); 0 when there
