@@ -1,13 +1,22 @@
-// libFuzzer target for the OpenAI-compatible server's request parsers. An ApiError is the
-// expected answer to bad input; any other exception, a crash or a sanitizer report is a bug.
-// A request that parses must hold what the parser promises (non-empty messages with known
-// roles, values in range), and its text must survive the response builders and SSE framing.
+// libFuzzer target for the OpenAI-compatible server's request path: a JSON body through the
+// request parsers, then what the server does with what parses: chat messages rendered by
+// every chat template (as /v1/chat/completions does, with the open assistant turn, and as
+// /v1/rewards does, without), prompts and /tokenize content encoded, with the OpenChat
+// tokenizer. An ApiError is the expected answer to a bad body and a starling::Error to a
+// conversation a template refuses (the server turns both into a 400); any other exception, a
+// crash or a sanitizer report is a bug. What parses must hold what the parser promises
+// (non-empty messages with known roles, values in range), renderings and encodings must hold
+// only ids of the vocabulary (with one mask entry per id), and text must survive the
+// response builders and SSE framing.
 #include <cstddef>
 #include <cstdint>
 #include <string>
 #include <string_view>
 
+#include "chat/chat_template.h"
+#include "core/error.h"
 #include "server/openai_api.h"
+#include "tokenizer/load.h"
 
 namespace {
 
@@ -45,6 +54,34 @@ void CheckText(const std::string& model, const std::string& text) {
       starling::CompletionChunk("id", model, 0, text.substr(0, text.size() / 2), std::nullopt));
 }
 
+const starling::Tokenizer& OpenChat() {
+  static const starling::Tokenizer tokenizer =
+      starling::LoadTokenizer(STARLING_MODELS_DIR "/openchat-3.5-tokenizer");
+  return tokenizer;
+}
+
+void CheckIds(const std::vector<int32_t>& ids) {
+  for (const int32_t id : ids) {
+    if (id < 0 || id >= OpenChat().vocab_size()) __builtin_trap();
+  }
+}
+
+// The template renderer over parsed messages, as the server calls it.
+void CheckRender(const std::vector<starling::ChatMessage>& messages, bool generation_prompt) {
+  for (const std::string_view name : starling::ChatTemplate::Names()) {
+    try {
+      const starling::RenderedChat chat =
+          starling::ChatTemplate::ByName(name).Render(OpenChat(), messages, generation_prompt);
+      if (chat.ids.empty() || chat.assistant.size() != chat.ids.size()) __builtin_trap();
+      CheckIds(chat.ids);
+      // The server decodes what it generates after these ids; the ids themselves must too.
+      OpenChat().Decode(chat.ids);
+    } catch (const starling::Error&) {
+      // A role out of order and the like: the server's 400.
+    }
+  }
+}
+
 template <typename F>
 void Try(F&& parse) {
   try {
@@ -65,15 +102,18 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     CheckSampling(r);
     CheckMessages(r.messages);
     for (const starling::ChatMessage& m : r.messages) CheckText(r.model, m.content);
+    CheckRender(r.messages, /*generation_prompt=*/true);
   });
   Try([&] {
     const starling::CompletionRequest r = starling::ParseCompletionRequest(body);
     CheckSampling(r);
     CheckText(r.model, r.prompt);
+    CheckIds(OpenChat().Encode(r.prompt, {.add_bos = true}));
   });
   Try([&] {
     const starling::TokenizeRequest r = starling::ParseTokenizeRequest(body);
     CheckText("", r.content);
+    CheckIds(OpenChat().Encode(r.content, {.add_bos = false, .parse_special = false}));
   });
   Try([&] {
     const starling::DetokenizeRequest r = starling::ParseDetokenizeRequest(body);
@@ -84,7 +124,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   Try([&] {
     const starling::RewardsRequest r = starling::ParseRewardsRequest(body);
     if (r.conversations.empty()) __builtin_trap();
-    for (const auto& conversation : r.conversations) CheckMessages(conversation);
+    for (const auto& conversation : r.conversations) {
+      CheckMessages(conversation);
+      CheckRender(conversation, /*generation_prompt=*/false);
+    }
   });
   return 0;
 }

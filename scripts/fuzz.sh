@@ -101,6 +101,7 @@ PY
       ;;
     fuzz_openai_request)
       printf '%s' '{"model": "starling", "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": [{"type": "text", "text": "Hi"}]}], "temperature": 0.7, "top_p": 0.9, "max_tokens": 64, "stop": ["\n", "User:"], "seed": 42, "stream": true, "stream_options": {"include_usage": true}}' >"$dir/chat.json"
+      printf '%s' '{"messages": [{"role": "system", "content": "S"}, {"role": "user", "content": "Q <s>"}, {"role": "assistant", "content": "A<|end_of_turn|>"}, {"role": "user", "content": "[INST] caf\u00e9 </s>"}]}' >"$dir/turns.json"
       printf '%s' '{"prompt": ["Once upon a time"], "max_completion_tokens": 16, "stop": "END", "n": 1}' >"$dir/completion.json"
       printf '%s' '{"content": "caf\u00e9 \ud83e\udda9", "add_special": false}' >"$dir/tokenize.json"
       printf '%s' '{"tokens": [1, 22, 0, 2147483647]}' >"$dir/detokenize.json"

@@ -17,6 +17,7 @@ packages=(
   tmux                          # the terminal chat's test (Ctrl-C, editing) in a real terminal
   libblis-serial-dev            # sgemm for training's matrix products (src/kernels/gemm)
   libcairo2-dev                 # starling plot: training curves as SVG or PNG
+  zlib1g-dev                    # CRC-32 of pytorch_model.bin entries
   python3 curl                  # the server's end-to-end test and the browser test's runner
   valgrind                      # memcheck of the CLI's option handling (tests/cli_memcheck.sh)
   chromium                      # the web page's headless-browser test (playwright-core from npm)

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -15,6 +16,7 @@
 
 #include "run_starling.h"
 #include "test_dir.h"
+#include "tokenizer/load.h"
 
 namespace {
 
@@ -49,6 +51,61 @@ TEST(Cli, TokenizeReadsFilesAndStdinByteForByte) {
   const RunStarlingResult back =
       RunStarling("detokenize --tokenizer " + kOpenChat + " '" + from_file.out + "'");
   EXPECT_EQ(back.out, text);
+}
+
+// "1 2 3", as `tokenize --ids` prints them.
+std::string JoinIds(const std::vector<int32_t>& ids) {
+  std::string out;
+  for (size_t k = 0; k < ids.size(); ++k) {
+    if (k > 0) out += ' ';
+    out += std::to_string(ids[k]);
+  }
+  return out;
+}
+
+TEST(Cli, TokenizeStreamsALargeFileWithTheIdsOfTheWhole) {
+  // -f reads and encodes a megabyte at a time (memory no longer grows with the file: a 100 MB
+  // file once peaked at 3 GB); the ids, in every output format, are those of the whole text.
+  std::string text;
+  uint32_t state = 7;
+  const char* words[] = {"Hello",
+                         "world,",
+                         "caf\xC3\xA9",
+                         "\xF0\x9F\xA6\xA9",
+                         "<|end_of_turn|>",
+                         "a",
+                         "\n",
+                         "\t",
+                         "  ",
+                         "\xE2\x96\x81",
+                         "\xFF",
+                         "GPT4 Correct User:"};
+  while (text.size() < (3u << 20) + 12345) {
+    state = state * 1664525u + 1013904223u;
+    text += words[(state >> 16) % (sizeof words / sizeof *words)];
+    if ((state >> 8) % 3 != 0) text += ' ';
+  }
+  const std::string path = WriteTemp("large.txt", text);
+  const starling::Tokenizer tokenizer = starling::LoadTokenizer(kOpenChat);
+  const std::vector<int32_t> whole = tokenizer.Encode(text);
+  const std::string expected = JoinIds(whole);
+  const RunStarlingResult ids =
+      RunStarling("tokenize --ids --tokenizer " + kOpenChat + " -f " + path);
+  ASSERT_EQ(ids.exit_code, 0) << ids.err;
+  EXPECT_TRUE(ids.out == expected + "\n") << "the streamed ids differ from the whole text's";
+  const RunStarlingResult json =
+      RunStarling("tokenize --json --tokenizer " + kOpenChat + " -f " + path);
+  ASSERT_EQ(json.exit_code, 0) << json.err;
+  const nlohmann::json parsed = nlohmann::json::parse(json.out);
+  EXPECT_TRUE(parsed["ids"].get<std::vector<int32_t>>() == whole);
+  EXPECT_EQ(parsed["pieces"].size(), whole.size());
+  // Plain text too, and from standard input: the same ids.
+  const RunStarlingResult plain =
+      RunStarling("tokenize --ids --plain --tokenizer " + kOpenChat + " -f -", text);
+  ASSERT_EQ(plain.exit_code, 0) << plain.err;
+  const std::vector<int32_t> plain_whole = tokenizer.Encode(text, {.parse_special = false});
+  const std::string plain_expected = JoinIds(plain_whole);
+  EXPECT_TRUE(plain.out == plain_expected + "\n");
 }
 
 TEST(Cli, TokenizeRendersAConversation) {
@@ -350,6 +407,35 @@ TEST(Cli, ContextWhoseKvCacheExceedsMemoryIsRefusedBeforeAllocating) {
     EXPECT_EQ(r.exit_code, 1) << args;
     EXPECT_NE(r.err.find(message), std::string::npos) << args << ": " << r.err;
   }
+}
+
+TEST(Cli, MakeModelRefusesWhatStarlingWouldRefuseToLoad) {
+  // vocab_size 32000 with the 32002-token OpenChat tokenizer: the model used to be written and
+  // then refused by every command that loads it.
+  starling::testing::TempDir dir("makemodel");
+  const std::string config = dir.path() + "/config.json";
+  std::ofstream(config) << R"({"architectures": ["LlamaForCausalLM"], "vocab_size": 32000,
+    "hidden_size": 32, "intermediate_size": 32, "num_hidden_layers": 1,
+    "num_attention_heads": 2, "max_position_embeddings": 64})";
+  for (const std::string format : {"gguf", "hf"}) {
+    const std::string out = dir.path() + "/m." + format;
+    const RunStarlingResult r = RunStarling("make-model " + out + " --config " + config +
+                                            " --format " + format + " --vocab " + kOpenChat);
+    EXPECT_EQ(r.exit_code, 1) << format;
+    EXPECT_NE(r.err.find("make-model: --vocab " + kOpenChat + " with " + config +
+                         ": the tokenizer has 32002 tokens but the model's vocabulary is 32000"),
+              std::string::npos)
+        << r.err;
+    EXPECT_FALSE(std::filesystem::exists(out)) << format;
+  }
+  // A bare tokenizer.model (32000 tokens) fits, and the directory gets it, so it loads.
+  const std::string hf = dir.path() + "/bare";
+  const RunStarlingResult made =
+      RunStarling("make-model " + hf + " --config " + config + " --format hf --type f32 --vocab " +
+                  kOpenChat + "/tokenizer.model");
+  ASSERT_EQ(made.exit_code, 0) << made.err;
+  const RunStarlingResult info = RunStarling("info -m " + hf);
+  EXPECT_EQ(info.exit_code, 0) << info.err;
 }
 
 TEST(Cli, ModelThatIsAFifoIsRefusedNotWaitedOn) {

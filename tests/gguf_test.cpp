@@ -525,6 +525,24 @@ TEST(Gguf, TensorErrors) {
   ExpectParseError(
       RawFile(0, "", {TensorInfo("w", {8}, kGgmlF32, 0), TensorInfo("w", {8}, kGgmlF32, 32)}, 64),
       {"tensor 1 ('w'): duplicate tensor name"});
+  // Two tensors over the same bytes, or partly over them, in either order of the infos.
+  ExpectParseError(
+      RawFile(0, "", {TensorInfo("a", {8}, kGgmlF32, 0), TensorInfo("b", {8}, kGgmlF32, 0)}, 64),
+      {"tensor 1 ('b'): data (bytes 0..32 of the data section) overlaps tensor 0 ('a', bytes "
+       "0..32)"});
+  ExpectParseError(
+      RawFile(0, "", {TensorInfo("a", {16}, kGgmlF32, 32), TensorInfo("b", {16}, kGgmlF32, 0)}, 96),
+      {"tensor 0 ('a'): data (bytes 32..96 of the data section) overlaps tensor 1 ('b', bytes "
+       "0..64)"});
+  // Adjacent tensors, and tensors with padding between them, are fine.
+  EXPECT_EQ(
+      ParseError(RawFile(
+          0, "", {TensorInfo("a", {8}, kGgmlF32, 32), TensorInfo("b", {8}, kGgmlF32, 0)}, 64)),
+      "");
+  EXPECT_EQ(
+      ParseError(RawFile(
+          0, "", {TensorInfo("a", {2}, kGgmlF32, 0), TensorInfo("b", {2}, kGgmlF32, 64)}, 96)),
+      "");
   // The alignment from metadata applies to tensor offsets.
   ExpectParseError(
       RawFile(1, Uint32Kv("general.alignment", 64), {TensorInfo("w", {8}, kGgmlF32, 32)}, 128, 64),

@@ -262,6 +262,24 @@ TEST(ModelConfig, GenerationConfigOverrides) {
   // Validate sees the merged ids.
   ExpectConfigError(config, {"eos_token_id = 1000 is outside the vocabulary (1000)"},
                     R"({"eos_token_id": [1000]})");
+  ExpectConfigError(config, {"bos_token_id = 5000 is outside the vocabulary (1000)"},
+                    R"({"bos_token_id": 5000})");
+}
+
+TEST(ModelConfig, SpecialTokenIdsOutsideTheVocabularyAreErrors) {
+  // A model whose BOS or EOS id has no row would index past the embedding or never stop.
+  ExpectConfigError(Minimal("MistralForCausalLM", R"(, "bos_token_id": 1000)"),
+                    {"config.json: bos_token_id = 1000 is outside the vocabulary (1000)"});
+  ExpectConfigError(Minimal("MistralForCausalLM", R"(, "bos_token_id": -2)"),
+                    {"bos_token_id = -2 is outside the vocabulary"});
+  ExpectConfigError(Minimal("MistralForCausalLM", R"(, "eos_token_id": [2, 1000])"),
+                    {"eos_token_id = 1000 is outside the vocabulary (1000)"});
+  ExpectConfigError(Minimal("MistralForCausalLM", R"(, "eos_token_id": -1)"),
+                    {"eos_token_id = -1 is outside the vocabulary"});
+  // The last id of the vocabulary is fine.
+  EXPECT_EQ(
+      ConfigError(Minimal("MistralForCausalLM", R"(, "bos_token_id": 999, "eos_token_id": 999)")),
+      "");
 }
 
 TEST(ModelConfig, WrongTypes) {

@@ -446,5 +446,26 @@ TEST(Forward, MissingOrMisshapedTensorsAreNamed) {
   }
 }
 
+TEST(Forward, WeightsForMoreLayersThanTheConfigAreRefused) {
+  // A config.json with fewer layers than the weights hold used to run the shallower model.
+  auto m = MakeRandomModel(0, RopeLayout::kHalves);
+  ModelConfig one_layer = m->config;
+  one_layer.num_layers = 1;
+  EXPECT_EQ(testing::ErrorMessage([&] { Model(one_layer, m->tensors, "ckpt", nullptr); }),
+            "memory: tensor 'model.layers.1.input_layernorm.weight' belongs to layer 1, but the "
+            "config has 1 layers (num_hidden_layers, or llama.block_count in GGUF): the config "
+            "does not match the weights");
+  // A GGUF block tensor with no canonical name counts too; other names are left alone.
+  auto tensors = m->tensors;
+  std::vector<float> extra(4);
+  tensors.push_back({"blk.7.attn_q.bias", "model.gguf", WeightFormat::kF32, {4}, extra.data(), 16});
+  EXPECT_NE(testing::ErrorMessage([&] { Model(m->config, tensors, "ckpt", nullptr); })
+                .find("model.gguf: tensor 'blk.7.attn_q.bias' belongs to layer 7, but the config "
+                      "has 2 layers"),
+            std::string::npos);
+  tensors.back().name = "model.layers.x.rotary_emb.inv_freq";
+  EXPECT_NO_THROW(Model(m->config, tensors, "ckpt", nullptr));
+}
+
 }  // namespace
 }  // namespace starling

@@ -161,6 +161,63 @@ TEST(Tokenizer, StreamingEqualsFullDecodeOnRandomText) {
   }
 }
 
+// Encode(text) == Encode(text[0, cut)) ++ Encode(text[cut, end), continuation), for `t`.
+void ExpectCutIsExact(const Tokenizer& t, const std::string& text, size_t cut, bool special) {
+  const EncodeOptions whole{.add_bos = true, .parse_special = special};
+  std::vector<int32_t> pieces = t.Encode(std::string_view(text).substr(0, cut), whole);
+  const std::vector<int32_t> rest =
+      t.Encode(std::string_view(text).substr(cut),
+               {.add_bos = false, .parse_special = special, .continuation = true});
+  pieces.insert(pieces.end(), rest.begin(), rest.end());
+  ASSERT_EQ(pieces, t.Encode(text, whole)) << "cut at " << cut << " of: " << text;
+}
+
+TEST(Tokenizer, StreamCutsEncodeExactlyLikeTheWhole) {
+  // Every cut StreamCut offers on a prefix of a text is exact for the whole text, whatever
+  // follows the prefix: with special tokens (rstrip/lstrip ones too), double spaces, tabs,
+  // newlines, malformed UTF-8.
+  SentencePieceVocab vocab = LoadSentencePieceModel(kMistralModel);
+  const Tokenizer strip(std::move(vocab),
+                        {{"<|end_of_turn|>", 32000},
+                         {"<mask>", 32001, true, /*lstrip=*/true, /*rstrip=*/true},
+                         {"a b", 32002}},
+                        "test");
+  testing::CorpusGenerator generator(2024);
+  size_t cuts = 0;
+  for (int i = 0; i < 300; ++i) {
+    std::string text = generator.Next(40, /*allow_malformed=*/i % 3 == 0);
+    if (i % 4 == 1) text += " <|end_of_turn|> x <mask> y  a b z\ta  b";
+    if (i % 4 == 2) text += " q\t <mask> w<mask>\t r\xE3\x80\x80 <mask> s\n x";
+    for (const Tokenizer* t : {&OpenChat(), &strip}) {
+      for (const bool special : {true, false}) {
+        for (size_t n = 1; n <= text.size(); n += 1 + n / 8) {
+          const size_t cut = t->StreamCut(std::string_view(text).substr(0, n), special);
+          if (cut == 0) continue;
+          ASSERT_LT(cut, n);
+          ++cuts;
+          ExpectCutIsExact(*t, text, cut, special);
+        }
+      }
+    }
+  }
+  EXPECT_GT(cuts, 1000u);  // the property was exercised, not vacuous
+  // No cut inside or right after an added token, nor before the text goes on as far as the
+  // longest one reaches (here 6 bytes, "<mask>").
+  const Tokenizer short_tokens(LoadSentencePieceModel(kMistralModel),
+                               {{"<mask>", 32000, true, true, true}, {"a b", 32001}}, "test");
+  EXPECT_EQ(short_tokens.StreamCut("x a b c d e f g h", true), 11u);
+  EXPECT_EQ(short_tokens.StreamCut("x a b c d e f g h", true, 12), 0u);  // none from 12 on
+  EXPECT_EQ(short_tokens.StreamCut("xx a b", true), 0u);
+  EXPECT_EQ(short_tokens.StreamCut("xx a b and more", true), 2u);   // not in or right after "a b"
+  EXPECT_EQ(short_tokens.StreamCut("xx a b and more", false), 6u);  // plain: no added tokens
+  EXPECT_EQ(short_tokens.StreamCut("<mask> andmore", true), 0u);
+  EXPECT_EQ(short_tokens.StreamCut("x  y  zzzzzz", true), 4u);            // after a non-space only
+  EXPECT_EQ(short_tokens.StreamCut("x y\xE2\x96\x81 zzzzzz", true), 1u);  // not after a U+2581
+  // Not after other whitespace either: "q\t <mask>" strips "\t " (lstrip) as one run.
+  EXPECT_EQ(short_tokens.StreamCut("q\t <mask> zzzzzz", true), 0u);
+  EXPECT_EQ(short_tokens.StreamCut("q\xE3\x80\x80 zzzzzz", true), 0u);  // U+3000
+}
+
 TEST(Tokenizer, BadIdsAreErrors) {
   EXPECT_THROW(OpenChat().Decode(std::vector<int32_t>{5, 32002}), Error);
   EXPECT_THROW(OpenChat().Decode(std::vector<int32_t>{-1}), Error);

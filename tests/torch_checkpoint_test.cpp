@@ -1,6 +1,7 @@
 #include "formats/torch_checkpoint.h"
 
 #include <gtest/gtest.h>
+#include <zlib.h>
 
 #include <cstdint>
 #include <cstring>
@@ -15,6 +16,7 @@
 #include "core/dtype.h"
 #include "core/error.h"
 #include "error_message.h"
+#include "formats/zip_reader.h"
 #include "test_dir.h"
 
 namespace starling {
@@ -164,6 +166,12 @@ struct ZipLayout {
   uint64_t skew = 0;          // data starts `skew` bytes after a multiple of `align`
 };
 
+// zlib's CRC-32, as zip writers (and torch.save) compute it.
+uint32_t Crc(std::string_view data) {
+  return static_cast<uint32_t>(
+      crc32_z(0, reinterpret_cast<const Bytef*>(data.data()), data.size()));
+}
+
 class ZipWriter {
  public:
   void Add(std::string name, std::string data, uint16_t method = 0) {
@@ -199,7 +207,7 @@ class ZipWriter {
       Put16(&out, flags);
       Put16(&out, e.method);
       Put32(&out, 0);  // time, date
-      Put32(&out, 0);  // crc (not checked by the reader)
+      Put32(&out, layout.descriptors ? 0 : Crc(e.data));
       Put32(&out, layout.descriptors ? 0 : e.data.size());
       Put32(&out, layout.descriptors ? 0 : e.data.size());
       Put16(&out, e.name.size());
@@ -210,7 +218,7 @@ class ZipWriter {
       out += e.data;
       if (layout.descriptors) {
         Put32(&out, 0x08074b50);
-        Put32(&out, 0);
+        Put32(&out, Crc(e.data));
         Put32(&out, e.data.size());
         Put32(&out, e.data.size());
       }
@@ -232,8 +240,8 @@ class ZipWriter {
       Put16(&out, 45);
       Put16(&out, flags);
       Put16(&out, e.method);
-      Put32(&out, 0);
-      Put32(&out, 0);
+      Put32(&out, 0);  // time, date
+      Put32(&out, Crc(e.data));
       Put32(&out, sat ? 0xFFFFFFFF : e.data.size());
       Put32(&out, sat ? 0xFFFFFFFF : e.data.size());
       Put16(&out, e.name.size());
@@ -1023,9 +1031,51 @@ TEST(TorchCheckpoint, TruncatedAtEveryPrefixThrows) {
   }
 }
 
+TEST(TorchCheckpoint, Crc32OfTheStandardCheckString) {
+  // The check value of CRC-32/ISO-HDLC (zip's), and the empty string's.
+  EXPECT_EQ(Crc32("123456789"), 0xCBF43926u);
+  EXPECT_EQ(Crc32(""), 0u);
+}
+
+TEST(TorchCheckpoint, EveryChangedDataByteIsCaughtByTheCrc) {
+  // A flipped bit in a storage would change a weight (and the reward) silently; in data.pkl
+  // it could still unpickle. Each entry's CRC-32 catches both, naming the entry.
+  ZipWriter zip;
+  const std::vector<Storage> storages = SmallStorages();
+  zip.Add("archive/data.pkl", StateDict(SmallSpecs()));
+  for (const Storage& s : storages) zip.Add("archive/data/" + s.key, s.bytes);
+  const std::string bytes = zip.Finish();
+  ASSERT_NO_THROW(TorchCheckpoint::Parse(bytes, "intact"));
+  const std::vector<std::pair<std::string, size_t>> entries = {
+      {"archive/data.pkl", StateDict(SmallSpecs()).size()},
+      {"archive/data/0", storages[0].bytes.size()},
+      {"archive/data/1", storages[1].bytes.size()},
+      {"archive/data/2", storages[2].bytes.size()}};
+  for (size_t e = 0; e < entries.size(); ++e) {
+    for (size_t k = 0; k < entries[e].second; ++k) {
+      std::string mutated = bytes;
+      mutated[zip.data_offset(e) + k] ^= 0x10;
+      SCOPED_TRACE(Concat(entries[e].first, " byte ", k));
+      ExpectParseError(mutated, {Concat("zip entry '", entries[e].first, "'"), "its CRC-32 is",
+                                 "the central directory says", "corrupt"});
+      // Without the check the bytes are taken as they are (what the fuzz target relies on).
+      if (e > 0) {
+        EXPECT_NO_THROW(TorchCheckpoint::Parse(mutated, "unchecked", false));
+      }
+    }
+  }
+  // A wrong CRC in the central directory (the first entry's, at byte 16 of its record).
+  const size_t cd = bytes.find(std::string("PK\x01\x02", 4));
+  ASSERT_NE(cd, std::string::npos);
+  std::string wrong = bytes;
+  wrong[cd + 16] ^= 1;
+  ExpectParseError(wrong, {"zip entry 'archive/data.pkl'", "its CRC-32 is"});
+}
+
 TEST(TorchCheckpoint, CorruptedBytesNeverCrash) {
   // Every single-byte change either parses or throws Error; a parsed file's tensors stay
-  // inside the buffer and are aligned.
+  // inside the buffer and are aligned. The CRC check is off, so that changes to data.pkl and
+  // the storages reach the unpickler and the tensor checks (with it on they stop at the CRC).
   for (const ZipLayout& layout : {ZipLayout{}, ZipLayout{64, false, true, true}}) {
     const std::string bytes = SmallCheckpoint(layout);
     for (size_t k = 0; k < bytes.size(); ++k) {
@@ -1034,7 +1084,7 @@ TEST(TorchCheckpoint, CorruptedBytesNeverCrash) {
         std::string mutated = bytes;
         mutated[k] = c;
         try {
-          const TorchCheckpoint f = TorchCheckpoint::Parse(mutated, "mutated");
+          const TorchCheckpoint f = TorchCheckpoint::Parse(mutated, "mutated", false);
           for (const TorchTensor& t : f.tensors()) {
             const char* data = static_cast<const char*>(t.data);
             EXPECT_GE(data, mutated.data());

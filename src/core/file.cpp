@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -15,28 +16,57 @@
 
 namespace starling {
 
-std::string ReadFile(const std::string& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) Fail(path, ": cannot open: ", std::strerror(errno));
+namespace {
+
+// Reads `fd` to its end in blocks; closes it when `owned`, also on errors.
+void ReadFdInBlocks(int fd, bool owned, const std::string& name, size_t block_bytes,
+                    const std::function<void(std::string_view)>& consume) {
+  auto close_fd = [&] {
+    if (owned) ::close(fd);
+  };
   struct stat st {};
   if (::fstat(fd, &st) != 0 || S_ISDIR(st.st_mode)) {
-    ::close(fd);
-    Fail(path, ": not a readable regular file");
+    close_fd();
+    Fail(name, ": not a readable regular file");
   }
-  std::string out;
-  char buffer[1 << 16];
+  std::string buffer(std::max<size_t>(block_bytes, 1), '\0');
   for (;;) {
-    const ssize_t n = ::read(fd, buffer, sizeof buffer);
+    const ssize_t n = ::read(fd, buffer.data(), buffer.size());
     if (n < 0) {
       if (errno == EINTR) continue;
       const int err = errno;
-      ::close(fd);
-      Fail(path, ": read error: ", std::strerror(err));
+      close_fd();
+      Fail(name, ": read error: ", std::strerror(err));
     }
     if (n == 0) break;
-    out.append(buffer, static_cast<size_t>(n));
+    try {
+      consume(std::string_view(buffer.data(), static_cast<size_t>(n)));
+    } catch (...) {
+      close_fd();
+      throw;
+    }
   }
-  ::close(fd);
+  close_fd();
+}
+
+}  // namespace
+
+void ReadFileInBlocks(const std::string& path, size_t block_bytes,
+                      const std::function<void(std::string_view)>& consume) {
+  if (path == "-") {
+    ReadFdInBlocks(STDIN_FILENO, false, "standard input", block_bytes, consume);
+    return;
+  }
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) Fail(path, ": cannot open: ", std::strerror(errno));
+  ReadFdInBlocks(fd, true, path, block_bytes, consume);
+}
+
+std::string ReadFile(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) Fail(path, ": cannot open: ", std::strerror(errno));
+  std::string out;
+  ReadFdInBlocks(fd, true, path, 1 << 16, [&](std::string_view block) { out.append(block); });
   return out;
 }
 

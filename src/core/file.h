@@ -12,6 +12,11 @@ namespace starling {
 // Reads a whole file into memory (for small files: tokenizer.model, JSON).
 std::string ReadFile(const std::string& path);
 
+// Reads a file ("-": standard input) block by block, handing each block of up to
+// `block_bytes` to `consume` in order: memory stays bounded whatever the file's size.
+void ReadFileInBlocks(const std::string& path, size_t block_bytes,
+                      const std::function<void(std::string_view)>& consume);
+
 // Reads at most `max_bytes` from the start of a file (to sniff a format's magic).
 std::string ReadFilePrefix(const std::string& path, size_t max_bytes);
 

@@ -643,6 +643,30 @@ GgufFile GgufFile::Parse(std::string_view bytes, std::string source_name) {
                ", file size ", size, ")");
     }
   }
+  // No two tensors may share bytes: two names over one byte range is a corrupt or deliberately
+  // confusing file (a write through one would change the other). Padding between tensors is
+  // fine; an empty tensor owns no bytes.
+  std::vector<size_t> by_offset;
+  for (size_t t = 0; t < file.tensors_.size(); ++t) {
+    if (file.tensors_[t].size_bytes > 0) by_offset.push_back(t);
+  }
+  std::sort(by_offset.begin(), by_offset.end(), [&](size_t a, size_t b) {
+    return file.tensors_[a].offset != file.tensors_[b].offset
+               ? file.tensors_[a].offset < file.tensors_[b].offset
+               : a < b;
+  });
+  for (size_t k = 1; k < by_offset.size(); ++k) {
+    // Sorted by start and disjoint so far, so the previous tensor reaches furthest.
+    const GgufTensorInfo& prev = file.tensors_[by_offset[k - 1]];
+    const GgufTensorInfo& next = file.tensors_[by_offset[k]];
+    if (next.offset < prev.offset + prev.size_bytes) {
+      r.set_context(Concat("tensor ", by_offset[k], " ('", PrintableForError(next.name), "')"));
+      r.FailAt(offset_field_at[by_offset[k]], "data (bytes ", next.offset, "..",
+               next.offset + next.size_bytes, " of the data section) overlaps tensor ",
+               by_offset[k - 1], " ('", PrintableForError(prev.name), "', bytes ", prev.offset,
+               "..", prev.offset + prev.size_bytes, ")");
+    }
+  }
   return file;
 }
 

@@ -13,6 +13,7 @@
 #include <utility>
 
 #include "core/error.h"
+#include "formats/parse_util.h"
 
 namespace starling {
 
@@ -32,11 +33,6 @@ constexpr std::string_view kMetadataKey = "__metadata__";
 constexpr std::string_view kIndexFile = "model.safetensors.index.json";
 constexpr std::string_view kSingleFile = "model.safetensors";
 
-std::string Quoted(std::string_view s) {
-  return Concat("'", PrintableForError(s),
-                "'");  // not operator+: GCC 12's false -Wrestrict warning
-}
-
 // "number 2.5", "string \"x\"", "array", ...: what a JSON value is, for "found ..." messages.
 std::string Describe(const Json& value) {
   switch (value.type()) {
@@ -48,12 +44,6 @@ std::string Describe(const Json& value) {
     case Json::value_t::boolean: return value.get<bool>() ? "true" : "false";
     default: return value.type_name();
   }
-}
-
-std::string FormatShape(const std::vector<int64_t>& shape) {
-  std::string out = "[";
-  for (size_t k = 0; k < shape.size(); ++k) out += Concat(k ? ", " : "", shape[k]);
-  return out + "]";
 }
 
 std::string JoinPath(const std::string& dir, std::string_view name) {
@@ -72,12 +62,6 @@ uint64_t NonNegativeInt(const Json& value, uint64_t limit, const std::string& wh
   }
   if (value.is_number_integer()) Fail(where, what, " = ", value.get<int64_t>(), " is negative");
   Fail(where, what, " must be a non-negative integer, found ", Describe(value));
-}
-
-std::optional<uint64_t> CheckedMul(uint64_t a, uint64_t b) {
-  uint64_t out;
-  if (__builtin_mul_overflow(a, b, &out)) return std::nullopt;
-  return out;
 }
 
 // Element count and byte size of `shape`, or nullopt when either exceeds int64_t.

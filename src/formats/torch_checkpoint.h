@@ -20,9 +20,11 @@
 // torch.BFloat16Storage, key, location, numel). Several names may share one storage (or one
 // tensor object).
 //
-// Every byte is untrusted: zip offsets and sizes, pickle lengths, memo indices, stack depth,
-// shapes and storage ranges are all checked, and every error is a starling::Error naming the
-// source, the zip entry or pickle offset, and what was found.
+// Every byte is untrusted: zip offsets, sizes and CRC-32s, pickle lengths, memo indices, stack
+// depth, shapes and storage ranges are all checked, and every error is a starling::Error naming
+// the source, the zip entry or pickle offset, and what was found. The three parts live in
+// zip_reader (the archive), torch_pickle (the state dict pickle) and torch_checkpoint.cpp (the
+// tensors, checked against their storages).
 #pragma once
 
 #include <cstdint>
@@ -70,8 +72,9 @@ class TorchCheckpoint {
   // Parses `bytes`, which the caller keeps alive for as long as the returned object (and any
   // tensor data pointer) is used. `source` starts every error message. Tensor data must be
   // aligned in memory to its element size: torch's 64-byte padding gives that for any buffer
-  // aligned to 64 bytes (a memory map, or an allocation of that alignment).
-  static TorchCheckpoint Parse(std::string_view bytes, std::string source);
+  // aligned to 64 bytes (a memory map, or an allocation of that alignment). Each zip entry's
+  // CRC-32 is checked unless `check_crc` is false (the fuzz target's way past it).
+  static TorchCheckpoint Parse(std::string_view bytes, std::string source, bool check_crc = true);
 
   TorchCheckpoint(TorchCheckpoint&&) = default;
   TorchCheckpoint& operator=(TorchCheckpoint&&) = default;
@@ -88,7 +91,7 @@ class TorchCheckpoint {
 
  private:
   TorchCheckpoint() = default;
-  void ParseArchive();
+  void ParseArchive(bool check_crc);
 
   std::string source_;
   MappedFile mapping_;  // empty when parsed from a caller's buffer

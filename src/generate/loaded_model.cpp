@@ -36,13 +36,18 @@ std::vector<int32_t> LoadedModel::StopTokens(const ChatTemplate* chat_template) 
   return stops;
 }
 
+void CheckTokenizerFitsModel(const Tokenizer& tokenizer, const ModelConfig& config,
+                             const std::string& source) {
+  if (tokenizer.vocab_size() > config.vocab_size) {
+    Fail(source, ": the tokenizer has ", tokenizer.vocab_size(),
+         " tokens but the model's vocabulary is ", config.vocab_size);
+  }
+}
+
 namespace {
 
 void CheckVocabulary(const LoadedModel& m) {
-  if (m.tokenizer->vocab_size() > m.model->config().vocab_size) {
-    Fail(m.source, ": the tokenizer has ", m.tokenizer->vocab_size(),
-         " tokens but the model's vocabulary is ", m.model->config().vocab_size);
-  }
+  CheckTokenizerFitsModel(*m.tokenizer, m.model->config(), m.source);
 }
 
 }  // namespace

@@ -25,6 +25,11 @@ struct LoadedModel {
   std::vector<int32_t> StopTokens(const ChatTemplate* chat_template) const;
 };
 
+// Throws unless every token id `tokenizer` can produce is a row of the model's vocabulary (the
+// rule LoadModel applies; `make-model` applies it before writing a model).
+void CheckTokenizerFitsModel(const Tokenizer& tokenizer, const ModelConfig& config,
+                             const std::string& source);
+
 LoadedModel LoadModel(const std::string& path);
 // A GGUF image in memory (the executable's embedded default model).
 LoadedModel LoadModelFromGgufBytes(std::string_view bytes, const std::string& name);

@@ -90,6 +90,35 @@ class TensorTable {
   std::map<std::string, const TensorRef*> by_name_;
 };
 
+// The decoder block a tensor name belongs to ("model.layers.N." or, for a GGUF name with no
+// canonical form, "blk.N."), or -1.
+int64_t LayerOfName(std::string_view name) {
+  for (const std::string_view prefix :
+       {std::string_view("model.layers."), std::string_view("blk.")}) {
+    if (!name.starts_with(prefix)) continue;
+    int64_t layer = 0;
+    size_t k = prefix.size();
+    for (; k < name.size() && name[k] >= '0' && name[k] <= '9' && layer < (1 << 20); ++k) {
+      layer = layer * 10 + (name[k] - '0');
+    }
+    if (k > prefix.size() && k < name.size() && name[k] == '.') return layer;
+  }
+  return -1;
+}
+
+// Weights for blocks past the config's last would be ignored, running a shallower model than
+// the file holds: a config that does not match its weights is an error, not a guess.
+void CheckNoExtraLayers(const std::vector<TensorRef>& tensors, int32_t num_layers) {
+  for (const TensorRef& t : tensors) {
+    const int64_t layer = LayerOfName(t.name);
+    if (layer >= num_layers) {
+      Fail(t.file, ": tensor '", t.name, "' belongs to layer ", layer, ", but the config has ",
+           num_layers, " layers (num_hidden_layers, or llama.block_count in GGUF): the config ",
+           "does not match the weights");
+    }
+  }
+}
+
 }  // namespace
 
 Model::Model(ModelConfig config, const std::vector<TensorRef>& tensors, std::string source,
@@ -101,6 +130,7 @@ Model::Model(ModelConfig config, const std::vector<TensorRef>& tensors, std::str
   config_.Validate(source_);
   const ModelConfig& c = config_;
   const TensorTable table(tensors_, source_);
+  CheckNoExtraLayers(tensors_, c.num_layers);
   layers_.resize(static_cast<size_t>(c.num_layers));
   for (const TensorSpec& spec : ModelTensors(c)) {
     const std::string& name = spec.name;

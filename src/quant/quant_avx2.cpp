@@ -831,8 +831,10 @@ STARLING_AVX2 float DotQ6_KQ8_K_Avx2(const void* w, const void* a, int64_t n) {
     __m256i acc = _mm256_setzero_si256();
     for (int h = 0; h < 2; ++h) {
       // Scales 8h .. 8h + 7 in both 128-bit lanes.
-      const __m256i half_scales =
-          _mm256_permute2x128_si256(scales16, scales16, h == 0 ? 0x00 : 0x11);
+      // (The selector must be an immediate: a conditional operand is one only once the loop
+      // is unrolled, which ASan builds do not do.)
+      const __m256i half_scales = h == 0 ? _mm256_permute2x128_si256(scales16, scales16, 0x00)
+                                         : _mm256_permute2x128_si256(scales16, scales16, 0x11);
       const auto* ql = reinterpret_cast<const __m256i*>(b.ql + 64 * h);
       const __m256i ql0 = _mm256_loadu_si256(ql);
       const __m256i ql1 = _mm256_loadu_si256(ql + 1);

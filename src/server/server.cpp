@@ -453,7 +453,9 @@ class Server {
                              Concat(req.path, " takes ", methods, ", not ", req.method)));
     }
     if (!options_.api_key.empty() && ProtectedPath(req.path)) {
-      const auto token = BearerToken(req.get_header_value("Authorization"));
+      // The token is a view into the header: keep the header (httplib returns a copy) alive.
+      const std::string authorization = req.get_header_value("Authorization");
+      const auto token = BearerToken(authorization);
       if (!token || !SameSecret(*token, options_.api_key)) {
         return refuse(ApiError(401, "authentication_error",
                                "missing or wrong API key (send 'Authorization: Bearer KEY')", "",

@@ -420,7 +420,7 @@ std::vector<int32_t> Tokenizer::Encode(std::string_view text, const EncodeOption
   ids.reserve(text.size() / 3 + 2);
   if (options.add_bos && bos_id_ >= 0) ids.push_back(bos_id_);
   if (!options.parse_special || added_.empty()) {
-    EncodeText(text, &ids);
+    Encode(text, add_dummy_prefix_ && !options.continuation, &ids);
     return ids;
   }
   std::vector<std::string_view> chunks;
@@ -433,12 +433,56 @@ std::vector<int32_t> Tokenizer::Encode(std::string_view text, const EncodeOption
     if (chunk_token[i] >= 0) {
       ids.push_back(chunk_token[i]);
     } else if (i == 0) {
-      EncodeText(chunks[i], &ids);
+      Encode(chunks[i], add_dummy_prefix_ && !options.continuation, &ids);
     } else {
       EncodeTextAfterAddedToken(chunks[i], &ids);
     }
   }
   return ids;
+}
+
+size_t Tokenizer::StreamCut(std::string_view text, bool parse_special, size_t min_cut) const {
+  // Encoding is word by word (split_words_) and normalization is per character unless extra
+  // whitespace is removed; a user-defined piece with a space in it could span any cut.
+  if (!split_words_ || remove_extra_whitespaces_) return 0;
+  for (const std::string_view symbol : user_defined_) {
+    if (symbol.find(' ') != std::string_view::npos ||
+        symbol.find(kSpaceSymbol) != std::string_view::npos) {
+      return 0;
+    }
+  }
+  // An occurrence [s, s + n) of `content` touches p when s < p <= s + n: it spans p or ends
+  // there (text right after an added token is encoded with its own prefix rule).
+  auto touches = [&](std::string_view content, size_t p) {
+    const size_t n = content.size();
+    if (n == 0) return false;
+    const size_t from = p > n ? p - n : 0;
+    const size_t to = std::min(text.size(), p + n - 1);
+    const size_t at = text.substr(from, to - from).find(content);
+    return at != std::string_view::npos && from + at < p;
+  };
+  // A cut needs the text after it as far as the longest token reaches: an occurrence that
+  // spans p may not have been read in full yet.
+  size_t reach = 1;
+  for (const AddedToken& token : added_) reach = std::max(reach, token.content.size());
+  for (const std::string_view symbol : user_defined_) reach = std::max(reach, symbol.size());
+  if (text.size() < reach) return 0;
+  for (size_t p = text.size() - reach + 1; p-- > std::max<size_t>(min_cut, 1);) {
+    // A word starts at a U+2581 (a space) that does not follow another one (literal or not);
+    // and the text before the cut must not end in whitespace, which an lstrip token after
+    // the cut (or an rstrip one before it) would strip along with the space.
+    if (text[p] != ' ' || EndsWith(text.substr(0, p), kSpaceSymbol) ||
+        StripTrailingSpace(text.substr(0, p)).size() != p) {
+      continue;
+    }
+    bool clear = true;
+    if (parse_special) {
+      for (const AddedToken& token : added_) clear = clear && !touches(token.content, p);
+    }
+    for (const std::string_view symbol : user_defined_) clear = clear && !touches(symbol, p);
+    if (clear) return p;
+  }
+  return 0;
 }
 
 std::string Tokenizer::Decode(std::span<const int32_t> ids, bool skip_special) const {

@@ -34,6 +34,9 @@ struct EncodeOptions {
   // true: split on added tokens as Hugging Face does; false: all text is plain text, so a
   // user who types "<|end_of_turn|>" gets the ids of those characters.
   bool parse_special = true;
+  // The text continues the text of an earlier call, cut where StreamCut said: its first run
+  // gets no dummy prefix, so the pieces' ids add up to the ids of the whole.
+  bool continuation = false;
 };
 
 class Tokenizer {
@@ -46,6 +49,15 @@ class Tokenizer {
   Tokenizer& operator=(const Tokenizer&) = delete;
 
   std::vector<int32_t> Encode(std::string_view text, const EncodeOptions& options = {}) const;
+  // Where a long text may be cut so that it can be encoded in pieces (the first as usual, the
+  // rest with `continuation`) with exactly the ids of the whole: the largest p in
+  // [min_cut, text.size()) such that text[p] is a space after neither whitespace nor a U+2581
+  // (SentencePiece's space symbol, which a literal one in the text also is), no added token
+  // (with parse_special) or user-defined piece touches p, and text goes on past p for as long
+  // as the longest of those (whatever follows `text` cannot change the verdict); 0 when there
+  // is none, or when this vocabulary cannot be encoded word by word. Lets `tokenize -f` stream
+  // a file of any size.
+  size_t StreamCut(std::string_view text, bool parse_special, size_t min_cut = 1) const;
 
   // Exactly SentencePiece's Encode of one piece of text: normalization (dummy prefix,
   // whitespace escaping, U+FFFD for each malformed byte), BPE merges by score, byte

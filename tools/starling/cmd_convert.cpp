@@ -12,9 +12,11 @@
 #include "core/file.h"
 #include "formats/gguf.h"
 #include "formats/safetensors.h"
+#include "generate/loaded_model.h"
 #include "model/gguf_export.h"
 #include "model/hf_config.h"
 #include "tokenizer/gguf_export.h"
+#include "tokenizer/load.h"
 
 namespace starling::cli {
 namespace {
@@ -97,20 +99,35 @@ void WriteHuggingFaceDirectory(const ModelConfig& c, const std::vector<ExportTen
                                                       : preset == QuantPreset::kF16 ? "float16"
                                                                                     : "float32");
   WriteFileAtomically(f.out + "/config.json", [&](const ByteSink& sink) { sink(config); });
+  auto copy = [&](const std::string& from, const char* name) {
+    std::filesystem::copy_file(from, f.out + "/" + name,
+                               std::filesystem::copy_options::overwrite_existing);
+  };
+  if (!IsDirectory(f.vocab)) {  // a bare tokenizer.model (RunMakeModel refused a GGUF)
+    copy(f.vocab, "tokenizer.model");
+    return;
+  }
   for (const char* name : {"tokenizer.model", "added_tokens.json", "special_tokens_map.json",
                            "tokenizer_config.json"}) {
     const std::string from = f.vocab + "/" + name;
-    if (FileExists(from)) {
-      std::filesystem::copy_file(from, f.out + "/" + name,
-                                 std::filesystem::copy_options::overwrite_existing);
-    }
+    if (FileExists(from)) copy(from, name);
   }
 }
 
 void RunMakeModel(const MakeModelFlags& f) {
   ModelConfig c = f.config.empty() ? Preset(f.preset)
                                    : ParseHuggingFaceConfig(ReadFile(f.config), "", f.config);
-  c.Validate(f.config.empty() ? "preset " + f.preset : f.config);
+  const std::string config_source = f.config.empty() ? "preset " + f.preset : f.config;
+  c.Validate(config_source);
+  // What starling would refuse to load is refused here, before anything is written: a
+  // tokenizer with more tokens than the model has rows.
+  const Tokenizer tokenizer = LoadTokenizer(f.vocab);
+  CheckTokenizerFitsModel(tokenizer, c,
+                          Concat("make-model: --vocab ", f.vocab, " with ", config_source));
+  if (f.format == "hf" && !IsDirectory(f.vocab) && ReadFilePrefix(f.vocab, 4) == "GGUF") {
+    Fail("make-model: --format hf needs --vocab as a Hugging Face directory or a tokenizer.model, ",
+         "not a GGUF file (", f.vocab, ")");
+  }
   const QuantPreset preset = QuantPresetFromName(f.type);
   const std::vector<ExportTensor> tensors = RandomTensors(c, f.seed);
   if (f.format == "hf") {

@@ -2,6 +2,7 @@
 #include <cstdio>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -44,29 +45,117 @@ void WriteStdout(std::string_view text) {
   }
 }
 
-void PrintTokens(const Tokenizer& tokenizer, const std::vector<int32_t>& ids, bool json,
-                 bool ids_only, const std::string* rendered) {
-  if (json) {
-    nlohmann::json out;
-    out["ids"] = ids;
-    std::vector<std::string> pieces;
-    for (const int32_t id : ids) pieces.push_back(tokenizer.Piece(id));
-    out["pieces"] = pieces;
-    if (rendered != nullptr) out["text"] = *rendered;
-    WriteStdout(out.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n");
-    return;
-  }
-  std::string text;
-  if (rendered != nullptr) text += *rendered + "\n";
-  if (ids_only) {
-    for (size_t i = 0; i < ids.size(); ++i) text += (i ? " " : "") + std::to_string(ids[i]);
-    text += "\n";
-  } else {
-    for (const int32_t id : ids) {
-      text += std::to_string(id) + "\t" + Escape(tokenizer.Piece(id)) + "\n";
+// Prints ids as they come, in one of three formats; what `tokenize` prints is the same whether
+// the ids come at once or in pieces. JSON keeps the ids (4 bytes a token) to write the pieces
+// after them; the other formats keep nothing but a buffer.
+class TokenPrinter {
+ public:
+  TokenPrinter(const Tokenizer& tokenizer, bool json, bool ids_only)
+      : tokenizer_(tokenizer), json_(json), ids_only_(ids_only) {}
+
+  // A rendered conversation: printed first as text, or last as JSON's "text".
+  void SetRendered(const std::string& text) {
+    if (json_) {
+      rendered_json_ = Json(text);
+    } else {
+      Write(text + "\n");
     }
   }
-  WriteStdout(text);
+
+  void Add(std::span<const int32_t> ids) {
+    if (json_) {
+      json_ids_.insert(json_ids_.end(), ids.begin(), ids.end());
+      return;
+    }
+    for (const int32_t id : ids) {
+      if (ids_only_) {
+        if (count_++ > 0) buffer_ += ' ';
+        buffer_ += std::to_string(id);
+      } else {
+        buffer_ += std::to_string(id) + "\t" + Escape(tokenizer_.Piece(id)) + "\n";
+      }
+      if (buffer_.size() >= kFlushBytes) Flush();
+    }
+  }
+
+  // {"ids":[...],"pieces":[...]} as nlohmann's compact dump writes it (keys sorted).
+  void Finish() {
+    if (json_) {
+      buffer_ += "{\"ids\":[";
+      for (size_t k = 0; k < json_ids_.size(); ++k) {
+        if (k > 0) buffer_ += ',';
+        buffer_ += std::to_string(json_ids_[k]);
+        if (buffer_.size() >= kFlushBytes) Flush();
+      }
+      buffer_ += "],\"pieces\":[";
+      for (size_t k = 0; k < json_ids_.size(); ++k) {
+        if (k > 0) buffer_ += ',';
+        buffer_ += Json(tokenizer_.Piece(json_ids_[k]));
+        if (buffer_.size() >= kFlushBytes) Flush();
+      }
+      buffer_ += "]";
+      if (!rendered_json_.empty()) buffer_ += ",\"text\":" + rendered_json_;
+      buffer_ += "}\n";
+    } else if (ids_only_) {
+      buffer_ += "\n";
+    }
+    Flush();
+  }
+
+ private:
+  static constexpr size_t kFlushBytes = 1 << 16;
+
+  static std::string Json(const std::string& text) {
+    return nlohmann::json(text).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  }
+  void Write(std::string_view text) {
+    buffer_ += text;
+    Flush();
+  }
+  void Flush() {
+    WriteStdout(buffer_);
+    buffer_.clear();
+  }
+
+  const Tokenizer& tokenizer_;
+  bool json_, ids_only_;
+  size_t count_ = 0;
+  std::string buffer_;
+  std::vector<int32_t> json_ids_;
+  std::string rendered_json_;
+};
+
+// Encodes a file ("-": stdin) a block at a time, cut where Tokenizer::StreamCut allows, so
+// that memory is bounded by the block size (plus the longest stretch with no place to cut)
+// and the output, not by the file: the ids are exactly those of encoding the whole at once.
+void EncodeFileInPieces(const Tokenizer& tokenizer, const std::string& path,
+                        const EncodeOptions& options, TokenPrinter& printer) {
+  constexpr size_t kPieceBytes = 1 << 20;
+  std::string pending;
+  size_t searched = 0;  // candidates below this were refused by an earlier StreamCut
+  bool first = true;
+  auto encode = [&](std::string_view text) {
+    EncodeOptions o = options;
+    o.add_bos = options.add_bos && first;
+    o.continuation = !first;
+    printer.Add(tokenizer.Encode(text, o));
+    first = false;
+  };
+  ReadFileInBlocks(path, kPieceBytes, [&](std::string_view block) {
+    pending.append(block);
+    if (pending.size() < kPieceBytes) return;
+    // Candidates near the old end are looked at again: text read since may change them.
+    const size_t cut = tokenizer.StreamCut(pending, options.parse_special,
+                                           searched > kPieceBytes ? searched - kPieceBytes : 1);
+    if (cut == 0) {
+      searched = pending.size();
+      return;
+    }
+    encode(std::string_view(pending).substr(0, cut));
+    pending.erase(0, cut);
+    searched = 0;
+  });
+  if (!pending.empty() || first) encode(pending);
 }
 
 struct TokenizeOptions {
@@ -85,6 +174,7 @@ struct TokenizeOptions {
 
 void RunTokenize(const TokenizeOptions& o) {
   const Tokenizer tokenizer = LoadTokenizer(o.tokenizer_path);
+  TokenPrinter printer(tokenizer, o.json, o.ids_only);
   if (!o.messages_file.empty() || !o.template_name.empty()) {
     if (o.messages_file.empty() || o.template_name.empty()) {
       Fail("--template and --messages go together");
@@ -94,15 +184,20 @@ void RunTokenize(const TokenizeOptions& o) {
     const std::string json = o.messages_file == "-" ? ReadStdin() : ReadFile(o.messages_file);
     const std::vector<ChatMessage> messages = ParseChatMessages(json, o.messages_file);
     const RenderedChat chat = chat_template.Render(tokenizer, messages, o.generation_prompt);
-    PrintTokens(tokenizer, chat.ids, o.json, o.ids_only, o.render || o.json ? &chat.text : nullptr);
+    if (o.render || o.json) printer.SetRendered(chat.text);
+    printer.Add(chat.ids);
+    printer.Finish();
     return;
   }
   if (!o.text.empty() && !o.file.empty()) Fail("give either TEXT or -f FILE, not both");
-  std::string text = o.text;
-  if (!o.file.empty()) text = o.file == "-" ? ReadStdin() : ReadFile(o.file);
-  const std::vector<int32_t> ids = tokenizer.Encode(
-      text, {.add_bos = tokenizer.add_bos_token() && !o.no_bos, .parse_special = !o.plain});
-  PrintTokens(tokenizer, ids, o.json, o.ids_only, nullptr);
+  const EncodeOptions options{.add_bos = tokenizer.add_bos_token() && !o.no_bos,
+                              .parse_special = !o.plain};
+  if (o.file.empty()) {
+    printer.Add(tokenizer.Encode(o.text, options));
+  } else {
+    EncodeFileInPieces(tokenizer, o.file, options, printer);
+  }
+  printer.Finish();
 }
 
 }  // namespace
