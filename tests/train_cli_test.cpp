@@ -21,24 +21,14 @@
 #include "formats/safetensors.h"
 #include "run_starling.h"
 #include "test_dir.h"
+#include "train_log.h"
 
 namespace {
 
+using starling::testing::ReadLog;
+
 const std::string kStories = std::string(STARLING_MODELS_DIR) + "/stories260K.gguf";
 const std::string kData = std::string(STARLING_TEST_DATA_DIR) + "/tiny-mistral/reference/text.txt";
-
-// The log's lines: one per step, each with at least step, loss, lr, grad_norm, tokens_per_s.
-std::vector<nlohmann::json> ReadLog(const std::string& path) {
-  std::ifstream f(path);
-  std::vector<nlohmann::json> lines;
-  for (std::string line; std::getline(f, line);) {
-    lines.push_back(nlohmann::json::parse(line));
-    for (const char* key : {"step", "loss", "lr", "grad_norm", "tokens_per_s"}) {
-      EXPECT_TRUE(lines.back().contains(key)) << path << ": " << key << " in " << line;
-    }
-  }
-  return lines;
-}
 
 const std::string kChat = std::string(STARLING_TEST_DATA_DIR) + "/train/chat";
 

@@ -15,8 +15,17 @@
 #include "formats/safetensors.h"
 #include "run_starling.h"
 #include "test_dir.h"
+#include "train_log.h"
 
 namespace {
+
+std::vector<nlohmann::json> ReadLogOf(const std::string& path) {
+  return starling::testing::ReadLog(path, {"step", "loss", "grad_norm", "chosen_reward",
+                                           "rejected_reward", "reward_margin", "reward_accuracy"});
+}
+
+using starling::testing::ReadF64;
+using starling::testing::ReplaceAll;
 
 const std::string kRoot = std::string(STARLING_TEST_DATA_DIR) + "/../..";
 
@@ -39,39 +48,6 @@ constexpr double kMarginTolerance = 5e-4;    // absolute: reward_margin
 // reward_accuracy is compared exactly from step 2 on: every pair's margin there is at least
 // 0.094 away from a tie. At step 1 policy = reference, every margin is 0 and the fraction with
 // chosen > rejected depends on rounding.
-
-std::vector<nlohmann::json> ReadLog(const std::string& path) {
-  std::ifstream f(path);
-  std::vector<nlohmann::json> lines;
-  for (std::string line; std::getline(f, line);) {
-    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-    lines.push_back(nlohmann::json::parse(line));
-    for (const char* key : {"step", "loss", "grad_norm", "chosen_reward", "rejected_reward",
-                            "reward_margin", "reward_accuracy"}) {
-      EXPECT_TRUE(lines.back().contains(key)) << path << ": " << key << " in " << line;
-    }
-  }
-  return lines;
-}
-
-std::vector<double> ReadF64(const starling::SafetensorsFile& f, const std::string& name) {
-  const starling::SafetensorsTensor* t = f.Find(name);
-  EXPECT_NE(t, nullptr) << f.source() << ": no " << name;
-  if (t == nullptr) return {};
-  EXPECT_EQ(t->dtype, starling::DType::kF64) << name;
-  const std::string_view bytes = f.Data(*t);
-  std::vector<double> out(bytes.size() / sizeof(double));
-  std::memcpy(out.data(), bytes.data(), out.size() * sizeof(double));
-  return out;
-}
-
-// Replaces every occurrence of `from` in `s` by `to`.
-std::string ReplaceAll(std::string s, const std::string& from, const std::string& to) {
-  for (size_t at = s.find(from); at != std::string::npos; at = s.find(from, at + to.size())) {
-    s.replace(at, from.size(), to);
-  }
-  return s;
-}
 
 double Get(const nlohmann::json& line, const char* key) {
   return line.contains(key) ? line[key].get<double>() : NAN;
@@ -107,7 +83,7 @@ TEST(TrainDpoFixture, FiveStepsMatchThePyTorchReference) {
   // At step 1 the policy is the reference: every pair's z is 0 and the loss ln 2.
   EXPECT_EQ(losses[0], std::log(2.0));
 
-  const std::vector<nlohmann::json> lines = ReadLog(log);
+  const std::vector<nlohmann::json> lines = ReadLogOf(log);
   ASSERT_EQ(lines.size(), 5u) << "one log line per step";
   for (size_t k = 0; k < 5; ++k) {
     const nlohmann::json& l = lines[k];

@@ -17,20 +17,18 @@
 #include "formats/safetensors.h"
 #include "run_starling.h"
 #include "test_dir.h"
+#include "train_log.h"
 
 namespace {
+
+std::vector<nlohmann::json> ReadLog(const std::string& path) {
+  return starling::testing::ReadLog(path, {"step", "loss"});
+}
 
 const std::string kData = STARLING_TEST_DATA_DIR;
 const std::string kRm = kData + "/tiny-rm/rm-a";
 const std::string kNectar = kData + "/nectar/sample.jsonl";  // 3 records, K = 3, 3, 2
 const std::string kStories = std::string(STARLING_MODELS_DIR) + "/stories260K.gguf";
-
-std::vector<nlohmann::json> ReadLog(const std::string& path) {
-  std::ifstream f(path);
-  std::vector<nlohmann::json> lines;
-  for (std::string line; std::getline(f, line);) lines.push_back(nlohmann::json::parse(line));
-  return lines;
-}
 
 std::string Train(const std::string& out, const std::string& extra) {
   return "train rm -m " + kRm + " --data " + kNectar + " --out " + out + " --log " + out +

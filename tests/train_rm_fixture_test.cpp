@@ -13,8 +13,16 @@
 #include "formats/safetensors.h"
 #include "run_starling.h"
 #include "test_dir.h"
+#include "train_log.h"
 
 namespace {
+
+std::vector<nlohmann::json> ReadLogOf(const std::string& path) {
+  return starling::testing::ReadLog(path, {"step", "loss", "grad_norm"});
+}
+
+using starling::testing::ReadF64;
+using starling::testing::ReplaceAll;
 
 const std::string kRoot = std::string(STARLING_TEST_DATA_DIR) + "/../..";
 
@@ -25,38 +33,6 @@ const std::string kRoot = std::string(STARLING_TEST_DATA_DIR) + "/../..";
 // more.
 constexpr double kLossTolerance = 1e-4;      // absolute, every step
 constexpr double kGradNormTolerance = 1e-4;  // relative, every step
-
-std::vector<nlohmann::json> ReadLog(const std::string& path) {
-  std::ifstream f(path);
-  std::vector<nlohmann::json> lines;
-  for (std::string line; std::getline(f, line);) {
-    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-    lines.push_back(nlohmann::json::parse(line));
-    for (const char* key : {"step", "loss", "grad_norm"}) {
-      EXPECT_TRUE(lines.back().contains(key)) << path << ": " << key << " in " << line;
-    }
-  }
-  return lines;
-}
-
-std::vector<double> ReadF64(const starling::SafetensorsFile& f, const std::string& name) {
-  const starling::SafetensorsTensor* t = f.Find(name);
-  EXPECT_NE(t, nullptr) << f.source() << ": no " << name;
-  if (t == nullptr) return {};
-  EXPECT_EQ(t->dtype, starling::DType::kF64) << name;
-  const std::string_view bytes = f.Data(*t);
-  std::vector<double> out(bytes.size() / sizeof(double));
-  std::memcpy(out.data(), bytes.data(), out.size() * sizeof(double));
-  return out;
-}
-
-// Replaces every occurrence of `from` in `s` by `to`.
-std::string ReplaceAll(std::string s, const std::string& from, const std::string& to) {
-  for (size_t at = s.find(from); at != std::string::npos; at = s.find(from, at + to.size())) {
-    s.replace(at, from.size(), to);
-  }
-  return s;
-}
 
 void ExpectRunMatchesFixture(const std::string& loss, const std::string& expected_command) {
   const starling::SafetensorsFile f = starling::SafetensorsFile::Open(
@@ -80,7 +56,7 @@ void ExpectRunMatchesFixture(const std::string& loss, const std::string& expecte
   const std::vector<double> norms = ReadF64(f, "adamw.grad_norms");
   ASSERT_EQ(losses.size(), 5u);
   ASSERT_EQ(norms.size(), 5u);
-  const std::vector<nlohmann::json> lines = ReadLog(log);
+  const std::vector<nlohmann::json> lines = ReadLogOf(log);
   ASSERT_EQ(lines.size(), 5u) << "one log line per step";
   for (size_t k = 0; k < 5; ++k) {
     EXPECT_EQ(lines[k]["step"], k + 1);

@@ -173,7 +173,8 @@ void RegisterBench(CLI::App& app) {
       app.add_subcommand("bench",
                          "Prompt-processing and generation speed, and generation's share of the "
                          "measured memory bandwidth");
-  cmd->add_option("-m,--model", f->model, "a Hugging Face directory, a GGUF file or a cached ORG/NAME");
+  cmd->add_option("-m,--model", f->model,
+                  "a Hugging Face directory, a GGUF file or a cached ORG/NAME");
   cmd->add_option("-p,--n-prompt", f->prompt, "prompt tokens (pp test)")->capture_default_str();
   cmd->add_option("-n,--n-gen", f->generate, "generated tokens (tg test)")->capture_default_str();
   cmd->add_option("-t,--threads", f->threads, "threads (default: one per core)");
