@@ -13,7 +13,7 @@ namespace starling {
 
 struct DpoOptions {
   TrainerOptions common;
-  std::string chat_template;  // the policy's
+  std::string chat_template = "openchat";  // the policy's
   std::string eval_data;
   double beta = 0.1;
   std::string pairs = "best";  // from a ranking: best (rank 1 vs each other) | all

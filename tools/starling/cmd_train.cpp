@@ -321,7 +321,9 @@ void RegisterTrain(CLI::App& app) {
       "From a ranking, --pairs best takes (rank 1, each worse answer), all every ranked pair. "
       "--no-shuffle: step k takes pairs (k*B + j) mod N in file order.");
   dp->add_option("--data", dpo->common.data, "pairs or rankings, JSON Lines")->required();
-  dp->add_option("--template", dpo->chat_template, "the policy's chat template")->required();
+  dp->add_option("--template", dpo->chat_template,
+                 "the policy's chat template (default openchat: OpenChat 3.5 and Starling-LM)")
+      ->capture_default_str();
   dp->add_option("--beta", dpo->beta, "DPO's beta (the KL penalty's inverse temperature)")
       ->capture_default_str();
   dp->add_option("--pairs", dpo->pairs, "pairs from a ranking: best or all")
