@@ -25,7 +25,6 @@ std::vector<nlohmann::json> ReadLogOf(const std::string& path) {
 }
 
 using starling::testing::ReadF64;
-using starling::testing::ReplaceAll;
 
 const std::string kRoot = std::string(STARLING_TEST_DATA_DIR) + "/../..";
 
@@ -64,10 +63,8 @@ TEST(TrainDpoFixture, FiveStepsMatchThePyTorchReference) {
   starling::testing::TempDir dir("dporef");
   const std::string log = dir.path() + "/log.jsonl";
   // From the repository root in the fixture; here with absolute paths.
-  std::string args = command->second.substr(std::string("starling ").size());
-  args = ReplaceAll(args, " tests/data/", " " + kRoot + "/tests/data/");
-  args = ReplaceAll(args, "--out DIR", "--out " + dir.path() + "/out");
-  args = ReplaceAll(args, "--log LOG", "--log " + log);
+  const std::string args =
+      starling::testing::FixtureCommandArgs(command->second, kRoot, dir.path() + "/out", log);
   const RunStarlingResult r = RunStarling(args);
   ASSERT_EQ(r.exit_code, 0) << args << "\n" << r.err;
 

@@ -50,4 +50,14 @@ inline std::string ReplaceAll(std::string s, const std::string& from, const std:
   return s;
 }
 
+// A fixture's command ("starling train ... tests/data/... --out DIR --log LOG", written from the
+// repository root) as arguments for RunStarling: data paths under `root`, DIR and LOG replaced.
+inline std::string FixtureCommandArgs(const std::string& command, const std::string& root,
+                                      const std::string& out, const std::string& log) {
+  std::string args = command.substr(std::string("starling ").size());
+  args = ReplaceAll(args, " tests/data/", " " + root + "/tests/data/");
+  args = ReplaceAll(args, "--out DIR", "--out " + out);
+  return ReplaceAll(args, "--log LOG", "--log " + log);
+}
+
 }  // namespace starling::testing
