@@ -219,14 +219,21 @@ void FeedForwardBlock(const Model& m, int32_t layer, int64_t n, ForwardScratch& 
 
 void RunDecoder(const Model& m, std::span<const int32_t> tokens, std::span<const int64_t> positions,
                 KeyValueSource& kv, ForwardScratch& s, ForwardRecord* record) {
-  const ModelConfig& c = m.config();
   const auto n = static_cast<int64_t>(tokens.size());
+  s.Ensure(m.config(), n, kv.max_span());
+  EmbedRows(m, tokens, s.x.data());
+  RunBlocks(m, 0, n, positions, kv, s, record);
+}
+
+void RunBlocks(const Model& m, int32_t first_layer, int64_t n, std::span<const int64_t> positions,
+               KeyValueSource& kv, ForwardScratch& s, ForwardRecord* record) {
+  const ModelConfig& c = m.config();
+  if (first_layer < 0 || first_layer > c.num_layers) Fail("RunBlocks: no layer ", first_layer);
   s.Ensure(c, n, kv.max_span());
   s.training = record != nullptr;
   float* x = s.x.data();  // [N, D], the residual stream
-  EmbedRows(m, tokens, x);
   if (record) record->blocks.resize(static_cast<size_t>(c.num_layers));
-  for (int32_t l = 0; l < c.num_layers; ++l) {
+  for (int32_t l = first_layer; l < c.num_layers; ++l) {
     BlockActivations* save = nullptr;
     if (record && l >= record->first_saved) {
       if (record->recompute) {

@@ -129,6 +129,13 @@ void FeedForwardBlock(const Model& m, int32_t layer, int64_t n, ForwardScratch& 
 void RunDecoder(const Model& m, std::span<const int32_t> tokens, std::span<const int64_t> positions,
                 KeyValueSource& kv, ForwardScratch& s, ForwardRecord* record);
 
+// The blocks from `first_layer` up over s.x [N, D], which holds that block's input (RunDecoder
+// after EmbedRows is RunBlocks from 0). A policy and its reference that share their lower
+// blocks (trlx's "hydra") run those once: the reference continues from the policy's saved input
+// of its first own block. `record` as RunDecoder's (its first_saved >= first_layer).
+void RunBlocks(const Model& m, int32_t first_layer, int64_t n, std::span<const int64_t> positions,
+               KeyValueSource& kv, ForwardScratch& s, ForwardRecord* record);
+
 // out[rows, D] = the final norm of x[rows, D] (the heads' input); returns nothing, saves the
 // rstd into rstd[rows] when not null.
 void FinalNorm(const Model& m, const float* x, int64_t rows, float* out, float* rstd);

@@ -20,6 +20,8 @@ std::string ShapeString(const std::vector<int64_t>& shape) {
   return out + "]";
 }
 
+}  // namespace
+
 class TensorTable {
  public:
   TensorTable(const std::vector<TensorRef>& tensors, const std::string& source) : source_(source) {
@@ -90,6 +92,8 @@ class TensorTable {
   std::map<std::string, const TensorRef*> by_name_;
 };
 
+namespace {
+
 // The decoder block a tensor name belongs to ("model.layers.N." or, for a GGUF name with no
 // canonical form, "blk.N."), or -1.
 int64_t LayerOfName(std::string_view name) {
@@ -132,28 +136,7 @@ Model::Model(ModelConfig config, const std::vector<TensorRef>& tensors, std::str
   const TensorTable table(tensors_, source_);
   CheckNoExtraLayers(tensors_, c.num_layers);
   layers_.resize(static_cast<size_t>(c.num_layers));
-  for (const TensorSpec& spec : ModelTensors(c)) {
-    const std::string& name = spec.name;
-    LayerWeights* layer = spec.layer >= 0 ? &layers_[spec.layer] : nullptr;
-    auto matrix = [&] { return table.Matrix(name, spec.shape[0], spec.shape[1], relaid_); };
-    auto vector = [&] { return table.Vector(name, spec.shape[0], vectors_); };
-    switch (spec.role) {
-      case TensorRole::kEmbedding: embedding_ = matrix(); break;
-      case TensorRole::kAttnNorm: layer->attn_norm = vector(); break;
-      case TensorRole::kWq: layer->wq = matrix(); break;
-      case TensorRole::kWk: layer->wk = matrix(); break;
-      case TensorRole::kWv: layer->wv = matrix(); break;
-      case TensorRole::kWo: layer->wo = matrix(); break;
-      case TensorRole::kFfnNorm: layer->ffn_norm = vector(); break;
-      case TensorRole::kGate: layer->w_gate = matrix(); break;
-      case TensorRole::kUp: layer->w_up = matrix(); break;
-      case TensorRole::kDown: layer->w_down = matrix(); break;
-      case TensorRole::kFinalNorm: final_norm_ = vector(); break;
-      case TensorRole::kLmHead: head_ = matrix(); break;
-      case TensorRole::kScore: head_ = matrix(); break;
-      case TensorRole::kValue: value_head_ = matrix(); break;
-    }
-  }
+  for (const TensorSpec& spec : ModelTensors(c)) Bind(spec, table);
   if (c.head == ModelHead::kLanguageModel && c.tie_word_embeddings) head_ = embedding_;
   for (const TensorRef& t : tensors_) weight_bytes_ += t.size_bytes;
 
@@ -163,6 +146,56 @@ Model::Model(ModelConfig config, const std::vector<TensorRef>& tensors, std::str
     inv_freq_.push_back(
         static_cast<float>(1.0 / std::pow(static_cast<double>(c.rope_theta), exponent)));
   }
+}
+
+void Model::Bind(const TensorSpec& spec, const TensorTable& table) {
+  const std::string& name = spec.name;
+  LayerWeights* layer = spec.layer >= 0 ? &layers_[spec.layer] : nullptr;
+  auto matrix = [&] { return table.Matrix(name, spec.shape[0], spec.shape[1], relaid_); };
+  auto vector = [&] { return table.Vector(name, spec.shape[0], vectors_); };
+  switch (spec.role) {
+    case TensorRole::kEmbedding: embedding_ = matrix(); break;
+    case TensorRole::kAttnNorm: layer->attn_norm = vector(); break;
+    case TensorRole::kWq: layer->wq = matrix(); break;
+    case TensorRole::kWk: layer->wk = matrix(); break;
+    case TensorRole::kWv: layer->wv = matrix(); break;
+    case TensorRole::kWo: layer->wo = matrix(); break;
+    case TensorRole::kFfnNorm: layer->ffn_norm = vector(); break;
+    case TensorRole::kGate: layer->w_gate = matrix(); break;
+    case TensorRole::kUp: layer->w_up = matrix(); break;
+    case TensorRole::kDown: layer->w_down = matrix(); break;
+    case TensorRole::kFinalNorm: final_norm_ = vector(); break;
+    case TensorRole::kLmHead: head_ = matrix(); break;
+    case TensorRole::kScore: head_ = matrix(); break;
+    case TensorRole::kValue: value_head_ = matrix(); break;
+  }
+}
+
+Model Model::WithReplacedTensors(const std::vector<TensorRef>& replacements, std::string source,
+                                 std::shared_ptr<const void> storage) const {
+  Model m = *this;
+  m.source_ = std::move(source);
+  m.storage_ =
+      std::make_shared<std::pair<std::shared_ptr<const void>, std::shared_ptr<const void>>>(
+          storage_, std::move(storage));
+  for (const TensorRef& r : replacements) {
+    auto it = std::find_if(m.tensors_.begin(), m.tensors_.end(),
+                           [&](const TensorRef& t) { return t.name == r.name; });
+    if (it == m.tensors_.end()) Fail(source_, ": no tensor '", r.name, "' to replace");
+    *it = r;
+  }
+  const TensorTable table(m.tensors_, m.source_);
+  for (const TensorSpec& spec : ModelTensors(m.config_)) {
+    for (const TensorRef& r : replacements) {
+      if (r.name == spec.name) m.Bind(spec, table);
+    }
+  }
+  if (m.config_.head == ModelHead::kLanguageModel && m.config_.tie_word_embeddings) {
+    m.head_ = m.embedding_;
+  }
+  m.weight_bytes_ = 0;
+  for (const TensorRef& t : m.tensors_) m.weight_bytes_ += t.size_bytes;
+  return m;
 }
 
 Session::Session(const Model& model, int32_t context_length, DType kv_type)

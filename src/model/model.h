@@ -15,6 +15,9 @@
 
 namespace starling {
 
+class TensorTable;  // model.cpp: tensors by name, checked as they are bound
+struct TensorSpec;
+
 // A tensor as a file stores it, before it is bound to a role in the model.
 struct TensorRef {
   std::string name;  // canonical (Hugging Face) name
@@ -69,6 +72,13 @@ class Model {
   // What keeps the tensors' bytes alive (file mappings, a trainer's parameters).
   const std::shared_ptr<const void>& storage() const { return storage_; }
 
+  // A copy of this model with `replacements` (canonical names, shapes as the config implies)
+  // bound in place of its tensors of those names; every other weight is this model's, shared,
+  // not copied or relaid again (e.g. a reference policy: its own copies of the trained tensors
+  // over the frozen ones). `storage` keeps the replacements' bytes alive.
+  Model WithReplacedTensors(const std::vector<TensorRef>& replacements, std::string source,
+                            std::shared_ptr<const void> storage) const;
+
  private:
   ModelConfig config_;
   std::string source_;
@@ -85,6 +95,8 @@ class Model {
   // Matrices rearranged at load into the layout MatMul runs fastest (see LoadForMatMul).
   std::vector<std::shared_ptr<const HugePageBuffer>> relaid_;
   uint64_t weight_bytes_ = 0;
+  // Binds the tensor of `spec` from `table` to its role.
+  void Bind(const TensorSpec& spec, const TensorTable& table);
 };
 
 // Activations of a batch of rows (tokens) in flight through the forward pass; grows to the

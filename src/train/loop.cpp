@@ -3,13 +3,13 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <optional>
 
 #include "core/error.h"
@@ -22,21 +22,6 @@ namespace starling {
 namespace {
 
 namespace fs = std::filesystem;
-
-// SIGINT/SIGTERM note a stop request for the duration of the loop (core/signals.h: one
-// thread takes the signals; main() starts it), then the usual effect returns.
-class StopSignals {
- public:
-  StopSignals() {
-    StartSignalThread();  // no-op when main() started it, as the CLI does
-    SetSignalHandler([this](int signal) { signal_.store(signal); });
-  }
-  ~StopSignals() { SetSignalHandler({}); }
-  int signal() const { return signal_.load(); }
-
- private:
-  std::atomic<int> signal_{0};
-};
 
 // "eval 1.2345  acc 0.6100  tau 0.2200": the headline metrics for the progress line (the log
 // has them all).
@@ -82,8 +67,11 @@ int64_t StepOf(const fs::path& dir) {
 // out/checkpoint-STEP: the model, AdamW's moments and trainer_state.json, written into a
 // temporary directory, synced, then renamed into place; older checkpoints beyond the last two
 // are removed.
-void SaveCheckpoint(const TrainModel& m, const TrainLoopOptions& o, int64_t step,
-                    int64_t position) {
+}  // namespace
+
+void SaveCheckpoint(const TrainModel& m, const TrainLoopOptions& o, int64_t step, int64_t position,
+                    const nlohmann::json& extra,
+                    const std::function<void(const std::string&)>& write_files) {
   const fs::path out(o.out);
   fs::create_directories(out);
   const fs::path final_dir = out / ("checkpoint-" + std::to_string(step));
@@ -100,10 +88,12 @@ void SaveCheckpoint(const TrainModel& m, const TrainLoopOptions& o, int64_t step
     moments.AddTensor("v." + p.spec.name, DType::kF32, p.spec.shape, bytes(p.v));
   }
   moments.WriteTo((temp / "optimizer.safetensors").string());
-  const nlohmann::json state = {{"format", "starling-trainer-state-1"},
-                                {"step", step},
-                                {"position", position},
-                                {"run", o.run_config}};
+  if (write_files) write_files(temp.string());
+  nlohmann::json state = {{"format", "starling-trainer-state-1"},
+                          {"step", step},
+                          {"position", position},
+                          {"run", o.run_config}};
+  if (extra.is_object()) state.update(extra);
   const std::string text = state.dump(2) + "\n";
   WriteFileAtomically((temp / "trainer_state.json").string(),
                       [&](const ByteSink& sink) { sink(text); });
@@ -164,7 +154,14 @@ nlohmann::json LoadCheckpoint(TrainModel& m, const std::string& dir,
   return state;
 }
 
-}  // namespace
+StopSignals::StopSignals() {
+  StartSignalThread();  // no-op when main() started it, as the CLI does
+  SetSignalHandler([this](int signal) { signal_.store(signal); });
+}
+
+StopSignals::~StopSignals() {
+  SetSignalHandler({});
+}
 
 std::string FindCheckpoint(const std::string& dir) {
   if (FileExists(dir + "/trainer_state.json")) return dir;

@@ -3,7 +3,9 @@
 // progress line, and checkpoints that a killed run resumes from bit for bit.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
+#include <functional>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -89,6 +91,18 @@ struct TrainLoopOptions {
   nlohmann::json log_header;
 };
 
+// SIGINT/SIGTERM note a stop request while one lives (core/signals.h: one thread takes the
+// signals; main() starts it), then the usual effect returns: trainers save and stop.
+class StopSignals {
+ public:
+  StopSignals();
+  ~StopSignals();
+  int signal() const { return signal_.load(); }
+
+ private:
+  std::atomic<int> signal_{0};
+};
+
 // Runs the loop from step 0, or from the newest checkpoint of options.resume. A step's loss is
 // the objective's over its micro-batches, normalized by their units. A non-finite loss or
 // gradient stops the run before the update, leaving the last checkpoint as it was.
@@ -97,6 +111,19 @@ void RunTrainLoop(TrainModel& model, TrainObjective& objective, const TrainLoopO
 
 // Mean masked loss, sum(w * CE) / count(w != 0), over `batches` (forward only).
 double EvaluateLoss(TrainStep& step, const std::vector<TokenBatch>& batches);
+
+// out/checkpoint-STEP: the model (SaveHuggingFace), AdamW's moments and trainer_state.json
+// ({"format", "step", "position", "run"} plus `extra`'s keys), and whatever `write_files` writes
+// into the directory it is given, all written into a temporary directory, synced, then renamed
+// into place; checkpoints older than the last two are removed.
+void SaveCheckpoint(const TrainModel& m, const TrainLoopOptions& o, int64_t step, int64_t position,
+                    const nlohmann::json& extra = {},
+                    const std::function<void(const std::string& dir)>& write_files = {});
+
+// Loads checkpoint directory `dir` into `m` (parameters and moments by name) and returns its
+// trainer state, after checking that its "run" agrees with `run_config` key by key.
+nlohmann::json LoadCheckpoint(TrainModel& m, const std::string& dir,
+                              const nlohmann::json& run_config);
 
 // The newest complete checkpoint (checkpoint-STEP with a trainer_state.json) under `dir`, or
 // `dir` itself when it is one; throws when there is none.

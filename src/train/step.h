@@ -79,6 +79,11 @@ class TrainStep {
   double RankingLoss(const RankingBatch& batch, const RankingLossOptions& options,
                      bool backward = true, std::span<float> rewards = {});
 
+  // What the last forward saved (e.g. a block's input for a reference that shares the blocks
+  // below it).
+  const ForwardRecord& record() const { return record_; }
+  TrainModel& model() { return model_; }
+
   // Bytes of the activations the last step saved (plus the backward's working memory).
   uint64_t activation_bytes() const;
 

@@ -18,6 +18,7 @@
 #include "model/hf_config.h"
 #include "train/dpo_train.h"
 #include "train/optimizer.h"
+#include "train/policy_train.h"
 #include "train/pretrain.h"
 #include "train/reward_train.h"
 #include "train/step.h"
@@ -212,7 +213,7 @@ void AddDataOptions(CLI::App* p, std::string* eval_data, const std::string& eval
 }  // namespace
 
 void RegisterTrain(CLI::App& app) {
-  CLI::App* train = app.add_subcommand("train", "Train a model: pretrain, sft, rm, dpo");
+  CLI::App* train = app.add_subcommand("train", "Train a model: pretrain, sft, rm, dpo, apa, ppo");
   train->require_subcommand(1);
 
   auto o = std::make_shared<TrainerOptions>();
@@ -339,6 +340,132 @@ void RegisterTrain(CLI::App& app) {
     dpo->common.shuffle = !*dpo_no_shuffle;
     RunDpo(*dpo);
   });
+
+  // Policy tuning: `train apa` and `train ppo` share every option but the loss's own.
+  auto add_policy = [&](const char* name, PolicyAlgorithm algorithm, const char* description) {
+    auto po = std::make_shared<PolicyOptions>();
+    po->algorithm = algorithm;
+    po->common.ctx = 0;  // the model's positions, at most 2048
+    po->common.loop.steps = 0;
+    po->common.batch = 8;
+    po->common.loop.lr.lr = 2e-7;  // Starling-LM-7B-alpha's AdamW
+    po->common.loop.adam.beta1 = 0.9f;
+    po->common.loop.adam.beta2 = 0.95f;
+    po->common.loop.adam.weight_decay = 1e-6f;
+    auto po_no_shuffle = std::make_shared<bool>(false);
+    auto whiten = std::make_shared<std::string>("auto");
+    auto variant = std::make_shared<std::string>("paper");
+    CLI::App* c = train->add_subcommand(name, description);
+    c->add_option("--prompts", po->prompts,
+                  "prompts, JSON Lines: {\"messages\": [...]} or {\"prompt\": \"...\"}")
+        ->required();
+    c->add_option("--rm", po->rm, "reward model directory, scored in this process");
+    c->add_option("--rm-url", po->rm_url,
+                  "a /v1/rewards server instead (starling serve --rm), e.g. http://127.0.0.1:8080");
+    c->add_option("--rm-api-key", po->rm_api_key, "bearer token for --rm-url");
+    c->add_option("--rm-template", po->rm_template,
+                  "the reward model's chat template (Starling-RM: llama-2)")
+        ->capture_default_str();
+    c->add_option("--rm-tokenizer", po->rm_tokenizer,
+                  "the reward model's tokenizer (default: --rm)");
+    c->add_option("--rm-retries", po->rm_retries,
+                  "retries of a failed or garbled --rm-url request before the run stops")
+        ->capture_default_str();
+    c->add_option("--rm-timeout", po->rm_timeout, "seconds per --rm-url request")
+        ->capture_default_str();
+    c->add_option("--template", po->chat_template,
+                  "the policy's chat template (default openchat: OpenChat 3.5, Starling-LM)");
+    c->add_option("--iterations", po->iterations, "rollout-and-update iterations")
+        ->capture_default_str();
+    c->add_option("--rollouts", po->rollouts, "responses sampled per iteration")
+        ->capture_default_str();
+    c->add_option("--ppo-epochs", po->ppo_epochs, "passes over each iteration's rollouts")
+        ->capture_default_str();
+    c->add_option("--gen-batch", po->gen_batch, "sequences decoded together while sampling")
+        ->capture_default_str();
+    c->add_option("--max-new-tokens", po->max_new_tokens, "longest response")
+        ->capture_default_str();
+    c->add_option("--temperature", po->temperature,
+                  "sampling temperature (anything but 1 warns: the loss scores temperature 1)")
+        ->capture_default_str();
+    c->add_option("--top-k", po->top_k, "top-k sampling (0: off; warns)")->capture_default_str();
+    c->add_option("--top-p", po->top_p, "nucleus sampling (1: off; warns)")->capture_default_str();
+    c->add_option("--stop", po->stop,
+                  "stop string (repeatable; default with openchat: \"GPT4 Correct User:\" and "
+                  "\"GPT4 Correct Assistant:\", as Starling)");
+    c->add_option("--gamma", po->gamma, "GAE discount")->capture_default_str();
+    c->add_option("--lam", po->lam, "GAE lambda")->capture_default_str();
+    c->add_option("--whiten-advantages", *whiten,
+                  "yes, no or auto (auto: yes for PPO and APA paper, no for APA starling)")
+        ->check(CLI::IsMember({"auto", "yes", "no"}))
+        ->capture_default_str();
+    c->add_option("--kl-coef", po->kl_coef,
+                  "per-token KL penalty in the reward (default 0.01; APA paper: 0)");
+    c->add_option("--target-kl", po->target_kl,
+                  "adaptive KL controller's target (0: a fixed --kl-coef)")
+        ->capture_default_str();
+    c->add_option("--kl-horizon", po->kl_horizon, "adaptive KL controller's horizon")
+        ->capture_default_str();
+    c->add_option("--cliprange-value", po->loss.cliprange_value,
+                  "value clip around the rollout's values (0: unclipped)")
+        ->capture_default_str();
+    c->add_option("--vf-coef", po->loss.vf_coef, "the value loss's weight")->capture_default_str();
+    c->add_option("--reward-scale", po->reward_scale,
+                  "none, or running: divide scores by their running standard deviation")
+        ->check(CLI::IsMember({"none", "running"}))
+        ->capture_default_str();
+    c->add_option("--reward-clip", po->reward_clip, "clip scores to [-C, C] (0: off)")
+        ->capture_default_str();
+    c->add_option("--max-kl", po->max_kl,
+                  "stop the run when the mean per-token KL to the reference exceeds this")
+        ->capture_default_str();
+    c->add_option("--sample-every", po->sample_every,
+                  "log a few sampled responses every N iterations (0: never)")
+        ->capture_default_str();
+    c->add_option("--samples", po->samples, "responses logged each time")->capture_default_str();
+    if (algorithm == PolicyAlgorithm::kPpo) {
+      c->add_option("--cliprange", po->loss.cliprange, "PPO's ratio clip")->capture_default_str();
+    } else {
+      c->add_option("--variant", *variant,
+                    "paper (microsoft/RLHF-APA: anchored on the initial policy, adv-coeff, "
+                    "whitened, no KL in the reward) or starling (the Starling trlx fork: anchored "
+                    "on the rollout policy, KL penalty, clipped values)")
+          ->check(CLI::IsMember({"paper", "starling"}))
+          ->capture_default_str();
+      c->add_option("--adv-coeff", po->loss.adv_coeff, "APA paper: 1/lambda")
+          ->capture_default_str();
+    }
+    AddTrainerOptions(c, &po->common, po_no_shuffle.get());
+    c->get_option("--ctx")->description(
+        "prompt + response tokens (default: the model's positions, at most 2048); longer "
+        "prompts are skipped and counted");
+    c->get_option("--batch")->description("rollouts per micro-batch");
+    c->get_option("--save-every")
+        ->description(
+            "write a checkpoint every N iterations (and at the end; SIGINT/SIGTERM save too)");
+    c->get_option("--log")->description(
+        "JSON Lines log: a line per optimizer step (step, loss, policy_loss, value_loss, ...) and "
+        "per iteration (iteration, reward_mean, kl, entropy, response_length, value_loss, ...)");
+    c->callback([po, po_no_shuffle, whiten, variant, algorithm] {
+      po->common.shuffle = !*po_no_shuffle;
+      po->whiten = *whiten == "auto" ? -1 : *whiten == "yes" ? 1 : 0;
+      if (algorithm != PolicyAlgorithm::kPpo) {
+        po->algorithm =
+            *variant == "paper" ? PolicyAlgorithm::kApaPaper : PolicyAlgorithm::kApaStarling;
+      }
+      RunPolicyTraining(*po);
+    });
+  };
+  add_policy("apa", PolicyAlgorithm::kApaPaper,
+             "Advantage-Induced Policy Alignment (Zhu et al. 2023) against a reward model: per "
+             "iteration, sample --rollouts responses with the batched engine, score them (--rm or "
+             "--rm-url), then --ppo-epochs passes in minibatches minimizing, per response token, "
+             "(log pi - A - log pi_anchor)^2 + vf_coef x value loss. Starling-LM-7B-alpha: "
+             "--variant starling --unfreeze-layers 4.");
+  add_policy("ppo", PolicyAlgorithm::kPpo,
+             "PPO against a reward model (trlx's and TRL's: clipped surrogate, clipped value "
+             "loss, per-token KL penalty with a fixed or adaptive coefficient), with the same "
+             "rollout loop as `train apa`.");
 
   auto f = std::make_shared<BenchTrainFlags>();
   CLI::App* b = app.add_subcommand(
