@@ -155,6 +155,30 @@ TEST(ChatTemplate, DisplayStringEncodesToTheSameIdsWhenNoPartBoundaryMatters) {
   }
 }
 
+// "raw" (base models): BOS, each message's text as its own piece (the dummy prefix makes the
+// word boundary), an answer closed by EOS; the generation prompt adds nothing. The ids are the
+// tokenizer's own encodings of the parts, so the whole equals encoding the display text.
+TEST(ChatTemplate, RawJoinsTheTextsAndClosesAnswersWithEos) {
+  const Tokenizer& tok = Llama2Tokenizer();
+  const ChatTemplate& raw = ChatTemplate::ByName("raw");
+  const std::vector<ChatMessage> prompt = {{"user", "Once upon a time"}};
+  const RenderedChat open = raw.Render(tok, prompt, true);
+  std::vector<int32_t> expected = {tok.bos_id()};
+  tok.EncodeText("Once upon a time", &expected);
+  EXPECT_EQ(open.ids, expected);
+  EXPECT_EQ(open.text, "<s> Once upon a time");
+  const std::vector<ChatMessage> answered = {{"user", "Once upon a time"},
+                                             {"assistant", "there was a dog."}};
+  const RenderedChat closed = raw.Render(tok, answered, false);
+  tok.EncodeText("there was a dog.", &expected);
+  const size_t answer_begin = open.ids.size();
+  expected.push_back(tok.eos_id());
+  EXPECT_EQ(closed.ids, expected);
+  for (size_t i = 0; i < closed.ids.size(); ++i) {
+    EXPECT_EQ(closed.assistant[i], i >= answer_begin ? 1 : 0) << i;
+  }
+}
+
 TEST(ChatTemplate, Llama2SystemMessageGoesInsideTheFirstInst) {
   const std::vector<ChatMessage> messages = {{"system", "Be brief."}, {"user", "Hello?"}};
   const RenderedChat r = ChatTemplate::ByName("llama-2").Render(Llama2Tokenizer(), messages, true);
@@ -229,7 +253,7 @@ TEST(ChatTemplate, UnknownNameListsTheKnownOnes) {
     FAIL();
   } catch (const Error& e) {
     EXPECT_STREQ(e.what(),
-                 "unknown chat template 'chatml' (known: openchat, openchat-code, llama-2)");
+                 "unknown chat template 'chatml' (known: openchat, openchat-code, llama-2, raw)");
   }
 }
 

@@ -84,6 +84,7 @@ const std::vector<ChatTemplate>& AllTemplates() {
       ChatTemplate("openchat-code", ChatTemplate::Style::kOpenChat,
                    "Code User:", "Code Assistant:", "<|end_of_turn|>", {}),
       ChatTemplate("llama-2", ChatTemplate::Style::kLlama2, "[INST]", "[/INST]", "</s>", {}),
+      ChatTemplate("raw", ChatTemplate::Style::kRaw, "", "", "</s>", {}),
   };
   return templates;
 }
@@ -150,6 +151,18 @@ RenderedChat ChatTemplate::Render(const Tokenizer& tokenizer, std::span<const Ch
   }
 
   Builder out(tokenizer, name_);
+  if (style_ == Style::kRaw) {
+    // No chat markup, for base models: BOS, then each message's text in turn (each encoded as
+    // its own piece, so the dummy prefix puts a word boundary between them), an assistant
+    // message closed by EOS. The generation prompt adds nothing: the answer continues the text.
+    out.Special(tokenizer.Piece(tokenizer.bos_id()));
+    for (const ChatMessage& m : messages) {
+      const bool assistant = m.role == "assistant";
+      out.Text(m.content, " " + m.content, assistant);
+      if (assistant) out.Special(tokenizer.Piece(tokenizer.eos_id()), true);
+    }
+    return out.Take();
+  }
   if (style_ == Style::kOpenChat) {
     // OpenChat's own tokenization (ochat's ConversationTemplate): BOS, the system text
     // and <|end_of_turn|>, then per turn the role prefix and the content encoded

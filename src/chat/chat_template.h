@@ -52,7 +52,7 @@ class ChatTemplate {
   RenderedChat Render(const Tokenizer& tokenizer, std::span<const ChatMessage> messages,
                       bool add_generation_prompt) const;
 
-  enum class Style { kOpenChat, kLlama2 };
+  enum class Style { kOpenChat, kLlama2, kRaw };
   ChatTemplate(std::string name, Style style, std::string user_prefix, std::string assistant_prefix,
                std::string end_of_turn, std::vector<std::string> jinja);
 

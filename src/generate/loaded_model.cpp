@@ -12,13 +12,13 @@ const ChatTemplate& LoadedModel::ChooseTemplate(std::string_view name) const {
   if (!name.empty()) return ChatTemplate::ByName(name);
   if (chat_template_jinja.empty()) {
     Fail(source, " ships no chat template; choose one with --template (",
-         "openchat, openchat-code, llama-2)");
+         "openchat, openchat-code, llama-2, raw)");
   }
   const ChatTemplate* known = ChatTemplate::FromJinja(chat_template_jinja);
   if (known == nullptr) {
     Fail(source,
          " ships a chat template that is not one of the known templates; choose one "
-         "with --template (openchat, openchat-code, llama-2)");
+         "with --template (openchat, openchat-code, llama-2, raw)");
   }
   return *known;
 }

@@ -987,6 +987,7 @@ void RunPolicyTraining(PolicyOptions p) {
         }
         log << line.dump() << "\n" << std::flush;
       }
+      if (step < total_steps && loop.save_every > 0 && step % loop.save_every == 0) save(step);
       if (signals.signal() != 0) {
         save(step);
         std::fprintf(stderr, "\nsignal %d: saved %s/checkpoint-%lld; resume with --resume %s\n",
@@ -1031,8 +1032,6 @@ void RunPolicyTraining(PolicyOptions p) {
           iteration_line.value("entropy", NAN), iteration_line.value("response_length", NAN),
           iteration_line.value("value_loss", NAN), iteration_line["seconds"].get<double>(), eta);
     }
-    const bool last = it + 1 == p.iterations;
-    if (!last && loop.save_every > 0 && (it + 1) % loop.save_every == 0) save(step);
   }
   save(step);
   SaveHuggingFace(m, loop.out, loop.tokenizer_source);

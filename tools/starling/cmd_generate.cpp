@@ -419,7 +419,7 @@ void RegisterGenerate(CLI::App& app) {
   cmd->add_option("-p,--prompt", f->prompt, "the prompt text (\"\" for BOS alone)");
   cmd->add_option("-f,--file", f->file, "read the prompt from FILE ('-': stdin)");
   cmd->add_option("--template", f->template_name,
-                  "render the prompt as a user turn (openchat, openchat-code, llama-2)");
+                  "render the prompt as a user turn (openchat, openchat-code, llama-2, raw)");
   cmd->add_option("--system", f->system, "system message (with --template)");
   cmd->add_flag("-v,--verbose", f->verbose, "print timings to stderr");
   f->sampling.Add(cmd);

@@ -220,7 +220,7 @@ void RegisterTokenize(CLI::App& app) {
   cmd->add_flag("--plain", options->plain,
                 "treat all text as plain text: special-token text is not recognised");
   cmd->add_option("--template", options->template_name,
-                  "render --messages with this chat template (openchat, openchat-code, llama-2)");
+                  "render --messages with this chat template (openchat, openchat-code, llama-2, raw)");
   cmd->add_option("--messages", options->messages_file,
                   "a JSON list of {\"role\", \"content\"} messages ('-': stdin)");
   cmd->add_flag("--generation-prompt", options->generation_prompt,
