@@ -12,6 +12,7 @@
 
 #include "chat/chat_template.h"
 #include "core/error.h"
+#include "model/tensors.h"
 #include "tokenizer/load.h"
 #include "train/parameters.h"
 #include "train/policy_train.h"
@@ -138,6 +139,56 @@ TEST(PolicyTrain, TheReferenceSharesTheFrozenBlocksAndStaysTheInitialPolicy) {
     }
   }
   EXPECT_GT(moved, 1e-2);  // the policy did move: the comparison can fail
+}
+
+// With a value model of its own, the values are that model's (a zero head: all 0, so the value
+// loss is 0.5 mean R^2), its head gets the value loss's gradient, and the policy (no value
+// head) gets the policy term's only.
+TEST(PolicyTrain, ASeparateValueModelTakesTheValueLoss) {
+  TrainModel policy(OpenModelFiles(kModel), -1);
+  ModelFiles vf = OpenModelFiles(kModel);
+  vf.config.head = ModelHead::kReward;
+  vf.config.tie_word_embeddings = false;
+  std::erase_if(vf.tensors, [](const TensorRef& t) { return t.name == "lm_head.weight"; });
+  std::vector<float> zeros(static_cast<size_t>(vf.config.hidden_size), 0.0f);
+  TensorRef head;
+  head.name = "score.weight";
+  head.file = "test";
+  head.shape = {1, vf.config.hidden_size};
+  head.data = zeros.data();
+  head.size_bytes = zeros.size() * sizeof(float);
+  vf.tensors.push_back(head);
+  TrainModel value(std::move(vf), -1);
+  Rollout a;
+  a.context = {1, 420, 9123};
+  a.response = {300, 301, 302};
+  a.old_logps = {-10.0f, -9.0f, -11.0f};
+  a.ref_logps = a.old_logps;
+  a.old_values = {0.0f, 0.0f, 0.0f};
+  a.rewards = {0.0f, 0.0f, 2.0f};
+  const std::vector<const Rollout*> rs = {&a};
+  PolicyUpdateConfig c;
+  c.loss.algorithm = PolicyAlgorithm::kPpo;
+  c.loss.cliprange_value = 0;
+  c.whiten = false;
+  TrainStep policy_step(policy), value_step(value);
+  policy.ZeroGrads();
+  value.ZeroGrads();
+  const PolicyMinibatchResult r = PolicyMinibatchLoss(policy_step, rs, c, 1.0, true, &value_step);
+  double expected = 0;
+  for (size_t i = 0; i < 3; ++i) {
+    EXPECT_EQ(r.values[i], 0.0f);
+    expected += 0.5 * r.returns[i] * r.returns[i] / 3;
+  }
+  EXPECT_NEAR(r.terms.value_loss, expected, 1e-6);
+  double head_grad = 0;
+  for (const Parameter& p : value.parameters()) {
+    if (p.spec.role == TensorRole::kScore) {
+      for (const float g : p.grad) head_grad += std::fabs(g);
+    }
+  }
+  EXPECT_GT(head_grad, 0.0);
+  EXPECT_EQ(policy.value_weights(), nullptr);
 }
 
 TEST(PolicyTrain, PromptLines) {

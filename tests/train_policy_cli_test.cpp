@@ -153,17 +153,22 @@ TEST(TrainPolicy, ResumeIsExactAtAndBetweenIterations) {
   starling::testing::TempDir dir("policy_resume");
   const std::string prompts = WritePrompts(dir.path());
   const std::string common = "--rm " + kRm + " --iterations 2 --variant starling";
-  for (const auto& [save_every, from] : {std::pair<int, int>{4, 4}, {3, 6}}) {
-    const std::string tag = std::to_string(save_every);
+  struct Case {
+    int save_every, from;
+    std::string extra;
+  };
+  for (const Case& c : {Case{4, 4, ""}, Case{3, 6, ""}, Case{3, 6, " --separate-value-model"}}) {
+    const auto [save_every, from, extra] = c;
+    const std::string tag = std::to_string(save_every) + (extra.empty() ? "" : "v");
     const std::string whole = dir.path() + "/whole" + tag;
     ASSERT_EQ(RunStarling(Policy("apa", prompts, whole,
-                                 common + " --save-every " + std::to_string(save_every)))
+                                 common + extra + " --save-every " + std::to_string(save_every)))
                   .exit_code,
               0);
     const std::string resumed = dir.path() + "/resumed" + tag;
-    const auto r =
-        RunStarling(Policy("apa", prompts, resumed,
-                           common + " --resume " + whole + "/checkpoint-" + std::to_string(from)));
+    const auto r = RunStarling(
+        Policy("apa", prompts, resumed,
+               common + extra + " --resume " + whole + "/checkpoint-" + std::to_string(from)));
     ASSERT_EQ(r.exit_code, 0) << r.err;
     const auto a = Lines(whole + ".log", "step");
     const auto b = Lines(resumed + ".log", "step");
@@ -174,6 +179,12 @@ TEST(TrainPolicy, ResumeIsExactAtAndBetweenIterations) {
     }
     EXPECT_EQ(ReadAll(whole + "/model.safetensors"), ReadAll(resumed + "/model.safetensors"))
         << "resumed from step " << from;
+    if (!extra.empty()) {  // the value model of its own is saved and resumed too
+      const std::string v = ReadAll(whole + "/value_model/model.safetensors");
+      EXPECT_GT(v.size(), 0u);
+      EXPECT_EQ(v, ReadAll(resumed + "/value_model/model.safetensors"));
+      EXPECT_EQ(ReadAll(whole + "/model.safetensors").find("value_head"), std::string::npos);
+    }
   }
   // Another run's checkpoint is refused, naming the setting.
   const auto refused = RunStarling(

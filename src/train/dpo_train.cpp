@@ -294,7 +294,8 @@ void RunDpo(DpoOptions d) {
   CheckContext(o, files.config);
   TrainModel m(std::move(files), o.unfreeze_layers);
   const Tokenizer tokenizer = LoadTokenizer(tokenizer_source);
-  if (d.chat_template.empty()) Fail("--template is required (openchat, openchat-code, llama-2, raw)");
+  if (d.chat_template.empty())
+    Fail("--template is required (openchat, openchat-code, llama-2, raw)");
   const ChatTemplate& chat_template = ChatTemplate::ByName(d.chat_template);
   PairStats stats;
   std::vector<DpoPair> train = LoadPairs(o.data, tokenizer, chat_template, d, &stats);

@@ -69,15 +69,7 @@ int64_t StepOf(const fs::path& dir) {
 // are removed.
 }  // namespace
 
-void SaveCheckpoint(const TrainModel& m, const TrainLoopOptions& o, int64_t step, int64_t position,
-                    const nlohmann::json& extra,
-                    const std::function<void(const std::string&)>& write_files) {
-  const fs::path out(o.out);
-  fs::create_directories(out);
-  const fs::path final_dir = out / ("checkpoint-" + std::to_string(step));
-  const fs::path temp = out / (".checkpoint-" + std::to_string(step) + ".tmp");
-  fs::remove_all(temp);
-  SaveHuggingFace(m, temp.string(), o.tokenizer_source);
+void WriteMoments(const TrainModel& m, const std::string& path) {
   SafetensorsWriter moments;
   for (const Parameter& p : m.parameters()) {
     if (p.m.empty()) continue;  // no step taken yet
@@ -87,7 +79,38 @@ void SaveCheckpoint(const TrainModel& m, const TrainLoopOptions& o, int64_t step
     moments.AddTensor("m." + p.spec.name, DType::kF32, p.spec.shape, bytes(p.m));
     moments.AddTensor("v." + p.spec.name, DType::kF32, p.spec.shape, bytes(p.v));
   }
-  moments.WriteTo((temp / "optimizer.safetensors").string());
+  moments.WriteTo(path);
+}
+
+void ReadMoments(TrainModel& m, const std::string& path) {
+  if (!FileExists(path)) return;  // a checkpoint taken before the first step
+  const SafetensorsFile moments = SafetensorsFile::Open(path);
+  auto read = [&](const std::string& name, std::vector<float>& into) {
+    const SafetensorsTensor* t = moments.Find(name);
+    if (t == nullptr || t->dtype != DType::kF32 || t->size_bytes != into.size() * sizeof(float)) {
+      Fail(path, ": no float32 tensor '", name, "' of ", into.size(), " elements");
+    }
+    std::memcpy(into.data(), moments.Data(*t).data(), t->size_bytes);
+  };
+  for (Parameter& p : m.parameters()) {
+    if (moments.Find("m." + p.spec.name) == nullptr) continue;
+    p.m.resize(p.value.size());
+    p.v.resize(p.value.size());
+    read("m." + p.spec.name, p.m);
+    read("v." + p.spec.name, p.v);
+  }
+}
+
+void SaveCheckpoint(const TrainModel& m, const TrainLoopOptions& o, int64_t step, int64_t position,
+                    const nlohmann::json& extra,
+                    const std::function<void(const std::string&)>& write_files) {
+  const fs::path out(o.out);
+  fs::create_directories(out);
+  const fs::path final_dir = out / ("checkpoint-" + std::to_string(step));
+  const fs::path temp = out / (".checkpoint-" + std::to_string(step) + ".tmp");
+  fs::remove_all(temp);
+  SaveHuggingFace(m, temp.string(), o.tokenizer_source);
+  WriteMoments(m, (temp / "optimizer.safetensors").string());
   if (write_files) write_files(temp.string());
   nlohmann::json state = {{"format", "starling-trainer-state-1"},
                           {"step", step},
@@ -132,25 +155,7 @@ nlohmann::json LoadCheckpoint(TrainModel& m, const std::string& dir,
     }
   }
   LoadParameters(m, dir + "/model.safetensors");
-  const std::string optimizer_path = dir + "/optimizer.safetensors";
-  const bool has_moments = FileExists(optimizer_path);
-  std::optional<SafetensorsFile> moments;
-  if (has_moments) moments.emplace(SafetensorsFile::Open(optimizer_path));
-  auto read = [](const SafetensorsFile& f, const std::string& name, std::vector<float>& into) {
-    const SafetensorsTensor* t = f.Find(name);
-    if (t == nullptr || t->dtype != DType::kF32 || t->size_bytes != into.size() * sizeof(float)) {
-      Fail(f.source(), ": no float32 tensor '", name, "' of ", into.size(), " elements");
-    }
-    std::memcpy(into.data(), f.Data(*t).data(), t->size_bytes);
-  };
-  for (Parameter& p : m.parameters()) {
-    if (has_moments && moments->Find("m." + p.spec.name) != nullptr) {
-      p.m.resize(p.value.size());
-      p.v.resize(p.value.size());
-      read(*moments, "m." + p.spec.name, p.m);
-      read(*moments, "v." + p.spec.name, p.v);
-    }
-  }
+  ReadMoments(m, dir + "/optimizer.safetensors");
   return state;
 }
 

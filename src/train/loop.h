@@ -120,6 +120,11 @@ void SaveCheckpoint(const TrainModel& m, const TrainLoopOptions& o, int64_t step
                     const nlohmann::json& extra = {},
                     const std::function<void(const std::string& dir)>& write_files = {});
 
+// AdamW's moments of every parameter that has them, as a safetensors file ("m.NAME", "v.NAME"),
+// and back (a missing file: none yet).
+void WriteMoments(const TrainModel& m, const std::string& path);
+void ReadMoments(TrainModel& m, const std::string& path);
+
 // Loads checkpoint directory `dir` into `m` (parameters and moments by name) and returns its
 // trainer state, after checking that its "run" agrees with `run_config` key by key.
 nlohmann::json LoadCheckpoint(TrainModel& m, const std::string& dir,

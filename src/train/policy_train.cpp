@@ -27,6 +27,7 @@
 #include "train/data.h"
 #include "train/loss.h"
 #include "train/optimizer.h"
+#include "train/reward_train.h"
 
 namespace starling {
 
@@ -362,7 +363,7 @@ std::vector<float> Flat(std::span<const Rollout* const> rollouts,
 
 PolicyMinibatchResult PolicyMinibatchLoss(TrainStep& step, std::span<const Rollout* const> rollouts,
                                           const PolicyUpdateConfig& config, double scale,
-                                          bool backward) {
+                                          bool backward, TrainStep* value_step) {
   PolicyMinibatchResult out;
   // Advantages and returns per rollout, from its rewards and the rollout's values.
   for (const Rollout* r : rollouts) {
@@ -380,29 +381,49 @@ PolicyMinibatchResult PolicyMinibatchLoss(TrainStep& step, std::span<const Rollo
   const size_t m = rows.size();
   out.tokens = static_cast<int64_t>(m);
   const TokenBatch b = RolloutBatch(rollouts);
+  // The loss over the gathered tokens; d loss / d logps and d values, times `scale`, scattered
+  // back to the rows.
+  auto loss_of = [&](std::span<float> dlogps, std::span<float> dvalues) {
+    std::vector<float> dl(m), dv(m);
+    const PolicyTokens t{out.logps,  out.values,     old_logps,  ref_logps,
+                         old_values, out.advantages, out.returns};
+    out.terms = PolicyLoss(config.loss, t, dl, dv);
+    if (config.loss.algorithm == PolicyAlgorithm::kApaStarling && out.terms.value_loss > 1.0) {
+      out.value_only = true;
+      std::fill(dl.begin(), dl.end(), 0.0f);
+      out.terms.loss = config.loss.vf_coef * out.terms.value_loss;
+    }
+    for (size_t i = 0; i < m; ++i) {
+      if (!dlogps.empty()) dlogps[rows[i]] = static_cast<float>(dl[i] * scale);
+      if (!dvalues.empty()) dvalues[rows[i]] = static_cast<float>(dv[i] * scale);
+    }
+  };
+  out.logps.resize(m);
+  out.values.resize(m);
+  if (value_step != nullptr) {
+    // The value model first: its values, and the value loss's gradient (the policy term does
+    // not depend on the values; it is computed with the rollout's log-probs as placeholders).
+    value_step->ValueLoss(
+        b,
+        [&](std::span<const float> values, std::span<float> dvalues) {
+          for (size_t i = 0; i < m; ++i) {
+            out.values[i] = values[rows[i]];
+            out.logps[i] = old_logps[i];
+          }
+          loss_of({}, dvalues);
+          return config.loss.vf_coef * out.terms.value_loss * scale;
+        },
+        backward);
+  }
   step.PolicyLoss(
       b,
       [&](std::span<const float> logps, std::span<const float> values, std::span<float> dlogps,
           std::span<float> dvalues) {
-        out.logps.resize(m);
-        out.values.resize(m);
         for (size_t i = 0; i < m; ++i) {
           out.logps[i] = logps[rows[i]];
-          out.values[i] = values[rows[i]];
+          if (value_step == nullptr) out.values[i] = values[rows[i]];
         }
-        std::vector<float> dl(m), dv(m);
-        const PolicyTokens t{out.logps,  out.values,     old_logps,  ref_logps,
-                             old_values, out.advantages, out.returns};
-        out.terms = PolicyLoss(config.loss, t, dl, dv);
-        if (config.loss.algorithm == PolicyAlgorithm::kApaStarling && out.terms.value_loss > 1.0) {
-          out.value_only = true;
-          std::fill(dl.begin(), dl.end(), 0.0f);
-          out.terms.loss = config.loss.vf_coef * out.terms.value_loss;
-        }
-        for (size_t i = 0; i < m; ++i) {
-          dlogps[rows[i]] = static_cast<float>(dl[i] * scale);
-          dvalues[rows[i]] = static_cast<float>(dv[i] * scale);
-        }
+        loss_of(dlogps, value_step == nullptr ? dvalues : std::span<float>());
         return out.terms.loss * scale;
       },
       backward);
@@ -473,7 +494,7 @@ void ReferencePolicy::LogProbs(TrainStep& step, const TokenBatch& b, std::span<f
 }
 
 void ScoreRollouts(TrainStep& step, ReferencePolicy& reference, std::span<Rollout> rollouts,
-                   int64_t batch) {
+                   int64_t batch, TrainStep* value_step) {
   for (size_t s = 0; s < rollouts.size(); s += static_cast<size_t>(batch)) {
     std::vector<Rollout*> chunk;
     for (size_t i = s; i < std::min(rollouts.size(), s + static_cast<size_t>(batch)); ++i) {
@@ -493,6 +514,15 @@ void ScoreRollouts(TrainStep& step, ReferencePolicy& reference, std::span<Rollou
         },
         /*backward=*/false);
     reference.LogProbs(step, b, ref);
+    if (value_step != nullptr) {
+      value_step->ValueLoss(
+          b,
+          [&](std::span<const float> v, std::span<float>) {
+            values.assign(v.begin(), v.end());
+            return 0.0;
+          },
+          /*backward=*/false);
+    }
     size_t k = 0;
     for (Rollout* r : chunk) {
       const size_t t = r->response.size();
@@ -661,7 +691,19 @@ void RunPolicyTraining(PolicyOptions p) {
   }
   if (auto_ctx) o.ctx = std::min<int64_t>(files.config.max_position_embeddings, 2048);
   CheckContext(o, files.config);
-  TrainModel m(WithValueHead(std::move(files)), o.unfreeze_layers);
+  TrainModel m(p.separate_value_model ? std::move(files) : WithValueHead(std::move(files)),
+               o.unfreeze_layers);
+  // A value model of its own: the policy's initial weights with a [1, D] head (zeros: values
+  // start at 0), the same blocks trained.
+  std::unique_ptr<TrainModel> value_model;
+  if (p.separate_value_model) {
+    std::string unused;
+    value_model = std::make_unique<TrainModel>(
+        WithFreshRewardHead(OpenInitFiles(o, &unused), o.seed), o.unfreeze_layers);
+    for (Parameter& q : value_model->parameters()) {
+      if (q.spec.role == TensorRole::kScore) std::fill(q.value.begin(), q.value.end(), 0.0f);
+    }
+  }
   const Tokenizer tokenizer = LoadTokenizer(tokenizer_source);
   const ChatTemplate& chat_template =
       ChatTemplate::ByName(p.chat_template.empty() ? "openchat" : p.chat_template);
@@ -730,13 +772,18 @@ void RunPolicyTraining(PolicyOptions p) {
                      {"max_new_tokens", p.max_new_tokens},
                      {"seed", o.seed},
                      {"unfreeze_layers", o.unfreeze_layers},
-                     {"template", std::string(chat_template.name())}};
+                     {"template", std::string(chat_template.name())},
+                     {"separate_value_model", p.separate_value_model}};
 
   int64_t first_iteration = 0, step = 0, resume_step_in_iteration = 0;
   std::vector<Rollout> rollouts;
   if (!o.loop.resume.empty()) {
     const std::string dir = FindCheckpoint(o.loop.resume);
     const nlohmann::json state = LoadCheckpoint(m, dir, loop.run_config);
+    if (value_model) {
+      LoadParameters(*value_model, dir + "/value_model/model.safetensors");
+      ReadMoments(*value_model, dir + "/value_model/optimizer.safetensors");
+    }
     step = state.at("step").get<int64_t>();
     first_iteration = step / steps_per_iteration;
     resume_step_in_iteration = step % steps_per_iteration;
@@ -773,6 +820,12 @@ void RunPolicyTraining(PolicyOptions p) {
                mib(reference.copied_bytes()), mib(reference.shared_bytes()));
 
   TrainStep train_step(m, loop.recompute);
+  std::unique_ptr<TrainStep> value_step;
+  if (value_model) {
+    value_step = std::make_unique<TrainStep>(*value_model, loop.recompute);
+    std::fprintf(stderr, "value model: %.2fM trainable parameters (a [1, D] head, zeros)\n",
+                 static_cast<double>(value_model->parameter_count()) / 1e6);
+  }
   StopSignals signals;
   const auto start = std::chrono::steady_clock::now();
   EpochOrder order(static_cast<int64_t>(prompts.size()), o.shuffle, o.seed);
@@ -784,6 +837,10 @@ void RunPolicyTraining(PolicyOptions p) {
     const bool mid = at_step % steps_per_iteration != 0;
     SaveCheckpoint(
         m, loop, at_step, at_step / steps_per_iteration, extra, [&](const std::string& dir) {
+          if (value_model) {
+            SaveHuggingFace(*value_model, dir + "/value_model", loop.tokenizer_source);
+            WriteMoments(*value_model, dir + "/value_model/optimizer.safetensors");
+          }
           if (!mid) return;
           const std::string text = RolloutsJson(rollouts).dump() + "\n";
           WriteFileAtomically(dir + "/rollouts.json", [&](const ByteSink& sink) { sink(text); });
@@ -831,7 +888,7 @@ void RunPolicyTraining(PolicyOptions p) {
         rollouts[i].score = scores[i];
       }
       // Log-probs and values of the rollout policy and the reference (training forward).
-      ScoreRollouts(train_step, reference, rollouts, micro);
+      ScoreRollouts(train_step, reference, rollouts, micro, value_step.get());
       double kl_sum = 0, kl_response = 0, entropy = 0, length = 0, engine_gap = 0;
       int64_t tokens = 0;
       for (Rollout& r : rollouts) {
@@ -924,14 +981,16 @@ void RunPolicyTraining(PolicyOptions p) {
       }
       const auto ts = std::chrono::steady_clock::now();
       m.ZeroGrads();
+      if (value_model) value_model->ZeroGrads();
       double loss = 0, policy_loss = 0, step_value_loss = 0, step_clip = 0, step_kl = 0;
       bool any_value_only = false;
       for (const auto& mb : micros) {
         int64_t mt = 0;
         for (const Rollout* r : mb) mt += static_cast<int64_t>(r->response.size());
         const double scale = static_cast<double>(mt) / static_cast<double>(step_tokens);
-        const PolicyMinibatchResult res = PolicyMinibatchLoss(
-            train_step, std::span<const Rollout* const>(mb.data(), mb.size()), update, scale);
+        const PolicyMinibatchResult res =
+            PolicyMinibatchLoss(train_step, std::span<const Rollout* const>(mb.data(), mb.size()),
+                                update, scale, /*backward=*/true, value_step.get());
         loss += res.terms.loss * scale;
         policy_loss += res.terms.policy_loss * scale;
         step_value_loss += res.terms.value_loss * scale;
@@ -949,15 +1008,19 @@ void RunPolicyTraining(PolicyOptions p) {
         }
         measured += res.tokens;
       }
-      const double norm = GradNorm(m.parameters());
+      double norm = GradNorm(m.parameters());
+      if (value_model) norm = std::hypot(norm, GradNorm(value_model->parameters()));
       if (!std::isfinite(loss) || !std::isfinite(norm)) {
         Fail("step ", step + 1, ": the loss is ", loss, " and the gradient norm ", norm,
              "; stopping before the update (the last checkpoint in ", loop.out,
              " is intact); try a lower --lr or --grad-clip");
       }
-      if (loop.grad_clip > 0) ClipGrads(m.parameters(), norm, loop.grad_clip);
       const double lr = LearningRate(loop.lr, step);
-      AdamWStep(m.parameters(), step + 1, lr, loop.adam);
+      for (TrainModel* t : {&m, value_model.get()}) {
+        if (t == nullptr) continue;
+        if (loop.grad_clip > 0) ClipGrads(t->parameters(), norm, loop.grad_clip);  // jointly
+        AdamWStep(t->parameters(), step + 1, lr, loop.adam);
+      }
       ++step;
       value_loss += step_value_loss;
       clip_fraction += step_clip;
@@ -1035,6 +1098,7 @@ void RunPolicyTraining(PolicyOptions p) {
   }
   save(step);
   SaveHuggingFace(m, loop.out, loop.tokenizer_source);
+  if (value_model) SaveHuggingFace(*value_model, loop.out + "/value_model", loop.tokenizer_source);
   std::fprintf(stderr, "wrote %s (and %s/checkpoint-%lld)\n", loop.out.c_str(), loop.out.c_str(),
                static_cast<long long>(step));
 }

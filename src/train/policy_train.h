@@ -49,6 +49,7 @@ struct PolicyOptions {
   std::string reward_scale = "none";  // none | running (divide by the running std, as trlx)
   double reward_clip = 0;             // 0: none; else clip scores to [-c, c]
   double max_kl = 10;                 // stop when the mean per-token KL exceeds it
+  bool separate_value_model = false;  // a value model of its own instead of a value head
   int64_t sample_every = 1;           // log a few responses every N iterations (0: never)
   int32_t samples = 2;
 };
@@ -103,10 +104,12 @@ struct PolicyMinibatchResult {
 // and values from a training forward, then PolicyLoss. Its gradient, times `scale` (the
 // minibatch's share of the optimizer step), is added to the parameters when `backward`. With
 // APA (Starling) a minibatch whose value loss exceeds 1 trains the value head only (the fork's
-// rule): the policy term is dropped from the loss and its gradient.
+// rule): the policy term is dropped from the loss and its gradient. With `value_step` (a
+// separate value model: a [1, D] head, TrainStep::ValueLoss), the values and the value loss's
+// gradient are that model's, and the policy's forward gives the log-probs only.
 PolicyMinibatchResult PolicyMinibatchLoss(TrainStep& step, std::span<const Rollout* const> rollouts,
                                           const PolicyUpdateConfig& config, double scale,
-                                          bool backward = true);
+                                          bool backward = true, TrainStep* value_step = nullptr);
 
 // The reference policy: the initial weights of the trained tensors (copied once) over the
 // policy's frozen tensors (shared, not copied). Its log-probs continue the policy's forward
@@ -133,9 +136,9 @@ class ReferencePolicy {
 };
 
 // Fills old_logps, old_values and ref_logps of each rollout (forward only, `batch` rollouts at
-// a time).
+// a time); the values from `value_step`'s model when given.
 void ScoreRollouts(TrainStep& step, ReferencePolicy& reference, std::span<Rollout> rollouts,
-                   int64_t batch);
+                   int64_t batch, TrainStep* value_step = nullptr);
 
 // Samples one response per prompt in `prompts` (ids rendered with the generation prompt) with
 // the model's current weights: `batch` sessions decoded together (Session::ForwardBatch), each

@@ -193,7 +193,8 @@ void RunSft(SftOptions s) {
   std::string tokenizer_source;
   TrainModel m = OpenTrainModel(o, &tokenizer_source);
   const Tokenizer tokenizer = LoadTokenizer(tokenizer_source);
-  if (s.chat_template.empty()) Fail("--template is required (openchat, openchat-code, llama-2, raw)");
+  if (s.chat_template.empty())
+    Fail("--template is required (openchat, openchat-code, llama-2, raw)");
   const ChatTemplate& chat_template = ChatTemplate::ByName(s.chat_template);
   ChatDataOptions data_options;
   data_options.ctx = o.ctx;

@@ -5,6 +5,17 @@
 #include "core/error.h"
 
 namespace starling {
+namespace {
+
+void CheckBatchIds(std::span<const int32_t> inputs, int32_t vocab) {
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    if (inputs[i] < 0 || inputs[i] >= vocab) {
+      Fail("token id ", inputs[i], " at batch row ", i, " is outside the vocabulary (", vocab, ")");
+    }
+  }
+}
+
+}  // namespace
 
 SequenceKeyValues TrainStep::Forward(const TokenBatch& b) {
   const Model& m = model_.model();
@@ -15,12 +26,7 @@ SequenceKeyValues TrainStep::Forward(const TokenBatch& b) {
   if (b.targets.size() != b.inputs.size() || b.weights.size() != b.inputs.size()) {
     Fail("a batch needs as many targets and weights as inputs");
   }
-  for (size_t i = 0; i < b.inputs.size(); ++i) {
-    if (b.inputs[i] < 0 || b.inputs[i] >= c.vocab_size) {
-      Fail("token id ", b.inputs[i], " at batch row ", i, " is outside the vocabulary (",
-           c.vocab_size, ")");
-    }
-  }
+  CheckBatchIds(b.inputs, c.vocab_size);
   SequenceKeyValues kv(c, b.lengths, b.prefixes);
   if (kv.rows() != n) Fail("the batch's lengths add up to ", kv.rows(), ", not ", n, " rows");
   record_.first_saved = model_.lowest_trainable_layer();
@@ -99,18 +105,45 @@ double TrainStep::PolicyLoss(const TokenBatch& b, const PolicyLossFn& loss_fn, b
   return loss;
 }
 
+double TrainStep::ValueLoss(const TokenBatch& b, const ValueLossFn& loss_fn, bool backward) {
+  const Model& m = model_.model();
+  const ModelConfig& c = m.config();
+  if (c.head != ModelHead::kReward) Fail("a value loss needs a model with a [1, D] head");
+  const auto n = static_cast<int64_t>(b.inputs.size());
+  if (b.weights.size() != b.inputs.size()) Fail("a batch needs as many weights as inputs");
+  CheckBatchIds(b.inputs, c.vocab_size);
+  SequenceKeyValues kv(c, b.lengths, b.prefixes);
+  if (kv.rows() != n) Fail("the batch's lengths add up to ", kv.rows(), ", not ", n, " rows");
+  record_.first_saved = model_.lowest_trainable_layer();
+  RunDecoder(m, b.inputs, kv.positions(), kv, forward_, &record_);
+  const int64_t d = c.hidden_size;
+  scored_.clear();
+  for (int64_t i = 0; i < n; ++i) {
+    if (b.weights[i] != 0.0f) scored_.push_back(i);
+  }
+  const float* head = model_.head_weights();  // [1, D]
+  std::vector<float> scored(scored_.size()), dscored(scored_.size());
+  ScalarHead(head, record_.hidden.data(), d, scored_, scored);
+  values_.assign(static_cast<size_t>(n), 0.0f);
+  dvalues_.assign(static_cast<size_t>(n), 0.0f);
+  for (size_t k = 0; k < scored_.size(); ++k) values_[scored_[k]] = scored[k];
+  const double loss = loss_fn(values_, dvalues_);
+  if (!backward) return loss;
+  for (size_t k = 0; k < scored_.size(); ++k) dscored[k] = dvalues_[scored_[k]];
+  dhidden_.assign(static_cast<size_t>(n * d), 0.0f);
+  ScalarHeadBackward(head, record_.hidden.data(), d, scored_, dscored, dhidden_.data(),
+                     model_.head_grad());
+  Backward(b, kv);
+  return loss;
+}
+
 double TrainStep::RankingLoss(const RankingBatch& b, const RankingLossOptions& options,
                               bool backward, std::span<float> rewards) {
   const Model& m = model_.model();
   const ModelConfig& c = m.config();
   if (c.head != ModelHead::kReward) Fail("ranking loss on a model without a reward head");
   const auto n = static_cast<int64_t>(b.inputs.size());
-  for (size_t i = 0; i < b.inputs.size(); ++i) {
-    if (b.inputs[i] < 0 || b.inputs[i] >= c.vocab_size) {
-      Fail("token id ", b.inputs[i], " at batch row ", i, " is outside the vocabulary (",
-           c.vocab_size, ")");
-    }
-  }
+  CheckBatchIds(b.inputs, c.vocab_size);
   const auto answers = static_cast<int64_t>(b.score_rows.size());
   int64_t counted = 0;
   for (const int64_t k : b.answers) counted += k;

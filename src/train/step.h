@@ -72,6 +72,13 @@ class TrainStep {
                            std::span<float> dlogps, std::span<float> dvalues)>;
   double PolicyLoss(const TokenBatch& b, const PolicyLossFn& loss_fn, bool backward = true);
 
+  // A value model's step (a model with a [1, D] head, as a reward model): values[N] = the head
+  // over the final hidden state of every row whose weight is not 0 (0 elsewhere), then
+  // loss_fn(values, dvalues) and, with `backward`, its gradient (added as LanguageModelLoss).
+  using ValueLossFn =
+      std::function<double(std::span<const float> values, std::span<float> dvalues)>;
+  double ValueLoss(const TokenBatch& b, const ValueLossFn& loss_fn, bool backward = true);
+
   // Forward and backward of the ranking loss of a reward model (a [1, D] head): rewards are the
   // head over the final hidden state at score_rows, and each prompt's answers add
   // RankingLoss / normalizer. Gradients as LanguageModelLoss. The rewards go into

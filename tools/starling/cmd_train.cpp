@@ -423,6 +423,9 @@ void RegisterTrain(CLI::App& app) {
                   "log a few sampled responses every N iterations (0: never)")
         ->capture_default_str();
     c->add_option("--samples", po->samples, "responses logged each time")->capture_default_str();
+    c->add_flag("--separate-value-model", po->separate_value_model,
+                "a value model of its own (the initial weights with a [1, D] head, the same "
+                "blocks trained; saved in OUT/value_model) instead of a value head on the policy");
     if (algorithm == PolicyAlgorithm::kPpo) {
       c->add_option("--cliprange", po->loss.cliprange, "PPO's ratio clip")->capture_default_str();
     } else {
