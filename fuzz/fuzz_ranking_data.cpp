@@ -1,5 +1,5 @@
 // libFuzzer target for the reward-training data parser (src/reward/ranking_data.h): Nectar
-// records and preference pairs in JSON Lines, rendered by each chat template into one id
+// records and preference pairs in JSON Lines (and the prompt lines of train apa|ppo), rendered by each chat template into one id
 // sequence per answer. starling::Error is the expected answer to bad input; anything else, a
 // crash or a sanitizer report is a bug. What parses must hold what the parser promises.
 #include <cstddef>
@@ -47,6 +47,20 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       } catch (const starling::Error&) {
       }
     }
+  }
+  // The same bytes as a prompts file of train apa|ppo, line by line: what parses is a
+  // conversation ending with a user turn, which the templates render with a generation prompt.
+  size_t begin = 0;
+  while (begin <= text.size()) {
+    size_t end = text.find('\n', begin);
+    if (end == std::string_view::npos) end = text.size();
+    try {
+      const auto messages = starling::ParsePromptLine(text.substr(begin, end - begin), "fuzz:1");
+      if (messages.empty() || messages.back().role != "user") __builtin_trap();
+      starling::ChatTemplate::ByName("llama-2").Render(Llama2(), messages, true);
+    } catch (const starling::Error&) {
+    }
+    begin = end + 1;
   }
   return 0;
 }

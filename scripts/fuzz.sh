@@ -114,7 +114,10 @@ PY
       cp -f tests/data/nectar/sample.jsonl "$dir/nectar.jsonl"
       printf '%s\n' '{"prompt": "Why?", "chosen": "Because.", "rejected": "No."}' \
         '{"chosen": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}], "rejected": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "B"}]}' \
-        >"$dir/pairs.jsonl" ;;
+        >"$dir/pairs.jsonl"
+      printf '%s\n' '{"messages": [{"role": "user", "content": "Say hello."}]}' \
+        '{"prompt": "\n\nHuman: Hi\n\nAssistant: "}' '{"prompt": "Once upon a time"}' \
+        >"$dir/prompts.jsonl" ;;
     fuzz_hf_tokenizer_files)
       for f in models/openchat-3.5-tokenizer/*.json; do
         { printf '\x01'; cat "$f"; } >"$dir/$(basename "$f")"

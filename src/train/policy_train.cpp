@@ -33,35 +33,6 @@ namespace starling {
 
 // ---- Prompts ---------------------------------------------------------------------------------
 
-std::vector<ChatMessage> ParsePromptLine(std::string_view json_line, const std::string& source) {
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(json_line);
-  } catch (const nlohmann::json::exception& e) {
-    Fail(source, ": not JSON (", e.what(), ")");
-  }
-  if (!j.is_object()) Fail(source, ": a prompt line is a JSON object");
-  std::vector<ChatMessage> messages;
-  if (j.contains("messages")) {
-    messages = ParseChatMessages(j["messages"].dump(), source);
-    if (!messages.empty() && messages.back().role == "assistant") messages.pop_back();
-  } else if (j.contains("prompt")) {
-    if (!j["prompt"].is_string()) Fail(source, ": \"prompt\" is not a string");
-    const std::string text = j["prompt"].get<std::string>();
-    if (text.find("Human:") != std::string::npos) {
-      messages = ParseHumanAssistantPrompt(text, source);
-    } else {
-      messages.push_back({"user", text});
-    }
-  } else {
-    Fail(source, ": a prompt line needs \"messages\" or \"prompt\"");
-  }
-  if (messages.empty() || messages.back().role != "user") {
-    Fail(source, ": the prompt must end with a user turn");
-  }
-  return messages;
-}
-
 namespace {
 
 struct PromptStats {

@@ -14,6 +14,7 @@
 
 #include "chat/chat_template.h"
 #include "generate/generate.h"
+#include "reward/ranking_data.h"  // ParsePromptLine
 #include "train/loss.h"
 #include "train/policy_loss.h"
 #include "train/pretrain.h"
@@ -60,12 +61,6 @@ struct PolicyPrompt {
   std::vector<int32_t> ids;  // BOS first
   int64_t line = 0;
 };
-
-// One line of a prompts file: {"messages": [...]} (ending with a user turn; a final assistant
-// message, e.g. an SFT line's answer, is dropped) or {"prompt": "..."} (Nectar's
-// "\n\nHuman: ...\n\nAssistant:" turns, or a plain string as one user turn). `source` names the
-// line in errors.
-std::vector<ChatMessage> ParsePromptLine(std::string_view json_line, const std::string& source);
 
 // One sampled response and what the update needs of it, per response token t in [0, T).
 struct Rollout {
