@@ -21,19 +21,12 @@
 #include "train/parameters.h"
 #include "train/reward_train.h"
 #include "train/step.h"
+#include "train_log.h"
 
 namespace starling {
 namespace {
 
-template <typename T>
-std::vector<T> Read(const SafetensorsFile& f, const std::string& name) {
-  const SafetensorsTensor* t = f.Find(name);
-  if (t == nullptr) throw std::runtime_error(f.source() + ": no tensor " + name);
-  const std::string_view bytes = f.Data(*t);
-  std::vector<T> out(bytes.size() / sizeof(T));
-  std::memcpy(out.data(), bytes.data(), bytes.size());
-  return out;
-}
+using testing::ReadTensor;
 
 struct FixtureCase {
   const char* name;
@@ -56,8 +49,8 @@ TEST_P(FixtureTest, LossGradientsAndTenAdamWStepsMatchPyTorch) {
       std::string(STARLING_TEST_DATA_DIR) + "/../../" + f.metadata().at("model");
   TrainModel tm(OpenModelFiles(model_dir), -1);
 
-  const auto tokens = Read<int32_t>(f, "tokens");       // [B, T + 1]
-  const auto weights = Read<float>(f, "loss_weights");  // [B, T]
+  const auto tokens = ReadTensor<int32_t>(f, "tokens");       // [B, T + 1]
+  const auto weights = ReadTensor<float>(f, "loss_weights");  // [B, T]
   const int64_t batch = 2, t = static_cast<int64_t>(weights.size()) / batch;
   ASSERT_EQ(static_cast<int64_t>(tokens.size()), batch * (t + 1));
   TokenBatch b;
@@ -78,12 +71,12 @@ TEST_P(FixtureTest, LossGradientsAndTenAdamWStepsMatchPyTorch) {
   const double loss = step.LanguageModelLoss(b);
   // torch float32 differs from this float64 reference by <= 5.4e-6 (README); 1e-4 leaves room
   // for our other summation orders and ExpFast, and is far below any wrong normalization.
-  EXPECT_NEAR(loss, Read<double>(f, "loss")[0], 1e-4);
+  EXPECT_NEAR(loss, ReadTensor<double>(f, "loss")[0], 1e-4);
 
   int checked = 0;
   double worst_rel = 0;
   for (const Parameter& p : tm.parameters()) {
-    const auto want = Read<float>(f, "grad." + p.spec.name);
+    const auto want = ReadTensor<float>(f, "grad." + p.spec.name);
     ASSERT_EQ(want.size(), p.grad.size()) << p.spec.name;
     double diff = 0, norm = 0;
     for (size_t i = 0; i < want.size(); ++i) {
@@ -103,8 +96,8 @@ TEST_P(FixtureTest, LossGradientsAndTenAdamWStepsMatchPyTorch) {
 
   // Ten AdamW steps on the same batch: lr 0.01, betas (0.9, 0.999), eps 1e-8, wd 0.1 on
   // matrices and embeddings only, clip_grad_norm_ 1.0 before each step.
-  const auto losses = Read<double>(f, "adamw.losses");
-  const auto norms = Read<double>(f, "adamw.grad_norms");
+  const auto losses = ReadTensor<double>(f, "adamw.losses");
+  const auto norms = ReadTensor<double>(f, "adamw.grad_norms");
   double worst_loss = 0, worst_norm = 0;
   TrainModel fresh(OpenModelFiles(model_dir), -1);
   TrainStep fresh_step(fresh);
@@ -126,7 +119,8 @@ TEST_P(FixtureTest, LossGradientsAndTenAdamWStepsMatchPyTorch) {
   std::printf(
       "%s: loss diff %.2g, worst gradient rel L2 %.2g, AdamW: worst loss diff %.2g, "
       "worst grad-norm rel diff %.2g\n",
-      fc.name, std::abs(loss - Read<double>(f, "loss")[0]), worst_rel, worst_loss, worst_norm);
+      fc.name, std::abs(loss - ReadTensor<double>(f, "loss")[0]), worst_rel, worst_loss,
+      worst_norm);
 }
 
 // Tolerances from tests/data/train/README.md: the small-vocabulary models keep to within a few
@@ -161,8 +155,8 @@ TEST(SftFixture, IdsWeightsLossAndGradientsMatchPyTorch) {
                    options, nullptr);
   ASSERT_EQ(examples.size(), 6u);
   for (size_t i = 0; i < examples.size(); ++i) {
-    EXPECT_EQ(examples[i].ids, Read<int32_t>(f, "ids." + std::to_string(i))) << i;
-    EXPECT_EQ(examples[i].weights, Read<float>(f, "weights." + std::to_string(i))) << i;
+    EXPECT_EQ(examples[i].ids, ReadTensor<int32_t>(f, "ids." + std::to_string(i))) << i;
+    EXPECT_EQ(examples[i].weights, ReadTensor<float>(f, "weights." + std::to_string(i))) << i;
   }
   TrainModel tm(OpenModelFiles(model_dir), -1);
   TokenBatch b;
@@ -180,18 +174,18 @@ TEST(SftFixture, IdsWeightsLossAndGradientsMatchPyTorch) {
   tm.ZeroGrads();
   // Tolerances from tests/data/train/README.md (torch float32 vs float64: loss 5.1e-6,
   // gradients 3.7e-6 relative L2 at worst): 1e-4 for both.
-  EXPECT_NEAR(step.LanguageModelLoss(b), Read<double>(f, "loss")[0], 1e-4);
+  EXPECT_NEAR(step.LanguageModelLoss(b), ReadTensor<double>(f, "loss")[0], 1e-4);
   for (const Parameter& p : tm.parameters()) {
-    const auto want = Read<float>(f, "grad." + p.spec.name);
+    const auto want = ReadTensor<float>(f, "grad." + p.spec.name);
     std::vector<float> got = p.grad;
     if (p.spec.role == TensorRole::kEmbedding || p.spec.role == TensorRole::kLmHead) {
       // Only the rows of the batch's ids are stored, and the whole tensor's norm.
       double norm = 0;
       for (const float g : p.grad) norm += double{g} * g;
-      EXPECT_NEAR(std::sqrt(norm), Read<double>(f, "grad_norm." + p.spec.name)[0],
-                  1e-5 * Read<double>(f, "grad_norm." + p.spec.name)[0])
+      EXPECT_NEAR(std::sqrt(norm), ReadTensor<double>(f, "grad_norm." + p.spec.name)[0],
+                  1e-5 * ReadTensor<double>(f, "grad_norm." + p.spec.name)[0])
           << p.spec.name;
-      const auto rows = Read<int32_t>(f, "grad_rows." + p.spec.name);
+      const auto rows = ReadTensor<int32_t>(f, "grad_rows." + p.spec.name);
       const int64_t d = p.spec.shape[1];
       got.clear();
       for (const int32_t r : rows) got.insert(got.end(), &p.grad[r * d], &p.grad[(r + 1) * d]);
@@ -237,7 +231,7 @@ TEST_P(RmFixtureTest, IdsRewardsLossAndGradientsMatchPyTorch) {
   for (size_t r = 0; r < records.size(); ++r) {
     for (size_t a = 0; a < records[r].sequences.size(); ++a) {
       EXPECT_EQ(records[r].sequences[a],
-                Read<int32_t>(f, "ids." + std::to_string(r) + "." + std::to_string(a)))
+                ReadTensor<int32_t>(f, "ids." + std::to_string(r) + "." + std::to_string(a)))
           << r << "." << a;
     }
   }
@@ -252,9 +246,9 @@ TEST_P(RmFixtureTest, IdsRewardsLossAndGradientsMatchPyTorch) {
   std::vector<float> rewards(b.score_rows.size());
   // Tolerances from tests/data/train/README.md's rm section (torch float32 vs float64: loss
   // 8.4e-6, rewards 5.8e-6, gradients 3.1e-6 relative L2 at worst): 1e-4 for each.
-  EXPECT_NEAR(step.RankingLoss(b, loss, true, rewards), Read<double>(f, "loss")[0], 1e-4);
-  std::vector<double> want_rewards = Read<double>(f, "rewards.0");
-  for (const double r : Read<double>(f, "rewards.1")) want_rewards.push_back(r);
+  EXPECT_NEAR(step.RankingLoss(b, loss, true, rewards), ReadTensor<double>(f, "loss")[0], 1e-4);
+  std::vector<double> want_rewards = ReadTensor<double>(f, "rewards.0");
+  for (const double r : ReadTensor<double>(f, "rewards.1")) want_rewards.push_back(r);
   ASSERT_EQ(rewards.size(), want_rewards.size());
   for (size_t i = 0; i < rewards.size(); ++i) {
     EXPECT_NEAR(rewards[i], want_rewards[i], 1e-4 + 1e-4 * std::abs(want_rewards[i])) << i;
@@ -264,16 +258,16 @@ TEST_P(RmFixtureTest, IdsRewardsLossAndGradientsMatchPyTorch) {
     const std::string name = p.spec.role == TensorRole::kScore
                                  ? "v_head.weight"
                                  : "transformer." + p.spec.name.substr(6);  // after "model."
-    const auto want = Read<float>(f, "grad." + name);
+    const auto want = ReadTensor<float>(f, "grad." + name);
     std::vector<float> got = p.grad;
     if (p.spec.role == TensorRole::kEmbedding) {
       double norm = 0;
       for (const float g : p.grad) norm += double{g} * g;
-      const double want_norm = Read<double>(f, "grad_norm." + name)[0];
+      const double want_norm = ReadTensor<double>(f, "grad_norm." + name)[0];
       EXPECT_NEAR(std::sqrt(norm), want_norm, 1e-4 * want_norm) << name;
       const int64_t d = p.spec.shape[1];
       got.clear();
-      for (const int32_t r : Read<int32_t>(f, "grad_rows." + name)) {
+      for (const int32_t r : ReadTensor<int32_t>(f, "grad_rows." + name)) {
         got.insert(got.end(), &p.grad[r * d], &p.grad[(r + 1) * d]);
       }
     }

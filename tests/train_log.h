@@ -7,6 +7,7 @@
 #include <fstream>
 #include <initializer_list>
 #include <nlohmann/json.hpp>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -39,6 +40,17 @@ inline std::vector<double> ReadF64(const SafetensorsFile& f, const std::string& 
   const std::string_view bytes = f.Data(*t);
   std::vector<double> out(bytes.size() / sizeof(double));
   std::memcpy(out.data(), bytes.data(), out.size() * sizeof(double));
+  return out;
+}
+
+// A fixture tensor's bytes as T (no dtype check); throws when the tensor is absent.
+template <typename T>
+std::vector<T> ReadTensor(const SafetensorsFile& f, const std::string& name) {
+  const SafetensorsTensor* t = f.Find(name);
+  if (t == nullptr) throw std::runtime_error(f.source() + ": no tensor " + name);
+  const std::string_view bytes = f.Data(*t);
+  std::vector<T> out(bytes.size() / sizeof(T));
+  std::memcpy(out.data(), bytes.data(), out.size() * sizeof(T));
   return out;
 }
 

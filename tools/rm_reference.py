@@ -67,7 +67,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch_llama as tl  # noqa: E402
 import train_reference  # noqa: E402
 from train_reference import (BETA1, BETA2, EPS, GRAD_CLIP, WEIGHT_DECAY,  # noqa: E402
-                             rel_l2, run_adamw, to_torch)
+                             central_differences, rel_l2, run_adamw, to_torch)
 
 torch.set_num_threads(1)
 
@@ -347,35 +347,14 @@ def write_fixture(loss, records, result):
 # --------------------------------------------------------------------------------------------
 
 def finite_difference_check(cfg, weights_np, records, loss, grads, seed=4001, per_tensor=3):
-    """Central differences in float64 (step 1e-5 * max(1, |p|)) of the first micro-batch's loss
-    at `per_tensor` random entries of every parameter tensor (embedding entries from rows the
-    batch uses). Returns (entries, max rel error where |grad| >= 1e-5, max abs error, where the
-    worst relative error is)."""
-    rng = np.random.default_rng(seed)
+    """train_reference.central_differences of the first micro-batch's loss at `per_tensor`
+    random entries of every parameter tensor (embedding entries from rows the batch uses)."""
     params = to_torch(weights_np, torch.float64, requires_grad=False)
     batch = [records[i] for i in micro_batch(0, len(records))]
-    rows = first_batch_rows(records)
-    worst_rel, worst_abs, worst_at, count = 0.0, 0.0, None, 0
-    for name, p in params.items():
-        for _ in range(per_tensor):
-            if name == EMBED:
-                idx = (int(rng.choice(rows)), int(rng.integers(0, p.shape[1])))
-            else:
-                idx = tuple(int(rng.integers(0, s)) for s in p.shape)
-            h = 1e-5 * max(1.0, abs(p[idx].item()))
-            old = p[idx].item()
-            p[idx] = old + h
-            up = step_loss_of(cfg, params, batch, loss, LOSSES[loss]).item()
-            p[idx] = old - h
-            down = step_loss_of(cfg, params, batch, loss, LOSSES[loss]).item()
-            p[idx] = old
-            fd = (up - down) / (2 * h)
-            ag = grads[name][idx].item()
-            count += 1
-            worst_abs = max(worst_abs, abs(fd - ag))
-            if abs(ag) >= 1e-5 and abs(fd - ag) / abs(ag) > worst_rel:
-                worst_rel, worst_at = abs(fd - ag) / abs(ag), (published_name(name), idx, ag, fd)
-    return count, worst_rel, worst_abs, worst_at
+    return central_differences(
+        params, lambda: step_loss_of(cfg, params, batch, loss, LOSSES[loss]).item(), grads,
+        np.random.default_rng(seed), per_tensor, (EMBED,), first_batch_rows(records),
+        published_name)
 
 
 def check_with_starling(cfg, weights_np, records):

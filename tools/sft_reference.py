@@ -51,7 +51,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch_llama as tl  # noqa: E402
 from train_reference import (BETA1, BETA2, EPS, GRAD_CLIP, LR, STEPS,  # noqa: E402
-                             WEIGHT_DECAY, rel_l2, run_adamw, to_torch)
+                             WEIGHT_DECAY, central_differences, rel_l2, run_adamw,
+                             to_torch)
 
 torch.set_num_threads(1)
 
@@ -211,35 +212,14 @@ def write_fixture(convs, result):
 # --------------------------------------------------------------------------------------------
 
 def finite_difference_check(cfg, weights_np, convs, grads, seed=3001, per_tensor=3):
-    """Central differences in float64 (step 1e-5 * max(1, |p|)) of the first micro-batch's loss
-    at `per_tensor` random entries of every parameter tensor (embedding and lm_head entries
-    from rows the batch uses). Returns (entries, max rel error where |grad| >= 1e-5, max abs
-    error, where the worst relative error is)."""
-    rng = np.random.default_rng(seed)
+    """train_reference.central_differences of the first micro-batch's loss at `per_tensor`
+    random entries of every parameter tensor (embedding and lm_head entries from rows the batch
+    uses)."""
     params = to_torch(weights_np, torch.float64, requires_grad=False)
     seqs = [convs[i][:2] for i in micro_batch(0, len(convs))]
-    rows = first_batch_rows(convs)
-    worst_rel, worst_abs, worst_at, count = 0.0, 0.0, None, 0
-    for name, p in params.items():
-        for _ in range(per_tensor):
-            if name in ROW_TENSORS:
-                idx = (int(rng.choice(rows)), int(rng.integers(0, p.shape[1])))
-            else:
-                idx = tuple(int(rng.integers(0, s)) for s in p.shape)
-            h = 1e-5 * max(1.0, abs(p[idx].item()))
-            old = p[idx].item()
-            p[idx] = old + h
-            up = step_loss_of(cfg, params, seqs).item()
-            p[idx] = old - h
-            down = step_loss_of(cfg, params, seqs).item()
-            p[idx] = old
-            fd = (up - down) / (2 * h)
-            ag = grads[name][idx].item()
-            count += 1
-            worst_abs = max(worst_abs, abs(fd - ag))
-            if abs(ag) >= 1e-5 and abs(fd - ag) / abs(ag) > worst_rel:
-                worst_rel, worst_at = abs(fd - ag) / abs(ag), (name, idx, ag, fd)
-    return count, worst_rel, worst_abs, worst_at
+    return central_differences(params, lambda: step_loss_of(cfg, params, seqs).item(), grads,
+                               np.random.default_rng(seed), per_tensor, ROW_TENSORS,
+                               first_batch_rows(convs))
 
 
 def check_ids_with_starling(convs):

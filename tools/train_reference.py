@@ -220,38 +220,50 @@ def write_fixture(name, rel_model_dir, tokens, lw, result):
 # --check: independent verifications of the reference
 # --------------------------------------------------------------------------------------------
 
-def finite_difference_check(cfg, weights_np, tokens_np, lw_np, grads, seed, per_tensor=3):
-    """Central differences in float64 (step 1e-5 * max(1, |p|)) for `per_tensor` random entries
-    of every parameter tensor (embedding entries from rows that the batch uses).
-    Returns (entries checked, max relative error |fd - autograd| / |autograd| over the entries
-    with |autograd| >= 1e-5, max absolute error over all entries, where the worst relative
-    error is). The absolute error floor is the rounding of the loss, ~1e-15 * loss / 1e-5."""
-    rng = np.random.default_rng(seed)
-    params = to_torch(weights_np, torch.float64, requires_grad=False)
-    tokens = torch.tensor(tokens_np, dtype=torch.long)
-    lw = torch.tensor(lw_np, dtype=torch.float64)
-    used_rows = sorted(set(tokens_np[:, :T].reshape(-1).tolist()))
+def central_differences(params, loss, grads, rng, per_tensor=3, row_tensors=(), rows=(),
+                        label=lambda name: name):
+    """Central differences in float64 (step 1e-5 * max(1, |p|)) of `loss()` (a float) at
+    `per_tensor` random entries of every tensor of `params` (changed in place and restored),
+    against the autograd gradients `grads`. Entries are drawn from `rng` tensor by tensor, in
+    order; those of the tensors named in `row_tensors` (the embedding, a big head) come from the
+    rows `rows` that the batch uses. Returns (entries checked, max relative error
+    |fd - autograd| / |autograd| over the entries with |autograd| >= 1e-5, max absolute error
+    over all entries, the worst relative entry as (label(name), index, autograd, fd)). The
+    absolute error floor is the rounding of the loss, ~1e-15 * loss / 1e-5. Shared by every
+    reference script's --check."""
     worst_rel, worst_abs, worst_at, count = 0.0, 0.0, None, 0
     for name, p in params.items():
         for _ in range(per_tensor):
-            if name == "model.embed_tokens.weight":
-                idx = (int(rng.choice(used_rows)), int(rng.integers(0, p.shape[1])))
+            if name in row_tensors:
+                idx = (int(rng.choice(rows)), int(rng.integers(0, p.shape[1])))
             else:
                 idx = tuple(int(rng.integers(0, s)) for s in p.shape)
             h = 1e-5 * max(1.0, abs(p[idx].item()))
             old = p[idx].item()
             p[idx] = old + h
-            up = loss_fn(cfg, params, tokens, lw).item()
+            up = loss()
             p[idx] = old - h
-            down = loss_fn(cfg, params, tokens, lw).item()
+            down = loss()
             p[idx] = old
             fd = (up - down) / (2 * h)
             ag = grads[name][idx].item()
             count += 1
             worst_abs = max(worst_abs, abs(fd - ag))
             if abs(ag) >= 1e-5 and abs(fd - ag) / abs(ag) > worst_rel:
-                worst_rel, worst_at = abs(fd - ag) / abs(ag), (name, idx, ag, fd)
+                worst_rel, worst_at = abs(fd - ag) / abs(ag), (label(name), idx, ag, fd)
     return count, worst_rel, worst_abs, worst_at
+
+
+def finite_difference_check(cfg, weights_np, tokens_np, lw_np, grads, seed, per_tensor=3):
+    """central_differences of the batch's loss at `per_tensor` random entries of every
+    parameter tensor (embedding entries from rows that the batch uses)."""
+    params = to_torch(weights_np, torch.float64, requires_grad=False)
+    tokens = torch.tensor(tokens_np, dtype=torch.long)
+    lw = torch.tensor(lw_np, dtype=torch.float64)
+    used_rows = sorted(set(tokens_np[:, :T].reshape(-1).tolist()))
+    return central_differences(params, lambda: loss_fn(cfg, params, tokens, lw).item(), grads,
+                               np.random.default_rng(seed), per_tensor,
+                               ("model.embed_tokens.weight",), used_rows)
 
 
 def naive_forward(cfg, w, tokens):
