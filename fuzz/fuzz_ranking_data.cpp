@@ -1,7 +1,8 @@
 // libFuzzer target for the reward-training data parser (src/reward/ranking_data.h): Nectar
-// records and preference pairs in JSON Lines (and the prompt lines of train apa|ppo), rendered by each chat template into one id
-// sequence per answer. starling::Error is the expected answer to bad input; anything else, a
-// crash or a sanitizer report is a bug. What parses must hold what the parser promises.
+// records and preference pairs in JSON Lines (and the prompt lines of train apa|ppo), rendered by
+// each chat template into one id sequence per answer. starling::Error is the expected answer to bad
+// input; anything else, a crash or a sanitizer report is a bug. What parses must hold what the
+// parser promises.
 #include <cstddef>
 #include <cstdint>
 #include <string>

@@ -191,6 +191,26 @@ TEST(PolicyTrain, ASeparateValueModelTakesTheValueLoss) {
   EXPECT_EQ(policy.value_weights(), nullptr);
 }
 
+// A minibatch of one response of one token (an immediate end of turn) has a single advantage:
+// nothing to whiten against. It trains (unwhitened) instead of stopping the run.
+TEST(PolicyTrain, AOneTokenMinibatchIsNotWhitened) {
+  TrainModel m(WithValueHead(OpenModelFiles(kModel)), -1);
+  Rollout a;
+  a.context = {1, 420, 9123};
+  a.response = {32000};
+  a.old_logps = {-3.0f};
+  a.ref_logps = {-3.0f};
+  a.old_values = {0.0f};
+  a.rewards = {1.5f};
+  const std::vector<const Rollout*> rs = {&a};
+  PolicyUpdateConfig c;
+  c.whiten = true;
+  TrainStep step(m);
+  const PolicyMinibatchResult r = PolicyMinibatchLoss(step, rs, c, 1.0);
+  ASSERT_EQ(r.advantages.size(), 1u);
+  EXPECT_EQ(r.advantages[0], 1.5f);  // the reward minus the value 0, as it is
+}
+
 TEST(PolicyTrain, PromptLines) {
   auto m = ParsePromptLine(R"({"messages": [{"role": "user", "content": "Hi"}]})", "f:1");
   ASSERT_EQ(m.size(), 1u);

@@ -73,8 +73,9 @@ std::vector<RankingExample> ParseRankingData(std::string_view text, const std::s
                                              const RankingDataOptions& options,
                                              RankingDataStats* stats);
 
-// One line of a prompts file (policy tuning's prompts, train apa|ppo): {"messages": [...]} (ending with a user turn; a final assistant
-// message, e.g. an SFT line's answer, is dropped) or {"prompt": "..."} (Nectar's
+// One line of a prompts file (policy tuning's prompts, train apa|ppo): {"messages": [...]} (ending
+// with a user turn; a final assistant message, e.g. an SFT line's answer, is dropped) or {"prompt":
+// "..."} (Nectar's
 // "\n\nHuman: ...\n\nAssistant:" turns, or a plain string as one user turn). `source` names the
 // line in errors.
 std::vector<ChatMessage> ParsePromptLine(std::string_view json_line, const std::string& source);

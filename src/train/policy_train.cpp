@@ -344,7 +344,8 @@ PolicyMinibatchResult PolicyMinibatchLoss(TrainStep& step, std::span<const Rollo
     out.advantages.insert(out.advantages.end(), a.begin(), a.end());
     out.returns.insert(out.returns.end(), ret.begin(), ret.end());
   }
-  if (config.whiten) Whiten(out.advantages);
+  // (A minibatch of one one-token response has nothing to whiten against: left as it is.)
+  if (config.whiten && out.advantages.size() >= 2) Whiten(out.advantages);
   const std::vector<float> old_logps = Flat(rollouts, &Rollout::old_logps);
   const std::vector<float> ref_logps = Flat(rollouts, &Rollout::ref_logps);
   const std::vector<float> old_values = Flat(rollouts, &Rollout::old_values);
@@ -644,6 +645,8 @@ void RunPolicyTraining(PolicyOptions p) {
                  p.temperature, p.top_k, p.top_p);
   }
   const bool whiten = p.whiten >= 0 ? p.whiten != 0 : !starling;
+  // microsoft/RLHF-APA's value loss is unclipped (its clipping is commented out).
+  if (p.loss.cliprange_value < 0) p.loss.cliprange_value = paper ? 0.0 : 0.2;
   const double kl_coef = p.kl_coef >= 0 ? p.kl_coef : (paper ? 0.0 : 0.01);
   if (paper && kl_coef != 0.0) {
     std::fprintf(stderr, "note: APA (paper) puts no KL term in the reward; --kl-coef %g adds one\n",

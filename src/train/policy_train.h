@@ -46,7 +46,7 @@ struct PolicyOptions {
   int whiten = -1;      // -1: the algorithm's default (PPO and APA paper: yes; Starling: no)
   double kl_coef = -1;  // -1: the algorithm's default (0.01; APA paper: 0, no KL in the reward)
   double target_kl = 0, kl_horizon = 10000;
-  PolicyLossConfig loss;
+  PolicyLossConfig loss;  // its cliprange_value -1: the algorithm's default (APA paper: 0)
   std::string reward_scale = "none";  // none | running (divide by the running std, as trlx)
   double reward_clip = 0;             // 0: none; else clip scores to [-c, c]
   double max_kl = 10;                 // stop when the mean per-token KL exceeds it

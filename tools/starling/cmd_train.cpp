@@ -352,6 +352,7 @@ void RegisterTrain(CLI::App& app) {
     po->common.loop.adam.beta1 = 0.9f;
     po->common.loop.adam.beta2 = 0.95f;
     po->common.loop.adam.weight_decay = 1e-6f;
+    po->loss.cliprange_value = -1;  // the algorithm's default
     auto po_no_shuffle = std::make_shared<bool>(false);
     auto whiten = std::make_shared<std::string>("auto");
     auto variant = std::make_shared<std::string>("paper");
@@ -407,8 +408,8 @@ void RegisterTrain(CLI::App& app) {
     c->add_option("--kl-horizon", po->kl_horizon, "adaptive KL controller's horizon")
         ->capture_default_str();
     c->add_option("--cliprange-value", po->loss.cliprange_value,
-                  "value clip around the rollout's values (0: unclipped)")
-        ->capture_default_str();
+                  "value clip around the rollout's values (0: unclipped; default 0.2, APA "
+                  "paper 0 as microsoft/RLHF-APA)");
     c->add_option("--vf-coef", po->loss.vf_coef, "the value loss's weight")->capture_default_str();
     c->add_option("--reward-scale", po->reward_scale,
                   "none, or running: divide scores by their running standard deviation")
