@@ -71,7 +71,8 @@ Judge (rank(record, answers) -> ranks, 1 = best, every rank used once). Checked 
 the key (wrong, error, format, verbosity, index): wrong = 0 if the check passes else 1; error =
 |got - want| (integer, both as doubles), lev (text, list), infinite when no integer or token is
 found (or got overflows a double); format = 0 when the stripped response equals the answer
-exactly, else 1; verbosity = |len(stripped response) - len(answer)| in code points; index = the
+exactly, 2 when it repeats itself more than the answer does (repetition as defined for "none"
+below, over its words), else 1; verbosity = |len(stripped response) - len(answer)| in code points; index = the
 position in the input (the deterministic tie-break). "none" tasks: (blank, repetition,
 malformed, length, index): blank = 1 when the stripped response is empty; words = the matches of
 [A-Za-z0-9']+, lower-cased; repetition = the number of words equal to the word before them plus
@@ -482,8 +483,13 @@ def judge_key(response, record, index):
         malformed = int(not ("A" <= s[:1] <= "Z")) + int(s[-1:] not in (".", "!", "?"))
         return (int(not s), repetition(words), malformed,
                 abs(len(words) - len(chat_words(record["answer"]))), index)
-    return (int(not check(response, record)), error_size(response, record),
-            int(s != record["answer"]), abs(len(s) - len(record["answer"])), index)
+    if s == record["answer"]:
+        form = 0
+    else:
+        stutter = repetition(chat_words(s)) > repetition(chat_words(record["answer"]))
+        form = 2 if stutter else 1
+    return (int(not check(response, record)), error_size(response, record), form,
+            abs(len(s) - len(record["answer"])), index)
 
 
 def rank(record, answers):
@@ -848,6 +854,9 @@ def main(argv=None):
             cmd_golden(a)
     except (InputError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:  # e.g. `generate ... | head`
+        sys.stdout = None
         return 1
     return 0
 

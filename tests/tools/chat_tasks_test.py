@@ -172,11 +172,11 @@ class JudgeAndCorruptions(unittest.TestCase):
     def test_the_judge_ranks_right_then_by_error_then_format_then_length(self):
         r = rec("integer", "579")
         answers = ["600", "The answer is 579.", "579", "580", "The answer is 580.", "nothing",
-                   "1000"]
+                   "1000", "579 579 579"]
         ranks = ct.rank(r, answers)
         by_rank = [a for _, a in sorted(zip(ranks, answers))]
-        self.assertEqual(by_rank, ["579", "The answer is 579.", "580", "The answer is 580.",
-                                   "600", "1000", "nothing"])
+        self.assertEqual(by_rank, ["579", "The answer is 579.", "579 579 579", "580",
+                                   "The answer is 580.", "600", "1000", "nothing"])
         t = rec("text", "domat")
         by_rank = [a for _, a in sorted(zip(ct.rank(t, ["tamod", "domta", "domat."]),
                                             ["tamod", "domta", "domat."]))]
