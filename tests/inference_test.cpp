@@ -40,6 +40,45 @@ TEST(Inference, Stories260KGreedyMatchesLlama2c) {
   EXPECT_EQ(r.text, ReadFile(kData + "/expected_greedy_n200.txt"));
 }
 
+// Offline batches (GenerateBatch: evaluation, rollouts) give each prompt what Generate gives it
+// alone with the same seed, token for token and byte for byte: the batched decode step gives
+// each session the bits of its own forward pass. Sampled (temperature 1, seeded) and with a
+// batch that splits the prompts unevenly.
+TEST(Inference, GenerateBatchEqualsGenerateAlone) {
+  const LoadedModel m = LoadModel(std::string(STARLING_MODELS_DIR) + "/stories260K.gguf");
+  GenerationOptions o = Greedy(40, m);
+  o.sampling.temperature = 1.0f;
+  o.sampling.top_k = 0;
+  o.sampling.top_p = 1.0f;
+  o.sampling.min_p = 0.0f;
+  std::vector<std::vector<int32_t>> prompts;
+  std::vector<uint64_t> seeds;
+  for (const char* text : {"Once upon a time", "Tom had a", "The cat", "Lily saw a big", "One"}) {
+    prompts.push_back(m.tokenizer->Encode(text, {.add_bos = true}));
+    seeds.push_back(prompts.size() * 17);
+  }
+  size_t seen = 0;
+  const std::vector<GenerationResult> batched =
+      GenerateBatch(*m.model, *m.tokenizer, prompts, seeds, o, /*batch=*/3,
+                    [&](size_t, std::span<const float> logits, int32_t) {
+                      EXPECT_EQ(logits.size(), static_cast<size_t>(m.model->config().vocab_size));
+                      ++seen;
+                    });
+  ASSERT_EQ(batched.size(), prompts.size());
+  size_t tokens = 0;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    Session session(*m.model, 512);
+    GenerationOptions alone = o;
+    alone.sampling.seed = seeds[i];
+    const GenerationResult r = Generate(session, *m.tokenizer, prompts[i], alone);
+    EXPECT_EQ(batched[i].tokens, r.tokens) << i;
+    EXPECT_EQ(batched[i].text, r.text) << i;
+    EXPECT_EQ(batched[i].finish, r.finish) << i;
+    tokens += r.tokens.size();
+  }
+  EXPECT_EQ(seen, tokens);
+}
+
 // An F16 KV cache on a real trained model, stories260K: logits at every position of llama2.c's
 // greedy story, and the greedy story itself.
 TEST(Inference, Stories260KF16KvCacheStaysCloseToF32) {

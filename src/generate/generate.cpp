@@ -146,6 +146,76 @@ GenerationResult Generate(Session& session, const Tokenizer& tokenizer,
   return result;
 }
 
+std::vector<GenerationResult> GenerateBatch(const Model& model, const Tokenizer& tokenizer,
+                                            std::span<const std::vector<int32_t>> prompts,
+                                            std::span<const uint64_t> seeds,
+                                            const GenerationOptions& options, int64_t batch,
+                                            const TokenCallback& on_token) {
+  if (seeds.size() != prompts.size()) Fail("GenerateBatch: one seed per prompt");
+  if (batch < 1) Fail("GenerateBatch: a batch of ", batch);
+  const int32_t vocab = model.config().vocab_size;
+  std::vector<GenerationResult> out(prompts.size());
+  std::vector<float> raw;
+  ForwardScratch scratch;
+  for (size_t s = 0; s < prompts.size(); s += static_cast<size_t>(batch)) {
+    const size_t n = std::min(prompts.size() - s, static_cast<size_t>(batch));
+    std::vector<std::unique_ptr<Session>> sessions;
+    std::vector<std::unique_ptr<GenerationStream>> streams;
+    std::vector<float> logits(n * static_cast<size_t>(vocab));
+    for (size_t i = 0; i < n; ++i) {
+      const std::vector<int32_t>& prompt = prompts[s + i];
+      if (prompt.empty()) Fail("prompt ", s + i, " has no tokens (a model needs at least BOS)");
+      const auto ctx = static_cast<int32_t>(prompt.size()) + options.max_new_tokens;
+      sessions.push_back(std::make_unique<Session>(model, ctx));
+      const auto start = std::chrono::steady_clock::now();
+      sessions.back()->Forward(prompt, std::span<float>(&logits[i * vocab], vocab));
+      out[s + i].prompt_tokens = static_cast<int32_t>(prompt.size());
+      out[s + i].prompt_seconds = SecondsSince(start);
+      GenerationOptions g = options;
+      g.sampling.seed = seeds[s + i];
+      streams.push_back(std::make_unique<GenerationStream>(tokenizer, prompt, g));
+    }
+    const auto start = std::chrono::steady_clock::now();
+    while (true) {
+      std::vector<Session*> running;
+      std::vector<int32_t> tokens;
+      std::vector<size_t> which;
+      for (size_t i = 0; i < n; ++i) {
+        if (streams[i]->done()) continue;
+        GenerationResult& r = out[s + i];
+        const std::span<float> row(&logits[i * vocab], static_cast<size_t>(vocab));
+        if (on_token) raw.assign(row.begin(), row.end());
+        r.text += streams[i]->Step(row);
+        const int32_t token = streams[i]->token();
+        if (on_token) on_token(s + i, raw, token);
+        if (streams[i]->done()) continue;
+        if (sessions[i]->length() >= sessions[i]->context_length()) {
+          r.text += streams[i]->End(FinishReason::kLength);
+          continue;
+        }
+        running.push_back(sessions[i].get());
+        tokens.push_back(token);
+        which.push_back(i);
+      }
+      if (running.empty()) break;
+      std::vector<float> outputs(running.size() * static_cast<size_t>(vocab));
+      Session::ForwardBatch(running, tokens, outputs, &scratch);
+      for (size_t k = 0; k < which.size(); ++k) {
+        std::copy(outputs.begin() + static_cast<ptrdiff_t>(k * vocab),
+                  outputs.begin() + static_cast<ptrdiff_t>((k + 1) * vocab),
+                  logits.begin() + static_cast<ptrdiff_t>(which[k] * vocab));
+      }
+    }
+    const double seconds = SecondsSince(start);
+    for (size_t i = 0; i < n; ++i) {
+      out[s + i].tokens = streams[i]->tokens();
+      out[s + i].finish = streams[i]->finish();
+      out[s + i].generate_seconds = seconds;
+    }
+  }
+  return out;
+}
+
 PerplexityResult ComputePerplexity(const Model& model, const Tokenizer& tokenizer,
                                    std::string_view text, int32_t context, DType kv_type,
                                    const std::function<void(int32_t, int32_t, double)>& progress) {

@@ -83,6 +83,21 @@ GenerationResult Generate(Session& session, const Tokenizer& tokenizer,
                           std::span<const int32_t> prompt, const GenerationOptions& options,
                           const TextCallback& on_text = {});
 
+// Generates from several prompts at once (offline batches: evaluation, rollouts): up to `batch`
+// sequences decoded together, one Session each and one Session::ForwardBatch per step, so the
+// weights are read once per step for all of them. Prompt i samples with seed seeds[i] (it
+// overrides options.sampling.seed); each session holds prompt + max_new_tokens positions.
+// `on_token(i, logits, token)`, when set, sees every sampled token with the raw logits [V] it
+// was drawn from (before the sampler touched them). Results in prompt order; greedy results
+// equal Generate's.
+using TokenCallback =
+    std::function<void(size_t index, std::span<const float> logits, int32_t token)>;
+std::vector<GenerationResult> GenerateBatch(const Model& model, const Tokenizer& tokenizer,
+                                            std::span<const std::vector<int32_t>> prompts,
+                                            std::span<const uint64_t> seeds,
+                                            const GenerationOptions& options, int64_t batch,
+                                            const TokenCallback& on_token = {});
+
 struct PerplexityResult {
   int32_t chunks = 0;
   int64_t tokens_scored = 0;

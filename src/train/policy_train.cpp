@@ -517,73 +517,32 @@ std::vector<Rollout> GenerateRollouts(const Model& model, const Tokenizer& token
                                       std::span<const int64_t> prompt_indices,
                                       std::span<const uint64_t> seeds,
                                       const GenerationOptions& options, int64_t batch) {
-  const int32_t vocab = model.config().vocab_size;
   std::vector<Rollout> out(prompts.size());
-  std::vector<float> raw(static_cast<size_t>(vocab));
-  ForwardScratch scratch;
-  for (size_t s = 0; s < prompts.size(); s += static_cast<size_t>(batch)) {
-    const size_t n = std::min(prompts.size() - s, static_cast<size_t>(batch));
-    std::vector<std::unique_ptr<Session>> sessions;
-    std::vector<std::unique_ptr<GenerationStream>> streams;
-    std::vector<float> logits(n * static_cast<size_t>(vocab));
-    for (size_t i = 0; i < n; ++i) {
-      const PolicyPrompt& p = *prompts[s + i];
-      Rollout& r = out[s + i];
-      r.prompt = prompt_indices[s + i];
-      r.context = p.ids;
-      const auto ctx = static_cast<int32_t>(p.ids.size()) + options.max_new_tokens;
-      sessions.push_back(std::make_unique<Session>(model, ctx));
-      sessions.back()->Forward(p.ids, std::span<float>(&logits[i * vocab], vocab));
-      GenerationOptions g = options;
-      g.sampling.seed = seeds[s + i];
-      streams.push_back(std::make_unique<GenerationStream>(tokenizer, p.ids, g));
+  std::vector<std::vector<int32_t>> ids;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    out[i].prompt = prompt_indices[i];
+    out[i].context = prompts[i]->ids;
+    ids.push_back(prompts[i]->ids);
+  }
+  // The policy's distribution (temperature 1) at each sampled token: its log-prob and entropy.
+  const auto record = [&](size_t i, std::span<const float> logits, int32_t token) {
+    const float top = *std::max_element(logits.begin(), logits.end());
+    double z = 0, zl = 0;
+    for (const float l : logits) {
+      const double e = std::exp(static_cast<double>(l) - top);
+      z += e;
+      zl += e * (static_cast<double>(l) - top);
     }
-    while (true) {
-      std::vector<Session*> running;
-      std::vector<int32_t> tokens;
-      std::vector<size_t> which;
-      for (size_t i = 0; i < n; ++i) {
-        if (streams[i]->done()) continue;
-        Rollout& r = out[s + i];
-        const std::span<float> row(&logits[i * vocab], static_cast<size_t>(vocab));
-        // The policy's distribution (temperature 1): log-sum-exp and entropy, before the
-        // sampler uses the row as scratch.
-        std::copy(row.begin(), row.end(), raw.begin());
-        const float top = *std::max_element(raw.begin(), raw.end());
-        double z = 0, zl = 0;
-        for (const float l : raw) {
-          const double e = std::exp(static_cast<double>(l) - top);
-          z += e;
-          zl += e * (static_cast<double>(l) - top);
-        }
-        const double lse = top + std::log(z);
-        r.text += streams[i]->Step(row);
-        const int32_t token = streams[i]->token();
-        r.response.push_back(token);
-        r.engine_logps.push_back(static_cast<float>(raw[static_cast<size_t>(token)] - lse));
-        r.entropy.push_back(static_cast<float>(std::log(z) - zl / z));
-        if (streams[i]->done()) {
-          r.finish = streams[i]->finish();
-          continue;
-        }
-        if (sessions[i]->length() >= sessions[i]->context_length()) {
-          r.text += streams[i]->End(FinishReason::kLength);
-          r.finish = FinishReason::kLength;
-          continue;
-        }
-        running.push_back(sessions[i].get());
-        tokens.push_back(token);
-        which.push_back(i);
-      }
-      if (running.empty()) break;
-      std::vector<float> outputs(running.size() * static_cast<size_t>(vocab));
-      Session::ForwardBatch(running, tokens, outputs, &scratch);
-      for (size_t k = 0; k < which.size(); ++k) {
-        std::copy(outputs.begin() + static_cast<int64_t>(k * vocab),
-                  outputs.begin() + static_cast<int64_t>((k + 1) * vocab),
-                  logits.begin() + static_cast<int64_t>(which[k] * vocab));
-      }
-    }
+    const double lse = top + std::log(z);
+    out[i].engine_logps.push_back(static_cast<float>(logits[static_cast<size_t>(token)] - lse));
+    out[i].entropy.push_back(static_cast<float>(std::log(z) - zl / z));
+  };
+  std::vector<GenerationResult> results =
+      GenerateBatch(model, tokenizer, ids, seeds, options, batch, record);
+  for (size_t i = 0; i < out.size(); ++i) {
+    out[i].response = std::move(results[i].tokens);
+    out[i].text = std::move(results[i].text);
+    out[i].finish = results[i].finish;
   }
   return out;
 }
