@@ -24,6 +24,7 @@ void RegisterReward(CLI::App& app);   // score, rank
 void RegisterServe(CLI::App& app);
 void RegisterTrain(CLI::App& app);  // train pretrain/sft, bench-train
 void RegisterPlot(CLI::App& app);
+void RegisterEval(CLI::App& app);
 void RegisterPull(CLI::App& app);
 
 // A model reference given as ORG/NAME[@REVISION][/FILE] resolved in the local Hugging Face

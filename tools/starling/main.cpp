@@ -26,6 +26,7 @@ int main(int argc, char** argv) {
   starling::cli::RegisterServe(app);
   starling::cli::RegisterTrain(app);
   starling::cli::RegisterPlot(app);
+  starling::cli::RegisterEval(app);
   starling::cli::RegisterPull(app);
   starling::cli::ResolveModelOptions(app);
   try {
