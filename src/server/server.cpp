@@ -536,6 +536,7 @@ class Server {
       SendError(res, error);
       return httplib::Server::HandlerResponse::Handled;
     };
+    t_note = {};  // this request's tokens, for its log line
     if (shutting_down_) return refuse(ShuttingDown());
     const std::string host = req.get_header_value("Host");
     if (req.has_header("Host") && !HostAllowed(host)) {
