@@ -34,6 +34,7 @@ void CheckSampling(const starling::SamplingRequest& r) {
   if (!(r.frequency_penalty >= -2.0f && r.frequency_penalty <= 2.0f)) __builtin_trap();
   if (!(r.presence_penalty >= -2.0f && r.presence_penalty <= 2.0f)) __builtin_trap();
   if (r.logprobs < -1 || r.logprobs > starling::kMaxTopLogprobs) __builtin_trap();
+  if (r.n < 1 || r.n > starling::kMaxChoices) __builtin_trap();
   for (const auto& [id, bias] : r.logit_bias) {
     if (id < 0 || !(bias >= -starling::kMaxLogitBias && bias <= starling::kMaxLogitBias)) {
       __builtin_trap();

@@ -107,7 +107,9 @@ TEST(OpenAiApi, ChatAliasesNullsAndDuplicates) {
   EXPECT_EQ(r.temperature, 2.0f);
   EXPECT_EQ(r.top_p, 1.0f);
   EXPECT_EQ(r.seed, 0u);
-  r = ParseChatCompletionRequest(ChatWith(R"("seed": -0, "max_tokens": 1048576)"));
+  EXPECT_EQ(r.n, 1);
+  r = ParseChatCompletionRequest(ChatWith(R"("seed": -0, "max_tokens": 1048576, "n": 128)"));
+  EXPECT_EQ(r.n, kMaxChoices);
   EXPECT_EQ(r.seed, 0u);
   EXPECT_EQ(r.max_tokens, kMaxTokensLimit);
   // A repeated key keeps its last value, as in Python.
@@ -208,8 +210,9 @@ TEST(OpenAiApi, ChatBadSampling) {
       {R"("stream": 1)", "stream"},
       {R"("stream_options": true)", "stream_options"},
       {R"("stream_options": {"include_usage": "true"})", "stream_options.include_usage"},
-      {R"("n": 2)", "n"},
+      {R"("n": 129)", "n"},
       {R"("n": 0)", "n"},
+      {R"("n": 1.0)", "n"},
       {R"("frequency_penalty": 2.5)", "frequency_penalty"},
       {R"("frequency_penalty": "1")", "frequency_penalty"},
       {R"("presence_penalty": -2.01)", "presence_penalty"},
@@ -280,13 +283,15 @@ TEST(OpenAiApi, PenaltiesBiasAndLogprobs) {
     "best_of": 1, "suffix": "", "frequency_penalty": 1})");
   EXPECT_EQ(c.logprobs, 5);
   EXPECT_EQ(c.frequency_penalty, 1.0f);
-  c = ParseCompletionRequest(R"({"prompt": "a", "logprobs": 0})");
+  c = ParseCompletionRequest(R"({"prompt": "a", "logprobs": 0, "n": 3, "best_of": 3})");
   EXPECT_EQ(c.logprobs, 0);
+  EXPECT_EQ(c.n, 3);
   for (const auto& [body, param] : std::vector<std::pair<std::string, std::string>>{
            {R"({"prompt": "a", "logprobs": true})", "logprobs"},
            {R"({"prompt": "a", "logprobs": 21})", "logprobs"},
            {R"({"prompt": "a", "echo": true})", "echo"},
            {R"({"prompt": "a", "best_of": 2})", "best_of"},
+           {R"({"prompt": "a", "n": 2, "best_of": 3})", "best_of"},
            {R"({"prompt": "a", "suffix": "x"})", "suffix"},
            {R"({"prompt": "a", "top_logprobs": 1})", "top_logprobs"}}) {
     SCOPED_TRACE(body);
@@ -467,6 +472,19 @@ TEST(OpenAiApi, CompletionResponsesAndModels) {
                 {"id": "starling-rm", "object": "model", "created": 11, "owned_by": "starling"}
               ]})"));
   EXPECT_EQ(ModelsList({}, 11), Json::parse(R"({"object": "list", "data": []})"));
+  // n choices, in order; chunks name theirs.
+  const Json two = ChatCompletionResponse(
+      "c", "m", 1, {{"a", "stop", nullptr}, {"b", "length", nullptr}}, {3, 5});
+  ASSERT_EQ(two["choices"].size(), 2u);
+  EXPECT_EQ(two["choices"][1], Json::parse(R"({"index": 1, "message": {"role": "assistant",
+      "content": "b"}, "logprobs": null, "finish_reason": "length"})"));
+  EXPECT_EQ(CompletionResponse("c", "m", 1, {{"a", "stop", nullptr}, {"b", "stop", nullptr}},
+                               {3, 5})["choices"][1]["text"],
+            "b");
+  EXPECT_EQ(CompletionChunk("c", "m", 1, "x", std::nullopt, nullptr, 4)["choices"][0]["index"], 4);
+  EXPECT_EQ(ChatCompletionChunk("c", "m", 1, std::nullopt, "x", std::nullopt, nullptr,
+                                2)["choices"][0]["index"],
+            2);
 }
 
 TEST(OpenAiApi, SseFraming) {

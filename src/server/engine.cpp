@@ -308,6 +308,7 @@ void Engine::EndAll(const std::string& error) {
       end(*slot.job,
           slot.stream != nullptr ? static_cast<int64_t>(slot.stream->tokens().size()) : 0);
       slot.stream.reset();
+      slot.logprobs.clear();
       slot.job.reset();
     }
   }

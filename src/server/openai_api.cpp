@@ -234,9 +234,7 @@ void ParseSampling(const Json& body, SamplingRequest& out) {
         v->is_number_unsigned() ? v->get<uint64_t>() : static_cast<uint64_t>(v->get<int64_t>());
   }
   if (const Json* v = Find(body, "n")) {
-    if (IntegerValue(*v, "n", 1, kMaxTokensLimit) != 1) {
-      BadRequest("n must be 1: one choice per request is supported", "n");
-    }
+    out.n = static_cast<int32_t>(IntegerValue(*v, "n", 1, kMaxChoices));
   }
   if (const Json* v = Find(body, "stream")) out.stream = BoolValue(*v, "stream");
   if (const Json* v = Find(body, "stream_options")) {
@@ -351,8 +349,9 @@ CompletionRequest ParseCompletionRequest(std::string_view body) {
     BadRequest("echo is not supported: the response holds the generated text only", "echo");
   }
   if (const Json* v = Find(j, "best_of")) {
-    if (IntegerValue(*v, "best_of", 1, kMaxTokensLimit) != 1) {
-      BadRequest("best_of must be 1: one choice per request is supported", "best_of");
+    if (IntegerValue(*v, "best_of", 1, kMaxChoices) != request.n) {
+      BadRequest("best_of must equal n: choosing the best of more samples is not supported",
+                 "best_of");
     }
   }
   if (const Json* v = Find(j, "suffix"); v != nullptr && !StringValue(*v, "suffix").empty()) {
@@ -495,26 +494,36 @@ Json CompletionLogprobs(const std::vector<TokenLogprob>& tokens, size_t text_off
 }
 
 Json ChatCompletionResponse(const std::string& id, const std::string& model, int64_t created,
-                            const std::string& content, const std::string& finish_reason,
-                            Usage usage, Json logprobs) {
+                            const std::vector<Choice>& choices, Usage usage) {
   Json j = Header(id, "chat.completion", created, model);
-  j["choices"] = Json::array({{{"index", 0},
-                               {"message", {{"role", "assistant"}, {"content", content}}},
-                               {"logprobs", std::move(logprobs)},
-                               {"finish_reason", finish_reason}}});
+  j["choices"] = Json::array();
+  for (size_t i = 0; i < choices.size(); ++i) {
+    j["choices"].push_back({{"index", i},
+                            {"message", {{"role", "assistant"}, {"content", choices[i].text}}},
+                            {"logprobs", choices[i].logprobs},
+                            {"finish_reason", choices[i].finish_reason}});
+  }
   j["usage"] = UsageJson(usage);
   return j;
+}
+
+Json ChatCompletionResponse(const std::string& id, const std::string& model, int64_t created,
+                            const std::string& content, const std::string& finish_reason,
+                            Usage usage, Json logprobs) {
+  return ChatCompletionResponse(id, model, created, {{content, finish_reason, std::move(logprobs)}},
+                                usage);
 }
 
 Json ChatCompletionChunk(const std::string& id, const std::string& model, int64_t created,
                          const std::optional<std::string>& role,
                          const std::optional<std::string>& content,
-                         const std::optional<std::string>& finish_reason, Json logprobs) {
+                         const std::optional<std::string>& finish_reason, Json logprobs,
+                         int64_t index) {
   Json delta = Json::object();
   if (role) delta["role"] = *role;
   if (content) delta["content"] = *content;
   Json j = Header(id, "chat.completion.chunk", created, model);
-  j["choices"] = Json::array({{{"index", 0},
+  j["choices"] = Json::array({{{"index", index},
                                {"delta", std::move(delta)},
                                {"logprobs", std::move(logprobs)},
                                {"finish_reason", OptionalString(finish_reason)}}});
@@ -530,23 +539,32 @@ Json UsageChunk(const std::string& id, const std::string& model, int64_t created
 }
 
 Json CompletionResponse(const std::string& id, const std::string& model, int64_t created,
-                        const std::string& text, const std::string& finish_reason, Usage usage,
-                        Json logprobs) {
+                        const std::vector<Choice>& choices, Usage usage) {
   Json j = Header(id, "text_completion", created, model);
-  j["choices"] = Json::array({{{"text", text},
-                               {"index", 0},
-                               {"logprobs", std::move(logprobs)},
-                               {"finish_reason", finish_reason}}});
+  j["choices"] = Json::array();
+  for (size_t i = 0; i < choices.size(); ++i) {
+    j["choices"].push_back({{"text", choices[i].text},
+                            {"index", i},
+                            {"logprobs", choices[i].logprobs},
+                            {"finish_reason", choices[i].finish_reason}});
+  }
   j["usage"] = UsageJson(usage);
   return j;
 }
 
+Json CompletionResponse(const std::string& id, const std::string& model, int64_t created,
+                        const std::string& text, const std::string& finish_reason, Usage usage,
+                        Json logprobs) {
+  return CompletionResponse(id, model, created, {{text, finish_reason, std::move(logprobs)}},
+                            usage);
+}
+
 Json CompletionChunk(const std::string& id, const std::string& model, int64_t created,
                      const std::string& text, const std::optional<std::string>& finish_reason,
-                     Json logprobs) {
+                     Json logprobs, int64_t index) {
   Json j = Header(id, "text_completion", created, model);
   j["choices"] = Json::array({{{"text", text},
-                               {"index", 0},
+                               {"index", index},
                                {"logprobs", std::move(logprobs)},
                                {"finish_reason", OptionalString(finish_reason)}}});
   return j;

@@ -47,6 +47,7 @@ std::string ErrorBody(const ApiError& error);
 inline constexpr int32_t kMaxTokensLimit = 1 << 20;
 inline constexpr size_t kMaxStopStrings = 4;
 inline constexpr int32_t kMaxTopLogprobs = 20;  // OpenAI's limit for chat's top_logprobs
+inline constexpr int32_t kMaxChoices = 128;     // "n"; the server also bounds it by its slots
 inline constexpr float kMaxLogitBias = 100.0f;  // |bias|, as OpenAI
 // Fields accepted and ignored, as they change nothing here: "user", "metadata", "store",
 // "service_tier", "parallel_tool_calls", "prompt_cache_key", "safety_identifier" (both
@@ -60,7 +61,7 @@ inline constexpr const char* kIgnoredFields[] = {"user",
                                                  "safety_identifier"};
 
 // The sampling fields shared by /v1/chat/completions and /v1/completions, with OpenAI's
-// defaults. "n", when given, must be 1 (one choice per request).
+// defaults.
 struct SamplingRequest {
   std::string model;         // may be empty
   float temperature = 1.0f;  // [0, 2]
@@ -69,6 +70,7 @@ struct SamplingRequest {
                              // is an alias and wins when both are given.
   std::vector<std::string> stop;  // "stop": a string or a list of up to 4, each non-empty
   std::optional<uint64_t> seed;   // an integer >= 0
+  int32_t n = 1;                  // choices: 1 .. kMaxChoices
   bool stream = false;
   bool include_usage = false;      // stream_options.include_usage
   float frequency_penalty = 0.0f;  // [-2, 2]
@@ -138,8 +140,24 @@ nlohmann::json ChatLogprobs(const std::vector<TokenLogprob>& tokens);
 // Offsets count bytes of the tokens' texts from `text_offset` (where an earlier chunk ended).
 nlohmann::json CompletionLogprobs(const std::vector<TokenLogprob>& tokens, size_t text_offset);
 
-// Response builders. `id` and `created` (Unix seconds) come from the caller; finish_reason is
-// "stop" or "length". A choice's "logprobs" is `logprobs` (null unless asked for).
+// One choice of a response: its text (chat: the message's content), finish_reason ("stop" or
+// "length") and "logprobs" (null unless asked for).
+struct Choice {
+  std::string text;
+  std::string finish_reason;
+  nlohmann::json logprobs;
+};
+
+// Responses with choices 0, 1, ... in order.
+nlohmann::json ChatCompletionResponse(const std::string& id, const std::string& model,
+                                      int64_t created, const std::vector<Choice>& choices,
+                                      Usage usage);
+nlohmann::json CompletionResponse(const std::string& id, const std::string& model, int64_t created,
+                                  const std::vector<Choice>& choices, Usage usage);
+
+// Single-choice response builders. `id` and `created` (Unix seconds) come from the caller;
+// finish_reason is "stop" or "length". A choice's "logprobs" is `logprobs` (null unless asked
+// for). Chunks name their choice by `index`.
 nlohmann::json ChatCompletionResponse(const std::string& id, const std::string& model,
                                       int64_t created, const std::string& content,
                                       const std::string& finish_reason, Usage usage,
@@ -150,7 +168,7 @@ nlohmann::json ChatCompletionChunk(const std::string& id, const std::string& mod
                                    const std::optional<std::string>& role,
                                    const std::optional<std::string>& content,
                                    const std::optional<std::string>& finish_reason,
-                                   nlohmann::json logprobs = nullptr);
+                                   nlohmann::json logprobs = nullptr, int64_t index = 0);
 // The final chunk for stream_options.include_usage: "choices": [] and "usage". `object` is
 // "chat.completion.chunk" for chat and "text_completion" for completions.
 nlohmann::json UsageChunk(const std::string& id, const std::string& model, int64_t created,
@@ -162,7 +180,7 @@ nlohmann::json CompletionResponse(const std::string& id, const std::string& mode
 nlohmann::json CompletionChunk(const std::string& id, const std::string& model, int64_t created,
                                const std::string& text,
                                const std::optional<std::string>& finish_reason,
-                               nlohmann::json logprobs = nullptr);
+                               nlohmann::json logprobs = nullptr, int64_t index = 0);
 // {"id", "object": "model", "created", "owned_by": "starling"}.
 nlohmann::json ModelObject(const std::string& id, int64_t created);
 // {"object": "list", "data": [ModelObject...]}.

@@ -274,6 +274,7 @@ struct StopRequest {
 struct Prepared {
   std::vector<int32_t> prompt;
   GenerationOptions options;
+  int32_t n = 1;  // choices, each its own job
   bool stream = false;
   bool include_usage = false;
 };
@@ -710,6 +711,7 @@ class Server {
     }
     p.options.logit_bias = r.logit_bias;
     p.options.top_logprobs = r.logprobs;
+    p.n = r.n;
     p.stream = r.stream;
     p.include_usage = r.include_usage;
     if (ServerLogEnabled(LogLevel::kDebug)) {
@@ -724,6 +726,7 @@ class Server {
                  {"logit_bias", r.logit_bias.size()},
                  {"logprobs", r.logprobs},
                  {"stop", r.stop.size()},
+                 {"n", r.n},
                  {"stream", r.stream}});
     }
     return p;
@@ -758,50 +761,84 @@ class Server {
     Run(std::move(p), /*chat=*/false, res);
   }
 
+  // Submits the request's n jobs (choice i samples with seed + i) and answers with their
+  // choices: one JSON body, or one SSE stream whose chunks name their choice by index.
   void Run(Prepared p, bool chat, httplib::Response& res) {
     const Usage usage_prompt{static_cast<int64_t>(p.prompt.size()), 0};
     const bool logprobs = p.options.top_logprobs >= 0;
     t_note = {.prompt_tokens = usage_prompt.prompt_tokens, .completion_tokens = 0};
-    std::shared_ptr<Job> job = engine_.Submit(std::move(p.prompt), std::move(p.options));
-    if (job == nullptr) {
-      if (engine_.stopping()) throw ShuttingDown();
-      throw ApiError(503, "server_error",
-                     "the server is busy: every slot is taken and the queue is full; retry "
-                     "later",
-                     "", "overloaded");
+    // Every choice needs a slot or a place in the queue at once: more can never be served.
+    if (p.n > options_.parallel + options_.queue) {
+      throw ApiError(
+          400, "invalid_request_error",
+          Concat("n is ", p.n, "; this server runs at most ", options_.parallel + options_.queue,
+                 " generations at once (--parallel + --queue)"),
+          "n");
     }
+    auto jobs = std::make_shared<std::vector<std::shared_ptr<Job>>>();
+    for (int32_t i = 0; i < p.n; ++i) {
+      GenerationOptions options = p.options;
+      options.sampling.seed += static_cast<uint64_t>(i);
+      std::shared_ptr<Job> job = engine_.Submit(p.prompt, std::move(options));
+      if (job == nullptr) {
+        for (const auto& submitted : *jobs) submitted->Cancel();
+        if (engine_.stopping()) throw ShuttingDown();
+        throw ApiError(503, "server_error",
+                       "the server is busy: every slot is taken and the queue is full; retry "
+                       "later",
+                       "", "overloaded");
+      }
+      jobs->push_back(std::move(job));
+    }
+    auto completion_tokens = [jobs] {
+      int64_t sum = 0;
+      for (const auto& job : *jobs) sum += job->completion_tokens();
+      return sum;
+    };
+    auto cancel_all = [jobs] {
+      for (const auto& job : *jobs) job->Cancel();
+    };
     const std::string id = NewId(chat ? "chatcmpl" : "cmpl");
     const std::string model = options_.model_name;
     const int64_t created = Now();
     if (!p.stream) {
-      std::string text;
-      std::vector<TokenLogprobs> tokens;
-      for (bool finished = false; !finished;) {
-        for (JobPiece& piece : job->Wait(1000, &finished)) {
-          text += piece.text;
-          tokens.insert(tokens.end(), piece.logprobs.begin(), piece.logprobs.end());
+      std::vector<Choice> choices;
+      for (const auto& job : *jobs) {
+        std::string text;
+        std::vector<TokenLogprobs> tokens;
+        for (bool finished = false; !finished;) {
+          for (JobPiece& piece : job->Wait(1000, &finished)) {
+            text += piece.text;
+            tokens.insert(tokens.end(), piece.logprobs.begin(), piece.logprobs.end());
+          }
         }
+        t_note.completion_tokens = completion_tokens();
+        if (!job->error().empty()) {
+          cancel_all();
+          throw GenerationFailed(*job);
+        }
+        if (job->finish() == FinishReason::kCancelled) {
+          cancel_all();
+          throw ApiError(503, "server_error", "the request was cancelled (server shutting down)");
+        }
+        nlohmann::json lp = nullptr;
+        if (logprobs) {
+          const std::vector<TokenLogprob> entries = TokenLogprobsOf(*model_.tokenizer, tokens);
+          lp = chat ? ChatLogprobs(entries) : CompletionLogprobs(entries, 0);
+        }
+        choices.push_back({std::move(text), FinishReasonName(job->finish()), std::move(lp)});
       }
-      t_note.completion_tokens = job->completion_tokens();
-      if (!job->error().empty()) throw GenerationFailed(*job);
-      if (job->finish() == FinishReason::kCancelled) {
-        throw ApiError(503, "server_error", "the request was cancelled (server shutting down)");
-      }
-      const Usage usage{usage_prompt.prompt_tokens, job->completion_tokens()};
-      const std::string reason = FinishReasonName(job->finish());
-      nlohmann::json lp = nullptr;
-      if (logprobs) {
-        const std::vector<TokenLogprob> entries = TokenLogprobsOf(*model_.tokenizer, tokens);
-        lp = chat ? ChatLogprobs(entries) : CompletionLogprobs(entries, 0);
-      }
+      const Usage usage{usage_prompt.prompt_tokens, completion_tokens()};
       SendJson(res, 200,
-               chat ? ChatCompletionResponse(id, model, created, text, reason, usage, std::move(lp))
-                    : CompletionResponse(id, model, created, text, reason, usage, std::move(lp)));
+               chat ? ChatCompletionResponse(id, model, created, choices, usage)
+                    : CompletionResponse(id, model, created, choices, usage));
       return;
     }
     res.set_header("Cache-Control", "no-cache");
     auto started = std::make_shared<bool>(false);
-    auto text_offset = std::make_shared<size_t>(0);  // bytes of the tokens listed so far
+    // Per choice: whether its last chunk went out, and the bytes of its tokens listed so far.
+    auto ended = std::make_shared<std::vector<bool>>(jobs->size(), false);
+    auto text_offsets = std::make_shared<std::vector<size_t>>(jobs->size(), 0);
     // Counts this stream as open until httplib has written it and dropped the provider.
     ++open_streams_;
     auto open = std::shared_ptr<void>(nullptr, [this](void*) { --open_streams_; });
@@ -817,65 +854,81 @@ class Server {
         sink.done();
         return true;
       };
+      const auto n = static_cast<int64_t>(jobs->size());
       if (!*started) {
         *started = true;
-        if (chat && !send(ChatCompletionChunk(id, model, created, "assistant", "", {}))) {
-          job->Cancel();
+        for (int64_t i = 0; chat && i < n; ++i) {
+          if (!send(ChatCompletionChunk(id, model, created, "assistant", "", {}, nullptr, i))) {
+            cancel_all();
+            return false;
+          }
+        }
+      }
+      // Each choice's new pieces; the first unfinished one is waited for when none has any.
+      bool any = false;
+      for (int64_t i = 0; i < n; ++i) {
+        if ((*ended)[static_cast<size_t>(i)]) continue;
+        Job& job = *(*jobs)[static_cast<size_t>(i)];
+        bool finished = false;
+        std::vector<JobPiece> pieces = job.Wait(any ? 0 : 200 / static_cast<int>(n), &finished);
+        any = any || !pieces.empty() || finished;
+        t_note.completion_tokens = completion_tokens();
+        // One event per token's text, as OpenAI streams, however fast they were generated.
+        for (const JobPiece& piece : pieces) {
+          nlohmann::json lp = nullptr;
+          if (logprobs) {
+            const std::vector<TokenLogprob> entries =
+                TokenLogprobsOf(*model_.tokenizer, piece.logprobs);
+            size_t& offset = (*text_offsets)[static_cast<size_t>(i)];
+            lp = chat ? ChatLogprobs(entries) : CompletionLogprobs(entries, offset);
+            for (const TokenLogprob& e : entries) offset += e.token.size();
+          }
+          const bool ok = send(
+              chat ? ChatCompletionChunk(id, model, created, {}, piece.text, {}, std::move(lp), i)
+                   : CompletionChunk(id, model, created, piece.text, {}, std::move(lp), i));
+          if (!ok) {  // the client went away: free the slots
+            cancel_all();
+            return false;
+          }
+        }
+        if (!finished) continue;
+        // A failed generation ends the stream with OpenAI's error object, then [DONE].
+        if (!job.error().empty()) {
+          cancel_all();
+          send(ErrorJson(GenerationFailed(job)));
+          return end_stream();
+        }
+        const std::string reason = FinishReasonName(job.finish());
+        send(chat ? ChatCompletionChunk(id, model, created, {}, {}, reason, nullptr, i)
+                  : CompletionChunk(id, model, created, "", reason, nullptr, i));
+        (*ended)[static_cast<size_t>(i)] = true;
+      }
+      if (std::find(ended->begin(), ended->end(), false) != ended->end()) {
+        if (!any && !sink.is_writable()) {
+          cancel_all();
           return false;
         }
+        return true;
       }
-      bool finished = false;
-      const std::vector<JobPiece> pieces = job->Wait(200, &finished);
-      t_note.completion_tokens = job->completion_tokens();
-      // One event per token's text, as OpenAI streams, however fast they were generated.
-      for (const JobPiece& piece : pieces) {
-        nlohmann::json lp = nullptr;
-        if (logprobs) {
-          const std::vector<TokenLogprob> entries =
-              TokenLogprobsOf(*model_.tokenizer, piece.logprobs);
-          lp = chat ? ChatLogprobs(entries) : CompletionLogprobs(entries, *text_offset);
-          for (const TokenLogprob& e : entries) *text_offset += e.token.size();
-        }
-        const bool ok =
-            send(chat ? ChatCompletionChunk(id, model, created, {}, piece.text, {}, std::move(lp))
-                      : CompletionChunk(id, model, created, piece.text, {}, std::move(lp)));
-        if (!ok) {  // the client went away: free the slot
-          job->Cancel();
-          return false;
-        }
-      }
-      if (pieces.empty() && !finished && !sink.is_writable()) {
-        job->Cancel();
-        return false;
-      }
-      if (!finished) return true;
-      // A failed generation ends the stream with OpenAI's error object, then [DONE].
-      if (!job->error().empty()) {
-        send(ErrorJson(GenerationFailed(*job)));
-        return end_stream();
-      }
-      const std::string reason = FinishReasonName(job->finish());
-      send(chat ? ChatCompletionChunk(id, model, created, {}, {}, reason)
-                : CompletionChunk(id, model, created, "", reason));
       if (p.include_usage) {
-        send(UsageChunk(id, model, created, {usage_prompt.prompt_tokens, job->completion_tokens()},
+        send(UsageChunk(id, model, created, {usage_prompt.prompt_tokens, completion_tokens()},
                         chat ? "chat.completion.chunk" : "text_completion"));
       }
       return end_stream();
     };
     res.set_chunked_content_provider(
         "text/event-stream",
-        [job, provide, open](size_t offset, httplib::DataSink& sink) {
+        [cancel_all, provide, open](size_t offset, httplib::DataSink& sink) {
           try {
             return provide(offset, sink);
           } catch (...) {
             ServerLog(LogLevel::kError, "a stream failed: " + CurrentExceptionMessage());
-            job->Cancel();
+            cancel_all();
             return false;
           }
         },
-        [job](bool success) {
-          if (!success) job->Cancel();
+        [cancel_all](bool success) {
+          if (!success) cancel_all();
         });
   }
 

@@ -277,7 +277,7 @@ def tokens_of(r):
 
 
 def openai_fields():
-    s = Server("--parallel", "2")
+    s = Server("--parallel", "2", "--queue", "4")
     # Chat logprobs: one entry per generated token, OpenAI's shape; greedy picks the top one.
     status, r = s.json("POST", "/v1/chat/completions", chat(logprobs=True, top_logprobs=3))
     lp = r["choices"][0]["logprobs"] if status == 200 else None
@@ -366,8 +366,37 @@ def openai_fields():
     check(sampled(42) == sampled(42), "seed 42 twice: the same text")
     check(len({sampled(seed) for seed in range(1, 6)}) > 1, "different seeds, different texts")
 
-    # n > 1 and fields that are not implemented: 400 naming them; the ignored ones pass.
-    for extra, param in [({"n": 2}, "n"), ({"tools": [{"type": "function"}]}, "tools"),
+    # n choices: choice i samples with seed + i, as a request with that seed would.
+    body = chat(temperature=1.0, max_tokens=30, seed=7, n=3, logprobs=True)
+    status, r = s.json("POST", "/v1/chat/completions", body)
+    texts = [c["message"]["content"] for c in r.get("choices", [])]
+    check(status == 200 and [c["index"] for c in r["choices"]] == [0, 1, 2]
+          and texts == [sampled(7), sampled(8), sampled(9)]
+          and r["usage"]["completion_tokens"] == sum(len(c["logprobs"]["content"])
+                                                     for c in r["choices"]),
+          "n=3: three choices, seeds 7, 8, 9: %d %r" % (status, r))
+    status, _, events, done = s.stream(dict(body, stream=True, stream_options={"include_usage": True}))
+    by_index = {}
+    finishes = Counter()
+    for ev in events:
+        for c in ev.get("choices", []):
+            by_index[c["index"]] = by_index.get(c["index"], "") + (c["delta"].get("content") or "")
+            if c["finish_reason"]:
+                finishes[c["index"]] += 1
+    usage = [ev["usage"] for ev in events if ev.get("usage")]
+    check(done and [by_index.get(i) for i in range(3)] == texts and finishes == {0: 1, 1: 1, 2: 1}
+          and usage and usage[0]["completion_tokens"] == r["usage"]["completion_tokens"],
+          "n=3 streamed: each choice's text and one finish each: %r %r" % (by_index, finishes))
+    status, r = s.json("POST", "/v1/completions",
+                       {"prompt": "Once", "max_tokens": 4, "n": 2, "temperature": 0})
+    check(status == 200 and len(r["choices"]) == 2
+          and r["choices"][0]["text"] == r["choices"][1]["text"], "n=2 greedy completions agree")
+    status, r = s.json("POST", "/v1/chat/completions", chat(max_tokens=2, n=40))
+    check(status == 400 and r["error"]["param"] == "n" and "--parallel" in r["error"]["message"],
+          "n beyond --parallel + --queue -> 400: %r" % r)
+
+    # Fields that are not implemented: 400 naming them; the ignored ones pass.
+    for extra, param in [({"n": 129}, "n"), ({"tools": [{"type": "function"}]}, "tools"),
                          ({"top_k": 5}, "top_k"), ({"response_format": {"type": "json_object"}},
                                                    "response_format")]:
         status, r = s.json("POST", "/v1/chat/completions", chat(max_tokens=2, **extra))
