@@ -31,6 +31,15 @@ void CheckSampling(const starling::SamplingRequest& r) {
     if (s.empty()) __builtin_trap();
   }
   if (r.include_usage && starling::UsageChunk("id", r.model, 0, {1, 2}).empty()) __builtin_trap();
+  if (!(r.frequency_penalty >= -2.0f && r.frequency_penalty <= 2.0f)) __builtin_trap();
+  if (!(r.presence_penalty >= -2.0f && r.presence_penalty <= 2.0f)) __builtin_trap();
+  if (r.logprobs < -1 || r.logprobs > starling::kMaxTopLogprobs) __builtin_trap();
+  if (r.n < 1 || r.n > starling::kMaxChoices) __builtin_trap();
+  for (const auto& [id, bias] : r.logit_bias) {
+    if (id < 0 || !(bias >= -starling::kMaxLogitBias && bias <= starling::kMaxLogitBias)) {
+      __builtin_trap();
+    }
+  }
 }
 
 void CheckMessages(const std::vector<starling::ChatMessage>& messages) {
@@ -49,6 +58,11 @@ void CheckText(const std::string& model, const std::string& text) {
     __builtin_trap();
   }
   starling::DumpJson(starling::CompletionResponse("id", model, 0, text, "stop", {1, 2}));
+  // Any text as a token of a logprobs entry (a byte token is not a whole character).
+  const std::vector<starling::TokenLogprob> tokens = {
+      {.token = text, .logprob = -1.0, .top = {{text, -1.0}, {text.substr(0, 1), -2.0}}}};
+  starling::DumpJson(starling::ChatLogprobs(tokens));
+  starling::DumpJson(starling::CompletionLogprobs(tokens, 0));
   // Half of the text: may end inside a UTF-8 sequence, as streamed pieces can.
   starling::DumpJson(
       starling::CompletionChunk("id", model, 0, text.substr(0, text.size() / 2), std::nullopt));

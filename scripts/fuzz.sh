@@ -105,6 +105,8 @@ PY
       printf '%s' '{"prompt": ["Once upon a time"], "max_completion_tokens": 16, "stop": "END", "n": 1}' >"$dir/completion.json"
       printf '%s' '{"content": "caf\u00e9 \ud83e\udda9", "add_special": false}' >"$dir/tokenize.json"
       printf '%s' '{"tokens": [1, 22, 0, 2147483647]}' >"$dir/detokenize.json"
+      printf '%s' '{"messages": [{"role": "user", "content": "x", "name": "a"}], "logprobs": true, "top_logprobs": 5, "frequency_penalty": 0.5, "presence_penalty": -1, "logit_bias": {"13": -100, "2": 5.5}, "user": "u", "response_format": {"type": "text"}}' >"$dir/fields.json"
+      printf '%s' '{"prompt": "x", "logprobs": 3, "echo": false, "best_of": 1, "suffix": "", "tools": null}' >"$dir/legacy.json"
       printf '%s' '{"model": "rm", "conversations": [[{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]], "messages": null}' >"$dir/rewards.json" ;;
     fuzz_chat_data)
       cp -f tests/data/train/sft/chats.jsonl "$dir/chats.jsonl"

@@ -4,8 +4,8 @@
 # overflow, a leak or undefined behaviour in what the CLI and the server do fails the run.
 # The subset keeps CI's time down (2 cores): the CLI's end-to-end tests (cli_test), the
 # OpenAI request parser (openai_api_test), the tokenizer, the checkpoint readers, and the
-# server's end-to-end script. Training, kernels and the browser test run only in the Release
-# build; valgrind's memcheck cannot run an ASan binary.
+# server's end-to-end scripts (server_e2e, server_manners). Training, kernels and the browser
+# test run only in the Release build; valgrind's memcheck cannot run an ASan binary.
 #   [JOBS=N] scripts/sanitize.sh [CTEST_ARGS...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,5 +26,5 @@ cd build-asan
 # floods that race the server's close at ASan's speed (2 of its checks saw a cut response,
 # with no sanitizer report).
 ctest --output-on-failure -j "${JOBS:-$(nproc)}" \
-  -R '^(Cli\.|OpenAi|Tokenizer|TorchCheckpoint|Gguf\.|server_e2e$)' \
+  -R '^(Cli\.|OpenAi|Tokenizer|TorchCheckpoint|Gguf\.|server_e2e$|server_manners$)' \
   -E '^Cli\.ThreadsThatCannotStartAreAnErrorNotACrash$' "$@"

@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "core/error.h"
 #include "core/file.h"
 #include "generate/generate.h"
 #include "generate/loaded_model.h"
@@ -77,6 +78,90 @@ TEST(Inference, GenerateBatchEqualsGenerateAlone) {
     tokens += r.tokens.size();
   }
   EXPECT_EQ(seen, tokens);
+}
+
+// GenerationStream over hand-made logits (stories260K's tokenizer only decodes): tokens 100
+// and 50 lead, everything else far below.
+std::vector<float> TwoLeaders(const LoadedModel& m, float a, float b) {
+  std::vector<float> logits(static_cast<size_t>(m.model->config().vocab_size), -30.0f);
+  logits[100] = a;
+  logits[50] = b;
+  return logits;
+}
+
+std::vector<int32_t> GreedySteps(const LoadedModel& m, const GenerationOptions& o, int steps) {
+  const std::vector<int32_t> prompt = {m.tokenizer->bos_id()};
+  GenerationStream stream(*m.tokenizer, prompt, o);
+  for (int i = 0; i < steps; ++i) {
+    std::vector<float> logits = TwoLeaders(m, 1.0f, 0.9f);
+    stream.Step(logits);
+  }
+  return stream.tokens();
+}
+
+// OpenAI's definitions: logit -= count * frequency_penalty + (count > 0) * presence_penalty,
+// counted over generated tokens; logit_bias is added first.
+TEST(Inference, OpenAiPenaltiesAndLogitBias) {
+  const LoadedModel m = LoadModel(std::string(STARLING_MODELS_DIR) + "/stories260K.gguf");
+  GenerationOptions o;
+  o.max_new_tokens = 8;
+  o.sampling.temperature = 0.0f;
+  // 100 leads by 0.1: once generated twice (2 x 0.06 > 0.1) it falls behind 50.
+  o.frequency_penalty = 0.06f;
+  EXPECT_EQ(GreedySteps(m, o, 3), (std::vector<int32_t>{100, 100, 50}));
+  // The presence penalty counts once however often: 0.06 < 0.1 keeps 100 ahead.
+  o.frequency_penalty = 0.0f;
+  o.presence_penalty = 0.06f;
+  EXPECT_EQ(GreedySteps(m, o, 3), (std::vector<int32_t>{100, 100, 100}));
+  o.presence_penalty = 0.11f;
+  EXPECT_EQ(GreedySteps(m, o, 3), (std::vector<int32_t>{100, 50, 100}));
+  // Negative penalties reward repetition.
+  o.presence_penalty = -0.5f;
+  EXPECT_EQ(GreedySteps(m, o, 3), (std::vector<int32_t>{100, 100, 100}));
+  o.presence_penalty = 0.0f;
+  o.logit_bias = {{50, 0.2f}};
+  EXPECT_EQ(GreedySteps(m, o, 2), (std::vector<int32_t>{50, 50}));
+  o.logit_bias = {{m.model->config().vocab_size, 1.0f}};
+  EXPECT_THROW(GreedySteps(m, o, 1), Error);
+}
+
+// Log-probabilities are the model's (log-softmax of the logits as given), not shaped by the
+// bias, the penalties or the temperature; alternatives most likely first, ties by lower id.
+TEST(Inference, LogprobsComeFromTheUnadjustedLogits) {
+  const LoadedModel m = LoadModel(std::string(STARLING_MODELS_DIR) + "/stories260K.gguf");
+  GenerationOptions o;
+  o.max_new_tokens = 4;
+  o.sampling.temperature = 0.0f;
+  o.logit_bias = {{50, 5.0f}};
+  o.frequency_penalty = 1.0f;
+  o.top_logprobs = 3;
+  const std::vector<int32_t> prompt = {m.tokenizer->bos_id()};
+  GenerationStream stream(*m.tokenizer, prompt, o);
+  std::vector<float> logits = TwoLeaders(m, 1.0f, 0.9f);
+  logits[7] = 0.9f;  // ties with 50: the lower id comes first
+  const size_t vocab = logits.size();
+  double z = 0;  // float64 reference
+  for (const float x : logits) z += std::exp(double{x});
+  stream.Step(logits);
+  const TokenLogprobs& lp = stream.last_logprobs();
+  EXPECT_EQ(lp.token, 50);  // sampled with the bias...
+  // ...but reported under the model's own distribution. Both sides are float64 sums of the
+  // same V terms in different orders (the stream subtracts the max first): 1e-12 absolute.
+  EXPECT_NEAR(lp.logprob, double{0.9f} - std::log(z), 1e-12);
+  ASSERT_EQ(lp.top.size(), 3u);
+  EXPECT_EQ(lp.top[0].first, 100);
+  EXPECT_EQ(lp.top[1].first, 7);
+  EXPECT_EQ(lp.top[2].first, 50);
+  EXPECT_NEAR(lp.top[0].second, 1.0 - std::log(z), 1e-12);
+  EXPECT_NEAR(lp.top[1].second, double{0.9f} - std::log(z), 1e-12);
+  // Off by default: nothing recorded.
+  GenerationOptions plain;
+  plain.max_new_tokens = 1;
+  GenerationStream quiet(*m.tokenizer, prompt, plain);
+  std::vector<float> again = TwoLeaders(m, 1.0f, 0.9f);
+  quiet.Step(again);
+  EXPECT_EQ(quiet.last_logprobs().token, -1);
+  EXPECT_EQ(vocab, again.size());
 }
 
 // An F16 KV cache on a real trained model, stories260K: logits at every position of llama2.c's

@@ -3,10 +3,12 @@
 #include <gtest/gtest.h>
 
 #include <functional>
+#include <limits>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
+#include "core/error.h"
 #include "server/openai_api.h"
 
 namespace starling {
@@ -105,7 +107,9 @@ TEST(OpenAiApi, ChatAliasesNullsAndDuplicates) {
   EXPECT_EQ(r.temperature, 2.0f);
   EXPECT_EQ(r.top_p, 1.0f);
   EXPECT_EQ(r.seed, 0u);
-  r = ParseChatCompletionRequest(ChatWith(R"("seed": -0, "max_tokens": 1048576)"));
+  EXPECT_EQ(r.n, 1);
+  r = ParseChatCompletionRequest(ChatWith(R"("seed": -0, "max_tokens": 1048576, "n": 128)"));
+  EXPECT_EQ(r.n, kMaxChoices);
   EXPECT_EQ(r.seed, 0u);
   EXPECT_EQ(r.max_tokens, kMaxTokensLimit);
   // A repeated key keeps its last value, as in Python.
@@ -206,10 +210,113 @@ TEST(OpenAiApi, ChatBadSampling) {
       {R"("stream": 1)", "stream"},
       {R"("stream_options": true)", "stream_options"},
       {R"("stream_options": {"include_usage": "true"})", "stream_options.include_usage"},
-      {R"("n": 2)", "n"},
+      {R"("n": 129)", "n"},
       {R"("n": 0)", "n"},
+      {R"("n": 1.0)", "n"},
+      {R"("frequency_penalty": 2.5)", "frequency_penalty"},
+      {R"("frequency_penalty": "1")", "frequency_penalty"},
+      {R"("presence_penalty": -2.01)", "presence_penalty"},
+      {R"("logit_bias": [1])", "logit_bias"},
+      {R"("logit_bias": {"x": 1})", "logit_bias"},
+      {R"("logit_bias": {"-1": 1})", "logit_bias"},
+      {R"("logit_bias": {"01": 1})", "logit_bias"},
+      {R"("logit_bias": {"2147483648": 1})", "logit_bias"},
+      {R"("logit_bias": {"5": 101})", "logit_bias.5"},
+      {R"("logit_bias": {"5": "1"})", "logit_bias.5"},
+      {R"("logprobs": 1)", "logprobs"},
+      {R"("logprobs": true, "top_logprobs": 21)", "top_logprobs"},
+      {R"("logprobs": true, "top_logprobs": -1)", "top_logprobs"},
+      {R"("top_logprobs": 2)", "top_logprobs"},
+      {R"("logprobs": false, "top_logprobs": 2)", "top_logprobs"},
+      {R"("response_format": {"type": "json_object"})", "response_format"},
+      {R"("response_format": "text")", "response_format"},
+      {R"("stream_options": {"include_usage": true, "chunk_size": 3})",
+       "stream_options.chunk_size"},
   };
   for (const auto& [field, param] : cases) ExpectChatError(ChatWith(field), param);
+}
+
+// A field that is not implemented is refused by name, never dropped without a word; the
+// documented ignored ones and nulls pass.
+TEST(OpenAiApi, UnimplementedFieldsAreRefusedByName) {
+  for (const char* field :
+       {"tools", "tool_choice", "functions", "function_call", "audio", "modalities", "prediction",
+        "reasoning_effort", "top_k", "min_p", "repeat_penalty", "echo", "best_of", "suffix"}) {
+    SCOPED_TRACE(field);
+    ExpectChatError(ChatWith(Concat("\"", field, "\": 1")), field);
+  }
+  ExpectChatError(R"({"messages": [{"role": "user", "content": "a", "tool_calls": []}]})",
+                  "messages[0].tool_calls");
+  ExpectChatError(
+      R"({"messages": [{"role": "user", "content": [{"type": "text", "text": "a", "x": 1}]}]})",
+      "messages[0].content[0].x");
+  const ChatCompletionRequest r = ParseChatCompletionRequest(ChatWith(
+      R"("user": "u", "metadata": {"a": "b"}, "store": false, "service_tier": "auto",
+         "parallel_tool_calls": true, "prompt_cache_key": "k", "safety_identifier": "s",
+         "tools": null, "response_format": {"type": "text"},
+         "messages": [{"role": "user", "content": "hi", "name": "Ann"}])"));
+  EXPECT_EQ(r.messages.size(), 1u);
+  EXPECT_EQ(r.logprobs, -1);
+  // The error names the field, bounded and printable whatever the client sent.
+  const ApiError e = ErrorOf(
+      [] { ParseChatCompletionRequest(ChatWith("\"" + std::string(1000, 'k') + "\x01\": 1")); });
+  EXPECT_LT(e.param.size(), 80u);
+  EXPECT_EQ(e.param.find('\x01'), std::string::npos);
+}
+
+TEST(OpenAiApi, PenaltiesBiasAndLogprobs) {
+  ChatCompletionRequest r = ParseChatCompletionRequest(ChatWith(
+      R"("frequency_penalty": 0.5, "presence_penalty": -2, "logit_bias": {"7": -100, "0": 2.5,
+         "7": 100}, "logprobs": true, "top_logprobs": 20)"));
+  EXPECT_EQ(r.frequency_penalty, 0.5f);
+  EXPECT_EQ(r.presence_penalty, -2.0f);
+  // A repeated key keeps its last value, here as everywhere.
+  EXPECT_EQ(r.logit_bias, (std::vector<std::pair<int32_t, float>>{{0, 2.5f}, {7, 100.0f}}));
+  EXPECT_EQ(r.logprobs, 20);
+  r = ParseChatCompletionRequest(ChatWith(R"("logprobs": true, "logit_bias": {})"));
+  EXPECT_EQ(r.logprobs, 0);
+  EXPECT_TRUE(r.logit_bias.empty());
+  r = ParseChatCompletionRequest(ChatWith(R"("logprobs": false)"));
+  EXPECT_EQ(r.logprobs, -1);
+
+  CompletionRequest c = ParseCompletionRequest(R"({"prompt": "a", "logprobs": 5, "echo": false,
+    "best_of": 1, "suffix": "", "frequency_penalty": 1})");
+  EXPECT_EQ(c.logprobs, 5);
+  EXPECT_EQ(c.frequency_penalty, 1.0f);
+  c = ParseCompletionRequest(R"({"prompt": "a", "logprobs": 0, "n": 3, "best_of": 3})");
+  EXPECT_EQ(c.logprobs, 0);
+  EXPECT_EQ(c.n, 3);
+  for (const auto& [body, param] : std::vector<std::pair<std::string, std::string>>{
+           {R"({"prompt": "a", "logprobs": true})", "logprobs"},
+           {R"({"prompt": "a", "logprobs": 21})", "logprobs"},
+           {R"({"prompt": "a", "echo": true})", "echo"},
+           {R"({"prompt": "a", "best_of": 2})", "best_of"},
+           {R"({"prompt": "a", "n": 2, "best_of": 3})", "best_of"},
+           {R"({"prompt": "a", "suffix": "x"})", "suffix"},
+           {R"({"prompt": "a", "top_logprobs": 1})", "top_logprobs"}}) {
+    SCOPED_TRACE(body);
+    EXPECT_EQ(ErrorOf([&] { ParseCompletionRequest(body); }).param, param);
+  }
+}
+
+TEST(OpenAiApi, LogprobsShapes) {
+  // A byte token's text is one byte of a character: "bytes" keeps it; the JSON text cannot.
+  const std::vector<TokenLogprob> tokens = {
+      {.token = " Hi", .logprob = -0.25, .top = {{" Hi", -0.25}, {" Hello", -1.5}}},
+      {.token = "\xe2", .logprob = -std::numeric_limits<double>::infinity(), .top = {}}};
+  // As the server sends them (DumpJson): the lone byte becomes U+FFFD in "token".
+  EXPECT_EQ(Json::parse(DumpJson(ChatLogprobs(tokens))), Json::parse(R"({"content": [
+      {"token": " Hi", "logprob": -0.25, "bytes": [32, 72, 105],
+       "top_logprobs": [{"token": " Hi", "logprob": -0.25, "bytes": [32, 72, 105]},
+                        {"token": " Hello", "logprob": -1.5, "bytes": [32, 72, 101, 108, 108, 111]}]},
+      {"token": "\ufffd", "logprob": -9999.0, "bytes": [226], "top_logprobs": []}],
+      "refusal": null})"));
+  EXPECT_EQ(Json::parse(DumpJson(CompletionLogprobs(tokens, 10))), Json::parse(R"({
+      "tokens": [" Hi", "\ufffd"], "token_logprobs": [-0.25, -9999.0],
+      "top_logprobs": [{" Hi": -0.25, " Hello": -1.5}, {}], "text_offset": [10, 13]})"));
+  EXPECT_EQ(ChatCompletionResponse("c", "m", 1, "x", "stop", {1, 1},
+                                   ChatLogprobs({}))["choices"][0]["logprobs"],
+            Json::parse(R"({"content": [], "refusal": null})"));
 }
 
 TEST(OpenAiApi, Completions) {
@@ -246,9 +353,12 @@ TEST(OpenAiApi, TokenizeAndDetokenize) {
   TokenizeRequest t = ParseTokenizeRequest(R"({"content": "Hello world"})");
   EXPECT_EQ(t.content, "Hello world");
   EXPECT_TRUE(t.add_special);
-  t = ParseTokenizeRequest(R"({"content": "", "add_special": false, "with_pieces": true})");
+  t = ParseTokenizeRequest(R"({"content": "", "add_special": false, "with_pieces": null})");
   EXPECT_EQ(t.content, "");
   EXPECT_FALSE(t.add_special);
+  // llama.cpp's with_pieces is not implemented: refused by name, not ignored.
+  EXPECT_EQ(ErrorOf([] { ParseTokenizeRequest(R"({"content": "a", "with_pieces": true})"); }).param,
+            "with_pieces");
   EXPECT_EQ(ErrorOf([] { ParseTokenizeRequest("{}"); }).param, "content");
   EXPECT_EQ(ErrorOf([] { ParseTokenizeRequest(R"({"content": [1]})"); }).param, "content");
   EXPECT_EQ(ErrorOf([] { ParseTokenizeRequest(R"({"content": "a", "add_special": 1})"); }).param,
@@ -362,6 +472,19 @@ TEST(OpenAiApi, CompletionResponsesAndModels) {
                 {"id": "starling-rm", "object": "model", "created": 11, "owned_by": "starling"}
               ]})"));
   EXPECT_EQ(ModelsList({}, 11), Json::parse(R"({"object": "list", "data": []})"));
+  // n choices, in order; chunks name theirs.
+  const Json two = ChatCompletionResponse(
+      "c", "m", 1, {{"a", "stop", nullptr}, {"b", "length", nullptr}}, {3, 5});
+  ASSERT_EQ(two["choices"].size(), 2u);
+  EXPECT_EQ(two["choices"][1], Json::parse(R"({"index": 1, "message": {"role": "assistant",
+      "content": "b"}, "logprobs": null, "finish_reason": "length"})"));
+  EXPECT_EQ(CompletionResponse("c", "m", 1, {{"a", "stop", nullptr}, {"b", "stop", nullptr}},
+                               {3, 5})["choices"][1]["text"],
+            "b");
+  EXPECT_EQ(CompletionChunk("c", "m", 1, "x", std::nullopt, nullptr, 4)["choices"][0]["index"], 4);
+  EXPECT_EQ(ChatCompletionChunk("c", "m", 1, std::nullopt, "x", std::nullopt, nullptr,
+                                2)["choices"][0]["index"],
+            2);
 }
 
 TEST(OpenAiApi, SseFraming) {

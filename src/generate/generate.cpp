@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <limits>
 
 #include "core/error.h"
 
@@ -74,15 +75,85 @@ GenerationStream::GenerationStream(const Tokenizer& tokenizer, std::span<const i
   if (options.max_new_tokens < 0) Fail("max new tokens must not be negative");
   history_.reserve(prompt.size() + static_cast<size_t>(options.max_new_tokens));
   if (options.max_new_tokens == 0) done_ = true;
+  if (!(std::isfinite(options.frequency_penalty) && std::isfinite(options.presence_penalty))) {
+    Fail("frequency and presence penalties must be finite");
+  }
+  for (const auto& [id, bias] : options.logit_bias) {
+    if (id < 0 || !std::isfinite(bias)) Fail("logit bias ", bias, " for token ", id);
+  }
+  if (options.top_logprobs > 0) {
+    last_logprobs_.top.reserve(static_cast<size_t>(options.top_logprobs) + 1);
+  }
+}
+
+namespace {
+
+// As the sampler reads logits: NaN as -inf, +inf as the largest float.
+float SaneLogit(float logit) {
+  if (std::isnan(logit)) return -std::numeric_limits<float>::infinity();
+  return std::min(logit, std::numeric_limits<float>::max());
+}
+
+}  // namespace
+
+void GenerationStream::AdjustLogits(std::span<float> logits) {
+  for (const auto& [id, bias] : options_.logit_bias) {
+    if (static_cast<size_t>(id) >= logits.size()) {
+      Fail("logit bias for token ", id, " outside the vocabulary of ", logits.size());
+    }
+    logits[static_cast<size_t>(id)] += bias;
+  }
+  if (options_.frequency_penalty == 0.0f && options_.presence_penalty == 0.0f) return;
+  for (const int32_t id : distinct_) {
+    const auto count = static_cast<float>(counts_[static_cast<size_t>(id)]);
+    logits[static_cast<size_t>(id)] -=
+        count * options_.frequency_penalty + options_.presence_penalty;
+  }
+}
+
+void GenerationStream::RecordLogprobs(std::span<const float> logits) {
+  raw_logits_.assign(logits.begin(), logits.end());  // allocates on the first step only
+  float max_logit = -std::numeric_limits<float>::infinity();
+  for (const float x : logits) max_logit = std::max(max_logit, SaneLogit(x));
+  // All -inf (or NaN): the sampler throws; nothing to normalize.
+  if (!std::isfinite(max_logit)) return;
+  double sum = 0;
+  for (const float x : logits) sum += std::exp(double{SaneLogit(x)} - max_logit);
+  log_normalizer_ = max_logit + std::log(sum);
+  // The top-k by insertion into a short sorted list: k <= 20, one pass over V.
+  auto& top = last_logprobs_.top;
+  top.clear();
+  const auto k = static_cast<size_t>(options_.top_logprobs);
+  if (k == 0) return;
+  for (size_t i = 0; i < logits.size(); ++i) {
+    const double x = SaneLogit(logits[i]);
+    if (!std::isfinite(x) || (top.size() == k && x <= top.back().second)) continue;
+    if (top.size() == k) top.pop_back();
+    auto at = std::upper_bound(top.begin(), top.end(), x,
+                               [](double v, const auto& e) { return v > e.second; });
+    top.insert(at, {static_cast<int32_t>(i), x});
+  }
+  for (auto& entry : top) entry.second -= log_normalizer_;
 }
 
 GenerationStream::~GenerationStream() = default;
 
 std::string GenerationStream::Step(std::span<float> logits) {
   if (done_) Fail("GenerationStream::Step after the stream ended");
+  if (options_.top_logprobs >= 0) RecordLogprobs(logits);
+  AdjustLogits(logits);
   const int32_t token = sampler_.Sample(logits, history_);
+  if (options_.top_logprobs >= 0) {
+    last_logprobs_.token = token;
+    last_logprobs_.logprob =
+        double{SaneLogit(raw_logits_[static_cast<size_t>(token)])} - log_normalizer_;
+  }
   tokens_.push_back(token);
   history_.push_back(token);
+  if (options_.frequency_penalty != 0.0f || options_.presence_penalty != 0.0f) {
+    if (counts_.empty()) counts_.assign(logits.size(), 0);
+    if (counts_[static_cast<size_t>(token)]++ == 0) distinct_.push_back(token);
+  }
   const auto& stop_ids = options_.stop_token_ids;
   if (std::find(stop_ids.begin(), stop_ids.end(), token) != stop_ids.end()) {
     done_ = true;

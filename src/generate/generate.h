@@ -21,6 +21,24 @@ struct GenerationOptions {
   SamplerConfig sampling;
   std::vector<int32_t> stop_token_ids;    // the model's EOS ids, the template's end of turn
   std::vector<std::string> stop_strings;  // generated text is cut before the first match
+  // OpenAI's penalties over the generated tokens (not the prompt), before the sampler:
+  // logit[t] -= count[t] * frequency_penalty + (count[t] > 0) * presence_penalty.
+  float frequency_penalty = 0.0f;
+  float presence_penalty = 0.0f;
+  // Added to the logits of these ids (each in [0, V)) before the penalties and the sampler.
+  std::vector<std::pair<int32_t, float>> logit_bias;
+  // -1: off. Else Step records the sampled token's log-probability and its `top_logprobs`
+  // most likely alternatives (last_logprobs), from the model's logits as they came (before
+  // the bias, penalties, temperature and top-p).
+  int32_t top_logprobs = -1;
+};
+
+// A sampled token's log-probability under the model's distribution and the `top_logprobs`
+// most likely tokens (most likely first, ties by the lower id).
+struct TokenLogprobs {
+  int32_t token = -1;
+  double logprob = 0;
+  std::vector<std::pair<int32_t, double>> top;
 };
 
 enum class FinishReason { kStop, kLength, kCancelled };
@@ -60,15 +78,26 @@ class GenerationStream {
   FinishReason finish() const { return finish_; }
   int32_t token() const { return tokens_.back(); }
   const std::vector<int32_t>& tokens() const { return tokens_; }  // generated so far
+  // The last Step's token with its log-probabilities (when options.top_logprobs >= 0).
+  const TokenLogprobs& last_logprobs() const { return last_logprobs_; }
 
  private:
   class StopStringFilter;
+  // Writes logit_bias and the frequency/presence penalties into `logits`.
+  void AdjustLogits(std::span<float> logits);
+  // Log-softmax statistics of the unadjusted logits, before the sampler overwrites them.
+  void RecordLogprobs(std::span<const float> logits);
   const GenerationOptions options_;
   Sampler sampler_;
   StreamDecoder decoder_;
   std::unique_ptr<StopStringFilter> stops_;
   std::vector<int32_t> history_;
   std::vector<int32_t> tokens_;
+  std::vector<int32_t> counts_;    // [V] occurrences of each id in tokens_ (penalties only)
+  std::vector<int32_t> distinct_;  // the ids with counts_ > 0, in order of first occurrence
+  std::vector<float> raw_logits_;  // [V] the last Step's logits as given (logprobs only)
+  double log_normalizer_ = 0;      // log sum exp of raw_logits_
+  TokenLogprobs last_logprobs_;
   bool done_ = false;
   FinishReason finish_ = FinishReason::kLength;
 };

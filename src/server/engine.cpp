@@ -4,10 +4,11 @@
 #include <cstdio>
 
 #include "core/error.h"
+#include "server/server_log.h"
 
 namespace starling {
 
-std::vector<std::string> Job::Wait(int timeout_ms, bool* finished) {
+std::vector<JobPiece> Job::Wait(int timeout_ms, bool* finished) {
   std::unique_lock lock(mutex_);
   ready_.wait_for(lock, std::chrono::milliseconds(timeout_ms),
                   [&] { return !pending_.empty() || finished_; });
@@ -15,10 +16,10 @@ std::vector<std::string> Job::Wait(int timeout_ms, bool* finished) {
   return std::exchange(pending_, {});
 }
 
-void Job::Deliver(const std::string& text, int64_t completion_tokens) {
+void Job::Deliver(JobPiece piece, int64_t completion_tokens) {
   {
     std::lock_guard lock(mutex_);
-    pending_.push_back(text);
+    pending_.push_back(std::move(piece));
     completion_tokens_ = completion_tokens;
   }
   ready_.notify_all();
@@ -60,7 +61,7 @@ Engine::Engine(const Model& model, const Tokenizer& tokenizer, int slots, int32_
       // The loop's own bookkeeping failed (say, out of memory): rather than end the process,
       // every job fails with the reason and no new one is taken.
       const std::string message = CurrentExceptionMessage();
-      std::fprintf(stderr, "starling serve: the engine stopped: %s\n", message.c_str());
+      ServerLog(LogLevel::kError, "the engine stopped: " + message);
       EndAll(message);
     }
   });
@@ -125,6 +126,7 @@ EngineStats Engine::stats() const {
 
 void Engine::Release(Slot& slot) {
   slot.stream.reset();
+  slot.logprobs.clear();
   {
     std::lock_guard lock(mutex_);
     slot.job.reset();
@@ -134,7 +136,7 @@ void Engine::Release(Slot& slot) {
 
 void Engine::FailSlot(Slot& slot) {
   std::string message = CurrentExceptionMessage();
-  std::fprintf(stderr, "starling serve: a request failed: %s\n", message.c_str());
+  ServerLog(LogLevel::kError, "a generation failed: " + message);
   const int64_t generated =
       slot.stream != nullptr ? static_cast<int64_t>(slot.stream->tokens().size()) : 0;
   // The cache may hold a partly processed prompt: start the slot's next job afresh.
@@ -195,12 +197,15 @@ void Engine::Start(Slot& slot, std::shared_ptr<Job> job) {
 
 void Engine::Advance(Slot& slot, std::span<float> logits) {
   Job& j = *slot.job;
-  const std::string text = slot.stream->Step(logits);
+  std::string text = slot.stream->Step(logits);
   const auto generated = static_cast<int64_t>(slot.stream->tokens().size());
-  if (!text.empty()) j.Deliver(text, generated);
+  if (j.options_.top_logprobs >= 0) slot.logprobs.push_back(slot.stream->last_logprobs());
   if (!slot.stream->done() && slot.session->length() >= slot.session->context_length()) {
-    const std::string rest = slot.stream->End(FinishReason::kLength);
-    if (!rest.empty()) j.Deliver(rest, generated);
+    text += slot.stream->End(FinishReason::kLength);
+  }
+  // Text goes out at once; log-probabilities with it, or with the last piece.
+  if (!text.empty() || (slot.stream->done() && !slot.logprobs.empty())) {
+    j.Deliver({std::move(text), std::exchange(slot.logprobs, {})}, generated);
   }
   if (slot.stream->done()) {
     j.Finish(slot.stream->finish(), generated);
@@ -303,6 +308,7 @@ void Engine::EndAll(const std::string& error) {
       end(*slot.job,
           slot.stream != nullptr ? static_cast<int64_t>(slot.stream->tokens().size()) : 0);
       slot.stream.reset();
+      slot.logprobs.clear();
       slot.job.reset();
     }
   }

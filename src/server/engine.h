@@ -22,6 +22,13 @@
 
 namespace starling {
 
+// What a Job hands its request at once: the text of one generated token (maybe empty), and
+// the log-probabilities of the tokens generated since the last piece (when asked for).
+struct JobPiece {
+  std::string text;
+  std::vector<TokenLogprobs> logprobs;
+};
+
 // One request's exchange with the engine.
 class Job {
  public:
@@ -29,9 +36,10 @@ class Job {
       : prompt_(std::move(prompt)), options_(std::move(options)) {}
 
   // Waits up to `timeout_ms` for text; returns the pieces that arrived, one per generated
-  // token that completed some text (maybe none). `finished` is set once the job has ended and
-  // all its text has been returned.
-  std::vector<std::string> Wait(int timeout_ms, bool* finished);
+  // token that completed some text (maybe none), and a last one with the log-probabilities of
+  // tokens that completed no text when the job ends. `finished` is set once the job has ended
+  // and all its pieces have been returned.
+  std::vector<JobPiece> Wait(int timeout_ms, bool* finished);
   // Asks the engine to stop this job (client gone); it frees the slot at its next step.
   void Cancel() { cancelled_ = true; }
 
@@ -44,7 +52,7 @@ class Job {
 
  private:
   friend class Engine;
-  void Deliver(const std::string& text, int64_t completion_tokens);
+  void Deliver(JobPiece piece, int64_t completion_tokens);
   void Finish(FinishReason reason, int64_t completion_tokens);
   void FinishWithError(std::string message, int64_t completion_tokens);
 
@@ -53,7 +61,7 @@ class Job {
   std::atomic<bool> cancelled_{false};
   std::mutex mutex_;
   std::condition_variable ready_;
-  std::vector<std::string> pending_;
+  std::vector<JobPiece> pending_;
   bool finished_ = false;
   FinishReason finish_ = FinishReason::kLength;
   std::string error_;
@@ -96,6 +104,7 @@ class Engine {
     std::unique_ptr<Session> session;
     std::shared_ptr<Job> job;
     std::unique_ptr<GenerationStream> stream;
+    std::vector<TokenLogprobs> logprobs;  // of tokens whose text has not been delivered yet
     // The session keeps its ids after the job ends (Session::tokens): the next job that starts
     // with the same tokens (the next turn of a chat) runs only what follows them.
   };

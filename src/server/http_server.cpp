@@ -19,6 +19,7 @@
 
 #include "core/error.h"
 #include "server/openai_api.h"
+#include "server/server_log.h"
 
 namespace starling {
 namespace {
@@ -54,6 +55,7 @@ class Connection final : public httplib::Stream {
   }
 
   void BeginHeaders(Clock::duration timeout) {
+    started_ = Clock::now();
     budget_ = HttpServer::kHeaderBytes;
     deadline_ = Clock::now() + timeout;
     stall_ = timeout;
@@ -145,6 +147,13 @@ class Connection final : public httplib::Stream {
   socket_t socket() const override { return fd_; }
 
   size_t max_body() const { return max_body_; }
+  Clock::time_point started() const { return started_; }
+  std::string remote() const {
+    std::string ip;
+    int port = 0;
+    get_remote_ip_and_port(ip, port);
+    return ip;
+  }
   size_t written() const { return written_; }
   int header_failure() const { return header_failure_; }
   int body_failure() const { return body_failure_; }
@@ -238,7 +247,8 @@ class Connection final : public httplib::Stream {
   int body_failure_ = 0;    // 408 or 413 when the body could not be read
   bool body_pending_ = false;
   bool close_requested_ = false;
-  size_t written_ = 0;  // bytes written for the current request
+  size_t written_ = 0;                        // bytes written for the current request
+  Clock::time_point started_ = Clock::now();  // the current request's first byte
 };
 
 thread_local Connection* current_connection = nullptr;
@@ -288,8 +298,7 @@ class ConnectionThreads final : public httplib::TaskQueue {
       try {
         task();
       } catch (...) {
-        std::fprintf(stderr, "starling serve: a connection failed: %s\n",
-                     CurrentExceptionMessage().c_str());
+        ServerLog(LogLevel::kError, "a connection failed: " + CurrentExceptionMessage());
       }
     }
   }
@@ -382,11 +391,17 @@ int HttpServer::HeaderFailureStatus() {
   return current_connection != nullptr ? current_connection->header_failure() : 0;
 }
 
+std::chrono::steady_clock::time_point HttpServer::RequestStarted() {
+  return current_connection != nullptr ? current_connection->started() : Clock::now();
+}
+
 bool HttpServer::process_and_close_socket(socket_t sock) {
   const int open = ++open_connections_;
   Connection conn(sock, svr_sock_, write_timeout_sec_, limits_.max_body_bytes);
   bool ret = false;
   if (open > limits_.max_connections) {
+    ServerLog(LogLevel::kWarn, "connection refused: too many connections",
+              {{"status", 503}, {"remote", conn.remote()}});
     conn.WriteAll(RawResponse(
         503, "Service Unavailable",
         ApiError(503, "server_error",
@@ -408,6 +423,8 @@ bool HttpServer::process_and_close_socket(socket_t sock) {
       if (conn.header_failure() != 0 && conn.written() == 0) {
         // The request line itself was too slow or too long: httplib answers nothing then.
         const int status = conn.header_failure();
+        ServerLog(LogLevel::kInfo, "request headers refused",
+                  {{"status", status}, {"remote", conn.remote()}});
         conn.WriteAll(RawResponse(
             status, status == 408 ? "Request Timeout" : "Request Header Fields Too Large",
             ApiError(status, "invalid_request_error",

@@ -21,6 +21,7 @@
 #include <httplib.h>
 
 #include <atomic>
+#include <chrono>
 #include <cstddef>
 #include <string>
 
@@ -49,6 +50,8 @@ class HttpServer : public httplib::Server {
   // Why the current request's headers could not be read (for the error handler): 408 (too
   // slow), 431 (too large) or 0.
   static int HeaderFailureStatus();
+  // When the current request's first byte arrived (for the request log).
+  static std::chrono::steady_clock::time_point RequestStarted();
 
   int open_connections() const { return open_connections_; }
   const HttpLimits& limits() const { return limits_; }

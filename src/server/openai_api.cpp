@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <span>
+#include <string_view>
 
 #include "core/error.h"
 #include "formats/json.h"
@@ -54,6 +56,43 @@ const Json& Require(const Json& object, const char* key, const std::string& para
   const Json* v = Find(object, key);
   if (v == nullptr) BadRequest(param + " is required", param);
   return *v;
+}
+
+// The fields ParseSampling reads.
+constexpr std::string_view kSamplingFields[] = {"model",
+                                                "temperature",
+                                                "top_p",
+                                                "max_tokens",
+                                                "max_completion_tokens",
+                                                "stop",
+                                                "seed",
+                                                "n",
+                                                "stream",
+                                                "stream_options",
+                                                "frequency_penalty",
+                                                "presence_penalty",
+                                                "logit_bias"};
+
+// Refuses every non-null member of `object` that is neither in `known` nor (with
+// `allow_ignored`) in kIgnoredFields: a field this server does not implement must not be
+// dropped without a word. `prefix` is prepended to the key for the param ("messages[0].").
+void CheckFields(const Json& object, std::initializer_list<std::string_view> known,
+                 const std::string& prefix, bool allow_ignored,
+                 std::span<const std::string_view> more_known = {}) {
+  for (const auto& [key, value] : object.items()) {
+    if (value.is_null()) continue;
+    if (std::find(known.begin(), known.end(), key) != known.end()) continue;
+    if (std::find(more_known.begin(), more_known.end(), key) != more_known.end()) continue;
+    if (allow_ignored && std::find(std::begin(kIgnoredFields), std::end(kIgnoredFields), key) !=
+                             std::end(kIgnoredFields)) {
+      continue;
+    }
+    const std::string param = prefix + PrintableForError(key, 64);
+    BadRequest(Concat(param,
+                      " is not supported by this server (docs/SERVER.md lists the fields "
+                      "it implements and the ones it ignores)"),
+               param);
+  }
 }
 
 std::string StringValue(const Json& v, const std::string& param) {
@@ -118,6 +157,7 @@ std::string ContentValue(const Json& v, const std::string& param) {
       BadRequest(Concat(p, ".type ", Quoted(type), " is not supported; only 'text' parts are"),
                  p + ".type");
     }
+    CheckFields(part, {"type", "text"}, p + ".", /*allow_ignored=*/false);
     text += StringValue(Require(part, "text", p + ".text"), p + ".text");
   }
   return text;
@@ -132,6 +172,9 @@ std::vector<ChatMessage> MessagesValue(const Json& v, const std::string& param) 
     const Json& m = v[i];
     const std::string p = Concat(param, "[", i, "]");
     if (!m.is_object()) BadRequest(p + " must be an object, got " + Describe(m), p);
+    // "name" (a participant's name) is accepted and ignored: the templates have no place for it.
+    CheckFields(m, {"role", "content", "name"}, p + ".", /*allow_ignored=*/false);
+    if (const Json* name = Find(m, "name")) StringValue(*name, p + ".name");
     ChatMessage message;
     message.role = StringValue(Require(m, "role", p + ".role"), p + ".role");
     if (message.role != "system" && message.role != "user" && message.role != "assistant") {
@@ -191,17 +234,45 @@ void ParseSampling(const Json& body, SamplingRequest& out) {
         v->is_number_unsigned() ? v->get<uint64_t>() : static_cast<uint64_t>(v->get<int64_t>());
   }
   if (const Json* v = Find(body, "n")) {
-    if (IntegerValue(*v, "n", 1, kMaxTokensLimit) != 1) {
-      BadRequest("n must be 1: one choice per request is supported", "n");
-    }
+    out.n = static_cast<int32_t>(IntegerValue(*v, "n", 1, kMaxChoices));
   }
   if (const Json* v = Find(body, "stream")) out.stream = BoolValue(*v, "stream");
   if (const Json* v = Find(body, "stream_options")) {
     if (!v->is_object()) {
       BadRequest("stream_options must be an object, got " + Describe(*v), "stream_options");
     }
+    CheckFields(*v, {"include_usage"}, "stream_options.", /*allow_ignored=*/false);
     if (const Json* u = Find(*v, "include_usage")) {
       out.include_usage = BoolValue(*u, "stream_options.include_usage");
+    }
+  }
+  if (const Json* v = Find(body, "frequency_penalty")) {
+    out.frequency_penalty = NumberValue(*v, "frequency_penalty", -2.0, 2.0, /*lo_open=*/false);
+  }
+  if (const Json* v = Find(body, "presence_penalty")) {
+    out.presence_penalty = NumberValue(*v, "presence_penalty", -2.0, 2.0, /*lo_open=*/false);
+  }
+  if (const Json* v = Find(body, "logit_bias")) {
+    if (!v->is_object()) {
+      BadRequest("logit_bias must be an object of token ids to biases, got " + Describe(*v),
+                 "logit_bias");
+    }
+    for (const auto& [key, bias] : v->items()) {
+      const std::string param = "logit_bias." + PrintableForError(key, 32);
+      // A decimal token id: digits only, no sign or leading zero, at most INT32_MAX.
+      const bool digits = !key.empty() && key.size() <= 10 &&
+                          key.find_first_not_of("0123456789") == std::string::npos &&
+                          (key.size() == 1 || key[0] != '0');
+      if (!digits || std::stoll(key) > std::numeric_limits<int32_t>::max()) {
+        BadRequest(
+            Concat("logit_bias keys must be token ids (decimal integers), got ", Quoted(key)),
+            "logit_bias");
+      }
+      const auto id = static_cast<int32_t>(std::stoll(key));
+      if (bias.is_null()) continue;
+      const float value = NumberValue(bias, param, -kMaxLogitBias, kMaxLogitBias, false);
+      std::erase_if(out.logit_bias, [&](const auto& entry) { return entry.first == id; });
+      out.logit_bias.emplace_back(id, value);
     }
   }
 }
@@ -237,16 +308,55 @@ std::string ErrorBody(const ApiError& error) {
 
 ChatCompletionRequest ParseChatCompletionRequest(std::string_view body) {
   const Json j = ParseBody(body);
+  CheckFields(j, {"messages", "logprobs", "top_logprobs", "response_format"}, "",
+              /*allow_ignored=*/true, kSamplingFields);
+  // Plain text is what this server writes; JSON modes and schemas are not implemented.
+  if (const Json* v = Find(j, "response_format")) {
+    const Json* type = v->is_object() ? Find(*v, "type") : nullptr;
+    if (type == nullptr || !type->is_string() || *type != "text" || v->size() != 1) {
+      BadRequest("response_format other than {\"type\": \"text\"} is not supported",
+                 "response_format");
+    }
+  }
   ChatCompletionRequest request;
   ParseSampling(j, request);
+  // OpenAI's chat shape: "logprobs": true, then "top_logprobs" alternatives (0 .. 20).
+  const Json* top = Find(j, "top_logprobs");
+  if (const Json* v = Find(j, "logprobs"); v != nullptr && BoolValue(*v, "logprobs")) {
+    request.logprobs =
+        top != nullptr
+            ? static_cast<int32_t>(IntegerValue(*top, "top_logprobs", 0, kMaxTopLogprobs))
+            : 0;
+  } else if (top != nullptr) {
+    BadRequest("top_logprobs needs \"logprobs\": true", "top_logprobs");
+  }
   request.messages = MessagesValue(Require(j, "messages", "messages"), "messages");
   return request;
 }
 
 CompletionRequest ParseCompletionRequest(std::string_view body) {
   const Json j = ParseBody(body);
+  CheckFields(j, {"prompt", "logprobs", "echo", "best_of", "suffix"}, "", /*allow_ignored=*/true,
+              kSamplingFields);
   CompletionRequest request;
   ParseSampling(j, request);
+  // The legacy shape: "logprobs": the number of alternatives (0 .. 20; OpenAI allows 5).
+  if (const Json* v = Find(j, "logprobs")) {
+    request.logprobs = static_cast<int32_t>(IntegerValue(*v, "logprobs", 0, kMaxTopLogprobs));
+  }
+  // Accepted at the values that mean "off"; anything else is not implemented.
+  if (const Json* v = Find(j, "echo"); v != nullptr && BoolValue(*v, "echo")) {
+    BadRequest("echo is not supported: the response holds the generated text only", "echo");
+  }
+  if (const Json* v = Find(j, "best_of")) {
+    if (IntegerValue(*v, "best_of", 1, kMaxChoices) != request.n) {
+      BadRequest("best_of must equal n: choosing the best of more samples is not supported",
+                 "best_of");
+    }
+  }
+  if (const Json* v = Find(j, "suffix"); v != nullptr && !StringValue(*v, "suffix").empty()) {
+    BadRequest("suffix is not supported (no fill-in-the-middle)", "suffix");
+  }
   const Json& prompt = Require(j, "prompt", "prompt");
   if (prompt.is_string()) {
     request.prompt = prompt.get<std::string>();
@@ -267,6 +377,7 @@ CompletionRequest ParseCompletionRequest(std::string_view body) {
 
 TokenizeRequest ParseTokenizeRequest(std::string_view body) {
   const Json j = ParseBody(body);
+  CheckFields(j, {"content", "add_special"}, "", /*allow_ignored=*/false);
   TokenizeRequest request;
   request.content = StringValue(Require(j, "content", "content"), "content");
   if (const Json* v = Find(j, "add_special")) request.add_special = BoolValue(*v, "add_special");
@@ -275,6 +386,7 @@ TokenizeRequest ParseTokenizeRequest(std::string_view body) {
 
 DetokenizeRequest ParseDetokenizeRequest(std::string_view body) {
   const Json j = ParseBody(body);
+  CheckFields(j, {"tokens"}, "", /*allow_ignored=*/false);
   const Json& tokens = Require(j, "tokens", "tokens");
   if (!tokens.is_array())
     BadRequest("tokens must be a list of integers, got " + Describe(tokens), "tokens");
@@ -304,6 +416,7 @@ std::vector<ChatMessage> ConversationValue(const Json& v, const std::string& par
 
 RewardsRequest ParseRewardsRequest(std::string_view body) {
   const Json j = ParseBody(body);
+  CheckFields(j, {"model", "conversations", "messages"}, "", /*allow_ignored=*/false);
   RewardsRequest request;
   if (const Json* v = Find(j, "model")) request.model = StringValue(*v, "model");
   const Json* conversations = Find(j, "conversations");
@@ -329,29 +442,90 @@ RewardsRequest ParseRewardsRequest(std::string_view body) {
   return request;
 }
 
+namespace {
+
+// OpenAI writes -9999.0 for a probability too small to be represented.
+double FiniteLogprob(double logprob) {
+  return std::isfinite(logprob) ? logprob : -9999.0;
+}
+
+Json Bytes(const std::string& text) {
+  Json bytes = Json::array();
+  for (const char c : text) bytes.push_back(static_cast<unsigned char>(c));
+  return bytes;
+}
+
+}  // namespace
+
+Json ChatLogprobs(const std::vector<TokenLogprob>& tokens) {
+  Json content = Json::array();
+  for (const TokenLogprob& t : tokens) {
+    Json top = Json::array();
+    for (const auto& [text, logprob] : t.top) {
+      top.push_back({{"token", text}, {"logprob", FiniteLogprob(logprob)}, {"bytes", Bytes(text)}});
+    }
+    content.push_back({{"token", t.token},
+                       {"logprob", FiniteLogprob(t.logprob)},
+                       {"bytes", Bytes(t.token)},
+                       {"top_logprobs", std::move(top)}});
+  }
+  return {{"content", std::move(content)}, {"refusal", nullptr}};
+}
+
+Json CompletionLogprobs(const std::vector<TokenLogprob>& tokens, size_t text_offset) {
+  Json texts = Json::array(), logprobs = Json::array(), tops = Json::array(),
+       offsets = Json::array();
+  for (const TokenLogprob& t : tokens) {
+    texts.push_back(t.token);
+    logprobs.push_back(FiniteLogprob(t.logprob));
+    Json top = Json::object();
+    for (const auto& [text, logprob] : t.top) {
+      // Two tokens may have the same text (or the same U+FFFD once dumped): keep the likelier.
+      if (!top.contains(text)) top[text] = FiniteLogprob(logprob);
+    }
+    tops.push_back(std::move(top));
+    offsets.push_back(text_offset);
+    text_offset += t.token.size();
+  }
+  return {{"tokens", std::move(texts)},
+          {"token_logprobs", std::move(logprobs)},
+          {"top_logprobs", std::move(tops)},
+          {"text_offset", std::move(offsets)}};
+}
+
 Json ChatCompletionResponse(const std::string& id, const std::string& model, int64_t created,
-                            const std::string& content, const std::string& finish_reason,
-                            Usage usage) {
+                            const std::vector<Choice>& choices, Usage usage) {
   Json j = Header(id, "chat.completion", created, model);
-  j["choices"] = Json::array({{{"index", 0},
-                               {"message", {{"role", "assistant"}, {"content", content}}},
-                               {"logprobs", nullptr},
-                               {"finish_reason", finish_reason}}});
+  j["choices"] = Json::array();
+  for (size_t i = 0; i < choices.size(); ++i) {
+    j["choices"].push_back({{"index", i},
+                            {"message", {{"role", "assistant"}, {"content", choices[i].text}}},
+                            {"logprobs", choices[i].logprobs},
+                            {"finish_reason", choices[i].finish_reason}});
+  }
   j["usage"] = UsageJson(usage);
   return j;
+}
+
+Json ChatCompletionResponse(const std::string& id, const std::string& model, int64_t created,
+                            const std::string& content, const std::string& finish_reason,
+                            Usage usage, Json logprobs) {
+  return ChatCompletionResponse(id, model, created, {{content, finish_reason, std::move(logprobs)}},
+                                usage);
 }
 
 Json ChatCompletionChunk(const std::string& id, const std::string& model, int64_t created,
                          const std::optional<std::string>& role,
                          const std::optional<std::string>& content,
-                         const std::optional<std::string>& finish_reason) {
+                         const std::optional<std::string>& finish_reason, Json logprobs,
+                         int64_t index) {
   Json delta = Json::object();
   if (role) delta["role"] = *role;
   if (content) delta["content"] = *content;
   Json j = Header(id, "chat.completion.chunk", created, model);
-  j["choices"] = Json::array({{{"index", 0},
+  j["choices"] = Json::array({{{"index", index},
                                {"delta", std::move(delta)},
-                               {"logprobs", nullptr},
+                               {"logprobs", std::move(logprobs)},
                                {"finish_reason", OptionalString(finish_reason)}}});
   return j;
 }
@@ -365,30 +539,44 @@ Json UsageChunk(const std::string& id, const std::string& model, int64_t created
 }
 
 Json CompletionResponse(const std::string& id, const std::string& model, int64_t created,
-                        const std::string& text, const std::string& finish_reason, Usage usage) {
+                        const std::vector<Choice>& choices, Usage usage) {
   Json j = Header(id, "text_completion", created, model);
-  j["choices"] = Json::array(
-      {{{"text", text}, {"index", 0}, {"logprobs", nullptr}, {"finish_reason", finish_reason}}});
+  j["choices"] = Json::array();
+  for (size_t i = 0; i < choices.size(); ++i) {
+    j["choices"].push_back({{"text", choices[i].text},
+                            {"index", i},
+                            {"logprobs", choices[i].logprobs},
+                            {"finish_reason", choices[i].finish_reason}});
+  }
   j["usage"] = UsageJson(usage);
   return j;
 }
 
+Json CompletionResponse(const std::string& id, const std::string& model, int64_t created,
+                        const std::string& text, const std::string& finish_reason, Usage usage,
+                        Json logprobs) {
+  return CompletionResponse(id, model, created, {{text, finish_reason, std::move(logprobs)}},
+                            usage);
+}
+
 Json CompletionChunk(const std::string& id, const std::string& model, int64_t created,
-                     const std::string& text, const std::optional<std::string>& finish_reason) {
+                     const std::string& text, const std::optional<std::string>& finish_reason,
+                     Json logprobs, int64_t index) {
   Json j = Header(id, "text_completion", created, model);
   j["choices"] = Json::array({{{"text", text},
-                               {"index", 0},
-                               {"logprobs", nullptr},
+                               {"index", index},
+                               {"logprobs", std::move(logprobs)},
                                {"finish_reason", OptionalString(finish_reason)}}});
   return j;
 }
 
+Json ModelObject(const std::string& id, int64_t created) {
+  return {{"id", id}, {"object", "model"}, {"created", created}, {"owned_by", "starling"}};
+}
+
 Json ModelsList(const std::vector<std::string>& ids, int64_t created) {
   Json data = Json::array();
-  for (const std::string& id : ids) {
-    data.push_back(
-        {{"id", id}, {"object", "model"}, {"created", created}, {"owned_by", "starling"}});
-  }
+  for (const std::string& id : ids) data.push_back(ModelObject(id, created));
   return {{"object", "list"}, {"data", std::move(data)}};
 }
 

@@ -18,6 +18,7 @@
 #include "server/engine.h"
 #include "server/http_server.h"
 #include "server/openai_api.h"
+#include "server/server_log.h"
 #include "server/web_page.h"
 
 namespace starling {
@@ -182,8 +183,83 @@ ApiError GenerationFailed(const Job& job) {
                   "generation_failed");
 }
 
+// What the request log line says of a request beyond its method, path and status: the
+// tokens of a generation (or of scored conversations). Each connection's requests run one
+// after another on its thread, streams included, and the logger runs on it after each one.
+struct RequestNote {
+  int64_t prompt_tokens = -1;  // -1: not a generation
+  int64_t completion_tokens = 0;
+};
+thread_local RequestNote t_note;
+
+// A token's own text, as a logprobs entry shows it: SentencePiece's U+2581 as a space, a byte
+// token as its byte (not a whole character on its own), any other piece as it is.
+std::string TokenText(const Tokenizer& tokenizer, int32_t id) {
+  const std::string& piece = tokenizer.Piece(id);
+  if (tokenizer.IsByte(id) && piece.size() == 6 && piece.starts_with("<0x")) {
+    return std::string(1, static_cast<char>(std::stoi(piece.substr(3, 2), nullptr, 16)));
+  }
+  std::string text;
+  for (size_t at = 0; at < piece.size();) {
+    if (piece.compare(at, 3, "\xe2\x96\x81") == 0) {
+      text += ' ';
+      at += 3;
+    } else {
+      text += piece[at++];
+    }
+  }
+  return text;
+}
+
+std::vector<TokenLogprob> TokenLogprobsOf(const Tokenizer& tokenizer,
+                                          const std::vector<TokenLogprobs>& tokens) {
+  std::vector<TokenLogprob> out;
+  out.reserve(tokens.size());
+  for (const TokenLogprobs& t : tokens) {
+    TokenLogprob entry{.token = TokenText(tokenizer, t.token), .logprob = t.logprob, .top = {}};
+    for (const auto& [id, logprob] : t.top)
+      entry.top.emplace_back(TokenText(tokenizer, id), logprob);
+    out.push_back(std::move(entry));
+  }
+  return out;
+}
+
+// Whether `host` (lower case) is a loopback address or name: no one else can connect.
+bool IsLoopbackHost(const std::string& host) {
+  return IsLoopbackName(host) || host == "[::1]";
+}
+
 ApiError ShuttingDown() {
   return ApiError(503, "server_error", "the server is shutting down", "", "shutting_down");
+}
+
+// The request log line (info; warn for a 5xx): method, path, status, tokens, time from the
+// request's first byte to its response's last, client address, and an error response's
+// message. Client strings are bounded (LogSafe) and escaped by the log.
+void LogRequest(const httplib::Request& req, const httplib::Response& res) {
+  const RequestNote note = std::exchange(t_note, {});
+  const LogLevel level = res.status >= 500 ? LogLevel::kWarn : LogLevel::kInfo;
+  if (!ServerLogEnabled(level)) return;
+  const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() -
+                                                              HttpServer::RequestStarted())
+                        .count();
+  nlohmann::ordered_json fields = {
+      {"method", LogSafe(req.method, 16)}, {"path", LogSafe(req.path)}, {"status", res.status}};
+  if (note.prompt_tokens >= 0) {
+    fields["prompt_tokens"] = note.prompt_tokens;
+    fields["completion_tokens"] = note.completion_tokens;
+  }
+  fields["duration_ms"] = std::round(ms * 10) / 10;
+  fields["remote"] = LogSafe(req.remote_addr, 64);
+  if (res.status >= 400 && res.body.size() < 65536) {
+    const nlohmann::json body =
+        nlohmann::json::parse(res.body, nullptr, /*allow_exceptions=*/false);
+    if (body.is_object() && body.contains("error") && body["error"].is_object() &&
+        body["error"].contains("message") && body["error"]["message"].is_string()) {
+      fields["error"] = LogSafe(body["error"]["message"].get<std::string>());
+    }
+  }
+  ServerLog(level, "request", fields);
 }
 
 // A shutdown request from the signal thread, waited for by the server's stopping thread. Shared,
@@ -198,6 +274,7 @@ struct StopRequest {
 struct Prepared {
   std::vector<int32_t> prompt;
   GenerationOptions options;
+  int32_t n = 1;  // choices, each its own job
   bool stream = false;
   bool include_usage = false;
 };
@@ -224,10 +301,10 @@ class Server {
     if (!options_.template_name.empty() || !model_.chat_template_jinja.empty()) {
       chat_template_ = &model_.ChooseTemplate(options_.template_name);
     } else {
-      std::fprintf(stderr,
-                   "starling serve: %s has no chat template; chat messages are joined into one "
-                   "raw prompt (use --template to choose one)\n",
-                   options_.model_name.c_str());
+      ServerLog(LogLevel::kWarn,
+                Concat(options_.model_name,
+                       " has no chat template; chat messages are joined into one raw prompt "
+                       "(use --template to choose one)"));
     }
   }
 
@@ -289,6 +366,16 @@ class Server {
       if (reward_ != nullptr) ids.push_back(options_.reward_model_name);
       SendJson(res, 200, ModelsList(ids, Now()));
     });
+    // An id may hold '/' (ORG/NAME): everything after the prefix, percent-decoded by httplib.
+    http_.Get(R"(/v1/models/(.+))", [this](const httplib::Request& req, httplib::Response& res) {
+      const std::string id = req.matches[1];
+      if (id != options_.model_name && (reward_ == nullptr || id != options_.reward_model_name)) {
+        throw ApiError(404, "invalid_request_error",
+                       Concat("The model '", PrintableForError(id), "' does not exist"), "model",
+                       "model_not_found");
+      }
+      SendJson(res, 200, ModelObject(id, Now()));
+    });
     http_.Post("/v1/chat/completions", [this](const httplib::Request&, httplib::Response& res,
                                               const httplib::ContentReader& body) {
       Complete(ParseChatCompletionRequest(HttpServer::ReadBody(body)), res);
@@ -322,6 +409,8 @@ class Server {
                                      const httplib::ContentReader& body) {
       Rewards(ParseRewardsRequest(HttpServer::ReadBody(body)), res);
     });
+    http_.set_logger(
+        [](const httplib::Request& req, const httplib::Response& res) { LogRequest(req, res); });
 
     int port = options_.port;
     if (port == 0) {
@@ -332,6 +421,15 @@ class Server {
     if (port < 0) {
       Fail("cannot listen on ", options_.host, ":", options_.port,
            " (is the port in use, or the address not this machine's?)");
+    }
+    if (options_.api_key.empty() && !IsLoopbackHost(Lower(options_.host))) {
+      ServerLog(LogLevel::kWarn,
+                Concat("listening on ", options_.host,
+                       " without --api-key: anyone who can reach this address can use the "
+                       "server (set --api-key KEY)"));
+    }
+    for (const std::string& origin : options_.cors_origins) {
+      ServerLog(LogLevel::kInfo, "cross-origin requests allowed", {{"origin", origin}});
     }
     // SIGINT/SIGTERM come from the signal thread (StartSignalThread); this thread acts on them.
     auto stop = std::make_shared<StopRequest>();
@@ -350,8 +448,8 @@ class Server {
         signal = stop->signal;
       }
       if (signal > 0) {
-        std::fprintf(stderr, "starling serve: signal %d, shutting down (draining up to %d s)\n",
-                     signal, options_.drain_seconds);
+        ServerLog(LogLevel::kInfo, Concat("signal ", signal, ", shutting down (draining up to ",
+                                          options_.drain_seconds, " s)"));
       }
       shutting_down_ = true;  // new requests get 503 from here on
       engine_.Drain(std::chrono::seconds(options_.drain_seconds));
@@ -368,10 +466,13 @@ class Server {
       }
       http_.stop();  // listen_after_bind() then joins the HTTP workers and returns
     });
-    std::fprintf(stderr, "starling serve: %s on http://%s:%d (%d slots, context %d, %s KV cache)\n",
-                 options_.model_name.c_str(), options_.host.c_str(), port, options_.parallel,
-                 options_.context, DTypeName(options_.kv_type));
-    std::fflush(stderr);
+    // Written at every level: clients (and the tests) read the port from it.
+    const bool v6 = options_.host.find(':') != std::string::npos;
+    ServerLog(LogLevel::kInfo,
+              Concat(options_.model_name, " on http://", v6 ? "[" : "", options_.host,
+                     v6 ? "]" : "", ":", port, " (", options_.parallel, " slots, context ",
+                     options_.context, ", ", DTypeName(options_.kv_type), " KV cache)"),
+              {{"port", port}}, /*always=*/true);
     const bool listened = http_.listen_after_bind();
     listen_returned_ = true;
     {
@@ -392,7 +493,10 @@ class Server {
 
   // The methods a path answers ("" for an unknown path).
   static std::string_view Methods(const std::string& path) {
-    if (path == "/" || path == "/health" || path == "/v1/models") return "GET, HEAD";
+    if (path == "/" || path == "/health" || path == "/v1/models" ||
+        (path.starts_with("/v1/models/") && path.size() > 11)) {
+      return "GET, HEAD";
+    }
     if (path == "/v1/chat/completions" || path == "/v1/completions" || path == "/tokenize" ||
         path == "/detokenize" || path == "/v1/rewards") {
       return "POST";
@@ -414,15 +518,26 @@ class Server {
     return (bound == "0.0.0.0" || bound == "::" || bound.empty()) && IsIpLiteral(name);
   }
 
+  // Whether `origin` (as a browser sends it) is one of --cors-origin's.
+  bool CorsAllowed(const std::string& origin) const {
+    std::string normalized = Lower(Trim(origin));
+    for (const std::string& allowed : options_.cors_origins) {
+      if (allowed == "*" || allowed == normalized) return true;
+    }
+    return false;
+  }
+
   // Every check that needs only the headers, before any body is read: shutting down, Host,
-  // Origin (CORS stays closed: a request from another origin is refused), path and method,
-  // API key, and the body's framing and size. A request answered here never has its body
-  // read; its connection closes after the response.
+  // Origin (a request from another origin is refused unless --cors-origin lists it; then its
+  // response carries CORS headers and a preflight is answered here), path and method, API
+  // key, and the body's framing and size. A request answered here never has its body read;
+  // its connection closes after the response.
   httplib::Server::HandlerResponse Admit(const httplib::Request& req, httplib::Response& res) {
     auto refuse = [&](const ApiError& error) {
       SendError(res, error);
       return httplib::Server::HandlerResponse::Handled;
     };
+    t_note = {};  // this request's tokens, for its log line
     if (shutting_down_) return refuse(ShuttingDown());
     const std::string host = req.get_header_value("Host");
     if (req.has_header("Host") && !HostAllowed(host)) {
@@ -432,19 +547,38 @@ class Server {
                                     "--allowed-host NAME to allow one)"),
                              "", "host_not_allowed"));
     }
+    bool cross_origin = false;  // an allowed page of another origin
     if (req.has_header("Origin")) {
       const std::string origin = req.get_header_value("Origin");
       const size_t scheme = origin.find("://");
       if (scheme == std::string::npos || Lower(origin.substr(scheme + 3)) != Lower(host)) {
-        return refuse(
-            ApiError(403, "invalid_request_error",
-                     Concat("cross-origin requests are not allowed (Origin '", origin, "')"), "",
-                     "cross_origin"));
+        if (!CorsAllowed(origin)) {
+          return refuse(ApiError(
+              403, "invalid_request_error",
+              Concat("cross-origin requests are not allowed (Origin '", PrintableForError(origin),
+                     "'; start the server with --cors-origin ORIGIN to allow "
+                     "one)"),
+              "", "cross_origin"));
+        }
+        cross_origin = true;
+        // On every response to it, errors included, so that the page can read them.
+        res.set_header("Access-Control-Allow-Origin", origin);
+        res.set_header("Vary", "Origin");
       }
     }
     const std::string_view methods = Methods(req.path);
     if (methods.empty()) {
-      return refuse(ApiError(404, "invalid_request_error", "no such endpoint: " + req.path));
+      return refuse(ApiError(404, "invalid_request_error",
+                             "no such endpoint: " + PrintableForError(req.path)));
+    }
+    // A CORS preflight: answered without an API key (browsers send none with it).
+    if (cross_origin && req.method == "OPTIONS" &&
+        req.has_header("Access-Control-Request-Method")) {
+      res.status = 204;
+      res.set_header("Access-Control-Allow-Methods", Concat(methods, ", OPTIONS"));
+      res.set_header("Access-Control-Allow-Headers", PreflightHeaders(req));
+      res.set_header("Access-Control-Max-Age", "600");
+      return httplib::Server::HandlerResponse::Handled;
     }
     const std::string method = req.method == "HEAD" ? "GET" : req.method;
     if (methods.find(method) == std::string_view::npos) {
@@ -466,6 +600,24 @@ class Server {
       if (const std::optional<ApiError> error = CheckBodyFraming(req)) return refuse(*error);
     }
     return httplib::Server::HandlerResponse::Unhandled;
+  }
+
+  // The request headers a preflight may allow: Authorization and Content-Type, and those the
+  // page asks for when each is a plain header name (the server ignores them), at most 1 KiB.
+  static std::string PreflightHeaders(const httplib::Request& req) {
+    std::string allowed = "Authorization, Content-Type";
+    const std::string asked = req.get_header_value("Access-Control-Request-Headers");
+    if (asked.size() > 1024) return allowed;
+    for (size_t at = 0; at <= asked.size();) {
+      const size_t comma = std::min(asked.find(',', at), asked.size());
+      const std::string name = Lower(Trim(std::string_view(asked).substr(at, comma - at)));
+      at = comma + 1;
+      const bool token =
+          !name.empty() &&
+          name.find_first_not_of("abcdefghijklmnopqrstuvwxyz0123456789-_") == std::string::npos;
+      if (token && name != "authorization" && name != "content-type") allowed += ", " + name;
+    }
+    return allowed;
   }
 
   // How the body of a POST arrives: a Content-Length within --max-body or chunked (limited as
@@ -509,12 +661,14 @@ class Server {
     return error;
   }
 
+  // With --strict-model a request's "model" (when given) must name the served one; by default
+  // any value is answered by the one model the server has.
   void CheckModel(const std::string& name, const std::string& served) const {
-    if (!name.empty() && name != served) {
-      throw ApiError(
-          404, "invalid_request_error",
-          Concat("The model '", name, "' does not exist (this server has '", served, "')"), "model",
-          "model_not_found");
+    if (options_.strict_model && !name.empty() && name != served) {
+      throw ApiError(404, "invalid_request_error",
+                     Concat("The model '", PrintableForError(name),
+                            "' does not exist (this server has '", served, "')"),
+                     "model", "model_not_found");
     }
   }
 
@@ -544,8 +698,37 @@ class Server {
     p.options.sampling.repeat_penalty = 1.0f;
     p.options.sampling.seed = r.seed ? *r.seed : RandomSeed();
     p.options.stop_strings = r.stop;
+    p.options.frequency_penalty = r.frequency_penalty;
+    p.options.presence_penalty = r.presence_penalty;
+    const int32_t vocab = model_.model->config().vocab_size;
+    for (const auto& [token, bias] : r.logit_bias) {
+      if (token >= vocab) {
+        throw ApiError(400, "invalid_request_error",
+                       Concat("logit_bias: token id ", token, " is outside the vocabulary (", vocab,
+                              " tokens)"),
+                       "logit_bias");
+      }
+    }
+    p.options.logit_bias = r.logit_bias;
+    p.options.top_logprobs = r.logprobs;
+    p.n = r.n;
     p.stream = r.stream;
     p.include_usage = r.include_usage;
+    if (ServerLogEnabled(LogLevel::kDebug)) {
+      ServerLog(LogLevel::kDebug, "generation",
+                {{"prompt_tokens", prompt_tokens},
+                 {"max_tokens", max_tokens},
+                 {"temperature", r.temperature},
+                 {"top_p", r.top_p},
+                 {"seed", p.options.sampling.seed},
+                 {"frequency_penalty", r.frequency_penalty},
+                 {"presence_penalty", r.presence_penalty},
+                 {"logit_bias", r.logit_bias.size()},
+                 {"logprobs", r.logprobs},
+                 {"stop", r.stop.size()},
+                 {"n", r.n},
+                 {"stream", r.stream}});
+    }
     return p;
   }
 
@@ -578,42 +761,89 @@ class Server {
     Run(std::move(p), /*chat=*/false, res);
   }
 
+  // Submits the request's n jobs (choice i samples with seed + i) and answers with their
+  // choices: one JSON body, or one SSE stream whose chunks name their choice by index.
   void Run(Prepared p, bool chat, httplib::Response& res) {
     const Usage usage_prompt{static_cast<int64_t>(p.prompt.size()), 0};
-    std::shared_ptr<Job> job = engine_.Submit(std::move(p.prompt), std::move(p.options));
-    if (job == nullptr) {
-      if (engine_.stopping()) throw ShuttingDown();
-      throw ApiError(503, "server_error",
-                     "the server is busy: every slot is taken and the queue is full; retry "
-                     "later",
-                     "", "overloaded");
+    const bool logprobs = p.options.top_logprobs >= 0;
+    t_note = {.prompt_tokens = usage_prompt.prompt_tokens, .completion_tokens = 0};
+    // Every choice needs a slot or a place in the queue at once: more can never be served.
+    if (p.n > options_.parallel + options_.queue) {
+      throw ApiError(
+          400, "invalid_request_error",
+          Concat("n is ", p.n, "; this server runs at most ", options_.parallel + options_.queue,
+                 " generations at once (--parallel + --queue)"),
+          "n");
     }
+    auto jobs = std::make_shared<std::vector<std::shared_ptr<Job>>>();
+    for (int32_t i = 0; i < p.n; ++i) {
+      GenerationOptions options = p.options;
+      options.sampling.seed += static_cast<uint64_t>(i);
+      std::shared_ptr<Job> job = engine_.Submit(p.prompt, std::move(options));
+      if (job == nullptr) {
+        for (const auto& submitted : *jobs) submitted->Cancel();
+        if (engine_.stopping()) throw ShuttingDown();
+        throw ApiError(503, "server_error",
+                       "the server is busy: every slot is taken and the queue is full; retry "
+                       "later",
+                       "", "overloaded");
+      }
+      jobs->push_back(std::move(job));
+    }
+    auto completion_tokens = [jobs] {
+      int64_t sum = 0;
+      for (const auto& job : *jobs) sum += job->completion_tokens();
+      return sum;
+    };
+    auto cancel_all = [jobs] {
+      for (const auto& job : *jobs) job->Cancel();
+    };
     const std::string id = NewId(chat ? "chatcmpl" : "cmpl");
     const std::string model = options_.model_name;
     const int64_t created = Now();
     if (!p.stream) {
-      std::string text;
-      for (bool finished = false; !finished;) {
-        for (const std::string& piece : job->Wait(1000, &finished)) text += piece;
+      std::vector<Choice> choices;
+      for (const auto& job : *jobs) {
+        std::string text;
+        std::vector<TokenLogprobs> tokens;
+        for (bool finished = false; !finished;) {
+          for (JobPiece& piece : job->Wait(1000, &finished)) {
+            text += piece.text;
+            tokens.insert(tokens.end(), piece.logprobs.begin(), piece.logprobs.end());
+          }
+        }
+        t_note.completion_tokens = completion_tokens();
+        if (!job->error().empty()) {
+          cancel_all();
+          throw GenerationFailed(*job);
+        }
+        if (job->finish() == FinishReason::kCancelled) {
+          cancel_all();
+          throw ApiError(503, "server_error", "the request was cancelled (server shutting down)");
+        }
+        nlohmann::json lp = nullptr;
+        if (logprobs) {
+          const std::vector<TokenLogprob> entries = TokenLogprobsOf(*model_.tokenizer, tokens);
+          lp = chat ? ChatLogprobs(entries) : CompletionLogprobs(entries, 0);
+        }
+        choices.push_back({std::move(text), FinishReasonName(job->finish()), std::move(lp)});
       }
-      if (!job->error().empty()) throw GenerationFailed(*job);
-      if (job->finish() == FinishReason::kCancelled) {
-        throw ApiError(503, "server_error", "the request was cancelled (server shutting down)");
-      }
-      const Usage usage{usage_prompt.prompt_tokens, job->completion_tokens()};
-      const std::string reason = FinishReasonName(job->finish());
+      const Usage usage{usage_prompt.prompt_tokens, completion_tokens()};
       SendJson(res, 200,
-               chat ? ChatCompletionResponse(id, model, created, text, reason, usage)
-                    : CompletionResponse(id, model, created, text, reason, usage));
+               chat ? ChatCompletionResponse(id, model, created, choices, usage)
+                    : CompletionResponse(id, model, created, choices, usage));
       return;
     }
     res.set_header("Cache-Control", "no-cache");
     auto started = std::make_shared<bool>(false);
+    // Per choice: whether its last chunk went out, and the bytes of its tokens listed so far.
+    auto ended = std::make_shared<std::vector<bool>>(jobs->size(), false);
+    auto text_offsets = std::make_shared<std::vector<size_t>>(jobs->size(), 0);
     // Counts this stream as open until httplib has written it and dropped the provider.
     ++open_streams_;
     auto open = std::shared_ptr<void>(nullptr, [this](void*) { --open_streams_; });
     // Called on an HTTP worker outside httplib's exception handling: nothing may escape it.
-    auto provide = [=](size_t, httplib::DataSink& sink) {
+    auto provide = [=, this](size_t, httplib::DataSink& sink) {
       auto send = [&](const nlohmann::json& j) {
         const std::string event = SseEvent(j);
         return sink.write(event.data(), event.size());
@@ -624,57 +854,81 @@ class Server {
         sink.done();
         return true;
       };
+      const auto n = static_cast<int64_t>(jobs->size());
       if (!*started) {
         *started = true;
-        if (chat && !send(ChatCompletionChunk(id, model, created, "assistant", "", {}))) {
-          job->Cancel();
-          return false;
+        for (int64_t i = 0; chat && i < n; ++i) {
+          if (!send(ChatCompletionChunk(id, model, created, "assistant", "", {}, nullptr, i))) {
+            cancel_all();
+            return false;
+          }
         }
       }
-      bool finished = false;
-      const std::vector<std::string> pieces = job->Wait(200, &finished);
-      // One event per token's text, as OpenAI streams, however fast they were generated.
-      for (const std::string& text : pieces) {
-        const bool ok = send(chat ? ChatCompletionChunk(id, model, created, {}, text, {})
-                                  : CompletionChunk(id, model, created, text, {}));
-        if (!ok) {  // the client went away: free the slot
-          job->Cancel();
+      // Each choice's new pieces; the first unfinished one is waited for when none has any.
+      bool any = false;
+      for (int64_t i = 0; i < n; ++i) {
+        if ((*ended)[static_cast<size_t>(i)]) continue;
+        Job& job = *(*jobs)[static_cast<size_t>(i)];
+        bool finished = false;
+        std::vector<JobPiece> pieces = job.Wait(any ? 0 : 200 / static_cast<int>(n), &finished);
+        any = any || !pieces.empty() || finished;
+        t_note.completion_tokens = completion_tokens();
+        // One event per token's text, as OpenAI streams, however fast they were generated.
+        for (const JobPiece& piece : pieces) {
+          nlohmann::json lp = nullptr;
+          if (logprobs) {
+            const std::vector<TokenLogprob> entries =
+                TokenLogprobsOf(*model_.tokenizer, piece.logprobs);
+            size_t& offset = (*text_offsets)[static_cast<size_t>(i)];
+            lp = chat ? ChatLogprobs(entries) : CompletionLogprobs(entries, offset);
+            for (const TokenLogprob& e : entries) offset += e.token.size();
+          }
+          const bool ok = send(
+              chat ? ChatCompletionChunk(id, model, created, {}, piece.text, {}, std::move(lp), i)
+                   : CompletionChunk(id, model, created, piece.text, {}, std::move(lp), i));
+          if (!ok) {  // the client went away: free the slots
+            cancel_all();
+            return false;
+          }
+        }
+        if (!finished) continue;
+        // A failed generation ends the stream with OpenAI's error object, then [DONE].
+        if (!job.error().empty()) {
+          cancel_all();
+          send(ErrorJson(GenerationFailed(job)));
+          return end_stream();
+        }
+        const std::string reason = FinishReasonName(job.finish());
+        send(chat ? ChatCompletionChunk(id, model, created, {}, {}, reason, nullptr, i)
+                  : CompletionChunk(id, model, created, "", reason, nullptr, i));
+        (*ended)[static_cast<size_t>(i)] = true;
+      }
+      if (std::find(ended->begin(), ended->end(), false) != ended->end()) {
+        if (!any && !sink.is_writable()) {
+          cancel_all();
           return false;
         }
+        return true;
       }
-      if (pieces.empty() && !finished && !sink.is_writable()) {
-        job->Cancel();
-        return false;
-      }
-      if (!finished) return true;
-      // A failed generation ends the stream with OpenAI's error object, then [DONE].
-      if (!job->error().empty()) {
-        send(ErrorJson(GenerationFailed(*job)));
-        return end_stream();
-      }
-      const std::string reason = FinishReasonName(job->finish());
-      send(chat ? ChatCompletionChunk(id, model, created, {}, {}, reason)
-                : CompletionChunk(id, model, created, "", reason));
       if (p.include_usage) {
-        send(UsageChunk(id, model, created, {usage_prompt.prompt_tokens, job->completion_tokens()},
+        send(UsageChunk(id, model, created, {usage_prompt.prompt_tokens, completion_tokens()},
                         chat ? "chat.completion.chunk" : "text_completion"));
       }
       return end_stream();
     };
     res.set_chunked_content_provider(
         "text/event-stream",
-        [job, provide, open](size_t offset, httplib::DataSink& sink) {
+        [cancel_all, provide, open](size_t offset, httplib::DataSink& sink) {
           try {
             return provide(offset, sink);
           } catch (...) {
-            std::fprintf(stderr, "starling serve: a stream failed: %s\n",
-                         CurrentExceptionMessage().c_str());
-            job->Cancel();
+            ServerLog(LogLevel::kError, "a stream failed: " + CurrentExceptionMessage());
+            cancel_all();
             return false;
           }
         },
-        [job](bool success) {
-          if (!success) job->Cancel();
+        [cancel_all](bool success) {
+          if (!success) cancel_all();
         });
   }
 
@@ -708,6 +962,8 @@ class Server {
       }
       data.push_back(
           {{"index", i}, {"object", "reward"}, {"reward", Score(ids, i)}, {"tokens", ids.size()}});
+      t_note.prompt_tokens =
+          std::max<int64_t>(t_note.prompt_tokens, 0) + static_cast<int64_t>(ids.size());
     }
     SendJson(res, 200, {{"object", "list"}, {"model", options_.reward_model_name}, {"data", data}});
   }
@@ -750,8 +1006,26 @@ class Server {
 
 }  // namespace
 
+std::string NormalizeCorsOrigin(const std::string& origin) {
+  if (origin == "*") return origin;
+  std::string o = Lower(origin);
+  if (o.ends_with('/')) o.pop_back();
+  const size_t scheme = o.find("://");
+  const std::string rest = scheme == std::string::npos ? "" : o.substr(scheme + 3);
+  const bool ok =
+      (o.starts_with("http://") || o.starts_with("https://")) && !rest.empty() &&
+      rest.size() <= 255 &&
+      rest.find_first_not_of("abcdefghijklmnopqrstuvwxyz0123456789.-:[]") == std::string::npos;
+  if (!ok) {
+    Fail("--cors-origin '", PrintableForError(origin),
+         "' is not an origin: give scheme://host[:port] (e.g. http://localhost:3000) or '*'");
+  }
+  return o;
+}
+
 int Serve(const LoadedModel& model, LoadedRewardModel* reward, const ServerOptions& options) {
   StartSignalThread();  // does nothing when main() started it first, as it should
+  SetServerLog(options.log_level, options.log_format);
   Server server(model, reward, options);
   return server.Run();
 }

@@ -10,6 +10,7 @@
 #include "core/dtype.h"
 #include "generate/loaded_model.h"
 #include "reward/reward.h"
+#include "server/server_log.h"
 
 namespace starling {
 
@@ -28,9 +29,21 @@ struct ServerOptions {
   // Host header names accepted beyond --host and, on loopback, the loopback names ("*": any).
   std::vector<std::string> allowed_hosts;
   int drain_seconds = 10;  // on SIGINT/SIGTERM, how long running requests may take to finish
-  std::string model_name;  // what /v1/models lists
+  std::string model_name;  // the model's id: what /v1/models lists and responses name
   std::string reward_model_name;
+  // A request's "model" must name the served model (else 404 model_not_found); by default
+  // any value is accepted and answered by the one model.
+  bool strict_model = false;
+  // Origins ("scheme://host[:port]", or "*" for any) whose web pages may call the API: CORS
+  // headers and preflights for them. Empty: cross-origin requests are refused.
+  std::vector<std::string> cors_origins;
+  LogLevel log_level = LogLevel::kInfo;
+  LogFormat log_format = LogFormat::kText;
 };
+
+// Checks a --cors-origin value and returns it normalized (lower case, no trailing '/');
+// throws starling::Error naming the value when it is not "*" or "http(s)://host[:port]".
+std::string NormalizeCorsOrigin(const std::string& origin);
 
 // Serves until SIGINT or SIGTERM (taken through SetSignalHandler: call StartSignalThread
 // before any thread starts), then answers new requests with 503, lets running ones finish for

@@ -18,22 +18,41 @@ def check(condition, what):
 
 
 class Server:
-    def __init__(self, *args):
-        self.proc = subprocess.Popen([STARLING, "serve", "--port", "0", *args],
+    def __init__(self, *args, port="0"):
+        self.proc = subprocess.Popen([STARLING, "serve", "--port", port, *args],
                                      stderr=subprocess.PIPE, text=True)
         self.port = None
+        self.lines = []  # every line of its stderr (the log), kept by a reader thread
+        self.lines_lock = threading.Lock()
         deadline = time.time() + 30
         while time.time() < deadline:
             line = self.proc.stderr.readline()
             if not line:
                 break
-            m = re.search(r"on http://127\.0\.0\.1:(\d+)", line)
+            self.lines.append(line)
+            m = re.search(r"on http://(?:\[[^\]]*\]|[^:/\s]+):(\d+)", line)
             if m:
                 self.port = int(m.group(1))
                 break
         if self.port is None:
-            raise SystemExit("server did not start: " + " ".join(args))
-        threading.Thread(target=self.proc.stderr.read, daemon=True).start()  # drain
+            raise SystemExit("server did not start: %s\n%s" % (" ".join(args), "".join(self.lines)))
+        threading.Thread(target=self._read_log, daemon=True).start()
+
+    def _read_log(self):
+        for line in self.proc.stderr:
+            with self.lines_lock:
+                self.lines.append(line)
+
+    def log(self, wait_for=None, timeout=5):
+        """The log so far; with `wait_for`, first waits up to `timeout` for a line containing it
+        (a request's line is written after its response)."""
+        deadline = time.time() + timeout
+        while True:
+            with self.lines_lock:
+                lines = list(self.lines)
+            if wait_for is None or any(wait_for in l for l in lines) or time.time() > deadline:
+                return lines
+            time.sleep(0.02)
 
     def request(self, method, path, body=None, headers=None, timeout=60):
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)

@@ -1,21 +1,55 @@
 // `starling serve`: the OpenAI-compatible server (src/server), thin.
+#include <algorithm>
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 
 #include "commands.h"
+#include "core/error.h"
 #include "embedded_model.h"
 #include "hub/hf_cache.h"
 #include "reward/reward.h"
 #include "server/server.h"
 
 namespace starling::cli {
+namespace {
+
+// Printable ASCII or UTF-8, without spaces or control characters.
+bool IsModelId(const std::string& id) {
+  return !id.empty() && std::none_of(id.begin(), id.end(), [](char c) {
+    const auto u = static_cast<unsigned char>(c);
+    return u <= ' ' || u == 0x7f;
+  });
+}
+
+// A model's name as an id: each run of spaces or control characters becomes one '-'
+// ("My Model.gguf" -> "My-Model.gguf").
+std::string WithoutSpaces(std::string_view name) {
+  std::string id;
+  bool gap = false;
+  for (const char c : name) {
+    if (static_cast<unsigned char>(c) <= ' ' || c == 0x7f) {
+      gap = !id.empty();
+      continue;
+    }
+    if (gap) id += '-';
+    gap = false;
+    id += c;
+  }
+  return id.empty() ? std::string("model") : id;
+}
+
+}  // namespace
 
 void RegisterServe(CLI::App& app) {
   auto o = std::make_shared<ServerOptions>();
   auto model = std::make_shared<std::string>();
   auto reward = std::make_shared<std::string>();
   auto max_body = std::make_shared<int64_t>(static_cast<int64_t>(o->max_body_bytes));
+  auto alias = std::make_shared<std::string>();
+  auto log_level = std::make_shared<std::string>("info");
+  auto log_format = std::make_shared<std::string>("text");
   CLI::App* cmd = app.add_subcommand(
       "serve", "OpenAI-compatible HTTP server with batched streaming and a web chat page");
   cmd->add_option(
@@ -59,15 +93,42 @@ void RegisterServe(CLI::App& app) {
                   "seconds that running requests may take to finish after SIGINT/SIGTERM")
       ->check(CLI::Range(0, 3600))
       ->capture_default_str();
+  cmd->add_option("--alias", *alias,
+                  "the model's id in /v1/models and in responses (default: the model's name, "
+                  "spaces removed)")
+      ->check(NonEmpty());
+  cmd->add_flag("--strict-model", o->strict_model,
+                "refuse a request whose \"model\" is not the served id (404); by default any "
+                "value is answered by the one model");
+  cmd->add_option("--cors-origin", o->cors_origins,
+                  "an origin (scheme://host[:port]) whose web pages may call the API: CORS "
+                  "headers and preflights for it; repeat for more; '*' allows any");
+  cmd->add_option("--log-level", *log_level, "error, warn, info (a line per request) or debug")
+      ->check(CLI::IsMember({"error", "warn", "info", "debug"}))
+      ->capture_default_str();
+  cmd->add_option("--log-format", *log_format, "text, or json (one object per line)")
+      ->check(CLI::IsMember({"text", "json"}))
+      ->capture_default_str();
   AddThreadsOption(cmd);
   AddKvTypeOption(cmd, &o->kv_type);
   cmd->callback([=] {
     ServerOptions options = *o;
     options.max_body_bytes = static_cast<size_t>(*max_body);
+    options.log_level = *ParseLogLevel(*log_level);
+    options.log_format = *log_format == "json" ? LogFormat::kJson : LogFormat::kText;
+    for (std::string& origin : options.cors_origins) origin = NormalizeCorsOrigin(origin);
+    if (!alias->empty() && (alias->size() > 256 || !IsModelId(*alias))) {
+      Fail("--alias '", PrintableForError(*alias),
+           "': a model id is 1 to 256 printable characters without spaces");
+    }
     const LoadedModel loaded = LoadModelOrDefault(*model);
     CheckContext(loaded, options.context, options.parallel, options.kv_type);
     options.model_name =
-        model->empty() ? std::string(kEmbeddedModelName) : ModelDisplayName(*model);
+        !alias->empty() ? *alias
+        : model->empty()
+            // "stories260K (embedded)" -> "stories260K"
+            ? std::string(kEmbeddedModelName.substr(0, kEmbeddedModelName.find(' ')))
+            : WithoutSpaces(ModelDisplayName(*model));
     std::optional<LoadedRewardModel> rm;
     if (!reward->empty()) {
       rm = LoadRewardModelAndTokenizer({.files = {.directory = *reward}});
