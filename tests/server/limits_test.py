@@ -178,7 +178,7 @@ def body_limits():
     t0 = time.time()
     status, r = s2.json("POST", "/v1/chat/completions", many)
     check(status == 400 and r["error"]["code"] == "context_length_exceeded"
-          and time.time() - t0 < 2,
+          and time.time() - t0 < 6,  # ~1 s idle; tokenizing them all would take far longer
           "100,001 messages -> 400 in %.2f s: %r" % (time.time() - t0, r))
     status, r = s2.json("POST", "/v1/completions", {"prompt": "a " * (2 * MiB)})
     check(status == 400 and r["error"]["code"] == "context_length_exceeded",
@@ -222,7 +222,9 @@ def slow_clients():
         time.sleep(0.1)
     print("/health with 100 slow-header connections: max %.1f ms"
           % (1000 * max(latencies)), flush=True)
-    check(max(latencies) < 0.5, "/health latency %r s" % latencies)
+    # Milliseconds idle; a server blocked by the slow connections would wait out their read
+    # timeout (seconds). 1.5 s leaves room for a loaded CI machine.
+    check(max(latencies) < 1.5, "/health latency %r s" % latencies)
     time.sleep(3)  # past the read timeout
     dropped = 0
     for c in conns:
