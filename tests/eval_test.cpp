@@ -6,12 +6,15 @@
 #include <gtest/gtest.h>
 
 #include <fstream>
+#include <mutex>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <vector>
 
 #include "core/error.h"
 #include "eval/eval.h"
 #include "eval/task_check.h"
+#include "reward_server.h"
 #include "run_starling.h"
 #include "test_dir.h"
 
@@ -139,6 +142,48 @@ TEST(Eval, WinRatesAreHalfAgainstItselfAndSymmetric) {
   EXPECT_DOUBLE_EQ(ab["win_rate"].get<double>() + ba["win_rate"].get<double>(), 1.0);
   EXPECT_EQ(ab["length_mean"], ba["length_mean_b"]);
   EXPECT_EQ(ab["reward_mean"], ba["reward_mean_b"]);
+}
+
+// Each turn is answered in the conversation so far and judged with everything up to it: a judge
+// that scores a conversation by its number of messages gives 2 on turn 1 and 4 on turn 2; the
+// second turn's conversation carries the first turn's answer.
+TEST(Eval, MultiTurnJudgesEachTurnInItsConversation) {
+  std::vector<nlohmann::json> seen;
+  std::mutex mutex;
+  RewardServer judge([&](const httplib::Request& q, httplib::Response& r) {
+    const nlohmann::json body = nlohmann::json::parse(q.body);
+    nlohmann::json data = nlohmann::json::array();
+    for (size_t i = 0; i < body["conversations"].size(); ++i) {
+      data.push_back({{"index", i}, {"reward", body["conversations"][i].size()}});
+    }
+    {
+      std::lock_guard lock(mutex);
+      seen.push_back(body);
+    }
+    r.set_content(nlohmann::json{{"data", data}}.dump(), "application/json");
+  });
+  testing::TempDir dir("eval_multiturn");
+  const std::string data = dir.path() + "/mt.jsonl";
+  std::ofstream(data)
+      << R"({"question_id": 81, "category": "writing", "turns": ["Once upon a time", "Then"]})"
+      << "\n"
+      << R"({"question_id": 82, "category": "story", "turns": ["Tom had a dog", "And"]})"
+      << "\n";
+  const auto r =
+      RunStarling("eval --task multiturn -m " + kStories + " --template raw --data " + data +
+                  " --rm-url " + judge.url() + " -n 6 -t 1 --out " + dir.path() + "/mt.json");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  std::ifstream f(dir.path() + "/mt.json");
+  const nlohmann::json out = nlohmann::json::parse(f);
+  ASSERT_EQ(out["turns"].size(), 2u);
+  EXPECT_EQ(out["turns"][0]["categories"]["all"]["reward_mean"], 2.0);
+  EXPECT_EQ(out["turns"][1]["categories"]["all"]["reward_mean"], 4.0);
+  EXPECT_EQ(out["turns"][1]["categories"]["writing"]["n"], 1);
+  ASSERT_EQ(seen.size(), 2u);  // one request per turn
+  const nlohmann::json& second = seen[1]["conversations"][0];
+  EXPECT_EQ(second[0]["content"], "Once upon a time");
+  EXPECT_EQ(second[1]["content"], seen[0]["conversations"][0][1]["content"]);
+  EXPECT_EQ(second[2]["content"], "Then");
 }
 
 TEST(Eval, MultipleChoiceRunsAndBadFilesAreNamed) {

@@ -17,6 +17,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "reward_server.h"
 #include "run_starling.h"
 #include "test_dir.h"
 
@@ -65,33 +66,6 @@ std::string Policy(const std::string& algorithm, const std::string& prompts, con
          " --log " + out + ".log -q -t 2 --rollouts 4 --batch 2 --max-new-tokens 6 --lr 1e-3 " +
          extra;
 }
-
-// A /v1/rewards server in this process, on a free port of 127.0.0.1.
-class RewardServer {
- public:
-  using Handler = std::function<void(const httplib::Request&, httplib::Response&)>;
-  explicit RewardServer(Handler handler) {
-    server_.Post("/v1/rewards", [this, handler](const httplib::Request& q, httplib::Response& r) {
-      ++requests_;
-      handler(q, r);
-    });
-    port_ = server_.bind_to_any_port("127.0.0.1");
-    thread_ = std::thread([this] { server_.listen_after_bind(); });
-    while (!server_.is_running()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  }
-  ~RewardServer() {
-    server_.stop();
-    thread_.join();
-  }
-  std::string url() const { return "http://127.0.0.1:" + std::to_string(port_); }
-  int requests() const { return requests_.load(); }
-
- private:
-  httplib::Server server_;
-  int port_ = 0;
-  std::thread thread_;
-  std::atomic<int> requests_{0};
-};
 
 TEST(TrainPolicy, PpoLogsStepsAndIterationsAndSavesALoadablePolicy) {
   starling::testing::TempDir dir("policy_ppo");

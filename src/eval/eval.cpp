@@ -31,6 +31,14 @@ std::vector<std::pair<int64_t, std::string>> Lines(const std::string& path, int6
   return out;
 }
 
+nlohmann::json ParseLine(const std::string& line, const std::string& where) {
+  try {
+    return nlohmann::json::parse(line);
+  } catch (const nlohmann::json::exception& e) {
+    Fail(where, ": not JSON (", e.what(), ")");
+  }
+}
+
 GenerationOptions Options(const EvalOptions& o, const LoadedModel& m, const ChatTemplate* t) {
   GenerationOptions g;
   g.max_new_tokens = o.max_new_tokens;
@@ -169,12 +177,7 @@ nlohmann::json MultipleChoice(const EvalOptions& o) {
   std::map<std::string, std::pair<int64_t, int64_t>> subjects;
   for (const auto& [number, line] : Lines(o.data, o.limit)) {
     const std::string where = Concat(o.data, ":", number);
-    nlohmann::json j;
-    try {
-      j = nlohmann::json::parse(line);
-    } catch (const nlohmann::json::exception& e) {
-      Fail(where, ": not JSON (", e.what(), ")");
-    }
+    const nlohmann::json j = ParseLine(line, where);
     if (!j.is_object() || !j.contains("question") || !j["question"].is_string() ||
         !j.contains("choices") || !j["choices"].is_array() || j["choices"].size() < 2 ||
         j["choices"].size() > 26 || !j.contains("answer")) {
@@ -316,6 +319,89 @@ nlohmann::json WinRate(const EvalOptions& o) {
   return out;
 }
 
+// MT-Bench's question format: {"question_id", "category", "turns": [first, second, ...]}. Each
+// turn is answered in the conversation so far, and the conversation up to that answer is
+// scored by the judge.
+nlohmann::json MultiTurn(const EvalOptions& o) {
+  struct Question {
+    std::string id, category;
+    std::vector<std::string> turns;
+  };
+  std::vector<Question> questions;
+  size_t max_turns = 0;
+  for (const auto& [number, line] : Lines(o.data, o.limit)) {
+    const std::string where = Concat(o.data, ":", number);
+    const nlohmann::json j = ParseLine(line, where);
+    if (!j.is_object() || !j.contains("turns") || !j["turns"].is_array() || j["turns"].empty()) {
+      Fail(where, ": a question needs \"turns\": a list of user messages");
+    }
+    Question q;
+    q.id = j.contains("question_id") ? j["question_id"].dump() : std::to_string(number);
+    q.category = j.value("category", std::string("all"));
+    for (const auto& t : j["turns"]) {
+      if (!t.is_string()) Fail(where, ": every turn must be a string");
+      q.turns.push_back(t.get<std::string>());
+    }
+    max_turns = std::max(max_turns, q.turns.size());
+    questions.push_back(std::move(q));
+  }
+  const LoadedModel m = LoadModel(o.model);
+  const ChatTemplate& t = m.ChooseTemplate(o.chat_template);
+  std::unique_ptr<RewardSource> judge = OpenRewardSource(o.reward);
+  std::vector<std::vector<ChatMessage>> conversations(questions.size());
+  // [turn] -> sums per category and overall
+  std::vector<std::map<std::string, std::pair<int64_t, double>>> per_turn(max_turns);
+  nlohmann::json samples = nlohmann::json::array();
+  for (size_t turn = 0; turn < max_turns; ++turn) {
+    std::vector<size_t> asked;
+    std::vector<std::vector<ChatMessage>> prompts;
+    for (size_t i = 0; i < questions.size(); ++i) {
+      if (turn >= questions[i].turns.size()) continue;
+      conversations[i].push_back({"user", questions[i].turns[turn]});
+      asked.push_back(i);
+      prompts.push_back(conversations[i]);
+    }
+    const std::vector<GenerationResult> answers = Answer(o, m, t, prompts);
+    std::vector<std::vector<ChatMessage>> judged;
+    for (size_t k = 0; k < asked.size(); ++k) {
+      conversations[asked[k]].push_back({"assistant", answers[k].text});
+      judged.push_back(conversations[asked[k]]);
+    }
+    const std::vector<double> rewards = judge->Score(judged);
+    for (size_t k = 0; k < asked.size(); ++k) {
+      for (const std::string& key : {questions[asked[k]].category, std::string("all")}) {
+        auto& cell = per_turn[turn][key];
+        ++cell.first;
+        cell.second += rewards[k];
+      }
+      if (samples.size() < 6) {
+        samples.push_back({{"question_id", questions[asked[k]].id},
+                           {"turn", turn + 1},
+                           {"response", answers[k].text},
+                           {"reward", rewards[k]}});
+      }
+    }
+  }
+  nlohmann::json out = {{"task", "multiturn"},
+                        {"model", o.model},
+                        {"data", o.data},
+                        {"questions", questions.size()},
+                        {"turns", nlohmann::json::array()},
+                        {"samples", samples}};
+  std::printf("| turn | category | n | mean reward |\n|---|---|---|---|\n");
+  for (size_t turn = 0; turn < max_turns; ++turn) {
+    nlohmann::json row = {{"turn", turn + 1}, {"categories", nlohmann::json::object()}};
+    for (const auto& [category, cell] : per_turn[turn]) {
+      const double mean = cell.second / static_cast<double>(cell.first);
+      row["categories"][category] = {{"n", cell.first}, {"reward_mean", mean}};
+      std::printf("| %zu | %s | %lld | %s |\n", turn + 1, category.c_str(),
+                  static_cast<long long>(cell.first), Fixed(mean).c_str());
+    }
+    out["turns"].push_back(row);
+  }
+  return out;
+}
+
 }  // namespace
 
 std::pair<double, double> WilsonInterval(int64_t k, int64_t n) {
@@ -339,8 +425,10 @@ nlohmann::json RunEval(const EvalOptions& o) {
     out = MultipleChoice(o);
   } else if (o.task == "winrate") {
     out = WinRate(o);
+  } else if (o.task == "multiturn") {
+    out = MultiTurn(o);
   } else {
-    Fail("unknown --task '", o.task, "' (exact, mc or winrate)");
+    Fail("unknown --task '", o.task, "' (exact, mc, winrate or multiturn)");
   }
   if (!o.out.empty()) {
     const std::string text = out.dump(1) + "\n";

@@ -5,7 +5,9 @@
 //            on MMLU-format records, as lm-evaluation-harness scores MMLU (zero-shot);
 //   winrate  the responses of model A and model B to the same prompts judged by a reward model
 //            (in process or /v1/rewards), AlpacaEval style: A's win rate (ties count half) with
-//            a 95% confidence interval, and both mean lengths beside it.
+//            a 95% confidence interval, and both mean lengths beside it;
+//   multiturn  MT-Bench-format questions (two or more turns), each turn answered in the
+//            conversation so far and the conversation up to it judged by the reward model.
 #pragma once
 
 #include <cstdint>
