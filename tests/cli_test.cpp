@@ -4,6 +4,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -34,7 +35,7 @@ TEST(Cli, TokenizeJsonAndFlags) {
       RunStarling("tokenize --tokenizer " + kOpenChat + " --json --no-bos --plain '<s>'");
   EXPECT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(r.out, "{\"ids\":[523,28713,28767],\"pieces\":[\"\xE2\x96\x81<\",\"s\",\">\"]}\n");
-  r = RunStarling("tokenize --tokenizer " + kOpenChat + " --ids 'GPT4 Correct User: Hello'");
+  r = RunStarling("tokenize --tokenizer " + kOpenChat + " --ids-only 'GPT4 Correct User: Hello'");
   EXPECT_EQ(r.out, "1 420 6316 28781 3198 3123 1247 28747 22557\n");
 }
 
@@ -42,9 +43,9 @@ TEST(Cli, TokenizeReadsFilesAndStdinByteForByte) {
   const std::string text = "line one\n\tline two  \n";
   const std::string path = WriteTemp("text.txt", text);
   const RunStarlingResult from_file =
-      RunStarling("tokenize --ids --no-bos --tokenizer " + kOpenChat + " -f " + path);
+      RunStarling("tokenize --ids-only --no-bos --tokenizer " + kOpenChat + " -f " + path);
   const RunStarlingResult from_stdin =
-      RunStarling("tokenize --ids --no-bos --tokenizer " + kOpenChat + " -f -", text);
+      RunStarling("tokenize --ids-only --no-bos --tokenizer " + kOpenChat + " -f -", text);
   EXPECT_EQ(from_file.exit_code, 0) << from_file.err;
   EXPECT_EQ(from_file.out, from_stdin.out);
   // And back: detokenize restores the bytes exactly, without adding a newline.
@@ -53,7 +54,7 @@ TEST(Cli, TokenizeReadsFilesAndStdinByteForByte) {
   EXPECT_EQ(back.out, text);
 }
 
-// "1 2 3", as `tokenize --ids` prints them.
+// "1 2 3", as `tokenize --ids-only` prints them.
 std::string JoinIds(const std::vector<int32_t>& ids) {
   std::string out;
   for (size_t k = 0; k < ids.size(); ++k) {
@@ -90,7 +91,7 @@ TEST(Cli, TokenizeStreamsALargeFileWithTheIdsOfTheWhole) {
   const std::vector<int32_t> whole = tokenizer.Encode(text);
   const std::string expected = JoinIds(whole);
   const RunStarlingResult ids =
-      RunStarling("tokenize --ids --tokenizer " + kOpenChat + " -f " + path);
+      RunStarling("tokenize --ids-only --tokenizer " + kOpenChat + " -f " + path);
   ASSERT_EQ(ids.exit_code, 0) << ids.err;
   EXPECT_TRUE(ids.out == expected + "\n") << "the streamed ids differ from the whole text's";
   const RunStarlingResult json =
@@ -101,7 +102,7 @@ TEST(Cli, TokenizeStreamsALargeFileWithTheIdsOfTheWhole) {
   EXPECT_EQ(parsed["pieces"].size(), whole.size());
   // Plain text too, and from standard input: the same ids.
   const RunStarlingResult plain =
-      RunStarling("tokenize --ids --plain --tokenizer " + kOpenChat + " -f -", text);
+      RunStarling("tokenize --ids-only --plain --tokenizer " + kOpenChat + " -f -", text);
   ASSERT_EQ(plain.exit_code, 0) << plain.err;
   const std::vector<int32_t> plain_whole = tokenizer.Encode(text, {.parse_special = false});
   const std::string plain_expected = JoinIds(plain_whole);
@@ -113,7 +114,7 @@ TEST(Cli, TokenizeRendersAConversation) {
       "messages.json", R"([{"role": "user", "content": "Implement quicksort using C++"}])");
   const RunStarlingResult r =
       RunStarling("tokenize --tokenizer " + kOpenChat + " --template openchat-code --messages " +
-                  messages + " --generation-prompt --render --ids");
+                  messages + " --generation-prompt --render --ids-only");
   EXPECT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(r.out,
             "<s>Code User: Implement quicksort using C++<|end_of_turn|>Code Assistant:\n"
@@ -280,11 +281,15 @@ TEST(Cli, ModelErrorsAreClear) {
   EXPECT_NE(r.err.find("top_p = 1.5 is out of range"), std::string::npos) << r.err;
 }
 
-TEST(Cli, EverySubcommandHasHelp) {
-  for (const char* sub : {"tokenize", "detokenize", "generate", "chat", "perplexity", "info"}) {
+TEST(Cli, EverySubcommandHasHelpWithExamples) {
+  for (const char* sub :
+       {"tokenize", "detokenize", "generate", "chat", "perplexity", "info", "bench", "quantize",
+        "make-model", "score", "rank", "serve", "plot", "eval", "pull"}) {
     const RunStarlingResult r = RunStarling(std::string(sub) + " --help");
     EXPECT_EQ(r.exit_code, 0) << sub;
     EXPECT_NE(r.out.find("Usage:"), std::string::npos) << sub;
+    EXPECT_NE(r.out.find("Example"), std::string::npos) << sub << ": no example in --help";
+    EXPECT_NE(r.out.find("starling " + std::string(sub) + " "), std::string::npos) << sub;
   }
   const RunStarlingResult none = RunStarling("");
   EXPECT_NE(none.exit_code, 0);
@@ -460,6 +465,184 @@ TEST(Cli, ThreadsThatCannotStartAreAnErrorNotACrash) {
   ASSERT_TRUE(WIFEXITED(status));
   EXPECT_EQ(WEXITSTATUS(status), 1) << message;
   EXPECT_NE(message.find("cannot start 1024 compute threads (-t)"), std::string::npos) << message;
+}
+
+TEST(Cli, LlamaCppFlagsAreAcceptedWhereTheyMakeSense) {
+  const std::string model = std::string(STARLING_TEST_DATA_DIR) + "/tiny-mistral/model-f32.gguf";
+  // -s, --ctx-size, -sys and --chat-template are --seed, --ctx, --system and --template.
+  const RunStarlingResult ours = RunStarling("generate -m " + model +
+                                             " -p Hi -n 6 --seed 3 --ctx 128 --template openchat "
+                                             "--system 'Be brief.'");
+  ASSERT_EQ(ours.exit_code, 0) << ours.err;
+  const RunStarlingResult llama = RunStarling("generate -m " + model +
+                                              " -p Hi -n 6 -s 3 --ctx-size 128 --chat-template "
+                                              "openchat -sys 'Be brief.'");
+  ASSERT_EQ(llama.exit_code, 0) << llama.err;
+  EXPECT_EQ(llama.out, ours.out);
+  // -n -1: until EOS or a full context. stories260K's greedy story runs past 64 tokens, so it
+  // fills the context of 64 (the last of 64 generated tokens needs no place in it) and is the
+  // 200-token story's beginning.
+  const RunStarlingResult full = RunStarling("generate -p '' -n -1 -c 64 --temp 0 -v");
+  ASSERT_EQ(full.exit_code, 0) << full.err;
+  std::ifstream f(std::string(STARLING_TEST_DATA_DIR) + "/expected_greedy_n200.txt");
+  const std::string story(std::istreambuf_iterator<char>(f), {});
+  EXPECT_FALSE(full.out.empty());
+  EXPECT_EQ(story.substr(0, full.out.size()), full.out);
+  EXPECT_NE(full.err.find(" 64 generated"), std::string::npos) << full.err;
+  EXPECT_NE(full.err.find("finish: length"), std::string::npos) << full.err;
+  // In chat the reply runs to the context's end and says so.
+  const RunStarlingResult chat =
+      RunStarling("chat -m " + model + " --template openchat --temp 0 -n -1 -c 48", "Hello\n");
+  EXPECT_EQ(chat.exit_code, 0) << chat.err;
+  EXPECT_NE(chat.err.find("the context (48 tokens, -c) is full]"), std::string::npos) << chat.err;
+  // serve's -np is --parallel: its range check answers (no server starts).
+  const RunStarlingResult np = RunStarling("serve -np 0");
+  EXPECT_NE(np.exit_code, 0) << np.err;
+  EXPECT_NE(np.err.find("--parallel: Value 0 not in range 1 to 256"), std::string::npos) << np.err;
+  const std::vector<std::pair<std::string, std::string>> refused = {
+      {"generate -np 4 -p x", "-np (llama.cpp's --parallel): starling generate has no --parallel"},
+      {"generate -p x -n -2", "--n-predict: must be a number of tokens, or -1"},
+      {"serve -sys hello", "-sys (llama.cpp's --system): starling serve has no --system"},
+  };
+  for (const auto& [args, message] : refused) {
+    const RunStarlingResult r = RunStarling(args);
+    EXPECT_NE(r.exit_code, 0) << args;
+    EXPECT_NE(r.err.find(message), std::string::npos) << args << ": " << r.err;
+  }
+}
+
+TEST(Cli, LlamaCppOnlyFlagsAreAnsweredWithWhatToDo) {
+  // Each named, with what to do, in every subcommand: never CLI11's reading of -ngl as -n gl.
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"-ngl 99", "-ngl: starling.cpp runs on the CPU; there are no GPU layers to offload"},
+      {"--n-gpu-layers 99", "--n-gpu-layers: starling.cpp runs on the CPU"},
+      {"-fa", "-fa: starling.cpp has one attention kernel"},
+      {"--flash-attn=on", "--flash-attn: starling.cpp has one attention kernel"},
+      {"-cnv", "-cnv: the conversation is its own subcommand: starling chat -m MODEL"},
+      {"-ctk f16", "-ctk: use --kv-type f16 or --kv-type f32"},
+      {"-ctv q8_0", "-ctv: use --kv-type f16 or --kv-type f32"},
+      {"-tb 4", "-tb: one thread pool serves the prompt and generation: use -t/--threads"},
+      {"-hf org/name", "-hf: download with starling pull ORG/NAME"},
+      {"--no-mmap", "--no-mmap: weights are always memory-mapped"},
+  };
+  for (const char* sub : {"generate -p x", "chat", "serve", "perplexity -f /dev/null"}) {
+    for (const auto& [flag, message] : cases) {
+      const std::string args = std::string(sub) + " " + flag;
+      const RunStarlingResult r = RunStarling(args);
+      EXPECT_EQ(r.exit_code, 1) << args;
+      EXPECT_EQ(r.err.rfind("starling: error: ", 0), 0u) << r.err;
+      EXPECT_NE(r.err.find(message), std::string::npos) << args << ": " << r.err;
+      EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << args << ": " << r.err;
+    }
+  }
+  // A single dash before several letters that starts with a short option taking a value: the
+  // prompt "s" or the model "g" was read from -ps or -mg. Now refused, naming the flag.
+  RunStarlingResult r = RunStarling("generate -ps 0.5 -p x");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("-ps: not an option of starling generate (long options take two dashes"),
+            std::string::npos)
+      << r.err;
+  // After --, an argument is text, whatever it looks like.
+  r = RunStarling("tokenize --tokenizer " + kOpenChat + " --ids-only -- -ngl");
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out, JoinIds(starling::LoadTokenizer(kOpenChat).Encode("-ngl")) + "\n");
+}
+
+TEST(Cli, IdsAndMessagesMeanTheSameInEverySubcommand) {
+  // --ids: token ids as given; tokenize shows their pieces, score scores them.
+  RunStarlingResult r = RunStarling("tokenize --tokenizer " + kOpenChat + " --ids '1 22557 32000'");
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out, "1\t<s>\n22557\t\xE2\x96\x81Hello\n32000\t<|end_of_turn|>\n");
+  r = RunStarling("tokenize --tokenizer " + kOpenChat + " --ids 1 22557 --json");
+  EXPECT_EQ(r.out, "{\"ids\":[1,22557],\"pieces\":[\"<s>\",\"\xE2\x96\x81Hello\"]}\n");
+  r = RunStarling("tokenize --tokenizer " + kOpenChat + " --ids 'Hello world'");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("'Hello' is not a token id (--ids takes token ids"), std::string::npos)
+      << r.err;
+  r = RunStarling("tokenize --tokenizer " + kOpenChat + " --ids 40000");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("--ids: 40000 is not a token id of this tokenizer (32002 tokens)"),
+            std::string::npos)
+      << r.err;
+  // --messages: the JSON written out, or a file ('-': stdin), in tokenize and in score alike.
+  const std::string json =
+      R"([{"role": "user", "content": "Hello?"}, {"role": "assistant", "content": "Hi!"}])";
+  const std::string file = WriteTemp("same_messages.json", json);
+  const std::string tokenize =
+      "tokenize --tokenizer " + kOpenChat + " --template openchat --ids-only ";
+  const RunStarlingResult inline_t = RunStarling(tokenize + "--messages '" + json + "'");
+  ASSERT_EQ(inline_t.exit_code, 0) << inline_t.err;
+  EXPECT_EQ(RunStarling(tokenize + "--messages " + file).out, inline_t.out);
+  EXPECT_EQ(RunStarling(tokenize + "--messages -", json).out, inline_t.out);
+  const std::string score = "score -m " + kRewardModel + " --json ";
+  const RunStarlingResult inline_s = RunStarling(score + "--messages '" + json + "'");
+  ASSERT_EQ(inline_s.exit_code, 0) << inline_s.err;
+  EXPECT_EQ(RunStarling(score + "--messages " + file).out, inline_s.out);
+  EXPECT_EQ(RunStarling(score + "--messages -", json).out, inline_s.out);
+}
+
+TEST(Cli, MakeModelFindsItsVocabularyFromAnyDirectoryAndShowsProgress) {
+  starling::testing::TempDir dir("anywhere");
+  // Run from a directory with no models/ in it: the executable's place finds the tokenizer.
+  const std::string err = dir.path() + "/err";
+  int status = std::system(("cd " + dir.path() + " && " + kStarling +
+                            " make-model tiny.gguf --preset tiny --type q8_0 2>" + err)
+                               .c_str());
+  auto slurp = [](const std::string& path) {
+    std::ifstream in(path);
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  };
+  ASSERT_TRUE(WIFEXITED(status));
+  ASSERT_EQ(WEXITSTATUS(status), 0) << slurp(err);
+  // Progress on a pipe: a line per 10%, each with the time so far and what is left.
+  const std::string progress = slurp(err);
+  EXPECT_NE(progress.find("make-model:  50%"), std::string::npos) << progress;
+  EXPECT_NE(progress.find("ETA "), std::string::npos) << progress;
+  EXPECT_LE(std::count(progress.begin(), progress.end(), '\n'), 11) << progress;
+  const RunStarlingResult info = RunStarling("info -m " + dir.path() + "/tiny.gguf");
+  EXPECT_EQ(info.exit_code, 0) << info.err;
+  EXPECT_NE(info.out.find("tokenizer: 32002 tokens"), std::string::npos) << info.out;
+  // quantize shows the same progress.
+  const RunStarlingResult q = RunStarling("quantize " + std::string(STARLING_TEST_DATA_DIR) +
+                                          "/tiny-mistral/hf " + dir.path() + "/q.gguf --type q8_0");
+  EXPECT_EQ(q.exit_code, 0) << q.err;
+  EXPECT_NE(q.err.find("quantize to q8_0: 100%"), std::string::npos) << q.err;
+  // A copy of the executable far from models/: an error that says what to pass.
+  const std::string copy = dir.path() + "/starling";
+  std::filesystem::copy_file(kStarling, copy);
+  status = std::system(("cd " + dir.path() + " && ./starling make-model x.gguf 2>" + err).c_str());
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 1);
+  EXPECT_NE(slurp(err).find("make-model: the default vocabulary (models/openchat-3.5-tokenizer) "
+                            "is not in "),
+            std::string::npos)
+      << slurp(err);
+  EXPECT_NE(slurp(err).find("; pass --vocab DIR"), std::string::npos) << slurp(err);
+}
+
+TEST(Cli, BenchJsonIsValidForAnyModelPath) {
+  starling::testing::TempDir dir("benchjson");
+  // Quotes, a backslash and a tab in the path: once printed into the JSON as they were.
+  const std::string model = dir.path() + "/we\"ird\\pa\tth.gguf";
+  std::filesystem::copy_file(std::string(STARLING_MODELS_DIR) + "/stories260K.gguf", model);
+  const RunStarlingResult r = RunStarling("bench -m '" + model + "' -p 8 -n 0 -r 1 -t 1 --json");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const nlohmann::json j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["model"], model);
+  EXPECT_EQ(j["test"], "pp8");
+  EXPECT_GT(j["tokens_per_s_median"].get<double>(), 0);
+}
+
+TEST(Cli, PerplexityShowsSecondsPerWindowAndAnEta) {
+  std::string text;
+  for (int i = 0; i < 40; ++i) text += "Once upon a time there was a little cat who liked milk. ";
+  const std::string path = WriteTemp("ppl_progress.txt", text);
+  const RunStarlingResult r = RunStarling("perplexity -f " + path + " -c 16");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("perplexity: "), std::string::npos) << r.out;
+  EXPECT_NE(r.err.find("s per window"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("ETA "), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("perplexity: 100%"), std::string::npos) << r.err;
 }
 
 }  // namespace

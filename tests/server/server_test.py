@@ -107,7 +107,7 @@ def check_failed_generation():
         # token outside it makes a batched decode step give NaN logits to that request alone.
         prompt = "Once upon a time"
         ids = subprocess.run([STARLING, "tokenize", "--tokenizer", DATA + "/tiny-mistral/hf",
-                              "--ids", prompt], capture_output=True, text=True, check=True).stdout
+                              "--ids-only", prompt], capture_output=True, text=True, check=True).stdout
         write_nan_model(tmp + "/nan-embed", "model.embed_tokens.weight",
                         {int(i) for i in ids.split()})
         s = Server("-m", tmp + "/nan-embed", "--parallel", "2", "--ctx", "256")

@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <cstring>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <numeric>
 #include <string>
 #include <vector>
@@ -99,26 +100,35 @@ void RunBench(const BenchFlags& f) {
     tokens[i] = static_cast<int32_t>((i * 7919 + 3) % c.vocab_size);
   std::vector<float> logits(static_cast<size_t>(c.vocab_size));
   Session session(*m.model, f.prompt + f.generate + 1, f.kv_type);
-  auto report = [&](const char* kind, int32_t n, const std::vector<double>& rates,
+  auto report = [&](const std::string& kind, int32_t n, const std::vector<double>& rates,
                     bool generation) {
     const Stats s = Summarize(rates);
     const double gbs = s.median * static_cast<double>(bytes_per_token) / 1e9;
     if (f.json) {
-      std::printf(
-          "{\"test\": \"%s%d\", \"model\": \"%s\", \"threads\": %d, \"reps\": %d, "
-          "\"simd\": \"%s\", \"kv_type\": \"%s\", \"tokens_per_s_median\": %.3f, "
-          "\"tokens_per_s_min\": %.3f, \"tokens_per_s_max\": %.3f",
-          kind, n, m.source.c_str(), pool.size(), f.reps, DotRowImplementation(),
-          DTypeName(f.kv_type), s.median, s.min, s.max);
+      // Through nlohmann: a model path with quotes, backslashes or control characters (or
+      // bytes that are not UTF-8, replaced) still makes valid JSON.
+      nlohmann::ordered_json j;
+      j["test"] = kind + std::to_string(n);
+      j["model"] = m.source;
+      j["threads"] = pool.size();
+      j["reps"] = f.reps;
+      j["simd"] = DotRowImplementation();
+      j["kv_type"] = DTypeName(f.kv_type);
+      j["tokens_per_s_median"] = s.median;
+      j["tokens_per_s_min"] = s.min;
+      j["tokens_per_s_max"] = s.max;
       if (generation) {
-        std::printf(
-            ", \"bytes_per_token\": %llu, \"gb_per_s\": %.3f, \"bandwidth_gb_per_s\": %.3f, "
-            "\"ratio_to_bandwidth\": %.3f",
-            static_cast<unsigned long long>(bytes_per_token), gbs, bandwidth, gbs / bandwidth);
+        j["bytes_per_token"] = bytes_per_token;
+        j["gb_per_s"] = gbs;
+        j["bandwidth_gb_per_s"] = bandwidth;
+        j["ratio_to_bandwidth"] = gbs / bandwidth;
       }
-      std::printf("}\n");
+      const std::string line =
+          j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
+      std::fwrite(line.data(), 1, line.size(), stdout);
     } else {
-      std::printf("%-6s %4d  %9.2f tok/s (min %.2f, max %.2f)", kind, n, s.median, s.min, s.max);
+      std::printf("%-6s %4d  %9.2f tok/s (min %.2f, max %.2f)", kind.c_str(), n, s.median, s.min,
+                  s.max);
       if (generation) {
         std::printf("  %.2f GB/s of %.2f GB/s read bandwidth (%.0f%%)", gbs, bandwidth,
                     100 * gbs / bandwidth);
@@ -180,7 +190,13 @@ void RegisterBench(CLI::App& app) {
   cmd->add_option("-t,--threads", f->threads, "threads (default: one per core)");
   cmd->add_option("-r,--repetitions", f->reps, "repetitions")->capture_default_str();
   AddKvTypeOption(cmd, &f->kv_type);
-  cmd->add_flag("--json", f->json, "one JSON object per line per test");
+  cmd->add_flag("--json", f->json, "print one JSON object per test, a line each");
+  cmd->footer(
+      "Examples:\n"
+      "  starling bench -m model.gguf -p 512 -n 128 -t 8 -r 5\n"
+      "  starling make-model /tmp/m7b.gguf --preset 7b --type q4_k_m && starling bench -m "
+      "/tmp/m7b.gguf --json\n"
+      "Figures for this machine and others: docs/PERFORMANCE.md.");
   cmd->callback([f] { RunBench(*f); });
 }
 

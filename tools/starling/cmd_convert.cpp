@@ -15,17 +15,47 @@
 #include "generate/loaded_model.h"
 #include "model/gguf_export.h"
 #include "model/hf_config.h"
+#include "progress.h"
 #include "tokenizer/gguf_export.h"
 #include "tokenizer/load.h"
 
 namespace starling::cli {
 namespace {
 
+// The same tensors, each row counted into `progress` (by elements) as it is read: every
+// converter reads each row once, in one thread.
+std::vector<ExportTensor> Counted(std::vector<ExportTensor> tensors, Progress* progress) {
+  auto done = std::make_shared<double>(0);
+  for (ExportTensor& t : tensors) {
+    const auto cols = static_cast<double>(t.shape.back());
+    t.rows = [rows = std::move(t.rows), done, cols, progress, name = t.name](int64_t r,
+                                                                             float* out) {
+      rows(r, out);
+      *done += cols;
+      progress->Update(*done, name);
+    };
+  }
+  return tensors;
+}
+
+double Elements(const std::vector<ExportTensor>& tensors) {
+  double n = 0;
+  for (const ExportTensor& t : tensors) {
+    double e = 1;
+    for (const int64_t d : t.shape) e *= static_cast<double>(d);
+    n += e;
+  }
+  return n;
+}
+
 void RunQuantize(const std::string& in, const std::string& out, const std::string& type) {
   const QuantPreset preset = QuantPresetFromName(type);
   const Model model = Model::Load(in);
   GgufWriter writer;
-  AddModelToGguf(model.config(), ExportTensorsOf(model), preset, &writer);
+  std::vector<ExportTensor> tensors = ExportTensorsOf(model);
+  Progress progress(std::string("quantize to ") + QuantPresetName(preset), Elements(tensors));
+  AddModelToGguf(model.config(), Counted(std::move(tensors), &progress), preset, &writer);
+  progress.Finish();
   writer.AddUint32("general.quantization_version", 2);
   CopyTokenizerToGguf(in, &writer);
   writer.WriteTo(out);
@@ -62,7 +92,7 @@ struct MakeModelFlags {
   std::string config;
   std::string type = "f16";
   std::string format = "gguf";
-  std::string vocab = "models/openchat-3.5-tokenizer";
+  std::string vocab;  // empty: DefaultVocab()
   uint64_t seed = 1;
   std::string out;
 };
@@ -114,7 +144,29 @@ void WriteHuggingFaceDirectory(const ModelConfig& c, const std::vector<ExportTen
   }
 }
 
-void RunMakeModel(const MakeModelFlags& f) {
+// The OpenChat/Starling tokenizer shipped in the source tree's models/, wherever make-model is
+// run from: under the working directory, or beside or above the executable (build/starling
+// finds ../models). Not found: an error that says to pass --vocab.
+std::string DefaultVocab() {
+  constexpr const char* kVocab = "models/openchat-3.5-tokenizer";
+  std::vector<std::filesystem::path> candidates = {kVocab};
+  std::error_code ec;
+  const std::filesystem::path exe = std::filesystem::read_symlink("/proc/self/exe", ec);
+  if (!ec) {
+    candidates.push_back(exe.parent_path() / kVocab);
+    candidates.push_back(exe.parent_path().parent_path() / kVocab);
+  }
+  std::string looked;
+  for (const std::filesystem::path& dir : candidates) {
+    if (FileExists((dir / "tokenizer.model").string())) return dir.lexically_normal().string();
+    looked += (looked.empty() ? "" : ", ") + dir.lexically_normal().string();
+  }
+  Fail("make-model: the default vocabulary (", kVocab, ") is not in ", looked,
+       "; pass --vocab DIR (a Hugging Face directory, a tokenizer.model or a GGUF file)");
+}
+
+void RunMakeModel(MakeModelFlags f) {
+  if (f.vocab.empty()) f.vocab = DefaultVocab();
   ModelConfig c = f.config.empty() ? Preset(f.preset)
                                    : ParseHuggingFaceConfig(ReadFile(f.config), "", f.config);
   const std::string config_source = f.config.empty() ? "preset " + f.preset : f.config;
@@ -129,17 +181,21 @@ void RunMakeModel(const MakeModelFlags& f) {
          "not a GGUF file (", f.vocab, ")");
   }
   const QuantPreset preset = QuantPresetFromName(f.type);
-  const std::vector<ExportTensor> tensors = RandomTensors(c, f.seed);
+  if (f.format != "hf" && f.format != "gguf") {
+    Fail("--format must be gguf or hf, not '", f.format, "'");
+  }
+  std::vector<ExportTensor> random = RandomTensors(c, f.seed);
+  Progress progress("make-model", Elements(random));
+  const std::vector<ExportTensor> tensors = Counted(std::move(random), &progress);
   if (f.format == "hf") {
     WriteHuggingFaceDirectory(c, tensors, preset, f);
-  } else if (f.format == "gguf") {
+  } else {
     GgufWriter writer;
     AddModelToGguf(c, tensors, preset, &writer);
     CopyTokenizerToGguf(f.vocab, &writer);
     writer.WriteTo(f.out);
-  } else {
-    Fail("--format must be gguf or hf, not '", f.format, "'");
   }
+  progress.Finish();
   std::fprintf(stderr, "wrote %s: random %s weights, %d layers, hidden %d\n", f.out.c_str(),
                QuantPresetName(preset), c.num_layers, c.hidden_size);
 }
@@ -157,6 +213,11 @@ void RegisterConvert(CLI::App& app) {
           ->required());
   q->add_option("output", *out, "the GGUF file to write")->required();
   q->add_option("--type", *type, "f32, f16, bf16, q8_0, q4_0 or q4_k_m")->required();
+  q->footer(
+      "Progress and an ETA go to stderr.\n"
+      "Examples:\n"
+      "  starling quantize Starling-LM-7B-alpha/ starling-q4_k_m.gguf --type q4_k_m\n"
+      "  starling quantize berkeley-nest/Starling-LM-7B-alpha starling-q8_0.gguf --type q8_0");
   q->callback([=] { RunQuantize(*in, *out, *type); });
 
   auto f = std::make_shared<MakeModelFlags>();
@@ -168,9 +229,17 @@ void RegisterConvert(CLI::App& app) {
   m->add_option("--config", f->config, "a Hugging Face config.json instead of a preset");
   m->add_option("--type", f->type, "f32, f16, bf16, q8_0, q4_0, q4_k_m")->capture_default_str();
   m->add_option("--format", f->format, "gguf or hf")->capture_default_str();
-  m->add_option("--vocab", f->vocab, "tokenizer source: HF directory, tokenizer.model or GGUF")
-      ->capture_default_str();
+  m->add_option("--vocab", f->vocab,
+                "the tokenizer to ship in the model: a Hugging Face directory, a tokenizer.model "
+                "or a GGUF file (default: the OpenChat/Starling tokenizer in models/, found from "
+                "the executable's place)");
   m->add_option("--seed", f->seed, "weights seed")->capture_default_str();
+  m->footer(
+      "Progress and an ETA go to stderr.\n"
+      "Examples:\n"
+      "  starling make-model /tmp/mistral7b-q4_0.gguf --preset 7b --type q4_0\n"
+      "  starling make-model /tmp/tiny-hf --preset tiny --type bf16 --format hf\n"
+      "  starling make-model /tmp/mine.gguf --config config.json --vocab tokenizer.model");
   m->callback([f] { RunMakeModel(*f); });
 }
 

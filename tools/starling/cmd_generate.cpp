@@ -3,6 +3,7 @@
 
 #include <atomic>
 #include <charconv>
+#include <chrono>
 #include <csignal>
 #include <cstdio>
 #include <iostream>
@@ -21,6 +22,7 @@
 #include "embedded_model.h"
 #include "generate/generate.h"
 #include "line_reader.h"
+#include "progress.h"
 
 namespace starling::cli {
 namespace {
@@ -28,6 +30,20 @@ namespace {
 void Print(std::string_view text) {
   std::fwrite(text.data(), 1, text.size(), stdout);
   std::fflush(stdout);
+}
+
+// A whole number of type T, at least `min`, else `message`: CLI11 took 2^64 silently (clamped).
+template <typename T>
+CLI::Validator WholeNumberFrom(T min, std::string message) {
+  return CLI::Validator(
+      [min, message](const std::string& value) {
+        T parsed = 0;
+        const auto [end, ec] = std::from_chars(value.data(), value.data() + value.size(), parsed);
+        return ec == std::errc() && end == value.data() + value.size() && parsed >= min
+                   ? std::string()
+                   : message;
+      },
+      "", "WholeNumber");
 }
 
 // Sampling and length flags shared by generate and chat, with llama.cpp's names.
@@ -47,38 +63,46 @@ struct SamplingFlags {
   void Add(CLI::App* cmd) {
     AddThreadsOption(cmd);
     AddKvTypeOption(cmd, &kv_type);
-    cmd->add_option("-n,--n-predict", n_predict, "maximum new tokens")->capture_default_str();
-    cmd->add_option("--temp", temperature, "temperature; 0 is greedy")->capture_default_str();
-    cmd->add_option("--top-k", top_k, "top-k sampling; 0 is off")
+    cmd->add_option("-n,--n-predict", n_predict,
+                    "most tokens to generate; -1: until the end of the reply (EOS) or a full "
+                    "context")
+        ->check(WholeNumberFrom<int32_t>(
+            -1, "must be a number of tokens, or -1 (until EOS or a full context)"))
+        ->capture_default_str();
+    cmd->add_option(
+           "--temp", temperature,
+           "sampling temperature: higher is more varied; 0 always takes the likeliest token")
+        ->capture_default_str();
+    cmd->add_option("--top-k", top_k, "sample among the k likeliest tokens only; 0 is off")
         ->check(CLI::Range(0, std::numeric_limits<int32_t>::max()))
         ->capture_default_str();
-    cmd->add_option("--top-p", top_p, "nucleus sampling; 1 is off")->capture_default_str();
-    cmd->add_option("--min-p", min_p, "min-p sampling; 0 is off")->capture_default_str();
-    cmd->add_option("--repeat-penalty", repeat_penalty, "1 is off")->capture_default_str();
-    cmd->add_option("--repeat-last-n", repeat_last_n, "tokens the penalty looks back")
+    cmd->add_option("--top-p", top_p,
+                    "sample among the likeliest tokens that make up this probability; 1 is off")
         ->capture_default_str();
-    cmd->add_option("--seed", seed, "sampling seed (default: random, printed to stderr)")
-        ->check(CLI::Validator(
-            [](const std::string& value) {
-              // Whole and in range: CLI11 took 2^64 silently (clamped).
-              int64_t parsed = 0;
-              const auto [end, ec] =
-                  std::from_chars(value.data(), value.data() + value.size(), parsed);
-              return ec == std::errc() && end == value.data() + value.size() && parsed >= -1
-                         ? std::string()
-                         : std::string(
-                               "must be an integer from 0 to 9223372036854775807 (-1: "
-                               "random)");
-            },
-            "", "Seed"));
-    cmd->add_option("-c,--ctx", context,
-                    "context length: KV cache positions (default: the model's, at most 4096)");
-    cmd->add_option("--stop", stop, "stop string (repeatable)");
+    cmd->add_option("--min-p", min_p,
+                    "drop tokens less likely than this fraction of the likeliest one; 0 is off")
+        ->capture_default_str();
+    cmd->add_option("--repeat-penalty", repeat_penalty,
+                    "make tokens seen in the last --repeat-last-n less likely; 1 is off")
+        ->capture_default_str();
+    cmd->add_option("--repeat-last-n", repeat_last_n,
+                    "how many recent tokens --repeat-penalty looks at")
+        ->capture_default_str();
+    cmd->add_option("-s,--seed", seed, "sampling seed (default: random, printed to stderr)")
+        ->check(WholeNumberFrom<int64_t>(
+            -1, "must be an integer from 0 to 9223372036854775807 (-1: random)"));
+    cmd->add_option("-c,--ctx,--ctx-size", context,
+                    "context length in tokens, prompt and reply together (default: the model's, "
+                    "at most 4096)");
+    cmd->add_option("--stop", stop,
+                    "stop when the text produces this string, which is left out (repeatable)");
   }
 
-  GenerationOptions Options(const LoadedModel& m, const ChatTemplate* chat_template) const {
+  // `session_length`: the session's context, what -n -1 may fill.
+  GenerationOptions Options(const LoadedModel& m, const ChatTemplate* chat_template,
+                            int32_t session_length) const {
     GenerationOptions o;
-    o.max_new_tokens = n_predict;
+    o.max_new_tokens = n_predict == -1 ? session_length : n_predict;
     o.sampling.temperature = temperature;
     o.sampling.top_k = top_k;
     o.sampling.top_p = top_p;
@@ -149,7 +173,8 @@ void RunGenerate(const GenerateFlags& f) {
   }
   Session session(*m.model, f.sampling.Context(m), f.sampling.kv_type);
   const GenerationResult r = Generate(
-      session, *m.tokenizer, ids, f.sampling.Options(m, chat_template), [](std::string_view text) {
+      session, *m.tokenizer, ids, f.sampling.Options(m, chat_template, session.context_length()),
+      [](std::string_view text) {
         Print(text);
         return true;
       });
@@ -233,14 +258,18 @@ void RunChat(const ChatFlags& f) {
   const std::vector<ChatMessage> probe = {
       {"system", "s"}, {"user", "u"}, {"assistant", "a"}, {"user", "u"}};
   chat_template.Render(*m.tokenizer, probe, true);
-  const GenerationOptions options = f.sampling.Options(m, &chat_template);
   Session session(*m.model, f.sampling.Context(m), f.sampling.kv_type);
+  const GenerationOptions options = f.sampling.Options(m, &chat_template, session.context_length());
   const auto context = static_cast<size_t>(session.context_length());
-  if (static_cast<size_t>(options.max_new_tokens) >= context) {
+  // The room kept free for a reply: -n, or with -n -1 (a reply until EOS or a full context) a
+  // quarter of the context, as the conversation grows.
+  const bool until_full = f.sampling.n_predict == -1;
+  const size_t reply_room = until_full ? context / 4 : static_cast<size_t>(options.max_new_tokens);
+  if (reply_room >= context) {
     Fail("-n ", options.max_new_tokens, " leaves no room for a message in the context of ", context,
          " tokens (-c)");
   }
-  const size_t budget = context - static_cast<size_t>(options.max_new_tokens);
+  const size_t budget = context - reply_room;
   const bool interactive = ::isatty(STDIN_FILENO) != 0;
   LineReader reader(interactive, f.history);
   // Ctrl-C (SIGINT) stops a reply, or wakes the reader at a terminal's prompt. SIGTERM, and
@@ -315,10 +344,9 @@ void RunChat(const ChatFlags& f) {
     if (dropped > 0) {
       messages.erase(messages.begin(), messages.begin() + dropped);
       std::fprintf(stderr,
-                   "[the conversation outgrew the context (%zu tokens, -n %d kept free): the "
-                   "oldest %d message(s) were dropped%s]\n",
-                   context, options.max_new_tokens, dropped,
-                   system.empty() ? "" : ", the system message kept");
+                   "[the conversation outgrew the context (%zu tokens, %zu kept free for the "
+                   "reply): the oldest %d message(s) were dropped%s]\n",
+                   context, reply_room, dropped, system.empty() ? "" : ", the system message kept");
     }
     const auto common = static_cast<size_t>(session.ReusePrefix(ids));
     stop_reply = false;
@@ -334,7 +362,12 @@ void RunChat(const ChatFlags& f) {
     if (r.finish == FinishReason::kCancelled) {
       std::fprintf(stderr, "[stopped]\n");
     } else if (r.finish == FinishReason::kLength) {
-      std::fprintf(stderr, "[the reply was cut at -n %d tokens]\n", options.max_new_tokens);
+      if (until_full) {
+        std::fprintf(stderr, "[the reply was cut: the context (%zu tokens, -c) is full]\n",
+                     context);
+      } else {
+        std::fprintf(stderr, "[the reply was cut at -n %d tokens]\n", options.max_new_tokens);
+      }
     }
     messages.push_back({"assistant", r.text});
     if (leave) break;
@@ -346,10 +379,20 @@ void RunPerplexity(const std::string& model, const std::string& file, int32_t co
   const LoadedModel m = LoadModelOrDefault(model);
   CheckContext(m, context, 1, kv_type);
   const std::string text = file == "-" ? ReadStdin() : ReadFile(file);
+  // As llama-perplexity: seconds per window and the ETA, with the running perplexity.
+  std::unique_ptr<Progress> progress;
+  const auto start = std::chrono::steady_clock::now();
   const PerplexityResult r = ComputePerplexity(
-      *m.model, *m.tokenizer, text, context, kv_type, [](int32_t c, int32_t n, double p) {
-        std::fprintf(stderr, "[%d/%d] running perplexity %.4f\n", c, n, p);
+      *m.model, *m.tokenizer, text, context, kv_type, [&](int32_t c, int32_t n, double p) {
+        if (!progress) progress = std::make_unique<Progress>("perplexity", n);
+        const double seconds =
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() / c;
+        char detail[128];
+        std::snprintf(detail, sizeof detail, "[%d/%d] running perplexity %.4f, %.2f s per window",
+                      c, n, p, seconds);
+        progress->Update(c, detail);
       });
+  if (progress) progress->Finish();
   std::printf(
       "chunks: %d of %d tokens, scored tokens: %lld\nmean NLL: %.6f +/- %.6f nats/token\n"
       "perplexity: %.4f +/- %.4f\n",
@@ -418,11 +461,22 @@ void RegisterGenerate(CLI::App& app) {
       ->check(NonEmpty());
   cmd->add_option("-p,--prompt", f->prompt, "the prompt text (\"\" for BOS alone)");
   cmd->add_option("-f,--file", f->file, "read the prompt from FILE ('-': stdin)");
-  cmd->add_option("--template", f->template_name,
-                  "render the prompt as a user turn (openchat, openchat-code, llama-2, raw)");
-  cmd->add_option("--system", f->system, "system message (with --template)");
+  cmd->add_option("--template,--chat-template", f->template_name,
+                  "render the prompt as a user turn of this chat template (openchat, "
+                  "openchat-code, llama-2, raw)");
+  cmd->add_option("--system,--system-prompt", f->system,
+                  "system message (with --template; llama.cpp's -sys works too)");
   cmd->add_flag("-v,--verbose", f->verbose, "print timings to stderr");
   f->sampling.Add(cmd);
+  cmd->footer(
+      "Examples:\n"
+      "  starling generate -p \"Once upon a time\" -n 200          # the embedded stories260K\n"
+      "  starling generate -m model.gguf -p \"The capital of France is\" --temp 0 -n 16\n"
+      "  starling generate -m Starling-LM-7B-alpha/ --chat-template openchat -sys \"Be brief.\" "
+      "-p \"Hello\" -n -1\n"
+      "  starling generate -m model.gguf -f prompt.txt -s 7 -c 2048 -v\n"
+      "Flags follow llama.cpp's (-n, -c/--ctx-size, -s, --temp, --top-k, --top-p, --min-p, "
+      "-sys); llama.cpp-only flags such as -ngl are answered with what to do instead.");
   cmd->callback([f, cmd] {
     f->prompt_given = cmd->count("--prompt") > 0;
     RunGenerate(*f);
@@ -437,14 +491,23 @@ void RegisterChat(CLI::App& app) {
   cmd->add_option("-m,--model", f->model,
                   "a Hugging Face directory, a GGUF file or a cached ORG/NAME")
       ->check(NonEmpty());
-  cmd->add_option("--template", f->template_name,
-                  "chat template (default: the model's own, when it is a known one)");
-  cmd->add_option("--system", f->system, "system message");
+  cmd->add_option("--template,--chat-template", f->template_name,
+                  "chat template: openchat, openchat-code, llama-2 or raw (default: the model's "
+                  "own, when it is a known one)");
+  cmd->add_option("--system,--system-prompt", f->system,
+                  "system message (llama.cpp's -sys works too)");
   cmd->add_option("--history", f->history,
                   "file that keeps the prompt's history between sessions ('': none)")
       ->capture_default_str();
   f->sampling.Add(cmd);
-  cmd->footer(kChatHelp);
+  cmd->footer(
+      std::string(kChatHelp) +
+      "Examples:\n"
+      "  starling chat -m Starling-LM-7B-alpha/                 # the model's own template\n"
+      "  starling chat -m model.gguf --chat-template openchat -sys \"You are terse.\" "
+      "--temp 0.7\n"
+      "  printf 'Hi\\nAnd again?\\n' | starling chat -m model.gguf   # one message a "
+      "line\n");
   cmd->callback([f] { RunChat(*f); });
 }
 
@@ -458,8 +521,14 @@ void RegisterPerplexity(CLI::App& app) {
                   "a Hugging Face directory, a GGUF file or a cached ORG/NAME")
       ->check(NonEmpty());
   cmd->add_option("-f,--file", *file, "the text ('-': stdin)")->required();
-  cmd->add_option("-c,--ctx", *context, "window length in tokens")->capture_default_str();
+  cmd->add_option("-c,--ctx,--ctx-size", *context, "window length in tokens")
+      ->capture_default_str();
   AddThreadsOption(cmd);
+  cmd->footer(
+      "Progress (seconds per window, ETA) goes to stderr; the result to stdout.\n"
+      "Examples:\n"
+      "  starling perplexity -m model.gguf -f wiki.test.raw -c 512\n"
+      "  starling perplexity -m Starling-LM-7B-alpha/ -f text.txt -c 2048 --kv-type f16 -t 8");
   auto kv_type = std::make_shared<DType>(DType::kF32);
   AddKvTypeOption(cmd, kv_type.get());
   cmd->callback([=] { RunPerplexity(*model, *file, *context, *kv_type); });
@@ -473,7 +542,13 @@ void RegisterInfo(CLI::App& app) {
   cmd->add_option("-m,--model", *model,
                   "a Hugging Face directory, a GGUF file or a cached ORG/NAME")
       ->check(NonEmpty());
-  cmd->add_option("-c,--ctx", *context, "context length for the KV cache estimate");
+  cmd->add_option("-c,--ctx,--ctx-size", *context,
+                  "context length for the KV cache estimate (default: the model's, at most "
+                  "4096)");
+  cmd->footer(
+      "Examples:\n"
+      "  starling info                                  # the embedded stories260K\n"
+      "  starling info -m Starling-LM-7B-alpha/ -c 8192 --kv-type f16");
   auto kv_type = std::make_shared<DType>(DType::kF32);
   AddKvTypeOption(cmd, kv_type.get());
   cmd->callback([=] { RunInfo(*model, *context, *kv_type); });

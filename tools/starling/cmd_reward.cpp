@@ -41,7 +41,9 @@ struct RewardFlags {
                     "model directory)");
     cmd->add_option("--tokenizer", tokenizer,
                     "tokenizer.model, HF directory or GGUF (default: the model directory)");
-    cmd->add_option("--template", template_name, "chat template")->capture_default_str();
+    cmd->add_option("--template,--chat-template", template_name,
+                    "chat template the conversation is rendered with (llama-2: Starling-RM's)")
+        ->capture_default_str();
     cmd->add_option("--readout", readout,
                     "where the reward is read: 'last' (the last token) or 'card' (exactly as "
                     "Starling-RM's model card: see docs/REWARD.md)")
@@ -139,7 +141,7 @@ void RunScore(const RewardFlags& f, const ScoreFlags& s) {
   } else if (!s.prompt.empty()) {
     report(Ids(l, f, {{"user", s.prompt}, {"assistant", s.response}}), nlohmann::json::object());
   } else if (!s.messages.empty()) {
-    report(Ids(l, f, ParseChatMessages(s.messages, "--messages")), nlohmann::json::object());
+    report(Ids(l, f, ReadMessages(s.messages)), nlohmann::json::object());
   } else {
     // JSONL: {"messages": [...]} per line -> {"reward": r, "tokens": n} per line, in order.
     ForEachLine(s.file, [&](const std::string& line, const std::string& where) {
@@ -217,14 +219,22 @@ void RegisterReward(CLI::App& app) {
     f->Add(cmd);
     cmd->add_option("--prompt", s->prompt, "the user's message");
     cmd->add_option("--response", s->response, "the assistant's reply to score");
-    cmd->add_option("--messages", s->messages, "a JSON list of {role, content}");
-    cmd->add_option("--ids", s->ids, "score these token ids exactly as given (no BOS added)");
+    cmd->add_option("--messages", s->messages, kMessagesHelp);
+    cmd->add_option("--ids", s->ids, kIdsHelp);
     cmd->add_option("-f,--file", s->file,
                     "JSONL: one {\"messages\": [...]} per line -> one {\"reward\"} per line "
                     "('-': stdin)");
     cmd->add_flag("--json", s->json, "print {\"reward\": r, \"tokens\": n}");
     cmd->add_flag("--all-positions", s->all_positions,
                   "also print the head's output at every position (\"rewards\")");
+    cmd->footer(
+        "Examples:\n"
+        "  starling score -m Starling-RM-7B-alpha/ --prompt \"Hello?\" --response \"Hi, how can I "
+        "help?\"\n"
+        "  starling score -m Starling-RM-7B-alpha/ --messages chat.json --json\n"
+        "  starling score -m Starling-RM-7B-alpha/ -f conversations.jsonl > rewards.jsonl\n"
+        "  starling score -m Starling-RM-7B-alpha/ --ids \"1 518 25580 29962\"\n"
+        "More in docs/REWARD.md.");
     cmd->callback([=] { RunScore(*f, *s); });
   }
   {
@@ -239,6 +249,10 @@ void RegisterReward(CLI::App& app) {
     cmd->add_option("file", *file, "Nectar JSONL ('-': stdin)")->required();
     cmd->add_flag("--no-prefix-reuse", *separately,
                   "score each answer from scratch (to measure what sharing the prompt saves)");
+    cmd->footer(
+        "Example:\n"
+        "  starling rank -m Starling-RM-7B-alpha/ nectar.jsonl | tail -1   # the summary line\n"
+        "More in docs/REWARD.md.");
     cmd->callback([=] { RunRank(*f, *file, *separately); });
   }
 }

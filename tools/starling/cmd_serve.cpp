@@ -63,17 +63,20 @@ void RegisterServe(CLI::App& app) {
       ->check(CLI::Range(0, 65535))
       ->capture_default_str();
   cmd->add_option("--api-key", o->api_key, "require 'Authorization: Bearer KEY' on /v1/*");
-  cmd->add_option("--parallel", o->parallel, "requests decoded together (slots)")
+  cmd->add_option("--parallel", o->parallel,
+                  "requests decoded together (slots; llama.cpp's -np works too)")
       ->check(CLI::Range(1, 256))
       ->capture_default_str();
   cmd->add_option("--queue", o->queue, "requests that may wait for a slot before 503")
       ->check(CLI::Range(0, 4096))
       ->capture_default_str();
-  cmd->add_option("-c,--ctx", o->context, "positions per slot (prompt + max_tokens)")
+  cmd->add_option("-c,--ctx,--ctx-size", o->context,
+                  "context length per slot in tokens: prompt and reply together")
       ->check(CLI::Range(16, 1 << 20))
       ->capture_default_str();
-  cmd->add_option("--template", o->template_name,
-                  "chat template (default: the model's own known template)");
+  cmd->add_option("--template,--chat-template", o->template_name,
+                  "chat template: openchat, openchat-code, llama-2 or raw (default: the model's "
+                  "own, when it is a known one)");
   cmd->add_option("--max-body", *max_body,
                   "largest request body in bytes, as received and after inflation")
       ->check(CLI::Range(int64_t{1}, int64_t{1} << 40))
@@ -93,7 +96,7 @@ void RegisterServe(CLI::App& app) {
                   "seconds that running requests may take to finish after SIGINT/SIGTERM")
       ->check(CLI::Range(0, 3600))
       ->capture_default_str();
-  cmd->add_option("--alias", *alias,
+  cmd->add_option("-a,--alias", *alias,
                   "the model's id in /v1/models and in responses (default: the model's name, "
                   "spaces removed)")
       ->check(NonEmpty());
@@ -111,6 +114,13 @@ void RegisterServe(CLI::App& app) {
       ->capture_default_str();
   AddThreadsOption(cmd);
   AddKvTypeOption(cmd, &o->kv_type);
+  cmd->footer(
+      "Examples:\n"
+      "  starling serve -m Starling-LM-7B-alpha/ --port 8080 -np 8   # then open "
+      "http://127.0.0.1:8080/\n"
+      "  starling serve -m model.gguf --host 0.0.0.0 --api-key KEY --alias starling\n"
+      "  starling serve --rm Starling-RM-7B-alpha/                   # + POST /v1/rewards\n"
+      "The API, the logs and the flags in full: docs/SERVER.md.");
   cmd->callback([=] {
     ServerOptions options = *o;
     options.max_body_bytes = static_cast<size_t>(*max_body);

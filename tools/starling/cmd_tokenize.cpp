@@ -167,7 +167,8 @@ struct TokenizeOptions {
   bool no_bos = false;
   bool plain = false;
   std::string template_name;
-  std::string messages_file;
+  std::string messages;
+  std::vector<std::string> ids;
   bool generation_prompt = false;
   bool render = false;
 };
@@ -175,14 +176,34 @@ struct TokenizeOptions {
 void RunTokenize(const TokenizeOptions& o) {
   const Tokenizer tokenizer = LoadTokenizer(o.tokenizer_path);
   TokenPrinter printer(tokenizer, o.json, o.ids_only);
-  if (!o.messages_file.empty() || !o.template_name.empty()) {
-    if (o.messages_file.empty() || o.template_name.empty()) {
+  const int inputs = !o.text.empty() + !o.file.empty() + !o.messages.empty() + !o.ids.empty();
+  if (inputs > 1) Fail("give one of TEXT, -f FILE, --messages or --ids");
+  if (!o.ids.empty()) {
+    if (!o.template_name.empty()) Fail("--template renders --messages; --ids are used as given");
+    std::vector<int32_t> ids;
+    try {
+      ids = ParseIds(o.ids);
+    } catch (const Error& e) {
+      Fail(e.what(),
+           " (--ids takes token ids and shows their pieces; --ids-only prints the ids of "
+           "a text alone)");
+    }
+    for (const int32_t id : ids) {
+      if (id < 0 || id >= tokenizer.vocab_size()) {
+        Fail("--ids: ", id, " is not a token id of this tokenizer (", tokenizer.vocab_size(),
+             " tokens)");
+      }
+    }
+    printer.Add(ids);
+    printer.Finish();
+    return;
+  }
+  if (!o.messages.empty() || !o.template_name.empty()) {
+    if (o.messages.empty() || o.template_name.empty()) {
       Fail("--template and --messages go together");
     }
-    if (!o.text.empty() || !o.file.empty()) Fail("give either TEXT/-f or --messages, not both");
     const ChatTemplate& chat_template = ChatTemplate::ByName(o.template_name);
-    const std::string json = o.messages_file == "-" ? ReadStdin() : ReadFile(o.messages_file);
-    const std::vector<ChatMessage> messages = ParseChatMessages(json, o.messages_file);
+    const std::vector<ChatMessage> messages = ReadMessages(o.messages);
     const RenderedChat chat = chat_template.Render(tokenizer, messages, o.generation_prompt);
     if (o.render || o.json) printer.SetRendered(chat.text);
     printer.Add(chat.ids);
@@ -215,17 +236,25 @@ void RegisterTokenize(CLI::App& app) {
   cmd->add_option("text", options->text, "the text to tokenize");
   cmd->add_option("-f,--file", options->file, "read the text byte for byte from FILE ('-': stdin)");
   cmd->add_flag("--json", options->json, "print one JSON object with \"ids\" and \"pieces\"");
-  cmd->add_flag("--ids", options->ids_only, "print only the ids, on one line");
+  cmd->add_flag("--ids-only", options->ids_only, "print only the ids, on one line");
+  cmd->add_option("--ids", options->ids, std::string(kIdsHelp) + ": show their pieces");
   cmd->add_flag("--no-bos", options->no_bos, "do not prepend the BOS token");
   cmd->add_flag("--plain", options->plain,
                 "treat all text as plain text: special-token text is not recognised");
-  cmd->add_option("--template", options->template_name,
-                  "render --messages with this chat template (openchat, openchat-code, llama-2, raw)");
-  cmd->add_option("--messages", options->messages_file,
-                  "a JSON list of {\"role\", \"content\"} messages ('-': stdin)");
+  cmd->add_option("--template,--chat-template", options->template_name,
+                  "render --messages with this chat template (openchat, openchat-code, llama-2, "
+                  "raw)");
+  cmd->add_option("--messages", options->messages, kMessagesHelp);
   cmd->add_flag("--generation-prompt", options->generation_prompt,
                 "end with the open assistant turn");
   cmd->add_flag("--render", options->render, "also print the rendered conversation text");
+  cmd->footer(
+      "Examples:\n"
+      "  starling tokenize --tokenizer models/openchat-3.5-tokenizer \"Hello<|end_of_turn|>\"\n"
+      "  starling tokenize --tokenizer model.gguf --ids-only -f prompt.txt\n"
+      "  starling tokenize --tokenizer model.gguf --ids 1 22557 32000     # the pieces of ids\n"
+      "  starling tokenize --tokenizer models/openchat-3.5-tokenizer --template openchat "
+      "--messages chat.json --generation-prompt --render");
   cmd->callback([options] { RunTokenize(*options); });
 }
 
@@ -241,10 +270,24 @@ void RegisterDetokenize(CLI::App& app) {
   cmd->add_option("ids", *id_args, "token ids: separate arguments or one list ('1 2 3', '1,2,3')")
       ->required();
   cmd->add_flag("--skip-special", *skip_special, "leave out special tokens such as <s>");
+  cmd->footer(
+      "Examples:\n"
+      "  starling detokenize --tokenizer models/openchat-3.5-tokenizer 1 22557 32000\n"
+      "  starling detokenize --tokenizer model.gguf --skip-special \"$(starling tokenize "
+      "--tokenizer model.gguf --ids-only hello)\"");
   cmd->callback([=] {
     const Tokenizer tokenizer = LoadTokenizer(*tokenizer_path);
     WriteStdout(tokenizer.Decode(ParseIds(*id_args), *skip_special));
   });
+}
+
+std::vector<ChatMessage> ReadMessages(const std::string& value) {
+  const size_t first = value.find_first_not_of(" \t\r\n");
+  if (first != std::string::npos && value[first] == '[') {
+    return ParseChatMessages(value, "--messages");
+  }
+  return ParseChatMessages(value == "-" ? ReadStdin() : ReadFile(value),
+                           value == "-" ? "<stdin>" : value);
 }
 
 // Ids given as separate arguments, or as one argument "1 2 3" or "1,2,3" or "[1, 2, 3]".

@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "chat/chat_template.h"
 #include "core/dtype.h"
 #include "generate/loaded_model.h"
 
@@ -47,5 +48,16 @@ void CheckContext(const LoadedModel& m, int64_t context, int64_t sequences, DTyp
 void AddKvTypeOption(CLI::App* cmd, DType* kv_type);
 // Ids given as separate arguments, or as one argument "1 2 3" or "1,2,3" or "[1, 2, 3]".
 std::vector<int32_t> ParseIds(const std::vector<std::string>& args);
+
+// --ids and --messages mean the same in every subcommand that takes them (tokenize, score):
+// token ids used exactly as given (ParseIds), and a conversation.
+inline constexpr const char* kIdsHelp =
+    "token ids, used exactly as given (no BOS added): separate arguments or one list ('1 2 3', "
+    "'1,2,3', '[1, 2, 3]')";
+inline constexpr const char* kMessagesHelp =
+    "a conversation: a JSON list of {\"role\", \"content\"} messages, written out (starting "
+    "with '[') or in a file ('-': stdin)";
+// --messages' value: the JSON itself when it starts with '[', else a file ("-": stdin).
+std::vector<ChatMessage> ReadMessages(const std::string& value);
 
 }  // namespace starling::cli

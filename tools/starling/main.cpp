@@ -2,10 +2,13 @@
 // command line and calls the library; every error reaches the user as one clear line.
 #include <cstdio>
 #include <exception>
+#include <string>
+#include <vector>
 
 #include "commands.h"
 #include "core/error.h"
 #include "core/signals.h"
+#include "llama_flags.h"
 
 int main(int argc, char** argv) {
   // First, before any thread (the compute pool starts while a model loads): SIGINT/SIGTERM go
@@ -30,7 +33,12 @@ int main(int argc, char** argv) {
   starling::cli::RegisterPull(app);
   starling::cli::ResolveModelOptions(app);
   try {
-    app.parse(argc, argv);
+    // llama.cpp's spellings first (llama_flags.h), then CLI11 on the result.
+    std::vector<std::string> args(argv + 1, argv + argc);
+    starling::cli::TranslateLlamaCppFlags(app, &args);
+    std::vector<char*> translated = {argv[0]};
+    for (std::string& arg : args) translated.push_back(arg.data());
+    app.parse(static_cast<int>(translated.size()), translated.data());
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   } catch (const starling::Error& e) {
