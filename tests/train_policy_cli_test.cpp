@@ -278,6 +278,15 @@ TEST(TrainPolicy, BadPromptFilesAndOptionsAreNamed) {
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.err.find("multiple of --batch"), std::string::npos) << r.err;
 
+  // --whiten-advantages is a flag, as the issue writes it; with its opposite, an error.
+  r = RunStarling(Policy("apa", prompts, out,
+                         "--rm " + kRm + " --variant starling --whiten-advantages --iterations 1"));
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  r = RunStarling(
+      Policy("ppo", prompts, out, "--rm " + kRm + " --whiten-advantages --no-whiten-advantages"));
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.err.find("exclude each other"), std::string::npos) << r.err;
+
   r = RunStarling(Policy("ppo", prompts, out, "--rm " + kRm + " --top-k 5 --iterations 1"));
   EXPECT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.err.find("warning: sampling with"), std::string::npos) << r.err;

@@ -354,7 +354,8 @@ void RegisterTrain(CLI::App& app) {
     po->common.loop.adam.weight_decay = 1e-6f;
     po->loss.cliprange_value = -1;  // the algorithm's default
     auto po_no_shuffle = std::make_shared<bool>(false);
-    auto whiten = std::make_shared<std::string>("auto");
+    auto whiten = std::make_shared<bool>(false);
+    auto no_whiten = std::make_shared<bool>(false);
     auto variant = std::make_shared<std::string>("paper");
     CLI::App* c = train->add_subcommand(name, description);
     c->add_option("--prompts", po->prompts,
@@ -396,10 +397,11 @@ void RegisterTrain(CLI::App& app) {
                   "\"GPT4 Correct Assistant:\", as Starling)");
     c->add_option("--gamma", po->gamma, "GAE discount")->capture_default_str();
     c->add_option("--lam", po->lam, "GAE lambda")->capture_default_str();
-    c->add_option("--whiten-advantages", *whiten,
-                  "yes, no or auto (auto: yes for PPO and APA paper, no for APA starling)")
-        ->check(CLI::IsMember({"auto", "yes", "no"}))
-        ->capture_default_str();
+    // A flag, as the issue writes it; without either flag, the algorithm's default.
+    c->add_flag("--whiten-advantages", *whiten,
+                "whiten advantages over each minibatch (default: yes for PPO and APA paper, no "
+                "for APA starling)");
+    c->add_flag("--no-whiten-advantages", *no_whiten, "do not whiten advantages");
     c->add_option("--kl-coef", po->kl_coef,
                   "per-token KL penalty in the reward (default 0.01; APA paper: 0)");
     c->add_option("--target-kl", po->target_kl,
@@ -450,9 +452,13 @@ void RegisterTrain(CLI::App& app) {
     c->get_option("--log")->description(
         "JSON Lines log: a line per optimizer step (step, loss, policy_loss, value_loss, ...) and "
         "per iteration (iteration, reward_mean, kl, entropy, response_length, value_loss, ...)");
-    c->callback([po, po_no_shuffle, whiten, variant, algorithm] {
+    c->callback([po, po_no_shuffle, whiten, no_whiten, variant, algorithm] {
+      if (*whiten && *no_whiten) {
+        throw CLI::ValidationError(
+            "--whiten-advantages and --no-whiten-advantages exclude each other");
+      }
       po->common.shuffle = !*po_no_shuffle;
-      po->whiten = *whiten == "auto" ? -1 : *whiten == "yes" ? 1 : 0;
+      po->whiten = *whiten ? 1 : *no_whiten ? 0 : -1;
       if (algorithm != PolicyAlgorithm::kPpo) {
         po->algorithm =
             *variant == "paper" ? PolicyAlgorithm::kApaPaper : PolicyAlgorithm::kApaStarling;
