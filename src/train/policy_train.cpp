@@ -679,7 +679,7 @@ void RunPolicyTraining(PolicyOptions p) {
       }
       // Log-probs and values of the rollout policy and the reference (training forward).
       ScoreRollouts(train_step, reference, rollouts, micro, value_step.get());
-      double kl_sum = 0, kl_response = 0, entropy = 0, length = 0, engine_gap = 0;
+      double kl_sum = 0, entropy = 0, engine_gap = 0;
       int64_t tokens = 0;
       for (Rollout& r : rollouts) {
         r.rewards.resize(r.response.size());
@@ -691,9 +691,7 @@ void RunPolicyTraining(PolicyOptions p) {
           engine_gap = std::max(engine_gap, std::fabs(double{r.old_logps[t]} - r.engine_logps[t]));
         }
         kl_sum += kl;
-        kl_response += kl;
         tokens += static_cast<int64_t>(r.response.size());
-        length += static_cast<double>(r.response.size());
       }
       const auto n = static_cast<double>(rollouts.size());
       double reward_mean = 0;
@@ -709,10 +707,10 @@ void RunPolicyTraining(PolicyOptions p) {
                                 return s / n;
                               }()},
                              {"kl", kl_token},
-                             {"kl_response", kl_response / n},
+                             {"kl_response", kl_sum / n},
                              {"kl_coef", kl_ctl.value},
                              {"entropy", entropy / static_cast<double>(tokens)},
-                             {"response_length", length / n},
+                             {"response_length", static_cast<double>(tokens) / n},
                              {"engine_logp_max_gap", engine_gap},
                              {"generate_seconds", generate_seconds},
                              {"reward_seconds", reward_seconds}});
