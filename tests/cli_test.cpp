@@ -253,7 +253,8 @@ TEST(Cli, ChatDropsTheOldestTurnsWhenTheContextIsFull) {
 
 TEST(Cli, ChatChecksTheTemplatesTokensAtStart) {
   // stories260K's vocabulary has no <|end_of_turn|>: an error before any message is read.
-  const RunStarlingResult r = RunStarling("chat --template openchat", "");
+  const RunStarlingResult r = RunStarling(
+      "chat -m " + std::string(STARLING_MODELS_DIR) + "/stories260K.gguf --template openchat", "");
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.err.find("needs the special token '<|end_of_turn|>'"), std::string::npos) << r.err;
 }
@@ -273,7 +274,7 @@ TEST(Cli, ModelErrorsAreClear) {
   RunStarlingResult r = RunStarling("generate -m /no/such/model -p hi");
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_EQ(r.err, "starling: error: /no/such/model: cannot open: No such file or directory\n");
-  r = RunStarling("chat", "hi\n");
+  r = RunStarling("chat -m " + std::string(STARLING_MODELS_DIR) + "/stories260K.gguf", "hi\n");
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.err.find("ships no chat template; choose one with --template"), std::string::npos);
   r = RunStarling("generate -p hi --top-p 1.5");
@@ -646,3 +647,60 @@ TEST(Cli, PerplexityShowsSecondsPerWindowAndAnEta) {
 }
 
 }  // namespace
+
+TEST(Cli, AddTokensAppendsASpecialTokenWithMeanRowsAndSetsEosAndTemplate) {
+  const std::string kStories = std::string(STARLING_MODELS_DIR) + "/stories260K.gguf";
+  starling::testing::TempDir dir("addtokens");
+  const std::string out = dir.path() + "/chat.gguf";
+  const RunStarlingResult r =
+      RunStarling("add-tokens " + kStories + " " + out +
+                  " --token '<|end_of_turn|>' --eos '<|end_of_turn|>' --chat-template openchat");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.err.find("512 -> 513 tokens"), std::string::npos) << r.err;
+  const RunStarlingResult info = RunStarling("info -m " + out);
+  EXPECT_NE(info.out.find("vocab 513,"), std::string::npos) << info.out;
+  EXPECT_NE(info.out.find("bos 1, eos 512"), std::string::npos) << info.out;
+  EXPECT_NE(info.out.find("chat template: openchat"), std::string::npos) << info.out;
+  // The template renders with the new token: a turn ends with id 512.
+  const RunStarlingResult ids = RunStarling(
+      "tokenize --tokenizer " + out +
+      " --ids-only --template openchat --messages '[{\"role\": \"user\", \"content\": \"Hi\"}]'");
+  ASSERT_EQ(ids.exit_code, 0) << ids.err;
+  EXPECT_NE(ids.out.find(" 512\n"), std::string::npos) << ids.out;
+  // The old rows are unchanged, and the new output row (the mean of the old ones) does not win
+  // the argmax: the greedy story is the original model's.
+  const std::string story = " -p 'Once upon a time' -n 40 --temp 0";
+  const RunStarlingResult before = RunStarling("generate -m " + kStories + story);
+  const RunStarlingResult after = RunStarling("generate -m " + out + story);
+  ASSERT_EQ(after.exit_code, 0) << after.err;
+  EXPECT_EQ(after.out, before.out);
+  // Errors name what is wrong; nothing is written.
+  const std::string bad = dir.path() + "/bad.gguf";
+  const RunStarlingResult twice =
+      RunStarling("add-tokens " + kStories + " " + bad + " --token '</s>'");
+  EXPECT_EQ(twice.exit_code, 1);
+  EXPECT_NE(twice.err.find("'</s>' is already token 2"), std::string::npos) << twice.err;
+  const RunStarlingResult eos =
+      RunStarling("add-tokens " + kStories + " " + bad + " --token '<x>' --eos '<y>'");
+  EXPECT_EQ(eos.exit_code, 1);
+  EXPECT_NE(eos.err.find("the EOS token '<y>' is not in the vocabulary"), std::string::npos)
+      << eos.err;
+  const RunStarlingResult tmpl =
+      RunStarling("add-tokens " + kStories + " " + bad + " --token '<x>' --chat-template llama-2");
+  EXPECT_EQ(tmpl.exit_code, 1);
+  EXPECT_NE(tmpl.err.find("has no Hugging Face chat_template"), std::string::npos) << tmpl.err;
+  EXPECT_FALSE(std::filesystem::exists(bad));
+}
+
+TEST(Cli, ChatWithoutAModelTalksToTheEmbeddedChatModel) {
+  // tiny-chat (models/tiny-chat.gguf, made by scripts/pipeline.sh) carries OpenChat's template;
+  // stories260K, which has none, would stop with "ships no chat template". One reply a line.
+  const RunStarlingResult r =
+      RunStarling("chat -n 16 --temp 0", "What is 2 + 3?\nReverse the list: cat, sun, box.\n");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(std::count(r.out.begin(), r.out.end(), '\n'), 2) << r.out;
+  EXPECT_GT(r.out.size(), 4u) << r.out;
+  // generate keeps stories260K.
+  const RunStarlingResult info = RunStarling("info");
+  EXPECT_NE(info.out.find("vocab 512,"), std::string::npos) << info.out;
+}

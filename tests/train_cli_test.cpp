@@ -346,6 +346,27 @@ TEST(TrainSft, TenStepsMatchThePyTorchReference) {
   EXPECT_EQ(lines[1]["tokens"], 33);
 }
 
+TEST(TrainSft, WithoutTemplateUsesTheModelsOwnOrSaysItHasNone) {
+  starling::testing::TempDir dir("sft_own_template");
+  const std::string base = dir.path() + "/chat.gguf";
+  ASSERT_EQ(
+      RunStarling("add-tokens " + kStories + " " + base +
+                  " --token '<|end_of_turn|>' --eos '<|end_of_turn|>' --chat-template openchat")
+          .exit_code,
+      0);
+  const std::string data = " --data " + kChat + "/train.jsonl --ctx 64 --steps 1 -q";
+  const auto own = RunStarling("train sft -m " + base + data + " --out " + dir.path() + "/a");
+  ASSERT_EQ(own.exit_code, 0) << own.err;
+  // The trained directory keeps the template: chat needs no --template either.
+  const auto chat = RunStarling("chat -m " + dir.path() + "/a -n 2", "Hi\n");
+  EXPECT_EQ(chat.exit_code, 0) << chat.err;
+  const auto none = RunStarling("train sft -m " + kStories + data + " --out " + dir.path() + "/b");
+  EXPECT_EQ(none.exit_code, 1);
+  EXPECT_NE(none.err.find("ships no chat template that starling knows; choose one with --template"),
+            std::string::npos)
+      << none.err;
+}
+
 TEST(TrainSft, BadConversationsAreNamedByLine) {
   starling::testing::TempDir dir("sftbad");
   const std::string data = dir.path() + "/bad.jsonl";

@@ -104,6 +104,29 @@ TEST(TrainPolicy, PpoLogsStepsAndIterationsAndSavesALoadablePolicy) {
   EXPECT_EQ(g.exit_code, 0) << g.err;
 }
 
+TEST(TrainPolicy, ValueWarmupTrainsTheCriticAndLeavesThePolicyAlone) {
+  // --value-warmup 1 with a separate value model: iteration 1's steps train the value only and
+  // the policy takes no step, so iteration 2 samples from the initial policy (KL 0 to the
+  // reference); iteration 2's steps move the policy (iteration 3's KL is not 0).
+  starling::testing::TempDir dir("policy_warmup");
+  const std::string prompts = WritePrompts(dir.path());
+  const std::string out = dir.path() + "/out";
+  const auto r = RunStarling(
+      Policy("apa", prompts, out,
+             "--rm " + kRm + " --iterations 3 --separate-value-model --value-warmup 1"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const auto steps = Lines(out + ".log", "step");
+  const auto iterations = Lines(out + ".log", "iteration");
+  ASSERT_EQ(iterations.size(), 3u);
+  for (const auto& s : steps) {
+    EXPECT_EQ(s.value("value_only", false), s["iteration"].get<int>() == 1) << s.dump();
+  }
+  EXPECT_NEAR(iterations[1]["kl"].get<double>(), 0.0, 1e-5);  // as iteration 1's (rounding)
+  EXPECT_GT(std::fabs(iterations[2]["kl"].get<double>()), 1e-4);
+  EXPECT_GT(iterations[0]["value_only_minibatches"].get<int>(), 0);
+  EXPECT_EQ(iterations[1]["value_only_minibatches"].get<int>(), 0);
+}
+
 TEST(TrainPolicy, BothApaVariantsRun) {
   starling::testing::TempDir dir("policy_apa");
   const std::string prompts = WritePrompts(dir.path());

@@ -759,12 +759,39 @@ def cmd_generate(a):
             _write(f, r)
 
 
+def read_samples(paths, records):
+    """{line: [responses]} from `starling eval --task exact --responses` files written for the
+    same --data: each line {"line": N, "record": ..., "response": "..."}, N the 1-based line
+    number of the record in --data, whose prompt must be the same."""
+    out = {}
+    for path in paths or ():
+        for n, obj in read_jsonl(path):
+            where = f"{path}:{n}"
+            if not isinstance(obj, dict) or not isinstance(obj.get("response"), str):
+                raise InputError(f"{where}: expected {{\"line\": N, \"response\": \"...\"}}")
+            line = obj.get("line")
+            if not isinstance(line, int) or isinstance(line, bool) or line not in records:
+                raise InputError(f"{where}: \"line\" {line!r} is not a record's line in --data")
+            theirs = obj.get("record", {}).get("messages") if isinstance(obj.get("record"), dict) \
+                else None
+            ours = records[line]["messages"]
+            if theirs is not None and theirs[:1] != ours[:1]:
+                raise InputError(f"{where}: its record's prompt differs from line {line} of "
+                                 "--data (were the samples made from another file?)")
+            out.setdefault(line, []).append(obj["response"])
+    return out
+
+
 def cmd_candidates(a):
     rng = random.Random(a.seed)
+    records = {}
+    for n, obj in read_jsonl(a.data):
+        records[n] = validate_record(obj, f"{a.data}:{n}")
+    samples = read_samples(a.samples, records)
     with _open_out(a.out) as f:
-        for n, obj in read_jsonl(a.data):
-            r = validate_record(obj, f"{a.data}:{n}")
-            pairs = make_candidates(r, a.k, rng, reformats=a.reformats)
+        for n, r in records.items():
+            pairs = make_candidates(r, a.k, rng, samples=samples.get(n, ()),
+                                    reformats=a.reformats)
             _write(f, {"record": r, "answers": [p[0] for p in pairs],
                        "models": [p[1] for p in pairs]})
 
@@ -826,10 +853,13 @@ def main(argv=None):
     g.add_argument("--tasks", default="", help="comma-separated subset of " + ",".join(TASKS))
     g.add_argument("--difficulty", default="", help="comma-separated subset of the split's")
     c = sub.add_parser("candidates",
-                       help="K answers per record: reference, reformats, corruptions")
+                       help="K answers per record: samples, reference, reformats, corruptions")
     c.add_argument("--data", required=True)
     c.add_argument("--k", type=int, default=7)
     c.add_argument("--reformats", type=int, default=1)
+    c.add_argument("--samples", action="append", metavar="FILE",
+                   help="model answers to mix in (repeatable): `starling eval --task exact "
+                        "--data DATA --responses FILE` on the same --data")
     c.add_argument("--seed", type=int, default=1)
     c.add_argument("--out", default="-")
     r = sub.add_parser("rank", help="judge K answers per record into Nectar records")

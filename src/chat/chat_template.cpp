@@ -4,6 +4,7 @@
 
 #include "core/error.h"
 #include "formats/json.h"
+#include "tokenizer/load.h"
 
 namespace starling {
 namespace {
@@ -90,6 +91,11 @@ const std::vector<ChatTemplate>& AllTemplates() {
 }
 
 }  // namespace
+
+const ChatTemplate* ChatTemplate::OfModel(const std::string& path) {
+  const std::string jinja = LoadChatTemplateJinja(path);
+  return jinja.empty() ? nullptr : FromJinja(jinja);
+}
 
 ChatTemplate::ChatTemplate(std::string name, Style style, std::string user_prefix,
                            std::string assistant_prefix, std::string end_of_turn,

@@ -39,8 +39,14 @@ class ChatTemplate {
   // The template whose Hugging Face `chat_template` (tokenizer_config.json) or GGUF
   // `tokenizer.chat_template` is exactly `jinja`, if we know it.
   static const ChatTemplate* FromJinja(std::string_view jinja);
+  // The template a model or tokenizer at `path` names in its files (a Hugging Face directory's
+  // tokenizer_config.json, a trainer's tokenizer.gguf, a GGUF file's metadata), if we know it.
+  static const ChatTemplate* OfModel(const std::string& path);
 
   std::string_view name() const { return name_; }
+  // The Hugging Face `chat_template` this template reproduces (empty when none is known), to
+  // write into a model's files so that loaders pick this template.
+  std::string_view jinja() const { return jinja_.empty() ? std::string_view() : jinja_[0]; }
   // The text of the token that ends every turn and stops generation.
   std::string_view end_of_turn() const { return end_of_turn_; }
 

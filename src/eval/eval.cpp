@@ -74,7 +74,8 @@ nlohmann::json Exact(const EvalOptions& o) {
   const ChatTemplate& t = m.ChooseTemplate(o.chat_template);
   std::vector<TaskRecord> records;
   std::vector<std::vector<ChatMessage>> prompts;
-  for (const auto& [n, line] : Lines(o.data, o.limit)) {
+  const std::vector<std::pair<int64_t, std::string>> lines = Lines(o.data, o.limit);
+  for (const auto& [n, line] : lines) {
     records.push_back(ParseTaskRecord(line, Concat(o.data, ":", n)));
     records.back().line = n;
     prompts.push_back(records.back().messages);
@@ -87,6 +88,24 @@ nlohmann::json Exact(const EvalOptions& o) {
   std::map<std::pair<std::string, std::string>, Group> groups;
   Group all;
   nlohmann::json samples = nlohmann::json::array();
+  if (!o.responses.empty()) {
+    std::string text;
+    size_t i = 0;
+    for (const auto& [n, line] : lines) {
+      const TaskRecord& r = records[i];
+      const bool scored = r.check != "none";
+      nlohmann::json j = {
+          {"line", n},
+          {"record", nlohmann::json::parse(line)},
+          {"response", answers[i].text},
+          {"correct", scored ? nlohmann::json(CheckAnswer(answers[i].text, r)) : nlohmann::json()},
+          {"true_reward", TrueReward(answers[i].text, r)}};
+      text += j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+      text += '\n';
+      ++i;
+    }
+    WriteFileAtomically(o.responses, [&](const ByteSink& sink) { sink(text); });
+  }
   for (size_t i = 0; i < records.size(); ++i) {
     const TaskRecord& r = records[i];
     if (r.check == "none") continue;  // not scored
@@ -296,7 +315,7 @@ nlohmann::json WinRate(const EvalOptions& o) {
                         {"wins", won},
                         {"ties", tied},
                         {"win_rate", rate},
-                        {"win_rate_ci95", {rate - half, rate + half}},
+                        {"win_rate_ci95", {std::max(0.0, rate - half), std::min(1.0, rate + half)}},
                         {"reward_mean", scores[0].empty() ? 0.0 : [&] {
                            double s = 0;
                            for (const double x : scores[0]) s += x;
@@ -309,10 +328,23 @@ nlohmann::json WinRate(const EvalOptions& o) {
                          }()},
                         {"length_mean", tokens[0] / n},
                         {"length_mean_b", tokens[1] / n}};
+  // The paired difference of mean rewards (A - B) with a 95% normal interval over prompts.
+  double diff = 0, diff_sq = 0;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    const double d = scores[0][i] - scores[1][i];
+    diff += d;
+    diff_sq += d * d;
+  }
+  const double diff_mean = diff / n;
+  const double diff_var =
+      prompts.size() > 1 ? (diff_sq - n * diff_mean * diff_mean) / (n - 1) : 0.0;
+  const double diff_half = 1.96 * std::sqrt(std::max(0.0, diff_var) / n);
+  out["reward_diff_mean"] = diff_mean;
+  out["reward_diff_ci95"] = {diff_mean - diff_half, diff_mean + diff_half};
   std::printf("| model | win rate (95%% CI) | mean reward | mean length (tokens) |\n");
   std::printf("|---|---|---|---|\n");
   std::printf("| A: %s | %s (%s-%s) | %s | %s |\n", o.model.c_str(), Fixed(rate).c_str(),
-              Fixed(rate - half).c_str(), Fixed(rate + half).c_str(),
+              Fixed(std::max(0.0, rate - half)).c_str(), Fixed(std::min(1.0, rate + half)).c_str(),
               Fixed(out["reward_mean"]).c_str(), Fixed(tokens[0] / n, 1).c_str());
   std::printf("| B: %s | | %s | %s |\n", o.model_b.c_str(), Fixed(out["reward_mean_b"]).c_str(),
               Fixed(tokens[1] / n, 1).c_str());

@@ -25,6 +25,9 @@ struct EvalOptions {
   std::string data;     // --data: tasks (exact), questions (mc), prompts (winrate)
   std::string chat_template, chat_template_b;  // default: each model's own known template
   std::string out;                             // --out: the JSON results (also printed as a table)
+  // --responses (exact): every answer as JSON Lines {"line", "record", "response", "correct",
+  // "true_reward"}, chit-chat too (correct null): samples for a judge to rank.
+  std::string responses;
   int32_t max_new_tokens = 64;
   int64_t batch = 16;        // sequences decoded together
   float temperature = 0.0f;  // 0: greedy

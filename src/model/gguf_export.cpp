@@ -158,6 +158,8 @@ std::vector<ExportTensor> ExportTensorsOf(const Model& model) {
   std::vector<ExportTensor> out;
   for (const TensorRef& t : model.tensors()) {
     if (t.shape.empty() || t.shape.size() > 2) continue;
+    // A policy's value head (train apa|ppo) serves training only; a GGUF file is for inference.
+    if (t.name == "value_head.weight") continue;
     const int64_t cols = t.shape.back();
     const WeightMatrix m{t.format, t.data, t.shape.size() == 2 ? t.shape[0] : 1, cols};
     out.push_back({t.name, t.shape, [m](int64_t r, float* o) { ReadRow(m, r, o); }});

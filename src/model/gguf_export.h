@@ -43,7 +43,8 @@ struct ExportTensor {
 void AddModelToGguf(const ModelConfig& config, const std::vector<ExportTensor>& tensors,
                     QuantPreset preset, GgufWriter* writer);
 
-// The tensors of a loaded model as export sources (dequantizing as needed).
+// The tensors of a loaded model as export sources (dequantizing as needed), without a policy's
+// value head (training only).
 std::vector<ExportTensor> ExportTensorsOf(const Model& model);
 
 // Random tensors for a config (normal values scaled like trained weights, seeded), for

@@ -285,31 +285,30 @@ Tokenizer LoadGgufTokenizer(const GgufFile& gguf, const std::string& source) {
   return tokenizer;
 }
 
-std::string LoadChatTemplateJinja(const std::string& path) {
+std::string GgufTokenizerFile(const std::string& path) {
   if (IsDirectory(path)) {
-    const std::string config = path + "/tokenizer_config.json";
-    if (!FileExists(config)) return {};
-    return ParseHuggingFaceTokenizerFiles({.tokenizer_config_json = ReadFile(config)}, path)
-        .chat_template;
+    const bool trained =
+        !FileExists(path + "/tokenizer.model") && FileExists(path + "/tokenizer.gguf");
+    return trained ? path + "/tokenizer.gguf" : std::string();
   }
-  if (ReadFilePrefix(path, 4) == "GGUF") {
-    return GgufFile::Open(path).GetStringOr("tokenizer.chat_template", "");
+  return ReadFilePrefix(path, 4) == "GGUF" ? path : std::string();
+}
+
+std::string LoadChatTemplateJinja(const std::string& path) {
+  if (const std::string gguf = GgufTokenizerFile(path); !gguf.empty()) {
+    return GgufFile::Open(gguf).GetStringOr("tokenizer.chat_template", "");
   }
-  return {};
+  const std::string config = path + "/tokenizer_config.json";
+  if (!IsDirectory(path) || !FileExists(config)) return {};
+  return ParseHuggingFaceTokenizerFiles({.tokenizer_config_json = ReadFile(config)}, path)
+      .chat_template;
 }
 
 Tokenizer LoadTokenizer(const std::string& path) {
-  // A directory a trainer wrote from a GGUF model carries its tokenizer as tokenizer.gguf.
-  if (IsDirectory(path) && !FileExists(path + "/tokenizer.model") &&
-      FileExists(path + "/tokenizer.gguf")) {
-    return LoadTokenizer(path + "/tokenizer.gguf");
+  if (const std::string gguf = GgufTokenizerFile(path); !gguf.empty()) {
+    return LoadGgufTokenizer(GgufFile::Open(gguf), gguf);
   }
   if (IsDirectory(path)) return LoadHuggingFaceTokenizer(path);
-  const std::string head = ReadFilePrefix(path, 4);
-  if (head == "GGUF") {
-    const GgufFile gguf = GgufFile::Open(path);
-    return LoadGgufTokenizer(gguf, path);
-  }
   return LoadSentencePieceTokenizer(path);
 }
 

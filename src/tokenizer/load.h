@@ -32,6 +32,11 @@ Tokenizer LoadGgufTokenizer(const GgufFile& gguf, const std::string& source);
 // "chat_template"; GGUF: tokenizer.chat_template); empty when it has none.
 std::string LoadChatTemplateJinja(const std::string& path);
 
+// Where a model's tokenizer is GGUF metadata: `path` itself when it is a GGUF file, or the
+// tokenizer.gguf a trainer writes into a directory made from a GGUF model (one without a
+// tokenizer.model); empty otherwise.
+std::string GgufTokenizerFile(const std::string& path);
+
 // Parses the added tokens of the Hugging Face JSON files (contents given, not paths, so
 // the parser can be tested and fuzzed). Each name is used in error messages. Empty
 // strings mean the file is absent. Later files add to, and must agree with, earlier ones.

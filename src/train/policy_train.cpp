@@ -222,7 +222,8 @@ PolicyMinibatchResult PolicyMinibatchLoss(TrainStep& step, std::span<const Rollo
     const PolicyTokens t{out.logps,  out.values,     old_logps,  ref_logps,
                          old_values, out.advantages, out.returns};
     out.terms = PolicyLoss(config.loss, t, dl, dv);
-    if (config.loss.algorithm == PolicyAlgorithm::kApaStarling && out.terms.value_loss > 1.0) {
+    if (config.freeze_policy ||
+        (config.loss.algorithm == PolicyAlgorithm::kApaStarling && out.terms.value_loss > 1.0)) {
       out.value_only = true;
       std::fill(dl.begin(), dl.end(), 0.0f);
       out.terms.loss = config.loss.vf_coef * out.terms.value_loss;
@@ -499,8 +500,12 @@ void RunPolicyTraining(PolicyOptions p) {
     }
   }
   const Tokenizer tokenizer = LoadTokenizer(tokenizer_source);
-  const ChatTemplate& chat_template =
-      ChatTemplate::ByName(p.chat_template.empty() ? "openchat" : p.chat_template);
+  // Without --template, the model's own if starling knows it, else OpenChat's (Starling-LM's).
+  const ChatTemplate* own = ChatTemplate::OfModel(tokenizer_source);
+  const ChatTemplate& chat_template = !p.chat_template.empty()
+                                          ? ChatTemplate::ByName(p.chat_template)
+                                      : own != nullptr ? *own
+                                                       : ChatTemplate::ByName("openchat");
   const int64_t max_prompt = o.ctx - p.max_new_tokens;
   if (max_prompt < 1) Fail("--ctx ", o.ctx, " leaves no room for a prompt before --max-new-tokens");
   PromptStats prompt_stats;
@@ -563,7 +568,8 @@ void RunPolicyTraining(PolicyOptions p) {
                      {"seed", o.seed},
                      {"unfreeze_layers", o.unfreeze_layers},
                      {"template", std::string(chat_template.name())},
-                     {"separate_value_model", p.separate_value_model}};
+                     {"separate_value_model", p.separate_value_model},
+                     {"value_warmup", p.value_warmup}};
 
   int64_t first_iteration = 0, step = 0, resume_step_in_iteration = 0;
   std::vector<Rollout> rollouts;
@@ -739,6 +745,7 @@ void RunPolicyTraining(PolicyOptions p) {
     }
 
     // The update: --ppo-epochs passes over the rollouts in minibatches.
+    update.freeze_policy = it < p.value_warmup;
     double value_loss = 0, clip_fraction = 0, approx_kl = 0, adv_mean = 0, adv_sq = 0;
     double ret_sum = 0, ret_sq = 0, err_sq = 0;
     int64_t measured = 0, value_only = 0;
@@ -805,7 +812,7 @@ void RunPolicyTraining(PolicyOptions p) {
       }
       const double lr = LearningRate(loop.lr, step);
       for (TrainModel* t : {&m, value_model.get()}) {
-        if (t == nullptr) continue;
+        if (t == nullptr || (t == &m && value_model && update.freeze_policy)) continue;
         if (loop.grad_clip > 0) ClipGrads(t->parameters(), norm, loop.grad_clip);  // jointly
         AdamWStep(t->parameters(), step + 1, lr, loop.adam);
       }

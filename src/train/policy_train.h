@@ -51,7 +51,12 @@ struct PolicyOptions {
   double reward_clip = 0;             // 0: none; else clip scores to [-c, c]
   double max_kl = 10;                 // stop when the mean per-token KL exceeds it
   bool separate_value_model = false;  // a value model of its own instead of a value head
-  int64_t sample_every = 1;           // log a few responses every N iterations (0: never)
+  // The first N iterations train the value only (OpenRLHF's --freezing_actor_steps): a critic
+  // that explains the rewards before the policy follows its advantages. With a separate value
+  // model the policy is not touched at all (no optimizer step); with a value head the shared
+  // trunk still gets the value loss's gradient.
+  int64_t value_warmup = 0;
+  int64_t sample_every = 1;  // log a few responses every N iterations (0: never)
   int32_t samples = 2;
 };
 
@@ -83,13 +88,14 @@ TokenBatch RolloutBatch(std::span<const Rollout* const> rollouts);
 struct PolicyUpdateConfig {
   PolicyLossConfig loss;
   double gamma = 1.0, lam = 0.95;
-  bool whiten = true;  // advantages whitened over the minibatch (as trlx does in its loss)
+  bool whiten = true;          // advantages whitened over the minibatch (as trlx does in its loss)
+  bool freeze_policy = false;  // --value-warmup: the policy term's gradient is zero
 };
 
 struct PolicyMinibatchResult {
-  PolicyLossTerms terms;                   // means over the minibatch's response tokens
-  int64_t tokens = 0;                      // M
-  bool value_only = false;                 // Starling's rule: value loss > 1 trains the value only
+  PolicyLossTerms terms;    // means over the minibatch's response tokens
+  int64_t tokens = 0;       // M
+  bool value_only = false;  // Starling's rule (value loss > 1) or --value-warmup: the value only
   std::vector<float> advantages, returns;  // [M] rollout by rollout
   std::vector<float> logps, values;        // [M] the current policy's
 };

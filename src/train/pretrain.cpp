@@ -193,8 +193,16 @@ void RunSft(SftOptions s) {
   std::string tokenizer_source;
   TrainModel m = OpenTrainModel(o, &tokenizer_source);
   const Tokenizer tokenizer = LoadTokenizer(tokenizer_source);
-  if (s.chat_template.empty())
-    Fail("--template is required (openchat, openchat-code, llama-2, raw)");
+  // Without --template, the model's own (as chat and serve choose it).
+  if (s.chat_template.empty()) {
+    const ChatTemplate* own = ChatTemplate::OfModel(tokenizer_source);
+    if (own == nullptr) {
+      Fail(tokenizer_source,
+           " ships no chat template that starling knows; choose one with "
+           "--template (openchat, openchat-code, llama-2, raw)");
+    }
+    s.chat_template = std::string(own->name());
+  }
   const ChatTemplate& chat_template = ChatTemplate::ByName(s.chat_template);
   ChatDataOptions data_options;
   data_options.ctx = o.ctx;

@@ -2,6 +2,7 @@
 and a check that records failures. Python standard library only."""
 import http.client
 import json
+import os
 import re
 import subprocess
 import threading
@@ -17,8 +18,16 @@ def check(condition, what):
         print("FAIL:", what, flush=True)
 
 
+# stories260K, a story model with no chat template, which writes as long as asked: what most
+# tests want. The default model of `serve` (the embedded tiny-chat) answers in a few tokens.
+STORIES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "models",
+                       "stories260K.gguf")
+
+
 class Server:
-    def __init__(self, *args, port="0"):
+    def __init__(self, *args, port="0", default_model=False):
+        if not default_model and "-m" not in args:
+            args = ("-m", STORIES) + args
         self.proc = subprocess.Popen([STARLING, "serve", "--port", port, *args],
                                      stderr=subprocess.PIPE, text=True)
         self.port = None

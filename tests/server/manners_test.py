@@ -8,7 +8,8 @@ The request log (a line per request; --log-level, --log-format json; client byte
 port-in-use error (SO_REUSEPORT off), the warning for a non-loopback address without
 --api-key, SIGINT draining a stream, and the OpenAI fields: logprobs (chat and legacy shapes,
 streamed and not), frequency/presence penalties, logit_bias, seed, n, and a 400 naming any
-field that is not implemented. Python standard library only; the embedded stories260K model.
+field that is not implemented. Python standard library only; stories260K (and the embedded
+tiny-chat for the default model's id).
 Exits non-zero with a message naming the failed check.
 """
 import http.client
@@ -106,11 +107,12 @@ def request_log():
 
 
 def models_and_alias():
-    s = Server()
+    s = Server(default_model=True)
     _, models = s.json("GET", "/v1/models")
-    check(models["data"][0]["id"] == "stories260K", "the default id has no spaces: %r" % models)
-    status, m = s.json("GET", "/v1/models/stories260K")
-    check(status == 200 and m == {"id": "stories260K", "object": "model",
+    # The default model is the embedded tiny-chat.
+    check(models["data"][0]["id"] == "tiny-chat", "the default id has no spaces: %r" % models)
+    status, m = s.json("GET", "/v1/models/tiny-chat")
+    check(status == 200 and m == {"id": "tiny-chat", "object": "model",
                                   "created": m.get("created"), "owned_by": "starling"},
           "GET /v1/models/{id}: %r" % m)
     status, m = s.json("GET", "/v1/models/gpt-4o")
@@ -118,7 +120,7 @@ def models_and_alias():
           and "gpt-4o" in m["error"]["message"], "GET /v1/models/unknown -> 404: %r" % m)
     # Not strict: any model value is answered by the one model, which the response names.
     status, r = s.json("POST", "/v1/chat/completions", chat(model="gpt-4o", max_tokens=2))
-    check(status == 200 and r["model"] == "stories260K", "any model accepted: %d %r" % (status, r))
+    check(status == 200 and r["model"] == "tiny-chat", "any model accepted: %d %r" % (status, r))
     check(s.stop() == 0, "SIGTERM exits 0 (models)")
 
     s = Server("--alias", "story-teller", "--strict-model")

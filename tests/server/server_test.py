@@ -203,6 +203,7 @@ def check_shutdown():
 
 
 def main():
+    # stories260K (harness.Server's default), a text model with no chat template.
     s = Server("--parallel", "4", "--ctx", "512")
     # Health and models.
     status, health = s.json("GET", "/health")

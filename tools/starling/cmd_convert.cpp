@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "chat/chat_template.h"
 #include "commands.h"
 #include "core/error.h"
 #include "core/file.h"
@@ -200,6 +201,76 @@ void RunMakeModel(MakeModelFlags f) {
                QuantPresetName(preset), c.num_layers, c.hidden_size);
 }
 
+struct AddTokensFlags {
+  std::string in, out;
+  std::vector<std::string> tokens;
+  std::string eos;
+  std::string chat_template;  // a template name
+  std::string type = "f32";
+};
+
+// Hugging Face's add_special_tokens + resize_token_embeddings, written as a new GGUF file: the
+// tokens are appended after the last id, and their embedding and output rows are the mean of
+// the existing rows (as resize_token_embeddings initializes them), so that a new token starts
+// as an average token rather than as noise that dominates the logits.
+void RunAddTokens(const AddTokensFlags& f) {
+  const Model model = Model::Load(f.in);
+  ModelConfig c = model.config();
+  if (c.head != ModelHead::kLanguageModel) Fail("add-tokens: ", f.in, " is not a language model");
+  TokenizerAdditions additions;
+  additions.special_tokens = f.tokens;
+  additions.eos_token = f.eos;
+  if (!f.chat_template.empty()) {
+    const ChatTemplate& t = ChatTemplate::ByName(f.chat_template);
+    if (t.jinja().empty()) {
+      Fail("add-tokens: the '", f.chat_template,
+           "' template has no Hugging Face chat_template to write; known with one: openchat");
+    }
+    additions.chat_template = std::string(t.jinja());
+  }
+  GgufWriter tokenizer;
+  const int32_t vocab = CopyTokenizerToGguf(f.in, additions, &tokenizer);
+  const auto old_tokens = static_cast<int64_t>(vocab) - static_cast<int64_t>(f.tokens.size());
+  if (old_tokens != c.vocab_size) {
+    Fail("add-tokens: the tokenizer of ", f.in, " has ", old_tokens, " tokens but the model ",
+         c.vocab_size, " embedding rows; tokens can be added only when the two agree");
+  }
+  const int64_t old_rows = c.vocab_size;
+  c.vocab_size = vocab;
+  std::vector<ExportTensor> tensors = ExportTensorsOf(model);
+  for (ExportTensor& t : tensors) {
+    if (t.name != "model.embed_tokens.weight" && t.name != "lm_head.weight") continue;
+    const int64_t cols = t.shape.back();
+    auto mean = std::make_shared<std::vector<float>>(static_cast<size_t>(cols), 0.0f);
+    std::vector<double> sum(static_cast<size_t>(cols), 0.0);
+    std::vector<float> row(static_cast<size_t>(cols));
+    for (int64_t r = 0; r < old_rows; ++r) {
+      t.rows(r, row.data());
+      for (int64_t i = 0; i < cols; ++i) sum[static_cast<size_t>(i)] += row[static_cast<size_t>(i)];
+    }
+    for (int64_t i = 0; i < cols; ++i) {
+      (*mean)[static_cast<size_t>(i)] =
+          static_cast<float>(sum[static_cast<size_t>(i)] / static_cast<double>(old_rows));
+    }
+    t.shape[0] = vocab;
+    t.rows = [rows = std::move(t.rows), mean, old_rows, cols](int64_t r, float* out) {
+      if (r < old_rows) return rows(r, out);
+      std::copy(mean->begin(), mean->end(), out);
+    };
+  }
+  const QuantPreset preset = QuantPresetFromName(f.type);
+  GgufWriter writer;
+  AddModelToGguf(c, tensors, preset, &writer);
+  const std::string tokenizer_bytes = tokenizer.Finish();
+  const GgufFile tokenizer_keys = GgufFile::Parse(tokenizer_bytes, f.in);
+  for (const GgufKeyValue& kv : tokenizer_keys.metadata()) {
+    writer.AddValue(kv.key, kv.value);
+  }
+  writer.WriteTo(f.out);
+  std::fprintf(stderr, "wrote %s: %lld -> %d tokens (%s)\n", f.out.c_str(),
+               static_cast<long long>(old_rows), vocab, QuantPresetName(preset));
+}
+
 }  // namespace
 
 void RegisterConvert(CLI::App& app) {
@@ -241,6 +312,27 @@ void RegisterConvert(CLI::App& app) {
       "  starling make-model /tmp/tiny-hf --preset tiny --type bf16 --format hf\n"
       "  starling make-model /tmp/mine.gguf --config config.json --vocab tokenizer.model");
   m->callback([f] { RunMakeModel(*f); });
+
+  auto a = std::make_shared<AddTokensFlags>();
+  CLI::App* at = app.add_subcommand(
+      "add-tokens",
+      "Add special tokens to a model's vocabulary (new embedding and output rows: the mean of the "
+      "old ones) and optionally set its EOS token and chat template; writes a GGUF file");
+  AddModelResolution(
+      at->add_option("input", a->in, "a Hugging Face directory, a GGUF file or a cached ORG/NAME")
+          ->required());
+  at->add_option("output", a->out, "the GGUF file to write")->required();
+  at->add_option("--token", a->tokens, "a special token to append (repeatable)")->required();
+  at->add_option("--eos", a->eos, "make this token (old or added) the EOS token");
+  at->add_option("--chat-template", a->chat_template,
+                 "write this template's Hugging Face chat_template, so that chat, serve, eval "
+                 "and train use it by default (openchat)");
+  at->add_option("--type", a->type, "f32, f16, bf16, q8_0, q4_0 or q4_k_m")->capture_default_str();
+  at->footer(
+      "Example: give stories260K OpenChat's turn token and template, for chat fine-tuning:\n"
+      "  starling add-tokens models/stories260K.gguf base.gguf --token '<|end_of_turn|>' \\\n"
+      "      --eos '<|end_of_turn|>' --chat-template openchat");
+  at->callback([a] { RunAddTokens(*a); });
 }
 
 }  // namespace starling::cli

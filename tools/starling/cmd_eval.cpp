@@ -35,6 +35,9 @@ void RegisterEval(CLI::App& app) {
   e->add_option("--template-b", o->chat_template_b,
                 "model B's chat template (default: --template)");
   e->add_option("--out", o->out, "write the results as JSON");
+  e->add_option("--responses", o->responses,
+                "exact: write every answer as JSON Lines {\"line\", \"record\", \"response\", "
+                "\"correct\", \"true_reward\"} (chit-chat too), e.g. samples for a judge");
   e->add_option("-n,--max-new-tokens", o->max_new_tokens, "longest answer")->capture_default_str();
   e->add_option("--batch", o->batch, "answers decoded together")->capture_default_str();
   e->add_option("--temp", o->temperature, "sampling temperature (0: greedy)")

@@ -251,7 +251,7 @@ bool ReadMessage(LineReader& reader, std::string* message, bool* leave) {
 // longest prefix already in the cache are run. A conversation that outgrows the context
 // loses its oldest turns (the system message stays).
 void RunChat(const ChatFlags& f) {
-  const LoadedModel m = LoadModelOrDefault(f.model);
+  const LoadedModel m = LoadChatModelOrDefault(f.model);
   const ChatTemplate& chat_template = m.ChooseTemplate(f.template_name);
   // At start, not after the first message: the template's special tokens must be in the
   // vocabulary (openchat's <|end_of_turn|>).
@@ -489,7 +489,8 @@ void RegisterChat(CLI::App& app) {
       "chat",
       "Multi-turn chat on a terminal (line editing, history) or from a pipe (one message a line)");
   cmd->add_option("-m,--model", f->model,
-                  "a Hugging Face directory, a GGUF file or a cached ORG/NAME")
+                  "a Hugging Face directory, a GGUF file or a cached ORG/NAME (default: the "
+                  "embedded tiny-chat, made by scripts/pipeline.sh)")
       ->check(NonEmpty());
   cmd->add_option("--template,--chat-template", f->template_name,
                   "chat template: openchat, openchat-code, llama-2 or raw (default: the model's "
@@ -503,6 +504,7 @@ void RegisterChat(CLI::App& app) {
   cmd->footer(
       std::string(kChatHelp) +
       "Examples:\n"
+      "  starling chat                                          # the embedded tiny-chat\n"
       "  starling chat -m Starling-LM-7B-alpha/                 # the model's own template\n"
       "  starling chat -m model.gguf --chat-template openchat -sys \"You are terse.\" "
       "--temp 0.7\n"

@@ -52,9 +52,9 @@ void RegisterServe(CLI::App& app) {
   auto log_format = std::make_shared<std::string>("text");
   CLI::App* cmd = app.add_subcommand(
       "serve", "OpenAI-compatible HTTP server with batched streaming and a web chat page");
-  cmd->add_option(
-         "-m,--model", *model,
-         "a Hugging Face directory, a GGUF file or a cached ORG/NAME (default: the embedded model)")
+  cmd->add_option("-m,--model", *model,
+                  "a Hugging Face directory, a GGUF file or a cached ORG/NAME (default: the "
+                  "embedded tiny-chat)")
       ->check(NonEmpty());
   cmd->add_option("--rm", *reward, "a reward model directory: enables POST /v1/rewards")
       ->check(NonEmpty());
@@ -131,13 +131,13 @@ void RegisterServe(CLI::App& app) {
       Fail("--alias '", PrintableForError(*alias),
            "': a model id is 1 to 256 printable characters without spaces");
     }
-    const LoadedModel loaded = LoadModelOrDefault(*model);
+    const LoadedModel loaded = LoadChatModelOrDefault(*model);
     CheckContext(loaded, options.context, options.parallel, options.kv_type);
     options.model_name =
         !alias->empty() ? *alias
         : model->empty()
-            // "stories260K (embedded)" -> "stories260K"
-            ? std::string(kEmbeddedModelName.substr(0, kEmbeddedModelName.find(' ')))
+            // "tiny-chat (embedded)" -> "tiny-chat"
+            ? std::string(kEmbeddedChatModelName.substr(0, kEmbeddedChatModelName.find(' ')))
             : WithoutSpaces(ModelDisplayName(*model));
     std::optional<LoadedRewardModel> rm;
     if (!reward->empty()) {

@@ -249,7 +249,9 @@ void RegisterTrain(CLI::App& app) {
       "(k*B + j) mod N, each its own sequence; by default a seeded shuffle per epoch, packed "
       "into B rows of at most --ctx tokens (each conversation still attends only to itself).");
   s->add_option("--data", sft->common.data, "conversations, JSON Lines")->required();
-  s->add_option("--template", sft->chat_template, "openchat, openchat-code or llama-2")->required();
+  s->add_option("--template", sft->chat_template,
+                "openchat, openchat-code, llama-2 or raw (default: the model's own, when starling "
+                "knows it)");
   AddDataOptions(s, &sft->eval_data, "held-out conversations: mean masked loss",
                  &sft->common.loop.eval_every, &sft->skip_bad_lines);
   s->add_option("--long-conversations", sft->long_conversations,
@@ -376,7 +378,8 @@ void RegisterTrain(CLI::App& app) {
     c->add_option("--rm-timeout", po->rm_timeout, "seconds per --rm-url request")
         ->capture_default_str();
     c->add_option("--template", po->chat_template,
-                  "the policy's chat template (default openchat: OpenChat 3.5, Starling-LM)");
+                  "the policy's chat template (default: the model's own when starling knows it, "
+                  "else openchat: OpenChat 3.5, Starling-LM)");
     c->add_option("--iterations", po->iterations, "rollout-and-update iterations")
         ->capture_default_str();
     c->add_option("--rollouts", po->rollouts, "responses sampled per iteration")
@@ -413,6 +416,11 @@ void RegisterTrain(CLI::App& app) {
                   "value clip around the rollout's values (0: unclipped; default 0.2, APA "
                   "paper 0 as microsoft/RLHF-APA)");
     c->add_option("--vf-coef", po->loss.vf_coef, "the value loss's weight")->capture_default_str();
+    c->add_option("--value-warmup", po->value_warmup,
+                  "the first N iterations train the value only (OpenRLHF's "
+                  "--freezing_actor_steps); with --separate-value-model the policy is untouched")
+        ->capture_default_str()
+        ->check(CLI::NonNegativeNumber);
     c->add_option("--reward-scale", po->reward_scale,
                   "none, or running: divide scores by their running standard deviation")
         ->check(CLI::IsMember({"none", "running"}))

@@ -20,7 +20,7 @@ void RegisterChat(CLI::App& app);
 void RegisterPerplexity(CLI::App& app);
 void RegisterInfo(CLI::App& app);
 void RegisterBench(CLI::App& app);
-void RegisterConvert(CLI::App& app);  // quantize, make-model
+void RegisterConvert(CLI::App& app);  // quantize, make-model, add-tokens
 void RegisterReward(CLI::App& app);   // score, rank
 void RegisterServe(CLI::App& app);
 void RegisterTrain(CLI::App& app);  // train pretrain/sft, bench-train
