@@ -15,6 +15,7 @@ packages=(
   libssl-dev                    # HTTPS for starling pull; sha256 of downloads
   libedit-dev                   # starling chat: line editing and history
   tmux                          # the terminal chat's test (Ctrl-C, editing) in a real terminal
+  libopenmpi-dev openmpi-bin    # data-parallel training under mpirun (src/train/distributed.h)
   libblis-serial-dev            # sgemm for training's matrix products (src/kernels/gemm)
   libcairo2-dev                 # starling plot: training curves as SVG or PNG
   zlib1g-dev                    # CRC-32 of pytorch_model.bin entries

@@ -405,6 +405,7 @@ void DecoderBackward(const Model& m, std::span<const int32_t> tokens, SequenceKe
     const BlockActivations& a = *saved;
     FeedForwardBlockBackward(m, l, a, n, s, dx.data(), g.layers[l]);
     AttentionBlockBackward(m, l, kv, a, s, dx.data(), g.layers[l]);
+    if (g.layer_done) g.layer_done(l);
   }
   if (g.lowest_layer == 0 && g.embedding != nullptr) {
     for (int64_t t = 0; t < n; ++t) {  // scatter-add, rows in order

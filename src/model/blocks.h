@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <span>
 #include <vector>
 
@@ -166,6 +167,9 @@ struct ModelGrads {
   // The lowest block the backward reaches (blocks below it get no backward at all), and
   // whether the embedding rows get the input gradient (only when that block is 0).
   int32_t lowest_layer = 0;
+  // Called by DecoderBackward as soon as block `layer` has added its gradients (data
+  // parallelism starts summing them over ranks while the blocks below run); may be empty.
+  std::function<void(int32_t layer)> layer_done;
 };
 
 // Working memory of the backward, sized on first use and kept (N rows).

@@ -10,6 +10,7 @@
 #include "reward/ranking_data.h"
 #include "tokenizer/load.h"
 #include "train/data.h"
+#include "train/distributed.h"
 #include "train/loss.h"
 
 namespace starling {
@@ -136,10 +137,17 @@ class DpoObjective final : public TrainObjective {
   int64_t examples() const override { return static_cast<int64_t>(train_.size()); }
   const char* unit_name() const override { return "pairs"; }
 
-  nlohmann::json TakeStepMetrics() override {
-    nlohmann::json j = step_metrics_.Json("");
+  std::vector<double> TakeStepSums() override {
+    const DpoMetrics m = step_metrics_;
     step_metrics_ = {};
-    return j;
+    return {m.loss, m.chosen, m.rejected, static_cast<double>(m.pairs),
+            static_cast<double>(m.correct)};
+  }
+  nlohmann::json StepMetrics(std::span<const double> sums) const override {
+    DpoMetrics m;
+    m.loss = sums[0], m.chosen = sums[1], m.rejected = sums[2];
+    m.pairs = static_cast<int64_t>(sums[3]), m.correct = static_cast<int64_t>(sums[4]);
+    return m.Json("");
   }
 
   nlohmann::json Evaluate(TrainStep& step) override {
@@ -313,13 +321,14 @@ void RunDpo(DpoOptions d) {
   const auto t0 = std::chrono::steady_clock::now();
   ComputeReference(m, train, o.batch);
   ComputeReference(m, eval, o.batch);
-  std::fprintf(stderr,
-               "data: %s: %lld records -> %lld pairs (--pairs %s); skipped: %lld bad lines, %lld "
-               "pairs longer than --ctx + 1; reference log-probs in %.1f s\n",
-               o.data.c_str(), static_cast<long long>(stats.records),
-               static_cast<long long>(stats.pairs), d.pairs.c_str(),
-               static_cast<long long>(stats.bad_lines), static_cast<long long>(stats.too_long),
-               std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  if (Ranks::root())
+    std::fprintf(stderr,
+                 "data: %s: %lld records -> %lld pairs (--pairs %s); skipped: %lld bad lines, %lld "
+                 "pairs longer than --ctx + 1; reference log-probs in %.1f s\n",
+                 o.data.c_str(), static_cast<long long>(stats.records),
+                 static_cast<long long>(stats.pairs), d.pairs.c_str(),
+                 static_cast<long long>(stats.bad_lines), static_cast<long long>(stats.too_long),
+                 std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   TrainLoopOptions loop =
       LoopOptions(o, m, static_cast<int64_t>(train.size()), o.batch, tokenizer_source,
                   {{"trainer", "dpo"},

@@ -17,6 +17,7 @@
 #include "core/signals.h"
 #include "formats/safetensors.h"
 #include "train/checkpoint.h"
+#include "train/distributed.h"
 
 namespace starling {
 namespace {
@@ -222,27 +223,33 @@ void RunTrainLoop(TrainModel& m, TrainObjective& objective, const TrainLoopOptio
     const nlohmann::json state = LoadCheckpoint(m, dir, o.run_config);
     first_step = state["step"].get<int64_t>();
     position = state["position"].get<int64_t>();
-    std::fprintf(stderr, "resuming from %s (step %lld)\n", dir.c_str(),
-                 static_cast<long long>(first_step));
+    if (Ranks::root())
+      std::fprintf(stderr, "resuming from %s (step %lld)\n", dir.c_str(),
+                   static_cast<long long>(first_step));
   }
+  Ranks::set_timeout(o.rank_timeout);
+  const bool root = Ranks::root();
   std::ofstream log;
-  if (!o.log.empty()) {
+  if (!o.log.empty() && root) {
     log.open(o.log, o.resume.empty() ? std::ios::trunc : std::ios::app);
     if (!log) Fail(o.log, ": cannot open the log for writing");
   }
   // Extra keys of a fresh run's first line (the data's counts, the eval loss before training):
   // the log stays one line per step.
   nlohmann::json first_extra = o.log_header.is_object() ? o.log_header : nlohmann::json::object();
+  if (Ranks::size() > 1) first_extra["ranks"] = Ranks::size();
   TrainStep step(m, o.recompute);
+  GradientSum gradient_sum(m, o.deterministic_reduce);
   StopSignals signals;
+  const bool quiet = o.quiet || !root;
   const bool terminal = isatty(fileno(stderr)) != 0;
   const auto start = std::chrono::steady_clock::now();
   double smoothed = NAN;
   nlohmann::json metrics = nlohmann::json::object();  // the latest evaluation
-  if (first_step == 0) {                              // where the run starts from
+  if (first_step == 0 && root) {                      // where the run starts from
     metrics = objective.Evaluate(step);
     for (const auto& [key, value] : metrics.items()) first_extra[key + "_before"] = value;
-    if (!o.quiet && !metrics.empty()) {
+    if (!quiet && !metrics.empty()) {
       std::fprintf(stderr, "before training: %s\n", MetricsText(metrics).c_str());
     }
   }
@@ -255,12 +262,26 @@ void RunTrainLoop(TrainModel& m, TrainObjective& objective, const TrainLoopOptio
       units += size.units;
       tokens += size.tokens;
     }
-    m.ZeroGrads();
-    double loss = 0.0;
-    for (int64_t a = 0; a < o.accum; ++a) {
-      loss += objective.Backward(step, a, static_cast<double>(units));
+    // This rank's share of the micro-batches; the gradients summed over ranks. `sums`: each
+    // slot's loss (0 for the other ranks' slots: adding zeros is exact, so the total is the
+    // one-process run's sum in slot order), the stop request, the objective's step sums.
+    gradient_sum.BeginStep(o.accum, k + 1);
+    std::vector<double> sums(static_cast<size_t>(o.accum) + 1, 0.0);
+    for (int64_t a = gradient_sum.first_slot(), e = a + gradient_sum.own_slots(); a < e; ++a) {
+      gradient_sum.BeginSlot(a + 1 == e);
+      sums[static_cast<size_t>(a)] = objective.Backward(step, a, static_cast<double>(units));
+      gradient_sum.EndSlot();
     }
-    const nlohmann::json step_metrics = objective.TakeStepMetrics();
+    gradient_sum.Finish();
+    sums[static_cast<size_t>(o.accum)] = signals.signal() != 0 ? 1.0 : 0.0;
+    const std::vector<double> objective_sums = objective.TakeStepSums();
+    sums.insert(sums.end(), objective_sums.begin(), objective_sums.end());
+    Ranks::SumDoubles(sums, "the step's loss sum");
+    double loss = 0.0;
+    for (int64_t a = 0; a < o.accum; ++a) loss += sums[static_cast<size_t>(a)];
+    const bool stop = sums[static_cast<size_t>(o.accum)] != 0.0;
+    const nlohmann::json step_metrics = objective.StepMetrics(
+        std::span<const double>(sums).subspan(static_cast<size_t>(o.accum) + 1));
     const double norm = GradNorm(m.parameters());
     if (!std::isfinite(loss) || !std::isfinite(norm)) {
       Fail("step ", k + 1, ": the loss is ", loss, " and the gradient norm ", norm,
@@ -274,7 +295,7 @@ void RunTrainLoop(TrainModel& m, TrainObjective& objective, const TrainLoopOptio
     const double seconds = std::chrono::duration<double>(t1 - t0).count();
     const bool last = k + 1 == o.steps;
     nlohmann::json evaluated;
-    if (last || (o.eval_every > 0 && (k + 1) % o.eval_every == 0)) {
+    if (root && (last || (o.eval_every > 0 && (k + 1) % o.eval_every == 0))) {
       evaluated = objective.Evaluate(step);
       if (!evaluated.empty()) metrics = evaluated;
     }
@@ -290,14 +311,17 @@ void RunTrainLoop(TrainModel& m, TrainObjective& objective, const TrainLoopOptio
                              {"epoch", epoch},
                              {"tokens_per_s", static_cast<double>(tokens) / seconds},
                              {"seconds", seconds}};
+      if (Ranks::size() > 1) {
+        line["allreduce_seconds"] = gradient_sum.wait_seconds();
+        line["allreduce_bytes"] = gradient_sum.bytes();
+      }
       line.update(step_metrics);
       if (evaluate) line.update(evaluated);
       if (k == 0) line.update(first_extra);
       log << line.dump() << "\n" << std::flush;
     }
-    const bool stop = signals.signal() != 0;
-    if (!o.quiet && (terminal || last || stop || evaluate ||
-                     (k + 1) % std::max<int64_t>(1, o.steps / 20) == 0)) {
+    if (!quiet && (terminal || last || stop || evaluate ||
+                   (k + 1) % std::max<int64_t>(1, o.steps / 20) == 0)) {
       const double elapsed = std::chrono::duration<double>(t1 - start).count();
       const double eta =
           elapsed / static_cast<double>(k + 1 - first_step) * static_cast<double>(o.steps - k - 1);
@@ -311,15 +335,19 @@ void RunTrainLoop(TrainModel& m, TrainObjective& objective, const TrainLoopOptio
           Duration(eta).c_str(), terminal && !last && !stop ? "   " : "\n");
     }
     if (stop) {
+      if (!root) return;
       SaveCheckpoint(m, o, k + 1, position);
-      std::fprintf(stderr, "signal %d: saved %s/checkpoint-%lld; resume with --resume %s\n",
-                   signals.signal(), o.out.c_str(), static_cast<long long>(k + 1), o.out.c_str());
+      const std::string why = signals.signal() != 0 ? "signal " + std::to_string(signals.signal())
+                                                    : std::string("a stop request on a rank");
+      std::fprintf(stderr, "%s: saved %s/checkpoint-%lld; resume with --resume %s\n", why.c_str(),
+                   o.out.c_str(), static_cast<long long>(k + 1), o.out.c_str());
       return;
     }
-    if (!last && o.save_every > 0 && (k + 1) % o.save_every == 0) {
+    if (root && !last && o.save_every > 0 && (k + 1) % o.save_every == 0) {
       SaveCheckpoint(m, o, k + 1, position);
     }
   }
+  if (!root) return;
   const uint64_t param_bytes = m.parameter_count() * sizeof(float);
   const auto mib = [](uint64_t b) { return static_cast<double>(b) / (1024.0 * 1024.0); };
   std::fprintf(stderr,

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <functional>
 #include <nlohmann/json.hpp>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -37,8 +38,12 @@ class TrainObjective {
   virtual const char* unit_name() const = 0;  // the log's key for the units
   // Held-out metrics, forward only, e.g. {"eval_loss": ...}; empty without eval data.
   virtual nlohmann::json Evaluate(TrainStep& step) = 0;
-  // Extra keys for the step's log line, gathered by the step's Backward calls (and reset).
-  virtual nlohmann::json TakeStepMetrics() { return nlohmann::json::object(); }
+  // Extra keys for the step's log line: sums gathered by the step's Backward calls (then
+  // reset), which the loop adds up over ranks, and the keys made from those totals.
+  virtual std::vector<double> TakeStepSums() { return {}; }
+  virtual nlohmann::json StepMetrics(std::span<const double> /*sums*/) const {
+    return nlohmann::json::object();
+  }
 };
 
 // Token micro-batches for the language-modelling loss (pretraining, SFT).
@@ -84,6 +89,10 @@ struct TrainLoopOptions {
   int64_t eval_every = 0;  // 0: only at the end (when there is eval data)
   bool recompute = false;
   bool quiet = false;
+  // Data parallelism (train/distributed.h): the gradient sum's fixed tree order, and how long
+  // a rank waits for the others before it stops the run.
+  bool deterministic_reduce = false;
+  double rank_timeout = 900.0;
   // What defines the run (model, data, batch shape, seed...): stored in every checkpoint and
   // compared on resume, which refuses a different run and names the field.
   nlohmann::json run_config;
@@ -104,9 +113,12 @@ class StopSignals {
 };
 
 // Runs the loop from step 0, or from the newest checkpoint of options.resume. A step's loss is
-// the objective's over its micro-batches, normalized by their units. A non-finite loss or
-// gradient stops the run before the update, leaving the last checkpoint as it was.
-// SIGINT/SIGTERM end the step in progress, save a checkpoint and return.
+// the objective's over its micro-batches, normalized by their units. Under MPI (several
+// ranks), every rank reads every micro-batch of a step (for the units) and runs the backward
+// of its contiguous share of them; the gradients are summed over ranks (GradientSum) and every
+// rank takes the same AdamW step; rank 0 alone evaluates, logs, prints and writes checkpoints. A
+// non-finite loss or gradient stops the run before the update, leaving the last checkpoint as it
+// was. SIGINT/SIGTERM end the step in progress, save a checkpoint and return.
 void RunTrainLoop(TrainModel& model, TrainObjective& objective, const TrainLoopOptions& options);
 
 // Mean masked loss, sum(w * CE) / count(w != 0), over `batches` (forward only).

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -48,6 +49,8 @@ class TrainModel {
   const float* head_weights();
   int32_t lowest_trainable_layer() const { return grads_.lowest_layer; }
   void ZeroGrads();
+  // The backward's per-block hook (ModelGrads::layer_done), e.g. a GradientSum's.
+  void set_layer_done(std::function<void(int32_t)> f) { grads_.layer_done = std::move(f); }
   uint64_t parameter_count() const;  // trainable elements
   uint64_t frozen_count() const;     // frozen elements
 

@@ -9,6 +9,7 @@
 #include "model/hf_config.h"
 #include "tokenizer/load.h"
 #include "train/data.h"
+#include "train/distributed.h"
 
 namespace starling {
 namespace {
@@ -151,12 +152,13 @@ TrainLoopOptions LoopOptions(const TrainerOptions& o, const TrainModel& m, int64
   run["unfreeze_layers"] = o.unfreeze_layers;
   run["trainable_parameters"] = m.parameter_count();
   loop.run_config = std::move(run);
-  std::fprintf(stderr,
-               "train: %s, %.2fM trainable + %.2fM frozen parameters (blocks %d..%d trained); "
-               "%lld steps\n",
-               m.model().source().c_str(), static_cast<double>(m.parameter_count()) / 1e6,
-               static_cast<double>(m.frozen_count()) / 1e6, m.lowest_trainable_layer(),
-               m.config().num_layers - 1, static_cast<long long>(loop.steps));
+  if (Ranks::root())
+    std::fprintf(stderr,
+                 "train: %s, %.2fM trainable + %.2fM frozen parameters (blocks %d..%d trained); "
+                 "%lld steps\n",
+                 m.model().source().c_str(), static_cast<double>(m.parameter_count()) / 1e6,
+                 static_cast<double>(m.frozen_count()) / 1e6, m.lowest_trainable_layer(),
+                 m.config().num_layers - 1, static_cast<long long>(loop.steps));
   return loop;
 }
 
@@ -180,8 +182,10 @@ void RunPretrain(TrainerOptions o) {
   CheckIds(tokens, m.config().vocab_size, o.data);
   const size_t token_count = tokens.size();
   WindowSource source(TokenWindows(std::move(tokens), o.ctx, o.data), o.batch, o.shuffle, o.seed);
-  std::fprintf(stderr, "data: %s, %zu tokens, %lld windows of %lld\n", o.data.c_str(), token_count,
-               static_cast<long long>(source.examples()), static_cast<long long>(o.ctx));
+  if (Ranks::root())
+    std::fprintf(stderr, "data: %s, %zu tokens, %lld windows of %lld\n", o.data.c_str(),
+                 token_count, static_cast<long long>(source.examples()),
+                 static_cast<long long>(o.ctx));
   const TrainLoopOptions loop =
       LoopOptions(o, m, source.examples(), o.batch, tokenizer_source, {{"trainer", "pretrain"}});
   LanguageModelObjective objective(source, {});
@@ -218,15 +222,16 @@ void RunSft(SftOptions s) {
   for (const ChatExample& e : examples) {
     CheckIds(e.ids, m.config().vocab_size, o.data + ":" + std::to_string(e.line));
   }
-  std::fprintf(stderr,
-               "data: %s: %lld conversations, %lld trained tokens; skipped: %lld without an "
-               "assistant turn, %lld longer than --ctx, %lld bad lines; %lld truncated from the "
-               "left\n",
-               o.data.c_str(), static_cast<long long>(stats.conversations),
-               static_cast<long long>(stats.trained_tokens),
-               static_cast<long long>(stats.no_assistant),
-               static_cast<long long>(stats.too_long_skipped),
-               static_cast<long long>(stats.bad_lines), static_cast<long long>(stats.truncated));
+  if (Ranks::root())
+    std::fprintf(stderr,
+                 "data: %s: %lld conversations, %lld trained tokens; skipped: %lld without an "
+                 "assistant turn, %lld longer than --ctx, %lld bad lines; %lld truncated from the "
+                 "left\n",
+                 o.data.c_str(), static_cast<long long>(stats.conversations),
+                 static_cast<long long>(stats.trained_tokens),
+                 static_cast<long long>(stats.no_assistant),
+                 static_cast<long long>(stats.too_long_skipped),
+                 static_cast<long long>(stats.bad_lines), static_cast<long long>(stats.truncated));
   std::vector<TokenBatch> eval;
   if (!s.eval_data.empty()) {
     ChatDataStats eval_stats;

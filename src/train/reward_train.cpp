@@ -11,6 +11,7 @@
 #include "reward/ranking_data.h"
 #include "tokenizer/load.h"
 #include "train/data.h"
+#include "train/distributed.h"
 
 namespace starling {
 namespace {
@@ -226,15 +227,16 @@ void RunRewardTraining(RewardTrainOptions r) {
     shared += static_cast<int64_t>(b.inputs.size());
     for (const auto& s : e.sequences) whole += static_cast<int64_t>(s.size());
   }
-  std::fprintf(stderr,
-               "init: %s\ndata: %s: %lld prompts, %lld answers; %lld bad lines skipped, %lld "
-               "sequences truncated from the left to --ctx %lld; shared prompts run %.1f%% of "
-               "the tokens%s\n",
-               init.c_str(), o.data.c_str(), static_cast<long long>(stats.records),
-               static_cast<long long>(stats.answers), static_cast<long long>(stats.bad_lines),
-               static_cast<long long>(stats.truncated), static_cast<long long>(o.ctx),
-               100.0 * static_cast<double>(shared) / static_cast<double>(whole),
-               r.prefix_sharing ? "" : " (sharing off: every sequence runs whole)");
+  if (Ranks::root())
+    std::fprintf(stderr,
+                 "init: %s\ndata: %s: %lld prompts, %lld answers; %lld bad lines skipped, %lld "
+                 "sequences truncated from the left to --ctx %lld; shared prompts run %.1f%% of "
+                 "the tokens%s\n",
+                 init.c_str(), o.data.c_str(), static_cast<long long>(stats.records),
+                 static_cast<long long>(stats.answers), static_cast<long long>(stats.bad_lines),
+                 static_cast<long long>(stats.truncated), static_cast<long long>(o.ctx),
+                 100.0 * static_cast<double>(shared) / static_cast<double>(whole),
+                 r.prefix_sharing ? "" : " (sharing off: every sequence runs whole)");
   const char* loss_name = r.loss.kind == RankingLossKind::kKWise ? "kwise" : "pairwise";
   TrainLoopOptions loop =
       LoopOptions(o, m, static_cast<int64_t>(train.size()), o.batch, tokenizer_source,

@@ -16,6 +16,7 @@
 #include "kernels/dot.h"
 #include "kernels/gemm.h"
 #include "model/hf_config.h"
+#include "train/distributed.h"
 #include "train/dpo_train.h"
 #include "train/optimizer.h"
 #include "train/policy_train.h"
@@ -197,6 +198,13 @@ void AddTrainerOptions(CLI::App* p, TrainerOptions* o, bool* no_shuffle) {
                 "JSON Lines log: step, loss, lr, grad_norm, tokens, tokens_per_s, epoch, "
                 "eval_loss");
   p->add_flag("-q,--quiet", o->loop.quiet, "no progress line");
+  p->add_flag("--deterministic-reduce", o->loop.deterministic_reduce,
+              "under mpirun: sum gradients in a fixed binary tree over the micro-batches, the "
+              "same bits for any number of ranks (power-of-two ranks and --accum / ranks); "
+              "the sum no longer overlaps the backward");
+  p->add_option("--rank-timeout", o->loop.rank_timeout,
+                "under mpirun: seconds a rank waits for the others before it stops the run")
+      ->capture_default_str();
   AddThreadsOption(p);
 }
 
@@ -232,6 +240,7 @@ void RegisterTrain(CLI::App& app) {
   // function has returned.
   p->callback([o, no_shuffle] {
     o->shuffle = !*no_shuffle;
+    const DistributedScope ranks;
     RunPretrain(*o);
   });
 
@@ -261,6 +270,7 @@ void RegisterTrain(CLI::App& app) {
   AddTrainerOptions(s, &sft->common, sft_no_shuffle.get());
   s->callback([sft, sft_no_shuffle] {
     sft->common.shuffle = !*sft_no_shuffle;
+    const DistributedScope ranks;
     RunSft(*sft);
   });
 
@@ -306,6 +316,7 @@ void RegisterTrain(CLI::App& app) {
     rm->common.shuffle = !*rm_no_shuffle;
     rm->prefix_sharing = !*rm_no_sharing;
     rm->loss.kind = *rm_loss == "kwise" ? RankingLossKind::kKWise : RankingLossKind::kPairwise;
+    const DistributedScope ranks;
     RunRewardTraining(*rm);
   });
 
@@ -340,6 +351,7 @@ void RegisterTrain(CLI::App& app) {
   dp->get_option("--batch")->description("preference pairs per micro-batch");
   dp->callback([dpo, dpo_no_shuffle] {
     dpo->common.shuffle = !*dpo_no_shuffle;
+    const DistributedScope ranks;
     RunDpo(*dpo);
   });
 
@@ -470,6 +482,12 @@ void RegisterTrain(CLI::App& app) {
       if (algorithm != PolicyAlgorithm::kPpo) {
         po->algorithm =
             *variant == "paper" ? PolicyAlgorithm::kApaPaper : PolicyAlgorithm::kApaStarling;
+      }
+      const DistributedScope ranks;
+      if (Ranks::size() > 1) {
+        Fail("train ", algorithm == PolicyAlgorithm::kPpo ? "ppo" : "apa",
+             " runs as one process for now (its rollouts are not yet divided among ranks); "
+             "under mpirun, pretrain, sft, rm and dpo train data-parallel");
       }
       RunPolicyTraining(*po);
     });

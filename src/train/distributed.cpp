@@ -1,0 +1,309 @@
+#include "train/distributed.h"
+
+#include <algorithm>
+#include <chrono>
+#include <climits>
+#include <cstdio>
+#include <cstdlib>
+#include <exception>
+#include <thread>
+
+#include "core/error.h"
+
+#ifdef STARLING_HAVE_MPI
+// MPI's C interface only (Open MPI's and MPICH's deprecated C++ bindings stay out).
+#define OMPI_SKIP_MPICXX 1
+#define MPICH_SKIP_MPICXX 1
+#include <mpi.h>
+#endif
+
+namespace starling {
+namespace {
+
+int g_rank = 0, g_size = 1;
+double g_timeout = 900.0;
+
+// The largest count one MPI call takes (an int), rounded down to a whole number of floats.
+constexpr int64_t kMaxCount = int64_t{1} << 30;
+
+bool IsPowerOfTwo(int64_t x) {
+  return x > 0 && (x & (x - 1)) == 0;
+}
+
+#ifdef STARLING_HAVE_MPI
+void Check(int rc, const char* what) {
+  if (rc == MPI_SUCCESS) return;
+  char text[MPI_MAX_ERROR_STRING];
+  int length = 0;
+  MPI_Error_string(rc, text, &length);
+  Fail("rank ", g_rank, " of ", g_size, ": MPI failed in ", what, ": ",
+       std::string(text, static_cast<size_t>(std::max(0, length))));
+}
+
+// Waits for every request, driving MPI's progress; past the timeout the whole run stops: the
+// other ranks are dead or stuck, and waiting longer would hang forever.
+double WaitAll(std::vector<MPI_Request>& requests, const char* what) {
+  const auto start = std::chrono::steady_clock::now();
+  const auto deadline = start + std::chrono::duration<double>(g_timeout);
+  int done = 0;
+  for (int64_t spins = 0;; ++spins) {
+    Check(
+        MPI_Testall(static_cast<int>(requests.size()), requests.data(), &done, MPI_STATUSES_IGNORE),
+        what);
+    if (done != 0) break;
+    if (std::chrono::steady_clock::now() > deadline) {
+      std::fprintf(stderr,
+                   "starling: error: rank %d of %d: no answer from the other ranks for %.0f s "
+                   "in %s: a rank died or hangs; stopping every rank (the last checkpoint is "
+                   "intact; --rank-timeout sets the wait)\n",
+                   g_rank, g_size, g_timeout, what);
+      std::fflush(stderr);
+      MPI_Abort(MPI_COMM_WORLD, 3);
+    }
+    if (spins < 1000) {
+      std::this_thread::yield();
+    } else {
+      std::this_thread::sleep_for(std::chrono::microseconds(50));
+    }
+  }
+  requests.clear();
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+#endif
+
+}  // namespace
+
+int Ranks::rank() {
+  return g_rank;
+}
+int Ranks::size() {
+  return g_size;
+}
+
+bool Ranks::built_with_mpi() {
+#ifdef STARLING_HAVE_MPI
+  return true;
+#else
+  return false;
+#endif
+}
+
+void Ranks::set_timeout(double seconds) {
+  if (!(seconds > 0)) Fail("--rank-timeout must be positive, not ", seconds);
+  g_timeout = seconds;
+}
+
+void Ranks::SumDoubles(std::span<double> x, const char* what) {
+  if (g_size == 1 || x.empty()) return;
+#ifdef STARLING_HAVE_MPI
+  std::vector<MPI_Request> requests(1);
+  Check(MPI_Iallreduce(MPI_IN_PLACE, x.data(), static_cast<int>(x.size()), MPI_DOUBLE, MPI_SUM,
+                       MPI_COMM_WORLD, &requests[0]),
+        what);
+  WaitAll(requests, what);
+#else
+  (void)what;
+#endif
+}
+
+DistributedScope::DistributedScope() : exceptions_(std::uncaught_exceptions()) {
+#ifdef STARLING_HAVE_MPI
+  // Open MPI (mpirun), PMI-1/2 and PMIx launchers (srun --mpi=..., MPICH's hydra).
+  const bool launched = std::getenv("OMPI_COMM_WORLD_SIZE") != nullptr ||
+                        std::getenv("PMI_SIZE") != nullptr || std::getenv("PMIX_RANK") != nullptr;
+  if (!launched) return;
+  int initialized = 0;
+  MPI_Initialized(&initialized);
+  if (initialized != 0) return;  // a scope already joined
+  int provided = 0;
+  if (MPI_Init_thread(nullptr, nullptr, MPI_THREAD_FUNNELED, &provided) != MPI_SUCCESS) {
+    Fail("MPI_Init_thread failed: cannot join the MPI job");
+  }
+  joined_ = true;
+  MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
+  MPI_Comm_rank(MPI_COMM_WORLD, &g_rank);
+  MPI_Comm_size(MPI_COMM_WORLD, &g_size);
+  if (provided < MPI_THREAD_FUNNELED) {
+    Fail("this MPI library gives thread level ", provided, "; starling needs MPI_THREAD_FUNNELED");
+  }
+#endif
+}
+
+DistributedScope::~DistributedScope() {
+#ifdef STARLING_HAVE_MPI
+  if (!joined_) return;
+  // Leaving with an error: no MPI_Finalize (it would wait for ranks that wait for us); the
+  // launcher sees the early exit and stops the job.
+  if (std::uncaught_exceptions() > exceptions_) return;
+  MPI_Finalize();
+  g_rank = 0;
+  g_size = 1;
+#endif
+}
+
+#ifdef STARLING_HAVE_MPI
+struct GradientSum::Requests {
+  std::vector<MPI_Request> in_flight;
+};
+#else
+struct GradientSum::Requests {};
+#endif
+
+GradientSum::GradientSum(TrainModel& m, bool deterministic)
+    : m_(m), deterministic_(deterministic), requests_(std::make_unique<Requests>()) {
+  const int32_t layers = m.config().num_layers;
+  for (int32_t l = layers - 1; l >= -1; --l) {
+    std::vector<Parameter*> bucket;
+    for (Parameter& p : m.parameters()) {
+      const int32_t layer = p.spec.layer >= 0 ? p.spec.layer : -1;
+      if (layer == l && !p.grad.empty()) bucket.push_back(&p);
+    }
+    if (bucket.empty()) continue;
+    buckets_.push_back(std::move(bucket));
+    bucket_layer_.push_back(l);
+  }
+  m_.set_layer_done([this](int32_t layer) { LayerDone(layer); });
+}
+
+GradientSum::~GradientSum() {
+  m_.set_layer_done({});
+}
+
+void GradientSum::BeginStep(int64_t slots, int64_t step) {
+  const int n = Ranks::size();
+  if (slots % n != 0) {
+    Fail("--accum ", slots, " does not divide among ", n,
+         " ranks: each rank runs accum / ranks of every step's micro-batches, so --accum must "
+         "be a multiple of the rank count (the same global batch: divide --batch and multiply "
+         "--accum)");
+  }
+  own_slots_ = slots / n;
+  first_slot_ = Ranks::rank() * own_slots_;
+  if (deterministic_ && n > 1 && (!IsPowerOfTwo(n) || !IsPowerOfTwo(own_slots_))) {
+    Fail(
+        "--deterministic-reduce sums in a binary tree: it needs a power-of-two rank count and "
+        "micro-batches per rank (--accum / ranks), not ",
+        n, " ranks and ", own_slots_);
+  }
+  step_ = step;
+  armed_ = false;
+  next_ = 0;
+  wait_seconds_ = 0.0;
+  bytes_ = 0;
+  stack_.clear();
+  stack_slots_.clear();
+  m_.ZeroGrads();
+}
+
+void GradientSum::BeginSlot(bool last) {
+  armed_ = last && !deterministic_ && Ranks::size() > 1;
+  if (deterministic_) m_.ZeroGrads();  // each micro-batch's gradient alone
+}
+
+void GradientSum::EndSlot() {
+  armed_ = false;
+  if (deterministic_) FlatPush();
+}
+
+void GradientSum::FlatPush() {
+  std::vector<float> flat;
+  for (const Parameter& p : m_.parameters()) flat.insert(flat.end(), p.grad.begin(), p.grad.end());
+  stack_.push_back(std::move(flat));
+  stack_slots_.push_back(1);
+  // Binary-counter pairwise summation: equal-sized neighbours merge, left + right.
+  while (stack_.size() >= 2 && stack_slots_[stack_.size() - 1] == stack_slots_[stack_.size() - 2]) {
+    std::vector<float>& left = stack_[stack_.size() - 2];
+    const std::vector<float>& right = stack_.back();
+    for (size_t i = 0; i < left.size(); ++i) left[i] += right[i];
+    stack_slots_[stack_.size() - 2] *= 2;
+    stack_.pop_back();
+    stack_slots_.pop_back();
+  }
+}
+
+void GradientSum::LayerDone(int32_t layer) {
+  if (!armed_) return;
+  StartUpTo(layer);
+#ifdef STARLING_HAVE_MPI
+  // MPI moves non-blocking collectives along only inside MPI calls: poke it between blocks.
+  auto& r = requests_->in_flight;
+  int done = 0;
+  if (!r.empty()) {
+    Check(MPI_Testall(static_cast<int>(r.size()), r.data(), &done, MPI_STATUSES_IGNORE),
+          "the gradient all-reduce");
+  }
+#endif
+}
+
+void GradientSum::StartUpTo(int32_t layer) {
+  while (next_ < buckets_.size() && bucket_layer_[next_] >= layer) Start(next_++);
+}
+
+void GradientSum::Start(size_t bucket) {
+#ifdef STARLING_HAVE_MPI
+  for (Parameter* p : buckets_[bucket]) {
+    const int64_t n = static_cast<int64_t>(p->grad.size());
+    for (int64_t begin = 0; begin < n; begin += kMaxCount) {
+      MPI_Request request;
+      Check(MPI_Iallreduce(MPI_IN_PLACE, p->grad.data() + begin,
+                           static_cast<int>(std::min(kMaxCount, n - begin)), MPI_FLOAT, MPI_SUM,
+                           MPI_COMM_WORLD, &request),
+            "the gradient all-reduce");
+      requests_->in_flight.push_back(request);
+    }
+    bytes_ += static_cast<uint64_t>(n) * sizeof(float);
+  }
+#else
+  (void)bucket;
+#endif
+}
+
+void GradientSum::Finish() {
+  const int n = Ranks::size();
+  if (!deterministic_) {
+    if (n == 1) return;
+    StartUpTo(INT32_MIN);  // whatever the hooks did not start, in the same order on every rank
+#ifdef STARLING_HAVE_MPI
+    wait_seconds_ += WaitAll(requests_->in_flight, "the gradient all-reduce");
+#endif
+    return;
+  }
+  if (stack_.empty()) Fail("step ", step_, ": no micro-batch ran on rank ", Ranks::rank());
+  std::vector<float> sum = std::move(stack_[0]);  // one-process leftovers fold left to right
+  for (size_t i = 1; i < stack_.size(); ++i) {
+    for (size_t j = 0; j < sum.size(); ++j) sum[j] += stack_[i][j];
+  }
+  stack_.clear();
+  stack_slots_.clear();
+#ifdef STARLING_HAVE_MPI
+  // Recursive doubling: at distance s, partners swap their subtree sums and both add them;
+  // a + b == b + a, so both hold the same bits, which are the one-process tree's.
+  const auto t0 = std::chrono::steady_clock::now();
+  std::vector<float> received;
+  const int64_t total = static_cast<int64_t>(sum.size());
+  const int64_t chunk = std::min<int64_t>(total, int64_t{1} << 24);
+  for (int s = 1; s < n; s <<= 1) {
+    const int partner = Ranks::rank() ^ s;
+    for (int64_t begin = 0; begin < total; begin += chunk) {
+      const int count = static_cast<int>(std::min(chunk, total - begin));
+      received.resize(static_cast<size_t>(count));
+      std::vector<MPI_Request> r(2);
+      Check(MPI_Irecv(received.data(), count, MPI_FLOAT, partner, 17, MPI_COMM_WORLD, &r[0]),
+            "the deterministic gradient sum");
+      Check(MPI_Isend(sum.data() + begin, count, MPI_FLOAT, partner, 17, MPI_COMM_WORLD, &r[1]),
+            "the deterministic gradient sum");
+      WaitAll(r, "the deterministic gradient sum");
+      for (int i = 0; i < count; ++i) sum[static_cast<size_t>(begin + i)] += received[i];
+    }
+    bytes_ += static_cast<uint64_t>(total) * sizeof(float);
+  }
+  wait_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+#endif
+  size_t at = 0;
+  for (Parameter& p : m_.parameters()) {
+    std::copy_n(sum.begin() + static_cast<std::ptrdiff_t>(at), p.grad.size(), p.grad.begin());
+    at += p.grad.size();
+  }
+}
+
+}  // namespace starling
