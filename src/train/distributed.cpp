@@ -106,6 +106,45 @@ void Ranks::SumDoubles(std::span<double> x, const char* what) {
 #endif
 }
 
+std::vector<std::string> Ranks::Gather(const std::string& mine, const char* what) {
+  if (g_size == 1) return {mine};
+#ifdef STARLING_HAVE_MPI
+  std::vector<long long> sizes(static_cast<size_t>(g_size));
+  long long own = static_cast<long long>(mine.size());
+  std::vector<MPI_Request> requests(1);
+  Check(MPI_Iallgather(&own, 1, MPI_LONG_LONG, sizes.data(), 1, MPI_LONG_LONG, MPI_COMM_WORLD,
+                       &requests[0]),
+        what);
+  WaitAll(requests, what);
+  std::vector<int> counts, offsets;
+  long long total = 0;
+  for (const long long n : sizes) {
+    if (total + n > INT_MAX) Fail(what, ": more than 2 GiB to gather over ranks");
+    counts.push_back(static_cast<int>(n));
+    offsets.push_back(static_cast<int>(total));
+    total += n;
+  }
+  std::string all(static_cast<size_t>(total), '\0');
+  requests.resize(1);
+  Check(MPI_Iallgatherv(mine.data(), static_cast<int>(own), MPI_CHAR, all.data(), counts.data(),
+                        offsets.data(), MPI_CHAR, MPI_COMM_WORLD, &requests[0]),
+        what);
+  WaitAll(requests, what);
+  std::vector<std::string> out;
+  for (size_t r = 0; r < counts.size(); ++r) {
+    out.push_back(all.substr(static_cast<size_t>(offsets[r]), static_cast<size_t>(counts[r])));
+  }
+  return out;
+#else
+  (void)what;
+  return {mine};
+#endif
+}
+
+std::pair<int64_t, int64_t> Ranks::Share(int64_t count) {
+  return {count * g_rank / g_size, count * (g_rank + 1) / g_size};
+}
+
 DistributedScope::DistributedScope() : exceptions_(std::uncaught_exceptions()) {
 #ifdef STARLING_HAVE_MPI
   // Open MPI (mpirun), PMI-1/2 and PMIx launchers (srun --mpi=..., MPICH's hydra).

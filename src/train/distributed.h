@@ -13,6 +13,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "train/parameters.h"
@@ -33,6 +34,10 @@ class Ranks {
   // exact and order-free (a + b == b + a); with more, MPI's reduction order is unspecified.
   // `what` names the collective in a timeout's message.
   static void SumDoubles(std::span<double> x, const char* what);
+  // Every rank's `mine`, in rank order (an all-gather of bytes); one rank: {mine}.
+  static std::vector<std::string> Gather(const std::string& mine, const char* what);
+  // This rank's contiguous share [first, last) of `count` items (balanced, in rank order).
+  static std::pair<int64_t, int64_t> Share(int64_t count);
 };
 
 // Joins MPI for its lifetime when an MPI launcher started the process (and the build has

@@ -25,6 +25,7 @@
 #include "tokenizer/load.h"
 #include "train/checkpoint.h"
 #include "train/data.h"
+#include "train/distributed.h"
 #include "train/loss.h"
 #include "train/optimizer.h"
 #include "train/reward_train.h"
@@ -459,19 +460,22 @@ void RunPolicyTraining(PolicyOptions p) {
   }
   if (p.reward_clip < 0) Fail("--reward-clip must be >= 0");
   if (p.top_k != 0 || p.top_p != 1.0f || p.temperature != 1.0f) {
-    std::fprintf(stderr,
-                 "warning: sampling with temperature %g, top-k %d, top-p %g: the responses are "
-                 "not drawn from the distribution the loss scores (temperature 1, unfiltered), "
-                 "which biases the KL estimate (it can go negative)\n",
-                 p.temperature, p.top_k, p.top_p);
+    if (Ranks::root())
+      std::fprintf(stderr,
+                   "warning: sampling with temperature %g, top-k %d, top-p %g: the responses are "
+                   "not drawn from the distribution the loss scores (temperature 1, unfiltered), "
+                   "which biases the KL estimate (it can go negative)\n",
+                   p.temperature, p.top_k, p.top_p);
   }
   const bool whiten = p.whiten >= 0 ? p.whiten != 0 : !starling;
   // microsoft/RLHF-APA's value loss is unclipped (its clipping is commented out).
   if (p.loss.cliprange_value < 0) p.loss.cliprange_value = paper ? 0.0 : 0.2;
   const double kl_coef = p.kl_coef >= 0 ? p.kl_coef : (paper ? 0.0 : 0.01);
   if (paper && kl_coef != 0.0) {
-    std::fprintf(stderr, "note: APA (paper) puts no KL term in the reward; --kl-coef %g adds one\n",
-                 kl_coef);
+    if (Ranks::root())
+      std::fprintf(stderr,
+                   "note: APA (paper) puts no KL term in the reward; --kl-coef %g adds one\n",
+                   kl_coef);
   }
 
   std::string tokenizer_source;
@@ -590,39 +594,50 @@ void RunPolicyTraining(PolicyOptions p) {
     if (resume_step_in_iteration > 0) {
       rollouts = RolloutsFromJson(nlohmann::json::parse(ReadFile(dir + "/rollouts.json")));
     }
-    std::fprintf(stderr, "resuming from %s (step %lld, iteration %lld)\n", dir.c_str(),
-                 static_cast<long long>(step), static_cast<long long>(first_iteration + 1));
+    if (Ranks::root())
+      std::fprintf(stderr, "resuming from %s (step %lld, iteration %lld)\n", dir.c_str(),
+                   static_cast<long long>(step), static_cast<long long>(first_iteration + 1));
   }
+  Ranks::set_timeout(loop.rank_timeout);
+  const bool root = Ranks::root();  // logs, prints and checkpoints
   std::ofstream log;
-  if (!loop.log.empty()) {
+  if (!loop.log.empty() && root) {
     log.open(loop.log, o.loop.resume.empty() ? std::ios::trunc : std::ios::app);
     if (!log) Fail(loop.log, ": cannot open the log for writing");
   }
-  std::fprintf(stderr,
-               "%s: %s, %.2fM trainable + %.2fM frozen parameters (blocks %d..%d trained, value "
-               "head: linear on the final hidden state); %lld prompts (%lld longer than %lld "
-               "tokens skipped); %lld iterations x %lld rollouts x %lld epochs = %lld steps\n",
-               AlgorithmName(p.algorithm), m.model().source().c_str(),
-               static_cast<double>(m.parameter_count()) / 1e6,
-               static_cast<double>(m.frozen_count()) / 1e6, m.lowest_trainable_layer(),
-               m.config().num_layers - 1, static_cast<long long>(prompt_stats.kept),
-               static_cast<long long>(prompt_stats.too_long), static_cast<long long>(max_prompt),
-               static_cast<long long>(p.iterations), static_cast<long long>(p.rollouts),
-               static_cast<long long>(p.ppo_epochs), static_cast<long long>(total_steps));
+  if (Ranks::root())
+    std::fprintf(stderr,
+                 "%s: %s, %.2fM trainable + %.2fM frozen parameters (blocks %d..%d trained, value "
+                 "head: linear on the final hidden state); %lld prompts (%lld longer than %lld "
+                 "tokens skipped); %lld iterations x %lld rollouts x %lld epochs = %lld steps\n",
+                 AlgorithmName(p.algorithm), m.model().source().c_str(),
+                 static_cast<double>(m.parameter_count()) / 1e6,
+                 static_cast<double>(m.frozen_count()) / 1e6, m.lowest_trainable_layer(),
+                 m.config().num_layers - 1, static_cast<long long>(prompt_stats.kept),
+                 static_cast<long long>(prompt_stats.too_long), static_cast<long long>(max_prompt),
+                 static_cast<long long>(p.iterations), static_cast<long long>(p.rollouts),
+                 static_cast<long long>(p.ppo_epochs), static_cast<long long>(total_steps));
   const auto mib = [](uint64_t b) { return static_cast<double>(b) / (1024.0 * 1024.0); };
-  std::fprintf(stderr,
-               "reference policy: %.1f MiB of its own (the trained tensors' initial values), "
-               "%.1f MiB shared with the policy (the frozen blocks: not copied, run once)\n",
-               mib(reference.copied_bytes()), mib(reference.shared_bytes()));
+  if (Ranks::root())
+    std::fprintf(stderr,
+                 "reference policy: %.1f MiB of its own (the trained tensors' initial values), "
+                 "%.1f MiB shared with the policy (the frozen blocks: not copied, run once)\n",
+                 mib(reference.copied_bytes()), mib(reference.shared_bytes()));
 
   TrainStep train_step(m, loop.recompute);
   std::unique_ptr<TrainStep> value_step;
   if (value_model) {
     value_step = std::make_unique<TrainStep>(*value_model, loop.recompute);
-    std::fprintf(stderr, "value model: %.2fM trainable parameters (a [1, D] head, zeros)\n",
-                 static_cast<double>(value_model->parameter_count()) / 1e6);
+    if (Ranks::root())
+      std::fprintf(stderr, "value model: %.2fM trainable parameters (a [1, D] head, zeros)\n",
+                   static_cast<double>(value_model->parameter_count()) / 1e6);
   }
   StopSignals signals;
+  GradientSum policy_sum(m, loop.deterministic_reduce);
+  std::unique_ptr<GradientSum> value_sum;
+  if (value_model) {
+    value_sum = std::make_unique<GradientSum>(*value_model, loop.deterministic_reduce);
+  }
   const auto start = std::chrono::steady_clock::now();
   EpochOrder order(static_cast<int64_t>(prompts.size()), o.shuffle, o.seed);
   auto save = [&](int64_t at_step) {
@@ -647,11 +662,14 @@ void RunPolicyTraining(PolicyOptions p) {
     const auto t0 = std::chrono::steady_clock::now();
     nlohmann::json iteration_line = {{"iteration", it + 1}};
     if (resume_step_in_iteration == 0) {
-      // Rollouts: prompts in epoch order, one seed per (run seed, iteration, rollout).
+      // Rollouts: prompts in epoch order, one seed per (run seed, iteration, rollout). Under
+      // MPI each rank samples, scores and measures its contiguous share, then every rank
+      // gathers all of them in order: the same rollouts as one process's.
       std::vector<const PolicyPrompt*> chosen;
       std::vector<int64_t> indices;
       std::vector<uint64_t> seeds;
-      for (int64_t k = 0; k < p.rollouts; ++k) {
+      const auto [first_rollout, end_rollout] = Ranks::Share(p.rollouts);
+      for (int64_t k = first_rollout; k < end_rollout; ++k) {
         const int64_t index = order(it * p.rollouts + k);
         chosen.push_back(&prompts[static_cast<size_t>(index)]);
         indices.push_back(index);
@@ -668,9 +686,25 @@ void RunPolicyTraining(PolicyOptions p) {
         conversations.push_back(std::move(c));
       }
       const auto t1 = std::chrono::steady_clock::now();
-      const std::vector<double> raw = reward->Score(conversations);
+      const std::vector<double> own_raw = reward->Score(conversations);
       const double reward_seconds =
           std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
+      for (size_t i = 0; i < rollouts.size(); ++i) rollouts[i].raw_score = own_raw[i];
+      // Log-probs and values of the rollout policy and the reference (training forward).
+      ScoreRollouts(train_step, reference, rollouts, micro, value_step.get());
+      if (Ranks::size() > 1) {
+        std::string packed;  // MessagePack: float64 numbers, every bit kept
+        nlohmann::json::to_msgpack(RolloutsJson(rollouts), packed);
+        std::vector<Rollout> all;
+        for (const std::string& part : Ranks::Gather(packed, "the rollouts")) {
+          for (Rollout& r : RolloutsFromJson(nlohmann::json::from_msgpack(part))) {
+            all.push_back(std::move(r));
+          }
+        }
+        rollouts = std::move(all);
+      }
+      std::vector<double> raw;
+      for (const Rollout& r : rollouts) raw.push_back(r.raw_score);
       std::vector<double> scores = raw;
       if (p.reward_scale == "running") {
         const double sd = moments.Update(raw);
@@ -679,12 +713,7 @@ void RunPolicyTraining(PolicyOptions p) {
       if (p.reward_clip > 0) {
         for (double& s : scores) s = std::clamp(s, -p.reward_clip, p.reward_clip);
       }
-      for (size_t i = 0; i < rollouts.size(); ++i) {
-        rollouts[i].raw_score = raw[i];
-        rollouts[i].score = scores[i];
-      }
-      // Log-probs and values of the rollout policy and the reference (training forward).
-      ScoreRollouts(train_step, reference, rollouts, micro, value_step.get());
+      for (size_t i = 0; i < rollouts.size(); ++i) rollouts[i].score = scores[i];
       double kl_sum = 0, entropy = 0, engine_gap = 0;
       int64_t tokens = 0;
       for (Rollout& r : rollouts) {
@@ -775,11 +804,17 @@ void RunPolicyTraining(PolicyOptions p) {
         }
       }
       const auto ts = std::chrono::steady_clock::now();
-      m.ZeroGrads();
-      if (value_model) value_model->ZeroGrads();
+      // This rank's share of the micro-batches (all of them in one process); the gradients
+      // and the step's statistics summed over ranks.
+      policy_sum.BeginStep(o.loop.accum, step + 1);
+      if (value_sum) value_sum->BeginStep(o.loop.accum, step + 1);
       double loss = 0, policy_loss = 0, step_value_loss = 0, step_clip = 0, step_kl = 0;
-      bool any_value_only = false;
-      for (const auto& mb : micros) {
+      double any_value_only = 0, step_value_only = 0, step_measured = 0;
+      double step_adv = 0, step_adv_sq = 0, step_ret = 0, step_ret_sq = 0, step_err_sq = 0;
+      for (int64_t a = policy_sum.first_slot(), e = a + policy_sum.own_slots(); a < e; ++a) {
+        const auto& mb = micros[static_cast<size_t>(a)];
+        policy_sum.BeginSlot(a + 1 == e);
+        if (value_sum) value_sum->BeginSlot(a + 1 == e);
         int64_t mt = 0;
         for (const Rollout* r : mb) mt += static_cast<int64_t>(r->response.size());
         const double scale = static_cast<double>(mt) / static_cast<double>(step_tokens);
@@ -791,18 +826,45 @@ void RunPolicyTraining(PolicyOptions p) {
         step_value_loss += res.terms.value_loss * scale;
         step_clip += res.terms.clip_fraction * scale;
         step_kl += res.terms.approx_kl * scale;
-        any_value_only = any_value_only || res.value_only;
-        value_only += res.value_only;
+        any_value_only = std::max(any_value_only, res.value_only ? 1.0 : 0.0);
+        step_value_only += res.value_only;
         for (size_t i = 0; i < res.advantages.size(); ++i) {
-          adv_mean += res.advantages[i];
-          adv_sq += double{res.advantages[i]} * res.advantages[i];
-          ret_sum += res.returns[i];
-          ret_sq += double{res.returns[i]} * res.returns[i];
-          err_sq +=
+          step_adv += res.advantages[i];
+          step_adv_sq += double{res.advantages[i]} * res.advantages[i];
+          step_ret += res.returns[i];
+          step_ret_sq += double{res.returns[i]} * res.returns[i];
+          step_err_sq +=
               (double{res.returns[i]} - res.values[i]) * (double{res.returns[i]} - res.values[i]);
         }
-        measured += res.tokens;
+        step_measured += static_cast<double>(res.tokens);
+        policy_sum.EndSlot();
+        if (value_sum) value_sum->EndSlot();
       }
+      policy_sum.Finish();
+      if (value_sum) value_sum->Finish();
+      std::vector<double> sums = {loss,
+                                  policy_loss,
+                                  step_value_loss,
+                                  step_clip,
+                                  step_kl,
+                                  any_value_only,
+                                  step_value_only,
+                                  step_adv,
+                                  step_adv_sq,
+                                  step_ret,
+                                  step_ret_sq,
+                                  step_err_sq,
+                                  step_measured,
+                                  signals.signal() != 0 ? 1.0 : 0.0};
+      Ranks::SumDoubles(sums, "the step's statistics");
+      loss = sums[0], policy_loss = sums[1], step_value_loss = sums[2], step_clip = sums[3];
+      step_kl = sums[4];
+      const bool step_any_value_only = sums[5] > 0;
+      value_only += static_cast<int64_t>(sums[6]);
+      adv_mean += sums[7], adv_sq += sums[8], ret_sum += sums[9], ret_sq += sums[10];
+      err_sq += sums[11];
+      measured += static_cast<int64_t>(sums[12]);
+      const bool stop = sums[13] != 0;
       double norm = GradNorm(m.parameters());
       if (value_model) norm = std::hypot(norm, GradNorm(value_model->parameters()));
       if (!std::isfinite(loss) || !std::isfinite(norm)) {
@@ -835,7 +897,11 @@ void RunPolicyTraining(PolicyOptions p) {
                                {"ppo_epoch", epoch + 1},
                                {"seconds", seconds}};
         if (p.algorithm == PolicyAlgorithm::kPpo) line["clip_fraction"] = step_clip;
-        if (any_value_only) line["value_only"] = true;
+        if (step_any_value_only) line["value_only"] = true;
+        if (Ranks::size() > 1) {
+          line["allreduce_seconds"] =
+              policy_sum.wait_seconds() + (value_sum ? value_sum->wait_seconds() : 0.0);
+        }
         if (first_log) {
           line["prompts"] = prompt_stats.kept;
           line["prompts_skipped_too_long"] = prompt_stats.too_long;
@@ -845,12 +911,16 @@ void RunPolicyTraining(PolicyOptions p) {
         }
         log << line.dump() << "\n" << std::flush;
       }
-      if (step < total_steps && loop.save_every > 0 && step % loop.save_every == 0) save(step);
-      if (signals.signal() != 0) {
+      if (root && step < total_steps && loop.save_every > 0 && step % loop.save_every == 0) {
         save(step);
-        std::fprintf(stderr, "\nsignal %d: saved %s/checkpoint-%lld; resume with --resume %s\n",
-                     signals.signal(), loop.out.c_str(), static_cast<long long>(step),
-                     loop.out.c_str());
+      }
+      if (stop) {
+        if (!root) return;
+        save(step);
+        const std::string why = signals.signal() != 0 ? "signal " + std::to_string(signals.signal())
+                                                      : std::string("a stop request on a rank");
+        std::fprintf(stderr, "\n%s: saved %s/checkpoint-%lld; resume with --resume %s\n",
+                     why.c_str(), loop.out.c_str(), static_cast<long long>(step), loop.out.c_str());
         return;
       }
     }
@@ -876,7 +946,7 @@ void RunPolicyTraining(PolicyOptions p) {
     iteration_line["seconds"] =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     if (log) log << iteration_line.dump() << "\n" << std::flush;
-    if (!loop.quiet) {
+    if (!loop.quiet && root) {
       const double elapsed =
           std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
       const double eta = elapsed / static_cast<double>(it + 1 - first_iteration) *
@@ -891,6 +961,7 @@ void RunPolicyTraining(PolicyOptions p) {
           iteration_line.value("value_loss", NAN), iteration_line["seconds"].get<double>(), eta);
     }
   }
+  if (!root) return;
   save(step);
   SaveHuggingFace(m, loop.out, loop.tokenizer_source);
   if (value_model) SaveHuggingFace(*value_model, loop.out + "/value_model", loop.tokenizer_source);

@@ -484,11 +484,6 @@ void RegisterTrain(CLI::App& app) {
             *variant == "paper" ? PolicyAlgorithm::kApaPaper : PolicyAlgorithm::kApaStarling;
       }
       const DistributedScope ranks;
-      if (Ranks::size() > 1) {
-        Fail("train ", algorithm == PolicyAlgorithm::kPpo ? "ppo" : "apa",
-             " runs as one process for now (its rollouts are not yet divided among ranks); "
-             "under mpirun, pretrain, sft, rm and dpo train data-parallel");
-      }
       RunPolicyTraining(*po);
     });
   };
