@@ -13,7 +13,8 @@
 #    norm and the final weights are bit-identical for 1, 2 and 4 ranks.
 #  - --resume with a different rank count continues the run exactly (deterministic mode).
 #  - A rank killed mid-run stops the whole job (nonzero exit, no hang) and the last
-#    checkpoint loads; a rank that hangs makes the others stop after --rank-timeout.
+#    checkpoint loads; SIGTERM to one rank stops all after the same step with a checkpoint;
+#    a rank that hangs makes the others stop after --rank-timeout.
 #  - apa and ppo: each rank samples and scores its share of the rollouts, all ranks gather
 #    them; apa within 1e-4, ppo with a value model of its own bit-identical when deterministic.
 #   tests/mpi/train_mpi_test.sh STARLING WORKDIR
@@ -137,6 +138,17 @@ if wait "$job"; then echo "the job survived a killed rank"; exit 1; fi
 latest=$(ls -d killed/checkpoint-* | sort -t- -k2 -n | tail -1)
 one generate -m "$latest" -p "Once" -n 4 --temp 0 > /dev/null
 echo "  stopped; $latest loads"
+
+echo "== SIGTERM to one rank stops every rank after the same step, with a checkpoint"
+mpi 2 "${long[@]}" --out termed &
+job=$!
+for _ in $(seq 600); do [ -n "$(rank_pid termed 1)" ] && break; sleep 0.1; done
+sleep 1
+kill -TERM "$(rank_pid termed 1)"
+wait "$job"
+grep -q "a stop request on a rank: saved termed/checkpoint-" runs.log
+compgen -G "termed/checkpoint-*" > /dev/null
+echo "  $(ls -d termed/checkpoint-*)"
 
 echo "== a hung rank stops the others after --rank-timeout"
 mpi 2 "${long[@]}" --rank-timeout 2 --out hung &
