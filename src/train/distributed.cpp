@@ -3,9 +3,11 @@
 #include <algorithm>
 #include <chrono>
 #include <climits>
+#include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
+#include <mutex>
 #include <thread>
 
 #include "core/error.h"
@@ -155,15 +157,16 @@ DistributedScope::DistributedScope() : exceptions_(std::uncaught_exceptions()) {
   MPI_Initialized(&initialized);
   if (initialized != 0) return;  // a scope already joined
   int provided = 0;
-  if (MPI_Init_thread(nullptr, nullptr, MPI_THREAD_FUNNELED, &provided) != MPI_SUCCESS) {
+  if (MPI_Init_thread(nullptr, nullptr, MPI_THREAD_SERIALIZED, &provided) != MPI_SUCCESS) {
     Fail("MPI_Init_thread failed: cannot join the MPI job");
   }
   joined_ = true;
   MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
   MPI_Comm_rank(MPI_COMM_WORLD, &g_rank);
   MPI_Comm_size(MPI_COMM_WORLD, &g_size);
-  if (provided < MPI_THREAD_FUNNELED) {
-    Fail("this MPI library gives thread level ", provided, "; starling needs MPI_THREAD_FUNNELED");
+  if (provided < MPI_THREAD_SERIALIZED) {
+    Fail("this MPI library gives thread level ", provided,
+         "; starling needs MPI_THREAD_SERIALIZED (one thread in MPI at a time)");
   }
 #endif
 }
@@ -181,15 +184,113 @@ DistributedScope::~DistributedScope() {
 }
 
 #ifdef STARLING_HAVE_MPI
-struct GradientSum::Requests {
-  std::vector<MPI_Request> in_flight;
+// Moves the gradient all-reduce along while the backward runs. MPI advances a non-blocking
+// collective only inside MPI calls (Open MPI has no progress thread of its own for them), and
+// the compute threads make none; this thread starts each bucket's MPI_Iallreduce and tests
+// them every 50 us until they are done. It is the only thread in MPI while a sum is in flight;
+// the main thread calls MPI only when this one is idle (MPI_THREAD_SERIALIZED).
+class GradientSum::Progress {
+ public:
+  Progress() : thread_([this] { Run(); }) {}
+  ~Progress() {
+    {
+      const std::lock_guard<std::mutex> lock(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+  void Start(float* data, int64_t count) {
+    {
+      const std::lock_guard<std::mutex> lock(mu_);
+      queue_.emplace_back(data, count);
+      ++outstanding_;
+    }
+    cv_.notify_all();
+  }
+  // Waits until every started sum is done; returns the seconds waited.
+  double Wait() {
+    const auto start = std::chrono::steady_clock::now();
+    std::unique_lock<std::mutex> lock(mu_);
+    const auto deadline = start + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                                      std::chrono::duration<double>(g_timeout));
+    while (outstanding_ > 0 && error_.empty()) {
+      if (done_.wait_until(lock, deadline) == std::cv_status::timeout && outstanding_ > 0) {
+        std::fprintf(stderr,
+                     "starling: error: rank %d of %d: no answer from the other ranks for %.0f s "
+                     "in the gradient all-reduce: a rank died or hangs; stopping every rank (the "
+                     "last checkpoint is intact; --rank-timeout sets the wait)\n",
+                     g_rank, g_size, g_timeout);
+        std::fflush(stderr);
+        MPI_Abort(MPI_COMM_WORLD, 3);
+      }
+    }
+    if (!error_.empty()) Fail(error_);
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  }
+
+ private:
+  void Run() {
+    std::vector<MPI_Request> in_flight;
+    for (;;) {
+      std::vector<std::pair<float*, int64_t>> spans;
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        if (in_flight.empty()) cv_.wait(lock, [&] { return stop_ || !queue_.empty(); });
+        if (stop_) return;
+        spans.swap(queue_);
+      }
+      std::string error;
+      for (const auto& [data, count] : spans) {
+        MPI_Request request;
+        const int rc = MPI_Iallreduce(MPI_IN_PLACE, data, static_cast<int>(count), MPI_FLOAT,
+                                      MPI_SUM, MPI_COMM_WORLD, &request);
+        if (rc != MPI_SUCCESS) {
+          error = "MPI_Iallreduce failed";
+          break;
+        }
+        in_flight.push_back(request);
+      }
+      int done = 0;
+      if (error.empty() && !in_flight.empty() &&
+          MPI_Testall(static_cast<int>(in_flight.size()), in_flight.data(), &done,
+                      MPI_STATUSES_IGNORE) != MPI_SUCCESS) {
+        error = "MPI_Testall failed";
+      }
+      if (!error.empty()) {
+        const std::lock_guard<std::mutex> lock(mu_);
+        error_ = "rank " + std::to_string(g_rank) + " of " + std::to_string(g_size) +
+                 ": the gradient all-reduce: " + error;
+        done_.notify_all();
+        return;
+      }
+      if (done != 0) {
+        const std::lock_guard<std::mutex> lock(mu_);
+        outstanding_ -= static_cast<int64_t>(in_flight.size());
+        in_flight.clear();
+        if (outstanding_ == 0) done_.notify_all();
+      } else {
+        std::this_thread::sleep_for(std::chrono::microseconds(50));
+      }
+    }
+  }
+
+  std::mutex mu_;
+  std::condition_variable cv_, done_;
+  std::vector<std::pair<float*, int64_t>> queue_;
+  int64_t outstanding_ = 0;
+  bool stop_ = false;
+  std::string error_;
+  std::thread thread_;
 };
 #else
-struct GradientSum::Requests {};
+class GradientSum::Progress {};
 #endif
 
-GradientSum::GradientSum(TrainModel& m, bool deterministic)
-    : m_(m), deterministic_(deterministic), requests_(std::make_unique<Requests>()) {
+GradientSum::GradientSum(TrainModel& m, bool deterministic) : m_(m), deterministic_(deterministic) {
+#ifdef STARLING_HAVE_MPI
+  if (Ranks::size() > 1 && !deterministic) progress_ = std::make_unique<Progress>();
+#endif
   const int32_t layers = m.config().num_layers;
   for (int32_t l = layers - 1; l >= -1; --l) {
     std::vector<Parameter*> bucket;
@@ -261,17 +362,7 @@ void GradientSum::FlatPush() {
 }
 
 void GradientSum::LayerDone(int32_t layer) {
-  if (!armed_) return;
-  StartUpTo(layer);
-#ifdef STARLING_HAVE_MPI
-  // MPI moves non-blocking collectives along only inside MPI calls: poke it between blocks.
-  auto& r = requests_->in_flight;
-  int done = 0;
-  if (!r.empty()) {
-    Check(MPI_Testall(static_cast<int>(r.size()), r.data(), &done, MPI_STATUSES_IGNORE),
-          "the gradient all-reduce");
-  }
-#endif
+  if (armed_) StartUpTo(layer);
 }
 
 void GradientSum::StartUpTo(int32_t layer) {
@@ -279,22 +370,13 @@ void GradientSum::StartUpTo(int32_t layer) {
 }
 
 void GradientSum::Start(size_t bucket) {
-#ifdef STARLING_HAVE_MPI
   for (Parameter* p : buckets_[bucket]) {
     const int64_t n = static_cast<int64_t>(p->grad.size());
     for (int64_t begin = 0; begin < n; begin += kMaxCount) {
-      MPI_Request request;
-      Check(MPI_Iallreduce(MPI_IN_PLACE, p->grad.data() + begin,
-                           static_cast<int>(std::min(kMaxCount, n - begin)), MPI_FLOAT, MPI_SUM,
-                           MPI_COMM_WORLD, &request),
-            "the gradient all-reduce");
-      requests_->in_flight.push_back(request);
+      if (progress_) progress_->Start(p->grad.data() + begin, std::min(kMaxCount, n - begin));
     }
     bytes_ += static_cast<uint64_t>(n) * sizeof(float);
   }
-#else
-  (void)bucket;
-#endif
 }
 
 void GradientSum::Finish() {
@@ -302,9 +384,7 @@ void GradientSum::Finish() {
   if (!deterministic_) {
     if (n == 1) return;
     StartUpTo(INT32_MIN);  // whatever the hooks did not start, in the same order on every rank
-#ifdef STARLING_HAVE_MPI
-    wait_seconds_ += WaitAll(requests_->in_flight, "the gradient all-reduce");
-#endif
+    if (progress_) wait_seconds_ += progress_->Wait();
     return;
   }
   if (stack_.empty()) Fail("step ", step_, ": no micro-batch ran on rank ", Ranks::rank());

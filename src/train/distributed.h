@@ -6,7 +6,8 @@
 //
 // Built with MPI when CMake finds it (STARLING_HAVE_MPI); without it, or when the process was
 // not started by an MPI launcher (mpirun, srun), there is one rank and nothing here talks.
-// Only the thread that joined calls MPI (MPI_THREAD_FUNNELED).
+// One thread at a time calls MPI (MPI_THREAD_SERIALIZED): the main thread, or a GradientSum's
+// progress thread while a gradient sum is in flight.
 #pragma once
 
 #include <cstdint>
@@ -61,14 +62,13 @@ class DistributedScope {
 //   BeginStep; for each own slot: BeginSlot(last), backward, EndSlot; Finish.
 // Default (`deterministic` false): the rank's slots add into the gradient buffers, and each
 // block's gradients start an MPI_Iallreduce as soon as the block's backward ends in the last
-// slot (the model's layer_done hook), so the sum overlaps the lower blocks' backward; the
-// embedding, final norm and heads follow in Finish. The result equals the one-process sum up
-// to float32 reduction order.
-// `deterministic`: every micro-batch's gradient is computed alone and the step's gradient is
-// their pairwise sum in a fixed binary tree over the slots (left + right), the same bits for
-// any number of ranks, the one-process run included; ranks exchange subtree sums by recursive
-// doubling after the last backward (no overlap). Needs the rank count and the slots per rank
-// to be powers of two.
+// slot (the model's layer_done hook), driven by a progress thread, so the sum overlaps the
+// lower blocks' backward; the embedding, final norm and heads follow in Finish. The result equals
+// the one-process sum up to float32 reduction order. `deterministic`: every micro-batch's gradient
+// is computed alone and the step's gradient is their pairwise sum in a fixed binary tree over the
+// slots (left + right), the same bits for any number of ranks, the one-process run included; ranks
+// exchange subtree sums by recursive doubling after the last backward (no overlap). Needs the rank
+// count and the slots per rank to be powers of two.
 class GradientSum {
  public:
   GradientSum(TrainModel& m, bool deterministic);
@@ -103,8 +103,8 @@ class GradientSum {
   std::vector<std::vector<Parameter*>> buckets_;
   std::vector<int32_t> bucket_layer_;  // -1: the last bucket (not a block)
   size_t next_ = 0;                    // the next bucket to start
-  struct Requests;                     // MPI's requests in flight (distributed.cpp)
-  std::unique_ptr<Requests> requests_;
+  class Progress;  // the thread that runs the MPI calls of a sum in flight (distributed.cpp)
+  std::unique_ptr<Progress> progress_;
   // deterministic: partial sums and the number of slots each covers
   std::vector<std::vector<float>> stack_;
   std::vector<int64_t> stack_slots_;
