@@ -391,21 +391,28 @@ TEST(Cli, BadValuesAreErrorsNamingTheFlag) {
   }
 }
 
-TEST(Cli, ContextWhoseKvCacheExceedsMemoryIsRefusedBeforeAllocating) {
-  // 32 layers x 8 KV heads x 64 dims: 2 x 32 x 8 x 64 x 4 bytes = 128 KiB per position, so 2^24
-  // positions need 2 TiB, and 256 slots of 2^20 positions 32 TiB: more than any test machine.
-  starling::testing::TempDir dir("bigctx");
-  const std::string config = dir.path() + "/config.json";
+// A model with 2^24 positions and a large KV cache per position: 32 layers x 8 KV heads x 64
+// dims, 2 x 32 x 8 x 64 x 4 bytes = 128 KiB per position (float32).
+std::string MakeLongContextModel(const std::string& dir) {
+  const std::string config = dir + "/config.json";
   std::ofstream(config) << R"({"architectures": ["MistralForCausalLM"], "model_type": "mistral",
     "vocab_size": 32002, "hidden_size": 64, "intermediate_size": 64, "num_hidden_layers": 32,
     "num_attention_heads": 8, "num_key_value_heads": 8, "head_dim": 64,
     "max_position_embeddings": 16777216, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
     "tie_word_embeddings": true, "bos_token_id": 1, "eos_token_id": 32000})";
-  const std::string model = dir.path() + "/big.gguf";
+  const std::string model = dir + "/big.gguf";
   const RunStarlingResult made =
       RunStarling("make-model " + model + " --config " + config + " --type f32 --vocab " +
                   std::string(STARLING_TEST_DATA_DIR) + "/tiny-mistral/hf");
-  ASSERT_EQ(made.exit_code, 0) << made.err;
+  EXPECT_EQ(made.exit_code, 0) << made.err;
+  return model;
+}
+
+TEST(Cli, ContextWhoseKvCacheExceedsMemoryIsRefusedBeforeAllocating) {
+  // 2^24 positions need 2 TiB, and 256 slots of 2^20 positions 32 TiB: more than any test
+  // machine.
+  starling::testing::TempDir dir("bigctx");
+  const std::string model = MakeLongContextModel(dir.path());
   for (const auto& [args, message] : std::vector<std::pair<std::string, std::string>>{
            {"generate -p x -c 16777216", "--ctx 16777216 needs 2048.00 GiB of KV cache for 1"},
            {"serve --parallel 256 -c 1048576", "--ctx 1048576 needs 32768.00 GiB of KV cache"}}) {
@@ -413,6 +420,59 @@ TEST(Cli, ContextWhoseKvCacheExceedsMemoryIsRefusedBeforeAllocating) {
     EXPECT_EQ(r.exit_code, 1) << args;
     EXPECT_NE(r.err.find(message), std::string::npos) << args << ": " << r.err;
   }
+}
+
+TEST(Cli, ContextBeyondUlimitIsRefusedBeforeAllocating) {
+  // 32768 positions need 4 GiB of KV cache: less than the machine's memory, more than the room
+  // under a 3 GB `ulimit -v`. The check compares with the memory the process can still take
+  // (MemAvailable, a cgroup's limit, RLIMIT_AS) and names the limit, before allocating. (Not
+  // under ASan, whose shadow memory needs more address space than any such limit.)
+  starling::testing::TempDir dir("ulimitctx");
+  const std::string model = MakeLongContextModel(dir.path());
+  const std::string err = dir.path() + "/ulimit.err";
+  const int status = std::system(("ulimit -v 3000000; timeout 120 " + kStarling + " generate -m " +
+                                  model + " -p x -n 1 -c 32768 -t 1 >/dev/null 2>" + err)
+                                     .c_str());
+  std::ifstream f(err);
+  const std::string message(std::istreambuf_iterator<char>(f), {});
+  ASSERT_TRUE(WIFEXITED(status)) << message;
+  EXPECT_EQ(WEXITSTATUS(status), 1) << message;
+  EXPECT_NE(message.find("--ctx 32768 needs 4.00 GiB of KV cache for 1 sequence(s)"),
+            std::string::npos)
+      << message;
+  EXPECT_NE(message.find("available (the room under ulimit -v (RLIMIT_AS))"), std::string::npos)
+      << message;
+}
+
+TEST(Cli, LoadingABigModelShowsProgressOnATerminalOnly) {
+  // 512 wide, 4 blocks, a tied 32002-row embedding, float32: 115 MiB of tensors, above the
+  // 100 MiB from which loading shows progress.
+  starling::testing::TempDir dir("loadprogress");
+  const std::string config = dir.path() + "/config.json";
+  std::ofstream(config) << R"({"architectures": ["MistralForCausalLM"], "model_type": "mistral",
+    "vocab_size": 32002, "hidden_size": 512, "intermediate_size": 1536, "num_hidden_layers": 4,
+    "num_attention_heads": 8, "num_key_value_heads": 8, "max_position_embeddings": 256,
+    "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "tie_word_embeddings": true,
+    "bos_token_id": 1, "eos_token_id": 32000})";
+  const std::string model = dir.path() + "/big.gguf";
+  const RunStarlingResult made =
+      RunStarling("make-model " + model + " --config " + config + " --type f32 --vocab " +
+                  std::string(STARLING_TEST_DATA_DIR) + "/tiny-mistral/hf");
+  ASSERT_EQ(made.exit_code, 0) << made.err;
+  const std::string run = kStarling + " generate -m " + model + " -p x -n 1 -t 1";
+  // On a terminal (script(1) gives the command a pseudo-terminal): a progress line to 100%.
+  const std::string out = dir.path() + "/tty.txt";
+  const int status =
+      std::system(("timeout 120 script -qec '" + run + "' /dev/null > " + out).c_str());
+  std::ifstream f(out);
+  const std::string tty(std::istreambuf_iterator<char>(f), {});
+  ASSERT_TRUE(WIFEXITED(status)) << tty;
+  EXPECT_EQ(WEXITSTATUS(status), 0) << tty;
+  EXPECT_NE(tty.find("loading " + model + ": 100% (0.11 of 0.11 GiB"), std::string::npos) << tty;
+  // Into a file or a pipe: none.
+  const RunStarlingResult piped = RunStarling("generate -m " + model + " -p x -n 1 -t 1");
+  EXPECT_EQ(piped.exit_code, 0) << piped.err;
+  EXPECT_EQ(piped.err.find("loading "), std::string::npos) << piped.err;
 }
 
 TEST(Cli, MakeModelRefusesWhatStarlingWouldRefuseToLoad) {

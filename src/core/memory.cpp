@@ -1,10 +1,15 @@
 #include "core/memory.h"
 
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
+#include <fstream>
+#include <limits>
+#include <sstream>
+#include <string>
 #include <utility>
 
 #include "core/error.h"
@@ -14,7 +19,59 @@ namespace {
 
 constexpr size_t kHugePage = size_t{2} << 20;
 
+// "Key:   123 kB" from a /proc file, in bytes; 0 when absent.
+uint64_t ProcKilobytes(const char* path, const std::string& key) {
+  std::ifstream f(path);
+  std::string line;
+  while (std::getline(f, line)) {
+    if (line.rfind(key + ":", 0) != 0) continue;
+    std::istringstream in(line.substr(key.size() + 1));
+    uint64_t kb = 0;
+    in >> kb;
+    return kb * 1024;
+  }
+  return 0;
+}
+
+// A file holding one number ("max" or an absurd value: no limit); false when absent.
+bool ReadNumber(const std::string& path, uint64_t* value) {
+  std::ifstream f(path);
+  std::string text;
+  if (!(f >> text) || text == "max") return false;
+  try {
+    *value = std::stoull(text);
+  } catch (const std::exception&) {
+    return false;
+  }
+  return *value < (uint64_t{1} << 60);  // cgroup v1 writes ~2^63 for "no limit"
+}
+
 }  // namespace
+
+MemoryBudget AvailableMemory() {
+  MemoryBudget best;
+  auto consider = [&](uint64_t bytes, const char* source) {
+    if (best.bytes == 0 || bytes < best.bytes) best = {bytes, source};
+  };
+  if (const uint64_t available = ProcKilobytes("/proc/meminfo", "MemAvailable")) {
+    consider(available, "MemAvailable in /proc/meminfo");
+  }
+  uint64_t limit = 0, used = 0;
+  if (ReadNumber("/sys/fs/cgroup/memory.max", &limit)) {  // cgroup v2, as a container sees it
+    ReadNumber("/sys/fs/cgroup/memory.current", &used);
+    consider(limit > used ? limit - used : 1, "the room under the cgroup's memory.max");
+  } else if (ReadNumber("/sys/fs/cgroup/memory/memory.limit_in_bytes", &limit)) {  // v1
+    ReadNumber("/sys/fs/cgroup/memory/memory.usage_in_bytes", &used);
+    consider(limit > used ? limit - used : 1, "the room under the cgroup's memory limit");
+  }
+  rlimit as{};
+  if (::getrlimit(RLIMIT_AS, &as) == 0 && as.rlim_cur != RLIM_INFINITY) {
+    const uint64_t mapped = ProcKilobytes("/proc/self/status", "VmSize");
+    const auto cap = static_cast<uint64_t>(as.rlim_cur);
+    consider(cap > mapped ? cap - mapped : 1, "the room under ulimit -v (RLIMIT_AS)");
+  }
+  return best;
+}
 
 HugePageBuffer::HugePageBuffer(size_t size) : size_(size) {
   if (size == 0) return;

@@ -30,4 +30,14 @@ class HugePageBuffer {
   size_t mapped_ = 0;  // bytes mapped (size rounded up to whole pages)
 };
 
+// The memory this process can still take, and what limits it: the smallest of the kernel's
+// MemAvailable (/proc/meminfo), the room left under a cgroup's memory limit (v2 memory.max or
+// v1 memory.limit_in_bytes) and the room left under `ulimit -v` (RLIMIT_AS). bytes is 0 when
+// none of them can be read.
+struct MemoryBudget {
+  uint64_t bytes = 0;
+  const char* source = "";  // e.g. "MemAvailable", "the cgroup's memory.max", "ulimit -v"
+};
+MemoryBudget AvailableMemory();
+
 }  // namespace starling

@@ -52,10 +52,10 @@ void CheckVocabulary(const LoadedModel& m) {
 
 }  // namespace
 
-LoadedModel LoadModel(const std::string& path) {
+LoadedModel LoadModel(const std::string& path, const LoadProgress& progress) {
   LoadedModel m;
   m.source = path;
-  m.model = std::make_unique<Model>(Model::Load(path));
+  m.model = std::make_unique<Model>(Model::Load(path, progress));
   m.tokenizer = std::make_unique<Tokenizer>(LoadTokenizer(path));
   m.chat_template_jinja = LoadChatTemplateJinja(path);
   CheckVocabulary(m);

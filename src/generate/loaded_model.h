@@ -30,7 +30,7 @@ struct LoadedModel {
 void CheckTokenizerFitsModel(const Tokenizer& tokenizer, const ModelConfig& config,
                              const std::string& source);
 
-LoadedModel LoadModel(const std::string& path);
+LoadedModel LoadModel(const std::string& path, const LoadProgress& progress = {});
 // A GGUF image in memory (the executable's embedded default model).
 LoadedModel LoadModelFromGgufBytes(std::string_view bytes, const std::string& name);
 

@@ -93,9 +93,9 @@ ModelFiles OpenModelFiles(const std::string& path) {
        "*.safetensors, or a GGUF file)");
 }
 
-Model Model::Load(const std::string& path) {
+Model Model::Load(const std::string& path, const LoadProgress& progress) {
   ModelFiles files = OpenModelFiles(path);
-  return Model(std::move(files.config), files.tensors, files.source, files.storage);
+  return Model(std::move(files.config), files.tensors, files.source, files.storage, progress);
 }
 
 }  // namespace starling

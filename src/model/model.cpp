@@ -126,7 +126,7 @@ void CheckNoExtraLayers(const std::vector<TensorRef>& tensors, int32_t num_layer
 }  // namespace
 
 Model::Model(ModelConfig config, const std::vector<TensorRef>& tensors, std::string source,
-             std::shared_ptr<const void> storage)
+             std::shared_ptr<const void> storage, const LoadProgress& progress)
     : config_(std::move(config)),
       source_(std::move(source)),
       storage_(std::move(storage)),
@@ -136,7 +136,17 @@ Model::Model(ModelConfig config, const std::vector<TensorRef>& tensors, std::str
   const TensorTable table(tensors_, source_);
   CheckNoExtraLayers(tensors_, c.num_layers);
   layers_.resize(static_cast<size_t>(c.num_layers));
-  for (const TensorSpec& spec : ModelTensors(c)) Bind(spec, table);
+  uint64_t total = 0, done = 0;
+  for (const TensorRef& t : tensors_) total += t.size_bytes;
+  for (const TensorSpec& spec : ModelTensors(c)) {
+    Bind(spec, table);
+    if (!progress) continue;
+    for (const TensorRef& t : tensors_) {
+      if (t.name == spec.name) done += t.size_bytes;
+    }
+    progress(done, total);
+  }
+  if (progress) progress(total, total);
   if (c.head == ModelHead::kLanguageModel && c.tie_word_embeddings) head_ = embedding_;
   for (const TensorRef& t : tensors_) weight_bytes_ += t.size_bytes;
 

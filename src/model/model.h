@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -44,10 +45,14 @@ struct LayerWeights {
   WeightMatrix w_down;               // [D, F]
 };
 
+// Called as a model's tensors are bound (copied, converted or relaid from their files): bytes
+// of the files' tensors done so far, of `total`.
+using LoadProgress = std::function<void(uint64_t done, uint64_t total)>;
+
 class Model {
  public:
   // A Hugging Face directory (config.json + *.safetensors, sharded or not) or a GGUF file.
-  static Model Load(const std::string& path);
+  static Model Load(const std::string& path, const LoadProgress& progress = {});
   // A GGUF file already in memory (e.g. embedded in the executable); `bytes` must outlive
   // the model.
   static Model LoadGgufBytes(std::string_view bytes, const std::string& source);
@@ -55,7 +60,7 @@ class Model {
   // Binds named tensors to the model's roles, checking that every tensor is present with
   // the shape the config implies and a supported dtype. `storage` keeps the mappings alive.
   Model(ModelConfig config, const std::vector<TensorRef>& tensors, std::string source,
-        std::shared_ptr<const void> storage);
+        std::shared_ptr<const void> storage, const LoadProgress& progress = {});
 
   const ModelConfig& config() const { return config_; }
   const std::string& source() const { return source_; }

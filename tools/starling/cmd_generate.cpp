@@ -17,6 +17,7 @@
 #include "commands.h"
 #include "core/error.h"
 #include "core/file.h"
+#include "core/memory.h"
 #include "core/signals.h"
 #include "core/thread_pool.h"
 #include "embedded_model.h"
@@ -582,16 +583,26 @@ void CheckContext(const LoadedModel& m, int64_t context, int64_t sequences, DTyp
          " positions (max_position_embeddings)");
   }
   // Checked before allocating: a huge -c once ended in "internal error: std::bad_alloc" after
-  // gigabytes were touched.
+  // gigabytes were touched. What a session allocates: its KV cache, and working memory for a
+  // chunk of rows (activations of up to 512 prompt rows, the logits, each thread's attention
+  // scores over the context) - a lower bound, so the check never refuses what would fit.
+  const auto n = static_cast<double>(sequences);
   const double kv = 2.0 * c.num_layers * static_cast<double>(context) * c.num_kv_heads *
-                    c.head_dim * static_cast<double>(DTypeSize(kv_type)) *
-                    static_cast<double>(sequences);
-  const double memory =
-      static_cast<double>(::sysconf(_SC_PHYS_PAGES)) * static_cast<double>(::sysconf(_SC_PAGESIZE));
-  if (memory > 0 && kv > memory) {
+                    c.head_dim * static_cast<double>(DTypeSize(kv_type)) * n;
+  const double rows = static_cast<double>(std::min<int64_t>(context, 512));
+  const double per_row = 2.0 * c.hidden_size + 2.0 * c.num_heads * c.head_dim +
+                         2.0 * c.num_kv_heads * c.head_dim + 2.0 * c.intermediate_size;
+  const double group = static_cast<double>(c.num_heads / std::max(1, c.num_kv_heads));
+  const double scratch =
+      4.0 * n *
+      (rows * per_row + c.vocab_size +
+       static_cast<double>(ThreadPool::Global().size()) * group * static_cast<double>(context));
+  const MemoryBudget budget = AvailableMemory();
+  if (budget.bytes > 0 && kv + scratch > static_cast<double>(budget.bytes)) {
     Fail("--ctx ", context, " needs ", Bytes(static_cast<uint64_t>(kv)), " of KV cache for ",
-         sequences, " sequence(s); this machine has ", Bytes(static_cast<uint64_t>(memory)),
-         " of memory");
+         sequences, " sequence(s) (--parallel) and at least ",
+         Bytes(static_cast<uint64_t>(scratch)), " of working memory; ", Bytes(budget.bytes),
+         " is available (", budget.source, "): lower -c or --parallel, or use --kv-type f16");
   }
 }
 

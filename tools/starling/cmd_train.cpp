@@ -223,6 +223,7 @@ void AddDataOptions(CLI::App* p, std::string* eval_data, const std::string& eval
 void RegisterTrain(CLI::App& app) {
   CLI::App* train = app.add_subcommand("train", "Train a model: pretrain, sft, rm, dpo, apa, ppo");
   train->require_subcommand(1);
+  train->footer("`starling train SUBCOMMAND --help` shows each trainer's options and examples.");
 
   auto o = std::make_shared<TrainerOptions>();
   o->loop.steps = 0;
@@ -236,6 +237,16 @@ void RegisterTrain(CLI::App& app) {
       "weight decay applies to matrices and embeddings, not to norm weights.");
   p->add_option("--data", o->data, "UTF-8 text file")->required();
   AddTrainerOptions(p, o.get(), no_shuffle.get());
+  p->footer(
+      "Examples:\n"
+      "  starling train pretrain -m models/stories260K.gguf --data stories.txt --out runs/s260 \\\n"
+      "      --ctx 256 --batch 8 --steps 1000 --lr 1e-3 --grad-clip 1 --log runs/s260.jsonl\n"
+      "  starling train pretrain --config config.json --tokenizer models/openchat-3.5-tokenizer "
+      "\\\n"
+      "      --data corpus.txt --out runs/fresh --ctx 512 --batch 4 --steps 200 --seed 7\n"
+      "  starling train pretrain ... --resume runs/s260          # after a crash or Ctrl-C\n"
+      "  mpirun -np 2 starling train pretrain ... --accum 2 -t 8  # data-parallel over 2 ranks\n"
+      "docs/TRAINING.md has the data rules, checkpoints and running on several machines.");
   // The callbacks hold every flag's storage: CLI11 writes into it while parsing, after this
   // function has returned.
   p->callback([o, no_shuffle] {
@@ -268,6 +279,14 @@ void RegisterTrain(CLI::App& app) {
                 "earliest tokens); both are counted")
       ->capture_default_str();
   AddTrainerOptions(s, &sft->common, sft_no_shuffle.get());
+  s->footer(
+      "Examples:\n"
+      "  starling train sft -m Starling-LM-7B-alpha/ --data chats.jsonl --eval-data held.jsonl \\\n"
+      "      --unfreeze-layers 4 --ctx 1024 --batch 4 --accum 8 --epochs 2 --lr 1e-5 \\\n"
+      "      --schedule cosine --warmup 20 --save-every 50 --out runs/sft1 --log runs/sft1.jsonl\n"
+      "  starling train sft -m models/stories260K.gguf --template raw --data chats.jsonl \\\n"
+      "      --out runs/tiny --batch 8 --steps 200 --lr 3e-3\n"
+      "  starling plot runs/sft1.jsonl -o curves.svg              # loss and eval loss");
   s->callback([sft, sft_no_shuffle] {
     sft->common.shuffle = !*sft_no_shuffle;
     const DistributedScope ranks;
@@ -312,6 +331,13 @@ void RegisterTrain(CLI::App& app) {
       "longest sequence; longer ones keep their last tokens (truncation from the left); "
       "default: the model's max_position_embeddings, at most 2048 (Starling-RM's max_length)");
   r->get_option("--batch")->description("prompts per micro-batch (each with all its answers)");
+  r->footer(
+      "Examples:\n"
+      "  starling train rm -m Starling-RM-7B-alpha/ --data nectar.jsonl --loss kwise \\\n"
+      "      --eval-data held.jsonl --unfreeze-layers 4 --batch 4 --lr 1e-5 --out runs/rm1\n"
+      "  starling train rm -m models/stories260K.gguf --data pairs.jsonl --loss pairwise \\\n"
+      "      --out runs/rm2 --steps 300\n"
+      "  starling rank -m runs/rm1 --data held.jsonl             # Kendall tau, pair accuracy");
   r->callback([rm, rm_no_shuffle, rm_loss, rm_no_sharing] {
     rm->common.shuffle = !*rm_no_shuffle;
     rm->prefix_sharing = !*rm_no_sharing;
@@ -349,6 +375,11 @@ void RegisterTrain(CLI::App& app) {
   dp->get_option("--ctx")->description(
       "longest conversation (+1 token); longer pairs are skipped and counted");
   dp->get_option("--batch")->description("preference pairs per micro-batch");
+  dp->footer(
+      "Examples:\n"
+      "  starling train dpo -m openchat-3.5/ --template openchat --data nectar.jsonl \\\n"
+      "      --pairs best --beta 0.1 --unfreeze-layers 4 --lr 5e-7 --out runs/dpo1\n"
+      "  starling train dpo -m runs/sft --data pairs.jsonl --batch 8 --steps 500 --out runs/dpo2");
   dp->callback([dpo, dpo_no_shuffle] {
     dpo->common.shuffle = !*dpo_no_shuffle;
     const DistributedScope ranks;
@@ -466,6 +497,17 @@ void RegisterTrain(CLI::App& app) {
         "prompt + response tokens (default: the model's positions, at most 2048); longer "
         "prompts are skipped and counted");
     c->get_option("--batch")->description("rollouts per micro-batch");
+    c->footer(std::string("Examples:\n") + "  starling train " + name +
+              " -m openchat-3.5/ --rm Starling-RM-7B-alpha/ --prompts prompts.jsonl \\\n"
+              "      --unfreeze-layers 4 --iterations 50 --rollouts 64 --out runs/" +
+              name + "1" + (algorithm == PolicyAlgorithm::kPpo ? "" : " --variant starling") +
+              "\n  starling train " + name +
+              " -m runs/sft --rm-url http://127.0.0.1:8081 --prompts prompts.jsonl \\\n"
+              "      --iterations 60 --rollouts 128 --batch 16 --lr 5e-5 --out runs/" +
+              name + "2 --log runs/" + name +
+              "2.jsonl\n"
+              "  starling plot runs/" +
+              name + "2.jsonl --x iteration -o reward.svg --series reward_mean,kl");
     c->get_option("--save-every")
         ->description(
             "write a checkpoint every N iterations (and at the end; SIGINT/SIGTERM save too)");
@@ -512,6 +554,11 @@ void RegisterTrain(CLI::App& app) {
   b->add_flag("--recompute", f->recompute, "recompute activations in the backward");
   b->add_flag("--json", f->json, "one JSON object");
   AddThreadsOption(b);
+  b->footer(
+      "Examples:\n"
+      "  starling bench-train --preset stories15M -b 4 -c 256 -t 2        # tokens/s, GFLOP/s\n"
+      "  starling bench-train --preset stories42M -r 5 --recompute --json\n"
+      "  starling bench-train --config config.json -b 1 -c 1024");
   b->callback([f] { RunBenchTrain(*f); });
 }
 
