@@ -73,6 +73,119 @@ double WaitAll(std::vector<MPI_Request>& requests, const char* what) {
 }
 #endif
 
+#ifdef STARLING_HAVE_MPI
+// Moves the gradient all-reduce along while the backward runs. MPI advances a non-blocking
+// collective only inside MPI calls (Open MPI has no progress thread of its own for them), and
+// the compute threads make none; this thread starts each bucket's MPI_Iallreduce and tests
+// them every 50 us until they are done. One per process, for every GradientSum: it is the only
+// thread in MPI while a sum is in flight, and the main thread calls MPI only when it is idle
+// (MPI_THREAD_SERIALIZED).
+class ProgressThread {
+ public:
+  ProgressThread() : thread_([this] { Run(); }) {}
+  ~ProgressThread() {
+    {
+      const std::lock_guard<std::mutex> lock(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+  // Queues the sum of data[0, count) over `comm`'s ranks; sums start in queue order.
+  void Start(float* data, int64_t count, MPI_Comm comm) {
+    {
+      const std::lock_guard<std::mutex> lock(mu_);
+      queue_.push_back({data, count, comm});
+      ++outstanding_;
+    }
+    cv_.notify_all();
+  }
+  // Waits until every started sum is done; returns the seconds waited.
+  double Wait() {
+    const auto start = std::chrono::steady_clock::now();
+    std::unique_lock<std::mutex> lock(mu_);
+    const auto deadline = start + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                                      std::chrono::duration<double>(g_timeout));
+    while (outstanding_ > 0 && error_.empty()) {
+      if (done_.wait_until(lock, deadline) == std::cv_status::timeout && outstanding_ > 0) {
+        std::fprintf(stderr,
+                     "starling: error: rank %d of %d: no answer from the other ranks for %.0f s "
+                     "in the gradient all-reduce: a rank died or hangs; stopping every rank (the "
+                     "last checkpoint is intact; --rank-timeout sets the wait)\n",
+                     g_rank, g_size, g_timeout);
+        std::fflush(stderr);
+        MPI_Abort(MPI_COMM_WORLD, 3);
+      }
+    }
+    if (!error_.empty()) Fail(error_);
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  }
+
+ private:
+  void Run() {
+    std::vector<MPI_Request> in_flight;
+    for (;;) {
+      std::vector<Span> spans;
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        if (in_flight.empty()) cv_.wait(lock, [&] { return stop_ || !queue_.empty(); });
+        if (stop_) return;
+        spans.swap(queue_);
+      }
+      std::string error;
+      for (const Span& span : spans) {
+        MPI_Request request;
+        const int rc = MPI_Iallreduce(MPI_IN_PLACE, span.data, static_cast<int>(span.count),
+                                      MPI_FLOAT, MPI_SUM, span.comm, &request);
+        if (rc != MPI_SUCCESS) {
+          error = "MPI_Iallreduce failed";
+          break;
+        }
+        in_flight.push_back(request);
+      }
+      int done = 0;
+      if (error.empty() && !in_flight.empty() &&
+          MPI_Testall(static_cast<int>(in_flight.size()), in_flight.data(), &done,
+                      MPI_STATUSES_IGNORE) != MPI_SUCCESS) {
+        error = "MPI_Testall failed";
+      }
+      if (!error.empty()) {
+        const std::lock_guard<std::mutex> lock(mu_);
+        error_ = "rank " + std::to_string(g_rank) + " of " + std::to_string(g_size) +
+                 ": the gradient all-reduce: " + error;
+        done_.notify_all();
+        return;
+      }
+      if (done != 0) {
+        const std::lock_guard<std::mutex> lock(mu_);
+        outstanding_ -= static_cast<int64_t>(in_flight.size());
+        in_flight.clear();
+        if (outstanding_ == 0) done_.notify_all();
+      } else {
+        std::this_thread::sleep_for(std::chrono::microseconds(50));
+      }
+    }
+  }
+
+  std::mutex mu_;
+  std::condition_variable cv_, done_;
+  struct Span {
+    float* data;
+    int64_t count;
+    MPI_Comm comm;
+  };
+  std::vector<Span> queue_;
+  int64_t outstanding_ = 0;
+  bool stop_ = false;
+  std::string error_;
+  std::thread thread_;
+};
+
+// The process's one progress thread (DistributedScope starts it with a multi-rank job and
+// stops it before MPI_Finalize).
+std::unique_ptr<ProgressThread> g_progress;
+#endif
+
 }  // namespace
 
 int Ranks::rank() {
@@ -168,12 +281,14 @@ DistributedScope::DistributedScope() : exceptions_(std::uncaught_exceptions()) {
     Fail("this MPI library gives thread level ", provided,
          "; starling needs MPI_THREAD_SERIALIZED (one thread in MPI at a time)");
   }
+  if (g_size > 1) g_progress = std::make_unique<ProgressThread>();
 #endif
 }
 
 DistributedScope::~DistributedScope() {
 #ifdef STARLING_HAVE_MPI
   if (!joined_) return;
+  g_progress.reset();  // stopped and joined first: no thread may be in MPI after this
   // Leaving with an error: no MPI_Finalize (it would wait for ranks that wait for us); the
   // launcher sees the early exit and stops the job.
   if (std::uncaught_exceptions() > exceptions_) return;
@@ -183,113 +298,24 @@ DistributedScope::~DistributedScope() {
 #endif
 }
 
+// A GradientSum's own communicator (a duplicate of the world's): MPI needs every rank to start
+// collectives on a communicator in the same order, and each GradientSum starts its buckets in a
+// fixed order, but two of them (a policy's and a separate value model's) interleave by timing.
 #ifdef STARLING_HAVE_MPI
-// Moves the gradient all-reduce along while the backward runs. MPI advances a non-blocking
-// collective only inside MPI calls (Open MPI has no progress thread of its own for them), and
-// the compute threads make none; this thread starts each bucket's MPI_Iallreduce and tests
-// them every 50 us until they are done. It is the only thread in MPI while a sum is in flight;
-// the main thread calls MPI only when this one is idle (MPI_THREAD_SERIALIZED).
-class GradientSum::Progress {
- public:
-  Progress() : thread_([this] { Run(); }) {}
-  ~Progress() {
-    {
-      const std::lock_guard<std::mutex> lock(mu_);
-      stop_ = true;
-    }
-    cv_.notify_all();
-    thread_.join();
-  }
-  void Start(float* data, int64_t count) {
-    {
-      const std::lock_guard<std::mutex> lock(mu_);
-      queue_.emplace_back(data, count);
-      ++outstanding_;
-    }
-    cv_.notify_all();
-  }
-  // Waits until every started sum is done; returns the seconds waited.
-  double Wait() {
-    const auto start = std::chrono::steady_clock::now();
-    std::unique_lock<std::mutex> lock(mu_);
-    const auto deadline = start + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
-                                      std::chrono::duration<double>(g_timeout));
-    while (outstanding_ > 0 && error_.empty()) {
-      if (done_.wait_until(lock, deadline) == std::cv_status::timeout && outstanding_ > 0) {
-        std::fprintf(stderr,
-                     "starling: error: rank %d of %d: no answer from the other ranks for %.0f s "
-                     "in the gradient all-reduce: a rank died or hangs; stopping every rank (the "
-                     "last checkpoint is intact; --rank-timeout sets the wait)\n",
-                     g_rank, g_size, g_timeout);
-        std::fflush(stderr);
-        MPI_Abort(MPI_COMM_WORLD, 3);
-      }
-    }
-    if (!error_.empty()) Fail(error_);
-    return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  }
-
- private:
-  void Run() {
-    std::vector<MPI_Request> in_flight;
-    for (;;) {
-      std::vector<std::pair<float*, int64_t>> spans;
-      {
-        std::unique_lock<std::mutex> lock(mu_);
-        if (in_flight.empty()) cv_.wait(lock, [&] { return stop_ || !queue_.empty(); });
-        if (stop_) return;
-        spans.swap(queue_);
-      }
-      std::string error;
-      for (const auto& [data, count] : spans) {
-        MPI_Request request;
-        const int rc = MPI_Iallreduce(MPI_IN_PLACE, data, static_cast<int>(count), MPI_FLOAT,
-                                      MPI_SUM, MPI_COMM_WORLD, &request);
-        if (rc != MPI_SUCCESS) {
-          error = "MPI_Iallreduce failed";
-          break;
-        }
-        in_flight.push_back(request);
-      }
-      int done = 0;
-      if (error.empty() && !in_flight.empty() &&
-          MPI_Testall(static_cast<int>(in_flight.size()), in_flight.data(), &done,
-                      MPI_STATUSES_IGNORE) != MPI_SUCCESS) {
-        error = "MPI_Testall failed";
-      }
-      if (!error.empty()) {
-        const std::lock_guard<std::mutex> lock(mu_);
-        error_ = "rank " + std::to_string(g_rank) + " of " + std::to_string(g_size) +
-                 ": the gradient all-reduce: " + error;
-        done_.notify_all();
-        return;
-      }
-      if (done != 0) {
-        const std::lock_guard<std::mutex> lock(mu_);
-        outstanding_ -= static_cast<int64_t>(in_flight.size());
-        in_flight.clear();
-        if (outstanding_ == 0) done_.notify_all();
-      } else {
-        std::this_thread::sleep_for(std::chrono::microseconds(50));
-      }
-    }
-  }
-
-  std::mutex mu_;
-  std::condition_variable cv_, done_;
-  std::vector<std::pair<float*, int64_t>> queue_;
-  int64_t outstanding_ = 0;
-  bool stop_ = false;
-  std::string error_;
-  std::thread thread_;
+struct GradientSum::Channel {
+  MPI_Comm comm = MPI_COMM_NULL;
 };
 #else
-class GradientSum::Progress {};
+struct GradientSum::Channel {};
 #endif
 
 GradientSum::GradientSum(TrainModel& m, bool deterministic) : m_(m), deterministic_(deterministic) {
 #ifdef STARLING_HAVE_MPI
-  if (Ranks::size() > 1 && !deterministic) progress_ = std::make_unique<Progress>();
+  if (Ranks::size() > 1 && !deterministic) {
+    if (!g_progress) Fail("GradientSum: no progress thread (MPI joined outside DistributedScope)");
+    channel_ = std::make_unique<Channel>();
+    Check(MPI_Comm_dup(MPI_COMM_WORLD, &channel_->comm), "MPI_Comm_dup");
+  }
 #endif
   const int32_t layers = m.config().num_layers;
   for (int32_t l = layers - 1; l >= -1; --l) {
@@ -307,6 +333,10 @@ GradientSum::GradientSum(TrainModel& m, bool deterministic) : m_(m), determinist
 
 GradientSum::~GradientSum() {
   m_.set_layer_done({});
+#ifdef STARLING_HAVE_MPI
+  // (Leaving with an error, the job ends anyway, and a sum may still be in flight on it.)
+  if (channel_ && std::uncaught_exceptions() == 0) MPI_Comm_free(&channel_->comm);
+#endif
 }
 
 void GradientSum::BeginStep(int64_t slots, int64_t step) {
@@ -373,7 +403,11 @@ void GradientSum::Start(size_t bucket) {
   for (Parameter* p : buckets_[bucket]) {
     const int64_t n = static_cast<int64_t>(p->grad.size());
     for (int64_t begin = 0; begin < n; begin += kMaxCount) {
-      if (progress_) progress_->Start(p->grad.data() + begin, std::min(kMaxCount, n - begin));
+#ifdef STARLING_HAVE_MPI
+      if (channel_) {
+        g_progress->Start(p->grad.data() + begin, std::min(kMaxCount, n - begin), channel_->comm);
+      }
+#endif
     }
     bytes_ += static_cast<uint64_t>(n) * sizeof(float);
   }
@@ -384,7 +418,9 @@ void GradientSum::Finish() {
   if (!deterministic_) {
     if (n == 1) return;
     StartUpTo(INT32_MIN);  // whatever the hooks did not start, in the same order on every rank
-    if (progress_) wait_seconds_ += progress_->Wait();
+#ifdef STARLING_HAVE_MPI
+    if (channel_) wait_seconds_ += g_progress->Wait();
+#endif
     return;
   }
   if (stack_.empty()) Fail("step ", step_, ": no micro-batch ran on rank ", Ranks::rank());

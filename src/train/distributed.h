@@ -103,8 +103,8 @@ class GradientSum {
   std::vector<std::vector<Parameter*>> buckets_;
   std::vector<int32_t> bucket_layer_;  // -1: the last bucket (not a block)
   size_t next_ = 0;                    // the next bucket to start
-  class Progress;  // the thread that runs the MPI calls of a sum in flight (distributed.cpp)
-  std::unique_ptr<Progress> progress_;
+  struct Channel;                      // its own communicator (distributed.cpp)
+  std::unique_ptr<Channel> channel_;
   // deterministic: partial sums and the number of slots each covers
   std::vector<std::vector<float>> stack_;
   std::vector<int64_t> stack_slots_;

@@ -16,7 +16,8 @@
 #    checkpoint loads; SIGTERM to one rank stops all after the same step with a checkpoint;
 #    a rank that hangs makes the others stop after --rank-timeout.
 #  - apa and ppo: each rank samples and scores its share of the rollouts, all ranks gather
-#    them; apa within 1e-4, ppo with a value model of its own bit-identical when deterministic.
+#    them; apa, and ppo with a value model of its own, within 1e-4; that ppo bit-identical
+#    when deterministic.
 #   tests/mpi/train_mpi_test.sh STARLING WORKDIR
 set -euo pipefail
 starling=$(realpath "$1")
@@ -172,6 +173,11 @@ pol=(-m "$data/tiny-mistral/hf" --prompts prompts.jsonl --rm "$data/tiny-rm/rm-a
 one train apa "${pol[@]}" --accum 2 --out apa-1 --log apa-1.jsonl
 mpi 2 train apa "${pol[@]}" --accum 2 --out apa-2 --log apa-2.jsonl
 compare apa-1.jsonl apa-2.jsonl 1e-4
+# Two gradient sums in flight at once (the policy's and its value model's): each has its own
+# communicator, one progress thread drives both.
+one train ppo "${pol[@]}" --accum 2 --separate-value-model --out ppo-1 --log ppo-1.jsonl
+mpi 2 train ppo "${pol[@]}" --accum 2 --separate-value-model --out ppo-2 --log ppo-2.jsonl
+compare ppo-1.jsonl ppo-2.jsonl 1e-4
 one train ppo "${pol[@]}" --accum 2 --separate-value-model --deterministic-reduce --out ppo-d1 \
   --log ppo-d1.jsonl
 mpi 2 train ppo "${pol[@]}" --accum 2 --separate-value-model --deterministic-reduce --out ppo-d2 \
