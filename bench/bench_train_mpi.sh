@@ -5,7 +5,9 @@
 # micro-batch) run three ways on this machine:
 #   one process, 1 thread;  one process, 2 threads;  mpirun -np 2, 1 thread per rank.
 # Prints per run the median step seconds and tokens/s over the steps after the first two, the
-# median time a rank waited in the gradient all-reduce, and the bytes each rank sums per step.
+# median wait for the gradient all-reduce of the rank that waited least (about the sum's own
+# exposed time) and of the one that waited most (plus the time it waited for the slower rank),
+# and the bytes each rank sums per step.
 #   bench/bench_train_mpi.sh [STARLING] [PRESET] [STEPS] [BATCH] [CTX]
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -44,13 +46,14 @@ name, path = sys.argv[1], sys.argv[2]
 lines = [json.loads(l) for l in open(path)][2:]
 sec = statistics.median(x["seconds"] for x in lines)
 tps = statistics.median(x["tokens_per_s"] for x in lines)
-ar = statistics.median(x.get("allreduce_seconds", 0.0) for x in lines)
+lo = statistics.median(x.get("allreduce_seconds_min", 0.0) for x in lines)
+hi = statistics.median(x.get("allreduce_seconds_max", 0.0) for x in lines)
 mib = lines[0].get("allreduce_bytes", 0) / 2**20
-print(f"| {name} | {sec:.3f} | {tps:.0f} | {ar * 1000:.1f} | {mib:.1f} |")
+print(f"| {name} | {sec:.3f} | {tps:.0f} | {lo * 1000:.1f} / {hi * 1000:.1f} | {mib:.1f} |")
 EOF
 }
 echo "$preset, global batch 2 x $batch x $ctx tokens, $steps steps (medians of steps 3..$steps)"
-echo "| run | step s | tokens/s | all-reduce wait ms | MiB summed per rank |"
+echo "| run | step s | tokens/s | all-reduce wait ms, least / most waiting rank | MiB summed per rank |"
 echo "|---|---|---|---|---|"
 run "1 process, 1 thread" 1 "$starling"
 run "1 process, 2 threads" 2 "$starling"

@@ -274,6 +274,11 @@ void RunTrainLoop(TrainModel& m, TrainObjective& objective, const TrainLoopOptio
     }
     gradient_sum.Finish();
     sums[static_cast<size_t>(o.accum)] = signals.signal() != 0 ? 1.0 : 0.0;
+    // Each rank's wait for the gradient sum, at its own index: the slowest rank waits least
+    // (about the sum's own time), the fastest also waits for it.
+    const size_t waits = sums.size();
+    sums.resize(waits + static_cast<size_t>(Ranks::size()), 0.0);
+    sums[waits + static_cast<size_t>(Ranks::rank())] = gradient_sum.wait_seconds();
     const std::vector<double> objective_sums = objective.TakeStepSums();
     sums.insert(sums.end(), objective_sums.begin(), objective_sums.end());
     Ranks::SumDoubles(sums, "the step's loss sum");
@@ -281,7 +286,9 @@ void RunTrainLoop(TrainModel& m, TrainObjective& objective, const TrainLoopOptio
     for (int64_t a = 0; a < o.accum; ++a) loss += sums[static_cast<size_t>(a)];
     const bool stop = sums[static_cast<size_t>(o.accum)] != 0.0;
     const nlohmann::json step_metrics = objective.StepMetrics(
-        std::span<const double>(sums).subspan(static_cast<size_t>(o.accum) + 1));
+        std::span<const double>(sums).subspan(waits + static_cast<size_t>(Ranks::size())));
+    const auto rank_waits =
+        std::span<const double>(sums).subspan(waits, static_cast<size_t>(Ranks::size()));
     const double norm = GradNorm(m.parameters());
     if (!std::isfinite(loss) || !std::isfinite(norm)) {
       Fail("step ", k + 1, ": the loss is ", loss, " and the gradient norm ", norm,
@@ -313,6 +320,8 @@ void RunTrainLoop(TrainModel& m, TrainObjective& objective, const TrainLoopOptio
                              {"seconds", seconds}};
       if (Ranks::size() > 1) {
         line["allreduce_seconds"] = gradient_sum.wait_seconds();
+        line["allreduce_seconds_min"] = *std::min_element(rank_waits.begin(), rank_waits.end());
+        line["allreduce_seconds_max"] = *std::max_element(rank_waits.begin(), rank_waits.end());
         line["allreduce_bytes"] = gradient_sum.bytes();
       }
       line.update(step_metrics);
