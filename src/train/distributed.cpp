@@ -42,6 +42,18 @@ void Check(int rc, const char* what) {
        std::string(text, static_cast<size_t>(std::max(0, length))));
 }
 
+// The other ranks are dead or stuck: waiting longer would hang forever, so the whole job stops.
+[[noreturn]] void StopAfterTimeout(const char* what) {
+  std::fprintf(stderr,
+               "starling: error: rank %d of %d: no answer from the other ranks for %.0f s in %s: "
+               "a rank died or hangs; stopping every rank (the last checkpoint is intact; "
+               "--rank-timeout sets the wait)\n",
+               g_rank, g_size, g_timeout, what);
+  std::fflush(stderr);
+  MPI_Abort(MPI_COMM_WORLD, 3);
+  std::abort();  // MPI_Abort does not return
+}
+
 // Waits for every request, driving MPI's progress; past the timeout the whole run stops: the
 // other ranks are dead or stuck, and waiting longer would hang forever.
 double WaitAll(std::vector<MPI_Request>& requests, const char* what) {
@@ -53,15 +65,7 @@ double WaitAll(std::vector<MPI_Request>& requests, const char* what) {
         MPI_Testall(static_cast<int>(requests.size()), requests.data(), &done, MPI_STATUSES_IGNORE),
         what);
     if (done != 0) break;
-    if (std::chrono::steady_clock::now() > deadline) {
-      std::fprintf(stderr,
-                   "starling: error: rank %d of %d: no answer from the other ranks for %.0f s "
-                   "in %s: a rank died or hangs; stopping every rank (the last checkpoint is "
-                   "intact; --rank-timeout sets the wait)\n",
-                   g_rank, g_size, g_timeout, what);
-      std::fflush(stderr);
-      MPI_Abort(MPI_COMM_WORLD, 3);
-    }
+    if (std::chrono::steady_clock::now() > deadline) StopAfterTimeout(what);
     if (spins < 1000) {
       std::this_thread::yield();
     } else {
@@ -108,13 +112,7 @@ class ProgressThread {
                                       std::chrono::duration<double>(g_timeout));
     while (outstanding_ > 0 && error_.empty()) {
       if (done_.wait_until(lock, deadline) == std::cv_status::timeout && outstanding_ > 0) {
-        std::fprintf(stderr,
-                     "starling: error: rank %d of %d: no answer from the other ranks for %.0f s "
-                     "in the gradient all-reduce: a rank died or hangs; stopping every rank (the "
-                     "last checkpoint is intact; --rank-timeout sets the wait)\n",
-                     g_rank, g_size, g_timeout);
-        std::fflush(stderr);
-        MPI_Abort(MPI_COMM_WORLD, 3);
+        StopAfterTimeout("the gradient all-reduce");
       }
     }
     if (!error_.empty()) Fail(error_);
