@@ -217,18 +217,19 @@ nlohmann::json LanguageModelObjective::Evaluate(TrainStep& step) {
 void RunTrainLoop(TrainModel& m, TrainObjective& objective, const TrainLoopOptions& o) {
   if (o.accum < 1) Fail("--accum must be at least 1, not ", o.accum);
   if (o.steps < 1) Fail("the run needs at least one step, not ", o.steps);
+  const bool root = Ranks::root();  // evaluates, logs, prints and writes
   int64_t first_step = 0, position = 0;
   if (!o.resume.empty()) {
     const std::string dir = FindCheckpoint(o.resume);
     const nlohmann::json state = LoadCheckpoint(m, dir, o.run_config);
     first_step = state["step"].get<int64_t>();
     position = state["position"].get<int64_t>();
-    if (Ranks::root())
+    if (root) {
       std::fprintf(stderr, "resuming from %s (step %lld)\n", dir.c_str(),
                    static_cast<long long>(first_step));
+    }
   }
   Ranks::set_timeout(o.rank_timeout);
-  const bool root = Ranks::root();
   std::ofstream log;
   if (!o.log.empty() && root) {
     log.open(o.log, o.resume.empty() ? std::ios::trunc : std::ios::app);
@@ -346,10 +347,9 @@ void RunTrainLoop(TrainModel& m, TrainObjective& objective, const TrainLoopOptio
     if (stop) {
       if (!root) return;
       SaveCheckpoint(m, o, k + 1, position);
-      const std::string why = signals.signal() != 0 ? "signal " + std::to_string(signals.signal())
-                                                    : std::string("a stop request on a rank");
-      std::fprintf(stderr, "%s: saved %s/checkpoint-%lld; resume with --resume %s\n", why.c_str(),
-                   o.out.c_str(), static_cast<long long>(k + 1), o.out.c_str());
+      std::fprintf(stderr, "%s: saved %s/checkpoint-%lld; resume with --resume %s\n",
+                   signals.reason().c_str(), o.out.c_str(), static_cast<long long>(k + 1),
+                   o.out.c_str());
       return;
     }
     if (root && !last && o.save_every > 0 && (k + 1) % o.save_every == 0) {

@@ -107,6 +107,10 @@ class StopSignals {
   StopSignals();
   ~StopSignals();
   int signal() const { return signal_.load(); }
+  // Why the run stops, for the message: "signal 15", or (under MPI) another rank's request.
+  std::string reason() const {
+    return signal() != 0 ? "signal " + std::to_string(signal()) : "a stop request on a rank";
+  }
 
  private:
   std::atomic<int> signal_{0};

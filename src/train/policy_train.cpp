@@ -917,10 +917,9 @@ void RunPolicyTraining(PolicyOptions p) {
       if (stop) {
         if (!root) return;
         save(step);
-        const std::string why = signals.signal() != 0 ? "signal " + std::to_string(signals.signal())
-                                                      : std::string("a stop request on a rank");
         std::fprintf(stderr, "\n%s: saved %s/checkpoint-%lld; resume with --resume %s\n",
-                     why.c_str(), loop.out.c_str(), static_cast<long long>(step), loop.out.c_str());
+                     signals.reason().c_str(), loop.out.c_str(), static_cast<long long>(step),
+                     loop.out.c_str());
         return;
       }
     }
