@@ -14,7 +14,7 @@ generator=()
 command -v ninja >/dev/null 2>&1 && generator=(-G Ninja)
 if [ ! -f build-fuzz/CMakeCache.txt ]; then
   CXX=clang++-14 cmake -S . -B build-fuzz "${generator[@]}" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-    -DSTARLING_FUZZ=ON -DSTARLING_BUILD_TESTS=OFF -DSTARLING_BUILD_BENCH=OFF
+    -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O2 -DNDEBUG" -DSTARLING_FUZZ=ON -DSTARLING_BUILD_TESTS=OFF -DSTARLING_BUILD_BENCH=OFF
 fi
 cmake --build build-fuzz -j "$(nproc)" --target "${targets[@]}"
 
