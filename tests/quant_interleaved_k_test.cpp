@@ -23,7 +23,7 @@ using Bytes = std::vector<uint8_t>;
 // An interleaved K-quant format and its functions.
 struct Format {
   WeightFormat format;
-  QuantType type;
+  WeightFormat type;
   void (*repack)(const void*, int64_t, int64_t, void*);
   void (*dequantize_row)(const void*, int64_t, int64_t, float*);
   using Dots = void (*)(const void*, int64_t, const void*, size_t, int64_t, int64_t, float*,
@@ -32,20 +32,20 @@ struct Format {
   Dots dots_avx2;
   float (*row_dot)(const void*, const void*, int64_t);  // the row-major product
 };
-const Format kFormats[] = {{WeightFormat::kQ4_K, QuantType::kQ4_K, RepackQ4_Kx8,
+const Format kFormats[] = {{WeightFormat::kQ4_K, WeightFormat::kQ4_K, RepackQ4_Kx8,
                             DequantizeRowQ4_Kx8, DotsQ4_Kx8Q8_K, DotsQ4_Kx8Q8_K_Avx2, DotQ4_KQ8_K},
-                           {WeightFormat::kQ6_K, QuantType::kQ6_K, RepackQ6_Kx8,
+                           {WeightFormat::kQ6_K, WeightFormat::kQ6_K, RepackQ6_Kx8,
                             DequantizeRowQ6_Kx8, DotsQ6_Kx8Q8_K, DotsQ6_Kx8Q8_K_Avx2, DotQ6_KQ8_K}};
 
 // `rows` weight rows of n columns from random bytes (every quant, scale and min byte occurs),
 // with fp16 scales in [2^-12, 2^4) at the block's d (and Q4_K's dmin).
-Bytes RandomRows(QuantType type, int64_t rows, int64_t n, std::mt19937& rng) {
+Bytes RandomRows(WeightFormat type, int64_t rows, int64_t n, std::mt19937& rng) {
   Bytes w(QuantRowBytes(type, n) * rows);
   std::uniform_int_distribution<int> byte(0, 255), half(0x0C00, 0x4BFF);
   for (auto& b : w) b = static_cast<uint8_t>(byte(rng));
-  const size_t d_at = type == QuantType::kQ4_K ? offsetof(BlockQ4_K, d) : offsetof(BlockQ6_K, d);
+  const size_t d_at = type == WeightFormat::kQ4_K ? offsetof(BlockQ4_K, d) : offsetof(BlockQ6_K, d);
   for (size_t p = 0; p < w.size(); p += QuantBlockBytes(type)) {
-    for (const size_t at : {d_at, type == QuantType::kQ4_K ? offsetof(BlockQ4_K, dmin) : d_at}) {
+    for (const size_t at : {d_at, type == WeightFormat::kQ4_K ? offsetof(BlockQ4_K, dmin) : d_at}) {
       const auto d = static_cast<uint16_t>(half(rng));
       std::memcpy(&w[p + at], &d, 2);
     }
@@ -103,10 +103,10 @@ TEST(QuantInterleavedK, RepackKeepsEveryValueAndPadsWithZeroRows) {
           DequantizeRow(f.type, &w[r * QuantRowBytes(f.type, n)], n, want.data());
         } else {
           // Zero scales: Q4_K 0 * q - 0; Q6_K (0 * 0) * (0 - 32) = -0.
-          std::fill(want.begin(), want.end(), f.type == QuantType::kQ6_K ? -0.0f : 0.0f);
+          std::fill(want.begin(), want.end(), f.type == WeightFormat::kQ6_K ? -0.0f : 0.0f);
         }
         ExpectSameBits(got, want,
-                       std::string(QuantTypeName(f.type)) + " rows=" + std::to_string(rows) +
+                       std::string(WeightFormatName(f.type)) + " rows=" + std::to_string(rows) +
                            " row " + std::to_string(r));
       }
     }
@@ -122,7 +122,7 @@ TEST(QuantInterleavedK, ScalarDotsEqualTheRowDotBits) {
       const Bytes a = RandomActivations(tokens, n, rng);
       const Bytes packed = Repack(f, w, rows, n);
       const size_t w_stride = QuantRowBytes(f.type, n),
-                   a_stride = QuantRowBytes(QuantType::kQ8_K, n);
+                   a_stride = QuantRowBytes(WeightFormat::kQ8_K, n);
       std::vector<float> got(rows * tokens), want(rows * tokens);
       f.dots(packed.data(), rows, a.data(), a_stride, tokens, n, got.data(), rows);
       for (int64_t r = 0; r < rows; ++r) {
@@ -130,7 +130,7 @@ TEST(QuantInterleavedK, ScalarDotsEqualTheRowDotBits) {
           want[t * rows + r] = f.row_dot(&w[r * w_stride], &a[t * a_stride], n);
         }
       }
-      ExpectSameBits(got, want, std::string(QuantTypeName(f.type)) + " n=" + std::to_string(n));
+      ExpectSameBits(got, want, std::string(WeightFormatName(f.type)) + " n=" + std::to_string(n));
     }
   }
 }
@@ -144,13 +144,13 @@ TEST(QuantInterleavedK, Avx2DotsEqualScalarBitsForEveryTileShape) {
         for (int64_t tokens = 1; tokens <= 9; ++tokens) {
           const Bytes packed = Repack(f, RandomRows(f.type, rows, n, rng), rows, n);
           const Bytes a = RandomActivations(tokens, n, rng);
-          const size_t a_stride = QuantRowBytes(QuantType::kQ8_K, n);
+          const size_t a_stride = QuantRowBytes(WeightFormat::kQ8_K, n);
           const int64_t out_stride = rows + 3;  // outputs between rows stay untouched
           std::vector<float> want(out_stride * tokens, -1.0f), got(out_stride * tokens, -1.0f);
           f.dots(packed.data(), rows, a.data(), a_stride, tokens, n, want.data(), out_stride);
           f.dots_avx2(packed.data(), rows, a.data(), a_stride, tokens, n, got.data(), out_stride);
           ExpectSameBits(got, want,
-                         std::string(QuantTypeName(f.type)) + " n=" + std::to_string(n) +
+                         std::string(WeightFormatName(f.type)) + " n=" + std::to_string(n) +
                              " rows=" + std::to_string(rows) + " tokens=" + std::to_string(tokens));
         }
       }
@@ -169,7 +169,7 @@ TEST(QuantInterleavedK, Avx2DotsAreExactAtTheExtremes) {
       Bytes w(QuantRowBytes(f.type, n) * rows, 0xFF);
       for (size_t p = 0; p < w.size(); p += QuantBlockBytes(f.type)) {
         const uint16_t one = 0x3C00;
-        if (f.type == QuantType::kQ4_K) {
+        if (f.type == WeightFormat::kQ4_K) {
           std::memcpy(&w[p], &one, 2);
           std::memcpy(&w[p + 2], &one, 2);
         } else {
@@ -187,7 +187,7 @@ TEST(QuantInterleavedK, Avx2DotsAreExactAtTheExtremes) {
       std::vector<float> want(rows * tokens), got(rows * tokens);
       f.dots(packed.data(), rows, a.data(), sizeof(BlockQ8_K), tokens, n, want.data(), rows);
       f.dots_avx2(packed.data(), rows, a.data(), sizeof(BlockQ8_K), tokens, n, got.data(), rows);
-      ExpectSameBits(got, want, QuantTypeName(f.type));
+      ExpectSameBits(got, want, WeightFormatName(f.type));
       EXPECT_EQ(want[0], f.row_dot(w.data(), a.data(), n));
     }
   }
@@ -220,14 +220,14 @@ TEST(QuantInterleavedK, MatMulOverInterleavedLayoutHasTheRowLayoutBits) {
       MatMul(row_major, x.data(), tokens, want.data());
       MatMul(interleaved, x.data(), tokens, got.data());
       ExpectSameBits(got, want,
-                     std::string(QuantTypeName(f.type)) + " tokens=" + std::to_string(tokens));
+                     std::string(WeightFormatName(f.type)) + " tokens=" + std::to_string(tokens));
     }
     std::vector<float> row(n), stored(n);
     for (int64_t r = 0; r < rows; ++r) {
       ReadRow(interleaved, r, row.data());
       ReadRow(row_major, r, stored.data());
       ExpectSameBits(row, stored,
-                     std::string(QuantTypeName(f.type)) + " ReadRow " + std::to_string(r));
+                     std::string(WeightFormatName(f.type)) + " ReadRow " + std::to_string(r));
     }
   }
 }

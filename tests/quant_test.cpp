@@ -23,13 +23,13 @@ using Bytes = std::vector<uint8_t>;
 
 constexpr double kUnit = 1.0 / (1 << 24);  // float's unit roundoff, 2^-24
 
-Bytes Quantize(QuantType type, const std::vector<float>& x) {
+Bytes Quantize(WeightFormat type, const std::vector<float>& x) {
   Bytes out(QuantRowBytes(type, static_cast<int64_t>(x.size())));
   QuantizeRow(type, x.data(), static_cast<int64_t>(x.size()), out.data());
   return out;
 }
 
-std::vector<float> Dequantize(QuantType type, const Bytes& q, int64_t n) {
+std::vector<float> Dequantize(WeightFormat type, const Bytes& q, int64_t n) {
   std::vector<float> out(static_cast<size_t>(n));
   DequantizeRow(type, q.data(), n, out.data());
   return out;
@@ -108,33 +108,33 @@ TEST(Quant, FloatToHalfRoundsToNearestEven) {
 // ---- sizes
 
 TEST(Quant, BlockAndRowSizes) {
-  EXPECT_EQ(QuantBlockSize(QuantType::kQ8_0), 32u);
-  EXPECT_EQ(QuantBlockSize(QuantType::kQ4_0), 32u);
-  EXPECT_EQ(QuantBlockSize(QuantType::kQ4_K), 256u);
-  EXPECT_EQ(QuantBlockSize(QuantType::kQ6_K), 256u);
-  EXPECT_EQ(QuantBlockSize(QuantType::kQ8_K), 256u);
-  EXPECT_EQ(QuantBlockBytes(QuantType::kQ8_0), 34u);
-  EXPECT_EQ(QuantBlockBytes(QuantType::kQ4_0), 18u);
-  EXPECT_EQ(QuantBlockBytes(QuantType::kQ4_K), 144u);
-  EXPECT_EQ(QuantBlockBytes(QuantType::kQ6_K), 210u);
-  EXPECT_EQ(QuantBlockBytes(QuantType::kQ8_K), 292u);
-  EXPECT_EQ(QuantRowBytes(QuantType::kQ8_0, 4096), 128u * 34);
-  EXPECT_EQ(QuantRowBytes(QuantType::kQ4_0, 4096), 128u * 18);
-  EXPECT_EQ(QuantRowBytes(QuantType::kQ4_K, 4096), 16u * 144);
-  EXPECT_EQ(QuantRowBytes(QuantType::kQ6_K, 14336), 56u * 210);
-  EXPECT_EQ(QuantRowBytes(QuantType::kQ8_K, 256), 292u);
-  EXPECT_EQ(QuantRowBytes(QuantType::kQ4_K, 0), 0u);
+  EXPECT_EQ(QuantBlockSize(WeightFormat::kQ8_0), 32u);
+  EXPECT_EQ(QuantBlockSize(WeightFormat::kQ4_0), 32u);
+  EXPECT_EQ(QuantBlockSize(WeightFormat::kQ4_K), 256u);
+  EXPECT_EQ(QuantBlockSize(WeightFormat::kQ6_K), 256u);
+  EXPECT_EQ(QuantBlockSize(WeightFormat::kQ8_K), 256u);
+  EXPECT_EQ(QuantBlockBytes(WeightFormat::kQ8_0), 34u);
+  EXPECT_EQ(QuantBlockBytes(WeightFormat::kQ4_0), 18u);
+  EXPECT_EQ(QuantBlockBytes(WeightFormat::kQ4_K), 144u);
+  EXPECT_EQ(QuantBlockBytes(WeightFormat::kQ6_K), 210u);
+  EXPECT_EQ(QuantBlockBytes(WeightFormat::kQ8_K), 292u);
+  EXPECT_EQ(QuantRowBytes(WeightFormat::kQ8_0, 4096), 128u * 34);
+  EXPECT_EQ(QuantRowBytes(WeightFormat::kQ4_0, 4096), 128u * 18);
+  EXPECT_EQ(QuantRowBytes(WeightFormat::kQ4_K, 4096), 16u * 144);
+  EXPECT_EQ(QuantRowBytes(WeightFormat::kQ6_K, 14336), 56u * 210);
+  EXPECT_EQ(QuantRowBytes(WeightFormat::kQ8_K, 256), 292u);
+  EXPECT_EQ(QuantRowBytes(WeightFormat::kQ4_K, 0), 0u);
 }
 
 TEST(Quant, BadRowLengthsThrow) {
-  EXPECT_THROW(QuantRowBytes(QuantType::kQ8_0, 33), Error);
-  EXPECT_THROW(QuantRowBytes(QuantType::kQ8_0, 31), Error);
-  EXPECT_THROW(QuantRowBytes(QuantType::kQ4_0, -32), Error);
-  EXPECT_THROW(QuantRowBytes(QuantType::kQ4_K, 32), Error);
-  EXPECT_THROW(QuantRowBytes(QuantType::kQ6_K, 4096 + 128), Error);
-  EXPECT_THROW(QuantRowBytes(QuantType::kQ8_K, 255), Error);
+  EXPECT_THROW(QuantRowBytes(WeightFormat::kQ8_0, 33), Error);
+  EXPECT_THROW(QuantRowBytes(WeightFormat::kQ8_0, 31), Error);
+  EXPECT_THROW(QuantRowBytes(WeightFormat::kQ4_0, -32), Error);
+  EXPECT_THROW(QuantRowBytes(WeightFormat::kQ4_K, 32), Error);
+  EXPECT_THROW(QuantRowBytes(WeightFormat::kQ6_K, 4096 + 128), Error);
+  EXPECT_THROW(QuantRowBytes(WeightFormat::kQ8_K, 255), Error);
   try {
-    QuantRowBytes(QuantType::kQ4_K, 100);
+    QuantRowBytes(WeightFormat::kQ4_K, 100);
     FAIL() << "no throw";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("Q4_K"), std::string::npos) << e.what();
@@ -142,8 +142,8 @@ TEST(Quant, BadRowLengthsThrow) {
   }
   std::vector<float> x(512, 1.0f);
   Bytes buf(4096);
-  EXPECT_THROW(QuantizeRow(QuantType::kQ4_K, x.data(), 300, buf.data()), Error);
-  EXPECT_THROW(DequantizeRow(QuantType::kQ8_0, buf.data(), 48, x.data()), Error);
+  EXPECT_THROW(QuantizeRow(WeightFormat::kQ4_K, x.data(), 300, buf.data()), Error);
+  EXPECT_THROW(DequantizeRow(WeightFormat::kQ8_0, buf.data(), 48, x.data()), Error);
   EXPECT_THROW(DotQ8_0Q8_0(buf.data(), buf.data(), 40), Error);
   EXPECT_THROW(DotQ4_0Q8_0(buf.data(), buf.data(), -32), Error);
   EXPECT_THROW(DotQ4_KQ8_K(buf.data(), buf.data(), 128), Error);
@@ -160,7 +160,7 @@ TEST(Quant, Q8_0Layout) {
   Bytes block(34);
   PutHalf(block.data(), 0x3555);  // 2^-2 * (1 + 341/1024) = 1365/4096
   for (int j = 0; j < 32; ++j) block[2 + j] = static_cast<uint8_t>(j * 8 - 128);  // -128..120
-  const auto out = Dequantize(QuantType::kQ8_0, block, 32);
+  const auto out = Dequantize(WeightFormat::kQ8_0, block, 32);
   for (int j = 0; j < 32; ++j)
     EXPECT_EQ(out[j], 1365.0f / 4096.0f * static_cast<float>(j * 8 - 128)) << j;
   EXPECT_EQ(out[0], -42.65625f);
@@ -171,7 +171,7 @@ TEST(Quant, Q4_0Layout) {
   PutHalf(block.data(), 0xC000);  // d = -2
   // Byte j holds element j (low nibble, = j) and element j + 16 (high nibble, = 15 - j).
   for (int j = 0; j < 16; ++j) block[2 + j] = static_cast<uint8_t>(j | (15 - j) << 4);
-  const auto out = Dequantize(QuantType::kQ4_0, block, 32);
+  const auto out = Dequantize(WeightFormat::kQ4_0, block, 32);
   for (int j = 0; j < 16; ++j) {
     EXPECT_EQ(out[j], -2.0f * static_cast<float>(j - 8)) << j;
     EXPECT_EQ(out[j + 16], -2.0f * static_cast<float>(7 - j)) << j;
@@ -197,7 +197,7 @@ TEST(Quant, Q4_KLayout) {
   std::memcpy(block.data() + 4, scales, 12);
   // qs[32g + l]: low nibble l % 16 (element 64g + l), high nibble 15 - l % 16 (64g + 32 + l).
   for (int i = 0; i < 128; ++i) block[16 + i] = static_cast<uint8_t>(i % 16 | (15 - i % 16) << 4);
-  const auto out = Dequantize(QuantType::kQ4_K, block, 256);
+  const auto out = Dequantize(WeightFormat::kQ4_K, block, 256);
   for (int g = 0; g < 4; ++g) {
     for (int l = 0; l < 32; ++l) {
       const auto lo = static_cast<float>(l % 16);
@@ -225,7 +225,7 @@ TEST(Quant, Q6_KLayout) {
   //   element 128h + 32 + l: ql[64h+32+l] & 15 = l % 16, high 1     -> l % 16 - 16
   //   element 128h + 64 + l: ql[64h + l] >> 4 = 4h + l / 16, high 2 -> 4h + l / 16
   //   element 128h + 96 + l: ql[64h+32+l] >> 4 = 4h + 2 + l / 16, high 3 -> 4h + 18 + l / 16
-  const auto out = Dequantize(QuantType::kQ6_K, block, 256);
+  const auto out = Dequantize(WeightFormat::kQ6_K, block, 256);
   for (int h = 0; h < 2; ++h) {
     for (int l = 0; l < 32; ++l) {
       const int e = 128 * h + l;
@@ -251,7 +251,7 @@ TEST(Quant, Q8_KLayout) {
   const float d = 0.25f;
   std::memcpy(block.data(), &d, 4);
   for (int j = 0; j < 256; ++j) block[4 + j] = static_cast<uint8_t>(j - 128);
-  const auto out = Dequantize(QuantType::kQ8_K, block, 256);
+  const auto out = Dequantize(WeightFormat::kQ8_K, block, 256);
   for (int j = 0; j < 256; ++j) EXPECT_EQ(out[j], 0.25f * static_cast<float>(j - 128)) << j;
 }
 
@@ -264,18 +264,18 @@ TEST(Quant, Q8_0QuantizeRoundsHalfAwayFromZero) {
   const int expected[] = {-127, 3, -3, 1, -1, 1, 127, -127, 0};
   for (int j = 0; j < 9; ++j) x[j] = values[j];
   // Block 1: all zero -> d = 0 and zero quants, dequantizing to 0 (not NaN).
-  const Bytes q = Quantize(QuantType::kQ8_0, x);
+  const Bytes q = Quantize(WeightFormat::kQ8_0, x);
   EXPECT_EQ(GetHalf(&q[0]), 0x3C00);
   for (int j = 0; j < 9; ++j) EXPECT_EQ(static_cast<int8_t>(q[2 + j]), expected[j]) << j;
   for (int j = 9; j < 32; ++j) EXPECT_EQ(q[2 + j], 0) << j;
   for (int j = 0; j < 34; ++j) EXPECT_EQ(q[34 + j], 0) << j;
-  for (float v : Dequantize(QuantType::kQ8_0, q, 64)) EXPECT_FALSE(std::isnan(v));
+  for (float v : Dequantize(WeightFormat::kQ8_0, q, 64)) EXPECT_FALSE(std::isnan(v));
 
   // amax 1: d = 1/127 -> fp16 0x2008 (2^-7 * (1 + 8/1024): 1/127 = 2^-7 * 1.00787).
   std::vector<float> y(32, 0.25f);
   y[3] = -1.0f;
   y[4] = 1.0f;
-  const Bytes qy = Quantize(QuantType::kQ8_0, y);
+  const Bytes qy = Quantize(WeightFormat::kQ8_0, y);
   EXPECT_EQ(GetHalf(&qy[0]), 0x2008);
   EXPECT_EQ(static_cast<int8_t>(qy[2 + 3]), -127);
   EXPECT_EQ(static_cast<int8_t>(qy[2 + 4]), 127);
@@ -294,7 +294,7 @@ TEST(Quant, Q4_0QuantizeTiesRoundUpAndClipsTheFarSide) {
   const int qb[] = {8, 8, 9, 0, 15, 6, 8};
   for (int j = 0; j < 7; ++j) x[32 + j] = b[j];
   // Block 2: all zero. max stays 0, and 0 / -8 is -0: ggml stores 0x8000.
-  const Bytes q = Quantize(QuantType::kQ4_0, x);
+  const Bytes q = Quantize(WeightFormat::kQ4_0, x);
   auto nibble = [&](int block, int j) {
     const uint8_t byte = q[18 * block + 2 + j % 16];
     return j < 16 ? byte & 15 : byte >> 4;
@@ -306,7 +306,7 @@ TEST(Quant, Q4_0QuantizeTiesRoundUpAndClipsTheFarSide) {
   for (int j = 0; j < 7; ++j) EXPECT_EQ(nibble(1, j), qb[j]) << j;
   EXPECT_EQ(GetHalf(&q[36]), 0x8000);
   for (int j = 0; j < 16; ++j) EXPECT_EQ(q[38 + j], 0x88) << j;
-  const auto out = Dequantize(QuantType::kQ4_0, q, 96);
+  const auto out = Dequantize(WeightFormat::kQ4_0, q, 96);
   EXPECT_EQ(out[6], 7.0f);  // the clipped +8
   for (int j = 64; j < 96; ++j) EXPECT_EQ(out[j], 0.0f) << j;
 }
@@ -323,7 +323,7 @@ TEST(Quant, Q8_KQuantizeRoundsHalfToEvenWithBlockSums) {
   x[256 + 5] = 127.0f;
   x[256 + 6] = -127.0f;
   x[256 + 7] = 2.5f;
-  const Bytes q = Quantize(QuantType::kQ8_K, x);
+  const Bytes q = Quantize(WeightFormat::kQ8_K, x);
   float d0, d1;
   std::memcpy(&d0, &q[0], 4);
   std::memcpy(&d1, &q[292], 4);
@@ -343,7 +343,7 @@ TEST(Quant, Q8_KQuantizeRoundsHalfToEvenWithBlockSums) {
   EXPECT_EQ(static_cast<int8_t>(q[292 + 4 + 7]), -2);
   EXPECT_EQ(bsum(1, 0), -2);
   // All zero: everything zero, including the sums.
-  const Bytes z = Quantize(QuantType::kQ8_K, std::vector<float>(256, 0.0f));
+  const Bytes z = Quantize(WeightFormat::kQ8_K, std::vector<float>(256, 0.0f));
   EXPECT_EQ(z, Bytes(292, 0));
 }
 
@@ -420,11 +420,11 @@ TEST(Quant, Q8_0AndQ4_0MatchGgmlReferenceFormula) {
     special[33] = 8.0f;
     for (int j = 34; j < 64; ++j) special[j] = static_cast<float>(j - 49) * 0.5f;
     x.insert(x.end(), special.begin(), special.end());
-    for (QuantType type : {QuantType::kQ8_0, QuantType::kQ4_0}) {
+    for (WeightFormat type : {WeightFormat::kQ8_0, WeightFormat::kQ4_0}) {
       const Bytes got = Quantize(type, x);
-      const Bytes want = type == QuantType::kQ8_0 ? RefQ8_0(x) : RefQ4_0(x);
+      const Bytes want = type == WeightFormat::kQ8_0 ? RefQ8_0(x) : RefQ4_0(x);
       const int64_t at = FirstMismatch(got, want);
-      EXPECT_EQ(at, -1) << QuantTypeName(type) << " n=" << n << " byte " << at << " block "
+      EXPECT_EQ(at, -1) << WeightFormatName(type) << " n=" << n << " byte " << at << " block "
                         << at / static_cast<int64_t>(QuantBlockBytes(type)) << ": want "
                         << int{want[at]} << " got " << int{got[at]};
     }
@@ -451,11 +451,11 @@ TEST(Quant, BytesEqualGgmlReference) {
     x[i] = static_cast<float>(v) / 37.0f * static_cast<float>(1 + i / 32 % 7);
   }
   std::fill(x.begin() + 512, x.begin() + 768, 0.0f);
-  EXPECT_EQ(Fnv1a(Quantize(QuantType::kQ8_0, x)), 0x3bcbb194427d7542ull);
-  EXPECT_EQ(Fnv1a(Quantize(QuantType::kQ4_0, x)), 0x24bb5d426a180e90ull);
-  EXPECT_EQ(Fnv1a(Quantize(QuantType::kQ4_K, x)), 0x3343475d3bd3e99eull);
-  EXPECT_EQ(Fnv1a(Quantize(QuantType::kQ6_K, x)), 0x79b244128fc601a8ull);
-  EXPECT_EQ(Fnv1a(Quantize(QuantType::kQ8_K, x)), 0x72e3d3a01f9d12d9ull);
+  EXPECT_EQ(Fnv1a(Quantize(WeightFormat::kQ8_0, x)), 0x3bcbb194427d7542ull);
+  EXPECT_EQ(Fnv1a(Quantize(WeightFormat::kQ4_0, x)), 0x24bb5d426a180e90ull);
+  EXPECT_EQ(Fnv1a(Quantize(WeightFormat::kQ4_K, x)), 0x3343475d3bd3e99eull);
+  EXPECT_EQ(Fnv1a(Quantize(WeightFormat::kQ6_K, x)), 0x79b244128fc601a8ull);
+  EXPECT_EQ(Fnv1a(Quantize(WeightFormat::kQ8_K, x)), 0x72e3d3a01f9d12d9ull);
 }
 
 // ---- round trips
@@ -468,7 +468,7 @@ TEST(Quant, RoundTripErrorBounds) {
   // Q8_0: d = amax / 127 quantizes with error <= d / 2; storing d as fp16 moves each of up to
   // 127 steps by <= d * 2^-11. Float slack: 2^-20 * amax.
   {
-    const auto y = Dequantize(QuantType::kQ8_0, Quantize(QuantType::kQ8_0, x), n);
+    const auto y = Dequantize(WeightFormat::kQ8_0, Quantize(WeightFormat::kQ8_0, x), n);
     for (int64_t b = 0; b < n; b += 32) {
       float amax = 0;
       for (int64_t j = b; j < b + 32; ++j) amax = std::max(amax, std::fabs(x[j]));
@@ -482,7 +482,7 @@ TEST(Quant, RoundTripErrorBounds) {
   // side of the extreme) clips to 7, so the error is <= |d| / 2 there but <= |d| beyond 7.5;
   // fp16 d adds <= 8 * |d| * 2^-11.
   {
-    const auto y = Dequantize(QuantType::kQ4_0, Quantize(QuantType::kQ4_0, x), n);
+    const auto y = Dequantize(WeightFormat::kQ4_0, Quantize(WeightFormat::kQ4_0, x), n);
     for (int64_t b = 0; b < n; b += 32) {
       float amax = 0, max = 0;
       for (int64_t j = b; j < b + 32; ++j) {
@@ -500,7 +500,7 @@ TEST(Quant, RoundTripErrorBounds) {
   }
   // Q8_K: d = max / -127 stays a float: error <= |d| / 2 plus float slack.
   {
-    const auto y = Dequantize(QuantType::kQ8_K, Quantize(QuantType::kQ8_K, x), n);
+    const auto y = Dequantize(WeightFormat::kQ8_K, Quantize(WeightFormat::kQ8_K, x), n);
     for (int64_t b = 0; b < n; b += 256) {
       float amax = 0;
       for (int64_t j = b; j < b + 256; ++j) amax = std::max(amax, std::fabs(x[j]));
@@ -526,8 +526,8 @@ TEST(Quant, KQuantsPickTheNearestCodeOnTheirGrid) {
   for (float v : x) sum_x2 += static_cast<double>(v) * v;
 
   {
-    const Bytes q = Quantize(QuantType::kQ4_K, x);
-    const auto y = Dequantize(QuantType::kQ4_K, q, n);
+    const Bytes q = Quantize(WeightFormat::kQ4_K, x);
+    const auto y = Dequantize(WeightFormat::kQ4_K, q, n);
     double err2 = 0;
     for (int64_t b = 0; b < n / 256; ++b) {
       const uint8_t* block = &q[144 * b];
@@ -566,8 +566,8 @@ TEST(Quant, KQuantsPickTheNearestCodeOnTheirGrid) {
     EXPECT_LT(std::sqrt(err2 / sum_x2), 0.10);
   }
   {
-    const Bytes q = Quantize(QuantType::kQ6_K, x);
-    const auto y = Dequantize(QuantType::kQ6_K, q, n);
+    const Bytes q = Quantize(WeightFormat::kQ6_K, x);
+    const auto y = Dequantize(WeightFormat::kQ6_K, q, n);
     for (int64_t b = 0; b < n / 256; ++b) {
       const uint8_t* block = &q[210 * b];
       const float d = HalfToFloat(GetHalf(block + 208));
@@ -600,17 +600,17 @@ TEST(Quant, KQuantsPickTheNearestCodeOnTheirGrid) {
 // ---- dot products against double sums of the dequantized rows
 
 struct DotCase {
-  QuantType weight;
-  QuantType act;
+  WeightFormat weight;
+  WeightFormat act;
   float (*dot)(const void*, const void*, int64_t);
   float (*dot_avx2)(const void*, const void*, int64_t);
 };
 
 const DotCase kDots[] = {
-    {QuantType::kQ8_0, QuantType::kQ8_0, DotQ8_0Q8_0, DotQ8_0Q8_0_Avx2},
-    {QuantType::kQ4_0, QuantType::kQ8_0, DotQ4_0Q8_0, DotQ4_0Q8_0_Avx2},
-    {QuantType::kQ4_K, QuantType::kQ8_K, DotQ4_KQ8_K, DotQ4_KQ8_K_Avx2},
-    {QuantType::kQ6_K, QuantType::kQ8_K, DotQ6_KQ8_K, DotQ6_KQ8_K_Avx2},
+    {WeightFormat::kQ8_0, WeightFormat::kQ8_0, DotQ8_0Q8_0, DotQ8_0Q8_0_Avx2},
+    {WeightFormat::kQ4_0, WeightFormat::kQ8_0, DotQ4_0Q8_0, DotQ4_0Q8_0_Avx2},
+    {WeightFormat::kQ4_K, WeightFormat::kQ8_K, DotQ4_KQ8_K, DotQ4_KQ8_K_Avx2},
+    {WeightFormat::kQ6_K, WeightFormat::kQ8_K, DotQ6_KQ8_K, DotQ6_KQ8_K_Avx2},
 };
 
 // sum_i |terms| of the dot product: |w_i * a_i|, where for Q4_K the two parts of w_i
@@ -623,10 +623,10 @@ double SumOfAbsTerms(const DotCase& c, const Bytes& w, const std::vector<float>&
   double s = 0;
   for (int64_t i = 0; i < n; ++i) {
     double wi = std::fabs(wd[i]);
-    if (q4_0_offset && c.weight == QuantType::kQ4_0) {
+    if (q4_0_offset && c.weight == WeightFormat::kQ4_0) {
       wi += 16.0 * std::fabs(static_cast<double>(HalfToFloat(GetHalf(&w[18 * (i / 32)]))));
     }
-    if (c.weight == QuantType::kQ4_K) {
+    if (c.weight == WeightFormat::kQ4_K) {
       const uint8_t* block = &w[144 * (i / 256)];
       uint8_t sc, m;
       Q4_KScaleMin(block + 4, static_cast<int>(i % 256 / 32), &sc, &m);
@@ -657,7 +657,7 @@ TEST(Quant, DotProductsMatchDoubleSums) {
       const double blocks = static_cast<double>(n / static_cast<int64_t>(QuantBlockSize(c.weight)));
       const double tol = (2 * blocks + 8) * kUnit * SumOfAbsTerms(c, w, ad, n);
       const float got = c.dot(w.data(), a.data(), n);
-      EXPECT_NEAR(got, ref, tol) << QuantTypeName(c.weight) << " n=" << n;
+      EXPECT_NEAR(got, ref, tol) << WeightFormatName(c.weight) << " n=" << n;
     }
   }
 }
@@ -667,8 +667,8 @@ TEST(Quant, DotProductOfZeroBlocksIsZero) {
   for (const DotCase& c : kDots) {
     const Bytes w = Quantize(c.weight, zero);
     const Bytes a = Quantize(c.act, zero);
-    EXPECT_EQ(c.dot(w.data(), a.data(), 512), 0.0f) << QuantTypeName(c.weight);
-    EXPECT_EQ(c.dot(w.data(), a.data(), 0), 0.0f) << QuantTypeName(c.weight);
+    EXPECT_EQ(c.dot(w.data(), a.data(), 512), 0.0f) << WeightFormatName(c.weight);
+    EXPECT_EQ(c.dot(w.data(), a.data(), 0), 0.0f) << WeightFormatName(c.weight);
   }
 }
 
@@ -693,30 +693,30 @@ TEST(Quant, Avx2QuantizersMatchScalarBytes) {
       x[301] = -5.0f;
       x[299] = 2.5f;
     }
-    for (QuantType type : {QuantType::kQ8_0, QuantType::kQ8_K}) {
+    for (WeightFormat type : {WeightFormat::kQ8_0, WeightFormat::kQ8_K}) {
       const Bytes want = Quantize(type, x);
       Bytes got(want.size(), 0xAA);
-      if (type == QuantType::kQ8_0) {
+      if (type == WeightFormat::kQ8_0) {
         QuantizeRowQ8_0_Avx2(x.data(), n, got.data());
       } else {
         QuantizeRowQ8_K_Avx2(x.data(), n, got.data());
       }
       const int64_t at = FirstMismatch(got, want);
-      EXPECT_EQ(at, -1) << QuantTypeName(type) << " n=" << n << " byte " << at << ": want "
+      EXPECT_EQ(at, -1) << WeightFormatName(type) << " n=" << n << " byte " << at << ": want "
                         << int{want[at]} << " got " << int{got[at]};
     }
   }
   // A row of all zeros (Q8_K: the zero branch).
   const std::vector<float> zero(512, 0.0f);
-  Bytes got(QuantRowBytes(QuantType::kQ8_K, 512), 0xAA);
+  Bytes got(QuantRowBytes(WeightFormat::kQ8_K, 512), 0xAA);
   QuantizeRowQ8_K_Avx2(zero.data(), 512, got.data());
-  EXPECT_EQ(got, Quantize(QuantType::kQ8_K, zero));
+  EXPECT_EQ(got, Quantize(WeightFormat::kQ8_K, zero));
 }
 
 // Random blocks straight from bytes (not from the quantizers), so that every code and every
 // scale combination can occur: fp16 scales in [2^-12, 2^4), random quant bytes; Q8_0 activation
 // quants in [-127, 127] (DotQ8_0Q8_0_Avx2's contract), Q8_K bsums consistent with qs.
-Bytes RandomBlocks(QuantType type, int64_t n, std::mt19937& rng, bool activation,
+Bytes RandomBlocks(WeightFormat type, int64_t n, std::mt19937& rng, bool activation,
                    bool unit_scales) {
   Bytes out(QuantRowBytes(type, n));
   std::uniform_int_distribution<int> byte(0, 255);
@@ -728,19 +728,34 @@ Bytes RandomBlocks(QuantType type, int64_t n, std::mt19937& rng, bool activation
     uint8_t* block = &out[p];
     auto scale = [&] { return static_cast<uint16_t>(unit_scales ? 0x3C00 : half(rng)); };
     switch (type) {
-      case QuantType::kQ8_0:
+      case WeightFormat::kQ8_0:
         PutHalf(block, scale());
         if (activation) {
           for (int j = 0; j < 32; ++j) block[2 + j] = static_cast<uint8_t>(quant(rng));
         }
         break;
-      case QuantType::kQ4_0: PutHalf(block, scale()); break;
-      case QuantType::kQ4_K:
+      case WeightFormat::kQ4_0: PutHalf(block, scale()); break;
+      case WeightFormat::kQ4_K:
         PutHalf(block, scale());
         PutHalf(block + 2, scale());
         break;
-      case QuantType::kQ6_K: PutHalf(block + 208, scale()); break;
-      case QuantType::kQ8_K: {
+      case WeightFormat::kQ6_K: PutHalf(block + 208, scale()); break;
+      case WeightFormat::kQ5_0: PutHalf(block, scale()); break;
+      case WeightFormat::kQ4_1:
+      case WeightFormat::kQ5_1:
+      case WeightFormat::kQ5_K:
+        PutHalf(block, scale());
+        PutHalf(block + 2, scale());
+        break;
+      case WeightFormat::kQ2_K:
+        PutHalf(block + 80, scale());
+        PutHalf(block + 82, scale());
+        break;
+      case WeightFormat::kQ3_K: PutHalf(block + 108, scale()); break;
+      case WeightFormat::kF32:
+      case WeightFormat::kF16:
+      case WeightFormat::kBF16: break;  // not block formats: the random bytes stay
+      case WeightFormat::kQ8_K: {
         const float d = unit_scales ? 1.0f : HalfToFloat(static_cast<uint16_t>(half(rng)));
         std::memcpy(block, &d, 4);
         for (int k = 0; k < 16; ++k) {
@@ -760,7 +775,7 @@ TEST(Quant, Avx2KQuantDotsEqualScalarBits) {
   if (!CpuHasAvx2Fma()) GTEST_SKIP() << "no AVX2/FMA/F16C";
   std::mt19937 rng(23);
   for (const DotCase& c : kDots) {
-    if (c.act != QuantType::kQ8_K) continue;
+    if (c.act != WeightFormat::kQ8_K) continue;
     for (int64_t n : kSimdLengths) {
       for (int rep = 0; rep < 3; ++rep) {
         const Bytes w = RandomBlocks(c.weight, n, rng, false, false);
@@ -768,7 +783,7 @@ TEST(Quant, Avx2KQuantDotsEqualScalarBits) {
         const float want = c.dot(w.data(), a.data(), n);
         const float got = c.dot_avx2(w.data(), a.data(), n);
         EXPECT_EQ(std::bit_cast<uint32_t>(got), std::bit_cast<uint32_t>(want))
-            << QuantTypeName(c.weight) << " n=" << n << " rep " << rep << ": want " << want
+            << WeightFormatName(c.weight) << " n=" << n << " rep " << rep << ": want " << want
             << " got " << got;
       }
       // And on quantized real-looking data.
@@ -776,7 +791,39 @@ TEST(Quant, Avx2KQuantDotsEqualScalarBits) {
       const Bytes a = Quantize(c.act, RandomRow(n, rng));
       EXPECT_EQ(std::bit_cast<uint32_t>(c.dot_avx2(w.data(), a.data(), n)),
                 std::bit_cast<uint32_t>(c.dot(w.data(), a.data(), n)))
-          << QuantTypeName(c.weight) << " n=" << n;
+          << WeightFormatName(c.weight) << " n=" << n;
+    }
+  }
+}
+
+// The formats added with the format table: their AVX2 dot products return the scalar twins'
+// bits (exact integer sums per block, then the twin's float operations), on random blocks of
+// any bytes and on quantized data, at every length.
+TEST(Quant, Avx2DotsOfTheLaterFormatsEqualScalarBits) {
+  if (!CpuHasAvx2Fma()) GTEST_SKIP() << "no AVX2/FMA/F16C";
+  const DotCase later[] = {
+      {WeightFormat::kQ4_1, WeightFormat::kQ8_0, DotQ4_1Q8_0, DotQ4_1Q8_0_Avx2},
+      {WeightFormat::kQ5_0, WeightFormat::kQ8_0, DotQ5_0Q8_0, DotQ5_0Q8_0_Avx2},
+      {WeightFormat::kQ5_1, WeightFormat::kQ8_0, DotQ5_1Q8_0, DotQ5_1Q8_0_Avx2},
+      {WeightFormat::kQ2_K, WeightFormat::kQ8_K, DotQ2_KQ8_K, DotQ2_KQ8_K_Avx2},
+      {WeightFormat::kQ3_K, WeightFormat::kQ8_K, DotQ3_KQ8_K, DotQ3_KQ8_K_Avx2},
+      {WeightFormat::kQ5_K, WeightFormat::kQ8_K, DotQ5_KQ8_K, DotQ5_KQ8_K_Avx2},
+  };
+  std::mt19937 rng(31);
+  for (const DotCase& c : later) {
+    for (int64_t n : {256, 512, 4096, 11008}) {
+      for (int rep = 0; rep < 3; ++rep) {
+        const Bytes w = RandomBlocks(c.weight, n, rng, false, false);
+        const Bytes a = RandomBlocks(c.act, n, rng, true, false);
+        EXPECT_EQ(std::bit_cast<uint32_t>(c.dot_avx2(w.data(), a.data(), n)),
+                  std::bit_cast<uint32_t>(c.dot(w.data(), a.data(), n)))
+            << WeightFormatName(c.weight) << " n=" << n << " rep " << rep;
+      }
+      const Bytes w = Quantize(c.weight, RandomRow(n, rng));
+      const Bytes a = Quantize(c.act, RandomRow(n, rng));
+      EXPECT_EQ(std::bit_cast<uint32_t>(c.dot_avx2(w.data(), a.data(), n)),
+                std::bit_cast<uint32_t>(c.dot(w.data(), a.data(), n)))
+          << WeightFormatName(c.weight) << " n=" << n << " quantized";
     }
   }
 }
@@ -785,7 +832,7 @@ TEST(Quant, Avx2Q8_0DotsMatchScalar) {
   if (!CpuHasAvx2Fma()) GTEST_SKIP() << "no AVX2/FMA/F16C";
   std::mt19937 rng(29);
   for (const DotCase& c : kDots) {
-    if (c.act != QuantType::kQ8_0) continue;
+    if (c.act != WeightFormat::kQ8_0) continue;
     // Integer parts exactly: with unit scales every partial sum is an integer below
     // 1024 * 128 * 127 < 2^24, so both versions are exact and equal the int64 sum.
     for (int64_t n : {32, 64, 96, 256, 1024}) {
@@ -798,9 +845,9 @@ TEST(Quant, Avx2Q8_0DotsMatchScalar) {
         exact += static_cast<int64_t>(wd[i]) * static_cast<int64_t>(ad[i]);
       }
       EXPECT_EQ(c.dot(w.data(), a.data(), n), static_cast<float>(exact))
-          << QuantTypeName(c.weight) << " n=" << n;
+          << WeightFormatName(c.weight) << " n=" << n;
       EXPECT_EQ(c.dot_avx2(w.data(), a.data(), n), static_cast<float>(exact))
-          << QuantTypeName(c.weight) << " n=" << n;
+          << WeightFormatName(c.weight) << " n=" << n;
     }
     // Floats within the bound stated in quant.h.
     for (int64_t n : {32, 64, 96, 4096, 4128, 11008, 14336}) {
@@ -812,7 +859,7 @@ TEST(Quant, Avx2Q8_0DotsMatchScalar) {
                            SumOfAbsTerms(c, w, std::vector<float>(ad.begin(), ad.end()), n, true);
         const float want = c.dot(w.data(), a.data(), n);
         const float got = c.dot_avx2(w.data(), a.data(), n);
-        EXPECT_NEAR(got, want, tol) << QuantTypeName(c.weight) << " n=" << n << " rep " << rep;
+        EXPECT_NEAR(got, want, tol) << WeightFormatName(c.weight) << " n=" << n << " rep " << rep;
       }
     }
   }
@@ -826,25 +873,25 @@ TEST(Quant, Avx2TiledDotsEqualSingleDotsBitForBit) {
   using Dots = void (*)(const void*, size_t, int64_t, const void*, size_t, int64_t, int64_t, float*,
                         int64_t);
   const struct {
-    QuantType weight;
+    WeightFormat weight;
     Dots dots;
     float (*dot)(const void*, const void*, int64_t);
-  } cases[] = {{QuantType::kQ8_0, DotsQ8_0Q8_0_Avx2, DotQ8_0Q8_0_Avx2},
-               {QuantType::kQ4_0, DotsQ4_0Q8_0_Avx2, DotQ4_0Q8_0_Avx2}};
+  } cases[] = {{WeightFormat::kQ8_0, DotsQ8_0Q8_0_Avx2, DotQ8_0Q8_0_Avx2},
+               {WeightFormat::kQ4_0, DotsQ4_0Q8_0_Avx2, DotQ4_0Q8_0_Avx2}};
   std::mt19937 rng(31);
   for (const auto& c : cases) {
     for (int64_t n : {32, 96, 288}) {
       for (int64_t rows = 1; rows <= 9; ++rows) {
         for (int64_t tokens = 1; tokens <= 5; ++tokens) {
           const size_t w_stride = QuantRowBytes(c.weight, n) + 2;  // padding between rows
-          const size_t a_stride = QuantRowBytes(QuantType::kQ8_0, n) + 34;
+          const size_t a_stride = QuantRowBytes(WeightFormat::kQ8_0, n) + 34;
           Bytes w(w_stride * rows), a(a_stride * tokens);
           for (int64_t r = 0; r < rows; ++r) {
             const Bytes row = RandomBlocks(c.weight, n, rng, false, false);
             std::copy(row.begin(), row.end(), w.begin() + r * w_stride);
           }
           for (int64_t t = 0; t < tokens; ++t) {
-            const Bytes row = RandomBlocks(QuantType::kQ8_0, n, rng, true, false);
+            const Bytes row = RandomBlocks(WeightFormat::kQ8_0, n, rng, true, false);
             std::copy(row.begin(), row.end(), a.begin() + t * a_stride);
           }
           const int64_t out_stride = rows + 3;
@@ -855,7 +902,7 @@ TEST(Quant, Avx2TiledDotsEqualSingleDotsBitForBit) {
               const float want = c.dot(&w[r * w_stride], &a[t * a_stride], n);
               ASSERT_EQ(std::bit_cast<uint32_t>(out[t * out_stride + r]),
                         std::bit_cast<uint32_t>(want))
-                  << QuantTypeName(c.weight) << " n=" << n << " rows=" << rows
+                  << WeightFormatName(c.weight) << " n=" << n << " rows=" << rows
                   << " tokens=" << tokens << " at " << r << "," << t;
             }
             for (int64_t r = rows; r < out_stride; ++r) {
@@ -877,17 +924,17 @@ TEST(Quant, Avx2KQuantTiledDotsEqualSingleDotsBitForBit) {
   using Dots = void (*)(const void*, size_t, int64_t, const void*, size_t, int64_t, int64_t, float*,
                         int64_t);
   const struct {
-    QuantType weight;
+    WeightFormat weight;
     Dots dots;
     float (*dot)(const void*, const void*, int64_t);
     float (*scalar)(const void*, const void*, int64_t);
-  } cases[] = {{QuantType::kQ4_K, DotsQ4_KQ8_K_Avx2, DotQ4_KQ8_K_Avx2, DotQ4_KQ8_K},
-               {QuantType::kQ6_K, DotsQ6_KQ8_K_Avx2, DotQ6_KQ8_K_Avx2, DotQ6_KQ8_K}};
+  } cases[] = {{WeightFormat::kQ4_K, DotsQ4_KQ8_K_Avx2, DotQ4_KQ8_K_Avx2, DotQ4_KQ8_K},
+               {WeightFormat::kQ6_K, DotsQ6_KQ8_K_Avx2, DotQ6_KQ8_K_Avx2, DotQ6_KQ8_K}};
   // Largest 4- and 6-bit quants and scales (Q4_K: sc = m = 63; Q6_K: scales -128).
-  auto make_extreme_weights = [](QuantType type, Bytes& row) {
+  auto make_extreme_weights = [](WeightFormat type, Bytes& row) {
     const size_t bytes = QuantBlockBytes(type);
     for (size_t p = 0; p < row.size(); p += bytes) {
-      if (type == QuantType::kQ4_K) {
+      if (type == WeightFormat::kQ4_K) {
         std::fill(row.begin() + p + 4, row.begin() + p + bytes, 0xFF);
       } else {
         std::fill(row.begin() + p, row.begin() + p + 192, 0xFF);
@@ -923,7 +970,7 @@ TEST(Quant, Avx2KQuantTiledDotsEqualSingleDotsBitForBit) {
   for (const auto& c : cases) {
     for (const Shape& s : shapes) {
       const size_t w_stride = QuantRowBytes(c.weight, s.n) + 6;  // padding between rows
-      const size_t a_stride = QuantRowBytes(QuantType::kQ8_K, s.n) + 12;
+      const size_t a_stride = QuantRowBytes(WeightFormat::kQ8_K, s.n) + 12;
       Bytes w(w_stride * s.rows), a(a_stride * s.tokens);
       for (int64_t r = 0; r < s.rows; ++r) {
         Bytes row = RandomBlocks(c.weight, s.n, rng, false, false);
@@ -931,7 +978,7 @@ TEST(Quant, Avx2KQuantTiledDotsEqualSingleDotsBitForBit) {
         std::copy(row.begin(), row.end(), w.begin() + r * w_stride);
       }
       for (int64_t t = 0; t < s.tokens; ++t) {
-        Bytes row = RandomBlocks(QuantType::kQ8_K, s.n, rng, true, false);
+        Bytes row = RandomBlocks(WeightFormat::kQ8_K, s.n, rng, true, false);
         if (s.extreme && t % 2 == 0) make_extreme_activations(row);
         std::copy(row.begin(), row.end(), a.begin() + t * a_stride);
       }
@@ -943,11 +990,11 @@ TEST(Quant, Avx2KQuantTiledDotsEqualSingleDotsBitForBit) {
           const float got = out[t * out_stride + r];
           const float want = c.dot(&w[r * w_stride], &a[t * a_stride], s.n);
           ASSERT_EQ(std::bit_cast<uint32_t>(got), std::bit_cast<uint32_t>(want))
-              << QuantTypeName(c.weight) << " n=" << s.n << " rows=" << s.rows
+              << WeightFormatName(c.weight) << " n=" << s.n << " rows=" << s.rows
               << " tokens=" << s.tokens << " extreme=" << s.extreme << " at " << r << "," << t;
           const float scalar = c.scalar(&w[r * w_stride], &a[t * a_stride], s.n);
           ASSERT_EQ(std::bit_cast<uint32_t>(got), std::bit_cast<uint32_t>(scalar))
-              << QuantTypeName(c.weight) << " n=" << s.n << " rows=" << s.rows
+              << WeightFormatName(c.weight) << " n=" << s.n << " rows=" << s.rows
               << " tokens=" << s.tokens << " extreme=" << s.extreme << " at " << r << "," << t;
         }
         for (int64_t r = s.rows; r < out_stride; ++r) {
@@ -958,7 +1005,7 @@ TEST(Quant, Avx2KQuantTiledDotsEqualSingleDotsBitForBit) {
     // No rows, no tokens, or n = 0 (all outputs 0).
     std::vector<float> out(4, -1.0f);
     const Bytes w = RandomBlocks(c.weight, 256, rng, false, false);
-    const Bytes a = RandomBlocks(QuantType::kQ8_K, 256, rng, true, false);
+    const Bytes a = RandomBlocks(WeightFormat::kQ8_K, 256, rng, true, false);
     c.dots(w.data(), 0, 0, a.data(), 0, 2, 256, out.data(), 1);
     c.dots(w.data(), 0, 2, a.data(), 0, 0, 256, out.data(), 2);
     EXPECT_EQ(out, std::vector<float>(4, -1.0f));
@@ -976,10 +1023,10 @@ TEST(Quant, KQuantMatMulEqualsScalarDotsBitForBit) {
   const int64_t rows = 67, cols = 512, tokens = 70;
   const struct {
     WeightFormat format;
-    QuantType type;
+    WeightFormat type;
     float (*dot)(const void*, const void*, int64_t);
-  } cases[] = {{WeightFormat::kQ4_K, QuantType::kQ4_K, DotQ4_KQ8_K},
-               {WeightFormat::kQ6_K, QuantType::kQ6_K, DotQ6_KQ8_K}};
+  } cases[] = {{WeightFormat::kQ4_K, WeightFormat::kQ4_K, DotQ4_KQ8_K},
+               {WeightFormat::kQ6_K, WeightFormat::kQ6_K, DotQ6_KQ8_K}};
   for (const auto& [format, type, dot] : cases) {
     Bytes w;
     for (int64_t r = 0; r < rows; ++r) {
@@ -991,18 +1038,18 @@ TEST(Quant, KQuantMatMulEqualsScalarDotsBitForBit) {
     for (int64_t t = 0; t < tokens; ++t) {
       const auto row = RandomRow(cols, rng);
       x.insert(x.end(), row.begin(), row.end());
-      const Bytes q = Quantize(QuantType::kQ8_K, row);
+      const Bytes q = Quantize(WeightFormat::kQ8_K, row);
       a.insert(a.end(), q.begin(), q.end());
     }
     const WeightMatrix m{format, w.data(), rows, cols};
     std::vector<float> out(static_cast<size_t>(rows * tokens));
     MatMul(m, x.data(), tokens, out.data());
-    const size_t a_bytes = QuantRowBytes(QuantType::kQ8_K, cols);
+    const size_t a_bytes = QuantRowBytes(WeightFormat::kQ8_K, cols);
     for (int64_t t = 0; t < tokens; ++t) {
       for (int64_t r = 0; r < rows; ++r) {
         ASSERT_EQ(std::bit_cast<uint32_t>(out[t * rows + r]),
                   std::bit_cast<uint32_t>(dot(m.row(r), &a[t * a_bytes], cols)))
-            << QuantTypeName(type) << " at " << r << "," << t;
+            << WeightFormatName(type) << " at " << r << "," << t;
       }
     }
   }
@@ -1014,43 +1061,43 @@ TEST(Quant, KQuantMatMulEqualsScalarDotsBitForBit) {
 TEST(Quant, Avx512VnniDotsMatchScalarAndTiles) {
   if (!CpuHasAvx512Vnni()) GTEST_SKIP() << "no AVX-512 VNNI";
   const struct {
-    QuantType weight;
+    WeightFormat weight;
     float (*dot)(const void*, const void*, int64_t);
     float (*fast)(const void*, const void*, int64_t);
     void (*dots)(const void*, size_t, int64_t, const void*, size_t, int64_t, int64_t, float*,
                  int64_t);
-  } cases[] = {{QuantType::kQ8_0, DotQ8_0Q8_0, DotQ8_0Q8_0_Avx512, DotsQ8_0Q8_0_Avx512},
-               {QuantType::kQ4_0, DotQ4_0Q8_0, DotQ4_0Q8_0_Avx512, DotsQ4_0Q8_0_Avx512}};
+  } cases[] = {{WeightFormat::kQ8_0, DotQ8_0Q8_0, DotQ8_0Q8_0_Avx512, DotsQ8_0Q8_0_Avx512},
+               {WeightFormat::kQ4_0, DotQ4_0Q8_0, DotQ4_0Q8_0_Avx512, DotsQ4_0Q8_0_Avx512}};
   std::mt19937 rng(37);
   for (const auto& c : cases) {
-    const DotCase dc{c.weight, QuantType::kQ8_0, c.dot, c.fast};
+    const DotCase dc{c.weight, WeightFormat::kQ8_0, c.dot, c.fast};
     for (int64_t n : {32, 64, 96, 256, 1024}) {  // exact with unit scales
       const Bytes w = RandomBlocks(c.weight, n, rng, false, true);
-      const Bytes a = RandomBlocks(QuantType::kQ8_0, n, rng, true, true);
+      const Bytes a = RandomBlocks(WeightFormat::kQ8_0, n, rng, true, true);
       EXPECT_EQ(c.fast(w.data(), a.data(), n), c.dot(w.data(), a.data(), n))
-          << QuantTypeName(c.weight) << " n=" << n;
+          << WeightFormatName(c.weight) << " n=" << n;
     }
     for (int64_t n : {32, 96, 4096, 4128, 11008, 14336}) {
       const Bytes w = RandomBlocks(c.weight, n, rng, false, false);
-      const Bytes a = RandomBlocks(QuantType::kQ8_0, n, rng, true, false);
-      const auto ad = Dequantize(QuantType::kQ8_0, a, n);
+      const Bytes a = RandomBlocks(WeightFormat::kQ8_0, n, rng, true, false);
+      const auto ad = Dequantize(WeightFormat::kQ8_0, a, n);
       const double tol = (2.0 * static_cast<double>(n / 32) + 8) * kUnit *
                          SumOfAbsTerms(dc, w, std::vector<float>(ad.begin(), ad.end()), n, true);
       EXPECT_NEAR(c.fast(w.data(), a.data(), n), c.dot(w.data(), a.data(), n), tol)
-          << QuantTypeName(c.weight) << " n=" << n;
+          << WeightFormatName(c.weight) << " n=" << n;
     }
     for (int64_t rows = 1; rows <= 9; ++rows) {
       for (int64_t tokens = 1; tokens <= 7; ++tokens) {
         const int64_t n = 96;
         const size_t w_stride = QuantRowBytes(c.weight, n),
-                     a_stride = QuantRowBytes(QuantType::kQ8_0, n);
+                     a_stride = QuantRowBytes(WeightFormat::kQ8_0, n);
         Bytes w, a;
         for (int64_t r = 0; r < rows; ++r) {
           const Bytes row = RandomBlocks(c.weight, n, rng, false, false);
           w.insert(w.end(), row.begin(), row.end());
         }
         for (int64_t t = 0; t < tokens; ++t) {
-          const Bytes row = RandomBlocks(QuantType::kQ8_0, n, rng, true, false);
+          const Bytes row = RandomBlocks(WeightFormat::kQ8_0, n, rng, true, false);
           a.insert(a.end(), row.begin(), row.end());
         }
         std::vector<float> out(static_cast<size_t>(rows * tokens));
@@ -1059,7 +1106,7 @@ TEST(Quant, Avx512VnniDotsMatchScalarAndTiles) {
           for (int64_t r = 0; r < rows; ++r) {
             ASSERT_EQ(std::bit_cast<uint32_t>(out[t * rows + r]),
                       std::bit_cast<uint32_t>(c.fast(&w[r * w_stride], &a[t * a_stride], n)))
-                << QuantTypeName(c.weight) << " rows=" << rows << " tokens=" << tokens;
+                << WeightFormatName(c.weight) << " rows=" << rows << " tokens=" << tokens;
           }
         }
       }

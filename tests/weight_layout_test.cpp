@@ -25,7 +25,7 @@ constexpr double kUnit = 1.0 / (1 << 24);  // float's unit roundoff
 // An interleaved format and its functions.
 struct Interleaved {
   WeightFormat format;
-  QuantType type;
+  WeightFormat type;
   void (*repack)(const void*, int64_t, int64_t, void*);
   void (*dequantize_row)(const void*, int64_t, int64_t, float*);
   using Dots = void (*)(const void*, int64_t, const void*, size_t, const Q8_0BlockTerms*, int64_t,
@@ -35,15 +35,15 @@ struct Interleaved {
   float (*row_dot)(const void*, const void*, int64_t);  // the row-major product
 };
 const Interleaved kFormats[] = {
-    {WeightFormat::kQ4_0, QuantType::kQ4_0, RepackQ4_0x8, DequantizeRowQ4_0x8, DotsQ4_0x8Q8_0,
+    {WeightFormat::kQ4_0, WeightFormat::kQ4_0, RepackQ4_0x8, DequantizeRowQ4_0x8, DotsQ4_0x8Q8_0,
      DotsQ4_0x8Q8_0_Avx2, DotQ4_0Q8_0},
-    {WeightFormat::kQ8_0, QuantType::kQ8_0, RepackQ8_0x8, DequantizeRowQ8_0x8, DotsQ8_0x8Q8_0,
+    {WeightFormat::kQ8_0, WeightFormat::kQ8_0, RepackQ8_0x8, DequantizeRowQ8_0x8, DotsQ8_0x8Q8_0,
      DotsQ8_0x8Q8_0_Avx2, DotQ8_0Q8_0}};
 
 // `rows` rows of n columns from random bytes: every quant occurs (weights: any byte, -128 for
 // Q8_0 included; activations: [-127, 127], the kernels' contract), fp16 scales in
 // [2^-12, 2^4).
-Bytes RandomRows(QuantType type, int64_t rows, int64_t n, std::mt19937& rng,
+Bytes RandomRows(WeightFormat type, int64_t rows, int64_t n, std::mt19937& rng,
                  bool activation = false) {
   Bytes w(QuantRowBytes(type, n) * rows);
   std::uniform_int_distribution<int> byte(0, 255), quant(-127, 127), half(0x0C00, 0x4BFF);
@@ -66,7 +66,7 @@ std::vector<Q8_0BlockTerms> Terms(const Bytes& a, int64_t tokens, int64_t n) {
   const int64_t blocks = n / 32;
   std::vector<Q8_0BlockTerms> terms(static_cast<size_t>(blocks * tokens));
   for (int64_t t = 0; t < tokens; ++t) {
-    ComputeQ8_0BlockTerms(&a[t * QuantRowBytes(QuantType::kQ8_0, n)], n, &terms[t * blocks]);
+    ComputeQ8_0BlockTerms(&a[t * QuantRowBytes(WeightFormat::kQ8_0, n)], n, &terms[t * blocks]);
   }
   return terms;
 }
@@ -86,11 +86,11 @@ TEST(WeightLayout, RepackKeepsEveryValueAndPadsWithZeroRows) {
           DequantizeRow(f.type, &w[r * QuantRowBytes(f.type, n)], n, want.data());
         } else {
           // Scale 0 times quant 0 (Q8_0) or nibble 0 - 8 (Q4_0).
-          std::fill(want.begin(), want.end(), f.type == QuantType::kQ4_0 ? -0.0f : 0.0f);
+          std::fill(want.begin(), want.end(), f.type == WeightFormat::kQ4_0 ? -0.0f : 0.0f);
         }
         for (int64_t i = 0; i < n; ++i) {
           ASSERT_EQ(std::bit_cast<uint32_t>(got[i]), std::bit_cast<uint32_t>(want[i]))
-              << QuantTypeName(f.type) << " rows=" << rows << " row " << r << " element " << i;
+              << WeightFormatName(f.type) << " rows=" << rows << " row " << r << " element " << i;
         }
       }
     }
@@ -99,7 +99,7 @@ TEST(WeightLayout, RepackKeepsEveryValueAndPadsWithZeroRows) {
 
 TEST(WeightLayout, BlockTermsAreScaleAndMinusEightTimesTheSum) {
   std::mt19937 rng(6);
-  const Bytes a = RandomRows(QuantType::kQ8_0, 1, 64, rng, true);
+  const Bytes a = RandomRows(WeightFormat::kQ8_0, 1, 64, rng, true);
   Q8_0BlockTerms terms[2];
   ComputeQ8_0BlockTerms(a.data(), 64, terms);
   for (int b = 0; b < 2; ++b) {
@@ -121,18 +121,18 @@ TEST(WeightLayout, ScalarDotsMatchDoubleSumsAndTheRowDot) {
     for (int64_t n : {32, 256, 4096}) {
       const int64_t rows = 11, tokens = 3, blocks = n / 32;
       const Bytes w = RandomRows(f.type, rows, n, rng);
-      const Bytes a = RandomRows(QuantType::kQ8_0, tokens, n, rng, true);
+      const Bytes a = RandomRows(WeightFormat::kQ8_0, tokens, n, rng, true);
       const Bytes packed = Repack(f, w, rows, n);
       const auto terms = Terms(a, tokens, n);
       const size_t w_stride = QuantRowBytes(f.type, n),
-                   a_stride = QuantRowBytes(QuantType::kQ8_0, n);
+                   a_stride = QuantRowBytes(WeightFormat::kQ8_0, n);
       std::vector<float> out(rows * tokens);
       f.dots(packed.data(), rows, a.data(), a_stride, terms.data(), tokens, n, out.data(), rows);
       std::vector<float> wr(n), ar(n);
       for (int64_t r = 0; r < rows; ++r) {
         DequantizeRow(f.type, &w[r * w_stride], n, wr.data());
         for (int64_t t = 0; t < tokens; ++t) {
-          DequantizeRow(QuantType::kQ8_0, &a[t * a_stride], n, ar.data());
+          DequantizeRow(WeightFormat::kQ8_0, &a[t * a_stride], n, ar.data());
           double exact = 0, magnitude = 0;
           for (int64_t b = 0; b < blocks; ++b) {
             double term = 0;
@@ -143,7 +143,7 @@ TEST(WeightLayout, ScalarDotsMatchDoubleSumsAndTheRowDot) {
           const double bound = static_cast<double>(blocks + 2) * kUnit * magnitude;
           const float got = out[t * rows + r];
           EXPECT_NEAR(got, exact, bound)
-              << QuantTypeName(f.type) << " n=" << n << " row " << r << " token " << t;
+              << WeightFormatName(f.type) << " n=" << n << " row " << r << " token " << t;
           // The row-major product (mul then add per block) within the same kind of bound.
           EXPECT_NEAR(got, f.row_dot(&w[r * w_stride], &a[t * a_stride], n), 2 * bound);
         }
@@ -160,8 +160,8 @@ TEST(WeightLayout, Avx2DotsEqualScalarBitsForEveryTileShape) {
       for (int64_t rows = 1; rows <= 17; ++rows) {
         for (int64_t tokens = 1; tokens <= 9; ++tokens) {
           const Bytes packed = Repack(f, RandomRows(f.type, rows, n, rng), rows, n);
-          const size_t a_stride = QuantRowBytes(QuantType::kQ8_0, n);
-          const Bytes a = RandomRows(QuantType::kQ8_0, tokens, n, rng, true);
+          const size_t a_stride = QuantRowBytes(WeightFormat::kQ8_0, n);
+          const Bytes a = RandomRows(WeightFormat::kQ8_0, tokens, n, rng, true);
           const auto terms = Terms(a, tokens, n);
           const int64_t out_stride = rows + 3;
           std::vector<float> want(out_stride * tokens, -1.0f), got(out_stride * tokens, -1.0f);
@@ -171,8 +171,8 @@ TEST(WeightLayout, Avx2DotsEqualScalarBitsForEveryTileShape) {
                       out_stride);
           for (size_t i = 0; i < got.size(); ++i) {
             ASSERT_EQ(std::bit_cast<uint32_t>(got[i]), std::bit_cast<uint32_t>(want[i]))
-                << QuantTypeName(f.type) << " n=" << n << " rows=" << rows << " tokens=" << tokens
-                << " output " << i
+                << WeightFormatName(f.type) << " n=" << n << " rows=" << rows
+                << " tokens=" << tokens << " output " << i
                 << (static_cast<int64_t>(i) % out_stride >= rows ? " (outside the outputs)" : "");
           }
         }
@@ -214,7 +214,7 @@ TEST(WeightLayout, MatMulOverInterleavedLayoutMatchesRowLayout) {
         // |terms| are ~ |w| |x| ~ 1 each over n = 256 products: 1e-4 leaves ~50x headroom
         // over (blocks + 2) * 2^-24 * sum |terms|.
         ASSERT_NEAR(got[i], want[i], 1e-4 * (1.0 + std::fabs(want[i])))
-            << QuantTypeName(f.type) << " tokens=" << tokens << " at " << i;
+            << WeightFormatName(f.type) << " tokens=" << tokens << " at " << i;
       }
     }
     std::vector<float> row(n), stored(n);
@@ -233,8 +233,8 @@ TEST(WeightLayout, KQuantsAreInterleavedWithTheSameMatMulBits) {
   std::vector<float> x(tokens * n), weights(rows * n);
   for (float& v : x) v = normal(rng);
   for (float& v : weights) v = normal(rng);
-  for (const auto& [format, type] : {std::pair{WeightFormat::kQ4_K, QuantType::kQ4_K},
-                                     std::pair{WeightFormat::kQ6_K, QuantType::kQ6_K}}) {
+  for (const auto& [format, type] : {std::pair{WeightFormat::kQ4_K, WeightFormat::kQ4_K},
+                                     std::pair{WeightFormat::kQ6_K, WeightFormat::kQ6_K}}) {
     const size_t row_bytes = QuantRowBytes(type, n);
     Bytes w(row_bytes * rows);
     for (int64_t r = 0; r < rows; ++r) QuantizeRow(type, &weights[r * n], n, &w[r * row_bytes]);

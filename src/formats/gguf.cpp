@@ -6,6 +6,7 @@
 #include <charconv>
 #include <cstdio>
 #include <cstring>
+#include <iterator>
 #include <limits>
 #include <utility>
 
@@ -407,36 +408,24 @@ const char* GgufValueTypeName(GgufType type) {
 }
 
 const GgmlTypeTraits* FindGgmlType(uint32_t ggml_type) {
-  // Block geometry from ggml's type_traits table and the block_* structs in ggml-common.h.
-  static constexpr GgmlTypeTraits kF32{"F32", 1, 4}, kF16{"F16", 1, 2}, kQ4_0{"Q4_0", 32, 18},
-      kQ4_1{"Q4_1", 32, 20}, kQ5_0{"Q5_0", 32, 22}, kQ5_1{"Q5_1", 32, 24}, kQ8_0{"Q8_0", 32, 34},
-      kQ8_1{"Q8_1", 32, 36}, kQ2_K{"Q2_K", 256, 84}, kQ3_K{"Q3_K", 256, 110},
-      kQ4_K{"Q4_K", 256, 144}, kQ5_K{"Q5_K", 256, 176}, kQ6_K{"Q6_K", 256, 210},
-      kQ8_K{"Q8_K", 256, 292}, kI8{"I8", 1, 1}, kI16{"I16", 1, 2}, kI32{"I32", 1, 4},
-      kI64{"I64", 1, 8}, kF64{"F64", 1, 8}, kBF16{"BF16", 1, 2};
-  switch (ggml_type) {
-    case kGgmlF32: return &kF32;
-    case kGgmlF16: return &kF16;
-    case kGgmlQ4_0: return &kQ4_0;
-    case kGgmlQ4_1: return &kQ4_1;
-    case kGgmlQ5_0: return &kQ5_0;
-    case kGgmlQ5_1: return &kQ5_1;
-    case kGgmlQ8_0: return &kQ8_0;
-    case kGgmlQ8_1: return &kQ8_1;
-    case kGgmlQ2_K: return &kQ2_K;
-    case kGgmlQ3_K: return &kQ3_K;
-    case kGgmlQ4_K: return &kQ4_K;
-    case kGgmlQ5_K: return &kQ5_K;
-    case kGgmlQ6_K: return &kQ6_K;
-    case kGgmlQ8_K: return &kQ8_K;
-    case kGgmlI8: return &kI8;
-    case kGgmlI16: return &kI16;
-    case kGgmlI32: return &kI32;
-    case kGgmlI64: return &kI64;
-    case kGgmlF64: return &kF64;
-    case kGgmlBF16: return &kBF16;
-    default: return nullptr;
-  }
+  // Every type of ggml.h (ggml commit d99724f, 2026-08) with its block geometry from the
+  // block_* structs of ggml-common.h, so that any GGUF file parses and `info` can list it, runnable
+  // or not; ids 4, 5 and 31-33, 36-38 were removed from ggml and stay unknown.
+  static constexpr GgmlTypeTraits kTypes[] = {
+      {"F32", 1, 4},        {"F16", 1, 2},       {"Q4_0", 32, 18},     {"Q4_1", 32, 20},
+      {nullptr, 0, 0},      {nullptr, 0, 0},     {"Q5_0", 32, 22},     {"Q5_1", 32, 24},
+      {"Q8_0", 32, 34},     {"Q8_1", 32, 36},    {"Q2_K", 256, 84},    {"Q3_K", 256, 110},
+      {"Q4_K", 256, 144},   {"Q5_K", 256, 176},  {"Q6_K", 256, 210},   {"Q8_K", 256, 292},
+      {"IQ2_XXS", 256, 66}, {"IQ2_XS", 256, 74}, {"IQ3_XXS", 256, 98}, {"IQ1_S", 256, 50},
+      {"IQ4_NL", 32, 18},   {"IQ3_S", 256, 110}, {"IQ2_S", 256, 82},   {"IQ4_XS", 256, 136},
+      {"I8", 1, 1},         {"I16", 1, 2},       {"I32", 1, 4},        {"I64", 1, 8},
+      {"F64", 1, 8},        {"IQ1_M", 256, 56},  {"BF16", 1, 2},       {nullptr, 0, 0},
+      {nullptr, 0, 0},      {nullptr, 0, 0},     {"TQ1_0", 256, 54},   {"TQ2_0", 256, 66},
+      {nullptr, 0, 0},      {nullptr, 0, 0},     {nullptr, 0, 0},      {"MXFP4", 32, 17},
+      {"NVFP4", 64, 36},    {"Q1_0", 128, 18},   {"Q2_0", 64, 18},
+  };
+  if (ggml_type >= std::size(kTypes) || kTypes[ggml_type].name == nullptr) return nullptr;
+  return &kTypes[ggml_type];
 }
 
 std::string GgufTypeName(uint32_t ggml_type) {

@@ -2,6 +2,8 @@
 
 #include "model/tensors.h"
 
+#include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <cstring>
 #include <random>
@@ -19,99 +21,161 @@ bool EndsWith(const std::string& s, const std::string& suffix) {
          s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
-uint32_t GgmlTypeOf(WeightFormat f) {
-  switch (f) {
-    case WeightFormat::kF32: return kGgmlF32;
-    case WeightFormat::kF16: return kGgmlF16;
-    case WeightFormat::kBF16: return kGgmlBF16;
-    case WeightFormat::kQ8_0: return kGgmlQ8_0;
-    case WeightFormat::kQ4_0: return kGgmlQ4_0;
-    case WeightFormat::kQ4_K: return kGgmlQ4_K;
-    case WeightFormat::kQ6_K: return kGgmlQ6_K;
+}  // namespace
+
+void EncodeWeightRow(WeightFormat f, const float* x, int64_t n, char* out) {
+  QuantizeRow(f, x, n, out);
+}
+
+namespace {
+
+struct PresetRow {
+  QuantPreset preset;
+  const char* name;
+  WeightFormat base;
+  uint32_t file_type;  // llama.cpp's llama_ftype, written as general.file_type
+};
+constexpr PresetRow kPresets[] = {
+    {QuantPreset::kF32, "f32", WeightFormat::kF32, 0},
+    {QuantPreset::kF16, "f16", WeightFormat::kF16, 1},
+    {QuantPreset::kBF16, "bf16", WeightFormat::kBF16, 32},
+    {QuantPreset::kQ8_0, "q8_0", WeightFormat::kQ8_0, 7},
+    {QuantPreset::kQ4_0, "q4_0", WeightFormat::kQ4_0, 2},
+    {QuantPreset::kQ4_1, "q4_1", WeightFormat::kQ4_1, 3},
+    {QuantPreset::kQ5_0, "q5_0", WeightFormat::kQ5_0, 8},
+    {QuantPreset::kQ5_1, "q5_1", WeightFormat::kQ5_1, 9},
+    {QuantPreset::kQ2_K, "q2_k", WeightFormat::kQ2_K, 10},
+    {QuantPreset::kQ3_K_S, "q3_k_s", WeightFormat::kQ3_K, 11},
+    {QuantPreset::kQ3_K_M, "q3_k_m", WeightFormat::kQ3_K, 12},
+    {QuantPreset::kQ3_K_L, "q3_k_l", WeightFormat::kQ3_K, 13},
+    {QuantPreset::kQ4_K_S, "q4_k_s", WeightFormat::kQ4_K, 14},
+    {QuantPreset::kQ4_K_M, "q4_k_m", WeightFormat::kQ4_K, 15},
+    {QuantPreset::kQ5_K_S, "q5_k_s", WeightFormat::kQ5_K, 16},
+    {QuantPreset::kQ5_K_M, "q5_k_m", WeightFormat::kQ5_K, 17},
+    {QuantPreset::kQ6_K, "q6_k", WeightFormat::kQ6_K, 18},
+};
+
+const PresetRow& RowOf(QuantPreset preset) {
+  for (const PresetRow& r : kPresets) {
+    if (r.preset == preset) return r;
   }
-  return kGgmlF32;
+  Fail("unknown quantization preset ", static_cast<int>(preset));
+}
+
+// The block index in a canonical name "model.layers.N....", or -1.
+int LayerOf(const std::string& name) {
+  constexpr std::string_view kPrefix = "model.layers.";
+  if (name.compare(0, kPrefix.size(), kPrefix) != 0) return -1;
+  int layer = 0;
+  size_t i = kPrefix.size();
+  if (i >= name.size() || !std::isdigit(static_cast<unsigned char>(name[i]))) return -1;
+  for (; i < name.size() && std::isdigit(static_cast<unsigned char>(name[i])); ++i) {
+    layer = layer * 10 + (name[i] - '0');
+    if (layer > 1000000) return -1;
+  }
+  return layer;
+}
+
+// llama.cpp's use_more_bits: the first and last eighth of the layers, and every third between.
+bool UseMoreBits(int layer, int layers) {
+  return layer < layers / 8 || layer >= 7 * layers / 8 || (layer - layers / 8) % 3 == 2;
+}
+
+// What llama.cpp writes when a row does not divide into 256-element blocks.
+WeightFormat SmallRowFallback(WeightFormat f) {
+  switch (f) {
+    case WeightFormat::kQ2_K:
+    case WeightFormat::kQ3_K: return WeightFormat::kQ4_0;
+    case WeightFormat::kQ4_K: return WeightFormat::kQ5_0;
+    case WeightFormat::kQ5_K: return WeightFormat::kQ5_1;
+    case WeightFormat::kQ6_K: return WeightFormat::kQ8_0;
+    default: return f;
+  }
 }
 
 }  // namespace
 
-void EncodeWeightRow(WeightFormat f, const float* x, int64_t n, char* out) {
-  switch (f) {
-    case WeightFormat::kF32: std::memcpy(out, x, static_cast<size_t>(n) * 4); return;
-    case WeightFormat::kF16:
-    case WeightFormat::kBF16: {
-      auto* o = reinterpret_cast<uint16_t*>(out);
-      for (int64_t i = 0; i < n; ++i) {
-        if (f == WeightFormat::kF16) {
-          o[i] = FloatToHalf(x[i]);
-        } else {  // round to nearest even
-          uint32_t bits;
-          std::memcpy(&bits, &x[i], 4);
-          o[i] = static_cast<uint16_t>((bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16);
-        }
-      }
-      return;
-    }
-    case WeightFormat::kQ8_0: QuantizeRow(QuantType::kQ8_0, x, n, out); return;
-    case WeightFormat::kQ4_0: QuantizeRow(QuantType::kQ4_0, x, n, out); return;
-    case WeightFormat::kQ4_K: QuantizeRow(QuantType::kQ4_K, x, n, out); return;
-    case WeightFormat::kQ6_K: QuantizeRow(QuantType::kQ6_K, x, n, out); return;
-  }
-}
-
 QuantPreset QuantPresetFromName(const std::string& name) {
-  for (const QuantPreset p : {QuantPreset::kF32, QuantPreset::kF16, QuantPreset::kBF16,
-                              QuantPreset::kQ8_0, QuantPreset::kQ4_0, QuantPreset::kQ4_K_M}) {
-    if (name == QuantPresetName(p)) return p;
+  std::string lower(name);
+  for (char& c : lower) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  for (const PresetRow& r : kPresets) {
+    if (lower == r.name) return r.preset;
   }
-  Fail("unknown quantization type '", name, "' (known: f32, f16, bf16, q8_0, q4_0, q4_k_m)");
+  Fail("unknown quantization type '", name, "' (known: ", QuantPresetList(), ")");
 }
 
 const char* QuantPresetName(QuantPreset preset) {
-  switch (preset) {
-    case QuantPreset::kF32: return "f32";
-    case QuantPreset::kF16: return "f16";
-    case QuantPreset::kBF16: return "bf16";
-    case QuantPreset::kQ8_0: return "q8_0";
-    case QuantPreset::kQ4_0: return "q4_0";
-    case QuantPreset::kQ4_K_M: return "q4_k_m";
-  }
-  return "unknown";
+  return RowOf(preset).name;
+}
+
+uint32_t QuantPresetFileType(QuantPreset preset) {
+  return RowOf(preset).file_type;
+}
+
+std::string QuantPresetList() {
+  std::string list;
+  for (const PresetRow& r : kPresets) list += (list.empty() ? "" : ", ") + std::string(r.name);
+  return list;
 }
 
 WeightFormat FormatForTensor(QuantPreset preset, const std::string& name,
-                             const std::vector<int64_t>& shape) {
+                             const std::vector<int64_t>& shape, int num_layers, int gqa,
+                             bool* fallback) {
+  if (fallback != nullptr) *fallback = false;
   if (shape.size() != 2) return WeightFormat::kF32;
-  const int64_t cols = shape[1];
-  auto fits = [&](WeightFormat f) {
-    return f == WeightFormat::kQ8_0 || f == WeightFormat::kQ4_0 ? cols % 32 == 0 : cols % 256 == 0;
-  };
-  auto or_fallback = [&](WeightFormat f) {
-    if (fits(f)) return f;
-    return fits(WeightFormat::kQ8_0) ? WeightFormat::kQ8_0 : WeightFormat::kF16;
-  };
-  switch (preset) {
-    case QuantPreset::kF32: return WeightFormat::kF32;
-    case QuantPreset::kF16: return WeightFormat::kF16;
-    case QuantPreset::kBF16: return WeightFormat::kBF16;
-    case QuantPreset::kQ8_0: return or_fallback(WeightFormat::kQ8_0);
-    case QuantPreset::kQ4_0:
-      // llama.cpp keeps the output head at Q6_K in Q4_0 files: it matters most for quality.
-      if (name == "lm_head.weight") return or_fallback(WeightFormat::kQ6_K);
-      return or_fallback(WeightFormat::kQ4_0);
-    case QuantPreset::kQ4_K_M:
-      if (name == "lm_head.weight" || EndsWith(name, "self_attn.v_proj.weight") ||
-          EndsWith(name, "mlp.down_proj.weight")) {
-        return or_fallback(WeightFormat::kQ6_K);
+  using P = QuantPreset;
+  using F = WeightFormat;
+  const WeightFormat base = RowOf(preset).base;
+  WeightFormat f = base;
+  const int layer = LayerOf(name);
+  const int layers = std::max(num_layers, 1);
+  if (IsQuantized(base)) {
+    if (name == "lm_head.weight") {
+      f = base == F::kQ8_0 || shape[1] % 256 != 0 ? F::kQ8_0 : F::kQ6_K;
+    } else if (EndsWith(name, "self_attn.v_proj.weight")) {
+      switch (preset) {
+        case P::kQ2_K: f = gqa >= 4 ? F::kQ4_K : F::kQ3_K; break;
+        case P::kQ3_K_M: f = layer < 2 ? F::kQ5_K : F::kQ4_K; break;
+        case P::kQ3_K_L: f = F::kQ5_K; break;
+        case P::kQ4_K_M:
+        case P::kQ5_K_M: f = UseMoreBits(layer, layers) ? F::kQ6_K : base; break;
+        case P::kQ4_K_S: f = layer < 4 ? F::kQ5_K : base; break;
+        default: break;
       }
-      return or_fallback(WeightFormat::kQ4_K);
+    } else if (EndsWith(name, "mlp.down_proj.weight")) {
+      switch (preset) {
+        case P::kQ2_K: f = F::kQ3_K; break;
+        case P::kQ3_K_M: f = layer < layers / 16 ? F::kQ5_K : F::kQ4_K; break;
+        case P::kQ3_K_L: f = F::kQ5_K; break;
+        case P::kQ4_K_M:
+        case P::kQ5_K_M: f = UseMoreBits(layer, layers) ? F::kQ6_K : base; break;
+        case P::kQ4_K_S: f = layer < layers / 8 ? F::kQ5_K : base; break;
+        default: break;
+      }
+    } else if (EndsWith(name, "self_attn.o_proj.weight")) {
+      switch (preset) {
+        case P::kQ2_K: f = F::kQ3_K; break;
+        case P::kQ3_K_M: f = F::kQ4_K; break;
+        case P::kQ3_K_L: f = F::kQ5_K; break;
+        default: break;
+      }
+    }
   }
-  return WeightFormat::kF32;
+  const int64_t cols = shape[1];
+  const auto fits = [&](WeightFormat g) { return cols % Traits(g).block_size == 0; };
+  if (!fits(f)) {
+    if (fallback != nullptr) *fallback = true;
+    f = SmallRowFallback(f);
+    if (!fits(f)) f = F::kF16;
+  }
+  return f;
 }
 
 void AddModelToGguf(const ModelConfig& c, const std::vector<ExportTensor>& tensors,
-                    QuantPreset preset, GgufWriter* writer) {
+                    QuantPreset preset, GgufWriter* writer, const TensorWrittenFn& written) {
   writer->AddString("general.architecture", "llama");
   writer->AddString("general.name", c.architecture);
+  writer->AddUint32("general.file_type", QuantPresetFileType(preset));
   writer->AddUint32("llama.context_length", static_cast<uint32_t>(c.max_position_embeddings));
   writer->AddUint32("llama.embedding_length", static_cast<uint32_t>(c.hidden_size));
   writer->AddUint32("llama.feed_forward_length", static_cast<uint32_t>(c.intermediate_size));
@@ -129,7 +193,10 @@ void AddModelToGguf(const ModelConfig& c, const std::vector<ExportTensor>& tenso
   // GGUF llama files rotate interleaved pairs: permute Q/K rows of halves-layout sources.
   const bool permute = c.rope_layout == RopeLayout::kHalves;
   for (const ExportTensor& t : tensors) {
-    const WeightFormat format = FormatForTensor(preset, t.name, t.shape);
+    bool fallback = false;
+    const WeightFormat format =
+        FormatForTensor(preset, t.name, t.shape, c.num_layers,
+                        c.num_heads / std::max(1, c.num_kv_heads), &fallback);
     const int64_t rows = t.shape.size() == 2 ? t.shape[0] : 1;
     const int64_t cols = t.shape.back();
     const size_t row_bytes = WeightRowBytes(format, cols);
@@ -150,7 +217,9 @@ void AddModelToGguf(const ModelConfig& c, const std::vector<ExportTensor>& tenso
     std::vector<uint64_t> dims;
     for (auto it = t.shape.rbegin(); it != t.shape.rend(); ++it)
       dims.push_back(static_cast<uint64_t>(*it));
-    writer->AddTensor(GgufTensorName(t.name), dims, GgmlTypeOf(format), bytes);
+    writer->AddTensor(GgufTensorName(t.name), dims, Traits(format).ggml_type, bytes);
+    if (written)
+      written(TensorWritten{GgufTensorName(t.name), t.shape, format, bytes.size(), fallback});
   }
 }
 

@@ -16,17 +16,46 @@ namespace starling {
 
 class GgufWriter;
 
-// What `quantize --type` offers: one format for all matrices, or a llama.cpp-style mix.
-enum class QuantPreset { kF32, kF16, kBF16, kQ8_0, kQ4_0, kQ4_K_M };
-QuantPreset QuantPresetFromName(const std::string& name);  // "q4_k_m", ...; throws on others
-const char* QuantPresetName(QuantPreset preset);
+// What `quantize` offers: llama.cpp's file types (llama-quantize's names), each a base format
+// for the matrices plus llama.cpp's rules for the tensors that get more bits.
+enum class QuantPreset {
+  kF32,
+  kF16,
+  kBF16,
+  kQ8_0,
+  kQ4_0,
+  kQ4_1,
+  kQ5_0,
+  kQ5_1,
+  kQ2_K,
+  kQ3_K_S,
+  kQ3_K_M,
+  kQ3_K_L,
+  kQ4_K_S,
+  kQ4_K_M,
+  kQ5_K_S,
+  kQ5_K_M,
+  kQ6_K
+};
+// "q4_k_m", "Q4_K_M", ... (case-insensitive); throws, listing the names, on others.
+QuantPreset QuantPresetFromName(const std::string& name);
+const char* QuantPresetName(QuantPreset preset);  // "q4_k_m"
+// llama.cpp's llama_ftype number (general.file_type): 15 for q4_k_m.
+uint32_t QuantPresetFileType(QuantPreset preset);
+// "f32, f16, ..., q6_k"
+std::string QuantPresetList();
 
-// The stored format of one tensor (canonical HF name, shape outermost first) under a preset:
-// vectors stay F32; K-quants need rows that are multiples of 256 and fall back to Q8_0
-// (then F16) otherwise; Q4_K_M keeps the output head, attention V and FFN down in Q6_K as
-// llama.cpp's Q4_K_M does for the tensors it gives more bits.
+// The stored format of one tensor (canonical HF name, shape outermost first) of a model with
+// `num_layers` blocks and `gqa` query heads per KV head under a preset, as llama.cpp's
+// llama_tensor_get_type for llama models: vectors stay F32; the output head gets Q6_K (Q8_0 files,
+// and rows that 256 does not divide: Q8_0); attention V, attention output and FFN down get more
+// bits in the mixes (docs/MODELS.md has the table). A row length that a K-quant's 256-element
+// blocks do not divide falls back as llama.cpp does (Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0;
+// Q2_K/Q3_K -> Q4_0 where llama.cpp writes IQ4_NL, which we do not have; then F16), and `fallback`
+// (if given) says so.
 WeightFormat FormatForTensor(QuantPreset preset, const std::string& name,
-                             const std::vector<int64_t>& shape);
+                             const std::vector<int64_t>& shape, int num_layers, int gqa,
+                             bool* fallback = nullptr);
 
 // Produces row `row` of a tensor as float32 (cols values).
 using RowSource = std::function<void(int64_t row, float* out)>;
@@ -40,8 +69,18 @@ struct ExportTensor {
 // Adds llama.* metadata and every tensor (renamed, reordered for interleaved RoPE when the
 // config uses HF's halves layout, converted to the preset's formats). The caller adds the
 // tokenizer (WriteTokenizerToGguf) and writes the file.
+// What was written for one tensor, for quantize's per-tensor report.
+struct TensorWritten {
+  std::string gguf_name;
+  std::vector<int64_t> shape;
+  WeightFormat format;
+  size_t bytes;
+  bool fallback;  // the preset's format did not fit the row length (FormatForTensor)
+};
+using TensorWrittenFn = std::function<void(const TensorWritten&)>;
+
 void AddModelToGguf(const ModelConfig& config, const std::vector<ExportTensor>& tensors,
-                    QuantPreset preset, GgufWriter* writer);
+                    QuantPreset preset, GgufWriter* writer, const TensorWrittenFn& written = {});
 
 // The tensors of a loaded model as export sources (dequantizing as needed), without a policy's
 // value head (training only).

@@ -19,22 +19,17 @@ ModelFiles GgufFiles(std::shared_ptr<const GgufFile> gguf) {
   const std::string& path = gguf->source();
   const ModelConfig config = ModelConfigFromGguf(*gguf, path);
   std::vector<TensorRef> tensors;
+  std::vector<std::string> unsupported;  // every tensor whose type we cannot run, for the error
   for (const GgufTensorInfo& info : gguf->tensors()) {
     TensorRef t;
     t.name = CanonicalFromGgufName(info.name).value_or(info.name);  // unknown: kept for info
     t.file = path;
-    switch (info.ggml_type) {
-      case kGgmlF32: t.format = WeightFormat::kF32; break;
-      case kGgmlF16: t.format = WeightFormat::kF16; break;
-      case kGgmlBF16: t.format = WeightFormat::kBF16; break;
-      case kGgmlQ8_0: t.format = WeightFormat::kQ8_0; break;
-      case kGgmlQ4_0: t.format = WeightFormat::kQ4_0; break;
-      case kGgmlQ4_K: t.format = WeightFormat::kQ4_K; break;
-      case kGgmlQ6_K: t.format = WeightFormat::kQ6_K; break;
-      default:
-        Fail(path, ": tensor '", info.name, "' has type ", GgufTypeName(info.ggml_type),
-             "; supported: F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q6_K");
+    const FormatTraits* format = FindFormatByGgmlType(info.ggml_type);
+    if (format == nullptr || !format->weight) {
+      unsupported.push_back(Concat("'", info.name, "' (", GgufTypeName(info.ggml_type), ")"));
+      continue;
     }
+    t.format = format->format;
     // GGUF lists dimensions fastest-varying first; ours are outermost first.
     for (auto it = info.dims.rbegin(); it != info.dims.rend(); ++it) {
       t.shape.push_back(static_cast<int64_t>(*it));
@@ -44,6 +39,15 @@ ModelFiles GgufFiles(std::shared_ptr<const GgufFile> gguf) {
     t.size_bytes = data.size();
     if (gguf->mapping().size() > 0) t.mapping = &gguf->mapping();
     tensors.push_back(std::move(t));
+  }
+  if (!unsupported.empty()) {
+    std::string list;
+    for (size_t i = 0; i < unsupported.size() && i < 8; ++i)
+      list += (i > 0 ? ", " : "") + unsupported[i];
+    if (unsupported.size() > 8) list += Concat(" and ", unsupported.size() - 8, " more");
+    Fail(path, ": ", unsupported.size(), " tensor",
+         unsupported.size() == 1 ? " has a type" : "s have types", " this build cannot run: ", list,
+         "; supported: ", WeightFormatList(), " (`starling info` lists every tensor's type)");
   }
   return {config, std::move(tensors), path, gguf};
 }

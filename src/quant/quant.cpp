@@ -9,6 +9,7 @@
 
 #include "core/error.h"
 #include "kernels/kernels.h"
+#include "quant/rows.h"
 
 // Fusing a * b + c into one fma (which compilers do by default wherever the target has FMA, e.g.
 // under -march=native) changes the quantizers' rounding and so their bytes; ggml's reference
@@ -24,6 +25,10 @@ namespace {
 
 constexpr int kQK = 256;  // elements per K-quant super-block
 
+}  // namespace
+
+namespace rows {
+
 // Round to nearest, ties to even (the default rounding mode), as ggml's nearest_int: adding
 // 1.5 * 2^23 leaves the rounded integer in the low mantissa bits. Valid for |x| < 2^22, which
 // the callers guarantee for finite input; out-of-range values are clamped first so that they
@@ -36,9 +41,23 @@ int NearestInt(float x) {
   return (bits & 0x007FFFFF) - 0x00400000;
 }
 
+float LargestMagnitude(const float* x, int n) {
+  float amax = 0.0f;
+  float max = 0.0f;
+  for (int i = 0; i < n; ++i) {
+    if (std::fabs(x[i]) > amax) {
+      amax = std::fabs(x[i]);
+      max = x[i];
+    }
+  }
+  return max;
+}
+
 // ---- Q8_0 / Q4_0
 
-void QuantizeQ8_0(const float* x, int64_t blocks, BlockQ8_0* y) {
+void QuantizeQ8_0(const float* x, int64_t n, void* out) {
+  const int64_t blocks = n / 32;
+  auto* y = static_cast<BlockQ8_0*>(out);
   for (int64_t i = 0; i < blocks; ++i, x += 32) {
     float amax = 0.0f;
     for (int j = 0; j < 32; ++j) amax = std::max(amax, std::fabs(x[j]));
@@ -50,19 +69,13 @@ void QuantizeQ8_0(const float* x, int64_t blocks, BlockQ8_0* y) {
   }
 }
 
-void QuantizeQ4_0(const float* x, int64_t blocks, BlockQ4_0* y) {
+void QuantizeQ4_0(const float* x, int64_t n, void* out) {
+  const int64_t blocks = n / 32;
+  auto* y = static_cast<BlockQ4_0*>(out);
   for (int64_t i = 0; i < blocks; ++i, x += 32) {
     // The signed value of largest magnitude (the first one on ties) maps to q = 0, i.e. -8, so
     // the full range [-8, 7] is used on that value's side.
-    float amax = 0.0f;
-    float max = 0.0f;
-    for (int j = 0; j < 32; ++j) {
-      if (std::fabs(x[j]) > amax) {
-        amax = std::fabs(x[j]);
-        max = x[j];
-      }
-    }
-    const float d = max / -8.0f;
+    const float d = LargestMagnitude(x, 32) / -8.0f;
     const float id = d != 0.0f ? 1.0f / d : 0.0f;
     y[i].d = FloatToHalf(d);
     for (int j = 0; j < 16; ++j) {
@@ -76,10 +89,9 @@ void QuantizeQ4_0(const float* x, int64_t blocks, BlockQ4_0* y) {
 
 // ---- Q4_K
 
-// ggml's make_qkx2_quants: fits x[i] ~ scale * L[i] - the_min with L in [0, nmax] by weighted
-// least squares over a few candidate scales. Returns the scale; *the_min >= 0.
 float MakeQkx2Quants(int n, int nmax, const float* x, const float* weights, uint8_t* L,
-                     float* the_min, uint8_t* Laux, float rmin, float rdelta, int nstep) {
+                     float* the_min, uint8_t* Laux, float rmin, float rdelta, int nstep,
+                     bool use_mad) {
   float min = x[0];
   float max = x[0];
   float sum_w = weights[0];
@@ -104,8 +116,12 @@ float MakeQkx2Quants(int n, int nmax, const float* x, const float* weights, uint
     const int l = NearestInt(iscale * (x[i] - min));
     L[i] = static_cast<uint8_t>(std::max(0, std::min(nmax, l)));
     float diff = scale * L[i] + min - x[i];
-    diff = diff * diff;
+    diff = use_mad ? std::fabs(diff) : diff * diff;
     best_error += weights[i] * diff;
+  }
+  if (nstep < 1) {
+    *the_min = -min;
+    return scale;
   }
   for (int is = 0; is <= nstep; ++is) {
     iscale = (rmin + rdelta * static_cast<float>(is) + static_cast<float>(nmax)) / (max - min);
@@ -133,7 +149,7 @@ float MakeQkx2Quants(int n, int nmax, const float* x, const float* weights, uint
       float cur_error = 0;
       for (int i = 0; i < n; ++i) {
         float diff = this_scale * Laux[i] + this_min - x[i];
-        diff = diff * diff;
+        diff = use_mad ? std::fabs(diff) : diff * diff;
         cur_error += weights[i] * diff;
       }
       if (cur_error < best_error) {
@@ -148,61 +164,68 @@ float MakeQkx2Quants(int n, int nmax, const float* x, const float* weights, uint
   return scale;
 }
 
-void QuantizeQ4_K(const float* x, int64_t blocks, BlockQ4_K* y) {
-  uint8_t L[kQK];
+void FitKQuantSuperBlock(const float* x, int nmax, float rmin, int nstep, uint8_t* scales,
+                         uint16_t* d, uint16_t* dmin, uint8_t* L) {
   uint8_t Laux[32];
   float weights[32];
   float mins[8];
-  float scales[8];
-  for (int64_t i = 0; i < blocks; ++i, x += kQK) {
+  float sub_scales[8];
+  float max_scale = 0;  // the mins are subtracted, so the scales are >= 0
+  float max_min = 0;
+  for (int j = 0; j < 8; ++j) {
+    const float* xj = x + 32 * j;
+    float sum_x2 = 0;
+    for (int l = 0; l < 32; ++l) sum_x2 += xj[l] * xj[l];
+    const float av_x = std::sqrt(sum_x2 / 32);
+    for (int l = 0; l < 32; ++l) weights[l] = av_x + std::fabs(xj[l]);
+    sub_scales[j] =
+        MakeQkx2Quants(32, nmax, xj, weights, L + 32 * j, &mins[j], Laux, rmin, 0.1f, nstep, false);
+    max_scale = std::max(max_scale, sub_scales[j]);
+    max_min = std::max(max_min, mins[j]);
+  }
+  // Quantize the 8 scales and mins to 6 bits against their maxima.
+  std::memset(scales, 0, 12);
+  const float inv_scale = max_scale > 0 ? 63.0f / max_scale : 0.0f;
+  const float inv_min = max_min > 0 ? 63.0f / max_min : 0.0f;
+  for (int j = 0; j < 8; ++j) {
+    // uint8_t first, then the clamp: this is ggml's order (it matters only for a negative
+    // scale, which the fit does not produce for sane input).
+    const auto ls =
+        std::min<uint8_t>(63, static_cast<uint8_t>(NearestInt(inv_scale * sub_scales[j])));
+    const auto lm = std::min<uint8_t>(63, static_cast<uint8_t>(NearestInt(inv_min * mins[j])));
+    if (j < 4) {
+      scales[j] = ls;
+      scales[j + 4] = lm;
+    } else {
+      scales[j + 4] = static_cast<uint8_t>((ls & 0xF) | (lm & 0xF) << 4);
+      scales[j - 4] |= static_cast<uint8_t>((ls >> 4) << 6);
+      scales[j] |= static_cast<uint8_t>((lm >> 4) << 6);
+    }
+  }
+  *d = FloatToHalf(max_scale / 63.0f);
+  *dmin = FloatToHalf(max_min / 63.0f);
+  // Requantize against the stored (rounded) scales and mins. A sub-block whose scale rounds to
+  // zero keeps the fit's quants, as in ggml; they dequantize to -dmin * m either way.
+  for (int j = 0; j < 8; ++j) {
+    uint8_t sc;
+    uint8_t m;
+    Q4_KScaleMin(scales, j, &sc, &m);
+    const float dj = HalfToFloat(*d) * sc;
+    if (dj == 0.0f) continue;
+    const float dm = HalfToFloat(*dmin) * m;
+    for (int l = 0; l < 32; ++l) {
+      const int q = NearestInt((x[32 * j + l] + dm) / dj);
+      L[32 * j + l] = static_cast<uint8_t>(std::max(0, std::min(nmax, q)));
+    }
+  }
+}
+
+void QuantizeQ4_K(const float* x, int64_t n, void* out) {
+  auto* y = static_cast<BlockQ4_K*>(out);
+  uint8_t L[kQK];
+  for (int64_t i = 0; i < n / kQK; ++i, x += kQK) {
     BlockQ4_K& b = y[i];
-    std::memset(&b, 0, sizeof(b));
-    float max_scale = 0;  // the mins are subtracted, so the scales are >= 0
-    float max_min = 0;
-    for (int j = 0; j < 8; ++j) {
-      const float* xj = x + 32 * j;
-      float sum_x2 = 0;
-      for (int l = 0; l < 32; ++l) sum_x2 += xj[l] * xj[l];
-      const float av_x = std::sqrt(sum_x2 / 32);
-      for (int l = 0; l < 32; ++l) weights[l] = av_x + std::fabs(xj[l]);
-      scales[j] = MakeQkx2Quants(32, 15, xj, weights, L + 32 * j, &mins[j], Laux, -1.0f, 0.1f, 20);
-      max_scale = std::max(max_scale, scales[j]);
-      max_min = std::max(max_min, mins[j]);
-    }
-    // Quantize the 8 scales and mins to 6 bits against their maxima.
-    const float inv_scale = max_scale > 0 ? 63.0f / max_scale : 0.0f;
-    const float inv_min = max_min > 0 ? 63.0f / max_min : 0.0f;
-    for (int j = 0; j < 8; ++j) {
-      // uint8_t first, then the clamp: this is ggml's order (it matters only for a negative
-      // scale, which the fit does not produce for sane input).
-      const auto ls =
-          std::min<uint8_t>(63, static_cast<uint8_t>(NearestInt(inv_scale * scales[j])));
-      const auto lm = std::min<uint8_t>(63, static_cast<uint8_t>(NearestInt(inv_min * mins[j])));
-      if (j < 4) {
-        b.scales[j] = ls;
-        b.scales[j + 4] = lm;
-      } else {
-        b.scales[j + 4] = static_cast<uint8_t>((ls & 0xF) | (lm & 0xF) << 4);
-        b.scales[j - 4] |= static_cast<uint8_t>((ls >> 4) << 6);
-        b.scales[j] |= static_cast<uint8_t>((lm >> 4) << 6);
-      }
-    }
-    b.d = FloatToHalf(max_scale / 63.0f);
-    b.dmin = FloatToHalf(max_min / 63.0f);
-    // Requantize against the stored (rounded) scales and mins. A sub-block whose scale rounds to
-    // zero keeps the fit's quants, as in ggml; they dequantize to -dmin * m either way.
-    for (int j = 0; j < 8; ++j) {
-      uint8_t sc;
-      uint8_t m;
-      Q4_KScaleMin(b.scales, j, &sc, &m);
-      const float d = HalfToFloat(b.d) * sc;
-      if (d == 0.0f) continue;
-      const float dm = HalfToFloat(b.dmin) * m;
-      for (int l = 0; l < 32; ++l) {
-        const int q = NearestInt((x[32 * j + l] + dm) / d);
-        L[32 * j + l] = static_cast<uint8_t>(std::max(0, std::min(15, q)));
-      }
-    }
+    FitKQuantSuperBlock(x, 15, -1.0f, 20, b.scales, &b.d, &b.dmin, L);
     for (int g = 0; g < 4; ++g) {
       for (int l = 0; l < 32; ++l) {
         b.qs[32 * g + l] = static_cast<uint8_t>(L[64 * g + l] | L[64 * g + 32 + l] << 4);
@@ -216,17 +239,11 @@ void QuantizeQ4_K(const float* x, int64_t blocks, BlockQ4_K* y) {
 // ggml's make_qx_quants with rmse_type 1 and no importance weights: fits x[i] ~ scale * l with l
 // in [-nmax, nmax - 1] (stored as l + nmax), weighting by x^2, over 19 candidate scales. The
 // returned scale is negative when the largest-magnitude value is positive (it maps to -nmax).
+namespace {
+
 float MakeQxQuants(int n, int nmax, const float* x, int8_t* L) {
-  float max = 0;
-  float amax = 0;
-  for (int i = 0; i < n; ++i) {
-    const float ax = std::fabs(x[i]);
-    if (ax > amax) {
-      amax = ax;
-      max = x[i];
-    }
-  }
-  if (amax < 1e-15f) {  // ggml's GROUP_MAX_EPS: all zero
+  const float max = LargestMagnitude(x, n);
+  if (std::fabs(max) < 1e-15f) {  // ggml's GROUP_MAX_EPS: all zero
     for (int i = 0; i < n; ++i) L[i] = 0;
     return 0.0f;
   }
@@ -270,7 +287,11 @@ float MakeQxQuants(int n, int nmax, const float* x, int8_t* L) {
   return scale;
 }
 
-void QuantizeQ6_K(const float* x, int64_t blocks, BlockQ6_K* y) {
+}  // namespace
+
+void QuantizeQ6_K(const float* x, int64_t n, void* out) {
+  const int64_t blocks = n / kQK;
+  auto* y = static_cast<BlockQ6_K*>(out);
   int8_t L[kQK];
   float scales[16];
   for (int64_t i = 0; i < blocks; ++i, x += kQK) {
@@ -319,18 +340,13 @@ void QuantizeQ6_K(const float* x, int64_t blocks, BlockQ6_K* y) {
 
 // ---- Q8_K
 
-void QuantizeQ8_K(const float* x, int64_t blocks, BlockQ8_K* y) {
+void QuantizeQ8_K(const float* x, int64_t n, void* out) {
+  const int64_t blocks = n / kQK;
+  auto* y = static_cast<BlockQ8_K*>(out);
   for (int64_t i = 0; i < blocks; ++i, x += kQK) {
     BlockQ8_K& b = y[i];
-    float max = 0;
-    float amax = 0;
-    for (int j = 0; j < kQK; ++j) {
-      if (std::fabs(x[j]) > amax) {
-        amax = std::fabs(x[j]);
-        max = x[j];
-      }
-    }
-    if (amax == 0.0f) {
+    const float max = LargestMagnitude(x, kQK);
+    if (max == 0.0f) {
       std::memset(&b, 0, sizeof(b));
       continue;
     }
@@ -348,7 +364,7 @@ void QuantizeQ8_K(const float* x, int64_t blocks, BlockQ8_K* y) {
   }
 }
 
-}  // namespace
+}  // namespace rows
 
 void UnpackQ6_K(const BlockQ6_K& b, int8_t* q) {
   for (int h = 0; h < 2; ++h) {
@@ -392,51 +408,6 @@ uint16_t FloatToHalf(float value) {
   return static_cast<uint16_t>(sign | h);
 }
 
-const char* QuantTypeName(QuantType type) {
-  switch (type) {
-    case QuantType::kQ8_0: return "Q8_0";
-    case QuantType::kQ4_0: return "Q4_0";
-    case QuantType::kQ4_K: return "Q4_K";
-    case QuantType::kQ6_K: return "Q6_K";
-    case QuantType::kQ8_K: return "Q8_K";
-  }
-  return "unknown";
-}
-
-size_t QuantBlockSize(QuantType type) {
-  switch (type) {
-    case QuantType::kQ8_0:
-    case QuantType::kQ4_0: return 32;
-    case QuantType::kQ4_K:
-    case QuantType::kQ6_K:
-    case QuantType::kQ8_K: return kQK;
-  }
-  Fail("unknown quant type ", static_cast<int>(type));
-}
-
-size_t QuantBlockBytes(QuantType type) {
-  switch (type) {
-    case QuantType::kQ8_0: return sizeof(BlockQ8_0);
-    case QuantType::kQ4_0: return sizeof(BlockQ4_0);
-    case QuantType::kQ4_K: return sizeof(BlockQ4_K);
-    case QuantType::kQ6_K: return sizeof(BlockQ6_K);
-    case QuantType::kQ8_K: return sizeof(BlockQ8_K);
-  }
-  Fail("unknown quant type ", static_cast<int>(type));
-}
-
-int64_t QuantBlockCount(QuantType type, int64_t n) {
-  const auto block = static_cast<int64_t>(QuantBlockSize(type));
-  if (n < 0 || n % block != 0) {
-    Fail(QuantTypeName(type), " row length ", n, " is not a non-negative multiple of ", block);
-  }
-  return n / block;
-}
-
-size_t QuantRowBytes(QuantType type, int64_t n) {
-  return static_cast<size_t>(QuantBlockCount(type, n)) * QuantBlockBytes(type);
-}
-
 void Q4_KScaleMin(const uint8_t* scales, int j, uint8_t* sc, uint8_t* m) {
   if (j < 4) {
     *sc = scales[j] & 63;
@@ -447,83 +418,80 @@ void Q4_KScaleMin(const uint8_t* scales, int j, uint8_t* sc, uint8_t* m) {
   }
 }
 
-void QuantizeRow(QuantType type, const float* x, int64_t n, void* out) {
-  const int64_t blocks = QuantBlockCount(type, n);
-  switch (type) {
-    case QuantType::kQ8_0: return QuantizeQ8_0(x, blocks, static_cast<BlockQ8_0*>(out));
-    case QuantType::kQ4_0: return QuantizeQ4_0(x, blocks, static_cast<BlockQ4_0*>(out));
-    case QuantType::kQ4_K: return QuantizeQ4_K(x, blocks, static_cast<BlockQ4_K*>(out));
-    case QuantType::kQ6_K: return QuantizeQ6_K(x, blocks, static_cast<BlockQ6_K*>(out));
-    case QuantType::kQ8_K: return QuantizeQ8_K(x, blocks, static_cast<BlockQ8_K*>(out));
+void QuantizeRow(WeightFormat type, const float* x, int64_t n, void* out) {
+  FormatBlockCount(type, n);  // checks n
+  Traits(type).encode(x, n, out);
+}
+
+void DequantizeRow(WeightFormat type, const void* in, int64_t n, float* out) {
+  FormatBlockCount(type, n);
+  Traits(type).decode(in, n, out);
+}
+
+namespace rows {
+
+void DequantizeQ8_0(const void* in, int64_t n, float* out) {
+  const auto* b = static_cast<const BlockQ8_0*>(in);
+  for (int64_t i = 0; i < n / 32; ++i, out += 32) {
+    const float d = HalfToFloat(b[i].d);
+    for (int j = 0; j < 32; ++j) out[j] = b[i].qs[j] * d;
   }
 }
 
-void DequantizeRow(QuantType type, const void* in, int64_t n, float* out) {
-  const int64_t blocks = QuantBlockCount(type, n);
-  switch (type) {
-    case QuantType::kQ8_0: {
-      const auto* b = static_cast<const BlockQ8_0*>(in);
-      for (int64_t i = 0; i < blocks; ++i, out += 32) {
-        const float d = HalfToFloat(b[i].d);
-        for (int j = 0; j < 32; ++j) out[j] = b[i].qs[j] * d;
-      }
-      return;
-    }
-    case QuantType::kQ4_0: {
-      const auto* b = static_cast<const BlockQ4_0*>(in);
-      for (int64_t i = 0; i < blocks; ++i, out += 32) {
-        const float d = HalfToFloat(b[i].d);
-        for (int j = 0; j < 16; ++j) {
-          out[j] = static_cast<float>((b[i].qs[j] & 0xF) - 8) * d;
-          out[j + 16] = static_cast<float>((b[i].qs[j] >> 4) - 8) * d;
-        }
-      }
-      return;
-    }
-    case QuantType::kQ4_K: {
-      const auto* b = static_cast<const BlockQ4_K*>(in);
-      for (int64_t i = 0; i < blocks; ++i) {
-        const float d = HalfToFloat(b[i].d);
-        const float dmin = HalfToFloat(b[i].dmin);
-        for (int g = 0; g < 4; ++g) {
-          uint8_t sc;
-          uint8_t m;
-          Q4_KScaleMin(b[i].scales, 2 * g, &sc, &m);
-          const float d1 = d * sc;
-          const float m1 = dmin * m;
-          Q4_KScaleMin(b[i].scales, 2 * g + 1, &sc, &m);
-          const float d2 = d * sc;
-          const float m2 = dmin * m;
-          const uint8_t* q = b[i].qs + 32 * g;
-          for (int l = 0; l < 32; ++l) *out++ = d1 * static_cast<float>(q[l] & 0xF) - m1;
-          for (int l = 0; l < 32; ++l) *out++ = d2 * static_cast<float>(q[l] >> 4) - m2;
-        }
-      }
-      return;
-    }
-    case QuantType::kQ6_K: {
-      const auto* b = static_cast<const BlockQ6_K*>(in);
-      int8_t q[kQK];
-      for (int64_t i = 0; i < blocks; ++i, out += kQK) {
-        const float d = HalfToFloat(b[i].d);
-        UnpackQ6_K(b[i], q);
-        // (d * sc) * q, ggml's association.
-        for (int e = 0; e < kQK; ++e) out[e] = d * b[i].scales[e / 16] * q[e];
-      }
-      return;
-    }
-    case QuantType::kQ8_K: {
-      const auto* b = static_cast<const BlockQ8_K*>(in);
-      for (int64_t i = 0; i < blocks; ++i, out += kQK) {
-        for (int j = 0; j < kQK; ++j) out[j] = b[i].d * b[i].qs[j];
-      }
-      return;
+void DequantizeQ4_0(const void* in, int64_t n, float* out) {
+  const auto* b = static_cast<const BlockQ4_0*>(in);
+  for (int64_t i = 0; i < n / 32; ++i, out += 32) {
+    const float d = HalfToFloat(b[i].d);
+    for (int j = 0; j < 16; ++j) {
+      out[j] = static_cast<float>((b[i].qs[j] & 0xF) - 8) * d;
+      out[j + 16] = static_cast<float>((b[i].qs[j] >> 4) - 8) * d;
     }
   }
 }
+
+void DequantizeQ4_K(const void* in, int64_t n, float* out) {
+  const auto* b = static_cast<const BlockQ4_K*>(in);
+  for (int64_t i = 0; i < n / kQK; ++i) {
+    const float d = HalfToFloat(b[i].d);
+    const float dmin = HalfToFloat(b[i].dmin);
+    for (int g = 0; g < 4; ++g) {
+      uint8_t sc;
+      uint8_t m;
+      Q4_KScaleMin(b[i].scales, 2 * g, &sc, &m);
+      const float d1 = d * sc;
+      const float m1 = dmin * m;
+      Q4_KScaleMin(b[i].scales, 2 * g + 1, &sc, &m);
+      const float d2 = d * sc;
+      const float m2 = dmin * m;
+      const uint8_t* q = b[i].qs + 32 * g;
+      for (int l = 0; l < 32; ++l) *out++ = d1 * static_cast<float>(q[l] & 0xF) - m1;
+      for (int l = 0; l < 32; ++l) *out++ = d2 * static_cast<float>(q[l] >> 4) - m2;
+    }
+  }
+}
+
+void DequantizeQ6_K(const void* in, int64_t n, float* out) {
+  const auto* b = static_cast<const BlockQ6_K*>(in);
+  int8_t q[kQK];
+  for (int64_t i = 0; i < n / kQK; ++i, out += kQK) {
+    const float d = HalfToFloat(b[i].d);
+    UnpackQ6_K(b[i], q);
+    // (d * sc) * q, ggml's association.
+    for (int e = 0; e < kQK; ++e) out[e] = d * b[i].scales[e / 16] * q[e];
+  }
+}
+
+void DequantizeQ8_K(const void* in, int64_t n, float* out) {
+  const auto* b = static_cast<const BlockQ8_K*>(in);
+  for (int64_t i = 0; i < n / kQK; ++i, out += kQK) {
+    for (int j = 0; j < kQK; ++j) out[j] = b[i].d * b[i].qs[j];
+  }
+}
+
+}  // namespace rows
 
 float DotQ8_0Q8_0(const void* w, const void* a, int64_t n) {
-  const int64_t blocks = QuantBlockCount(QuantType::kQ8_0, n);
+  const int64_t blocks = QuantBlockCount(WeightFormat::kQ8_0, n);
   const auto* x = static_cast<const BlockQ8_0*>(w);
   const auto* y = static_cast<const BlockQ8_0*>(a);
   float sum = 0.0f;
@@ -536,7 +504,7 @@ float DotQ8_0Q8_0(const void* w, const void* a, int64_t n) {
 }
 
 float DotQ4_0Q8_0(const void* w, const void* a, int64_t n) {
-  const int64_t blocks = QuantBlockCount(QuantType::kQ4_0, n);
+  const int64_t blocks = QuantBlockCount(WeightFormat::kQ4_0, n);
   const auto* x = static_cast<const BlockQ4_0*>(w);
   const auto* y = static_cast<const BlockQ8_0*>(a);
   float sum = 0.0f;
@@ -552,7 +520,7 @@ float DotQ4_0Q8_0(const void* w, const void* a, int64_t n) {
 }
 
 float DotQ4_KQ8_K(const void* w, const void* a, int64_t n) {
-  const int64_t blocks = QuantBlockCount(QuantType::kQ4_K, n);
+  const int64_t blocks = QuantBlockCount(WeightFormat::kQ4_K, n);
   const auto* x = static_cast<const BlockQ4_K*>(w);
   const auto* y = static_cast<const BlockQ8_K*>(a);
   float sum = 0.0f;
@@ -588,7 +556,7 @@ float DotQ4_KQ8_K(const void* w, const void* a, int64_t n) {
 }
 
 float DotQ6_KQ8_K(const void* w, const void* a, int64_t n) {
-  const int64_t blocks = QuantBlockCount(QuantType::kQ6_K, n);
+  const int64_t blocks = QuantBlockCount(WeightFormat::kQ6_K, n);
   const auto* x = static_cast<const BlockQ6_K*>(w);
   const auto* y = static_cast<const BlockQ8_K*>(a);
   int8_t q[kQK];

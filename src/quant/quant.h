@@ -14,6 +14,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "quant/format.h"
+
 namespace starling {
 
 static_assert(std::endian::native == std::endian::little, "block layouts assume little-endian");
@@ -22,18 +24,22 @@ static_assert(std::endian::native == std::endian::little, "block layouts assume 
 // NaN (0x7E00 with the sign), as ggml's GGML_FP32_TO_FP16. (HalfToFloat is in kernels.h.)
 uint16_t FloatToHalf(float value);
 
-enum class QuantType { kQ8_0, kQ4_0, kQ4_K, kQ6_K, kQ8_K };
-
-// ggml's name of the type ("Q4_K", ...).
-const char* QuantTypeName(QuantType type);
-// Elements per block: 32 or 256.
-size_t QuantBlockSize(QuantType type);
-// Bytes per block: 34, 18, 144, 210, 292.
-size_t QuantBlockBytes(QuantType type);
+// Elements per block (32 or 256), bytes per block, and the row helpers of format.h, for block
+// formats.
+inline size_t QuantBlockSize(WeightFormat type) {
+  return static_cast<size_t>(Traits(type).block_size);
+}
+inline size_t QuantBlockBytes(WeightFormat type) {
+  return static_cast<size_t>(Traits(type).block_bytes);
+}
 // Bytes of a row of n elements. Throws Error unless n >= 0 is a multiple of the block size.
-size_t QuantRowBytes(QuantType type, int64_t n);
+inline size_t QuantRowBytes(WeightFormat type, int64_t n) {
+  return FormatRowBytes(type, n);
+}
 // Blocks in a row of n elements, with the same check.
-int64_t QuantBlockCount(QuantType type, int64_t n);
+inline int64_t QuantBlockCount(WeightFormat type, int64_t n) {
+  return FormatBlockCount(type, n);
+}
 
 // The block layouts (ggml-common.h). x[i] is the dequantized value of element i of the block.
 
@@ -47,6 +53,58 @@ struct BlockQ8_0 {
 struct BlockQ4_0 {
   uint16_t d;
   uint8_t qs[16];
+};
+
+// x[i] = d * (qs[i] & 15) + m and x[i + 16] = d * (qs[i] >> 4) + m, for i < 16.
+struct BlockQ4_1 {
+  uint16_t d;
+  uint16_t m;
+  uint8_t qs[16];
+};
+
+// 5-bit q: its low four bits are nibbles as in Q4_0, bit 4 of element j is bit j of the
+// little-endian word qh. Q5_0: x = d * (q - 16); Q5_1: x = d * q + m.
+struct BlockQ5_0 {
+  uint16_t d;
+  uint8_t qh[4];
+  uint8_t qs[16];
+};
+struct BlockQ5_1 {
+  uint16_t d;
+  uint16_t m;
+  uint8_t qh[4];
+  uint8_t qs[16];
+};
+
+// Sixteen sub-blocks of 16: scales[k] holds sub-block k's 4-bit scale (low nibble) and 4-bit min
+// (high nibble); x = d * sc * q - dmin * m with a 2-bit q. Element 128h + 32s + l (h < 2, s < 4,
+// l < 32) is bits 2s, 2s+1 of qs[32h + l]. d and dmin come last.
+struct BlockQ2_K {
+  uint8_t scales[16];
+  uint8_t qs[64];
+  uint16_t d;
+  uint16_t dmin;
+};
+
+// Sixteen sub-blocks of 16 with 6-bit scales (stored + 32): sub-block k's low four bits are
+// scales[k] & 15 for k < 8, scales[k - 8] >> 4 above; its high two bits are bits 2(k/4),
+// 2(k/4)+1 of scales[8 + k % 4]. x = d * (sc - 32) * (q - 4 * (1 - hbit)), with the 2-bit part of
+// q placed as in Q2_K and element e's high bit at bit e / 32 of hmask[e % 32].
+struct BlockQ3_K {
+  uint8_t hmask[32];
+  uint8_t qs[64];
+  uint8_t scales[12];
+  uint16_t d;
+};
+
+// As Q4_K (scales, mins and nibbles) with a fifth bit per quant: element 64g + l (l < 32) has
+// bit 2g of qh[l], element 64g + 32 + l bit 2g + 1. x = d * sc[j] * q - dmin * m[j], q < 32.
+struct BlockQ5_K {
+  uint16_t d;
+  uint16_t dmin;
+  uint8_t scales[12];
+  uint8_t qh[32];
+  uint8_t qs[128];
 };
 
 // Eight sub-blocks of 32 with 6-bit scale sc[j] and min m[j], packed into `scales`:
@@ -85,7 +143,9 @@ struct BlockQ8_K {
   int16_t bsums[16];
 };
 
-static_assert(sizeof(BlockQ8_0) == 34 && sizeof(BlockQ4_0) == 18);
+static_assert(sizeof(BlockQ8_0) == 34 && sizeof(BlockQ4_0) == 18 && sizeof(BlockQ4_1) == 20);
+static_assert(sizeof(BlockQ5_0) == 22 && sizeof(BlockQ5_1) == 24);
+static_assert(sizeof(BlockQ2_K) == 84 && sizeof(BlockQ3_K) == 110 && sizeof(BlockQ5_K) == 176);
 static_assert(sizeof(BlockQ4_K) == 144 && sizeof(BlockQ6_K) == 210 && sizeof(BlockQ8_K) == 292);
 static_assert(offsetof(BlockQ4_K, scales) == 4 && offsetof(BlockQ4_K, qs) == 16);
 static_assert(offsetof(BlockQ6_K, qh) == 128 && offsetof(BlockQ6_K, scales) == 192 &&
@@ -97,7 +157,8 @@ void Q4_KScaleMin(const uint8_t* scales, int j, uint8_t* sc, uint8_t* m);
 // q[256] = the block's 6-bit quants minus 32 (in [-32, 31]), in element order.
 void UnpackQ6_K(const BlockQ6_K& b, int8_t* q);
 
-// out = quantized x[n] (QuantRowBytes(type, n) bytes). Throws Error for a bad n. x must be
+// out = quantized x[n] (QuantRowBytes(type, n) bytes; dense formats too: F16 and BF16 round to
+// nearest even). Throws Error for a bad n. x must be
 // finite.
 //   Q8_0, Q4_0: bit-identical to ggml's quantize_row_q8_0_ref / quantize_row_q4_0_ref (Q8_0
 //     rounds x/d half away from zero; Q4_0 takes d = max / -8, with max the first element of
@@ -106,27 +167,41 @@ void UnpackQ6_K(const BlockQ6_K& b, int8_t* q);
 //     make_qx_quants searches without an importance matrix) operation for operation, compiled
 //     without fma contraction, so the bytes equal those of a ggml build without contraction
 //     (a ggml built with -march=native differs in a few percent of the blocks).
+//   Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q5_K: ggml's quantize_row_*_ref the same way (Q2_K and Q5_K
+//     through make_qkx2_quants, Q3_K through make_q3_quants with its rmse search).
 //   Q8_K: quantize_row_q8_K_ref (d = max / -127 as a float, round half to even, bsums); an
 //     all-zero block also gets zero bsums (ggml leaves them unwritten).
 // (ggml's own AVX2 activation quantizer for Q8_0 differs from its reference: 127 / amax for 1/d
 // and ties to even; we follow the reference everywhere.)
-void QuantizeRow(QuantType type, const float* x, int64_t n, void* out);
+void QuantizeRow(WeightFormat type, const float* x, int64_t n, void* out);
 
 // out[n] = dequantized row, element for element as ggml's dequantize_row_*.
-void DequantizeRow(QuantType type, const void* in, int64_t n, float* out);
+void DequantizeRow(WeightFormat type, const void* in, int64_t n, float* out);
 
 // Dot products of one weight row with one activation row of n elements, as ggml's vec_dot: each
 // block's integer dot product is exact (int32), then scaled and summed in float in block order:
-//   Q8_0/Q4_0: sum += float(sumi) * (d_w * d_a)
-//   K-quants:  sum = fma(d_w * d_a, float(sumi), sum), then (Q4_K)
-//              sum = fma(-(dmin_w * d_a), float(summ), sum), with summ = sum_j m[j] * (bsums of
-//              sub-block j)
+//   Q8_0/Q4_0/Q5_0: sum += float(sumi) * (d_w * d_a)
+//   Q4_1/Q5_1:      the same, then sum += float(sum of the activation quants) * (m_w * d_a)
+//   K-quants:       sum = fma(d_w * d_a, float(sumi), sum), then (Q2_K, Q4_K, Q5_K)
+//                   sum = fma(-(dmin_w * d_a), float(summ), sum), with summ = sum_j m[j] *
+//                   (the bsums of sub-block j)
+// (ggml pairs Q4_1/Q5_1 with Q8_1 activations, which carry d * sum(q); Q8_0 plus that sum taken
+// here gives the same value to rounding and keeps one activation format per block size.)
 // The float summation order differs from ggml's (which keeps 8 partial sums), so the results
 // agree with ggml's only to rounding. Throws Error for a bad n.
 float DotQ8_0Q8_0(const void* w, const void* a, int64_t n);
 float DotQ4_0Q8_0(const void* w, const void* a, int64_t n);
 float DotQ4_KQ8_K(const void* w, const void* a, int64_t n);
 float DotQ6_KQ8_K(const void* w, const void* a, int64_t n);
+float DotQ4_1Q8_0(const void* w, const void* a, int64_t n);
+float DotQ5_0Q8_0(const void* w, const void* a, int64_t n);
+float DotQ5_1Q8_0(const void* w, const void* a, int64_t n);
+float DotQ2_KQ8_K(const void* w, const void* a, int64_t n);
+float DotQ3_KQ8_K(const void* w, const void* a, int64_t n);
+float DotQ5_KQ8_K(const void* w, const void* a, int64_t n);
+
+// The 6-bit scales of a Q3_K block, minus 32: sc[16] in [-32, 31].
+void Q3_KScales(const uint8_t* scales, int8_t* sc);
 
 // ---- AVX2 + FMA + F16C versions (quant_avx2.cpp). Call only where CpuHasAvx2Fma().
 
@@ -142,6 +217,15 @@ void QuantizeRowQ8_K_Avx2(const float* x, int64_t n, void* out);
 // DotQ6_KQ8_K. They read the activations' bsums, so those must be consistent with qs.
 float DotQ4_KQ8_K_Avx2(const void* w, const void* a, int64_t n);
 float DotQ6_KQ8_K_Avx2(const void* w, const void* a, int64_t n);
+
+// quant_more_avx2.cpp: the same bits as the scalar twins DotQ4_1Q8_0 ... DotQ5_KQ8_K (exact
+// integer sums per block, then the twin's float operations in its order), for any bytes.
+float DotQ4_1Q8_0_Avx2(const void* w, const void* a, int64_t n);
+float DotQ5_0Q8_0_Avx2(const void* w, const void* a, int64_t n);
+float DotQ5_1Q8_0_Avx2(const void* w, const void* a, int64_t n);
+float DotQ2_KQ8_K_Avx2(const void* w, const void* a, int64_t n);
+float DotQ3_KQ8_K_Avx2(const void* w, const void* a, int64_t n);
+float DotQ5_KQ8_K_Avx2(const void* w, const void* a, int64_t n);
 
 // The Q8_0-activation dot products keep 8 float lanes (each block's exact integer partial sums
 // are scaled with one fma per lane: acc = fma(d_w * d_a, lanes, acc)) and add the lanes at the

@@ -91,7 +91,7 @@ bool CpuHasAvx2Fma() {
 }
 
 STARLING_AVX2 void QuantizeRowQ8_0_Avx2(const float* x, int64_t n, void* out) {
-  const int64_t blocks = QuantBlockCount(QuantType::kQ8_0, n);
+  const int64_t blocks = QuantBlockCount(WeightFormat::kQ8_0, n);
   auto* y = static_cast<BlockQ8_0*>(out);
   const __m256 sign_mask = _mm256_set1_ps(-0.0f);
   for (int64_t i = 0; i < blocks; ++i, x += 32) {
@@ -115,7 +115,7 @@ STARLING_AVX2 void QuantizeRowQ8_0_Avx2(const float* x, int64_t n, void* out) {
 }
 
 STARLING_AVX2 void QuantizeRowQ8_K_Avx2(const float* x, int64_t n, void* out) {
-  const int64_t blocks = QuantBlockCount(QuantType::kQ8_K, n);
+  const int64_t blocks = QuantBlockCount(WeightFormat::kQ8_K, n);
   auto* y = static_cast<BlockQ8_K*>(out);
   const __m256 sign_mask = _mm256_set1_ps(-0.0f);
   for (int64_t i = 0; i < blocks; ++i, x += 256) {
@@ -319,7 +319,7 @@ STARLING_AVX2 void DotsQ8_0Q8_0_Avx2(const void* w, size_t w_stride, int64_t row
   // 3 x 2 tiles: 6 accumulators, 3 weight vectors and the activations fit the 16 registers.
   constexpr int kRows = 3;
   constexpr int kTokens = 2;
-  const int64_t blocks = QuantBlockCount(QuantType::kQ8_0, n);
+  const int64_t blocks = QuantBlockCount(WeightFormat::kQ8_0, n);
   const auto* wb = static_cast<const char*>(w);
   const auto* ab = static_cast<const char*>(a);
   // The activations' scales [tokens][blocks] and a row tile's weight scales [kRows][blocks].
@@ -357,7 +357,7 @@ STARLING_AVX2 void DotsQ4_0Q8_0_Avx2(const void* w, size_t w_stride, int64_t row
   // activation halves fit the 16 registers.
   constexpr int kPairs = 2;
   constexpr int kTokens = 3;
-  const int64_t blocks = QuantBlockCount(QuantType::kQ4_0, n);
+  const int64_t blocks = QuantBlockCount(WeightFormat::kQ4_0, n);
   const auto* wb = static_cast<const char*>(w);
   const auto* ab = static_cast<const char*>(a);
   // The activations' scales and offsets, [tokens][blocks], and a row tile's weight scales.
@@ -697,7 +697,7 @@ constexpr KQuantTile kQ6_KTiles[kMaxTileRows][kMaxTileOutputs] = {
 // the constants fit the 16 registers); the last tokens (rt < 8) in tiles of as many rows as
 // fit 8 outputs, at most 4; a single token (matrix-vector) in tiles of 4 rows.
 STARLING_AVX2 void DotsKQuant(const KQuantTile (&tiles)[kMaxTileRows][kMaxTileOutputs],
-                              QuantType type, const void* w, size_t w_stride, int64_t rows,
+                              WeightFormat type, const void* w, size_t w_stride, int64_t rows,
                               const void* a, size_t a_stride, int64_t tokens, int64_t n, float* out,
                               int64_t out_stride) {
   constexpr int64_t kTileTokens = 8;
@@ -746,14 +746,14 @@ STARLING_AVX2 void DotsKQuant(const KQuantTile (&tiles)[kMaxTileRows][kMaxTileOu
 STARLING_AVX2 void DotsQ4_KQ8_K_Avx2(const void* w, size_t w_stride, int64_t rows, const void* a,
                                      size_t a_stride, int64_t tokens, int64_t n, float* out,
                                      int64_t out_stride) {
-  DotsKQuant(kQ4_KTiles, QuantType::kQ4_K, w, w_stride, rows, a, a_stride, tokens, n, out,
+  DotsKQuant(kQ4_KTiles, WeightFormat::kQ4_K, w, w_stride, rows, a, a_stride, tokens, n, out,
              out_stride);
 }
 
 STARLING_AVX2 void DotsQ6_KQ8_K_Avx2(const void* w, size_t w_stride, int64_t rows, const void* a,
                                      size_t a_stride, int64_t tokens, int64_t n, float* out,
                                      int64_t out_stride) {
-  DotsKQuant(kQ6_KTiles, QuantType::kQ6_K, w, w_stride, rows, a, a_stride, tokens, n, out,
+  DotsKQuant(kQ6_KTiles, WeightFormat::kQ6_K, w, w_stride, rows, a, a_stride, tokens, n, out,
              out_stride);
 }
 
@@ -762,7 +762,7 @@ STARLING_AVX2 void DotsQ6_KQ8_K_Avx2(const void* w, size_t w_stride, int64_t row
 // only many tokens amortize (1.1B Q4_K_M generation: 23 tok/s with these, 14 with 4 x 1 tiles).
 // Same bits as the scalar twins, and so as the tiles.
 STARLING_AVX2 float DotQ4_KQ8_K_Avx2(const void* w, const void* a, int64_t n) {
-  const int64_t blocks = QuantBlockCount(QuantType::kQ4_K, n);
+  const int64_t blocks = QuantBlockCount(WeightFormat::kQ4_K, n);
   const auto* x = static_cast<const BlockQ4_K*>(w);
   const auto* y = static_cast<const BlockQ8_K*>(a);
   const __m256i low4 = _mm256_set1_epi8(0x0F);
@@ -810,7 +810,7 @@ STARLING_AVX2 float DotQ4_KQ8_K_Avx2(const void* w, const void* a, int64_t n) {
 }
 
 STARLING_AVX2 float DotQ6_KQ8_K_Avx2(const void* w, const void* a, int64_t n) {
-  const int64_t blocks = QuantBlockCount(QuantType::kQ6_K, n);
+  const int64_t blocks = QuantBlockCount(WeightFormat::kQ6_K, n);
   const auto* x = static_cast<const BlockQ6_K*>(w);
   const auto* y = static_cast<const BlockQ8_K*>(a);
   const __m256i low4 = _mm256_set1_epi8(0x0F);

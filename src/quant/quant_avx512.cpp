@@ -159,7 +159,7 @@ STARLING_AVX512 void DotsQ4_0Q8_0_Avx512(const void* w, size_t w_stride, int64_t
                                          const void* a, size_t a_stride, int64_t tokens, int64_t n,
                                          float* out, int64_t out_stride) {
   constexpr int kRows = 4, kTokens = 3;
-  const int64_t blocks = QuantBlockCount(QuantType::kQ4_0, n);
+  const int64_t blocks = QuantBlockCount(WeightFormat::kQ4_0, n);
   const auto* wb = static_cast<const char*>(w);
   const auto* ab = static_cast<const char*>(a);
   thread_local std::vector<float> scratch;
@@ -202,7 +202,7 @@ STARLING_AVX512 void DotsQ8_0Q8_0_Avx512(const void* w, size_t w_stride, int64_t
                                          const void* a, size_t a_stride, int64_t tokens, int64_t n,
                                          float* out, int64_t out_stride) {
   constexpr int kRows = 4, kTokens = 3;
-  const int64_t blocks = QuantBlockCount(QuantType::kQ8_0, n);
+  const int64_t blocks = QuantBlockCount(WeightFormat::kQ8_0, n);
   const auto* wb = static_cast<const char*>(w);
   const auto* ab = static_cast<const char*>(a);
   using Tile = void (*)(const char*, size_t, const char*, size_t, int64_t, float*, int64_t);

@@ -24,12 +24,12 @@ struct Source;
 template <>
 struct Source<BlockQ4_0x8> {
   using Block = BlockQ4_0;
-  static constexpr QuantType kType = QuantType::kQ4_0;
+  static constexpr WeightFormat kType = WeightFormat::kQ4_0;
 };
 template <>
 struct Source<BlockQ8_0x8> {
   using Block = BlockQ8_0;
-  static constexpr QuantType kType = QuantType::kQ8_0;
+  static constexpr WeightFormat kType = WeightFormat::kQ8_0;
 };
 
 // Both layouts keep row r's bytes qs[4j..4j+3] at bytes 4r..4r+3 of 32-byte chunk j.
@@ -126,7 +126,7 @@ void DequantizeRowQ8_0x8(const void* w, int64_t row, int64_t n, float* out) {
 }
 
 void ComputeQ8_0BlockTerms(const void* a, int64_t n, Q8_0BlockTerms* out) {
-  const int64_t blocks = QuantBlockCount(QuantType::kQ8_0, n);
+  const int64_t blocks = QuantBlockCount(WeightFormat::kQ8_0, n);
   const auto* y = static_cast<const BlockQ8_0*>(a);
   for (int64_t b = 0; b < blocks; ++b) {
     int32_t sum = 0;

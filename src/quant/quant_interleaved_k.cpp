@@ -107,12 +107,12 @@ struct Source;
 template <>
 struct Source<BlockQ4_Kx8> {
   using Block = BlockQ4_K;
-  static constexpr QuantType kType = QuantType::kQ4_K;
+  static constexpr WeightFormat kType = WeightFormat::kQ4_K;
 };
 template <>
 struct Source<BlockQ6_Kx8> {
   using Block = BlockQ6_K;
-  static constexpr QuantType kType = QuantType::kQ6_K;
+  static constexpr WeightFormat kType = WeightFormat::kQ6_K;
 };
 
 void RepackGroup(const BlockQ4_K* const* src, int valid, BlockQ4_Kx8& x) {
@@ -156,7 +156,7 @@ void RepackQ6_Kx8(const void* w, int64_t rows, int64_t n, void* out) {
 
 // DequantizeRow's expressions, element for element.
 void DequantizeRowQ4_Kx8(const void* w, int64_t row, int64_t n, float* out) {
-  const int64_t blocks = QuantBlockCount(QuantType::kQ4_K, n);
+  const int64_t blocks = QuantBlockCount(WeightFormat::kQ4_K, n);
   const auto [x, r] = RowBlocks<BlockQ4_Kx8>(w, row, blocks);
   for (int64_t b = 0; b < blocks; ++b, out += kQK) {
     uint8_t packed[12];
@@ -176,7 +176,7 @@ void DequantizeRowQ4_Kx8(const void* w, int64_t row, int64_t n, float* out) {
 }
 
 void DequantizeRowQ6_Kx8(const void* w, int64_t row, int64_t n, float* out) {
-  const int64_t blocks = QuantBlockCount(QuantType::kQ6_K, n);
+  const int64_t blocks = QuantBlockCount(WeightFormat::kQ6_K, n);
   const auto [x, r] = RowBlocks<BlockQ6_Kx8>(w, row, blocks);
   for (int64_t b = 0; b < blocks; ++b, out += kQK) {
     const float d = HalfToFloat(x[b].d[r]);
@@ -190,7 +190,7 @@ void DequantizeRowQ6_Kx8(const void* w, int64_t row, int64_t n, float* out) {
 // The scalar twins: per row and token, DotQ4_KQ8_K's / DotQ6_KQ8_K's sums and float operations.
 void DotsQ4_Kx8Q8_K(const void* w, int64_t rows, const void* a, size_t a_stride, int64_t tokens,
                     int64_t n, float* out, int64_t out_stride) {
-  const int64_t blocks = QuantBlockCount(QuantType::kQ4_K, n);
+  const int64_t blocks = QuantBlockCount(WeightFormat::kQ4_K, n);
   for (int64_t row = 0; row < rows; ++row) {
     const auto [x, r] = RowBlocks<BlockQ4_Kx8>(w, row, blocks);
     for (int64_t t = 0; t < tokens; ++t) {
@@ -222,7 +222,7 @@ void DotsQ4_Kx8Q8_K(const void* w, int64_t rows, const void* a, size_t a_stride,
 
 void DotsQ6_Kx8Q8_K(const void* w, int64_t rows, const void* a, size_t a_stride, int64_t tokens,
                     int64_t n, float* out, int64_t out_stride) {
-  const int64_t blocks = QuantBlockCount(QuantType::kQ6_K, n);
+  const int64_t blocks = QuantBlockCount(WeightFormat::kQ6_K, n);
   for (int64_t row = 0; row < rows; ++row) {
     const auto [x, r] = RowBlocks<BlockQ6_Kx8>(w, row, blocks);
     for (int64_t t = 0; t < tokens; ++t) {

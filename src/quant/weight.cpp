@@ -16,24 +16,11 @@ namespace {
 
 DType DenseType(WeightFormat f) {
   switch (f) {
+    case WeightFormat::kF32: return DType::kF32;
     case WeightFormat::kF16: return DType::kF16;
     case WeightFormat::kBF16: return DType::kBF16;
-    default: return DType::kF32;
+    default: Fail("DenseType: ", WeightFormatName(f), " is a block format");
   }
-}
-
-QuantType BlockType(WeightFormat f) {
-  switch (f) {
-    case WeightFormat::kQ8_0: return QuantType::kQ8_0;
-    case WeightFormat::kQ4_0: return QuantType::kQ4_0;
-    case WeightFormat::kQ4_K: return QuantType::kQ4_K;
-    default: return QuantType::kQ6_K;
-  }
-}
-
-// The activation format a quantized weight format multiplies with.
-QuantType ActivationType(WeightFormat f) {
-  return f == WeightFormat::kQ4_K || f == WeightFormat::kQ6_K ? QuantType::kQ8_K : QuantType::kQ8_0;
 }
 
 using QuantDot = float (*)(const void*, const void*, int64_t);
@@ -50,9 +37,11 @@ bool UseAvx512() {
 }
 
 bool IsKQuant(WeightFormat f) {
-  return f == WeightFormat::kQ4_K || f == WeightFormat::kQ6_K;
+  return Traits(f).activation == WeightFormat::kQ8_K;
 }
 
+// The fastest single dot product this CPU has for the format; the scalar twin (the table's)
+// where there is no SIMD one.
 QuantDot DotFor(WeightFormat f) {
   const bool avx2 = UseAvx2();
   switch (f) {
@@ -61,8 +50,24 @@ QuantDot DotFor(WeightFormat f) {
     case WeightFormat::kQ4_0:
       return UseAvx512() ? DotQ4_0Q8_0_Avx512 : avx2 ? DotQ4_0Q8_0_Avx2 : DotQ4_0Q8_0;
     case WeightFormat::kQ4_K: return avx2 ? DotQ4_KQ8_K_Avx2 : DotQ4_KQ8_K;
-    default: return avx2 ? DotQ6_KQ8_K_Avx2 : DotQ6_KQ8_K;
+    case WeightFormat::kQ6_K: return avx2 ? DotQ6_KQ8_K_Avx2 : DotQ6_KQ8_K;
+    case WeightFormat::kQ4_1: return avx2 ? DotQ4_1Q8_0_Avx2 : DotQ4_1Q8_0;
+    case WeightFormat::kQ5_0: return avx2 ? DotQ5_0Q8_0_Avx2 : DotQ5_0Q8_0;
+    case WeightFormat::kQ5_1: return avx2 ? DotQ5_1Q8_0_Avx2 : DotQ5_1Q8_0;
+    case WeightFormat::kQ2_K: return avx2 ? DotQ2_KQ8_K_Avx2 : DotQ2_KQ8_K;
+    case WeightFormat::kQ3_K: return avx2 ? DotQ3_KQ8_K_Avx2 : DotQ3_KQ8_K;
+    case WeightFormat::kQ5_K: return avx2 ? DotQ5_KQ8_K_Avx2 : DotQ5_KQ8_K;
+    default: break;  // the scalar twin below
   }
+  const RowDot dot = Traits(f).dot;
+  if (dot == nullptr) Fail("MatMul: ", WeightFormatName(f), " has no dot product");
+  return dot;
+}
+
+// Formats that LoadForMatMul interleaves eight rows at a time (quant.h's x8 layouts).
+bool HasInterleavedLayout(WeightFormat f) {
+  return f == WeightFormat::kQ4_0 || f == WeightFormat::kQ8_0 || f == WeightFormat::kQ4_K ||
+         f == WeightFormat::kQ6_K;
 }
 
 // For row-major matrices (LoadForMatMul interleaves them): the register-tiled kernels where
@@ -77,7 +82,7 @@ QuantDots TiledDotsFor(WeightFormat f, int64_t tokens) {
     case WeightFormat::kQ4_0: return UseAvx512() ? DotsQ4_0Q8_0_Avx512 : DotsQ4_0Q8_0_Avx2;
     case WeightFormat::kQ4_K: return DotsQ4_KQ8_K_Avx2;
     case WeightFormat::kQ6_K: return DotsQ6_KQ8_K_Avx2;
-    default: return nullptr;
+    default: return nullptr;  // no tiles: one dot product per output
   }
 }
 
@@ -100,49 +105,15 @@ void ForEachBlock(int64_t rows, int64_t tokens, Fn&& fn) {
   });
 }
 
-void QuantizeActivations(QuantType type, const float* x, int64_t n, void* out) {
+void QuantizeActivations(WeightFormat type, const float* x, int64_t n, void* out) {
   if (UseAvx2()) {
-    (type == QuantType::kQ8_0 ? QuantizeRowQ8_0_Avx2 : QuantizeRowQ8_K_Avx2)(x, n, out);
+    (type == WeightFormat::kQ8_0 ? QuantizeRowQ8_0_Avx2 : QuantizeRowQ8_K_Avx2)(x, n, out);
   } else {
     QuantizeRow(type, x, n, out);
   }
 }
 
 }  // namespace
-
-const char* WeightFormatName(WeightFormat format) {
-  switch (format) {
-    case WeightFormat::kF32: return "F32";
-    case WeightFormat::kF16: return "F16";
-    case WeightFormat::kBF16: return "BF16";
-    case WeightFormat::kQ8_0: return "Q8_0";
-    case WeightFormat::kQ4_0: return "Q4_0";
-    case WeightFormat::kQ4_K: return "Q4_K";
-    case WeightFormat::kQ6_K: return "Q6_K";
-  }
-  return "unknown";
-}
-
-std::optional<WeightFormat> WeightFormatFromName(std::string_view name) {
-  std::string upper(name);
-  for (char& c : upper) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
-  for (const WeightFormat f :
-       {WeightFormat::kF32, WeightFormat::kF16, WeightFormat::kBF16, WeightFormat::kQ8_0,
-        WeightFormat::kQ4_0, WeightFormat::kQ4_K, WeightFormat::kQ6_K}) {
-    if (upper == WeightFormatName(f)) return f;
-  }
-  return std::nullopt;
-}
-
-bool IsQuantized(WeightFormat format) {
-  return format != WeightFormat::kF32 && format != WeightFormat::kF16 &&
-         format != WeightFormat::kBF16;
-}
-
-size_t WeightRowBytes(WeightFormat format, int64_t cols) {
-  if (IsQuantized(format)) return QuantRowBytes(BlockType(format), cols);
-  return static_cast<size_t>(cols) * DTypeSize(DenseType(format));
-}
 
 bool LoadsForMatMul(const WeightMatrix& w) {
   return IsQuantized(w.format) && w.layout == WeightLayout::kRows;
@@ -155,14 +126,16 @@ WeightMatrix LoadForMatMul(const WeightMatrix& w, HugePageBuffer& buffer) {
   WeightMatrix out = w;
   // The AVX-512 VNNI kernels (opt-in) read Q4_0 and Q8_0 in the row-major layout; K-quants
   // have no AVX-512 kernels, the AVX2 ones serve that level.
-  const bool interleave = IsKQuant(w.format) || !UseAvx512();
+  // Formats without an interleaved layout are copied as they are (onto huge pages).
+  const bool interleave = HasInterleavedLayout(w.format) && (IsKQuant(w.format) || !UseAvx512());
   if (interleave) {
     const auto repack = [&] {
       switch (w.format) {
         case WeightFormat::kQ4_0: return RepackQ4_0x8;
         case WeightFormat::kQ8_0: return RepackQ8_0x8;
         case WeightFormat::kQ4_K: return RepackQ4_Kx8;
-        default: return RepackQ6_Kx8;
+        case WeightFormat::kQ6_K: return RepackQ6_Kx8;
+        default: Fail("LoadForMatMul: no interleaved layout for ", WeightFormatName(w.format));
       }
     }();
     // An interleaved block holds 8 row blocks: a group of 8 rows takes 8 rows' bytes.
@@ -191,10 +164,11 @@ void ReadRow(const WeightMatrix& w, int64_t r, float* out) {
       case WeightFormat::kQ4_0: return DequantizeRowQ4_0x8(w.data, r, w.cols, out);
       case WeightFormat::kQ8_0: return DequantizeRowQ8_0x8(w.data, r, w.cols, out);
       case WeightFormat::kQ4_K: return DequantizeRowQ4_Kx8(w.data, r, w.cols, out);
-      default: return DequantizeRowQ6_Kx8(w.data, r, w.cols, out);
+      case WeightFormat::kQ6_K: return DequantizeRowQ6_Kx8(w.data, r, w.cols, out);
+      default: Fail("ReadRow: ", WeightFormatName(w.format), " has no interleaved layout");
     }
   } else if (IsQuantized(w.format)) {
-    DequantizeRow(BlockType(w.format), w.row(r), w.cols, out);
+    DequantizeRow(w.format, w.row(r), w.cols, out);
   } else {
     ReadRow(DenseMatrix{DenseType(w.format), w.data, w.rows, w.cols}, r, out);
   }
@@ -220,7 +194,7 @@ void MatMul(const WeightMatrix& w, const float* x, int64_t tokens, float* out) {
     return;
   }
   // Quantize each token's activations once; every row's dot product reuses them.
-  const QuantType activation = ActivationType(w.format);
+  const WeightFormat activation = Traits(w.format).activation;
   const size_t a_bytes = QuantRowBytes(activation, w.cols);
   thread_local std::vector<uint64_t> scratch;  // grows once; 8-byte aligned blocks
   const size_t words = (a_bytes * static_cast<size_t>(tokens) + 7) / 8;
@@ -243,7 +217,7 @@ void MatMul(const WeightMatrix& w, const float* x, int64_t tokens, float* out) {
   }
   if (w.layout == WeightLayout::kInterleaved8) {
     // The kernels also need each activation block's scale and offset term.
-    const int64_t blocks = QuantBlockCount(QuantType::kQ8_0, w.cols);
+    const int64_t blocks = QuantBlockCount(WeightFormat::kQ8_0, w.cols);
     thread_local std::vector<Q8_0BlockTerms> terms;
     if (terms.size() < static_cast<size_t>(blocks * tokens)) terms.resize(blocks * tokens);
     // A plain pointer: inside the lambda, `terms` would name the worker thread's own vector.

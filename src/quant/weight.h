@@ -16,14 +16,11 @@
 
 namespace starling {
 
-enum class WeightFormat : uint8_t { kF32, kF16, kBF16, kQ8_0, kQ4_0, kQ4_K, kQ6_K };
-
-const char* WeightFormatName(WeightFormat format);                        // "F32", ..., "Q4_K"
-std::optional<WeightFormat> WeightFormatFromName(std::string_view name);  // case-insensitive
-bool IsQuantized(WeightFormat format);
-// Bytes of one row of `cols` elements; throws starling::Error when cols does not divide
-// into blocks.
-size_t WeightRowBytes(WeightFormat format, int64_t cols);
+// Bytes of one row of `cols` elements (format.h); throws starling::Error when cols does not
+// divide into blocks.
+inline size_t WeightRowBytes(WeightFormat format, int64_t cols) {
+  return FormatRowBytes(format, cols);
+}
 
 // How a matrix's rows are arranged in memory.
 enum class WeightLayout : uint8_t {

@@ -1,5 +1,6 @@
 // `starling quantize` (any model -> GGUF in a chosen format) and `starling make-model`
 // (random weights of a given shape, as GGUF or a Hugging Face directory, for benchmarks).
+#include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <memory>
@@ -49,18 +50,55 @@ double Elements(const std::vector<ExportTensor>& tensors) {
   return n;
 }
 
+std::string Mib(double bytes) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.2f MiB", bytes / (1 << 20));
+  return buf;
+}
+
 void RunQuantize(const std::string& in, const std::string& out, const std::string& type) {
   const QuantPreset preset = QuantPresetFromName(type);
+  const auto start = std::chrono::steady_clock::now();
   const Model model = Model::Load(in);
   GgufWriter writer;
   std::vector<ExportTensor> tensors = ExportTensorsOf(model);
+  const size_t count = tensors.size();
   Progress progress(std::string("quantize to ") + QuantPresetName(preset), Elements(tensors));
-  AddModelToGguf(model.config(), Counted(std::move(tensors), &progress), preset, &writer);
+  // One line per tensor, as llama-quantize prints: its name, shape, format, and its size as
+  // float32 against its size as written; a preset format that did not fit is said.
+  size_t index = 0;
+  double f32_total = 0;
+  double written_total = 0;
+  size_t fallbacks = 0;
+  const auto report = [&](const TensorWritten& t) {
+    double elements = 1;
+    std::string shape;
+    for (const int64_t d : t.shape) {
+      elements *= static_cast<double>(d);
+      shape += (shape.empty() ? "" : ", ") + std::to_string(d);
+    }
+    f32_total += 4 * elements;
+    written_total += static_cast<double>(t.bytes);
+    fallbacks += t.fallback ? 1 : 0;
+    progress.Clear();
+    std::fprintf(stderr, "[%4zu/%4zu] %-32s [%s] -> %-5s %10s -> %10s%s\n", ++index, count,
+                 t.gguf_name.c_str(), shape.c_str(), WeightFormatName(t.format),
+                 Mib(4 * elements).c_str(), Mib(static_cast<double>(t.bytes)).c_str(),
+                 t.fallback ? "  (rows too short for the preset's format: fallback)" : "");
+  };
+  AddModelToGguf(model.config(), Counted(std::move(tensors), &progress), preset, &writer, report);
   progress.Finish();
   writer.AddUint32("general.quantization_version", 2);
   CopyTokenizerToGguf(in, &writer);
   writer.WriteTo(out);
-  std::fprintf(stderr, "wrote %s (%s)\n", out.c_str(), QuantPresetName(preset));
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  std::fprintf(stderr,
+               "wrote %s (%s): %zu tensors, %s as float32 -> %s (%.2f bits per weight on "
+               "average), %zu fallback(s), %.1f s\n",
+               out.c_str(), QuantPresetName(preset), count, Mib(f32_total).c_str(),
+               Mib(written_total).c_str(), f32_total > 0 ? 32.0 * written_total / f32_total : 0.0,
+               fallbacks, seconds);
 }
 
 ModelConfig Preset(const std::string& name) {
@@ -283,13 +321,20 @@ void RegisterConvert(CLI::App& app) {
       q->add_option("input", *in, "a Hugging Face directory, a GGUF file or a cached ORG/NAME")
           ->required());
   q->add_option("output", *out, "the GGUF file to write")->required();
-  q->add_option("--type", *type, "f32, f16, bf16, q8_0, q4_0 or q4_k_m")->required();
+  q->add_option(
+      "type", *type,
+      "the file type, as llama-quantize names them (case-insensitive): " + QuantPresetList());
+  q->add_option("--type", *type, "the same, as an option");
   q->footer(
       "Progress and an ETA go to stderr.\n"
       "Examples:\n"
-      "  starling quantize Starling-LM-7B-alpha/ starling-q4_k_m.gguf --type q4_k_m\n"
+      "  starling quantize Starling-LM-7B-alpha/ starling-q4_k_m.gguf Q4_K_M\n"
+      "  starling quantize Starling-LM-7B-alpha/ starling-q5_k_m.gguf --type q5_k_m\n"
       "  starling quantize berkeley-nest/Starling-LM-7B-alpha starling-q8_0.gguf --type q8_0");
-  q->callback([=] { RunQuantize(*in, *out, *type); });
+  q->callback([=] {
+    if (type->empty()) Fail("quantize: give the type (e.g. q4_k_m) after OUTPUT or as --type");
+    RunQuantize(*in, *out, *type);
+  });
 
   auto f = std::make_shared<MakeModelFlags>();
   CLI::App* m = app.add_subcommand(

@@ -9,6 +9,7 @@
 #include <iostream>
 #include <limits>
 #include <memory>
+#include <optional>
 #include <random>
 #include <string>
 #include <vector>
@@ -21,9 +22,11 @@
 #include "core/signals.h"
 #include "core/thread_pool.h"
 #include "embedded_model.h"
+#include "formats/gguf.h"
 #include "generate/generate.h"
 #include "line_reader.h"
 #include "progress.h"
+#include "quant/format.h"
 
 namespace starling::cli {
 namespace {
@@ -411,8 +414,55 @@ std::string Bytes(uint64_t n) {
   return buf;
 }
 
+bool LooksLikeGguf(const std::string& path) {
+  try {
+    return !IsDirectory(path) && ReadFilePrefix(path, 4) == "GGUF";
+  } catch (const Error&) {
+    return false;  // not a readable file: the load error says why
+  }
+}
+
+// `info` on a GGUF file the loader refuses (e.g. tensor types this build cannot run): the file's
+// own description, every tensor with its type, the ones we cannot run marked, then the error.
+void DescribeGgufWeCannotLoad(const std::string& path, const Error& load_error) {
+  GgufFile gguf = GgufFile::Open(path);  // throws its own error when the file does not parse
+  std::printf("model: %s (GGUF v%u; it does not load here, see below)\n", path.c_str(),
+              gguf.version());
+  for (const char* key : {"general.architecture", "general.name", "general.file_type"}) {
+    if (const GgufValue* v = gguf.Find(key)) {
+      std::printf("%s: %s\n", key, GgufValueToString(*v).c_str());
+    }
+  }
+  std::printf("tensors: %zu\n", gguf.tensors().size());
+  size_t cannot = 0;
+  for (const GgufTensorInfo& t : gguf.tensors()) {
+    std::string shape;
+    for (auto it = t.dims.rbegin(); it != t.dims.rend(); ++it) {
+      shape += (shape.empty() ? "" : " x ") + std::to_string(*it);
+    }
+    const FormatTraits* f = FindFormatByGgmlType(t.ggml_type);
+    const bool runs = f != nullptr && f->weight;
+    cannot += runs ? 0 : 1;
+    std::printf("  %-48s %-7s %s%s\n", t.name.c_str(), GgufTypeName(t.ggml_type).c_str(),
+                shape.c_str(), runs ? "" : "   <- this build cannot run this type");
+  }
+  std::fflush(stdout);
+  if (cannot > 0) {
+    Fail(cannot, " of ", gguf.tensors().size(),
+         " tensors have types this build cannot run (marked above); it runs ", WeightFormatList());
+  }
+  throw load_error;
+}
+
 void RunInfo(const std::string& path, int32_t context, DType kv_type) {
-  const LoadedModel m = LoadModelOrDefault(path);
+  std::optional<LoadedModel> loaded;
+  try {
+    loaded.emplace(LoadModelOrDefault(path));
+  } catch (const Error& e) {
+    if (!path.empty() && LooksLikeGguf(path)) DescribeGgufWeCannotLoad(path, e);
+    throw;
+  }
+  const LoadedModel& m = *loaded;
   const ModelConfig& c = m.model->config();
   if (context < 0) Fail("--ctx ", context, " must be positive");
   const int32_t ctx = context > 0 ? context : std::min(c.max_position_embeddings, 4096);

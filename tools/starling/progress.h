@@ -68,6 +68,13 @@ class Progress {
     std::fflush(stderr);
   }
 
+  // Erases a redrawn terminal line, so that a line printed next stands alone (the progress
+  // line comes back at the next Update).
+  void Clear() {
+    if (drawn_) std::fputs("\r\033[K", stderr);
+    drawn_ = false;
+  }
+
   // Ends a redrawn terminal line, so that what follows starts on its own line.
   void Finish() {
     if (drawn_) std::fputc('\n', stderr);

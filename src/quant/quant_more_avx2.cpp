@@ -1,0 +1,209 @@
+// AVX2 twins of the dot products of Q4_1, Q5_0, Q5_1, Q2_K, Q3_K and Q5_K (quant_more.cpp). Each
+// block's integer sums are computed with vector instructions, exactly; then the scalar twin's
+// float operations run in its order, so every function returns the scalar twin's bits. Each
+// function carries its target attribute; callers check CpuHasAvx2Fma() first.
+//
+// _mm256_maddubs_epi16 (u8 x s8, pairs summed into int16) is used only where a pair sum cannot
+// saturate: unsigned quants below 32 times activations in [-128, 127] give at most
+// 2 * 31 * 128 = 7936.
+#include <immintrin.h>
+
+#include <cmath>
+#include <cstring>
+
+#include "quant/quant.h"
+
+#define STARLING_AVX2 __attribute__((target("avx2,fma,f16c")))
+
+// The float steps must be the scalar twin's, which is compiled without fma contraction (its
+// explicit std::fma calls aside): fusing `sum += a * b` here would round once less.
+#if defined(__clang__)
+#pragma STDC FP_CONTRACT OFF
+#elif defined(__GNUC__)
+#pragma GCC optimize("fp-contract=off")
+#endif
+
+namespace starling {
+namespace {
+
+constexpr int kQK = 256;
+
+STARLING_AVX2 inline int32_t Sum(__m256i v) {
+  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01));
+  return _mm_cvtsi128_si32(s);
+}
+
+STARLING_AVX2 inline float Half(uint16_t h) {
+  return _cvtsh_ss(h);
+}
+
+// 32 unsigned quants (each < 32) times 32 int8 activations, as 8 int32 partial sums.
+STARLING_AVX2 inline __m256i DotU8(__m256i u, __m256i a) {
+  return _mm256_madd_epi16(_mm256_maddubs_epi16(u, a), _mm256_set1_epi16(1));
+}
+
+// The nibbles of 16 bytes as 32 bytes: low nibbles (elements 0-15) then high nibbles (16-31).
+STARLING_AVX2 inline __m256i Nibbles(const uint8_t* qs) {
+  const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qs));
+  const __m128i mask = _mm_set1_epi8(0x0F);
+  return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(b, 4), mask), _mm_and_si128(b, mask));
+}
+
+// Bit j of the 32-bit little-endian word at qh as byte j: 0x10 where set, 0 elsewhere.
+STARLING_AVX2 inline __m256i FifthBits(const uint8_t* qh) {
+  uint32_t bits;
+  std::memcpy(&bits, qh, 4);
+  // Byte j gets byte j / 8 of the word, then the bit j % 8 of it is tested.
+  const __m256i bytes =
+      _mm256_shuffle_epi8(_mm256_set1_epi32(static_cast<int32_t>(bits)),
+                          _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2,
+                                           2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3));
+  const __m256i bit = _mm256_set1_epi64x(0x8040201008040201);
+  const __m256i set = _mm256_cmpeq_epi8(_mm256_and_si256(bytes, bit), bit);
+  return _mm256_and_si256(set, _mm256_set1_epi8(0x10));
+}
+
+STARLING_AVX2 inline __m256i Load32(const void* p) {
+  return _mm256_loadu_si256(static_cast<const __m256i*>(p));
+}
+
+// sum += float(sumi) * (d_w * d_a) [+ float(suma) * (m_w * d_a)] per block, as DotSmallBlocks in
+// quant_more.cpp; sumi = sum u * a - offset * suma for unsigned quants u = q + offset.
+template <typename Block, bool kFifthBit, bool kAffine, int kOffset>
+STARLING_AVX2 float DotSmall(const void* w, const void* a, int64_t n) {
+  const auto* x = static_cast<const Block*>(w);
+  const auto* y = static_cast<const BlockQ8_0*>(a);
+  float sum = 0.0f;
+  const __m256i ones = _mm256_set1_epi8(1);
+  for (int64_t i = 0; i < n / 32; ++i) {
+    __m256i u = Nibbles(x[i].qs);
+    if constexpr (kFifthBit) u = _mm256_or_si256(u, FifthBits(x[i].qh));
+    const __m256i act = Load32(y[i].qs);
+    const int32_t dot = Sum(DotU8(u, act));
+    const int32_t suma = Sum(DotU8(ones, act));
+    const int32_t sumi = dot - kOffset * suma;
+    const float da = Half(y[i].d);
+    sum += static_cast<float>(sumi) * (Half(x[i].d) * da);
+    if constexpr (kAffine) sum += static_cast<float>(suma) * (Half(x[i].m) * da);
+  }
+  return sum;
+}
+
+}  // namespace
+
+STARLING_AVX2 float DotQ4_1Q8_0_Avx2(const void* w, const void* a, int64_t n) {
+  QuantBlockCount(WeightFormat::kQ4_1, n);
+  return DotSmall<BlockQ4_1, false, true, 0>(w, a, n);
+}
+
+STARLING_AVX2 float DotQ5_0Q8_0_Avx2(const void* w, const void* a, int64_t n) {
+  QuantBlockCount(WeightFormat::kQ5_0, n);
+  return DotSmall<BlockQ5_0, true, false, 16>(w, a, n);
+}
+
+STARLING_AVX2 float DotQ5_1Q8_0_Avx2(const void* w, const void* a, int64_t n) {
+  QuantBlockCount(WeightFormat::kQ5_1, n);
+  return DotSmall<BlockQ5_1, true, true, 0>(w, a, n);
+}
+
+STARLING_AVX2 float DotQ2_KQ8_K_Avx2(const void* w, const void* a, int64_t n) {
+  const int64_t blocks = QuantBlockCount(WeightFormat::kQ2_K, n);
+  const auto* x = static_cast<const BlockQ2_K*>(w);
+  const auto* y = static_cast<const BlockQ8_K*>(a);
+  const __m256i three = _mm256_set1_epi8(3);
+  float sum = 0.0f;
+  for (int64_t i = 0; i < blocks; ++i) {
+    __m256i acc = _mm256_setzero_si256();
+    for (int h = 0; h < 2; ++h) {
+      const __m256i bits = Load32(x[i].qs + 32 * h);
+      for (int s = 0; s < 4; ++s) {
+        // Elements 128h + 32s + l: sub-blocks k = 8h + 2s (l < 16) and k + 1.
+        const __m256i q = _mm256_and_si256(_mm256_srli_epi16(bits, 2 * s), three);
+        const __m256i pairs = _mm256_maddubs_epi16(q, Load32(y[i].qs + 128 * h + 32 * s));
+        const int k = 8 * h + 2 * s;
+        const __m256i scale = _mm256_set_m128i(_mm_set1_epi16(x[i].scales[k + 1] & 0xF),
+                                               _mm_set1_epi16(x[i].scales[k] & 0xF));
+        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, scale));
+      }
+    }
+    const int32_t sumi = Sum(acc);
+    int32_t summ = 0;
+    for (int k = 0; k < 16; ++k) summ += (x[i].scales[k] >> 4) * y[i].bsums[k];
+    const float d = Half(x[i].d) * y[i].d;
+    const float dmin = Half(x[i].dmin) * y[i].d;
+    sum = std::fma(d, static_cast<float>(sumi), sum);
+    sum = std::fma(-dmin, static_cast<float>(summ), sum);
+  }
+  return sum;
+}
+
+STARLING_AVX2 float DotQ3_KQ8_K_Avx2(const void* w, const void* a, int64_t n) {
+  const int64_t blocks = QuantBlockCount(WeightFormat::kQ3_K, n);
+  const auto* x = static_cast<const BlockQ3_K*>(w);
+  const auto* y = static_cast<const BlockQ8_K*>(a);
+  const __m256i three = _mm256_set1_epi8(3);
+  const __m256i one = _mm256_set1_epi8(1);
+  float sum = 0.0f;
+  int8_t sc[16];
+  for (int64_t i = 0; i < blocks; ++i) {
+    Q3_KScales(x[i].scales, sc);
+    const __m256i hmask = Load32(x[i].hmask);
+    __m256i acc = _mm256_setzero_si256();
+    for (int h = 0; h < 2; ++h) {
+      const __m256i bits = Load32(x[i].qs + 32 * h);
+      for (int s = 0; s < 4; ++s) {
+        // u = low + 4 * high in [0, 7] = q + 4; the 4 * sum(a) is taken off with the bsums.
+        const __m256i low = _mm256_and_si256(_mm256_srli_epi16(bits, 2 * s), three);
+        const __m256i high = _mm256_and_si256(_mm256_srli_epi16(hmask, 4 * h + s), one);
+        const __m256i u = _mm256_or_si256(low, _mm256_slli_epi16(high, 2));
+        const __m256i pairs = _mm256_maddubs_epi16(u, Load32(y[i].qs + 128 * h + 32 * s));
+        const int k = 8 * h + 2 * s;
+        const __m256i scale = _mm256_set_m128i(_mm_set1_epi16(sc[k + 1]), _mm_set1_epi16(sc[k]));
+        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, scale));
+      }
+    }
+    int32_t offset = 0;
+    for (int k = 0; k < 16; ++k) offset += sc[k] * y[i].bsums[k];
+    const int32_t sumi = Sum(acc) - 4 * offset;
+    sum = std::fma(Half(x[i].d) * y[i].d, static_cast<float>(sumi), sum);
+  }
+  return sum;
+}
+
+STARLING_AVX2 float DotQ5_KQ8_K_Avx2(const void* w, const void* a, int64_t n) {
+  const int64_t blocks = QuantBlockCount(WeightFormat::kQ5_K, n);
+  const auto* x = static_cast<const BlockQ5_K*>(w);
+  const auto* y = static_cast<const BlockQ8_K*>(a);
+  const __m256i low_mask = _mm256_set1_epi8(0x0F);
+  const __m256i one = _mm256_set1_epi8(1);
+  float sum = 0.0f;
+  for (int64_t i = 0; i < blocks; ++i) {
+    const __m256i qh = Load32(x[i].qh);
+    int32_t sumi = 0;
+    int32_t summ = 0;
+    for (int g = 0; g < 4; ++g) {
+      const __m256i bytes = Load32(x[i].qs + 32 * g);
+      for (int half = 0; half < 2; ++half) {
+        const int j = 2 * g + half;
+        const __m256i nib = half == 0 ? _mm256_and_si256(bytes, low_mask)
+                                      : _mm256_and_si256(_mm256_srli_epi16(bytes, 4), low_mask);
+        const __m256i high = _mm256_and_si256(_mm256_srli_epi16(qh, j), one);
+        const __m256i u = _mm256_or_si256(nib, _mm256_slli_epi16(high, 4));
+        uint8_t sc;
+        uint8_t m;
+        Q4_KScaleMin(x[i].scales, j, &sc, &m);
+        sumi += sc * Sum(DotU8(u, Load32(y[i].qs + 32 * j)));
+        summ += m * (y[i].bsums[2 * j] + y[i].bsums[2 * j + 1]);
+      }
+    }
+    const float d = Half(x[i].d) * y[i].d;
+    const float dmin = Half(x[i].dmin) * y[i].d;
+    sum = std::fma(d, static_cast<float>(sumi), sum);
+    sum = std::fma(-dmin, static_cast<float>(summ), sum);
+  }
+  return sum;
+}
+
+}  // namespace starling
