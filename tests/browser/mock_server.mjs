@@ -1,23 +1,33 @@
 // A tiny stand-in for `starling serve`, for developing the chat page and its browser test
 // without the real server. Node's http module only.
 //
-//   node tests/browser/mock_server.mjs [--port] PORT   (PORT 0 picks a free one; the port is printed)
+//   node tests/browser/mock_server.mjs [--port] PORT [--page CHAT.html]   (PORT 0 picks a free one; the port is printed)
 //   MOCK_API_KEY=secret node tests/browser/mock_server.mjs PORT   (requires Authorization: Bearer secret)
 //
-// Serves src/server/web/chat.html at /, GET /health, GET /v1/models and a fake streaming
+// Serves the bundled chat page at / (--page, else bundled now by src/server/web/build.mjs into a
+// temporary file), GET /health, GET /v1/models and a fake streaming
 // POST /v1/chat/completions: about 20 chunks 50 ms apart, each SSE event deliberately split
 // across two writes (inside the JSON, and inside a multi-byte UTF-8 character) so the page's
 // incremental parser is exercised. A client abort stops the stream.
 import http from 'node:http';
 import fs from 'node:fs';
 import path from 'node:path';
+import os from 'node:os';
+import { execFileSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
-const pagePath = path.resolve(here, '../../src/server/web/chat.html');
 const args = process.argv.slice(2);
-const portFlag = args.indexOf('--port');
-const port = Number((portFlag >= 0 ? args[portFlag + 1] : args[0]) ?? 0);   // PORT or --port PORT
+const flag = (name) => { const i = args.indexOf(name); return i >= 0 ? args.splice(i, 2)[1] : undefined; };
+let pagePath = flag('--page');
+const port = Number(flag('--port') ?? args[0] ?? 0);   // PORT or --port PORT
+let tmpDir = null;   // removed on exit
+if (!pagePath) {
+  // The page the real server embeds is the output of build.mjs; make the same here.
+  tmpDir = fs.mkdtempSync(path.join(os.tmpdir(), 'starling-mock-'));
+  pagePath = path.join(tmpDir, 'chat.html');
+  execFileSync(process.execPath, [path.resolve(here, '../../src/server/web/build.mjs'), pagePath], { stdio: 'inherit' });
+}
 const apiKey = process.env.MOCK_API_KEY || '';
 const MODEL = 'stories260K (mock)';
 
@@ -125,4 +135,11 @@ const server = http.createServer(async (req, res) => {
 server.listen(port, '127.0.0.1', () => {
   console.log(`mock: listening on http://127.0.0.1:${server.address().port}`);
 });
-for (const sig of ['SIGTERM', 'SIGINT']) process.on(sig, () => { server.close(); server.closeAllConnections(); process.exit(0); });
+for (const sig of ['SIGTERM', 'SIGINT']) {
+  process.on(sig, () => {
+    server.close();
+    server.closeAllConnections();
+    if (tmpDir) fs.rmSync(tmpDir, { recursive: true, force: true });
+    process.exit(0);
+  });
+}
