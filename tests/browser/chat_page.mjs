@@ -505,6 +505,9 @@ async function main() {
   let o = await overflow();
   check(o.scrollWidth <= o.width && o.bodyScroll <= o.width, `horizontal overflow at 390 px: scrollWidth ${o.scrollWidth}/${o.bodyScroll} > ${o.width}`);
   check(o.out.length === 0, `elements stick out at 390 px: ${o.out.slice(0, 5).join('; ')}`);
+  // Nor cut short inside the viewport: the header's title and buttons show their whole text.
+  const clipped = await page.$$eval('header h1, header button', (els) => els.filter((e) => e.offsetWidth > 0 && e.scrollWidth > e.clientWidth + 1).map((e) => e.textContent));
+  check(clipped.length === 0, `header text cut short at 390 px: ${JSON.stringify(clipped)}`);
   check(await page.isHidden('#settings') && await page.isHidden('#chats'), 'at 390 px the settings and the list should be behind buttons');
   check(await page.isVisible('#toggle-settings') && await page.isVisible('#toggle-chats'), 'at 390 px there are no Settings/Chats buttons');
   await page.screenshot({ path: shot('mobile') });
@@ -523,6 +526,9 @@ async function main() {
   await page.screenshot({ path: shot('mobile-chats') });
   await item('Tell me a story about a bird.').locator('.chat-open').click();
   check(await page.isHidden('#chats'), 'opening a conversation did not close the list');
+  await page.click('#toggle-settings');
+  await page.mouse.click(20, 400);   // on the dimmed chat beside the drawer
+  check(await page.isHidden('#settings'), 'a tap beside the settings drawer did not close it');
   await page.setViewportSize({ width: 1100, height: 760 });
   console.log('ok: 390 px: no horizontal overflow; settings and conversations behind buttons');
 

@@ -211,6 +211,10 @@ function setDrawer(name) {
 function closeDrawers() { setDrawer(null); }
 els.toggleChats.addEventListener('click', () => setDrawer(document.body.classList.contains('show-chats') ? null : 'chats'));
 els.toggleSettings.addEventListener('click', () => setDrawer(document.body.classList.contains('show-settings') ? null : 'settings'));
+// A tap beside an open drawer (on the dimmed chat) closes it.
+document.querySelector('main').addEventListener('click', (e) => {
+  if (document.body.matches('.show-chats, .show-settings')) { e.preventDefault(); e.stopPropagation(); closeDrawers(); }
+}, true);
 
 // ---- Copy buttons of code blocks -----------------------------------------------------------
 async function copyText(text) {
@@ -556,6 +560,12 @@ window.addEventListener('storage', (e) => {
   if (same) { current = same; renderConversation(); }
   renderList();
 });
+
+// The composer's hint does not fit one line on a phone, and a cut-off placeholder reads badly.
+const narrow = window.matchMedia('(max-width: 760px)');
+const setPlaceholder = () => { els.input.placeholder = narrow.matches ? 'Message' : 'Message (Shift+Enter for a new line)'; };
+narrow.addEventListener('change', setPlaceholder);
+setPlaceholder();
 
 setBusy(false);
 renderConversation();
