@@ -126,6 +126,8 @@ async function main() {
   page = await context.newPage();
   const pageErrors = [];
   page.on('pageerror', (e) => pageErrors.push(String(e)));
+  // Whatever the server's Content-Security-Policy blocked (an inline style, a script) is a bug.
+  page.on('console', (m) => { if (m.type() === 'error' && /Content.Security.Policy/i.test(m.text())) pageErrors.push('CSP: ' + m.text()); });
   const requests = [];
   page.on('request', (r) => {
     if (r.method() === 'POST' && new URL(r.url()).pathname === '/v1/chat/completions') {

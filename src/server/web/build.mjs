@@ -103,6 +103,13 @@ html = html.replace('<!-- @inline-css -->', () => `<style>\n${css}</style>`)
   .replace('<!-- @inline-js -->', () => `<script>\n${script}</script>`);
 
 
+// The server adds its CSP nonce by replacing each "<script>" and "<style>" in the page
+// (SendChatPage in src/server/server.cpp): one more inside the bundle would corrupt its code.
+for (const tag of ['<script>', '<style>']) {
+  const n = html.split(tag).length - 1;
+  if (n !== 1) fail(`the page has ${n} "${tag}", expected exactly one (the server puts its CSP nonce into each)`);
+}
+
 fs.mkdirSync(path.dirname(path.resolve(output)), { recursive: true });
 const tmp = `${output}.tmp-${process.pid}`;
 fs.writeFileSync(tmp, html);
