@@ -5,8 +5,10 @@
 #   bash tests/browser/run.sh --mock             # against tests/browser/mock_server.mjs instead
 #
 # Starts the server on a free port with the embedded stories260K model, waits for GET /health,
-# runs chat_page.mjs (screenshot: ${OUT_DIR:-/tmp}/starling-chat.png), stops the server and exits
-# with the test's status. Exits 77 (ctest SKIP_RETURN_CODE) when node or Chromium is missing.
+# runs chat_page.mjs (screenshots: ${OUT_DIR:-/tmp}/starling-chat.png and starling-chat-*.png of
+# each state: markdown, list, context-full, mobile, mobile-settings, mobile-chats), stops the server
+# and exits with the test's status. The mock bundles the page itself (src/server/web/build.mjs).
+# Exits 77 (ctest SKIP_RETURN_CODE) when node or Chromium is missing.
 set -uo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
