@@ -165,6 +165,7 @@ function startRename(li, c) {
 
 function deleteConversation(c) {
   if (!window.confirm(`Delete the conversation “${titleOf(c)}”? This cannot be undone.`)) return;
+  c.deleted = true;   // a reply still streaming into it must not bring it back (send)
   conversations = conversations.filter((x) => x !== c);
   if (c === current) {
     // Open the most recent remaining conversation, or a new one.
@@ -475,7 +476,8 @@ async function send(text) {
     return outcome;
   }
 
-  // The turn is kept in its conversation even if another one is open by now.
+  // The turn is kept in its conversation even if another one is open by now (not if deleted).
+  if (conv.deleted) return outcome;
   const finishTag = outcome === 'done' ? (finish || 'stop') : outcome;
   conv.messages.push(userMsg, { role: 'assistant', content: replyText, finish: finishTag });
   if (!conv.renamed && !conv.title) conv.title = titleFrom(text);
