@@ -13,7 +13,8 @@
 // working Copy button, math left as written, safe links); XSS attempts inert; a reload keeping the
 // conversations and settings; renaming, switching and deleting in the conversation list; the
 // context-full notice with "Drop oldest turns" and "New chat"; no horizontal overflow at 390 px,
-// with the settings and conversations behind buttons; unreadable storage reported, not fatal.
+// with the settings and conversations behind buttons; unreadable storage reported, not fatal;
+// against the mock, Markdown rendered while it streams.
 // Screenshots of each state go next to SCREENSHOT.png. Exit 0 on success, 1 on failure.
 import { chromium } from 'playwright-core';
 
@@ -547,6 +548,39 @@ async function main() {
   check((await assistantText(0)).trim() === 'Still working.', 'the page does not work after reading corrupt storage');
   check((await titles()).length === 1, 'the new conversation is not listed after corrupt storage');
   console.log('ok: unreadable storage reported and set aside; the page keeps working');
+
+  // ---- 12. Markdown while it streams (the mock only: it streams "/markdown" line by line) ----------
+  if (modelId && /\(mock\)$/.test(modelId)) {
+    step = 'streaming markdown';
+    await page.click('#new-chat');
+    await page.evaluate(() => {
+      const seen = { openFence: false, partialTable: false };
+      window.__md = seen;
+      new MutationObserver(() => {
+        const m = document.querySelector('#messages .message.assistant.streaming');
+        if (!m) return;
+        // An unfinished fence is already a code block; a table shows before its last row arrives.
+        if (m.querySelector('.code-block') && !m.querySelector('table') && !m.textContent.includes('print(add(1, 2))')) seen.openFence = true;
+        const rows = m.querySelectorAll('table tbody tr').length;
+        if (rows > 0 && rows < 3) seen.partialTable = true;
+      }).observe(document.querySelector('#messages'), { childList: true, subtree: true, characterData: true });
+    });
+    await page.fill('#max-tokens', '256');
+    await page.fill('#input', '/markdown');
+    await page.click('#send');
+    await waitIdle('streamed markdown');
+    const seen = await page.evaluate(() => window.__md);
+    const final = await page.evaluate(() => {
+      const m = document.querySelector('#messages .message.assistant');
+      return { h1: m.querySelector('h1')?.textContent, rows: m.querySelectorAll('table tbody tr').length,
+        code: m.querySelector('.code-block code.language-python')?.textContent, copy: m.querySelectorAll('.copy-code').length };
+    });
+    check(seen.openFence, 'an unfinished code fence was not shown as a code block while streaming');
+    check(seen.partialTable, 'the table did not grow row by row while streaming');
+    check(final.h1 === 'Streaming Markdown' && final.rows === 3 && final.copy === 1 && final.code === 'def add(a, b):\n    return a + b\n\nprint(add(1, 2))',
+      `the streamed Markdown did not end up rendered: ${JSON.stringify(final)}`);
+    console.log('ok: Markdown rendered while streaming (an open code fence, a growing table)');
+  }
 
   check(pageErrors.length === 0, `JavaScript errors on the page: ${pageErrors.join(' | ')}`);
 }

@@ -5,10 +5,11 @@
 //   MOCK_API_KEY=secret node tests/browser/mock_server.mjs PORT   (requires Authorization: Bearer secret)
 //
 // Serves the bundled chat page at / (--page, else bundled now by src/server/web/build.mjs into a
-// temporary file), GET /health, GET /v1/models and a fake streaming
-// POST /v1/chat/completions: about 20 chunks 50 ms apart, each SSE event deliberately split
-// across two writes (inside the JSON, and inside a multi-byte UTF-8 character) so the page's
-// incremental parser is exercised. A client abort stops the stream.
+// temporary file) with the real server's CSP, GET /health, GET /v1/models and a fake streaming
+// POST /v1/chat/completions: about 20 chunks 50 ms apart (a Markdown sample for the message
+// "/markdown"), each SSE event deliberately split across two writes (inside the JSON, and inside
+// a multi-byte UTF-8 character) so the page's incremental parser is exercised. A client abort
+// stops the stream.
 import http from 'node:http';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -52,13 +53,21 @@ const WORDS = ('Once upon a time, there was a little bird named Tweety. ' +
   'She loved to sing in the big green tree — every morning ☀️ she sang a happy song. ' +
   'One day, a kind girl came by and smiled. "What a pretty song!" she said. The end.').split(/(?<= )/);
 
+const MARKDOWN = [
+  '# Streaming Markdown', '', 'A list:', '', '- one', '- two', '',
+  '```python', 'def add(a, b):', '    return a + b', '', 'print(add(1, 2))', '```', '',
+  '| x | x² |', '|---|----|', '| 1 | 1 |', '| 2 | 4 |', '| 3 | 9 |', '', 'Math: $x^2$. The end.',
+].join('\n');
+
 function streamCompletion(req, res, body) {
   const created = Math.floor(Date.now() / 1000);
   const id = 'chatcmpl-mock-' + created;
   const maxTokens = Number.isInteger(body.max_tokens) && body.max_tokens > 0 ? body.max_tokens : 256;
   const lastUser = [...body.messages].reverse().find((m) => m.role === 'user');
   const intro = `(${body.messages.length} messages, last: ${JSON.stringify(String(lastUser?.content ?? '').slice(0, 40))}) `;
-  const pieces = [intro, ...WORDS];
+  // The user message "/markdown" gets MARKDOWN instead of the story, streamed line by line, so
+  // the page renders unfinished Markdown (an open code fence, half a table) on the way.
+  const pieces = lastUser?.content === '/markdown' ? MARKDOWN.split(/(?<=\n)/) : [intro, ...WORDS];
   const n = Math.min(pieces.length, maxTokens);
   const finish = n < pieces.length ? 'length' : 'stop';
 
