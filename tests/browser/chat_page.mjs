@@ -547,11 +547,20 @@ async function main() {
   await waitIdle('reply after corrupt storage');
   check((await assistantText(0)).trim() === 'Still working.', 'the page does not work after reading corrupt storage');
   check((await titles()).length === 1, 'the new conversation is not listed after corrupt storage');
-  console.log('ok: unreadable storage reported and set aside; the page keeps working');
+  // Full storage: every write throws QuotaExceededError, as a browser does when the quota is used up.
+  await page.evaluate(() => { Storage.prototype.setItem = function () { throw new DOMException('The quota has been exceeded.', 'QuotaExceededError'); }; });
+  await page.route('**/v1/chat/completions', (route) => route.fulfill({ status: 200, contentType: 'text/event-stream', body: fakeSse(['Still ', 'here.']) }), { times: 1 });
+  await page.fill('#input', 'And now?');
+  await page.click('#send');
+  await waitIdle('reply with full storage');
+  check((await assistantText(1)).trim() === 'Still here.', 'the page does not work with full storage');
+  check(/storage for this page is full/.test(await page.textContent('#notice')), `full storage gave no notice: ${JSON.stringify(await page.textContent('#notice'))}`);
+  console.log('ok: unreadable storage reported and set aside; full storage reported; the page keeps working');
 
   // ---- 12. Markdown while it streams (the mock only: it streams "/markdown" line by line) ----------
   if (modelId && /\(mock\)$/.test(modelId)) {
     step = 'streaming markdown';
+    await page.reload({ waitUntil: 'load' });   // working storage again
     await page.click('#new-chat');
     await page.evaluate(() => {
       const seen = { openFence: false, partialTable: false };
