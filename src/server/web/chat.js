@@ -378,23 +378,28 @@ async function send(text) {
   let streamError = null;
   let usage = null;
 
-  // Markdown is re-rendered from the whole text on each update: the first piece at once, then
-  // at most every 60 ms, so long replies do not re-parse on every token.
-  let lastRender = 0;
+  // Markdown is re-rendered from the whole text on each update. That costs more as the reply
+  // grows, so updates wait until 4 times the last render's time has passed since it ended: a
+  // short reply shows every piece as it arrives, a long one spends at most a fifth of the time
+  // rendering.
+  let renderEnd = 0;
+  let renderCost = 0;
   let renderTimer = null;
   const render = () => {
     clearTimeout(renderTimer);
     renderTimer = null;
-    lastRender = performance.now();
+    const start = performance.now();
     const stick = nearBottom();
     renderInto(reply, replyText);
     if (stick) scrollToBottom();
+    renderEnd = performance.now();
+    renderCost = renderEnd - start;
   };
   const flush = () => {
     if (!pending) return;
     replyText += pending;
     pending = '';
-    const wait = 60 - (performance.now() - lastRender);
+    const wait = 4 * renderCost - (performance.now() - renderEnd);
     if (wait <= 0) render();
     else if (!renderTimer) renderTimer = setTimeout(render, wait);
   };
