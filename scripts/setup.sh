@@ -23,7 +23,8 @@ packages=(
   valgrind                      # memcheck of the CLI's option handling (tests/cli_memcheck.sh)
   chromium                      # the web page's headless-browser test (playwright-core from npm)
 )
-# Node.js and npm for that test: Debian's packages unless the machine already has node and npm
+# Node.js and npm, to bundle the chat page at build time (src/server/web/build.mjs) and for the
+# browser test: Debian's packages unless the machine already has node and npm
 # (e.g. from NodeSource, whose nodejs conflicts with Debian's npm).
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
   packages+=(nodejs npm)
@@ -39,6 +40,13 @@ done
 if [ ${#missing[@]} -gt 0 ]; then
   $SUDO apt-get update
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y --no-install-recommends "${missing[@]}"
+fi
+# The chat page's libraries and bundler (marked, DOMPurify, highlight.js, esbuild), pinned by
+# src/server/web/package-lock.json: the build bundles them into the page (src/server/web/build.mjs),
+# so it needs no network afterwards.
+web_dir="$(cd "$(dirname "$0")/../src/server/web" && pwd)"
+if [ ! -d "$web_dir/node_modules/esbuild" ] || [ ! -d "$web_dir/node_modules/marked" ]; then
+  (cd "$web_dir" && npm ci --no-audit --no-fund)
 fi
 # playwright-core for the browser test, pinned by tests/browser/package-lock.json.
 browser_dir="$(cd "$(dirname "$0")/../tests/browser" && pwd)"

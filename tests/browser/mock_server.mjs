@@ -1,23 +1,35 @@
 // A tiny stand-in for `starling serve`, for developing the chat page and its browser test
 // without the real server. Node's http module only.
 //
-//   node tests/browser/mock_server.mjs [--port] PORT   (PORT 0 picks a free one; the port is printed)
+//   node tests/browser/mock_server.mjs [--port] PORT [--page CHAT.html]   (PORT 0 picks a free one; the port is printed)
 //   MOCK_API_KEY=secret node tests/browser/mock_server.mjs PORT   (requires Authorization: Bearer secret)
 //
-// Serves src/server/web/chat.html at /, GET /health, GET /v1/models and a fake streaming
-// POST /v1/chat/completions: about 20 chunks 50 ms apart, each SSE event deliberately split
-// across two writes (inside the JSON, and inside a multi-byte UTF-8 character) so the page's
-// incremental parser is exercised. A client abort stops the stream.
+// Serves the bundled chat page at / (--page, else bundled now by src/server/web/build.mjs into a
+// temporary file) with the real server's CSP, GET /health, GET /v1/models and a fake streaming
+// POST /v1/chat/completions: about 20 chunks 50 ms apart (a Markdown sample for the message
+// "/markdown"), each SSE event deliberately split across two writes (inside the JSON, and inside
+// a multi-byte UTF-8 character) so the page's incremental parser is exercised. A client abort
+// stops the stream.
 import http from 'node:http';
 import fs from 'node:fs';
 import path from 'node:path';
+import crypto from 'node:crypto';
+import os from 'node:os';
+import { execFileSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
-const pagePath = path.resolve(here, '../../src/server/web/chat.html');
 const args = process.argv.slice(2);
-const portFlag = args.indexOf('--port');
-const port = Number((portFlag >= 0 ? args[portFlag + 1] : args[0]) ?? 0);   // PORT or --port PORT
+const flag = (name) => { const i = args.indexOf(name); return i >= 0 ? args.splice(i, 2)[1] : undefined; };
+let pagePath = flag('--page');
+const port = Number(flag('--port') ?? args[0] ?? 0);   // PORT or --port PORT
+let tmpDir = null;   // removed on exit
+if (!pagePath) {
+  // The page the real server embeds is the output of build.mjs; make the same here.
+  tmpDir = fs.mkdtempSync(path.join(os.tmpdir(), 'starling-mock-'));
+  pagePath = path.join(tmpDir, 'chat.html');
+  execFileSync(process.execPath, [path.resolve(here, '../../src/server/web/build.mjs'), pagePath], { stdio: 'inherit' });
+}
 const apiKey = process.env.MOCK_API_KEY || '';
 const MODEL = 'stories260K (mock)';
 
@@ -41,13 +53,21 @@ const WORDS = ('Once upon a time, there was a little bird named Tweety. ' +
   'She loved to sing in the big green tree — every morning ☀️ she sang a happy song. ' +
   'One day, a kind girl came by and smiled. "What a pretty song!" she said. The end.').split(/(?<= )/);
 
+const MARKDOWN = [
+  '# Streaming Markdown', '', 'A list:', '', '- one', '- two', '',
+  '```python', 'def add(a, b):', '    return a + b', '', 'print(add(1, 2))', '```', '',
+  '| x | x² |', '|---|----|', '| 1 | 1 |', '| 2 | 4 |', '| 3 | 9 |', '', 'Math: $x^2$. The end.',
+].join('\n');
+
 function streamCompletion(req, res, body) {
   const created = Math.floor(Date.now() / 1000);
   const id = 'chatcmpl-mock-' + created;
   const maxTokens = Number.isInteger(body.max_tokens) && body.max_tokens > 0 ? body.max_tokens : 256;
   const lastUser = [...body.messages].reverse().find((m) => m.role === 'user');
   const intro = `(${body.messages.length} messages, last: ${JSON.stringify(String(lastUser?.content ?? '').slice(0, 40))}) `;
-  const pieces = [intro, ...WORDS];
+  // The user message "/markdown" gets MARKDOWN instead of the story, streamed line by line, so
+  // the page renders unfinished Markdown (an open code fence, half a table) on the way.
+  const pieces = lastUser?.content === '/markdown' ? MARKDOWN.split(/(?<=\n)/) : [intro, ...WORDS];
   const n = Math.min(pieces.length, maxTokens);
   const finish = n < pieces.length ? 'length' : 'stop';
 
@@ -92,8 +112,16 @@ const server = http.createServer(async (req, res) => {
   const url = new URL(req.url, 'http://localhost');
   try {
     if (req.method === 'GET' && (url.pathname === '/' || url.pathname === '/index.html')) {
-      const html = fs.readFileSync(pagePath);
-      res.writeHead(200, { 'Content-Type': 'text/html; charset=utf-8', 'Cache-Control': 'no-cache' });
+      // The real server's Content-Security-Policy, with a fresh nonce put into each <script> and
+      // <style> the same way (SendChatPage, src/server/server.cpp), so the mock catches what it blocks.
+      const nonce = crypto.randomBytes(16).toString('base64');
+      const html = fs.readFileSync(pagePath, 'utf8')
+        .replaceAll('<script>', `<script nonce="${nonce}">`).replaceAll('<style>', `<style nonce="${nonce}">`);
+      res.writeHead(200, {
+        'Content-Type': 'text/html; charset=utf-8', 'Cache-Control': 'no-cache',
+        'Content-Security-Policy': `default-src 'none'; script-src 'nonce-${nonce}'; style-src 'nonce-${nonce}'; ` +
+          "connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+      });
       res.end(html);
       return;
     }
@@ -125,4 +153,11 @@ const server = http.createServer(async (req, res) => {
 server.listen(port, '127.0.0.1', () => {
   console.log(`mock: listening on http://127.0.0.1:${server.address().port}`);
 });
-for (const sig of ['SIGTERM', 'SIGINT']) process.on(sig, () => { server.close(); server.closeAllConnections(); process.exit(0); });
+for (const sig of ['SIGTERM', 'SIGINT']) {
+  process.on(sig, () => {
+    server.close();
+    server.closeAllConnections();
+    if (tmpDir) fs.rmSync(tmpDir, { recursive: true, force: true });
+    process.exit(0);
+  });
+}
