@@ -9,6 +9,7 @@
 #include <random>
 
 #include "core/error.h"
+#include "core/thread_pool.h"
 #include "formats/gguf.h"
 #include "model/gguf_names.h"
 #include "model/tensors.h"
@@ -204,16 +205,21 @@ void AddModelToGguf(const ModelConfig& c, const std::vector<ExportTensor>& tenso
     if (permute && EndsWith(t.name, "self_attn.q_proj.weight")) heads = c.num_heads;
     if (permute && EndsWith(t.name, "self_attn.k_proj.weight")) heads = c.num_kv_heads;
     std::string bytes(row_bytes * static_cast<size_t>(rows), '\0');
-    std::vector<float> row(static_cast<size_t>(cols));
-    for (int64_t r = 0; r < rows; ++r) {
-      int64_t source = r;
-      if (heads > 0) {  // new row h*Dh + 2i + j comes from old row h*Dh + j*Dh/2 + i
-        const int64_t dh = rows / heads, h = r / dh, within = r % dh;
-        source = h * dh + (within % 2) * (dh / 2) + within / 2;
+    // Rows over the thread pool (quantizing is the cost): each row is read and encoded alone,
+    // so the bytes do not depend on the thread count.
+    ThreadPool::Global().ParallelFor(rows, 16, [&](int64_t begin, int64_t end, int) {
+      std::vector<float> row(static_cast<size_t>(cols));
+      for (int64_t r = begin; r < end; ++r) {
+        int64_t source = r;
+        if (heads > 0) {  // new row h*Dh + 2i + j comes from old row h*Dh + j*Dh/2 + i
+          const int64_t dh = rows / heads, h = r / dh, within = r % dh;
+          source = h * dh + (within % 2) * (dh / 2) + within / 2;
+        }
+        t.rows(source, row.data());
+        EncodeWeightRow(format, row.data(), cols,
+                        bytes.data() + static_cast<size_t>(r) * row_bytes);
       }
-      t.rows(source, row.data());
-      EncodeWeightRow(format, row.data(), cols, bytes.data() + static_cast<size_t>(r) * row_bytes);
-    }
+    });
     std::vector<uint64_t> dims;
     for (auto it = t.shape.rbegin(); it != t.shape.rend(); ++it)
       dims.push_back(static_cast<uint64_t>(*it));

@@ -57,7 +57,8 @@ WeightFormat FormatForTensor(QuantPreset preset, const std::string& name,
                              const std::vector<int64_t>& shape, int num_layers, int gqa,
                              bool* fallback = nullptr);
 
-// Produces row `row` of a tensor as float32 (cols values).
+// Produces row `row` of a tensor as float32 (cols values). Called from several threads at once
+// (AddModelToGguf encodes rows in parallel), so it must be thread-safe.
 using RowSource = std::function<void(int64_t row, float* out)>;
 
 struct ExportTensor {

@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <memory>
+#include <mutex>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -27,14 +28,19 @@ namespace {
 // The same tensors, each row counted into `progress` (by elements) as it is read: every
 // converter reads each row once, in one thread.
 std::vector<ExportTensor> Counted(std::vector<ExportTensor> tensors, Progress* progress) {
-  auto done = std::make_shared<double>(0);
+  struct Shared {
+    std::mutex mutex;  // rows are produced on several threads (AddModelToGguf)
+    double done = 0;
+  };
+  auto shared = std::make_shared<Shared>();
   for (ExportTensor& t : tensors) {
     const auto cols = static_cast<double>(t.shape.back());
-    t.rows = [rows = std::move(t.rows), done, cols, progress, name = t.name](int64_t r,
-                                                                             float* out) {
+    t.rows = [rows = std::move(t.rows), shared, cols, progress, name = t.name](int64_t r,
+                                                                               float* out) {
       rows(r, out);
-      *done += cols;
-      progress->Update(*done, name);
+      const std::lock_guard<std::mutex> lock(shared->mutex);
+      shared->done += cols;
+      progress->Update(shared->done, name);
     };
   }
   return tensors;
@@ -331,6 +337,7 @@ void RegisterConvert(CLI::App& app) {
       "  starling quantize Starling-LM-7B-alpha/ starling-q4_k_m.gguf Q4_K_M\n"
       "  starling quantize Starling-LM-7B-alpha/ starling-q5_k_m.gguf --type q5_k_m\n"
       "  starling quantize berkeley-nest/Starling-LM-7B-alpha starling-q8_0.gguf --type q8_0");
+  AddThreadsOption(q);
   q->callback([=] {
     if (type->empty()) Fail("quantize: give the type (e.g. q4_k_m) after OUTPUT or as --type");
     RunQuantize(*in, *out, *type);
@@ -343,7 +350,9 @@ void RegisterConvert(CLI::App& app) {
   m->add_option("--preset", f->preset, "7b (Mistral-7B shape), 1b (TinyLlama-1.1B), tiny")
       ->capture_default_str();
   m->add_option("--config", f->config, "a Hugging Face config.json instead of a preset");
-  m->add_option("--type", f->type, "f32, f16, bf16, q8_0, q4_0, q4_k_m")->capture_default_str();
+  m->add_option("--type", f->type, "any quantize type (" + QuantPresetList() + ")")
+      ->capture_default_str();
+  AddThreadsOption(m);
   m->add_option("--format", f->format, "gguf or hf")->capture_default_str();
   m->add_option("--vocab", f->vocab,
                 "the tokenizer to ship in the model: a Hugging Face directory, a tokenizer.model "
