@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "core/error.h"
+#include "core/file.h"
 #include "formats/gguf.h"
 #include "tokenizer/load.h"
 
@@ -50,9 +51,24 @@ void CheckVocabulary(const LoadedModel& m) {
   CheckTokenizerFitsModel(*m.tokenizer, m.model->config(), m.source);
 }
 
+// Model, tokenizer and template from one parse of the GGUF file.
+LoadedModel FromGguf(std::shared_ptr<const GgufFile> gguf, const std::string& name,
+                     const LoadProgress& progress) {
+  LoadedModel m;
+  m.source = name;
+  m.model = std::make_unique<Model>(Model::LoadGguf(gguf, progress));
+  m.tokenizer = std::make_unique<Tokenizer>(LoadGgufTokenizer(*gguf, name));
+  m.chat_template_jinja = gguf->GetStringOr("tokenizer.chat_template", "");
+  CheckVocabulary(m);
+  return m;
+}
+
 }  // namespace
 
 LoadedModel LoadModel(const std::string& path, const LoadProgress& progress) {
+  if (!IsDirectory(path) && ReadFilePrefix(path, 4) == "GGUF") {
+    return FromGguf(std::make_shared<const GgufFile>(GgufFile::Open(path)), path, progress);
+  }
   LoadedModel m;
   m.source = path;
   m.model = std::make_unique<Model>(Model::Load(path, progress));
@@ -63,14 +79,7 @@ LoadedModel LoadModel(const std::string& path, const LoadProgress& progress) {
 }
 
 LoadedModel LoadModelFromGgufBytes(std::string_view bytes, const std::string& name) {
-  LoadedModel m;
-  m.source = name;
-  m.model = std::make_unique<Model>(Model::LoadGgufBytes(bytes, name));
-  const GgufFile gguf = GgufFile::Parse(bytes, name);
-  m.tokenizer = std::make_unique<Tokenizer>(LoadGgufTokenizer(gguf, name));
-  m.chat_template_jinja = gguf.GetStringOr("tokenizer.chat_template", "");
-  CheckVocabulary(m);
-  return m;
+  return FromGguf(std::make_shared<const GgufFile>(GgufFile::Parse(bytes, name)), name, {});
 }
 
 }  // namespace starling

@@ -83,8 +83,12 @@ ModelFiles HuggingFaceFiles(const std::string& dir) {
 }  // namespace
 
 Model Model::LoadGgufBytes(std::string_view bytes, const std::string& source) {
-  ModelFiles files = GgufFiles(std::make_shared<const GgufFile>(GgufFile::Parse(bytes, source)));
-  return Model(std::move(files.config), files.tensors, files.source, files.storage);
+  return LoadGguf(std::make_shared<const GgufFile>(GgufFile::Parse(bytes, source)));
+}
+
+Model Model::LoadGguf(std::shared_ptr<const GgufFile> gguf, const LoadProgress& progress) {
+  ModelFiles files = GgufFiles(std::move(gguf));
+  return Model(std::move(files.config), files.tensors, files.source, files.storage, progress);
 }
 
 ModelFiles OpenModelFiles(const std::string& path) {

@@ -16,6 +16,7 @@
 
 namespace starling {
 
+class GgufFile;     // formats/gguf.h
 class TensorTable;  // model.cpp: tensors by name, checked as they are bound
 struct TensorSpec;
 
@@ -56,6 +57,9 @@ class Model {
   // A GGUF file already in memory (e.g. embedded in the executable); `bytes` must outlive
   // the model.
   static Model LoadGgufBytes(std::string_view bytes, const std::string& source);
+  // A GGUF file the caller has opened (so that the tokenizer and the template are read from the
+  // same parse); the model keeps `gguf` alive.
+  static Model LoadGguf(std::shared_ptr<const GgufFile> gguf, const LoadProgress& progress = {});
 
   // Binds named tensors to the model's roles, checking that every tensor is present with
   // the shape the config implies and a supported dtype. `storage` keeps the mappings alive.
