@@ -181,7 +181,7 @@ STARLING_AVX2 float DotQ5_KQ8_K_Avx2(const void* w, const void* a, int64_t n) {
   float sum = 0.0f;
   for (int64_t i = 0; i < blocks; ++i) {
     const __m256i qh = Load32(x[i].qh);
-    int32_t sumi = 0;
+    __m256i acc = _mm256_setzero_si256();
     int32_t summ = 0;
     for (int g = 0; g < 4; ++g) {
       const __m256i bytes = Load32(x[i].qs + 32 * g);
@@ -194,10 +194,14 @@ STARLING_AVX2 float DotQ5_KQ8_K_Avx2(const void* w, const void* a, int64_t n) {
         uint8_t sc;
         uint8_t m;
         Q4_KScaleMin(x[i].scales, j, &sc, &m);
-        sumi += sc * Sum(DotU8(u, Load32(y[i].qs + 32 * j)));
+        // Pairs of u * a (|.| <= 7936) times the 6-bit scale: exact in int32; one horizontal
+        // sum per super-block.
+        const __m256i pairs = _mm256_maddubs_epi16(u, Load32(y[i].qs + 32 * j));
+        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(sc)));
         summ += m * (y[i].bsums[2 * j] + y[i].bsums[2 * j + 1]);
       }
     }
+    const int32_t sumi = Sum(acc);
     const float d = Half(x[i].d) * y[i].d;
     const float dmin = Half(x[i].dmin) * y[i].d;
     sum = std::fma(d, static_cast<float>(sumi), sum);
