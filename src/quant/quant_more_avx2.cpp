@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "quant/k_scales.h"
 #include "quant/quant.h"
 
 #define STARLING_AVX2 __attribute__((target("avx2,fma,f16c")))
@@ -129,8 +130,11 @@ STARLING_AVX2 float DotQ2_KQ8_K_Avx2(const void* w, const void* a, int64_t n) {
       }
     }
     const int32_t sumi = Sum(acc);
-    int32_t summ = 0;
-    for (int k = 0; k < 16; ++k) summ += (x[i].scales[k] >> 4) * y[i].bsums[k];
+    // summ = sum_k (scales[k] >> 4) * bsums[k], in one madd (products <= 15 * 2048).
+    const __m256i mins = _mm256_cvtepu8_epi16(_mm_and_si128(
+        _mm_srli_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x[i].scales)), 4),
+        _mm_set1_epi8(0x0F)));
+    const int32_t summ = Sum(_mm256_madd_epi16(mins, Load32(y[i].bsums)));
     const float d = Half(x[i].d) * y[i].d;
     const float dmin = Half(x[i].dmin) * y[i].d;
     sum = std::fma(d, static_cast<float>(sumi), sum);
@@ -164,8 +168,10 @@ STARLING_AVX2 float DotQ3_KQ8_K_Avx2(const void* w, const void* a, int64_t n) {
         acc = _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, scale));
       }
     }
-    int32_t offset = 0;
-    for (int k = 0; k < 16; ++k) offset += sc[k] * y[i].bsums[k];
+    // offset = sum_k sc[k] * bsums[k], in one madd (products <= 32 * 2048).
+    const __m256i scales16 =
+        _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sc)));
+    const int32_t offset = Sum(_mm256_madd_epi16(scales16, Load32(y[i].bsums)));
     const int32_t sumi = Sum(acc) - 4 * offset;
     sum = std::fma(Half(x[i].d) * y[i].d, static_cast<float>(sumi), sum);
   }
@@ -181,8 +187,8 @@ STARLING_AVX2 float DotQ5_KQ8_K_Avx2(const void* w, const void* a, int64_t n) {
   float sum = 0.0f;
   for (int64_t i = 0; i < blocks; ++i) {
     const __m256i qh = Load32(x[i].qh);
+    const Q4_KScales scales = DecodeQ4_KScales(x[i].scales);
     __m256i acc = _mm256_setzero_si256();
-    int32_t summ = 0;
     for (int g = 0; g < 4; ++g) {
       const __m256i bytes = Load32(x[i].qs + 32 * g);
       for (int half = 0; half < 2; ++half) {
@@ -191,16 +197,22 @@ STARLING_AVX2 float DotQ5_KQ8_K_Avx2(const void* w, const void* a, int64_t n) {
                                       : _mm256_and_si256(_mm256_srli_epi16(bytes, 4), low_mask);
         const __m256i high = _mm256_and_si256(_mm256_srli_epi16(qh, j), one);
         const __m256i u = _mm256_or_si256(nib, _mm256_slli_epi16(high, 4));
-        uint8_t sc;
-        uint8_t m;
-        Q4_KScaleMin(x[i].scales, j, &sc, &m);
+        const auto sc = static_cast<int16_t>(scales.sc >> (8 * j) & 0xFF);
         // Pairs of u * a (|.| <= 7936) times the 6-bit scale: exact in int32; one horizontal
         // sum per super-block.
         const __m256i pairs = _mm256_maddubs_epi16(u, Load32(y[i].qs + 32 * j));
         acc = _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(sc)));
-        summ += m * (y[i].bsums[2 * j] + y[i].bsums[2 * j + 1]);
       }
     }
+    // summ = sum_j m[j] * (bsums[2j] + bsums[2j + 1]): pair sums fit int16 (|.| <= 2 * 16 * 128).
+    const __m128i bsum_pairs =
+        _mm_hadd_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(y[i].bsums)),
+                       _mm_loadu_si128(reinterpret_cast<const __m128i*>(y[i].bsums + 8)));
+    const __m128i mins = _mm_cvtepu8_epi16(_mm_cvtsi64_si128(static_cast<int64_t>(scales.m)));
+    __m128i summ4 = _mm_madd_epi16(mins, bsum_pairs);
+    summ4 = _mm_add_epi32(summ4, _mm_unpackhi_epi64(summ4, summ4));
+    summ4 = _mm_add_epi32(summ4, _mm_shuffle_epi32(summ4, 0b01));
+    const int32_t summ = _mm_cvtsi128_si32(summ4);
     const int32_t sumi = Sum(acc);
     const float d = Half(x[i].d) * y[i].d;
     const float dmin = Half(x[i].dmin) * y[i].d;
