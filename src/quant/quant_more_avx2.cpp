@@ -66,6 +66,17 @@ STARLING_AVX2 inline __m256i FifthBits(const uint8_t* qh) {
   return _mm256_and_si256(set, _mm256_set1_epi8(0x10));
 }
 
+// Lanes 0-7 = int16 of byte k of `bytes`, lanes 8-15 = byte k + 1 (sign- or zero-extended):
+// the scales of two 16-element sub-blocks for one madd over 32 elements.
+template <bool kSigned>
+STARLING_AVX2 inline __m256i ScalePair(__m128i bytes, int k) {
+  const __m128i pick = _mm_shuffle_epi8(
+      bytes,
+      _mm_set_epi64x(static_cast<int64_t>(0x0101010101010101ull * static_cast<uint64_t>(k + 1)),
+                     static_cast<int64_t>(0x0101010101010101ull * static_cast<uint64_t>(k))));
+  return kSigned ? _mm256_cvtepi8_epi16(pick) : _mm256_cvtepu8_epi16(pick);
+}
+
 STARLING_AVX2 inline __m256i Load32(const void* p) {
   return _mm256_loadu_si256(static_cast<const __m256i*>(p));
 }
@@ -116,6 +127,8 @@ STARLING_AVX2 float DotQ2_KQ8_K_Avx2(const void* w, const void* a, int64_t n) {
   const __m256i three = _mm256_set1_epi8(3);
   float sum = 0.0f;
   for (int64_t i = 0; i < blocks; ++i) {
+    const __m128i packed = _mm_loadu_si128(reinterpret_cast<const __m128i*>(x[i].scales));
+    const __m128i scales = _mm_and_si128(packed, _mm_set1_epi8(0x0F));
     __m256i acc = _mm256_setzero_si256();
     for (int h = 0; h < 2; ++h) {
       const __m256i bits = Load32(x[i].qs + 32 * h);
@@ -123,17 +136,14 @@ STARLING_AVX2 float DotQ2_KQ8_K_Avx2(const void* w, const void* a, int64_t n) {
         // Elements 128h + 32s + l: sub-blocks k = 8h + 2s (l < 16) and k + 1.
         const __m256i q = _mm256_and_si256(_mm256_srli_epi16(bits, 2 * s), three);
         const __m256i pairs = _mm256_maddubs_epi16(q, Load32(y[i].qs + 128 * h + 32 * s));
-        const int k = 8 * h + 2 * s;
-        const __m256i scale = _mm256_set_m128i(_mm_set1_epi16(x[i].scales[k + 1] & 0xF),
-                                               _mm_set1_epi16(x[i].scales[k] & 0xF));
-        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, scale));
+        acc = _mm256_add_epi32(acc,
+                               _mm256_madd_epi16(pairs, ScalePair<false>(scales, 8 * h + 2 * s)));
       }
     }
     const int32_t sumi = Sum(acc);
     // summ = sum_k (scales[k] >> 4) * bsums[k], in one madd (products <= 15 * 2048).
-    const __m256i mins = _mm256_cvtepu8_epi16(_mm_and_si128(
-        _mm_srli_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x[i].scales)), 4),
-        _mm_set1_epi8(0x0F)));
+    const __m256i mins =
+        _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(packed, 4), _mm_set1_epi8(0x0F)));
     const int32_t summ = Sum(_mm256_madd_epi16(mins, Load32(y[i].bsums)));
     const float d = Half(x[i].d) * y[i].d;
     const float dmin = Half(x[i].dmin) * y[i].d;
@@ -150,28 +160,35 @@ STARLING_AVX2 float DotQ3_KQ8_K_Avx2(const void* w, const void* a, int64_t n) {
   const __m256i three = _mm256_set1_epi8(3);
   const __m256i one = _mm256_set1_epi8(1);
   float sum = 0.0f;
-  int8_t sc[16];
   for (int64_t i = 0; i < blocks; ++i) {
-    Q3_KScales(x[i].scales, sc);
+    // The 16 scales minus 32 as bytes, by word arithmetic (the layout in quant.h): the low
+    // nibbles of bytes 0-7 then their high nibbles, with two bits each from bytes 8-11.
+    uint32_t u[3];
+    std::memcpy(u, x[i].scales, 12);
+    const uint32_t low[4] = {u[0] & 0x0F0F0F0Fu, u[1] & 0x0F0F0F0Fu, u[0] >> 4 & 0x0F0F0F0Fu,
+                             u[1] >> 4 & 0x0F0F0F0Fu};
+    uint32_t words[4];
+    for (int g = 0; g < 4; ++g) words[g] = low[g] | (u[2] >> (2 * g) & 0x03030303u) << 4;
+    // Each byte is in [0, 63], so subtracting 32 bytewise cannot borrow across bytes.
+    const __m128i sc8 =
+        _mm_sub_epi8(_mm_setr_epi32(static_cast<int32_t>(words[0]), static_cast<int32_t>(words[1]),
+                                    static_cast<int32_t>(words[2]), static_cast<int32_t>(words[3])),
+                     _mm_set1_epi8(32));
     const __m256i hmask = Load32(x[i].hmask);
     __m256i acc = _mm256_setzero_si256();
     for (int h = 0; h < 2; ++h) {
       const __m256i bits = Load32(x[i].qs + 32 * h);
       for (int s = 0; s < 4; ++s) {
         // u = low + 4 * high in [0, 7] = q + 4; the 4 * sum(a) is taken off with the bsums.
-        const __m256i low = _mm256_and_si256(_mm256_srli_epi16(bits, 2 * s), three);
+        const __m256i low2 = _mm256_and_si256(_mm256_srli_epi16(bits, 2 * s), three);
         const __m256i high = _mm256_and_si256(_mm256_srli_epi16(hmask, 4 * h + s), one);
-        const __m256i u = _mm256_or_si256(low, _mm256_slli_epi16(high, 2));
-        const __m256i pairs = _mm256_maddubs_epi16(u, Load32(y[i].qs + 128 * h + 32 * s));
-        const int k = 8 * h + 2 * s;
-        const __m256i scale = _mm256_set_m128i(_mm_set1_epi16(sc[k + 1]), _mm_set1_epi16(sc[k]));
-        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, scale));
+        const __m256i uq = _mm256_or_si256(low2, _mm256_slli_epi16(high, 2));
+        const __m256i pairs = _mm256_maddubs_epi16(uq, Load32(y[i].qs + 128 * h + 32 * s));
+        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, ScalePair<true>(sc8, 8 * h + 2 * s)));
       }
     }
     // offset = sum_k sc[k] * bsums[k], in one madd (products <= 32 * 2048).
-    const __m256i scales16 =
-        _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sc)));
-    const int32_t offset = Sum(_mm256_madd_epi16(scales16, Load32(y[i].bsums)));
+    const int32_t offset = Sum(_mm256_madd_epi16(_mm256_cvtepi8_epi16(sc8), Load32(y[i].bsums)));
     const int32_t sumi = Sum(acc) - 4 * offset;
     sum = std::fma(Half(x[i].d) * y[i].d, static_cast<float>(sumi), sum);
   }
