@@ -545,12 +545,8 @@ float DotQ4_KQ8_K(const void* w, const void* a, int64_t n) {
       const int16_t* bs = y[i].bsums + 4 * g;
       summ += m_lo * (bs[0] + bs[1]) + m_hi * (bs[2] + bs[3]);
     }
-    const float d = HalfToFloat(x[i].d) * y[i].d;
-    const float dmin = HalfToFloat(x[i].dmin) * y[i].d;
-    // Explicit fma: the same single roundings wherever this is compiled, so the AVX2 twin can
-    // match bit for bit whatever the compiler's contraction setting.
-    sum = std::fma(d, static_cast<float>(sumi), sum);
-    sum = std::fma(-dmin, static_cast<float>(summ), sum);
+    sum = rows::AddScaleMinBlock(sum, HalfToFloat(x[i].d), HalfToFloat(x[i].dmin), y[i].d, sumi,
+                                 summ);
   }
   return sum;
 }

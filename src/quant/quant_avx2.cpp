@@ -15,6 +15,7 @@
 #include "kernels/dot.h"
 #include "quant/k_scales.h"
 #include "quant/quant.h"
+#include "quant/rows.h"
 
 #define STARLING_AVX2 __attribute__((target("avx2,fma,f16c")))
 
@@ -784,10 +785,8 @@ STARLING_AVX2 float DotQ4_KQ8_K_Avx2(const void* w, const void* a, int64_t n) {
     const int32_t sumi = _mm_cvtsi128_si32(r);
     const int32_t summ = _mm_extract_epi32(r, 1);
     // The scalar twin's float operations, in its order.
-    const float d = HalfToFloatF16c(x[i].d) * y[i].d;
-    const float dmin = HalfToFloatF16c(x[i].dmin) * y[i].d;
-    sum = std::fma(d, static_cast<float>(sumi), sum);
-    sum = std::fma(-dmin, static_cast<float>(summ), sum);
+    sum = rows::AddScaleMinBlock(sum, HalfToFloatF16c(x[i].d), HalfToFloatF16c(x[i].dmin), y[i].d,
+                                 sumi, summ);
   }
   return sum;
 }

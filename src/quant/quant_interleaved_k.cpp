@@ -15,6 +15,7 @@
 #include "kernels/kernels.h"
 #include "quant/interleaved.h"
 #include "quant/quant.h"
+#include "quant/rows.h"
 
 // The dequantizers must round as DequantizeRow (quant.cpp, compiled the same way): no fusing of
 // a * b - c into an fma, wherever this is compiled.
@@ -210,10 +211,8 @@ void DotsQ4_Kx8Q8_K(const void* w, int64_t rows, const void* a, size_t a_stride,
           sumi += sc * part;
           summ += m * (y[b].bsums[2 * j] + y[b].bsums[2 * j + 1]);
         }
-        const float d = HalfToFloat(x[b].d[r]) * y[b].d;
-        const float dmin = HalfToFloat(x[b].dmin[r]) * y[b].d;
-        sum = std::fma(d, static_cast<float>(sumi), sum);
-        sum = std::fma(-dmin, static_cast<float>(summ), sum);
+        sum = rows::AddScaleMinBlock(sum, HalfToFloat(x[b].d[r]), HalfToFloat(x[b].dmin[r]), y[b].d,
+                                     sumi, summ);
       }
       out[t * out_stride + row] = sum;
     }

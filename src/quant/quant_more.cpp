@@ -463,10 +463,8 @@ float DotQ2_KQ8_K(const void* w, const void* a, int64_t n) {
       sumi += (x[i].scales[k] & 0xF) * part;
       summ += (x[i].scales[k] >> 4) * y[i].bsums[k];
     }
-    const float d = HalfToFloat(x[i].d) * y[i].d;
-    const float dmin = HalfToFloat(x[i].dmin) * y[i].d;
-    sum = std::fma(d, static_cast<float>(sumi), sum);
-    sum = std::fma(-dmin, static_cast<float>(summ), sum);
+    sum = rows::AddScaleMinBlock(sum, HalfToFloat(x[i].d), HalfToFloat(x[i].dmin), y[i].d, sumi,
+                                 summ);
   }
   return sum;
 }
@@ -519,10 +517,8 @@ float DotQ5_KQ8_K(const void* w, const void* a, int64_t n) {
       sumi += sc * part;
       summ += m * (y[i].bsums[2 * j] + y[i].bsums[2 * j + 1]);
     }
-    const float d = HalfToFloat(x[i].d) * y[i].d;
-    const float dmin = HalfToFloat(x[i].dmin) * y[i].d;
-    sum = std::fma(d, static_cast<float>(sumi), sum);
-    sum = std::fma(-dmin, static_cast<float>(summ), sum);
+    sum = rows::AddScaleMinBlock(sum, HalfToFloat(x[i].d), HalfToFloat(x[i].dmin), y[i].d, sumi,
+                                 summ);
   }
   return sum;
 }

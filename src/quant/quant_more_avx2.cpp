@@ -13,6 +13,7 @@
 
 #include "quant/k_scales.h"
 #include "quant/quant.h"
+#include "quant/rows.h"
 
 #define STARLING_AVX2 __attribute__((target("avx2,fma,f16c")))
 
@@ -145,10 +146,7 @@ STARLING_AVX2 float DotQ2_KQ8_K_Avx2(const void* w, const void* a, int64_t n) {
     const __m256i mins =
         _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(packed, 4), _mm_set1_epi8(0x0F)));
     const int32_t summ = Sum(_mm256_madd_epi16(mins, Load32(y[i].bsums)));
-    const float d = Half(x[i].d) * y[i].d;
-    const float dmin = Half(x[i].dmin) * y[i].d;
-    sum = std::fma(d, static_cast<float>(sumi), sum);
-    sum = std::fma(-dmin, static_cast<float>(summ), sum);
+    sum = rows::AddScaleMinBlock(sum, Half(x[i].d), Half(x[i].dmin), y[i].d, sumi, summ);
   }
   return sum;
 }
@@ -231,10 +229,7 @@ STARLING_AVX2 float DotQ5_KQ8_K_Avx2(const void* w, const void* a, int64_t n) {
     summ4 = _mm_add_epi32(summ4, _mm_shuffle_epi32(summ4, 0b01));
     const int32_t summ = _mm_cvtsi128_si32(summ4);
     const int32_t sumi = Sum(acc);
-    const float d = Half(x[i].d) * y[i].d;
-    const float dmin = Half(x[i].dmin) * y[i].d;
-    sum = std::fma(d, static_cast<float>(sumi), sum);
-    sum = std::fma(-dmin, static_cast<float>(summ), sum);
+    sum = rows::AddScaleMinBlock(sum, Half(x[i].d), Half(x[i].dmin), y[i].d, sumi, summ);
   }
   return sum;
 }

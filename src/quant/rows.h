@@ -3,6 +3,7 @@
 // DequantizeRow()). Each takes a row length already checked against the block size.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 
 namespace starling::rows {
@@ -56,6 +57,16 @@ void FitKQuantSuperBlock(const float* x, int nmax, float rmin, int nstep, uint8_
 // The element of largest magnitude, with its sign (the first of equals): ggml's `max` of the
 // symmetric quantizers, which maps to the most negative quant.
 float LargestMagnitude(const float* x, int n);
+// The float steps of quant.h's contract for a scale-and-min K-quant super-block (Q2_K, Q4_K,
+// Q5_K), after its exact integer sums: sum = fma(d_w * d_a, sumi, sum), then
+// sum = fma(-(dmin_w * d_a), summ, sum). Explicit fmas: the same single roundings wherever this
+// is compiled, so each scalar twin and its SIMD kernel share one definition of the bits.
+inline float AddScaleMinBlock(float sum, float d_w, float dmin_w, float d_a, int32_t sumi,
+                              int32_t summ) {
+  sum = std::fma(d_w * d_a, static_cast<float>(sumi), sum);
+  return std::fma(-(dmin_w * d_a), static_cast<float>(summ), sum);
+}
+
 // ggml's nearest_int: round to nearest, ties to even.
 int NearestInt(float x);
 
