@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -15,6 +16,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/file.h"
 #include "run_starling.h"
 #include "test_dir.h"
 #include "tokenizer/load.h"
@@ -442,6 +444,52 @@ TEST(Cli, ContextBeyondUlimitIsRefusedBeforeAllocating) {
       << message;
   EXPECT_NE(message.find("available (the room under ulimit -v (RLIMIT_AS))"), std::string::npos)
       << message;
+}
+
+// quantize's positional form and per-tensor report; then a file with a tensor type we cannot run
+// (one Q4_0 tensor's type id patched to IQ4_NL, whose blocks are the same size): loading it
+// names that tensor, and `info` still describes the file, marking it.
+TEST(Cli, QuantizeReportsEachTensorAndInfoDescribesTypesWeCannotRun) {
+  starling::testing::TempDir dir("quanttypes");
+  const std::string q4 = dir.path() + "/q4.gguf";
+  const RunStarlingResult q = RunStarling("quantize " + std::string(STARLING_MODELS_DIR) +
+                                          "/stories260K.gguf " + q4 + " Q4_0 -t 2");
+  ASSERT_EQ(q.exit_code, 0) << q.err;
+  EXPECT_NE(q.err.find("] blk.0.attn_q.weight"), std::string::npos) << q.err;
+  EXPECT_NE(q.err.find("-> Q4_0"), std::string::npos) << q.err;
+  EXPECT_NE(q.err.find("wrote " + q4 + " (q4_0): 48 tensors"), std::string::npos) << q.err;
+  EXPECT_NE(q.err.find("bits per weight"), std::string::npos) << q.err;
+
+  std::string bytes = starling::ReadFile(q4);
+  const std::string name = "blk.0.ffn_up.weight";
+  const size_t at = bytes.find(name);
+  ASSERT_NE(at, std::string::npos);
+  // Tensor info: name, u32 dimension count, u64 dims, u32 type.
+  uint32_t n_dims = 0;
+  std::memcpy(&n_dims, bytes.data() + at + name.size(), 4);
+  const size_t type_at = at + name.size() + 4 + 8 * static_cast<size_t>(n_dims);
+  uint32_t type = 0;
+  std::memcpy(&type, bytes.data() + type_at, 4);
+  ASSERT_EQ(type, 2u);  // Q4_0
+  type = 20;            // IQ4_NL: 32 elements in 18 bytes, as Q4_0
+  std::memcpy(bytes.data() + type_at, &type, 4);
+  const std::string patched = dir.path() + "/iq.gguf";
+  std::ofstream(patched, std::ios::binary) << bytes;
+
+  const RunStarlingResult gen = RunStarling("generate -m " + patched + " -p hi -n 2");
+  EXPECT_EQ(gen.exit_code, 1);
+  EXPECT_NE(gen.err.find("1 tensor has a type this build cannot run: 'blk.0.ffn_up.weight' "
+                         "(IQ4_NL); supported: F32, F16, BF16, Q8_0, Q4_0"),
+            std::string::npos)
+      << gen.err;
+  const RunStarlingResult info = RunStarling("info -m " + patched);
+  EXPECT_EQ(info.exit_code, 1);
+  EXPECT_NE(info.out.find("tensors: 48"), std::string::npos) << info.out;
+  EXPECT_NE(info.out.find("blk.0.ffn_up.weight"), std::string::npos) << info.out;
+  EXPECT_NE(info.out.find("IQ4_NL"), std::string::npos) << info.out;
+  EXPECT_NE(info.out.find("<- this build cannot run this type"), std::string::npos) << info.out;
+  EXPECT_NE(info.err.find("1 of 48 tensors have types this build cannot run"), std::string::npos)
+      << info.err;
 }
 
 TEST(Cli, LoadingABigModelShowsProgressOnATerminalOnly) {
