@@ -109,6 +109,19 @@ function renderConversation() {
 // ---- The conversation list -----------------------------------------------------------------
 const titleOf = (c) => c.title || 'New chat';
 
+
+// A small icon button of the conversation list: its class, glyph, tooltip, accessible label and
+// action.
+function iconButton(className, glyph, title, label, onClick) {
+  const button = document.createElement('button');
+  button.type = 'button';
+  button.className = className;
+  button.textContent = glyph;
+  button.title = title;
+  button.setAttribute('aria-label', label);
+  button.addEventListener('click', onClick);
+  return button;
+}
 function renderList() {
   els.chatList.replaceChildren(...conversations.filter((c) => c.messages.length > 0).map((c) => {
     const li = document.createElement('li');
@@ -121,20 +134,10 @@ function renderList() {
     open.title = titleOf(c);
     if (c === current) open.setAttribute('aria-current', 'true');
     open.addEventListener('click', () => openConversation(c));
-    const rename = document.createElement('button');
-    rename.type = 'button';
-    rename.className = 'chat-rename';
-    rename.textContent = '✎';
-    rename.title = 'Rename';
-    rename.setAttribute('aria-label', `Rename “${titleOf(c)}”`);
-    rename.addEventListener('click', () => startRename(li, c));
-    const del = document.createElement('button');
-    del.type = 'button';
-    del.className = 'chat-delete';
-    del.textContent = '×';
-    del.title = 'Delete';
-    del.setAttribute('aria-label', `Delete “${titleOf(c)}”`);
-    del.addEventListener('click', () => deleteConversation(c));
+    const rename = iconButton('chat-rename', '✎', 'Rename', `Rename “${titleOf(c)}”`,
+                              () => startRename(li, c));
+    const del = iconButton('chat-delete', '×', 'Delete', `Delete “${titleOf(c)}”`,
+                           () => deleteConversation(c));
     li.append(open, rename, del);
     return li;
   }));
