@@ -109,7 +109,6 @@ function renderConversation() {
 // ---- The conversation list -----------------------------------------------------------------
 const titleOf = (c) => c.title || 'New chat';
 
-
 // A small icon button of the conversation list: its class, glyph, tooltip, accessible label and
 // action.
 function iconButton(className, glyph, title, label, onClick) {
