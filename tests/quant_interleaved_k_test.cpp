@@ -20,6 +20,9 @@ namespace {
 
 using Bytes = std::vector<uint8_t>;
 
+// The vector levels, in the order of each format's `fast` kernels.
+constexpr SimdLevel kVectorLevels[] = {SimdLevel::kAvx2, SimdLevel::kAvxVnni, SimdLevel::kAvx512};
+
 // An interleaved K-quant format and its functions.
 struct Format {
   WeightFormat format;
@@ -29,13 +32,24 @@ struct Format {
   using Dots = void (*)(const void*, int64_t, const void*, size_t, int64_t, int64_t, float*,
                         int64_t);
   Dots dots;
-  Dots dots_avx2;
+  Dots fast[3];                                         // at kVectorLevels
   float (*row_dot)(const void*, const void*, int64_t);  // the row-major product
 };
-const Format kFormats[] = {{WeightFormat::kQ4_K, WeightFormat::kQ4_K, RepackQ4_Kx8,
-                            DequantizeRowQ4_Kx8, DotsQ4_Kx8Q8_K, DotsQ4_Kx8Q8_K_Avx2, DotQ4_KQ8_K},
-                           {WeightFormat::kQ6_K, WeightFormat::kQ6_K, RepackQ6_Kx8,
-                            DequantizeRowQ6_Kx8, DotsQ6_Kx8Q8_K, DotsQ6_Kx8Q8_K_Avx2, DotQ6_KQ8_K}};
+const Format kFormats[] = {
+    {WeightFormat::kQ4_K,
+     WeightFormat::kQ4_K,
+     RepackQ4_Kx8,
+     DequantizeRowQ4_Kx8,
+     DotsQ4_Kx8Q8_K,
+     {DotsQ4_Kx8Q8_K_Avx2, DotsQ4_Kx8Q8_K_AvxVnni, DotsQ4_Kx8Q8_K_Avx512Vnni},
+     DotQ4_KQ8_K},
+    {WeightFormat::kQ6_K,
+     WeightFormat::kQ6_K,
+     RepackQ6_Kx8,
+     DequantizeRowQ6_Kx8,
+     DotsQ6_Kx8Q8_K,
+     {DotsQ6_Kx8Q8_K_Avx2, DotsQ6_Kx8Q8_K_AvxVnni, DotsQ6_Kx8Q8_K_Avx512Vnni},
+     DotQ6_KQ8_K}};
 
 // `rows` weight rows of n columns from random bytes (every quant, scale and min byte occurs),
 // with fp16 scales in [2^-12, 2^4) at the block's d (and Q4_K's dmin).
@@ -135,34 +149,40 @@ TEST(QuantInterleavedK, ScalarDotsEqualTheRowDotBits) {
   }
 }
 
-TEST(QuantInterleavedK, Avx2DotsEqualScalarBitsForEveryTileShape) {
-  if (!CpuHasAvx2Fma()) GTEST_SKIP() << "no AVX2/FMA/F16C";
+// Every vector level this CPU has (AVX2; AVX-VNNI and AVX-512 VNNI where present).
+TEST(QuantInterleavedK, VectorDotsEqualScalarBitsForEveryTileShape) {
+  if (!CpuHasSimdLevel(SimdLevel::kAvx2)) GTEST_SKIP() << "no AVX2/FMA/F16C";
   std::mt19937 rng(3);
-  for (const Format& f : kFormats) {
-    for (int64_t n : {256, 768}) {
-      for (int64_t rows = 1; rows <= 17; ++rows) {
-        for (int64_t tokens = 1; tokens <= 9; ++tokens) {
-          const Bytes packed = Repack(f, RandomRows(f.type, rows, n, rng), rows, n);
-          const Bytes a = RandomActivations(tokens, n, rng);
-          const size_t a_stride = QuantRowBytes(WeightFormat::kQ8_K, n);
-          const int64_t out_stride = rows + 3;  // outputs between rows stay untouched
-          std::vector<float> want(out_stride * tokens, -1.0f), got(out_stride * tokens, -1.0f);
-          f.dots(packed.data(), rows, a.data(), a_stride, tokens, n, want.data(), out_stride);
-          f.dots_avx2(packed.data(), rows, a.data(), a_stride, tokens, n, got.data(), out_stride);
-          ExpectSameBits(got, want,
-                         std::string(WeightFormatName(f.type)) + " n=" + std::to_string(n) +
-                             " rows=" + std::to_string(rows) + " tokens=" + std::to_string(tokens));
+  for (int level = 0; level < 3; ++level) {
+    if (!CpuHasSimdLevel(kVectorLevels[level])) continue;
+    for (const Format& f : kFormats) {
+      for (int64_t n : {256, 768}) {
+        for (int64_t rows = 1; rows <= 17; ++rows) {
+          for (int64_t tokens = 1; tokens <= 9; ++tokens) {
+            const Bytes packed = Repack(f, RandomRows(f.type, rows, n, rng), rows, n);
+            const Bytes a = RandomActivations(tokens, n, rng);
+            const size_t a_stride = QuantRowBytes(WeightFormat::kQ8_K, n);
+            const int64_t out_stride = rows + 3;  // outputs between rows stay untouched
+            std::vector<float> want(out_stride * tokens, -1.0f), got(out_stride * tokens, -1.0f);
+            f.dots(packed.data(), rows, a.data(), a_stride, tokens, n, want.data(), out_stride);
+            f.fast[level](packed.data(), rows, a.data(), a_stride, tokens, n, got.data(),
+                          out_stride);
+            ExpectSameBits(got, want,
+                           std::string(SimdLevelName(kVectorLevels[level])) + " " +
+                               WeightFormatName(f.type) + " n=" + std::to_string(n) + " rows=" +
+                               std::to_string(rows) + " tokens=" + std::to_string(tokens));
+          }
         }
       }
     }
   }
 }
 
-// The AVX2 kernels' int16 sums at their bounds: all quants at their maximum (15 or 63), all
-// activations 127, -127 or -128 (outside QuantizeRow's range, but the bounds hold), all scales
-// and mins 63 (Q6_K: -128).
-TEST(QuantInterleavedK, Avx2DotsAreExactAtTheExtremes) {
-  if (!CpuHasAvx2Fma()) GTEST_SKIP() << "no AVX2/FMA/F16C";
+// The vector kernels' integer sums at their bounds (AVX2's int16 sums, VNNI's int32 ones): all
+// quants at their maximum (15 or 63), all activations 127, -127 or -128 (outside QuantizeRow's
+// range, but the bounds hold), all scales and mins 63 (Q6_K: -128).
+TEST(QuantInterleavedK, VectorDotsAreExactAtTheExtremes) {
+  if (!CpuHasSimdLevel(SimdLevel::kAvx2)) GTEST_SKIP() << "no AVX2/FMA/F16C";
   const int64_t rows = 8, tokens = 2, n = 256;
   for (const Format& f : kFormats) {
     for (const int8_t extreme : {int8_t{127}, int8_t{-127}, int8_t{-128}}) {
@@ -186,8 +206,14 @@ TEST(QuantInterleavedK, Avx2DotsAreExactAtTheExtremes) {
       const Bytes packed = Repack(f, w, rows, n);
       std::vector<float> want(rows * tokens), got(rows * tokens);
       f.dots(packed.data(), rows, a.data(), sizeof(BlockQ8_K), tokens, n, want.data(), rows);
-      f.dots_avx2(packed.data(), rows, a.data(), sizeof(BlockQ8_K), tokens, n, got.data(), rows);
-      ExpectSameBits(got, want, WeightFormatName(f.type));
+      for (int level = 0; level < 3; ++level) {
+        if (!CpuHasSimdLevel(kVectorLevels[level])) continue;
+        f.fast[level](packed.data(), rows, a.data(), sizeof(BlockQ8_K), tokens, n, got.data(),
+                      rows);
+        ExpectSameBits(
+            got, want,
+            std::string(SimdLevelName(kVectorLevels[level])) + " " + WeightFormatName(f.type));
+      }
       EXPECT_EQ(want[0], f.row_dot(w.data(), a.data(), n));
     }
   }

@@ -22,6 +22,9 @@ namespace {
 using Bytes = std::vector<uint8_t>;
 constexpr double kUnit = 1.0 / (1 << 24);  // float's unit roundoff
 
+// The vector levels, in the order of each format's `fast` kernels.
+constexpr SimdLevel kVectorLevels[] = {SimdLevel::kAvx2, SimdLevel::kAvxVnni, SimdLevel::kAvx512};
+
 // An interleaved format and its functions.
 struct Interleaved {
   WeightFormat format;
@@ -31,14 +34,24 @@ struct Interleaved {
   using Dots = void (*)(const void*, int64_t, const void*, size_t, const Q8_0BlockTerms*, int64_t,
                         int64_t, float*, int64_t);
   Dots dots;
-  Dots dots_avx2;
+  Dots fast[3];                                         // at kVectorLevels
   float (*row_dot)(const void*, const void*, int64_t);  // the row-major product
 };
 const Interleaved kFormats[] = {
-    {WeightFormat::kQ4_0, WeightFormat::kQ4_0, RepackQ4_0x8, DequantizeRowQ4_0x8, DotsQ4_0x8Q8_0,
-     DotsQ4_0x8Q8_0_Avx2, DotQ4_0Q8_0},
-    {WeightFormat::kQ8_0, WeightFormat::kQ8_0, RepackQ8_0x8, DequantizeRowQ8_0x8, DotsQ8_0x8Q8_0,
-     DotsQ8_0x8Q8_0_Avx2, DotQ8_0Q8_0}};
+    {WeightFormat::kQ4_0,
+     WeightFormat::kQ4_0,
+     RepackQ4_0x8,
+     DequantizeRowQ4_0x8,
+     DotsQ4_0x8Q8_0,
+     {DotsQ4_0x8Q8_0_Avx2, DotsQ4_0x8Q8_0_AvxVnni, DotsQ4_0x8Q8_0_Avx512Vnni},
+     DotQ4_0Q8_0},
+    {WeightFormat::kQ8_0,
+     WeightFormat::kQ8_0,
+     RepackQ8_0x8,
+     DequantizeRowQ8_0x8,
+     DotsQ8_0x8Q8_0,
+     {DotsQ8_0x8Q8_0_Avx2, DotsQ8_0x8Q8_0_AvxVnni, DotsQ8_0x8Q8_0_Avx512Vnni},
+     DotQ8_0Q8_0}};
 
 // `rows` rows of n columns from random bytes: every quant occurs (weights: any byte, -128 for
 // Q8_0 included; activations: [-127, 127], the kernels' contract), fp16 scales in
@@ -152,28 +165,32 @@ TEST(WeightLayout, ScalarDotsMatchDoubleSumsAndTheRowDot) {
   }
 }
 
-TEST(WeightLayout, Avx2DotsEqualScalarBitsForEveryTileShape) {
-  if (!CpuHasAvx2Fma()) GTEST_SKIP() << "no AVX2/FMA/F16C";
+// Every vector level this CPU has (AVX2; AVX-VNNI and AVX-512 VNNI where present).
+TEST(WeightLayout, VectorDotsEqualScalarBitsForEveryTileShape) {
+  if (!CpuHasSimdLevel(SimdLevel::kAvx2)) GTEST_SKIP() << "no AVX2/FMA/F16C";
   std::mt19937 rng(8);
-  for (const Interleaved& f : kFormats) {
-    for (int64_t n : {32, 96, 288}) {
-      for (int64_t rows = 1; rows <= 17; ++rows) {
-        for (int64_t tokens = 1; tokens <= 9; ++tokens) {
-          const Bytes packed = Repack(f, RandomRows(f.type, rows, n, rng), rows, n);
-          const size_t a_stride = QuantRowBytes(WeightFormat::kQ8_0, n);
-          const Bytes a = RandomRows(WeightFormat::kQ8_0, tokens, n, rng, true);
-          const auto terms = Terms(a, tokens, n);
-          const int64_t out_stride = rows + 3;
-          std::vector<float> want(out_stride * tokens, -1.0f), got(out_stride * tokens, -1.0f);
-          f.dots(packed.data(), rows, a.data(), a_stride, terms.data(), tokens, n, want.data(),
-                 out_stride);
-          f.dots_avx2(packed.data(), rows, a.data(), a_stride, terms.data(), tokens, n, got.data(),
-                      out_stride);
-          for (size_t i = 0; i < got.size(); ++i) {
-            ASSERT_EQ(std::bit_cast<uint32_t>(got[i]), std::bit_cast<uint32_t>(want[i]))
-                << WeightFormatName(f.type) << " n=" << n << " rows=" << rows
-                << " tokens=" << tokens << " output " << i
-                << (static_cast<int64_t>(i) % out_stride >= rows ? " (outside the outputs)" : "");
+  for (int level = 0; level < 3; ++level) {
+    if (!CpuHasSimdLevel(kVectorLevels[level])) continue;
+    for (const Interleaved& f : kFormats) {
+      for (int64_t n : {32, 96, 288}) {
+        for (int64_t rows = 1; rows <= 17; ++rows) {
+          for (int64_t tokens = 1; tokens <= 9; ++tokens) {
+            const Bytes packed = Repack(f, RandomRows(f.type, rows, n, rng), rows, n);
+            const size_t a_stride = QuantRowBytes(WeightFormat::kQ8_0, n);
+            const Bytes a = RandomRows(WeightFormat::kQ8_0, tokens, n, rng, true);
+            const auto terms = Terms(a, tokens, n);
+            const int64_t out_stride = rows + 3;
+            std::vector<float> want(out_stride * tokens, -1.0f), got(out_stride * tokens, -1.0f);
+            f.dots(packed.data(), rows, a.data(), a_stride, terms.data(), tokens, n, want.data(),
+                   out_stride);
+            f.fast[level](packed.data(), rows, a.data(), a_stride, terms.data(), tokens, n,
+                          got.data(), out_stride);
+            for (size_t i = 0; i < got.size(); ++i) {
+              ASSERT_EQ(std::bit_cast<uint32_t>(got[i]), std::bit_cast<uint32_t>(want[i]))
+                  << SimdLevelName(kVectorLevels[level]) << " " << WeightFormatName(f.type)
+                  << " n=" << n << " rows=" << rows << " tokens=" << tokens << " output " << i
+                  << (static_cast<int64_t>(i) % out_stride >= rows ? " (outside the outputs)" : "");
+            }
           }
         }
       }
@@ -197,13 +214,8 @@ TEST(WeightLayout, MatMulOverInterleavedLayoutMatchesRowLayout) {
     ASSERT_TRUE(LoadsForMatMul(row_major));
     HugePageBuffer buffer;
     const WeightMatrix interleaved = LoadForMatMul(row_major, buffer);
-    // (Rows at the opt-in AVX-512 level, whose VNNI kernels read them.)
-    EXPECT_EQ(interleaved.layout, ActiveSimdLevel() == SimdLevel::kAvx512
-                                      ? WeightLayout::kRows
-                                      : WeightLayout::kInterleaved8);
-    if (interleaved.layout == WeightLayout::kInterleaved8) {
-      EXPECT_FALSE(LoadsForMatMul(interleaved));
-    }
+    EXPECT_EQ(interleaved.layout, WeightLayout::kInterleaved8);
+    EXPECT_FALSE(LoadsForMatMul(interleaved));
     for (int64_t tokens : {1, 5, 70}) {
       std::vector<float> x(tokens * n);
       for (float& v : x) v = normal(rng);

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
@@ -563,22 +564,65 @@ bool CpuHasAvx2() {
   return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c;
 }
 
+bool CpuHasAvxVnni() {
+  // CPUID leaf 7 subleaf 1, EAX bit 4 (GCC 12's __builtin_cpu_supports does not know it). The
+  // VEX encoding needs only the AVX state that CpuHasAvx2 has checked the OS saves.
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  return CpuHasAvx2() && __get_cpuid_count(7, 1, &eax, &ebx, &ecx, &edx) != 0 &&
+         (eax & (1u << 4)) != 0;
+}
+
 bool CpuHasAvx512Vnni() {
   __builtin_cpu_init();
   return CpuHasAvx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
 }
 
+bool CpuHasSimdLevel(SimdLevel level) {
+  switch (level) {
+    case SimdLevel::kScalar: return true;
+    case SimdLevel::kAvx2: return CpuHasAvx2();
+    case SimdLevel::kAvxVnni: return CpuHasAvxVnni();
+    case SimdLevel::kAvx512: return CpuHasAvx512Vnni();
+  }
+  return false;
+}
+
+const char* SimdLevelName(SimdLevel level) {
+  switch (level) {
+    case SimdLevel::kScalar: return "scalar";
+    case SimdLevel::kAvx2: return "avx2";
+    case SimdLevel::kAvxVnni: return "avxvnni";
+    case SimdLevel::kAvx512: return "avx512";
+  }
+  return "?";
+}
+
+SimdLevel BestSimdLevel() {
+  // The two VNNI levels run the same tiles at the same width; the EVEX one also has 32
+  // registers, so it comes first.
+  for (SimdLevel level : {SimdLevel::kAvx512, SimdLevel::kAvxVnni, SimdLevel::kAvx2}) {
+    if (CpuHasSimdLevel(level)) return level;
+  }
+  return SimdLevel::kScalar;
+}
+
 SimdLevel ActiveSimdLevel() {
   static const SimdLevel level = [] {
-    // AVX-512 is opt-in (STARLING_SIMD=avx512) until its kernels have run on AVX-512 hardware:
-    // this project's machines have none; Quant.Avx512VnniDotsMatchScalarAndTiles checks them
-    // wherever the CPU has VNNI.
+    const SimdLevel best = BestSimdLevel();
     const char* forced = std::getenv("STARLING_SIMD");
-    const std::string_view choice = forced != nullptr ? forced : "";
-    if (choice == "scalar" || !CpuHasAvx2()) return SimdLevel::kScalar;
-    if (choice == "avx512" && CpuHasAvx512Vnni()) return SimdLevel::kAvx512;
-    return SimdLevel::kAvx2;
+    if (forced == nullptr || *forced == '\0') return best;
+    for (SimdLevel named :
+         {SimdLevel::kScalar, SimdLevel::kAvx2, SimdLevel::kAvxVnni, SimdLevel::kAvx512}) {
+      if (std::string_view(forced) != SimdLevelName(named)) continue;
+      if (CpuHasSimdLevel(named)) return named;
+      std::fprintf(stderr, "STARLING_SIMD=%s: this CPU lacks it; using %s\n", forced,
+                   SimdLevelName(best));
+      return best;
+    }
+    std::fprintf(stderr, "STARLING_SIMD=%s: unknown (scalar, avx2, avxvnni, avx512); using %s\n",
+                 forced, SimdLevelName(best));
+    return best;
   }();
   return level;
 }
@@ -589,12 +633,7 @@ float DotRow(DType dtype, const void* row, const float* x, int64_t n) {
 }
 
 const char* DotRowImplementation() {
-  switch (ActiveSimdLevel()) {
-    case SimdLevel::kAvx512: return "avx512";
-    case SimdLevel::kAvx2: return "avx2";
-    case SimdLevel::kScalar: break;
-  }
-  return "scalar";
+  return SimdLevelName(ActiveSimdLevel());
 }
 
 // a . b over n (a multiple of 8) in 8 lanes.

@@ -26,18 +26,24 @@ void FloatToHalfRowAvx2(const float* x, int64_t n, uint16_t* out);
 void ExpRowAvx2(const float* x, int64_t n, float* out);
 
 bool CpuHasAvx2();        // AVX2, FMA and F16C
+bool CpuHasAvxVnni();     // AVX-VNNI (VEX-encoded vpdpbusd), with AVX2, FMA and F16C
 bool CpuHasAvx512Vnni();  // AVX-512 F, BW, VL and VNNI (with AVX2, FMA and F16C)
 
-// The instruction sets the kernels use, decided once (at first use) from the CPU's features
-// and STARLING_SIMD: "scalar" forces the scalar twins (for comparison); "avx512" enables the
-// AVX-512 VNNI quantized kernels where the CPU has them (opt-in until verified on such
-// hardware); otherwise AVX2 where the CPU has it.
-enum class SimdLevel { kScalar, kAvx2, kAvx512 };
+// The instruction sets the kernels use, decided once (at first use): the best level the CPU
+// has, unless STARLING_SIMD names a lower one for comparison ("scalar", "avx2", "avxvnni",
+// "avx512"; a level the CPU lacks falls back to the best it has, with a warning on stderr).
+// Every level above scalar runs the AVX2 float kernels; the two VNNI levels differ from AVX2
+// in the quantized matmuls' integer steps (vpdpbusd in VEX or EVEX encoding; 256-bit tiles,
+// the same bits at every level).
+enum class SimdLevel { kScalar, kAvx2, kAvxVnni, kAvx512 };
 SimdLevel ActiveSimdLevel();
+// The best level this CPU has (what ActiveSimdLevel is without STARLING_SIMD).
+SimdLevel BestSimdLevel();
+bool CpuHasSimdLevel(SimdLevel level);
+const char* SimdLevelName(SimdLevel level);  // "scalar", "avx2", "avxvnni", "avx512"
 
 float DotRow(DType dtype, const void* row, const float* x, int64_t n);
-// The active level's name: "avx512", "avx2" or "scalar" (dense dots use AVX2 on both vector
-// levels; the quantized matmuls use AVX-512 VNNI where they have it).
+// The active level's name (SimdLevelName).
 const char* DotRowImplementation();
 
 }  // namespace starling

@@ -23,6 +23,9 @@ struct DenseMatrix {
 };
 
 float HalfToFloat(uint16_t bits);
+// float -> IEEE binary16 bits, rounding to nearest even; overflow gives +-inf, NaN gives a quiet
+// NaN (0x7E00 with the sign), as ggml's GGML_FP32_TO_FP16.
+uint16_t FloatToHalf(float value);
 float BFloat16ToFloat(uint16_t bits);
 
 // out[cols] = row `row` of `w`, converted to float32.

@@ -5,7 +5,7 @@
 
 #include "core/error.h"
 #include "core/thread_pool.h"
-#include "kernels/dot.h"
+#include "kernels/dispatch.h"
 #include "kernels/gemm.h"
 
 namespace starling {
@@ -58,8 +58,7 @@ int64_t SequenceKeyValues::first_visible(int64_t r) const {
 
 void SequenceKeyValues::Attend(int32_t /*layer*/, int64_t row, int64_t kv_head, const float* q,
                                int64_t group, float* scores, float* out, float* lse) const {
-  const auto attend = ActiveSimdLevel() != SimdLevel::kScalar ? AttentionGroupAvx2<DType::kF32>
-                                                              : AttentionGroup<DType::kF32>;
+  const auto attend = dispatch::AttentionGroup<DType::kF32>;
   const int64_t head = kv_head * head_dim_;
   const int64_t first = first_visible(row), pos = positions_[row], p = prefix_length_[row];
   const int64_t own = start_[row] * kv_dim_ + head;
@@ -209,8 +208,7 @@ void FeedForwardBlock(const Model& m, int32_t layer, int64_t n, ForwardScratch& 
   Linear(w.w_gate, xn, n, gate, save != nullptr || s.training);  // [N, F]
   Linear(w.w_up, xn, n, up, save != nullptr || s.training);      // [N, F]
   if (save) std::copy_n(gate, n * f, save->gate.data());
-  const auto silu_mul = ActiveSimdLevel() != SimdLevel::kScalar ? SiluMulAvx2 : SiluMul;
-  silu_mul(gate, up, n * f);  // gate = silu(gate) * up
+  dispatch::SiluMul(gate, up, n * f);  // gate = silu(gate) * up
   if (save) std::copy_n(gate, n * f, save->act.data());
   float* out = s.xn.data();  // [N, D]
   Linear(w.w_down, gate, n, out, save != nullptr || s.training);
@@ -298,9 +296,8 @@ void FeedForwardBlockBackward(const Model& m, int32_t layer, const BlockActivati
   LinearBackward(a.act.data(), F32(w.w_down, "mlp.down_proj"), dx, n, f, d, s.dact.data(), false,
                  g.down);
   // act = silu(gate) * up
-  const auto silu_mul_backward =
-      ActiveSimdLevel() != SimdLevel::kScalar ? SiluMulBackwardAvx2 : SiluMulBackward;
-  silu_mul_backward(a.gate.data(), a.up.data(), s.dact.data(), n * f, s.dgate.data(), s.dup.data());
+  dispatch::SiluMulBackward(a.gate.data(), a.up.data(), s.dact.data(), n * f, s.dgate.data(),
+                            s.dup.data());
   // gate = xn W_gate^T, up = xn W_up^T: d xn [N, D] = dgate W_gate + dup W_up.
   LinearBackward(a.xn_ffn.data(), F32(w.w_gate, "mlp.gate_proj"), s.dgate.data(), n, d, f,
                  s.dxn.data(), false, g.gate);
@@ -338,8 +335,7 @@ void AttentionBlockBackward(const Model& m, int32_t layer, const SequenceKeyValu
   ThreadPool::Global().ParallelFor(
       trees * c.num_kv_heads, 1, [&](int64_t begin, int64_t end, int thread) {
         float* scores = s.scores.data() + thread * span;
-        const auto backward = ActiveSimdLevel() != SimdLevel::kScalar ? AttentionGroupBackwardAvx2
-                                                                      : AttentionGroupBackward;
+        const auto backward = dispatch::AttentionGroupBackward;
         for (int64_t item = begin; item < end; ++item) {
           const int64_t tree = item / c.num_kv_heads, kvh = item % c.num_kv_heads;
           const int64_t stop = tree + 1 < trees ? starts[tree + 1] : n;

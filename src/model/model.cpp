@@ -6,7 +6,7 @@
 
 #include "core/error.h"
 #include "core/thread_pool.h"
-#include "kernels/dot.h"
+#include "kernels/dispatch.h"
 #include "model/blocks.h"
 #include "model/tensors.h"
 #include "quant/quant.h"
@@ -229,11 +229,9 @@ Session::Session(const Model& model, int32_t context_length, DType kv_type)
 
 namespace {
 
-// out[n] = x[n] as binary16 bits, rounded to nearest even: F16C where the kernels use AVX2,
-// else the scalar FloatToHalf; the same bits either way.
+// out[n] = x[n] as binary16 bits, rounded to nearest even.
 void StoreHalves(const float* x, int64_t n, uint16_t* out) {
-  if (ActiveSimdLevel() != SimdLevel::kScalar) return FloatToHalfRowAvx2(x, n, out);
-  for (int64_t i = 0; i < n; ++i) out[i] = FloatToHalf(x[i]);
+  dispatch::FloatToHalfRow(x, n, out);
 }
 
 template <DType kCache>
@@ -242,10 +240,8 @@ void AttendCache(const std::vector<CacheElement<kCache>>& keys,
                  int64_t q_stride, int64_t group, int64_t kv_stride, int64_t head_dim,
                  int64_t first, int64_t last, float* scores, float* out, int64_t out_stride,
                  float* lse) {
-  const auto attend =
-      ActiveSimdLevel() != SimdLevel::kScalar ? AttentionGroupAvx2<kCache> : AttentionGroup<kCache>;
-  attend(q, q_stride, group, &keys[offset], &values[offset], kv_stride, head_dim, first, last,
-         scores, out, out_stride, lse);
+  dispatch::AttentionGroup<kCache>(q, q_stride, group, &keys[offset], &values[offset], kv_stride,
+                                   head_dim, first, last, scores, out, out_stride, lse);
 }
 
 }  // namespace

@@ -9,7 +9,33 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "quant/quant.h"
+
 namespace starling::interleaved {
+
+// The row-major block type an interleaved block comes from, and its format.
+template <typename Interleaved>
+struct Source;
+template <>
+struct Source<BlockQ4_0x8> {
+  using Block = BlockQ4_0;
+  static constexpr WeightFormat kType = WeightFormat::kQ4_0;
+};
+template <>
+struct Source<BlockQ8_0x8> {
+  using Block = BlockQ8_0;
+  static constexpr WeightFormat kType = WeightFormat::kQ8_0;
+};
+template <>
+struct Source<BlockQ4_Kx8> {
+  using Block = BlockQ4_K;
+  static constexpr WeightFormat kType = WeightFormat::kQ4_K;
+};
+template <>
+struct Source<BlockQ6_Kx8> {
+  using Block = BlockQ6_K;
+  static constexpr WeightFormat kType = WeightFormat::kQ6_K;
+};
 
 constexpr int kGroupRows = 8;
 

@@ -380,34 +380,6 @@ void UnpackQ6_K(const BlockQ6_K& b, int8_t* q) {
   }
 }
 
-uint16_t FloatToHalf(float value) {
-  const auto bits = std::bit_cast<uint32_t>(value);
-  const auto sign = static_cast<uint16_t>(bits >> 16 & 0x8000u);
-  const uint32_t abs = bits & 0x7FFFFFFFu;
-  if (abs > 0x7F800000u) return sign | 0x7E00u;  // NaN
-  // 65520 is halfway between the largest half (65504) and 2^16; ties go to the even 2^16 = inf.
-  if (abs >= 0x477FF000u) return sign | 0x7C00u;
-  if (abs >= 0x38800000u) {  // >= 2^-14: a normal half
-    // Rebias the exponent (127 -> 15) and drop 13 mantissa bits; a carry out of the mantissa
-    // correctly bumps the exponent.
-    const uint32_t rebased = abs - 0x38000000u;
-    uint32_t h = rebased >> 13;
-    const uint32_t rest = rebased & 0x1FFFu;
-    if (rest > 0x1000u || (rest == 0x1000u && (h & 1u) != 0)) ++h;
-    return static_cast<uint16_t>(sign | h);
-  }
-  // Subnormal half: count units of 2^-24. value = mantissa * 2^(exponent - 150).
-  const uint32_t exponent = abs >> 23;
-  const uint32_t shift = 126 - exponent;          // >= 14
-  if (exponent == 0 || shift >= 25) return sign;  // below 2^-25 (or exactly it: ties to 0)
-  const uint32_t mantissa = (abs & 0x7FFFFFu) | 0x800000u;
-  uint32_t h = mantissa >> shift;
-  const uint32_t rest = mantissa & ((1u << shift) - 1);
-  const uint32_t half = 1u << (shift - 1);
-  if (rest > half || (rest == half && (h & 1u) != 0)) ++h;  // may carry into the smallest normal
-  return static_cast<uint16_t>(sign | h);
-}
-
 void Q4_KScaleMin(const uint8_t* scales, int j, uint8_t* sc, uint8_t* m) {
   if (j < 4) {
     *sc = scales[j] & 63;

@@ -14,15 +14,12 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "kernels/kernels.h"  // HalfToFloat, FloatToHalf
 #include "quant/format.h"
 
 namespace starling {
 
 static_assert(std::endian::native == std::endian::little, "block layouts assume little-endian");
-
-// float -> IEEE binary16 bits, rounding to nearest even; overflow gives +-inf, NaN gives a quiet
-// NaN (0x7E00 with the sign), as ggml's GGML_FP32_TO_FP16. (HalfToFloat is in kernels.h.)
-uint16_t FloatToHalf(float value);
 
 // Elements per block (32 or 256), bytes per block, and the row helpers of format.h, for block
 // formats.
@@ -306,31 +303,16 @@ void ComputeQ8_0BlockTerms(const void* a, int64_t n, Q8_0BlockTerms* out);
 // so the result equals DotQ4_0Q8_0 / DotQ8_0Q8_0 but for that fma (one rounding less per
 // block). The AVX2 kernels return the scalar twins' bits for any tile shape; they need
 // activation quants in [-127, 127] (QuantizeRow's range).
-void DotsQ4_0x8Q8_0(const void* w, int64_t rows, const void* a, size_t a_stride,
-                    const Q8_0BlockTerms* terms, int64_t tokens, int64_t n, float* out,
-                    int64_t out_stride);
-void DotsQ8_0x8Q8_0(const void* w, int64_t rows, const void* a, size_t a_stride,
-                    const Q8_0BlockTerms* terms, int64_t tokens, int64_t n, float* out,
-                    int64_t out_stride);
-void DotsQ4_0x8Q8_0_Avx2(const void* w, int64_t rows, const void* a, size_t a_stride,
-                         const Q8_0BlockTerms* terms, int64_t tokens, int64_t n, float* out,
-                         int64_t out_stride);
-void DotsQ8_0x8Q8_0_Avx2(const void* w, int64_t rows, const void* a, size_t a_stride,
-                         const Q8_0BlockTerms* terms, int64_t tokens, int64_t n, float* out,
-                         int64_t out_stride);
-
-// ---- AVX-512 (F, BW, VL) + VNNI versions (quant_avx512.cpp). Call only where
-// CpuHasAvx512Vnni() (kernels/dot.h). 16 float lanes, two blocks per step; against the scalar
-// twin within the same bound as the AVX2 versions (each lane sums blocks / 2 terms); tiles of
-// any shape give every output the single product's bits, as above.
-float DotQ8_0Q8_0_Avx512(const void* w, const void* a, int64_t n);
-float DotQ4_0Q8_0_Avx512(const void* w, const void* a, int64_t n);
-void DotsQ8_0Q8_0_Avx512(const void* w, size_t w_stride, int64_t rows, const void* a,
-                         size_t a_stride, int64_t tokens, int64_t n, float* out,
-                         int64_t out_stride);
-void DotsQ4_0Q8_0_Avx512(const void* w, size_t w_stride, int64_t rows, const void* a,
-                         size_t a_stride, int64_t tokens, int64_t n, float* out,
-                         int64_t out_stride);
+using InterleavedQ8_0Dots = void(const void* w, int64_t rows, const void* a, size_t a_stride,
+                                 const Q8_0BlockTerms* terms, int64_t tokens, int64_t n, float* out,
+                                 int64_t out_stride);
+InterleavedQ8_0Dots DotsQ4_0x8Q8_0, DotsQ8_0x8Q8_0;
+InterleavedQ8_0Dots DotsQ4_0x8Q8_0_Avx2, DotsQ8_0x8Q8_0_Avx2;
+// The same with VNNI integer steps (vpdpbusd): the AVX-VNNI (VEX) encoding, for CPUs that
+// CpuHasAvxVnni(), and the AVX-512 VL + VNNI (EVEX) one, for CPUs that CpuHasAvx512Vnni()
+// (kernels/dot.h). Both 256 bits wide, both the scalar twins' bits.
+InterleavedQ8_0Dots DotsQ4_0x8Q8_0_AvxVnni, DotsQ8_0x8Q8_0_AvxVnni;
+InterleavedQ8_0Dots DotsQ4_0x8Q8_0_Avx512Vnni, DotsQ8_0x8Q8_0_Avx512Vnni;
 
 // ---- Q4_K and Q6_K weights interleaved eight rows at a time (quant_interleaved_k.cpp), the
 // layouts the matmul copies these matrices into at load, as Q4_0/Q8_0 above: one 256-bit
@@ -388,13 +370,12 @@ void DequantizeRowQ6_Kx8(const void* w, int64_t row, int64_t n, float* out);
 // per 256-block, then that function's float operations in its order. They read the activations'
 // bsums, so those must be consistent with qs. The AVX2 kernels return the scalar twins' bits
 // for any tile shape and any activation quants (the int16 bounds hold for -128 too).
-void DotsQ4_Kx8Q8_K(const void* w, int64_t rows, const void* a, size_t a_stride, int64_t tokens,
-                    int64_t n, float* out, int64_t out_stride);
-void DotsQ6_Kx8Q8_K(const void* w, int64_t rows, const void* a, size_t a_stride, int64_t tokens,
-                    int64_t n, float* out, int64_t out_stride);
-void DotsQ4_Kx8Q8_K_Avx2(const void* w, int64_t rows, const void* a, size_t a_stride,
-                         int64_t tokens, int64_t n, float* out, int64_t out_stride);
-void DotsQ6_Kx8Q8_K_Avx2(const void* w, int64_t rows, const void* a, size_t a_stride,
-                         int64_t tokens, int64_t n, float* out, int64_t out_stride);
+using InterleavedQ8_KDots = void(const void* w, int64_t rows, const void* a, size_t a_stride,
+                                 int64_t tokens, int64_t n, float* out, int64_t out_stride);
+InterleavedQ8_KDots DotsQ4_Kx8Q8_K, DotsQ6_Kx8Q8_K;
+InterleavedQ8_KDots DotsQ4_Kx8Q8_K_Avx2, DotsQ6_Kx8Q8_K_Avx2;
+// With VNNI integer steps, as the Q4_0/Q8_0 ones above.
+InterleavedQ8_KDots DotsQ4_Kx8Q8_K_AvxVnni, DotsQ6_Kx8Q8_K_AvxVnni;
+InterleavedQ8_KDots DotsQ4_Kx8Q8_K_Avx512Vnni, DotsQ6_Kx8Q8_K_Avx512Vnni;
 
 }  // namespace starling

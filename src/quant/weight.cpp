@@ -32,8 +32,29 @@ using QuantDots = void (*)(const void* w, size_t w_stride, int64_t rows, const v
 bool UseAvx2() {
   return ActiveSimdLevel() != SimdLevel::kScalar;
 }
-bool UseAvx512() {
-  return ActiveSimdLevel() == SimdLevel::kAvx512;
+
+// The interleaved layouts' kernels at one level.
+struct InterleavedKernels {
+  InterleavedQ8_0Dots *q4_0, *q8_0;
+  InterleavedQ8_KDots *q4_k, *q6_k;
+};
+
+const InterleavedKernels& InterleavedKernelsFor(SimdLevel level) {
+  static constexpr InterleavedKernels kScalar{DotsQ4_0x8Q8_0, DotsQ8_0x8Q8_0, DotsQ4_Kx8Q8_K,
+                                              DotsQ6_Kx8Q8_K};
+  static constexpr InterleavedKernels kAvx2{DotsQ4_0x8Q8_0_Avx2, DotsQ8_0x8Q8_0_Avx2,
+                                            DotsQ4_Kx8Q8_K_Avx2, DotsQ6_Kx8Q8_K_Avx2};
+  static constexpr InterleavedKernels kAvxVnni{DotsQ4_0x8Q8_0_AvxVnni, DotsQ8_0x8Q8_0_AvxVnni,
+                                               DotsQ4_Kx8Q8_K_AvxVnni, DotsQ6_Kx8Q8_K_AvxVnni};
+  static constexpr InterleavedKernels kAvx512{DotsQ4_0x8Q8_0_Avx512Vnni, DotsQ8_0x8Q8_0_Avx512Vnni,
+                                              DotsQ4_Kx8Q8_K_Avx512Vnni, DotsQ6_Kx8Q8_K_Avx512Vnni};
+  switch (level) {
+    case SimdLevel::kScalar: return kScalar;
+    case SimdLevel::kAvx2: return kAvx2;
+    case SimdLevel::kAvxVnni: return kAvxVnni;
+    case SimdLevel::kAvx512: return kAvx512;
+  }
+  Fail("InterleavedKernelsFor: unknown level");
 }
 
 bool IsKQuant(WeightFormat f) {
@@ -45,10 +66,8 @@ bool IsKQuant(WeightFormat f) {
 QuantDot DotFor(WeightFormat f) {
   const bool avx2 = UseAvx2();
   switch (f) {
-    case WeightFormat::kQ8_0:
-      return UseAvx512() ? DotQ8_0Q8_0_Avx512 : avx2 ? DotQ8_0Q8_0_Avx2 : DotQ8_0Q8_0;
-    case WeightFormat::kQ4_0:
-      return UseAvx512() ? DotQ4_0Q8_0_Avx512 : avx2 ? DotQ4_0Q8_0_Avx2 : DotQ4_0Q8_0;
+    case WeightFormat::kQ8_0: return avx2 ? DotQ8_0Q8_0_Avx2 : DotQ8_0Q8_0;
+    case WeightFormat::kQ4_0: return avx2 ? DotQ4_0Q8_0_Avx2 : DotQ4_0Q8_0;
     case WeightFormat::kQ4_K: return avx2 ? DotQ4_KQ8_K_Avx2 : DotQ4_KQ8_K;
     case WeightFormat::kQ6_K: return avx2 ? DotQ6_KQ8_K_Avx2 : DotQ6_KQ8_K;
     case WeightFormat::kQ4_1: return avx2 ? DotQ4_1Q8_0_Avx2 : DotQ4_1Q8_0;
@@ -78,8 +97,8 @@ QuantDots TiledDotsFor(WeightFormat f, int64_t tokens) {
   if (!UseAvx2()) return nullptr;
   if (IsKQuant(f) && tokens < 8) return nullptr;
   switch (f) {
-    case WeightFormat::kQ8_0: return UseAvx512() ? DotsQ8_0Q8_0_Avx512 : DotsQ8_0Q8_0_Avx2;
-    case WeightFormat::kQ4_0: return UseAvx512() ? DotsQ4_0Q8_0_Avx512 : DotsQ4_0Q8_0_Avx2;
+    case WeightFormat::kQ8_0: return DotsQ8_0Q8_0_Avx2;
+    case WeightFormat::kQ4_0: return DotsQ4_0Q8_0_Avx2;
     case WeightFormat::kQ4_K: return DotsQ4_KQ8_K_Avx2;
     case WeightFormat::kQ6_K: return DotsQ6_KQ8_K_Avx2;
     default: return nullptr;  // no tiles: one dot product per output
@@ -124,11 +143,8 @@ WeightMatrix LoadForMatMul(const WeightMatrix& w, HugePageBuffer& buffer) {
   const size_t row_bytes = w.row_bytes();
   const auto* in = static_cast<const uint8_t*>(w.data);
   WeightMatrix out = w;
-  // The AVX-512 VNNI kernels (opt-in) read Q4_0 and Q8_0 in the row-major layout; K-quants
-  // have no AVX-512 kernels, the AVX2 ones serve that level.
   // Formats without an interleaved layout are copied as they are (onto huge pages).
-  const bool interleave = HasInterleavedLayout(w.format) && (IsKQuant(w.format) || !UseAvx512());
-  if (interleave) {
+  if (HasInterleavedLayout(w.format)) {
     const auto repack = [&] {
       switch (w.format) {
         case WeightFormat::kQ4_0: return RepackQ4_0x8;
@@ -205,9 +221,8 @@ void MatMul(const WeightMatrix& w, const float* x, int64_t tokens, float* out) {
   }
   const size_t group_bytes = 8 * row_bytes;
   if (w.layout == WeightLayout::kInterleaved8 && IsKQuant(w.format)) {
-    const bool q4 = w.format == WeightFormat::kQ4_K;
-    const auto dots = UseAvx2() ? (q4 ? DotsQ4_Kx8Q8_K_Avx2 : DotsQ6_Kx8Q8_K_Avx2)
-                                : (q4 ? DotsQ4_Kx8Q8_K : DotsQ6_Kx8Q8_K);
+    const InterleavedKernels& kernels = InterleavedKernelsFor(ActiveSimdLevel());
+    const auto dots = w.format == WeightFormat::kQ4_K ? kernels.q4_k : kernels.q6_k;
     ForEachBlock(w.rows, tokens, [&](int64_t r0, int64_t r1, int64_t t0, int64_t t1) {
       // Row chunks start at multiples of kRowChunk, so at a group boundary.
       dots(static_cast<const char*>(w.data) + r0 / 8 * group_bytes, r1 - r0,
@@ -225,9 +240,8 @@ void MatMul(const WeightMatrix& w, const float* x, int64_t tokens, float* out) {
     for (int64_t t = 0; t < tokens; ++t) {
       ComputeQ8_0BlockTerms(quantized + t * a_bytes, w.cols, block_terms + t * blocks);
     }
-    const bool q4 = w.format == WeightFormat::kQ4_0;
-    const auto dots = UseAvx2() ? (q4 ? DotsQ4_0x8Q8_0_Avx2 : DotsQ8_0x8Q8_0_Avx2)
-                                : (q4 ? DotsQ4_0x8Q8_0 : DotsQ8_0x8Q8_0);
+    const InterleavedKernels& kernels = InterleavedKernelsFor(ActiveSimdLevel());
+    const auto dots = w.format == WeightFormat::kQ4_0 ? kernels.q4_0 : kernels.q8_0;
     ForEachBlock(w.rows, tokens, [&](int64_t r0, int64_t r1, int64_t t0, int64_t t1) {
       // Row chunks start at multiples of kRowChunk, so at a group boundary.
       dots(static_cast<const char*>(w.data) + r0 / 8 * group_bytes, r1 - r0,

@@ -5,19 +5,11 @@
 
 #include "core/error.h"
 #include "core/thread_pool.h"
-#include "kernels/dot.h"
+#include "kernels/dispatch.h"
 #include "kernels/gemm.h"
 #include "kernels/kernels.h"
 
 namespace starling {
-namespace {
-
-void ExpRow(const float* x, int64_t n, float* out) {
-  for (int64_t i = 0; i < n; ++i) out[i] = ExpFast(x[i]);
-}
-
-}  // namespace
-
 double LmHeadCrossEntropy(const float* w, int64_t vocab, const float* hidden, int64_t n, int64_t d,
                           std::span<const int32_t> targets, std::span<const float> weights,
                           double normalizer, float* dhidden, float* dw, LossScratch& scratch,
@@ -49,7 +41,7 @@ double LmHeadCrossEntropy(const float* w, int64_t vocab, const float* hidden, in
     float* logits = scratch.logits.data();  // [m, V]
     GemmForward(packed.data(), w, m, d, vocab, logits);
     // Per row: loss and d loss / d logits = weight / normalizer * (softmax - onehot), in place.
-    const auto exp_row = ActiveSimdLevel() != SimdLevel::kScalar ? ExpRowAvx2 : ExpRow;
+    const auto exp_row = dispatch::ExpRow;
     ThreadPool::Global().ParallelFor(m, 1, [&](int64_t b, int64_t e, int) {
       for (int64_t r = b; r < e; ++r) {
         float* z = &logits[r * vocab];

@@ -3,7 +3,7 @@
 #include <cmath>
 
 #include "core/thread_pool.h"
-#include "kernels/dot.h"
+#include "kernels/dispatch.h"
 #include "kernels/kernels.h"
 
 namespace starling {
@@ -43,7 +43,7 @@ void AdamWStep(std::vector<Parameter>& params, int64_t step, double lr, const Ad
                  c.eps,
                  static_cast<float>(lr / bias1),
                  static_cast<float>(std::sqrt(bias2))};
-  const auto row = ActiveSimdLevel() != SimdLevel::kScalar ? AdamWRowAvx2 : AdamWRow;
+  const auto row = dispatch::AdamWRow;
   for (Parameter& p : params) {
     if (p.m.empty()) {
       p.m.assign(p.value.size(), 0.0f);
