@@ -33,8 +33,8 @@ bool CpuHasAvx512Vnni();  // AVX-512 F, BW, VL and VNNI (with AVX2, FMA and F16C
 // has, unless STARLING_SIMD names a lower one for comparison ("scalar", "avx2", "avxvnni",
 // "avx512"; a level the CPU lacks falls back to the best it has, with a warning on stderr).
 // Every level above scalar runs the AVX2 float kernels; the two VNNI levels differ from AVX2
-// in the quantized matmuls' integer steps (vpdpbusd in VEX or EVEX encoding; 256-bit tiles,
-// the same bits at every level).
+// in the quantized matmuls' integer steps (vpdpbusd: VEX-encoded 256-bit, or EVEX with 512-bit
+// block sums; the same bits at every level).
 enum class SimdLevel { kScalar, kAvx2, kAvxVnni, kAvx512 };
 SimdLevel ActiveSimdLevel();
 // The best level this CPU has (what ActiveSimdLevel is without STARLING_SIMD).

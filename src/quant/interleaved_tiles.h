@@ -4,6 +4,7 @@
 //   STARLING_TILE_TARGET   the function attribute of its instruction set
 //   STARLING_TILE_VNNI     1 for the VNNI integer steps (vpdpbusd), 0 for AVX2's maddubs/madd
 //   STARLING_TILE_NAME(f)  the exported name of kernel f at this level (f##_Avx2, ...)
+//   STARLING_TILE_ZMM      (optional) 1 for the 512-bit Q4_0/Q8_0 block sums (AVX-512 VNNI)
 // and, with VNNI, STARLING_TILE_DPBUSD(acc, u8, s8): the 256-bit vpdpbusd of the level
 // (_mm256_dpbusd_epi32 with AVX-512 VL, _mm256_dpbusd_avx_epi32 with AVX-VNNI; one
 // instruction, two encodings). quant_interleaved_avx2.cpp, _avxvnni.cpp and _avx512vnni.cpp
@@ -23,6 +24,9 @@
 #if !defined(STARLING_TILE_TARGET) || !defined(STARLING_TILE_VNNI) || !defined(STARLING_TILE_NAME)
 #error "define STARLING_TILE_TARGET, STARLING_TILE_VNNI and STARLING_TILE_NAME first"
 #endif
+#ifndef STARLING_TILE_ZMM
+#define STARLING_TILE_ZMM 0
+#endif
 
 // The tiles' float steps are explicit intrinsics (mul, fma, fnmadd); no contraction may fuse
 // others.
@@ -33,6 +37,12 @@
 #endif
 
 #define STARLING_AVX2 STARLING_TILE_TARGET
+
+// GCC 12's 512-bit intrinsics start from _mm512_undefined_*(), which -Wmaybe-uninitialized
+// reports inside them.
+#if STARLING_TILE_ZMM && defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 
 namespace starling {
 namespace {
@@ -46,7 +56,72 @@ using interleaved::Source;
 // One group (8 rows) against kTokens activation rows: out[t] = the 8 rows' sums for token t.
 // The block loop is the same for both formats; BlockSums differs.
 //
-#if STARLING_TILE_VNNI
+#if STARLING_TILE_ZMM
+// 512 bits (AVX-512 VNNI): one zmm holds two chunks' words, rearranged once per block so that
+// row r owns lanes 2r and 2r + 1 (chunk j's word, then chunk j + 1's); the activation's words j
+// and j + 1 (eight contiguous bytes) broadcast as one qword then meet them in one vpdpbusd, 64
+// products. Per block and token the two lanes of each row are added (exact int32) into the
+// 8-lane sums the float steps take.
+STARLING_AVX2 inline __m512i PairChunks(const void* chunks) {
+  const __m512i rows_then_words =
+      _mm512_setr_epi32(0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15);
+  return _mm512_permutexvar_epi32(rows_then_words, _mm512_loadu_si512(chunks));
+}
+
+STARLING_AVX2 inline __m512i BroadcastWordPair(const int8_t* qs) {
+  int64_t words;
+  std::memcpy(&words, qs, 8);
+  return _mm512_set1_epi64(words);
+}
+
+// Row r's sum in lane r: lanes 2r + 2r + 1 (the high dword of each qword is dropped).
+STARLING_AVX2 inline __m256i AddLanePairs(__m512i v) {
+  return _mm512_cvtepi64_epi32(_mm512_add_epi32(v, _mm512_srli_epi64(v, 32)));
+}
+
+// Q4_0, per block and token: 4 vpdpbusd (16-lane), one pair sum, one offset add.
+template <int kTokens>
+STARLING_AVX2 inline void BlockSums(const BlockQ4_0x8& x, const BlockQ8_0* const* y, int64_t b,
+                                    const Q8_0BlockTerms* const* y_terms, __m256i* sumi) {
+  const __m512i low4 = _mm512_set1_epi8(0x0F);
+  __m512i wide[kTokens];
+  for (auto& v : wide) v = _mm512_setzero_si512();
+#pragma GCC unroll 1
+  for (int j = 0; j < 4; j += 2) {
+    const __m512i packed = PairChunks(x.qs + 32 * j);
+    const __m512i lo = _mm512_and_si512(packed, low4);
+    const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(packed, 4), low4);
+    for (int t = 0; t < kTokens; ++t) {
+      // activation values 4j..4j+7 (low nibbles) and 16+4j..16+4j+7 (high)
+      wide[t] = _mm512_dpbusd_epi32(wide[t], lo, BroadcastWordPair(y[t][b].qs + 4 * j));
+      wide[t] = _mm512_dpbusd_epi32(wide[t], hi, BroadcastWordPair(y[t][b].qs + 16 + 4 * j));
+    }
+  }
+  for (int t = 0; t < kTokens; ++t) {
+    sumi[t] = _mm256_add_epi32(AddLanePairs(wide[t]), _mm256_set1_epi32(y_terms[t][b].offset));
+  }
+}
+
+// Q8_0, per block and token: 4 vpdpbusd of the biased weights (as the 256-bit version below),
+// one pair sum, one offset add.
+template <int kTokens>
+STARLING_AVX2 inline void BlockSums(const BlockQ8_0x8& x, const BlockQ8_0* const* y, int64_t b,
+                                    const Q8_0BlockTerms* const* y_terms, __m256i* sumi) {
+  const __m512i bias = _mm512_set1_epi8(static_cast<char>(0x80));
+  __m512i wide[kTokens];
+  for (auto& v : wide) v = _mm512_setzero_si512();
+#pragma GCC unroll 1
+  for (int j = 0; j < 8; j += 2) {
+    const __m512i w_biased = _mm512_xor_si512(PairChunks(x.qs + 32 * j), bias);
+    for (int t = 0; t < kTokens; ++t) {
+      wide[t] = _mm512_dpbusd_epi32(wide[t], w_biased, BroadcastWordPair(y[t][b].qs + 4 * j));
+    }
+  }
+  for (int t = 0; t < kTokens; ++t) {
+    sumi[t] = _mm256_add_epi32(AddLanePairs(wide[t]), _mm256_set1_epi32(16 * y_terms[t][b].offset));
+  }
+}
+#elif STARLING_TILE_VNNI
 // Q4_0, per block and token: 8 vpdpbusd (u8 nibbles x s8 activations, four products per int32
 // lane, exact), starting from the offset term; the nibbles are unpacked once per block for all
 // tokens.
@@ -284,6 +359,43 @@ STARLING_AVX2 void TileQ4_K(const BlockQ4_Kx8* x, int64_t blocks, const BlockQ8_
     const __m256i mins[2] = {_mm256_and_si256(u1, low6),
                              _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi32(u2, 4), low4),
                                              _mm256_and_si256(_mm256_srli_epi32(u1, 2), top2))};
+#if STARLING_TILE_ZMM
+    // 512 bits: chunk pairs as in the Q4_0 block sums (row r in lanes 2r, 2r + 1), each
+    // sub-block's scale applied to both lanes of its row (exact), the pairs added once per block.
+    const __m512i both_lanes = _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
+    const __m512i low4_wide = _mm512_set1_epi8(0x0F);
+    __m512i sum_wide[kTokens];
+    for (auto& v : sum_wide) v = _mm512_setzero_si512();
+#pragma GCC unroll 1
+    for (int g = 0; g < 4; ++g) {
+      PrefetchAhead(xb, 5 * g, 5);  // 20 lines: the block's 18
+#pragma GCC unroll 2
+      for (int half = 0; half < 2; ++half) {
+        __m512i part[kTokens];
+        for (auto& v : part) v = _mm512_setzero_si512();
+#pragma GCC unroll 4
+        for (int c = 0; c < 8; c += 2) {
+          const __m512i packed = PairChunks(xb.qs + 256 * g + 32 * c);
+          const __m512i q = half == 0 ? _mm512_and_si512(packed, low4_wide)
+                                      : _mm512_and_si512(_mm512_srli_epi16(packed, 4), low4_wide);
+#pragma GCC unroll 8
+          for (int t = 0; t < kTokens; ++t) {
+            const int8_t* qa = y[t][b].qs + 64 * g + 32 * half + 4 * c;
+            part[t] = _mm512_dpbusd_epi32(part[t], q, BroadcastWordPair(qa));
+            asm("" : "+v"(part[t]));  // as below
+          }
+        }
+        const __m256i scale = _mm256_shuffle_epi8(sc[g / 2], byte_of_row[2 * g % 4 + half]);
+        const __m512i scale_wide =
+            _mm512_permutexvar_epi32(both_lanes, _mm512_castsi256_si512(scale));
+        for (int t = 0; t < kTokens; ++t) {
+          sum_wide[t] = _mm512_add_epi32(sum_wide[t], _mm512_mullo_epi32(part[t], scale_wide));
+        }
+      }
+    }
+    __m256i sumi[kTokens];
+    for (int t = 0; t < kTokens; ++t) sumi[t] = AddLanePairs(sum_wide[t]);
+#else
     // Sub-blocks 2g (low nibbles of chunks 8g..8g+7) and 2g + 1 (their high nibbles), one
     // after the other: one int16 sum per token is live, so more tokens fit the registers.
     __m256i sumi[kTokens];
@@ -333,6 +445,7 @@ STARLING_AVX2 void TileQ4_K(const BlockQ4_Kx8* x, int64_t blocks, const BlockQ8_
 #endif
       }
     }
+#endif  // STARLING_TILE_ZMM
     // summ = sum_j m[j] * (bsums[2j] + bsums[2j + 1]): both int16 lanes of a row hold m[j],
     // against bsums word j (|.| <= 2^25, exact).
     __m256i summ[kTokens];
@@ -376,6 +489,15 @@ STARLING_AVX2 void TileQ6_K(const BlockQ6_Kx8* x, int64_t blocks, const BlockQ8_
     const BlockQ6_Kx8& xb = x[b];
     __m256i sumi[kTokens];
     for (auto& v : sumi) v = _mm256_setzero_si256();
+#if STARLING_TILE_ZMM
+    // 512 bits: quads 0 and 1, 2 and 3 paired as in the Q4_K tile (row r in lanes 2r, 2r + 1),
+    // the pairs added once per block.
+    const __m512i q_then_next =
+        _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    const __m512i both_lanes = _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
+    __m512i sum_wide[kTokens];
+    for (auto& v : sum_wide) v = _mm512_setzero_si512();
+#endif
 #pragma GCC unroll 1
     for (int k = 0; k < 16; ++k) {
       PrefetchAhead(xb, 2 * k, 2);  // 32 lines: the block's 27
@@ -401,6 +523,22 @@ STARLING_AVX2 void TileQ6_K(const BlockQ6_Kx8* x, int64_t blocks, const BlockQ8_
       const __m256i q2 = _mm256_or_si256(_mm256_and_si256(ql1, low4), _mm256_and_si256(qh, high2));
       const __m256i q3 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), low4),
                                          _mm256_and_si256(_mm256_srli_epi16(qh, 2), high2));
+#if STARLING_TILE_ZMM
+      const __m512i q01 = _mm512_permutex2var_epi32(_mm512_castsi256_si512(q0), q_then_next,
+                                                    _mm512_castsi256_si512(q1));
+      const __m512i q23 = _mm512_permutex2var_epi32(_mm512_castsi256_si512(q2), q_then_next,
+                                                    _mm512_castsi256_si512(q3));
+      const __m512i scale_wide =
+          _mm512_permutexvar_epi32(both_lanes, _mm512_castsi256_si512(scale));
+#pragma GCC unroll 8
+      for (int t = 0; t < kTokens; ++t) {
+        const int8_t* qa = y[t][b].qs + 16 * k;
+        __m512i part = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q01, BroadcastWordPair(qa));
+        part = _mm512_dpbusd_epi32(part, q23, BroadcastWordPair(qa + 8));
+        sum_wide[t] = _mm512_add_epi32(sum_wide[t], _mm512_mullo_epi32(part, scale_wide));
+        asm("" : "+v"(sum_wide[t]));  // as in TileQ4_K
+      }
+#else
 #pragma GCC unroll 8
       for (int t = 0; t < kTokens; ++t) {
         const int8_t* qa = y[t][b].qs + 16 * k;
@@ -424,7 +562,11 @@ STARLING_AVX2 void TileQ6_K(const BlockQ6_Kx8* x, int64_t blocks, const BlockQ8_
 #endif
         asm("" : "+x"(sumi[t]));  // as in TileQ4_K
       }
+#endif  // STARLING_TILE_ZMM
     }
+#if STARLING_TILE_ZMM
+    for (int t = 0; t < kTokens; ++t) sumi[t] = AddLanePairs(sum_wide[t]);
+#endif
     // sum sc (q - 32) qa = sum sc q qa - 32 sum_k sc[k] bsums[k]: the scale pairs against
     // bsums words (|.| <= 16 * 128 * 2048 = 2^22, times 32 <= 2^27: exact).
     __m256i offset[kTokens];

@@ -310,7 +310,7 @@ InterleavedQ8_0Dots DotsQ4_0x8Q8_0, DotsQ8_0x8Q8_0;
 InterleavedQ8_0Dots DotsQ4_0x8Q8_0_Avx2, DotsQ8_0x8Q8_0_Avx2;
 // The same with VNNI integer steps (vpdpbusd): the AVX-VNNI (VEX) encoding, for CPUs that
 // CpuHasAvxVnni(), and the AVX-512 VL + VNNI (EVEX) one, for CPUs that CpuHasAvx512Vnni()
-// (kernels/dot.h). Both 256 bits wide, both the scalar twins' bits.
+// (kernels/dot.h), whose block sums run 512 bits wide. All return the scalar twins' bits.
 InterleavedQ8_0Dots DotsQ4_0x8Q8_0_AvxVnni, DotsQ8_0x8Q8_0_AvxVnni;
 InterleavedQ8_0Dots DotsQ4_0x8Q8_0_Avx512Vnni, DotsQ8_0x8Q8_0_Avx512Vnni;
 
