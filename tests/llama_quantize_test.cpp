@@ -141,17 +141,16 @@ TEST_P(LlamaQuantize, EveryTensorIsOurQuantizersBytes) {
 }
 
 // llama.cpp's llama_tensor_get_type chose each tensor's type; FormatForTensor is our copy of
-// its rules. The model ties its embeddings, which is the one case not yet copied (see the
-// disabled test below), so the token embedding is left out here.
+// its rules. The model ties its embeddings.
 TEST_P(LlamaQuantize, OurMixChoosesLlamaCppsTypes) {
   const GgufFile file = GgufFile::Open(FilePath(GetParam().file));
   const QuantPreset preset = QuantPresetFromName(GetParam().file);
   for (const GgufTensorInfo& t : file.tensors()) {
-    if (t.name == "token_embd.weight") continue;
     const std::optional<std::string> name = CanonicalFromGgufName(t.name);
     ASSERT_TRUE(name.has_value()) << t.name;
     const std::vector<int64_t> shape(t.dims.rbegin(), t.dims.rend());
-    const WeightFormat f = FormatForTensor(preset, *name, shape, /*num_layers=*/2, /*gqa=*/2);
+    const WeightFormat f = FormatForTensor(preset, *name, shape, /*num_layers=*/2, /*gqa=*/2,
+                                           nullptr, /*tied_embeddings=*/true);
     EXPECT_EQ(Traits(f).ggml_type, t.ggml_type)
         << t.name << ": ours " << Traits(f).name << ", llama.cpp "
         << FindFormatByGgmlType(t.ggml_type)->name;
@@ -160,15 +159,18 @@ TEST_P(LlamaQuantize, OurMixChoosesLlamaCppsTypes) {
 
 // llama.cpp gives a tied token embedding (no output.weight) the output head's type: Q6_K in
 // every file here but q8_0's (llama_tensor_get_type: `name == output || (!has_output && name ==
-// token_embd)`). Our quantize keeps the base type, a smaller and less accurate head for models
-// that tie embeddings. Enable when FormatForTensor learns the rule.
-TEST_P(LlamaQuantize, DISABLED_TiedEmbeddingGetsTheOutputHeadsType) {
+// token_embd)`); so does ours.
+TEST_P(LlamaQuantize, TiedEmbeddingGetsTheOutputHeadsType) {
   const GgufFile file = GgufFile::Open(FilePath(GetParam().file));
   const QuantPreset preset = QuantPresetFromName(GetParam().file);
   const GgufTensorInfo* t = file.FindTensor("token_embd.weight");
   ASSERT_NE(t, nullptr);
   const std::vector<int64_t> shape(t->dims.rbegin(), t->dims.rend());
-  const WeightFormat f = FormatForTensor(preset, "model.embed_tokens.weight", shape, 2, 2);
+  const WeightFormat f = FormatForTensor(preset, "model.embed_tokens.weight", shape, 2, 2, nullptr,
+                                         /*tied_embeddings=*/true);
+  EXPECT_EQ(FormatForTensor(preset, "model.embed_tokens.weight", shape, 2, 2),
+            FormatForTensor(preset, "model.layers.0.mlp.up_proj.weight", shape, 2, 2))
+      << "untied, the embedding keeps the base type";
   EXPECT_EQ(Traits(f).ggml_type, t->ggml_type);
 }
 

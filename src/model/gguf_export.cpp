@@ -121,7 +121,7 @@ std::string QuantPresetList() {
 
 WeightFormat FormatForTensor(QuantPreset preset, const std::string& name,
                              const std::vector<int64_t>& shape, int num_layers, int gqa,
-                             bool* fallback) {
+                             bool* fallback, bool tied_embeddings) {
   if (fallback != nullptr) *fallback = false;
   if (shape.size() != 2) return WeightFormat::kF32;
   using P = QuantPreset;
@@ -131,7 +131,7 @@ WeightFormat FormatForTensor(QuantPreset preset, const std::string& name,
   const int layer = LayerOf(name);
   const int layers = std::max(num_layers, 1);
   if (IsQuantized(base)) {
-    if (name == "lm_head.weight") {
+    if (name == "lm_head.weight" || (tied_embeddings && name == "model.embed_tokens.weight")) {
       f = base == F::kQ8_0 || shape[1] % 256 != 0 ? F::kQ8_0 : F::kQ6_K;
     } else if (EndsWith(name, "self_attn.v_proj.weight")) {
       switch (preset) {
@@ -193,11 +193,15 @@ void AddModelToGguf(const ModelConfig& c, const std::vector<ExportTensor>& tenso
   }
   // GGUF llama files rotate interleaved pairs: permute Q/K rows of halves-layout sources.
   const bool permute = c.rope_layout == RopeLayout::kHalves;
+  // A language model without lm_head.weight reads its logits through the token embedding.
+  const bool tied = c.head == ModelHead::kLanguageModel &&
+                    std::none_of(tensors.begin(), tensors.end(),
+                                 [](const ExportTensor& t) { return t.name == "lm_head.weight"; });
   for (const ExportTensor& t : tensors) {
     bool fallback = false;
     const WeightFormat format =
         FormatForTensor(preset, t.name, t.shape, c.num_layers,
-                        c.num_heads / std::max(1, c.num_kv_heads), &fallback);
+                        c.num_heads / std::max(1, c.num_kv_heads), &fallback, tied);
     const int64_t rows = t.shape.size() == 2 ? t.shape[0] : 1;
     const int64_t cols = t.shape.back();
     const size_t row_bytes = WeightRowBytes(format, cols);

@@ -52,10 +52,12 @@ std::string QuantPresetList();
 // bits in the mixes (docs/MODELS.md has the table). A row length that a K-quant's 256-element
 // blocks do not divide falls back as llama.cpp does (Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0;
 // Q2_K/Q3_K -> Q4_0 where llama.cpp writes IQ4_NL, which we do not have; then F16), and `fallback`
-// (if given) says so.
+// (if given) says so. `tied_embeddings`: the model has no lm_head.weight and its token
+// embedding serves as the output head, so the embedding gets the head's format (llama.cpp's
+// `name == output || (!has_output && name == token_embd)`).
 WeightFormat FormatForTensor(QuantPreset preset, const std::string& name,
                              const std::vector<int64_t>& shape, int num_layers, int gqa,
-                             bool* fallback = nullptr);
+                             bool* fallback = nullptr, bool tied_embeddings = false);
 
 // Produces row `row` of a tensor as float32 (cols values). Called from several threads at once
 // (AddModelToGguf encodes rows in parallel), so it must be thread-safe.
