@@ -93,11 +93,14 @@ for line in open(path):
     r = rows.setdefault(f, {})
     if engine == "starling":
         r["s_" + j["test"][:2]] = j["tokens_per_s_median"]
+        if j.get("bandwidth_gb_per_s"):  # generation: weights read per second / the probe's
+            r["s_bw"] = f"{j['gb_per_s']:.1f} of {j['bandwidth_gb_per_s']:.1f}"
     else:
         test = "pp" if j.get("n_prompt", 0) > 0 or j.get("test", "").startswith("pp") else "tg"
         if "samples_ts" in j:
             r["l_" + test] = statistics.median(j["samples_ts"])
-        r["type"] = j["model_type"].split()[-1]
+        # "llama 7B Q4_K - Medium": the words after the architecture and size
+        r["type"] = " ".join(j["model_type"].split()[2:]) or j["model_type"]
         if "cpu_variant" in j:
             variants[f] = j["cpu_variant"]
 def fmt(x):
@@ -105,14 +108,14 @@ def fmt(x):
 def ratio(a, b):
     return f"{a / b:.2f}" if a and b else "-"
 print(f"| file | type | starling pp t/s | starling tg t/s | llama.cpp pp t/s | llama.cpp tg t/s "
-      f"| pp ratio | tg ratio |")
-print("|---|---|---:|---:|---:|---:|---:|---:|")
+      f"| pp ratio | tg ratio | starling tg GB/s of probe |")
+print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
 for f in order:
     r = rows[f]
     sp, st, lp, lt = (r.get(k) for k in ("s_pp", "s_tg", "l_pp", "l_tg"))
     name = f.rsplit("/", 1)[-1]
     print(f"| {name} | {r.get('type', '?')} | {fmt(sp)} | {fmt(st)} | {fmt(lp)} | {fmt(lt)} "
-          f"| {ratio(sp, lp)} | {ratio(st, lt)} |")
+          f"| {ratio(sp, lp)} | {ratio(st, lt)} | {r.get('s_bw', '-')} |")
 print()
 print(f"Medians of {reps} runs after a warm-up, {threads} threads, K/V cache {kv} in both; "
       f"ratio = starling / llama.cpp.")
