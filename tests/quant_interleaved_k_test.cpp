@@ -1,8 +1,8 @@
-// Q4_K and Q6_K interleaved eight rows at a time (BlockQ4_Kx8, BlockQ6_Kx8): the repacking
+// Q4_K, Q5_K and Q6_K interleaved eight rows at a time (BlockQ4_Kx8, ...): the repacking
 // keeps every value (dequantized rows have DequantizeRow's bits, padding rows are zero), the
-// scalar twins return DotQ4_KQ8_K's / DotQ6_KQ8_K's bits on the original rows, the AVX2 kernels
-// the scalar twins' bits for every tile shape, and MatMul over LoadForMatMul's copy the bits of
-// MatMul over the row-major matrix.
+// scalar twins return the row-major dots' bits on the original rows, the vector kernels (every
+// level) the scalar twins' bits for every tile shape, and MatMul over LoadForMatMul's copy the bits
+// of MatMul over the row-major matrix.
 #include <gtest/gtest.h>
 
 #include <bit>
@@ -43,6 +43,13 @@ const Format kFormats[] = {
      DotsQ4_Kx8Q8_K,
      {DotsQ4_Kx8Q8_K_Avx2, DotsQ4_Kx8Q8_K_AvxVnni, DotsQ4_Kx8Q8_K_Avx512Vnni},
      DotQ4_KQ8_K},
+    {WeightFormat::kQ5_K,
+     WeightFormat::kQ5_K,
+     RepackQ5_Kx8,
+     DequantizeRowQ5_Kx8,
+     DotsQ5_Kx8Q8_K,
+     {DotsQ5_Kx8Q8_K_Avx2, DotsQ5_Kx8Q8_K_AvxVnni, DotsQ5_Kx8Q8_K_Avx512Vnni},
+     DotQ5_KQ8_K},
     {WeightFormat::kQ6_K,
      WeightFormat::kQ6_K,
      RepackQ6_Kx8,
@@ -51,15 +58,20 @@ const Format kFormats[] = {
      {DotsQ6_Kx8Q8_K_Avx2, DotsQ6_Kx8Q8_K_AvxVnni, DotsQ6_Kx8Q8_K_Avx512Vnni},
      DotQ6_KQ8_K}};
 
+// Q4_K and Q5_K keep d and dmin at the block's start; Q6_K's d is its last field.
+bool HasScaleAndMin(WeightFormat type) {
+  return type != WeightFormat::kQ6_K;
+}
+
 // `rows` weight rows of n columns from random bytes (every quant, scale and min byte occurs),
 // with fp16 scales in [2^-12, 2^4) at the block's d (and Q4_K's dmin).
 Bytes RandomRows(WeightFormat type, int64_t rows, int64_t n, std::mt19937& rng) {
   Bytes w(QuantRowBytes(type, n) * rows);
   std::uniform_int_distribution<int> byte(0, 255), half(0x0C00, 0x4BFF);
   for (auto& b : w) b = static_cast<uint8_t>(byte(rng));
-  const size_t d_at = type == WeightFormat::kQ4_K ? offsetof(BlockQ4_K, d) : offsetof(BlockQ6_K, d);
+  const size_t d_at = HasScaleAndMin(type) ? offsetof(BlockQ4_K, d) : offsetof(BlockQ6_K, d);
   for (size_t p = 0; p < w.size(); p += QuantBlockBytes(type)) {
-    for (const size_t at : {d_at, type == WeightFormat::kQ4_K ? offsetof(BlockQ4_K, dmin) : d_at}) {
+    for (const size_t at : {d_at, HasScaleAndMin(type) ? offsetof(BlockQ4_K, dmin) : d_at}) {
       const auto d = static_cast<uint16_t>(half(rng));
       std::memcpy(&w[p + at], &d, 2);
     }
@@ -116,7 +128,7 @@ TEST(QuantInterleavedK, RepackKeepsEveryValueAndPadsWithZeroRows) {
         if (r < rows) {
           DequantizeRow(f.type, &w[r * QuantRowBytes(f.type, n)], n, want.data());
         } else {
-          // Zero scales: Q4_K 0 * q - 0; Q6_K (0 * 0) * (0 - 32) = -0.
+          // Zero scales: Q4_K/Q5_K 0 * q - 0; Q6_K (0 * 0) * (0 - 32) = -0.
           std::fill(want.begin(), want.end(), f.type == WeightFormat::kQ6_K ? -0.0f : 0.0f);
         }
         ExpectSameBits(got, want,
@@ -179,7 +191,7 @@ TEST(QuantInterleavedK, VectorDotsEqualScalarBitsForEveryTileShape) {
 }
 
 // The vector kernels' integer sums at their bounds (AVX2's int16 sums, VNNI's int32 ones): all
-// quants at their maximum (15 or 63), all activations 127, -127 or -128 (outside QuantizeRow's
+// quants at their maximum (15, 31 or 63), all activations 127, -127 or -128 (outside QuantizeRow's
 // range, but the bounds hold), all scales and mins 63 (Q6_K: -128).
 TEST(QuantInterleavedK, VectorDotsAreExactAtTheExtremes) {
   if (!CpuHasSimdLevel(SimdLevel::kAvx2)) GTEST_SKIP() << "no AVX2/FMA/F16C";
@@ -189,7 +201,7 @@ TEST(QuantInterleavedK, VectorDotsAreExactAtTheExtremes) {
       Bytes w(QuantRowBytes(f.type, n) * rows, 0xFF);
       for (size_t p = 0; p < w.size(); p += QuantBlockBytes(f.type)) {
         const uint16_t one = 0x3C00;
-        if (f.type == WeightFormat::kQ4_K) {
+        if (HasScaleAndMin(f.type)) {
           std::memcpy(&w[p], &one, 2);
           std::memcpy(&w[p + 2], &one, 2);
         } else {

@@ -32,6 +32,11 @@ struct Source<BlockQ4_Kx8> {
   static constexpr WeightFormat kType = WeightFormat::kQ4_K;
 };
 template <>
+struct Source<BlockQ5_Kx8> {
+  using Block = BlockQ5_K;
+  static constexpr WeightFormat kType = WeightFormat::kQ5_K;
+};
+template <>
 struct Source<BlockQ6_Kx8> {
   using Block = BlockQ6_K;
   static constexpr WeightFormat kType = WeightFormat::kQ6_K;

@@ -17,6 +17,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "quant/interleaved.h"
 #include "quant/quant.h"
@@ -328,14 +329,19 @@ STARLING_AVX2 inline __m256 ActivationScale(const BlockQ8_K& y) {
   return _mm256_set1_ps(y.d);
 }
 
-// Q4_K per block and token: 64 maddubs summed in int16 per sub-block (8 each), 8 madds with the
-// sub-blocks' scales, 8 madds of the mins with the bsums; the nibbles and scales are unpacked
-// once per block for all tokens.
-template <int kTokens>
-STARLING_AVX2 void TileQ4_K(const BlockQ4_Kx8* x, int64_t blocks, const BlockQ8_K* const* y,
-                            __m256* out) {
+// Q4_K and Q5_K per block and token: 64 maddubs summed in int16 per sub-block (8 each; Q5_K's
+// u5 products, 4 each), 8 (16) madds with the sub-blocks' scales, 8 madds of the mins with the
+// bsums; the quants (Q5_K: nibble | fifth bit << 4) and scales are unpacked once per block for
+// all tokens.
+template <typename ScaleMinBlock, int kTokens>
+STARLING_AVX2 void TileScaleMin(const ScaleMinBlock* x, int64_t blocks, const BlockQ8_K* const* y,
+                                __m256* out) {
   const __m256i low4 = _mm256_set1_epi8(0x0F);
   const __m256i spread[4] = {SpreadByte(0), SpreadByte(1), SpreadByte(2), SpreadByte(3)};
+  constexpr bool kFive = std::is_same_v<ScaleMinBlock, BlockQ5_Kx8>;
+  // The block's lines in four steps (Q4_K: 18 lines, Q5_K: 22).
+  constexpr int kLinesPerGroup = (sizeof(ScaleMinBlock) / 64 + 4) / 4;
+  [[maybe_unused]] const __m256i one_bit = _mm256_set1_epi8(1);
 #if STARLING_TILE_VNNI
   const __m256i byte_of_row[4] = {WithinRows(0, 4, 4, 4), WithinRows(1, 4, 4, 4),
                                   WithinRows(2, 4, 4, 4), WithinRows(3, 4, 4, 4)};
@@ -343,7 +349,7 @@ STARLING_AVX2 void TileQ4_K(const BlockQ4_Kx8* x, int64_t blocks, const BlockQ8_
   __m256 acc[kTokens];
   for (auto& v : acc) v = _mm256_setzero_ps();
   for (int64_t b = 0; b < blocks; ++b) {
-    const BlockQ4_Kx8& xb = x[b];
+    const ScaleMinBlock& xb = x[b];
     // Decoded scales and mins, row r's four bytes in lane r: sc[0..3], sc[4..7], m[0..3],
     // m[4..7] (Q4_KScaleMin's formulas on 32-bit lanes; the shifts bring in only bits that
     // the masks drop).
@@ -368,7 +374,7 @@ STARLING_AVX2 void TileQ4_K(const BlockQ4_Kx8* x, int64_t blocks, const BlockQ8_
     for (auto& v : sum_wide) v = _mm512_setzero_si512();
 #pragma GCC unroll 1
     for (int g = 0; g < 4; ++g) {
-      PrefetchAhead(xb, 5 * g, 5);  // 20 lines: the block's 18
+      PrefetchAhead(xb, kLinesPerGroup * g, kLinesPerGroup);
 #pragma GCC unroll 2
       for (int half = 0; half < 2; ++half) {
         __m512i part[kTokens];
@@ -376,8 +382,14 @@ STARLING_AVX2 void TileQ4_K(const BlockQ4_Kx8* x, int64_t blocks, const BlockQ8_
 #pragma GCC unroll 4
         for (int c = 0; c < 8; c += 2) {
           const __m512i packed = PairChunks(xb.qs + 256 * g + 32 * c);
-          const __m512i q = half == 0 ? _mm512_and_si512(packed, low4_wide)
-                                      : _mm512_and_si512(_mm512_srli_epi16(packed, 4), low4_wide);
+          __m512i q = half == 0 ? _mm512_and_si512(packed, low4_wide)
+                                : _mm512_and_si512(_mm512_srli_epi16(packed, 4), low4_wide);
+          if constexpr (kFive) {  // bit 2g + half of the qh bytes, moved to bit 4
+            const __m512i bits =
+                _mm512_srl_epi16(PairChunks(xb.qh + 32 * c), _mm_cvtsi32_si128(2 * g + half));
+            q = _mm512_or_si512(q,
+                                _mm512_slli_epi16(_mm512_and_si512(bits, _mm512_set1_epi8(1)), 4));
+          }
 #pragma GCC unroll 8
           for (int t = 0; t < kTokens; ++t) {
             const int8_t* qa = y[t][b].qs + 64 * g + 32 * half + 4 * c;
@@ -402,7 +414,7 @@ STARLING_AVX2 void TileQ4_K(const BlockQ4_Kx8* x, int64_t blocks, const BlockQ8_
     for (auto& v : sumi) v = _mm256_setzero_si256();
 #pragma GCC unroll 1
     for (int g = 0; g < 4; ++g) {
-      PrefetchAhead(xb, 5 * g, 5);  // 20 lines: the block's 18
+      PrefetchAhead(xb, kLinesPerGroup * g, kLinesPerGroup);
       const __m256i* chunks = reinterpret_cast<const __m256i*>(xb.qs + 256 * g);
 #pragma GCC unroll 2
       for (int half = 0; half < 2; ++half) {
@@ -411,8 +423,25 @@ STARLING_AVX2 void TileQ4_K(const BlockQ4_Kx8* x, int64_t blocks, const BlockQ8_
 #pragma GCC unroll 8
         for (int c = 0; c < 8; ++c) {
           const __m256i packed = _mm256_loadu_si256(chunks + c);
-          const __m256i q = half == 0 ? _mm256_and_si256(packed, low4)
-                                      : _mm256_and_si256(_mm256_srli_epi16(packed, 4), low4);
+          __m256i q = half == 0 ? _mm256_and_si256(packed, low4)
+                                : _mm256_and_si256(_mm256_srli_epi16(packed, 4), low4);
+          if constexpr (kFive) {  // bit 2g + half of the qh bytes, moved to bit 4
+            const __m256i bits =
+                _mm256_srl_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb.qh) + c),
+                                 _mm_cvtsi32_si128(2 * g + half));
+            q = _mm256_or_si256(q, _mm256_slli_epi16(_mm256_and_si256(bits, one_bit), 4));
+#if !STARLING_TILE_VNNI
+            // u5 x s8 pairs reach 2 * 31 * 128 = 7936: four of them fit int16, eight do not,
+            // so the first four chunks' sums are scaled and widened here.
+            if (c == 4) {
+              const __m256i scale = _mm256_shuffle_epi8(sc[g / 2], spread[2 * g % 4 + half]);
+              for (int t = 0; t < kTokens; ++t) {
+                sumi[t] = _mm256_add_epi32(sumi[t], _mm256_madd_epi16(sum16[t], scale));
+                sum16[t] = _mm256_setzero_si256();
+              }
+            }
+#endif
+          }
 #pragma GCC unroll 8
           for (int t = 0; t < kTokens; ++t) {
             // u4 x s8 pairs: |.| <= 2 * 15 * 128 = 3840; eight of them <= 30720: no int16
@@ -536,7 +565,7 @@ STARLING_AVX2 void TileQ6_K(const BlockQ6_Kx8* x, int64_t blocks, const BlockQ8_
         __m512i part = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q01, BroadcastWordPair(qa));
         part = _mm512_dpbusd_epi32(part, q23, BroadcastWordPair(qa + 8));
         sum_wide[t] = _mm512_add_epi32(sum_wide[t], _mm512_mullo_epi32(part, scale_wide));
-        asm("" : "+v"(sum_wide[t]));  // as in TileQ4_K
+        asm("" : "+v"(sum_wide[t]));  // as in TileScaleMin
       }
 #else
 #pragma GCC unroll 8
@@ -560,7 +589,7 @@ STARLING_AVX2 void TileQ6_K(const BlockQ6_Kx8* x, int64_t blocks, const BlockQ8_
         sumi[t] = _mm256_add_epi32(sumi[t], _mm256_add_epi32(_mm256_madd_epi16(s01, scale),
                                                              _mm256_madd_epi16(s23, scale)));
 #endif
-        asm("" : "+x"(sumi[t]));  // as in TileQ4_K
+        asm("" : "+x"(sumi[t]));  // as in TileScaleMin
       }
 #endif  // STARLING_TILE_ZMM
     }
@@ -644,9 +673,18 @@ void STARLING_TILE_NAME(DotsQ8_0x8Q8_0)(const void* w, int64_t rows, const void*
 
 void STARLING_TILE_NAME(DotsQ4_Kx8Q8_K)(const void* w, int64_t rows, const void* a, size_t a_stride,
                                         int64_t tokens, int64_t n, float* out, int64_t out_stride) {
-  static constexpr TileFn<BlockQ4_Kx8> kTiles[kTileTokens] = {TileQ4_K<1>, TileQ4_K<2>, TileQ4_K<3>,
-                                                              TileQ4_K<4>, TileQ4_K<5>, TileQ4_K<6>,
-                                                              TileQ4_K<7>, TileQ4_K<8>};
+  static constexpr TileFn<BlockQ4_Kx8> kTiles[kTileTokens] = {
+      TileScaleMin<BlockQ4_Kx8, 1>, TileScaleMin<BlockQ4_Kx8, 2>, TileScaleMin<BlockQ4_Kx8, 3>,
+      TileScaleMin<BlockQ4_Kx8, 4>, TileScaleMin<BlockQ4_Kx8, 5>, TileScaleMin<BlockQ4_Kx8, 6>,
+      TileScaleMin<BlockQ4_Kx8, 7>, TileScaleMin<BlockQ4_Kx8, 8>};
+  DotsInterleavedAvx2(kTiles, w, rows, a, a_stride, tokens, n, out, out_stride);
+}
+void STARLING_TILE_NAME(DotsQ5_Kx8Q8_K)(const void* w, int64_t rows, const void* a, size_t a_stride,
+                                        int64_t tokens, int64_t n, float* out, int64_t out_stride) {
+  static constexpr TileFn<BlockQ5_Kx8> kTiles[kTileTokens] = {
+      TileScaleMin<BlockQ5_Kx8, 1>, TileScaleMin<BlockQ5_Kx8, 2>, TileScaleMin<BlockQ5_Kx8, 3>,
+      TileScaleMin<BlockQ5_Kx8, 4>, TileScaleMin<BlockQ5_Kx8, 5>, TileScaleMin<BlockQ5_Kx8, 6>,
+      TileScaleMin<BlockQ5_Kx8, 7>, TileScaleMin<BlockQ5_Kx8, 8>};
   DotsInterleavedAvx2(kTiles, w, rows, a, a_stride, tokens, n, out, out_stride);
 }
 void STARLING_TILE_NAME(DotsQ6_Kx8Q8_K)(const void* w, int64_t rows, const void* a, size_t a_stride,

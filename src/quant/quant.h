@@ -352,16 +352,29 @@ struct BlockQ6_Kx8 {
   uint8_t ql[1024];    // 32 chunks
   uint8_t qh[512];     // 16 chunks
 };
+// Q5_K: Q4_K's interleaved layout plus the fifth bits. qh: row r's qh[4c..4c+3] at chunk c,
+// bytes 4r..4r+3 (chunk c's bit s is the fifth bit of values 4c..4c+3 of sub-block s, as in the
+// file: qh[l] bit s belongs to value 32s + l).
+struct BlockQ5_Kx8 {
+  uint16_t d[8];
+  uint16_t dmin[8];
+  uint8_t scales[96];  // as BlockQ4_Kx8
+  uint8_t qh[256];     // 8 chunks
+  uint8_t qs[1024];    // as BlockQ4_Kx8
+};
 static_assert(sizeof(BlockQ4_Kx8) == 8 * sizeof(BlockQ4_K));
+static_assert(sizeof(BlockQ5_Kx8) == 8 * sizeof(BlockQ5_K));
 static_assert(sizeof(BlockQ6_Kx8) == 8 * sizeof(BlockQ6_K));
 
 // out = the row-major matrix w [rows, n] (rows of QuantRowBytes bytes) interleaved: ceil(rows /
 // 8) * (n / 256) blocks.
 void RepackQ4_Kx8(const void* w, int64_t rows, int64_t n, void* out);
+void RepackQ5_Kx8(const void* w, int64_t rows, int64_t n, void* out);
 void RepackQ6_Kx8(const void* w, int64_t rows, int64_t n, void* out);
 // out[n] = row `row` of an interleaved matrix, dequantized: the bits of DequantizeRow of the
 // original row.
 void DequantizeRowQ4_Kx8(const void* w, int64_t row, int64_t n, float* out);
+void DequantizeRowQ5_Kx8(const void* w, int64_t row, int64_t n, float* out);
 void DequantizeRowQ6_Kx8(const void* w, int64_t row, int64_t n, float* out);
 
 // For r < rows, t < tokens: out[t * out_stride + r] = the dot product of row r of the
@@ -372,10 +385,10 @@ void DequantizeRowQ6_Kx8(const void* w, int64_t row, int64_t n, float* out);
 // for any tile shape and any activation quants (the int16 bounds hold for -128 too).
 using InterleavedQ8_KDots = void(const void* w, int64_t rows, const void* a, size_t a_stride,
                                  int64_t tokens, int64_t n, float* out, int64_t out_stride);
-InterleavedQ8_KDots DotsQ4_Kx8Q8_K, DotsQ6_Kx8Q8_K;
-InterleavedQ8_KDots DotsQ4_Kx8Q8_K_Avx2, DotsQ6_Kx8Q8_K_Avx2;
+InterleavedQ8_KDots DotsQ4_Kx8Q8_K, DotsQ5_Kx8Q8_K, DotsQ6_Kx8Q8_K;
+InterleavedQ8_KDots DotsQ4_Kx8Q8_K_Avx2, DotsQ5_Kx8Q8_K_Avx2, DotsQ6_Kx8Q8_K_Avx2;
 // With VNNI integer steps, as the Q4_0/Q8_0 ones above.
-InterleavedQ8_KDots DotsQ4_Kx8Q8_K_AvxVnni, DotsQ6_Kx8Q8_K_AvxVnni;
-InterleavedQ8_KDots DotsQ4_Kx8Q8_K_Avx512Vnni, DotsQ6_Kx8Q8_K_Avx512Vnni;
+InterleavedQ8_KDots DotsQ4_Kx8Q8_K_AvxVnni, DotsQ5_Kx8Q8_K_AvxVnni, DotsQ6_Kx8Q8_K_AvxVnni;
+InterleavedQ8_KDots DotsQ4_Kx8Q8_K_Avx512Vnni, DotsQ5_Kx8Q8_K_Avx512Vnni, DotsQ6_Kx8Q8_K_Avx512Vnni;
 
 }  // namespace starling

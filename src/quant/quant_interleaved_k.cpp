@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <utility>
 
 #include "kernels/kernels.h"
@@ -37,25 +38,47 @@ int64_t GroupCount(int64_t rows) {
 // ---- Q4_K
 
 // Row r's 12 packed scale bytes, as in its BlockQ4_K.
-void PackedScales(const BlockQ4_Kx8& x, int r, uint8_t* packed) {
+// (Q4_K and Q5_K.)
+template <typename ScaleMinBlock>
+void PackedScales(const ScaleMinBlock& x, int r, uint8_t* packed) {
   for (int w = 0; w < 3; ++w) std::memcpy(packed + 4 * w, x.scales + 32 * w + 4 * r, 4);
 }
 
 // The unsigned nibble of value e (< 256) of row r: the row's qs byte k = 32 (e / 64) + e % 32
 // (low nibble for e % 64 < 32), stored at chunk k / 4, byte 4r + k % 4.
-int Nibble(const BlockQ4_Kx8& x, int r, int e) {
+template <typename ScaleMinBlock>
+int Nibble(const ScaleMinBlock& x, int r, int e) {
   const int k = 32 * (e / 64) + e % 32;
   const uint8_t byte = x.qs[32 * (k / 4) + 4 * r + k % 4];
   return e % 64 < 32 ? byte & 0x0F : byte >> 4;
 }
 
-void RepackQ4_KGroup(const BlockQ4_K* const* src, int valid, BlockQ4_Kx8& x) {
+// Value e's unsigned 5-bit q: its nibble and, from qh chunk (e % 32) / 4, bit e / 32.
+int FiveBits(const BlockQ5_Kx8& x, int r, int e) {
+  const int l = e % 32;
+  const uint8_t high = x.qh[32 * (l / 4) + 4 * r + l % 4];
+  return Nibble(x, r, e) | (high >> (e / 32) & 1) << 4;
+}
+
+// The quant the twins read: Q4_K's nibble, Q5_K's five bits.
+int UnsignedQuant(const BlockQ4_Kx8& x, int r, int e) {
+  return Nibble(x, r, e);
+}
+int UnsignedQuant(const BlockQ5_Kx8& x, int r, int e) {
+  return FiveBits(x, r, e);
+}
+
+template <typename Interleaved, typename Block>
+void RepackScaleMinGroup(const Block* const* src, int valid, Interleaved& x) {
   std::memset(&x, 0, sizeof(x));
   for (int r = 0; r < valid; ++r) {
     x.d[r] = src[r]->d;
     x.dmin[r] = src[r]->dmin;
     for (int w = 0; w < 3; ++w) std::memcpy(x.scales + 32 * w + 4 * r, src[r]->scales + 4 * w, 4);
     for (int j = 0; j < 32; ++j) std::memcpy(x.qs + 32 * j + 4 * r, src[r]->qs + 4 * j, 4);
+    if constexpr (std::is_same_v<Block, BlockQ5_K>) {
+      for (int c = 0; c < 8; ++c) std::memcpy(x.qh + 32 * c + 4 * r, src[r]->qh + 4 * c, 4);
+    }
   }
 }
 
@@ -103,7 +126,10 @@ void RepackQ6_KGroup(const BlockQ6_K* const* src, int valid, BlockQ6_Kx8& x) {
 using interleaved::Source;
 
 void RepackGroup(const BlockQ4_K* const* src, int valid, BlockQ4_Kx8& x) {
-  RepackQ4_KGroup(src, valid, x);
+  RepackScaleMinGroup(src, valid, x);
+}
+void RepackGroup(const BlockQ5_K* const* src, int valid, BlockQ5_Kx8& x) {
+  RepackScaleMinGroup(src, valid, x);
 }
 void RepackGroup(const BlockQ6_K* const* src, int valid, BlockQ6_Kx8& x) {
   RepackQ6_KGroup(src, valid, x);
@@ -137,14 +163,20 @@ std::pair<const Interleaved*, int> RowBlocks(const void* w, int64_t row, int64_t
 void RepackQ4_Kx8(const void* w, int64_t rows, int64_t n, void* out) {
   Repack<BlockQ4_Kx8>(w, rows, n, out);
 }
+void RepackQ5_Kx8(const void* w, int64_t rows, int64_t n, void* out) {
+  Repack<BlockQ5_Kx8>(w, rows, n, out);
+}
 void RepackQ6_Kx8(const void* w, int64_t rows, int64_t n, void* out) {
   Repack<BlockQ6_Kx8>(w, rows, n, out);
 }
 
-// DequantizeRow's expressions, element for element.
-void DequantizeRowQ4_Kx8(const void* w, int64_t row, int64_t n, float* out) {
-  const int64_t blocks = QuantBlockCount(WeightFormat::kQ4_K, n);
-  const auto [x, r] = RowBlocks<BlockQ4_Kx8>(w, row, blocks);
+namespace {
+
+// DequantizeRow's expressions, element for element (Q4_K and Q5_K).
+template <typename Interleaved>
+void DequantizeScaleMinRow(const void* w, int64_t row, int64_t n, float* out) {
+  const int64_t blocks = QuantBlockCount(Source<Interleaved>::kType, n);
+  const auto [x, r] = RowBlocks<Interleaved>(w, row, blocks);
   for (int64_t b = 0; b < blocks; ++b, out += kQK) {
     uint8_t packed[12];
     PackedScales(x[b], r, packed);
@@ -156,10 +188,19 @@ void DequantizeRowQ4_Kx8(const void* w, int64_t row, int64_t n, float* out) {
       const float dj = d * sc;
       const float mj = dmin * m;
       for (int l = 0; l < 32; ++l) {
-        out[32 * j + l] = dj * static_cast<float>(Nibble(x[b], r, 32 * j + l)) - mj;
+        out[32 * j + l] = dj * static_cast<float>(UnsignedQuant(x[b], r, 32 * j + l)) - mj;
       }
     }
   }
+}
+
+}  // namespace
+
+void DequantizeRowQ4_Kx8(const void* w, int64_t row, int64_t n, float* out) {
+  DequantizeScaleMinRow<BlockQ4_Kx8>(w, row, n, out);
+}
+void DequantizeRowQ5_Kx8(const void* w, int64_t row, int64_t n, float* out) {
+  DequantizeScaleMinRow<BlockQ5_Kx8>(w, row, n, out);
 }
 
 void DequantizeRowQ6_Kx8(const void* w, int64_t row, int64_t n, float* out) {
@@ -174,12 +215,16 @@ void DequantizeRowQ6_Kx8(const void* w, int64_t row, int64_t n, float* out) {
   }
 }
 
-// The scalar twins: per row and token, DotQ4_KQ8_K's / DotQ6_KQ8_K's sums and float operations.
-void DotsQ4_Kx8Q8_K(const void* w, int64_t rows, const void* a, size_t a_stride, int64_t tokens,
-                    int64_t n, float* out, int64_t out_stride) {
-  const int64_t blocks = QuantBlockCount(WeightFormat::kQ4_K, n);
+namespace {
+
+// The scalar twins: per row and token, DotQ4_KQ8_K's / DotQ5_KQ8_K's / DotQ6_KQ8_K's sums and
+// float operations.
+template <typename Interleaved>
+void DotsScaleMin(const void* w, int64_t rows, const void* a, size_t a_stride, int64_t tokens,
+                  int64_t n, float* out, int64_t out_stride) {
+  const int64_t blocks = QuantBlockCount(Source<Interleaved>::kType, n);
   for (int64_t row = 0; row < rows; ++row) {
-    const auto [x, r] = RowBlocks<BlockQ4_Kx8>(w, row, blocks);
+    const auto [x, r] = RowBlocks<Interleaved>(w, row, blocks);
     for (int64_t t = 0; t < tokens; ++t) {
       const auto* y =
           reinterpret_cast<const BlockQ8_K*>(static_cast<const char*>(a) + t * a_stride);
@@ -193,7 +238,7 @@ void DotsQ4_Kx8Q8_K(const void* w, int64_t rows, const void* a, size_t a_stride,
           uint8_t sc, m;
           Q4_KScaleMin(packed, j, &sc, &m);
           int32_t part = 0;
-          for (int e = 32 * j; e < 32 * j + 32; ++e) part += Nibble(x[b], r, e) * y[b].qs[e];
+          for (int e = 32 * j; e < 32 * j + 32; ++e) part += UnsignedQuant(x[b], r, e) * y[b].qs[e];
           sumi += sc * part;
           summ += m * (y[b].bsums[2 * j] + y[b].bsums[2 * j + 1]);
         }
@@ -203,6 +248,17 @@ void DotsQ4_Kx8Q8_K(const void* w, int64_t rows, const void* a, size_t a_stride,
       out[t * out_stride + row] = sum;
     }
   }
+}
+
+}  // namespace
+
+void DotsQ4_Kx8Q8_K(const void* w, int64_t rows, const void* a, size_t a_stride, int64_t tokens,
+                    int64_t n, float* out, int64_t out_stride) {
+  DotsScaleMin<BlockQ4_Kx8>(w, rows, a, a_stride, tokens, n, out, out_stride);
+}
+void DotsQ5_Kx8Q8_K(const void* w, int64_t rows, const void* a, size_t a_stride, int64_t tokens,
+                    int64_t n, float* out, int64_t out_stride) {
+  DotsScaleMin<BlockQ5_Kx8>(w, rows, a, a_stride, tokens, n, out, out_stride);
 }
 
 void DotsQ6_Kx8Q8_K(const void* w, int64_t rows, const void* a, size_t a_stride, int64_t tokens,

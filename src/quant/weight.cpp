@@ -36,18 +36,21 @@ bool UseAvx2() {
 // The interleaved layouts' kernels at one level.
 struct InterleavedKernels {
   InterleavedQ8_0Dots *q4_0, *q8_0;
-  InterleavedQ8_KDots *q4_k, *q6_k;
+  InterleavedQ8_KDots *q4_k, *q5_k, *q6_k;
 };
 
 const InterleavedKernels& InterleavedKernelsFor(SimdLevel level) {
   static constexpr InterleavedKernels kScalar{DotsQ4_0x8Q8_0, DotsQ8_0x8Q8_0, DotsQ4_Kx8Q8_K,
-                                              DotsQ6_Kx8Q8_K};
+                                              DotsQ5_Kx8Q8_K, DotsQ6_Kx8Q8_K};
   static constexpr InterleavedKernels kAvx2{DotsQ4_0x8Q8_0_Avx2, DotsQ8_0x8Q8_0_Avx2,
-                                            DotsQ4_Kx8Q8_K_Avx2, DotsQ6_Kx8Q8_K_Avx2};
+                                            DotsQ4_Kx8Q8_K_Avx2, DotsQ5_Kx8Q8_K_Avx2,
+                                            DotsQ6_Kx8Q8_K_Avx2};
   static constexpr InterleavedKernels kAvxVnni{DotsQ4_0x8Q8_0_AvxVnni, DotsQ8_0x8Q8_0_AvxVnni,
-                                               DotsQ4_Kx8Q8_K_AvxVnni, DotsQ6_Kx8Q8_K_AvxVnni};
+                                               DotsQ4_Kx8Q8_K_AvxVnni, DotsQ5_Kx8Q8_K_AvxVnni,
+                                               DotsQ6_Kx8Q8_K_AvxVnni};
   static constexpr InterleavedKernels kAvx512{DotsQ4_0x8Q8_0_Avx512Vnni, DotsQ8_0x8Q8_0_Avx512Vnni,
-                                              DotsQ4_Kx8Q8_K_Avx512Vnni, DotsQ6_Kx8Q8_K_Avx512Vnni};
+                                              DotsQ4_Kx8Q8_K_Avx512Vnni, DotsQ5_Kx8Q8_K_Avx512Vnni,
+                                              DotsQ6_Kx8Q8_K_Avx512Vnni};
   switch (level) {
     case SimdLevel::kScalar: return kScalar;
     case SimdLevel::kAvx2: return kAvx2;
@@ -86,7 +89,7 @@ QuantDot DotFor(WeightFormat f) {
 // Formats that LoadForMatMul interleaves eight rows at a time (quant.h's x8 layouts).
 bool HasInterleavedLayout(WeightFormat f) {
   return f == WeightFormat::kQ4_0 || f == WeightFormat::kQ8_0 || f == WeightFormat::kQ4_K ||
-         f == WeightFormat::kQ6_K;
+         f == WeightFormat::kQ5_K || f == WeightFormat::kQ6_K;
 }
 
 // For row-major matrices (LoadForMatMul interleaves them): the register-tiled kernels where
@@ -150,6 +153,7 @@ WeightMatrix LoadForMatMul(const WeightMatrix& w, HugePageBuffer& buffer) {
         case WeightFormat::kQ4_0: return RepackQ4_0x8;
         case WeightFormat::kQ8_0: return RepackQ8_0x8;
         case WeightFormat::kQ4_K: return RepackQ4_Kx8;
+        case WeightFormat::kQ5_K: return RepackQ5_Kx8;
         case WeightFormat::kQ6_K: return RepackQ6_Kx8;
         default: Fail("LoadForMatMul: no interleaved layout for ", WeightFormatName(w.format));
       }
@@ -180,6 +184,7 @@ void ReadRow(const WeightMatrix& w, int64_t r, float* out) {
       case WeightFormat::kQ4_0: return DequantizeRowQ4_0x8(w.data, r, w.cols, out);
       case WeightFormat::kQ8_0: return DequantizeRowQ8_0x8(w.data, r, w.cols, out);
       case WeightFormat::kQ4_K: return DequantizeRowQ4_Kx8(w.data, r, w.cols, out);
+      case WeightFormat::kQ5_K: return DequantizeRowQ5_Kx8(w.data, r, w.cols, out);
       case WeightFormat::kQ6_K: return DequantizeRowQ6_Kx8(w.data, r, w.cols, out);
       default: Fail("ReadRow: ", WeightFormatName(w.format), " has no interleaved layout");
     }
@@ -222,7 +227,9 @@ void MatMul(const WeightMatrix& w, const float* x, int64_t tokens, float* out) {
   const size_t group_bytes = 8 * row_bytes;
   if (w.layout == WeightLayout::kInterleaved8 && IsKQuant(w.format)) {
     const InterleavedKernels& kernels = InterleavedKernelsFor(ActiveSimdLevel());
-    const auto dots = w.format == WeightFormat::kQ4_K ? kernels.q4_k : kernels.q6_k;
+    const auto dots = w.format == WeightFormat::kQ4_K   ? kernels.q4_k
+                      : w.format == WeightFormat::kQ5_K ? kernels.q5_k
+                                                        : kernels.q6_k;
     ForEachBlock(w.rows, tokens, [&](int64_t r0, int64_t r1, int64_t t0, int64_t t1) {
       // Row chunks start at multiples of kRowChunk, so at a group boundary.
       dots(static_cast<const char*>(w.data) + r0 / 8 * group_bytes, r1 - r0,
