@@ -85,6 +85,8 @@ int main(int argc, char** argv) {
   const Format formats[] = {{WeightFormat::kQ4_0, "Q4_0"},
                             {WeightFormat::kQ8_0, "Q8_0"},
                             {WeightFormat::kQ4_K, "Q4_K"},
+                            {WeightFormat::kQ5_K, "Q5_K"},
+                            {WeightFormat::kQ3_K, "Q3_K"},
                             {WeightFormat::kQ6_K, "Q6_K"},
                             {WeightFormat::kF16, "F16"}};
   std::mt19937 rng(1);
