@@ -82,12 +82,9 @@ int main(int argc, char** argv) {
   std::printf("one thread, SIMD level %s; G multiply-adds per second (median of %d)\n",
               DotRowImplementation(), reps);
   std::printf("%-6s %14s %14s %10s\n", "format", "pp 64 tokens", "tg 1 token", "tg GB/s");
-  const Format formats[] = {{WeightFormat::kQ4_0, "Q4_0"},
-                            {WeightFormat::kQ8_0, "Q8_0"},
-                            {WeightFormat::kQ4_K, "Q4_K"},
-                            {WeightFormat::kQ5_K, "Q5_K"},
-                            {WeightFormat::kQ3_K, "Q3_K"},
-                            {WeightFormat::kQ6_K, "Q6_K"},
+  const Format formats[] = {{WeightFormat::kQ4_0, "Q4_0"}, {WeightFormat::kQ8_0, "Q8_0"},
+                            {WeightFormat::kQ4_K, "Q4_K"}, {WeightFormat::kQ5_K, "Q5_K"},
+                            {WeightFormat::kQ3_K, "Q3_K"}, {WeightFormat::kQ6_K, "Q6_K"},
                             {WeightFormat::kF16, "F16"}};
   std::mt19937 rng(1);
   for (const Format& f : formats) {

@@ -18,6 +18,7 @@
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
+#include <utility>
 
 #include "quant/interleaved.h"
 #include "quant/quant.h"
@@ -630,15 +631,36 @@ STARLING_AVX2 void TileQ6_K(const BlockQ6_Kx8* x, int64_t blocks, const BlockQ8_
 // streaming from memory is bound by the memory, not the kernel.
 constexpr int kTileTokens = 8;
 
+// The K-quant tile of a layout for kTokens tokens.
+template <typename Interleaved, int kTokens>
+STARLING_AVX2 void KQuantTile(const Interleaved* x, int64_t blocks, const BlockQ8_K* const* y,
+                              __m256* out) {
+  if constexpr (std::is_same_v<Interleaved, BlockQ6_Kx8>) {
+    TileQ6_K<kTokens>(x, blocks, y, out);
+  } else {
+    TileScaleMin<Interleaved, kTokens>(x, blocks, y, out);
+  }
+}
+
 template <typename Interleaved>
 using TileFn = void (*)(const Interleaved* x, int64_t blocks, const BlockQ8_K* const* y,
                         __m256* out);
 
-// Groups of 8 rows, each against tiles of up to kTileTokens tokens; tiles[k - 1] takes k.
+// tiles[k - 1] takes k tokens.
+template <typename Interleaved, size_t... k>
+const TileFn<Interleaved>* KQuantTiles(std::index_sequence<k...>) {
+  static constexpr TileFn<Interleaved> kTiles[] = {
+      KQuantTile<Interleaved, static_cast<int>(k) + 1>...};
+  return kTiles;
+}
+
+// Groups of 8 rows, each against tiles of up to kTileTokens tokens.
 template <typename Interleaved>
-STARLING_AVX2 void DotsInterleavedAvx2(const TileFn<Interleaved> (&tiles)[kTileTokens],
-                                       const void* w, int64_t rows, const void* a, size_t a_stride,
-                                       int64_t tokens, int64_t n, float* out, int64_t out_stride) {
+STARLING_AVX2 void DotsKQuantInterleaved(const void* w, int64_t rows, const void* a,
+                                         size_t a_stride, int64_t tokens, int64_t n, float* out,
+                                         int64_t out_stride) {
+  const TileFn<Interleaved>* tiles =
+      KQuantTiles<Interleaved>(std::make_index_sequence<kTileTokens>());
   const int64_t blocks = QuantBlockCount(Source<Interleaved>::kType, n);
   const auto* groups = static_cast<const Interleaved*>(w);
   const auto* ab = static_cast<const char*>(a);
@@ -673,26 +695,15 @@ void STARLING_TILE_NAME(DotsQ8_0x8Q8_0)(const void* w, int64_t rows, const void*
 
 void STARLING_TILE_NAME(DotsQ4_Kx8Q8_K)(const void* w, int64_t rows, const void* a, size_t a_stride,
                                         int64_t tokens, int64_t n, float* out, int64_t out_stride) {
-  static constexpr TileFn<BlockQ4_Kx8> kTiles[kTileTokens] = {
-      TileScaleMin<BlockQ4_Kx8, 1>, TileScaleMin<BlockQ4_Kx8, 2>, TileScaleMin<BlockQ4_Kx8, 3>,
-      TileScaleMin<BlockQ4_Kx8, 4>, TileScaleMin<BlockQ4_Kx8, 5>, TileScaleMin<BlockQ4_Kx8, 6>,
-      TileScaleMin<BlockQ4_Kx8, 7>, TileScaleMin<BlockQ4_Kx8, 8>};
-  DotsInterleavedAvx2(kTiles, w, rows, a, a_stride, tokens, n, out, out_stride);
+  DotsKQuantInterleaved<BlockQ4_Kx8>(w, rows, a, a_stride, tokens, n, out, out_stride);
 }
 void STARLING_TILE_NAME(DotsQ5_Kx8Q8_K)(const void* w, int64_t rows, const void* a, size_t a_stride,
                                         int64_t tokens, int64_t n, float* out, int64_t out_stride) {
-  static constexpr TileFn<BlockQ5_Kx8> kTiles[kTileTokens] = {
-      TileScaleMin<BlockQ5_Kx8, 1>, TileScaleMin<BlockQ5_Kx8, 2>, TileScaleMin<BlockQ5_Kx8, 3>,
-      TileScaleMin<BlockQ5_Kx8, 4>, TileScaleMin<BlockQ5_Kx8, 5>, TileScaleMin<BlockQ5_Kx8, 6>,
-      TileScaleMin<BlockQ5_Kx8, 7>, TileScaleMin<BlockQ5_Kx8, 8>};
-  DotsInterleavedAvx2(kTiles, w, rows, a, a_stride, tokens, n, out, out_stride);
+  DotsKQuantInterleaved<BlockQ5_Kx8>(w, rows, a, a_stride, tokens, n, out, out_stride);
 }
 void STARLING_TILE_NAME(DotsQ6_Kx8Q8_K)(const void* w, int64_t rows, const void* a, size_t a_stride,
                                         int64_t tokens, int64_t n, float* out, int64_t out_stride) {
-  static constexpr TileFn<BlockQ6_Kx8> kTiles[kTileTokens] = {TileQ6_K<1>, TileQ6_K<2>, TileQ6_K<3>,
-                                                              TileQ6_K<4>, TileQ6_K<5>, TileQ6_K<6>,
-                                                              TileQ6_K<7>, TileQ6_K<8>};
-  DotsInterleavedAvx2(kTiles, w, rows, a, a_stride, tokens, n, out, out_stride);
+  DotsKQuantInterleaved<BlockQ6_Kx8>(w, rows, a, a_stride, tokens, n, out, out_stride);
 }
 
 }  // namespace starling
