@@ -82,10 +82,11 @@ int main(int argc, char** argv) {
   std::printf("one thread, SIMD level %s; G multiply-adds per second (median of %d)\n",
               DotRowImplementation(), reps);
   std::printf("%-6s %14s %14s %10s\n", "format", "pp 64 tokens", "tg 1 token", "tg GB/s");
-  const Format formats[] = {{WeightFormat::kQ4_0, "Q4_0"}, {WeightFormat::kQ8_0, "Q8_0"},
-                            {WeightFormat::kQ4_K, "Q4_K"}, {WeightFormat::kQ5_K, "Q5_K"},
-                            {WeightFormat::kQ3_K, "Q3_K"}, {WeightFormat::kQ6_K, "Q6_K"},
-                            {WeightFormat::kF16, "F16"}};
+  const Format formats[] = {
+      {WeightFormat::kQ4_0, "Q4_0"}, {WeightFormat::kQ8_0, "Q8_0"}, {WeightFormat::kQ4_1, "Q4_1"},
+      {WeightFormat::kQ5_0, "Q5_0"}, {WeightFormat::kQ5_1, "Q5_1"}, {WeightFormat::kQ2_K, "Q2_K"},
+      {WeightFormat::kQ3_K, "Q3_K"}, {WeightFormat::kQ4_K, "Q4_K"}, {WeightFormat::kQ5_K, "Q5_K"},
+      {WeightFormat::kQ6_K, "Q6_K"}, {WeightFormat::kF16, "F16"}};
   std::mt19937 rng(1);
   for (const Format& f : formats) {
     const int64_t cols = 4096;

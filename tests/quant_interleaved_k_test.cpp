@@ -1,8 +1,8 @@
-// Q4_K, Q5_K and Q6_K interleaved eight rows at a time (BlockQ4_Kx8, ...): the repacking
-// keeps every value (dequantized rows have DequantizeRow's bits, padding rows are zero), the
-// scalar twins return the row-major dots' bits on the original rows, the vector kernels (every
-// level) the scalar twins' bits for every tile shape, and MatMul over LoadForMatMul's copy the bits
-// of MatMul over the row-major matrix.
+// The K-quants (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K) interleaved eight rows at a time (BlockQ2_Kx8, ...):
+// the repacking keeps every value (dequantized rows have DequantizeRow's bits, padding rows are
+// zero), the scalar twins return the row-major dots' bits on the original rows, the vector kernels
+// (every level) the scalar twins' bits for every tile shape, and MatMul over LoadForMatMul's copy
+// the bits of MatMul over the row-major matrix.
 #include <gtest/gtest.h>
 
 #include <bit>
@@ -36,6 +36,20 @@ struct Format {
   float (*row_dot)(const void*, const void*, int64_t);  // the row-major product
 };
 const Format kFormats[] = {
+    {WeightFormat::kQ2_K,
+     WeightFormat::kQ2_K,
+     RepackQ2_Kx8,
+     DequantizeRowQ2_Kx8,
+     DotsQ2_Kx8Q8_K,
+     {DotsQ2_Kx8Q8_K_Avx2, DotsQ2_Kx8Q8_K_AvxVnni, DotsQ2_Kx8Q8_K_Avx512Vnni},
+     DotQ2_KQ8_K},
+    {WeightFormat::kQ3_K,
+     WeightFormat::kQ3_K,
+     RepackQ3_Kx8,
+     DequantizeRowQ3_Kx8,
+     DotsQ3_Kx8Q8_K,
+     {DotsQ3_Kx8Q8_K_Avx2, DotsQ3_Kx8Q8_K_AvxVnni, DotsQ3_Kx8Q8_K_Avx512Vnni},
+     DotQ3_KQ8_K},
     {WeightFormat::kQ4_K,
      WeightFormat::kQ4_K,
      RepackQ4_Kx8,
@@ -58,20 +72,26 @@ const Format kFormats[] = {
      {DotsQ6_Kx8Q8_K_Avx2, DotsQ6_Kx8Q8_K_AvxVnni, DotsQ6_Kx8Q8_K_Avx512Vnni},
      DotQ6_KQ8_K}};
 
-// Q4_K and Q5_K keep d and dmin at the block's start; Q6_K's d is its last field.
-bool HasScaleAndMin(WeightFormat type) {
-  return type != WeightFormat::kQ6_K;
+// Where a block keeps its fp16 scales (d, and dmin where it has one).
+std::vector<size_t> HalfScaleOffsets(WeightFormat type) {
+  switch (type) {
+    case WeightFormat::kQ2_K: return {offsetof(BlockQ2_K, d), offsetof(BlockQ2_K, dmin)};
+    case WeightFormat::kQ3_K: return {offsetof(BlockQ3_K, d)};
+    case WeightFormat::kQ4_K: return {offsetof(BlockQ4_K, d), offsetof(BlockQ4_K, dmin)};
+    case WeightFormat::kQ5_K: return {offsetof(BlockQ5_K, d), offsetof(BlockQ5_K, dmin)};
+    case WeightFormat::kQ6_K: return {offsetof(BlockQ6_K, d)};
+    default: ADD_FAILURE() << "no K-quant: " << WeightFormatName(type); return {};
+  }
 }
 
 // `rows` weight rows of n columns from random bytes (every quant, scale and min byte occurs),
-// with fp16 scales in [2^-12, 2^4) at the block's d (and Q4_K's dmin).
+// with fp16 scales in [2^-12, 2^4) at the block's d (and dmin).
 Bytes RandomRows(WeightFormat type, int64_t rows, int64_t n, std::mt19937& rng) {
   Bytes w(QuantRowBytes(type, n) * rows);
   std::uniform_int_distribution<int> byte(0, 255), half(0x0C00, 0x4BFF);
   for (auto& b : w) b = static_cast<uint8_t>(byte(rng));
-  const size_t d_at = HasScaleAndMin(type) ? offsetof(BlockQ4_K, d) : offsetof(BlockQ6_K, d);
   for (size_t p = 0; p < w.size(); p += QuantBlockBytes(type)) {
-    for (const size_t at : {d_at, HasScaleAndMin(type) ? offsetof(BlockQ4_K, dmin) : d_at}) {
+    for (const size_t at : HalfScaleOffsets(type)) {
       const auto d = static_cast<uint16_t>(half(rng));
       std::memcpy(&w[p + at], &d, 2);
     }
@@ -128,7 +148,8 @@ TEST(QuantInterleavedK, RepackKeepsEveryValueAndPadsWithZeroRows) {
         if (r < rows) {
           DequantizeRow(f.type, &w[r * QuantRowBytes(f.type, n)], n, want.data());
         } else {
-          // Zero scales: Q4_K/Q5_K 0 * q - 0; Q6_K (0 * 0) * (0 - 32) = -0.
+          // Zero bytes: Q2_K, Q4_K, Q5_K 0 * q - 0; Q6_K (0 * 0) * (0 - 32) = -0; Q3_K
+          // (0 * -32) * (0 - 4) = 0.
           std::fill(want.begin(), want.end(), f.type == WeightFormat::kQ6_K ? -0.0f : 0.0f);
         }
         ExpectSameBits(got, want,
@@ -191,8 +212,8 @@ TEST(QuantInterleavedK, VectorDotsEqualScalarBitsForEveryTileShape) {
 }
 
 // The vector kernels' integer sums at their bounds (AVX2's int16 sums, VNNI's int32 ones): all
-// quants at their maximum (15, 31 or 63), all activations 127, -127 or -128 (outside QuantizeRow's
-// range, but the bounds hold), all scales and mins 63 (Q6_K: -128).
+// quants at their maximum (3, 7, 15, 31 or 63), all activations 127, -127 or -128 (outside
+// QuantizeRow's range, but the bounds hold), all scales and mins at their maximum (Q6_K: -128).
 TEST(QuantInterleavedK, VectorDotsAreExactAtTheExtremes) {
   if (!CpuHasSimdLevel(SimdLevel::kAvx2)) GTEST_SKIP() << "no AVX2/FMA/F16C";
   const int64_t rows = 8, tokens = 2, n = 256;
@@ -201,12 +222,10 @@ TEST(QuantInterleavedK, VectorDotsAreExactAtTheExtremes) {
       Bytes w(QuantRowBytes(f.type, n) * rows, 0xFF);
       for (size_t p = 0; p < w.size(); p += QuantBlockBytes(f.type)) {
         const uint16_t one = 0x3C00;
-        if (HasScaleAndMin(f.type)) {
-          std::memcpy(&w[p], &one, 2);
-          std::memcpy(&w[p + 2], &one, 2);
-        } else {
-          std::fill(&w[p + 192], &w[p + 208], 0x80);  // scales -128
-          std::memcpy(&w[p + 208], &one, 2);
+        for (const size_t at : HalfScaleOffsets(f.type)) std::memcpy(&w[p + at], &one, 2);
+        if (f.type == WeightFormat::kQ6_K) {
+          std::fill(&w[p + offsetof(BlockQ6_K, scales)], &w[p + offsetof(BlockQ6_K, d)],
+                    0x80);  // scales -128
         }
       }
       std::vector<BlockQ8_K> a(tokens);

@@ -1,7 +1,8 @@
-// The layouts matrices are loaded into for the matmul. Q4_0 and Q8_0 interleaved eight rows at
-// a time: the repacking keeps every value, the scalar dot products agree with double-precision
-// sums, the AVX2 kernels return the scalar twins' bits for every tile shape, and MatMul over
-// the interleaved layout agrees with the row-major one. Q4_K and Q6_K: interleaved too.
+// The layouts matrices are loaded into for the matmul. Q4_0, Q8_0, Q4_1, Q5_0 and Q5_1
+// interleaved eight rows at a time: the repacking keeps every value, the scalar dot products agree
+// with double-precision sums, the AVX2 kernels return the scalar twins' bits for every tile shape,
+// and MatMul over the interleaved layout agrees with the row-major one. The K-quants: interleaved
+// too.
 #include <gtest/gtest.h>
 
 #include <bit>
@@ -51,10 +52,42 @@ const Interleaved kFormats[] = {
      DequantizeRowQ8_0x8,
      DotsQ8_0x8Q8_0,
      {DotsQ8_0x8Q8_0_Avx2, DotsQ8_0x8Q8_0_AvxVnni, DotsQ8_0x8Q8_0_Avx512Vnni},
-     DotQ8_0Q8_0}};
+     DotQ8_0Q8_0},
+    {WeightFormat::kQ4_1,
+     WeightFormat::kQ4_1,
+     RepackQ4_1x8,
+     DequantizeRowQ4_1x8,
+     DotsQ4_1x8Q8_0,
+     {DotsQ4_1x8Q8_0_Avx2, DotsQ4_1x8Q8_0_AvxVnni, DotsQ4_1x8Q8_0_Avx512Vnni},
+     DotQ4_1Q8_0},
+    {WeightFormat::kQ5_0,
+     WeightFormat::kQ5_0,
+     RepackQ5_0x8,
+     DequantizeRowQ5_0x8,
+     DotsQ5_0x8Q8_0,
+     {DotsQ5_0x8Q8_0_Avx2, DotsQ5_0x8Q8_0_AvxVnni, DotsQ5_0x8Q8_0_Avx512Vnni},
+     DotQ5_0Q8_0},
+    {WeightFormat::kQ5_1,
+     WeightFormat::kQ5_1,
+     RepackQ5_1x8,
+     DequantizeRowQ5_1x8,
+     DotsQ5_1x8Q8_0,
+     {DotsQ5_1x8Q8_0_Avx2, DotsQ5_1x8Q8_0_AvxVnni, DotsQ5_1x8Q8_0_Avx512Vnni},
+     DotQ5_1Q8_0}};
+
+// Q4_1 and Q5_1 keep an fp16 min after d.
+bool HasMin(WeightFormat type) {
+  return type == WeightFormat::kQ4_1 || type == WeightFormat::kQ5_1;
+}
+
+// Q4_0 and Q8_0 add one fma per block; the others perform the row-major product's float
+// operations and so return its bits.
+bool FusesTheBlockTerm(WeightFormat type) {
+  return type == WeightFormat::kQ4_0 || type == WeightFormat::kQ8_0;
+}
 
 // `rows` rows of n columns from random bytes: every quant occurs (weights: any byte, -128 for
-// Q8_0 included; activations: [-127, 127], the kernels' contract), fp16 scales in
+// Q8_0 included; activations: [-127, 127], the kernels' contract), fp16 scales (and mins) in
 // [2^-12, 2^4).
 Bytes RandomRows(WeightFormat type, int64_t rows, int64_t n, std::mt19937& rng,
                  bool activation = false) {
@@ -62,8 +95,10 @@ Bytes RandomRows(WeightFormat type, int64_t rows, int64_t n, std::mt19937& rng,
   std::uniform_int_distribution<int> byte(0, 255), quant(-127, 127), half(0x0C00, 0x4BFF);
   for (auto& b : w) b = static_cast<uint8_t>(activation ? quant(rng) : byte(rng));
   for (size_t p = 0; p < w.size(); p += QuantBlockBytes(type)) {
-    const auto d = static_cast<uint16_t>(half(rng));
-    std::memcpy(&w[p], &d, 2);
+    for (size_t at = 0; at < (!activation && HasMin(type) ? 4u : 2u); at += 2) {
+      const auto d = static_cast<uint16_t>(half(rng));
+      std::memcpy(&w[p + at], &d, 2);
+    }
   }
   return w;
 }
@@ -98,8 +133,9 @@ TEST(WeightLayout, RepackKeepsEveryValueAndPadsWithZeroRows) {
         if (r < rows) {
           DequantizeRow(f.type, &w[r * QuantRowBytes(f.type, n)], n, want.data());
         } else {
-          // Scale 0 times quant 0 (Q8_0) or nibble 0 - 8 (Q4_0).
-          std::fill(want.begin(), want.end(), f.type == WeightFormat::kQ4_0 ? -0.0f : 0.0f);
+          // Scale 0 times quant 0 (Q8_0), nibble 0 - 8 (Q4_0) or 0 - 16 (Q5_0); 0 * 0 + 0.
+          const bool negative = f.type == WeightFormat::kQ4_0 || f.type == WeightFormat::kQ5_0;
+          std::fill(want.begin(), want.end(), negative ? -0.0f : 0.0f);
         }
         for (int64_t i = 0; i < n; ++i) {
           ASSERT_EQ(std::bit_cast<uint32_t>(got[i]), std::bit_cast<uint32_t>(want[i]))
@@ -127,7 +163,10 @@ TEST(WeightLayout, BlockTermsAreScaleAndMinusEightTimesTheSum) {
 // Scalar twins against the exact sum in double: sum_b d_w d_a sumi_b, with the products'
 // error bounded by (blocks + 2) * 2^-24 * sum_b |d_w d_a sumi_b| (each block's scale rounded
 // once, then `blocks` fma additions, first order). The exact sum comes from the dequantized
-// rows: d_w q_w[i] and d_a q_a[i] are exact floats, their products exact in double.
+// rows: d_w q_w[i] and d_a q_a[i] are exact floats, their products exact in double. With a
+// min (Q4_1, Q5_1) a dequantized weight q d + m is rounded once and the block has two terms,
+// sumi d d_a and suma m d_a, so the magnitude is sum_i (|w_i| + 2 |m|) |a_i| (>= sum_i (|q_i
+// d| + |m|) |a_i|), with 2 * blocks + 3 roundings.
 TEST(WeightLayout, ScalarDotsMatchDoubleSumsAndTheRowDot) {
   std::mt19937 rng(7);
   for (const Interleaved& f : kFormats) {
@@ -148,17 +187,30 @@ TEST(WeightLayout, ScalarDotsMatchDoubleSumsAndTheRowDot) {
           DequantizeRow(WeightFormat::kQ8_0, &a[t * a_stride], n, ar.data());
           double exact = 0, magnitude = 0;
           for (int64_t b = 0; b < blocks; ++b) {
-            double term = 0;
-            for (int64_t i = 32 * b; i < 32 * b + 32; ++i) term += double{wr[i]} * ar[i];
+            double term = 0, min_magnitude = 0;
+            const uint8_t* block = &w[r * w_stride + b * QuantBlockBytes(f.type)];
+            const double m = HasMin(f.type) ? std::fabs(HalfToFloat(block[2] | block[3] << 8)) : 0;
+            for (int64_t i = 32 * b; i < 32 * b + 32; ++i) {
+              term += double{wr[i]} * ar[i];
+              min_magnitude += (std::fabs(wr[i]) + 2 * m) * std::fabs(ar[i]);
+            }
             exact += term;
-            magnitude += std::fabs(term);
+            magnitude += HasMin(f.type) ? min_magnitude : std::fabs(term);
           }
-          const double bound = static_cast<double>(blocks + 2) * kUnit * magnitude;
+          const auto roundings = static_cast<double>(HasMin(f.type) ? 2 * blocks + 3 : blocks + 2);
+          const double bound = roundings * kUnit * magnitude;
           const float got = out[t * rows + r];
           EXPECT_NEAR(got, exact, bound)
               << WeightFormatName(f.type) << " n=" << n << " row " << r << " token " << t;
-          // The row-major product (mul then add per block) within the same kind of bound.
-          EXPECT_NEAR(got, f.row_dot(&w[r * w_stride], &a[t * a_stride], n), 2 * bound);
+          // The row-major product (mul then add per block): within the same kind of bound
+          // (Q4_0, Q8_0), or its bits.
+          const float row_dot = f.row_dot(&w[r * w_stride], &a[t * a_stride], n);
+          if (FusesTheBlockTerm(f.type)) {
+            EXPECT_NEAR(got, row_dot, 2 * bound);
+          } else {
+            EXPECT_EQ(std::bit_cast<uint32_t>(got), std::bit_cast<uint32_t>(row_dot))
+                << WeightFormatName(f.type) << " n=" << n << " row " << r << " token " << t;
+          }
         }
       }
     }
@@ -198,6 +250,49 @@ TEST(WeightLayout, VectorDotsEqualScalarBitsForEveryTileShape) {
   }
 }
 
+// The vector kernels' integer sums at their bounds (AVX2's int16 pair sums): every weight byte
+// 0xFF (nibbles 15, fifth bits set: u5 = 31; Q8_0: -1) with scales (and mins) 1, all
+// activations 127 or -127.
+TEST(WeightLayout, VectorDotsAreExactAtTheExtremes) {
+  if (!CpuHasSimdLevel(SimdLevel::kAvx2)) GTEST_SKIP() << "no AVX2/FMA/F16C";
+  const int64_t rows = 8, tokens = 2, n = 128;
+  for (const Interleaved& f : kFormats) {
+    for (const int8_t extreme : {int8_t{127}, int8_t{-127}}) {
+      Bytes w(QuantRowBytes(f.type, n) * rows, 0xFF);
+      for (size_t p = 0; p < w.size(); p += QuantBlockBytes(f.type)) {
+        const uint16_t one = 0x3C00;
+        std::memcpy(&w[p], &one, 2);
+        if (HasMin(f.type)) std::memcpy(&w[p + 2], &one, 2);
+      }
+      std::vector<BlockQ8_0> a(tokens * n / 32);
+      for (BlockQ8_0& b : a) {
+        b.d = 0x3C00;
+        std::fill(std::begin(b.qs), std::end(b.qs), extreme);
+      }
+      const size_t a_stride = QuantRowBytes(WeightFormat::kQ8_0, n);
+      const Bytes a_bytes(reinterpret_cast<const uint8_t*>(a.data()),
+                          reinterpret_cast<const uint8_t*>(a.data() + a.size()));
+      const auto terms = Terms(a_bytes, tokens, n);
+      const Bytes packed = Repack(f, w, rows, n);
+      std::vector<float> want(rows * tokens), got(rows * tokens);
+      f.dots(packed.data(), rows, a.data(), a_stride, terms.data(), tokens, n, want.data(), rows);
+      for (int level = 0; level < 3; ++level) {
+        if (!CpuHasSimdLevel(kVectorLevels[level])) continue;
+        f.fast[level](packed.data(), rows, a.data(), a_stride, terms.data(), tokens, n, got.data(),
+                      rows);
+        for (size_t i = 0; i < got.size(); ++i) {
+          ASSERT_EQ(std::bit_cast<uint32_t>(got[i]), std::bit_cast<uint32_t>(want[i]))
+              << SimdLevelName(kVectorLevels[level]) << " " << WeightFormatName(f.type) << " "
+              << int{extreme} << " output " << i;
+        }
+      }
+      if (!FusesTheBlockTerm(f.type)) {
+        EXPECT_EQ(want[0], f.row_dot(w.data(), a.data(), n));
+      }
+    }
+  }
+}
+
 // MatMul over the interleaved layout against the row-major layout: the same activation
 // quantization, per block only the fma instead of mul + add, so within twice the Dot bound.
 TEST(WeightLayout, MatMulOverInterleavedLayoutMatchesRowLayout) {
@@ -227,6 +322,10 @@ TEST(WeightLayout, MatMulOverInterleavedLayoutMatchesRowLayout) {
         // over (blocks + 2) * 2^-24 * sum |terms|.
         ASSERT_NEAR(got[i], want[i], 1e-4 * (1.0 + std::fabs(want[i])))
             << WeightFormatName(f.type) << " tokens=" << tokens << " at " << i;
+        if (!FusesTheBlockTerm(f.type)) {
+          ASSERT_EQ(std::bit_cast<uint32_t>(got[i]), std::bit_cast<uint32_t>(want[i]))
+              << WeightFormatName(f.type) << " tokens=" << tokens << " at " << i;
+        }
       }
     }
     std::vector<float> row(n), stored(n);
@@ -236,7 +335,7 @@ TEST(WeightLayout, MatMulOverInterleavedLayoutMatchesRowLayout) {
   }
 }
 
-// Q4_K and Q6_K are interleaved at every SIMD level (BlockQ4_Kx8, BlockQ6_Kx8; their own tests
+// The K-quants are interleaved at every SIMD level (BlockQ2_Kx8 ... BlockQ6_Kx8; their own tests
 // are in quant_interleaved_k_test.cpp), with MatMul's bits unchanged.
 TEST(WeightLayout, KQuantsAreInterleavedWithTheSameMatMulBits) {
   std::mt19937 rng(10);
@@ -245,8 +344,9 @@ TEST(WeightLayout, KQuantsAreInterleavedWithTheSameMatMulBits) {
   std::vector<float> x(tokens * n), weights(rows * n);
   for (float& v : x) v = normal(rng);
   for (float& v : weights) v = normal(rng);
-  for (const auto& [format, type] : {std::pair{WeightFormat::kQ4_K, WeightFormat::kQ4_K},
-                                     std::pair{WeightFormat::kQ6_K, WeightFormat::kQ6_K}}) {
+  for (const WeightFormat format : {WeightFormat::kQ2_K, WeightFormat::kQ3_K, WeightFormat::kQ4_K,
+                                    WeightFormat::kQ5_K, WeightFormat::kQ6_K}) {
+    const WeightFormat type = format;
     const size_t row_bytes = QuantRowBytes(type, n);
     Bytes w(row_bytes * rows);
     for (int64_t r = 0; r < rows; ++r) QuantizeRow(type, &weights[r * n], n, &w[r * row_bytes]);

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <type_traits>
 
 #include "quant/quant.h"
 
@@ -25,6 +26,41 @@ template <>
 struct Source<BlockQ8_0x8> {
   using Block = BlockQ8_0;
   static constexpr WeightFormat kType = WeightFormat::kQ8_0;
+};
+template <>
+struct Source<BlockQ4_1x8> {
+  using Block = BlockQ4_1;
+  static constexpr WeightFormat kType = WeightFormat::kQ4_1;
+};
+template <>
+struct Source<BlockQ5_0x8> {
+  using Block = BlockQ5_0;
+  static constexpr WeightFormat kType = WeightFormat::kQ5_0;
+};
+template <>
+struct Source<BlockQ5_1x8> {
+  using Block = BlockQ5_1;
+  static constexpr WeightFormat kType = WeightFormat::kQ5_1;
+};
+
+// What the 32-value layouts other than Q4_0 and Q8_0 add: mins (Q4_1, Q5_1), fifth bits (Q5_0,
+// Q5_1).
+template <typename Interleaved>
+constexpr bool kHasMins =
+    std::is_same_v<Interleaved, BlockQ4_1x8> || std::is_same_v<Interleaved, BlockQ5_1x8>;
+template <typename Interleaved>
+constexpr bool kHasFifthBits =
+    std::is_same_v<Interleaved, BlockQ5_0x8> || std::is_same_v<Interleaved, BlockQ5_1x8>;
+
+template <>
+struct Source<BlockQ2_Kx8> {
+  using Block = BlockQ2_K;
+  static constexpr WeightFormat kType = WeightFormat::kQ2_K;
+};
+template <>
+struct Source<BlockQ3_Kx8> {
+  using Block = BlockQ3_K;
+  static constexpr WeightFormat kType = WeightFormat::kQ3_K;
 };
 template <>
 struct Source<BlockQ4_Kx8> {

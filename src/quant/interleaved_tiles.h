@@ -224,6 +224,115 @@ STARLING_AVX2 inline void BlockSums(const BlockQ8_0x8& x, const BlockQ8_0* const
 }
 #endif  // STARLING_TILE_VNNI
 
+// ---- Q4_1, Q5_0, Q5_1: Q4_0's nibbles, with the fifth bits or-ed in (Q5_0, Q5_1), unsigned;
+// Q5_0's offset (q - 16) is twice Q4_0's, Q4_1 and Q5_1 have none (their mins are a float term).
+template <typename Interleaved>
+constexpr int kOffsetTimes = std::is_same_v<Interleaved, BlockQ5_0x8> ? 2 : 0;
+
+// Chunk j's unsigned quants from its packed nibbles: lo (values 4j..4j+3 of each row), hi
+// (16 + 4j..); the fifth bits j and 4 + j of the row's qh bytes moved to bit 4 (the 16-bit
+// shifts bring in only bits that the masks drop).
+template <typename Interleaved, typename Vec>
+STARLING_AVX2 inline void SmallChunkQuants(Vec packed, Vec qh, Vec qh_shifted, Vec* lo, Vec* hi) {
+  if constexpr (sizeof(Vec) == 32) {
+    const __m256i low4 = _mm256_set1_epi8(0x0F);
+    *lo = _mm256_and_si256(packed, low4);
+    *hi = _mm256_and_si256(_mm256_srli_epi16(packed, 4), low4);
+    if constexpr (interleaved::kHasFifthBits<Interleaved>) {
+      const __m256i bit4 = _mm256_set1_epi8(0x10);
+      *lo = _mm256_or_si256(*lo, _mm256_and_si256(qh, bit4));
+      *hi = _mm256_or_si256(*hi, _mm256_and_si256(qh_shifted, bit4));
+    }
+  }
+#if STARLING_TILE_ZMM
+  if constexpr (sizeof(Vec) == 64) {
+    const __m512i low4 = _mm512_set1_epi8(0x0F);
+    *lo = _mm512_and_si512(packed, low4);
+    *hi = _mm512_and_si512(_mm512_srli_epi16(packed, 4), low4);
+    if constexpr (interleaved::kHasFifthBits<Interleaved>) {
+      const __m512i bit4 = _mm512_set1_epi8(0x10);
+      *lo = _mm512_or_si512(*lo, _mm512_and_si512(qh, bit4));
+      *hi = _mm512_or_si512(*hi, _mm512_and_si512(qh_shifted, bit4));
+    }
+  }
+#endif
+}
+
+template <int kTokens, typename Interleaved>
+STARLING_AVX2 inline void SmallBlockSums(const Interleaved& x, const BlockQ8_0* const* y, int64_t b,
+                                         const Q8_0BlockTerms* const* y_terms, __m256i* sumi) {
+  [[maybe_unused]] __m256i qh = _mm256_setzero_si256();
+  if constexpr (interleaved::kHasFifthBits<Interleaved>) {
+    qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.qh));
+  }
+#if STARLING_TILE_ZMM
+  // Chunk pairs as in Q4_0's block sums (row r in lanes 2r: chunk j, 2r + 1: chunk j + 1): the
+  // row's qh word in both lanes, shifted by j and j + 1 (16-bit lanes, variable counts).
+  const __m512i both_lanes = _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
+  const __m512i qh_wide = _mm512_permutexvar_epi32(both_lanes, _mm512_castsi256_si512(qh));
+  const __m512i next = _mm512_set1_epi64(0x0001000100000000);  // +1 in the odd lanes
+  __m512i wide[kTokens];
+  for (auto& v : wide) v = _mm512_setzero_si512();
+#pragma GCC unroll 1
+  for (int j = 0; j < 4; j += 2) {
+    const __m512i count = _mm512_add_epi16(next, _mm512_set1_epi16(static_cast<int16_t>(j)));
+    // bit j -> 4 (low nibble's), bit 4 + j -> 4 (high nibble's)
+    const __m512i at_j = _mm512_srlv_epi16(qh_wide, count);
+    __m512i lo, hi;
+    SmallChunkQuants<Interleaved>(PairChunks(x.qs + 32 * j), _mm512_slli_epi16(at_j, 4), at_j, &lo,
+                                  &hi);
+    for (int t = 0; t < kTokens; ++t) {
+      wide[t] = _mm512_dpbusd_epi32(wide[t], lo, BroadcastWordPair(y[t][b].qs + 4 * j));
+      wide[t] = _mm512_dpbusd_epi32(wide[t], hi, BroadcastWordPair(y[t][b].qs + 16 + 4 * j));
+    }
+  }
+  for (int t = 0; t < kTokens; ++t) {
+    sumi[t] = _mm256_add_epi32(AddLanePairs(wide[t]),
+                               _mm256_set1_epi32(kOffsetTimes<Interleaved> * y_terms[t][b].offset));
+  }
+#else
+#if STARLING_TILE_VNNI
+  for (int t = 0; t < kTokens; ++t) {
+    sumi[t] = _mm256_set1_epi32(kOffsetTimes<Interleaved> * y_terms[t][b].offset);
+  }
+#else
+  const __m256i ones = _mm256_set1_epi16(1);
+  __m256i sums[kTokens];  // int16 pair sums
+  for (int t = 0; t < kTokens; ++t) {
+    sums[t] = _mm256_setzero_si256();
+    sumi[t] = _mm256_set1_epi32(kOffsetTimes<Interleaved> * y_terms[t][b].offset);
+  }
+#endif
+#pragma GCC unroll 1
+  for (int j = 0; j < 4; ++j) {
+    const __m256i at_j = _mm256_srl_epi16(qh, _mm_cvtsi32_si128(j));
+    __m256i lo, hi;
+    SmallChunkQuants<Interleaved>(
+        _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.qs + 32 * j)),
+        _mm256_slli_epi16(at_j, 4), at_j, &lo, &hi);
+    for (int t = 0; t < kTokens; ++t) {
+      int32_t a_lo, a_hi;  // activation values 4j..4j+3 and 16+4j..16+4j+3
+      std::memcpy(&a_lo, y[t][b].qs + 4 * j, 4);
+      std::memcpy(&a_hi, y[t][b].qs + 16 + 4 * j, 4);
+#if STARLING_TILE_VNNI
+      sumi[t] = STARLING_TILE_DPBUSD(sumi[t], lo, _mm256_set1_epi32(a_lo));
+      sumi[t] = STARLING_TILE_DPBUSD(sumi[t], hi, _mm256_set1_epi32(a_hi));
+#else
+      // u4 (u5) x s8 pair sums: |.| <= 2 * 31 * 128 = 7936; four of them fit int16, so the
+      // sums are widened every second chunk (u4: once, after eight).
+      sums[t] = _mm256_add_epi16(
+          sums[t], _mm256_add_epi16(_mm256_maddubs_epi16(lo, _mm256_set1_epi32(a_lo)),
+                                    _mm256_maddubs_epi16(hi, _mm256_set1_epi32(a_hi))));
+      if (j == 3 || (interleaved::kHasFifthBits<Interleaved> && j == 1)) {
+        sumi[t] = _mm256_add_epi32(sumi[t], _mm256_madd_epi16(sums[t], ones));
+        sums[t] = _mm256_setzero_si256();
+      }
+#endif
+    }
+  }
+#endif  // STARLING_TILE_ZMM
+}
+
 // stream: the weights come from memory (generation: one tile of tokens per group), so the
 // lines ahead are prefetched.
 template <typename Interleaved, int kTokens>
@@ -240,11 +349,29 @@ STARLING_AVX2 void Tile(const Interleaved* x, int64_t blocks, const char* a, siz
   for (int64_t b = 0; b < blocks; ++b) {
     if (stream) interleaved::PrefetchLines(x + b, interleaved::kPrefetchBytes);
     __m256i sumi[kTokens];
-    BlockSums<kTokens>(x[b], y, b, y_terms, sumi);
+    constexpr bool kQ4_0OrQ8_0 =
+        std::is_same_v<Interleaved, BlockQ4_0x8> || std::is_same_v<Interleaved, BlockQ8_0x8>;
+    if constexpr (kQ4_0OrQ8_0) {
+      BlockSums<kTokens>(x[b], y, b, y_terms, sumi);
+    } else {
+      SmallBlockSums<kTokens>(x[b], y, b, y_terms, sumi);
+    }
     const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x[b].d)));
     for (int t = 0; t < kTokens; ++t) {
-      const __m256 scale = _mm256_mul_ps(dw, _mm256_set1_ps(y_terms[t][b].d));
-      acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sumi[t]), scale, acc[t]);
+      const __m256 da = _mm256_set1_ps(y_terms[t][b].d);
+      const __m256 scale = _mm256_mul_ps(dw, da);
+      if constexpr (kQ4_0OrQ8_0) {
+        acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sumi[t]), scale, acc[t]);
+      } else {  // DotQ4_1Q8_0's ...: sum += sumi * (d da) [+ suma * (m da)], no fma
+        acc[t] = _mm256_add_ps(acc[t], _mm256_mul_ps(_mm256_cvtepi32_ps(sumi[t]), scale));
+        if constexpr (interleaved::kHasMins<Interleaved>) {
+          const __m256 mw =
+              _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x[b].m)));
+          // the activations' sum: the offset term is -8 times it
+          const __m256 suma = _mm256_set1_ps(static_cast<float>(-y_terms[t][b].offset / 8));
+          acc[t] = _mm256_add_ps(acc[t], _mm256_mul_ps(suma, _mm256_mul_ps(mw, da)));
+        }
+      }
     }
   }
   for (int t = 0; t < kTokens; ++t) out[t] = acc[t];
@@ -501,22 +628,127 @@ STARLING_AVX2 void TileScaleMin(const ScaleMinBlock* x, int64_t blocks, const Bl
   for (int t = 0; t < kTokens; ++t) out[t] = acc[t];
 }
 
-// Q6_K per block and token: 64 maddubs, added in int16 two at a time, 32 madds with the
-// sub-blocks' scales, and 8 madds of the scales with the bsums for the -32 offset; the 6-bit
-// quants and scales are unpacked once per block for all tokens.
-template <int kTokens>
-STARLING_AVX2 void TileQ6_K(const BlockQ6_Kx8* x, int64_t blocks, const BlockQ8_K* const* y,
-                            __m256* out) {
+// ---- Q6_K, Q3_K and Q2_K: sixteen 16-value sub-blocks of unsigned quants, one int8 scale each
+// (Q6_K's order: row r's sub-blocks 2s and 2s + 1 at entries 16s + 2r, 16s + 2r + 1), and an
+// offset (Q6_K: -32, Q3_K: -4) or Q2_K's mins.
+template <typename Block>
+struct Sixteen;
+template <>
+struct Sixteen<BlockQ6_Kx8> {
+  static constexpr int kOffsetShift = 5;  // q - 32
+  static constexpr bool kMins = false;
+};
+template <>
+struct Sixteen<BlockQ3_Kx8> {
+  static constexpr int kOffsetShift = 2;  // q - 4
+  static constexpr bool kMins = false;
+};
+template <>
+struct Sixteen<BlockQ2_Kx8> {
+  static constexpr int kOffsetShift = 0;
+  static constexpr bool kMins = true;
+};
+
+// The block's 128 int8 scales (and Q2_K's mins), in the entry order above: Q6_K's as stored,
+// the others decoded into sc (and m) once per block.
+STARLING_AVX2 inline const int8_t* BlockScales(const BlockQ6_Kx8& xb, int8_t*, int8_t*) {
+  return xb.scales;
+}
+STARLING_AVX2 inline const int8_t* BlockScales(const BlockQ3_Kx8& xb, int8_t* sc, int8_t*) {
+  const __m256i low4 = _mm256_set1_epi8(0x0F);
+  const __m256i low2 = _mm256_set1_epi8(0x03);
+  const __m256i lo0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb.scales_low));
+  const __m256i lo1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb.scales_low + 32));
+  const __m256i hi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb.scales_high));
+  // Entries 32c..32c+31: low four bits, and bits 2c, 2c + 1 of scales_high moved to bits 4-5
+  // (the 16-bit shifts bring in only bits that the masks drop).
+  const __m256i low[4] = {_mm256_and_si256(lo0, low4), _mm256_and_si256(lo1, low4),
+                          _mm256_and_si256(_mm256_srli_epi16(lo0, 4), low4),
+                          _mm256_and_si256(_mm256_srli_epi16(lo1, 4), low4)};
+#pragma GCC unroll 4
+  for (int c = 0; c < 4; ++c) {
+    const __m256i high = _mm256_and_si256(_mm256_srli_epi16(hi, 2 * c), low2);
+    const __m256i stored = _mm256_or_si256(low[c], _mm256_slli_epi16(high, 4));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(sc + 32 * c),
+                        _mm256_sub_epi8(stored, _mm256_set1_epi8(32)));
+  }
+  return sc;
+}
+STARLING_AVX2 inline const int8_t* BlockScales(const BlockQ2_Kx8& xb, int8_t* sc, int8_t* m) {
+  const __m256i low4 = _mm256_set1_epi8(0x0F);
+#pragma GCC unroll 4
+  for (int c = 0; c < 4; ++c) {
+    const __m256i both = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb.scales + 32 * c));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(sc + 32 * c), _mm256_and_si256(both, low4));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(m + 32 * c),
+                        _mm256_and_si256(_mm256_srli_epi16(both, 4), low4));
+  }
+  return sc;
+}
+
+// Sub-block k's quants: q[p] holds quad p (values 16k + 4p + 0..3) of the 8 rows, unsigned.
+// (The 16-bit shifts bring in only bits that the masks drop.)
+STARLING_AVX2 inline void SubBlockQuads(const BlockQ6_Kx8& xb, int k, __m256i* q) {
   const __m256i low4 = _mm256_set1_epi8(0x0F);
   const __m256i high2 = _mm256_set1_epi8(0x30);
+  const auto* ql = reinterpret_cast<const __m256i*>(xb.ql + 64 * k);
+  const __m256i ql0 = _mm256_loadu_si256(ql);
+  const __m256i ql1 = _mm256_loadu_si256(ql + 1);
+  const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb.qh + 32 * k));
+  // The nibble, and qh bits 2p, 2p + 1 moved to bits 4-5.
+  q[0] = _mm256_or_si256(_mm256_and_si256(ql0, low4),
+                         _mm256_and_si256(_mm256_slli_epi16(qh, 4), high2));
+  q[1] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), low4),
+                         _mm256_and_si256(_mm256_slli_epi16(qh, 2), high2));
+  q[2] = _mm256_or_si256(_mm256_and_si256(ql1, low4), _mm256_and_si256(qh, high2));
+  q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), low4),
+                         _mm256_and_si256(_mm256_srli_epi16(qh, 2), high2));
+}
+// Bits 2p, 2p + 1 of the ql chunk (Q2_K's quants, Q3_K's low bits).
+template <typename TwoBitBlock>
+STARLING_AVX2 inline void TwoBitQuads(const TwoBitBlock& xb, int k, __m256i* q) {
+  const __m256i low2 = _mm256_set1_epi8(0x03);
+  const __m256i ql = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb.ql + 32 * k));
+  q[0] = _mm256_and_si256(ql, low2);
+  q[1] = _mm256_and_si256(_mm256_srli_epi16(ql, 2), low2);
+  q[2] = _mm256_and_si256(_mm256_srli_epi16(ql, 4), low2);
+  q[3] = _mm256_and_si256(_mm256_srli_epi16(ql, 6), low2);
+}
+STARLING_AVX2 inline void SubBlockQuads(const BlockQ2_Kx8& xb, int k, __m256i* q) {
+  TwoBitQuads(xb, k, q);
+}
+STARLING_AVX2 inline void SubBlockQuads(const BlockQ3_Kx8& xb, int k, __m256i* q) {
+  TwoBitQuads(xb, k, q);
+  // Bit 4 (k % 2) + p of the qh chunk k / 2, moved to bit 2.
+  const __m256i bit2 = _mm256_set1_epi8(0x04);
+  __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb.qh + 32 * (k / 2)));
+  if (k % 2 == 1) qh = _mm256_srli_epi16(qh, 4);
+  q[0] = _mm256_or_si256(q[0], _mm256_and_si256(_mm256_slli_epi16(qh, 2), bit2));
+  q[1] = _mm256_or_si256(q[1], _mm256_and_si256(_mm256_slli_epi16(qh, 1), bit2));
+  q[2] = _mm256_or_si256(q[2], _mm256_and_si256(qh, bit2));
+  q[3] = _mm256_or_si256(q[3], _mm256_and_si256(_mm256_srli_epi16(qh, 1), bit2));
+}
+
+// Per block and token: 64 maddubs, added in int16 two at a time, 32 madds with the sub-blocks'
+// scales, and 8 madds of the scales (Q2_K: the mins) with the bsums; the quants and scales are
+// unpacked once per block for all tokens.
+template <typename Block, int kTokens>
+STARLING_AVX2 void TileSixteen(const Block* x, int64_t blocks, const BlockQ8_K* const* y,
+                               __m256* out) {
+  using Traits = Sixteen<Block>;
+  // The block's lines over its 16 steps (Q6_K: 27 lines, Q3_K: 14, Q2_K: 11).
+  constexpr int kLinesPerStep = (sizeof(Block) / 64 + 16) / 16;
   // Shuffles of a row's int16 scale pair (sc[2s], sc[2s + 1]): the first into both int16
   // lanes, the second into both.
   [[maybe_unused]] const __m256i first = WithinRows(0, 1, 0, 1);
   [[maybe_unused]] const __m256i second = WithinRows(2, 3, 2, 3);
+  alignas(32) int8_t decoded_scales[128];
+  alignas(32) int8_t decoded_mins[128];
   __m256 acc[kTokens];
   for (auto& v : acc) v = _mm256_setzero_ps();
   for (int64_t b = 0; b < blocks; ++b) {
-    const BlockQ6_Kx8& xb = x[b];
+    const Block& xb = x[b];
+    const int8_t* scales = BlockScales(xb, decoded_scales, decoded_mins);
     __m256i sumi[kTokens];
     for (auto& v : sumi) v = _mm256_setzero_si256();
 #if STARLING_TILE_ZMM
@@ -530,9 +762,9 @@ STARLING_AVX2 void TileQ6_K(const BlockQ6_Kx8* x, int64_t blocks, const BlockQ8_
 #endif
 #pragma GCC unroll 1
     for (int k = 0; k < 16; ++k) {
-      PrefetchAhead(xb, 2 * k, 2);  // 32 lines: the block's 27
+      PrefetchAhead(xb, kLinesPerStep * k, kLinesPerStep);
       const __m256i pair = _mm256_cvtepi8_epi16(
-          _mm_loadu_si128(reinterpret_cast<const __m128i*>(xb.scales + 16 * (k / 2))));
+          _mm_loadu_si128(reinterpret_cast<const __m128i*>(scales + 16 * (k / 2))));
 #if STARLING_TILE_VNNI
       // Sub-block k's int8 scale, sign-extended into each row's int32 lane.
       const __m256i scale = k % 2 == 0 ? _mm256_srai_epi32(_mm256_slli_epi32(pair, 16), 16)
@@ -540,24 +772,13 @@ STARLING_AVX2 void TileQ6_K(const BlockQ6_Kx8* x, int64_t blocks, const BlockQ8_
 #else
       const __m256i scale = _mm256_shuffle_epi8(pair, k % 2 == 0 ? first : second);
 #endif
-      const auto* ql = reinterpret_cast<const __m256i*>(xb.ql + 64 * k);
-      const __m256i ql0 = _mm256_loadu_si256(ql);
-      const __m256i ql1 = _mm256_loadu_si256(ql + 1);
-      const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb.qh + 32 * k));
-      // Quads p = 0..3 of the sub-block: the nibble, and qh bits 2p, 2p + 1 moved to bits 4-5
-      // (the 16-bit shifts bring in only bits that the masks drop).
-      const __m256i q0 = _mm256_or_si256(_mm256_and_si256(ql0, low4),
-                                         _mm256_and_si256(_mm256_slli_epi16(qh, 4), high2));
-      const __m256i q1 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), low4),
-                                         _mm256_and_si256(_mm256_slli_epi16(qh, 2), high2));
-      const __m256i q2 = _mm256_or_si256(_mm256_and_si256(ql1, low4), _mm256_and_si256(qh, high2));
-      const __m256i q3 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), low4),
-                                         _mm256_and_si256(_mm256_srli_epi16(qh, 2), high2));
+      __m256i q[4];
+      SubBlockQuads(xb, k, q);
 #if STARLING_TILE_ZMM
-      const __m512i q01 = _mm512_permutex2var_epi32(_mm512_castsi256_si512(q0), q_then_next,
-                                                    _mm512_castsi256_si512(q1));
-      const __m512i q23 = _mm512_permutex2var_epi32(_mm512_castsi256_si512(q2), q_then_next,
-                                                    _mm512_castsi256_si512(q3));
+      const __m512i q01 = _mm512_permutex2var_epi32(_mm512_castsi256_si512(q[0]), q_then_next,
+                                                    _mm512_castsi256_si512(q[1]));
+      const __m512i q23 = _mm512_permutex2var_epi32(_mm512_castsi256_si512(q[2]), q_then_next,
+                                                    _mm512_castsi256_si512(q[3]));
       const __m512i scale_wide =
           _mm512_permutexvar_epi32(both_lanes, _mm512_castsi256_si512(scale));
 #pragma GCC unroll 8
@@ -575,18 +796,18 @@ STARLING_AVX2 void TileQ6_K(const BlockQ6_Kx8* x, int64_t blocks, const BlockQ8_
 #if STARLING_TILE_VNNI
         // Four u6 x s8 products per int32 lane, 16 per sub-block (|.| <= 16 * 63 * 128), times
         // the scale: exact int32 lanes.
-        __m256i part = STARLING_TILE_DPBUSD(_mm256_setzero_si256(), q0, Broadcast4(qa));
-        part = STARLING_TILE_DPBUSD(part, q1, Broadcast4(qa + 4));
-        part = STARLING_TILE_DPBUSD(part, q2, Broadcast4(qa + 8));
-        part = STARLING_TILE_DPBUSD(part, q3, Broadcast4(qa + 12));
+        __m256i part = STARLING_TILE_DPBUSD(_mm256_setzero_si256(), q[0], Broadcast4(qa));
+        part = STARLING_TILE_DPBUSD(part, q[1], Broadcast4(qa + 4));
+        part = STARLING_TILE_DPBUSD(part, q[2], Broadcast4(qa + 8));
+        part = STARLING_TILE_DPBUSD(part, q[3], Broadcast4(qa + 12));
         sumi[t] = _mm256_add_epi32(sumi[t], _mm256_mullo_epi32(part, scale));
 #else
         // u6 x s8 pairs: |.| <= 2 * 63 * 128 = 16128; two of them <= 32256: no int16
         // saturation or wrap. Times the int8 scale in madd: exact int32 lanes.
-        const __m256i s01 = _mm256_add_epi16(_mm256_maddubs_epi16(q0, Broadcast4(qa)),
-                                             _mm256_maddubs_epi16(q1, Broadcast4(qa + 4)));
-        const __m256i s23 = _mm256_add_epi16(_mm256_maddubs_epi16(q2, Broadcast4(qa + 8)),
-                                             _mm256_maddubs_epi16(q3, Broadcast4(qa + 12)));
+        const __m256i s01 = _mm256_add_epi16(_mm256_maddubs_epi16(q[0], Broadcast4(qa)),
+                                             _mm256_maddubs_epi16(q[1], Broadcast4(qa + 4)));
+        const __m256i s23 = _mm256_add_epi16(_mm256_maddubs_epi16(q[2], Broadcast4(qa + 8)),
+                                             _mm256_maddubs_epi16(q[3], Broadcast4(qa + 12)));
         sumi[t] = _mm256_add_epi32(sumi[t], _mm256_add_epi32(_mm256_madd_epi16(s01, scale),
                                                              _mm256_madd_epi16(s23, scale)));
 #endif
@@ -597,28 +818,37 @@ STARLING_AVX2 void TileQ6_K(const BlockQ6_Kx8* x, int64_t blocks, const BlockQ8_
 #if STARLING_TILE_ZMM
     for (int t = 0; t < kTokens; ++t) sumi[t] = AddLanePairs(sum_wide[t]);
 #endif
-    // sum sc (q - 32) qa = sum sc q qa - 32 sum_k sc[k] bsums[k]: the scale pairs against
-    // bsums words (|.| <= 16 * 128 * 2048 = 2^22, times 32 <= 2^27: exact).
-    __m256i offset[kTokens];
-    for (auto& v : offset) v = _mm256_setzero_si256();
+    // Q6_K, Q3_K: sum sc (q - 2^shift) qa = sum sc q qa - 2^shift sum_k sc[k] bsums[k]; Q2_K:
+    // summ = sum_k m[k] bsums[k]. The pairs against bsums words (|.| <= 16 * 128 * 2048 =
+    // 2^22, times 32 <= 2^27: exact).
+    const int8_t* weights = Traits::kMins ? decoded_mins : scales;
+    __m256i bsum_term[kTokens];
+    for (auto& v : bsum_term) v = _mm256_setzero_si256();
     for (int s = 0; s < 8; ++s) {
-      const __m256i pair = _mm256_cvtepi8_epi16(
-          _mm_loadu_si128(reinterpret_cast<const __m128i*>(xb.scales + 16 * s)));
+      const __m256i pair =
+          _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(weights + 16 * s)));
       for (int t = 0; t < kTokens; ++t) {
         int32_t bsum_pair;
         std::memcpy(&bsum_pair, y[t][b].bsums + 2 * s, 4);
-        offset[t] =
-            _mm256_add_epi32(offset[t], _mm256_madd_epi16(pair, _mm256_set1_epi32(bsum_pair)));
+        bsum_term[t] =
+            _mm256_add_epi32(bsum_term[t], _mm256_madd_epi16(pair, _mm256_set1_epi32(bsum_pair)));
       }
     }
-    for (int t = 0; t < kTokens; ++t) {
-      sumi[t] = _mm256_sub_epi32(sumi[t], _mm256_slli_epi32(offset[t], 5));
-    }
-    // DotQ6_KQ8_K's float operations.
+    // The row-major dot product's float operations (DotQ6_KQ8_K, DotQ3_KQ8_K: one fma;
+    // DotQ2_KQ8_K: AddScaleMinBlock).
     const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(xb.d)));
     for (int t = 0; t < kTokens; ++t) {
-      acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(dw, ActivationScale(y[t][b])),
-                               _mm256_cvtepi32_ps(sumi[t]), acc[t]);
+      const __m256 da = ActivationScale(y[t][b]);
+      if constexpr (Traits::kMins) {
+        const __m256 dminw =
+            _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(xb.dmin)));
+        acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(dw, da), _mm256_cvtepi32_ps(sumi[t]), acc[t]);
+        acc[t] =
+            _mm256_fnmadd_ps(_mm256_mul_ps(dminw, da), _mm256_cvtepi32_ps(bsum_term[t]), acc[t]);
+      } else {
+        sumi[t] = _mm256_sub_epi32(sumi[t], _mm256_slli_epi32(bsum_term[t], Traits::kOffsetShift));
+        acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(dw, da), _mm256_cvtepi32_ps(sumi[t]), acc[t]);
+      }
     }
   }
   for (int t = 0; t < kTokens; ++t) out[t] = acc[t];
@@ -635,10 +865,11 @@ constexpr int kTileTokens = 8;
 template <typename Interleaved, int kTokens>
 STARLING_AVX2 void KQuantTile(const Interleaved* x, int64_t blocks, const BlockQ8_K* const* y,
                               __m256* out) {
-  if constexpr (std::is_same_v<Interleaved, BlockQ6_Kx8>) {
-    TileQ6_K<kTokens>(x, blocks, y, out);
-  } else {
+  if constexpr (std::is_same_v<Interleaved, BlockQ4_Kx8> ||
+                std::is_same_v<Interleaved, BlockQ5_Kx8>) {
     TileScaleMin<Interleaved, kTokens>(x, blocks, y, out);
+  } else {
+    TileSixteen<Interleaved, kTokens>(x, blocks, y, out);
   }
 }
 
@@ -693,6 +924,30 @@ void STARLING_TILE_NAME(DotsQ8_0x8Q8_0)(const void* w, int64_t rows, const void*
   DotsInterleavedAvx2<BlockQ8_0x8>(w, rows, a, a_stride, terms, tokens, n, out, out_stride);
 }
 
+void STARLING_TILE_NAME(DotsQ4_1x8Q8_0)(const void* w, int64_t rows, const void* a, size_t a_stride,
+                                        const Q8_0BlockTerms* terms, int64_t tokens, int64_t n,
+                                        float* out, int64_t out_stride) {
+  DotsInterleavedAvx2<BlockQ4_1x8>(w, rows, a, a_stride, terms, tokens, n, out, out_stride);
+}
+void STARLING_TILE_NAME(DotsQ5_0x8Q8_0)(const void* w, int64_t rows, const void* a, size_t a_stride,
+                                        const Q8_0BlockTerms* terms, int64_t tokens, int64_t n,
+                                        float* out, int64_t out_stride) {
+  DotsInterleavedAvx2<BlockQ5_0x8>(w, rows, a, a_stride, terms, tokens, n, out, out_stride);
+}
+void STARLING_TILE_NAME(DotsQ5_1x8Q8_0)(const void* w, int64_t rows, const void* a, size_t a_stride,
+                                        const Q8_0BlockTerms* terms, int64_t tokens, int64_t n,
+                                        float* out, int64_t out_stride) {
+  DotsInterleavedAvx2<BlockQ5_1x8>(w, rows, a, a_stride, terms, tokens, n, out, out_stride);
+}
+
+void STARLING_TILE_NAME(DotsQ2_Kx8Q8_K)(const void* w, int64_t rows, const void* a, size_t a_stride,
+                                        int64_t tokens, int64_t n, float* out, int64_t out_stride) {
+  DotsKQuantInterleaved<BlockQ2_Kx8>(w, rows, a, a_stride, tokens, n, out, out_stride);
+}
+void STARLING_TILE_NAME(DotsQ3_Kx8Q8_K)(const void* w, int64_t rows, const void* a, size_t a_stride,
+                                        int64_t tokens, int64_t n, float* out, int64_t out_stride) {
+  DotsKQuantInterleaved<BlockQ3_Kx8>(w, rows, a, a_stride, tokens, n, out, out_stride);
+}
 void STARLING_TILE_NAME(DotsQ4_Kx8Q8_K)(const void* w, int64_t rows, const void* a, size_t a_stride,
                                         int64_t tokens, int64_t n, float* out, int64_t out_stride) {
   DotsKQuantInterleaved<BlockQ4_Kx8>(w, rows, a, a_stride, tokens, n, out, out_stride);

@@ -254,7 +254,8 @@ void DotsQ4_KQ8_K_Avx2(const void* w, size_t w_stride, int64_t rows, const void*
 void DotsQ6_KQ8_K_Avx2(const void* w, size_t w_stride, int64_t rows, const void* a, size_t a_stride,
                        int64_t tokens, int64_t n, float* out, int64_t out_stride);
 
-// ---- Q4_0 and Q8_0 weights interleaved eight rows at a time (quant_interleaved.cpp), the
+// ---- Q4_0, Q8_0 (and Q4_1, Q5_0, Q5_1 below) weights interleaved eight rows at a time
+// (quant_interleaved.cpp), the
 // layouts the matmul copies these matrices into at load. With eight rows side by side, one
 // 256-bit register holds four quants of each of eight rows, an activation word is broadcast
 // against it, and the products land in lanes that each belong to one row: a Q4_0 block of
@@ -274,17 +275,46 @@ struct BlockQ8_0x8 {
   uint16_t d[8];
   int8_t qs[256];  // 8 chunks
 };
+// Q4_1, Q5_0, Q5_1: Q4_0's layout (d, and the nibbles in 4 chunks) plus, where the format has
+// them, row r's fp16 min in m[r] and its fifth bits in qh bytes 4r..4r+3: byte 4r + i has at
+// bit j the fifth bit of value 4j + i (chunk j's low nibble), at bit 4 + j that of value
+// 16 + 4j + i (its high nibble).
+struct BlockQ4_1x8 {
+  uint16_t d[8];
+  uint16_t m[8];
+  uint8_t qs[128];
+};
+struct BlockQ5_0x8 {
+  uint16_t d[8];
+  uint8_t qh[32];
+  uint8_t qs[128];
+};
+struct BlockQ5_1x8 {
+  uint16_t d[8];
+  uint16_t m[8];
+  uint8_t qh[32];
+  uint8_t qs[128];
+};
 static_assert(sizeof(BlockQ4_0x8) == 8 * sizeof(BlockQ4_0));
 static_assert(sizeof(BlockQ8_0x8) == 8 * sizeof(BlockQ8_0));
+static_assert(sizeof(BlockQ4_1x8) == 8 * sizeof(BlockQ4_1));
+static_assert(sizeof(BlockQ5_0x8) == 8 * sizeof(BlockQ5_0));
+static_assert(sizeof(BlockQ5_1x8) == 8 * sizeof(BlockQ5_1));
 
 // Interleaved blocks of a [rows, n] matrix: ceil(rows / 8) * (n / 32).
 int64_t InterleavedBlockCount(int64_t rows, int64_t n);
 // out = the row-major matrix w [rows, n] (rows of QuantRowBytes bytes) interleaved.
 void RepackQ4_0x8(const void* w, int64_t rows, int64_t n, void* out);
 void RepackQ8_0x8(const void* w, int64_t rows, int64_t n, void* out);
+void RepackQ4_1x8(const void* w, int64_t rows, int64_t n, void* out);
+void RepackQ5_0x8(const void* w, int64_t rows, int64_t n, void* out);
+void RepackQ5_1x8(const void* w, int64_t rows, int64_t n, void* out);
 // out[n] = row `row` of an interleaved matrix, dequantized (as DequantizeRow).
 void DequantizeRowQ4_0x8(const void* w, int64_t row, int64_t n, float* out);
 void DequantizeRowQ8_0x8(const void* w, int64_t row, int64_t n, float* out);
+void DequantizeRowQ4_1x8(const void* w, int64_t row, int64_t n, float* out);
+void DequantizeRowQ5_0x8(const void* w, int64_t row, int64_t n, float* out);
+void DequantizeRowQ5_1x8(const void* w, int64_t row, int64_t n, float* out);
 
 // What the interleaved kernels need of each activation block besides its quants, computed
 // once per matmul: its scale as a float and -8 times the sum of its quants (the Q4_0 offset:
@@ -301,18 +331,22 @@ void ComputeQ8_0BlockTerms(const void* a, int64_t n, Q8_0BlockTerms* out);
 // + t * (n / 32)). Each block's integer sum is exact, then
 //   sum = fma(float(sumi), d_w * d_a, sum)   in block order,
 // so the result equals DotQ4_0Q8_0 / DotQ8_0Q8_0 but for that fma (one rounding less per
-// block). The AVX2 kernels return the scalar twins' bits for any tile shape; they need
-// activation quants in [-127, 127] (QuantizeRow's range).
+// block). Q4_1, Q5_0 and Q5_1 perform DotQ4_1Q8_0's ... float operations (a multiply and an
+// add per term, no fma) and return their bits. The AVX2 kernels return the scalar twins' bits
+// for any tile shape; they need activation quants in [-127, 127] (QuantizeRow's range).
 using InterleavedQ8_0Dots = void(const void* w, int64_t rows, const void* a, size_t a_stride,
                                  const Q8_0BlockTerms* terms, int64_t tokens, int64_t n, float* out,
                                  int64_t out_stride);
-InterleavedQ8_0Dots DotsQ4_0x8Q8_0, DotsQ8_0x8Q8_0;
-InterleavedQ8_0Dots DotsQ4_0x8Q8_0_Avx2, DotsQ8_0x8Q8_0_Avx2;
+InterleavedQ8_0Dots DotsQ4_0x8Q8_0, DotsQ8_0x8Q8_0, DotsQ4_1x8Q8_0, DotsQ5_0x8Q8_0, DotsQ5_1x8Q8_0;
+InterleavedQ8_0Dots DotsQ4_0x8Q8_0_Avx2, DotsQ8_0x8Q8_0_Avx2, DotsQ4_1x8Q8_0_Avx2,
+    DotsQ5_0x8Q8_0_Avx2, DotsQ5_1x8Q8_0_Avx2;
 // The same with VNNI integer steps (vpdpbusd): the AVX-VNNI (VEX) encoding, for CPUs that
 // CpuHasAvxVnni(), and the AVX-512 VL + VNNI (EVEX) one, for CPUs that CpuHasAvx512Vnni()
 // (kernels/dot.h), whose block sums run 512 bits wide. All return the scalar twins' bits.
-InterleavedQ8_0Dots DotsQ4_0x8Q8_0_AvxVnni, DotsQ8_0x8Q8_0_AvxVnni;
-InterleavedQ8_0Dots DotsQ4_0x8Q8_0_Avx512Vnni, DotsQ8_0x8Q8_0_Avx512Vnni;
+InterleavedQ8_0Dots DotsQ4_0x8Q8_0_AvxVnni, DotsQ8_0x8Q8_0_AvxVnni, DotsQ4_1x8Q8_0_AvxVnni,
+    DotsQ5_0x8Q8_0_AvxVnni, DotsQ5_1x8Q8_0_AvxVnni;
+InterleavedQ8_0Dots DotsQ4_0x8Q8_0_Avx512Vnni, DotsQ8_0x8Q8_0_Avx512Vnni, DotsQ4_1x8Q8_0_Avx512Vnni,
+    DotsQ5_0x8Q8_0_Avx512Vnni, DotsQ5_1x8Q8_0_Avx512Vnni;
 
 // ---- Q4_K and Q6_K weights interleaved eight rows at a time (quant_interleaved_k.cpp), the
 // layouts the matmul copies these matrices into at load, as Q4_0/Q8_0 above: one 256-bit
@@ -362,17 +396,46 @@ struct BlockQ5_Kx8 {
   uint8_t qh[256];     // 8 chunks
   uint8_t qs[1024];    // as BlockQ4_Kx8
 };
+// Q3_K, re-encoded as Q6_K by 16-value sub-block k, unsigned q = quant + 4 (low 2 bits | high
+// bit << 2):
+//   value 16k + 4p + i (p, i < 4) of row r has
+//     low 2 bits: ql chunk k, byte 4r + i, bits 2p, 2p + 1
+//     high bit:   qh chunk k / 2, byte 4r + i, bit 4 (k % 2) + p
+//   scales: the 128 6-bit scales in Q6_K's order (entry 16s + 2r + h is row r's sub-block
+//   2s + h), stored + 32 in 96 bytes: entry j's low four bits in scales_low[j % 64] (low nibble
+//   for j < 64, high for j >= 64), its high two bits at bits 2 (j / 32), +1 of scales_high[j % 32].
+struct BlockQ3_Kx8 {
+  uint16_t d[8];
+  uint8_t scales_low[64];
+  uint8_t scales_high[32];
+  uint8_t ql[512];  // 16 chunks
+  uint8_t qh[256];  // 8 chunks
+};
+// Q2_K: the quants placed as Q3_K's low 2 bits; scales[16s + 2r + h]: row r's sub-block 2s + h
+// byte as in the file (scale in the low nibble, min in the high).
+struct BlockQ2_Kx8 {
+  uint16_t d[8];
+  uint16_t dmin[8];
+  uint8_t scales[128];
+  uint8_t ql[512];  // 16 chunks
+};
+static_assert(sizeof(BlockQ2_Kx8) == 8 * sizeof(BlockQ2_K));
+static_assert(sizeof(BlockQ3_Kx8) == 8 * sizeof(BlockQ3_K));
 static_assert(sizeof(BlockQ4_Kx8) == 8 * sizeof(BlockQ4_K));
 static_assert(sizeof(BlockQ5_Kx8) == 8 * sizeof(BlockQ5_K));
 static_assert(sizeof(BlockQ6_Kx8) == 8 * sizeof(BlockQ6_K));
 
 // out = the row-major matrix w [rows, n] (rows of QuantRowBytes bytes) interleaved: ceil(rows /
 // 8) * (n / 256) blocks.
+void RepackQ2_Kx8(const void* w, int64_t rows, int64_t n, void* out);
+void RepackQ3_Kx8(const void* w, int64_t rows, int64_t n, void* out);
 void RepackQ4_Kx8(const void* w, int64_t rows, int64_t n, void* out);
 void RepackQ5_Kx8(const void* w, int64_t rows, int64_t n, void* out);
 void RepackQ6_Kx8(const void* w, int64_t rows, int64_t n, void* out);
 // out[n] = row `row` of an interleaved matrix, dequantized: the bits of DequantizeRow of the
 // original row.
+void DequantizeRowQ2_Kx8(const void* w, int64_t row, int64_t n, float* out);
+void DequantizeRowQ3_Kx8(const void* w, int64_t row, int64_t n, float* out);
 void DequantizeRowQ4_Kx8(const void* w, int64_t row, int64_t n, float* out);
 void DequantizeRowQ5_Kx8(const void* w, int64_t row, int64_t n, float* out);
 void DequantizeRowQ6_Kx8(const void* w, int64_t row, int64_t n, float* out);
@@ -385,10 +448,13 @@ void DequantizeRowQ6_Kx8(const void* w, int64_t row, int64_t n, float* out);
 // for any tile shape and any activation quants (the int16 bounds hold for -128 too).
 using InterleavedQ8_KDots = void(const void* w, int64_t rows, const void* a, size_t a_stride,
                                  int64_t tokens, int64_t n, float* out, int64_t out_stride);
-InterleavedQ8_KDots DotsQ4_Kx8Q8_K, DotsQ5_Kx8Q8_K, DotsQ6_Kx8Q8_K;
-InterleavedQ8_KDots DotsQ4_Kx8Q8_K_Avx2, DotsQ5_Kx8Q8_K_Avx2, DotsQ6_Kx8Q8_K_Avx2;
+InterleavedQ8_KDots DotsQ2_Kx8Q8_K, DotsQ3_Kx8Q8_K, DotsQ4_Kx8Q8_K, DotsQ5_Kx8Q8_K, DotsQ6_Kx8Q8_K;
+InterleavedQ8_KDots DotsQ2_Kx8Q8_K_Avx2, DotsQ3_Kx8Q8_K_Avx2, DotsQ4_Kx8Q8_K_Avx2,
+    DotsQ5_Kx8Q8_K_Avx2, DotsQ6_Kx8Q8_K_Avx2;
 // With VNNI integer steps, as the Q4_0/Q8_0 ones above.
-InterleavedQ8_KDots DotsQ4_Kx8Q8_K_AvxVnni, DotsQ5_Kx8Q8_K_AvxVnni, DotsQ6_Kx8Q8_K_AvxVnni;
-InterleavedQ8_KDots DotsQ4_Kx8Q8_K_Avx512Vnni, DotsQ5_Kx8Q8_K_Avx512Vnni, DotsQ6_Kx8Q8_K_Avx512Vnni;
+InterleavedQ8_KDots DotsQ2_Kx8Q8_K_AvxVnni, DotsQ3_Kx8Q8_K_AvxVnni, DotsQ4_Kx8Q8_K_AvxVnni,
+    DotsQ5_Kx8Q8_K_AvxVnni, DotsQ6_Kx8Q8_K_AvxVnni;
+InterleavedQ8_KDots DotsQ2_Kx8Q8_K_Avx512Vnni, DotsQ3_Kx8Q8_K_Avx512Vnni, DotsQ4_Kx8Q8_K_Avx512Vnni,
+    DotsQ5_Kx8Q8_K_Avx512Vnni, DotsQ6_Kx8Q8_K_Avx512Vnni;
 
 }  // namespace starling

@@ -33,31 +33,56 @@ bool UseAvx2() {
   return ActiveSimdLevel() != SimdLevel::kScalar;
 }
 
-// The interleaved layouts' kernels at one level.
-struct InterleavedKernels {
-  InterleavedQ8_0Dots *q4_0, *q8_0;
-  InterleavedQ8_KDots *q4_k, *q5_k, *q6_k;
+// The interleaved layouts (quant.h's x8 blocks): one row per format that LoadForMatMul
+// interleaves eight rows at a time, with its kernels at each SimdLevel (scalar, avx2, avxvnni,
+// avx512). A format takes Q8_0 activations (q8_0 kernels) or Q8_K ones (q8_k kernels).
+struct InterleavedLayout {
+  WeightFormat format;
+  void (*repack)(const void* w, int64_t rows, int64_t n, void* out);
+  void (*dequantize_row)(const void* w, int64_t row, int64_t n, float* out);
+  InterleavedQ8_0Dots* q8_0[4];
+  InterleavedQ8_KDots* q8_k[4];
 };
+static_assert(static_cast<int>(SimdLevel::kScalar) == 0 &&
+              static_cast<int>(SimdLevel::kAvx512) == 3);
 
-const InterleavedKernels& InterleavedKernelsFor(SimdLevel level) {
-  static constexpr InterleavedKernels kScalar{DotsQ4_0x8Q8_0, DotsQ8_0x8Q8_0, DotsQ4_Kx8Q8_K,
-                                              DotsQ5_Kx8Q8_K, DotsQ6_Kx8Q8_K};
-  static constexpr InterleavedKernels kAvx2{DotsQ4_0x8Q8_0_Avx2, DotsQ8_0x8Q8_0_Avx2,
-                                            DotsQ4_Kx8Q8_K_Avx2, DotsQ5_Kx8Q8_K_Avx2,
-                                            DotsQ6_Kx8Q8_K_Avx2};
-  static constexpr InterleavedKernels kAvxVnni{DotsQ4_0x8Q8_0_AvxVnni, DotsQ8_0x8Q8_0_AvxVnni,
-                                               DotsQ4_Kx8Q8_K_AvxVnni, DotsQ5_Kx8Q8_K_AvxVnni,
-                                               DotsQ6_Kx8Q8_K_AvxVnni};
-  static constexpr InterleavedKernels kAvx512{DotsQ4_0x8Q8_0_Avx512Vnni, DotsQ8_0x8Q8_0_Avx512Vnni,
-                                              DotsQ4_Kx8Q8_K_Avx512Vnni, DotsQ5_Kx8Q8_K_Avx512Vnni,
-                                              DotsQ6_Kx8Q8_K_Avx512Vnni};
-  switch (level) {
-    case SimdLevel::kScalar: return kScalar;
-    case SimdLevel::kAvx2: return kAvx2;
-    case SimdLevel::kAvxVnni: return kAvxVnni;
-    case SimdLevel::kAvx512: return kAvx512;
+// clang-format off
+constexpr InterleavedLayout kInterleavedLayouts[] = {
+    {WeightFormat::kQ4_0, RepackQ4_0x8, DequantizeRowQ4_0x8,
+     {DotsQ4_0x8Q8_0, DotsQ4_0x8Q8_0_Avx2, DotsQ4_0x8Q8_0_AvxVnni, DotsQ4_0x8Q8_0_Avx512Vnni}, {}},
+    {WeightFormat::kQ8_0, RepackQ8_0x8, DequantizeRowQ8_0x8,
+     {DotsQ8_0x8Q8_0, DotsQ8_0x8Q8_0_Avx2, DotsQ8_0x8Q8_0_AvxVnni, DotsQ8_0x8Q8_0_Avx512Vnni}, {}},
+    {WeightFormat::kQ4_1, RepackQ4_1x8, DequantizeRowQ4_1x8,
+     {DotsQ4_1x8Q8_0, DotsQ4_1x8Q8_0_Avx2, DotsQ4_1x8Q8_0_AvxVnni, DotsQ4_1x8Q8_0_Avx512Vnni}, {}},
+    {WeightFormat::kQ5_0, RepackQ5_0x8, DequantizeRowQ5_0x8,
+     {DotsQ5_0x8Q8_0, DotsQ5_0x8Q8_0_Avx2, DotsQ5_0x8Q8_0_AvxVnni, DotsQ5_0x8Q8_0_Avx512Vnni}, {}},
+    {WeightFormat::kQ5_1, RepackQ5_1x8, DequantizeRowQ5_1x8,
+     {DotsQ5_1x8Q8_0, DotsQ5_1x8Q8_0_Avx2, DotsQ5_1x8Q8_0_AvxVnni, DotsQ5_1x8Q8_0_Avx512Vnni}, {}},
+    {WeightFormat::kQ2_K, RepackQ2_Kx8, DequantizeRowQ2_Kx8, {},
+     {DotsQ2_Kx8Q8_K, DotsQ2_Kx8Q8_K_Avx2, DotsQ2_Kx8Q8_K_AvxVnni, DotsQ2_Kx8Q8_K_Avx512Vnni}},
+    {WeightFormat::kQ3_K, RepackQ3_Kx8, DequantizeRowQ3_Kx8, {},
+     {DotsQ3_Kx8Q8_K, DotsQ3_Kx8Q8_K_Avx2, DotsQ3_Kx8Q8_K_AvxVnni, DotsQ3_Kx8Q8_K_Avx512Vnni}},
+    {WeightFormat::kQ4_K, RepackQ4_Kx8, DequantizeRowQ4_Kx8, {},
+     {DotsQ4_Kx8Q8_K, DotsQ4_Kx8Q8_K_Avx2, DotsQ4_Kx8Q8_K_AvxVnni, DotsQ4_Kx8Q8_K_Avx512Vnni}},
+    {WeightFormat::kQ5_K, RepackQ5_Kx8, DequantizeRowQ5_Kx8, {},
+     {DotsQ5_Kx8Q8_K, DotsQ5_Kx8Q8_K_Avx2, DotsQ5_Kx8Q8_K_AvxVnni, DotsQ5_Kx8Q8_K_Avx512Vnni}},
+    {WeightFormat::kQ6_K, RepackQ6_Kx8, DequantizeRowQ6_Kx8, {},
+     {DotsQ6_Kx8Q8_K, DotsQ6_Kx8Q8_K_Avx2, DotsQ6_Kx8Q8_K_AvxVnni, DotsQ6_Kx8Q8_K_Avx512Vnni}},
+};
+// clang-format on
+
+// The format's interleaved layout; nullptr where it has none (it stays row-major).
+const InterleavedLayout* InterleavedLayoutOf(WeightFormat f) {
+  for (const InterleavedLayout& layout : kInterleavedLayouts) {
+    if (layout.format == f) return &layout;
   }
-  Fail("InterleavedKernelsFor: unknown level");
+  return nullptr;
+}
+
+const InterleavedLayout& InterleavedLayoutOrFail(WeightFormat f, const char* who) {
+  const InterleavedLayout* layout = InterleavedLayoutOf(f);
+  if (layout == nullptr) Fail(who, ": ", WeightFormatName(f), " has no interleaved layout");
+  return *layout;
 }
 
 bool IsKQuant(WeightFormat f) {
@@ -84,12 +109,6 @@ QuantDot DotFor(WeightFormat f) {
   const RowDot dot = Traits(f).dot;
   if (dot == nullptr) Fail("MatMul: ", WeightFormatName(f), " has no dot product");
   return dot;
-}
-
-// Formats that LoadForMatMul interleaves eight rows at a time (quant.h's x8 layouts).
-bool HasInterleavedLayout(WeightFormat f) {
-  return f == WeightFormat::kQ4_0 || f == WeightFormat::kQ8_0 || f == WeightFormat::kQ4_K ||
-         f == WeightFormat::kQ5_K || f == WeightFormat::kQ6_K;
 }
 
 // For row-major matrices (LoadForMatMul interleaves them): the register-tiled kernels where
@@ -147,17 +166,8 @@ WeightMatrix LoadForMatMul(const WeightMatrix& w, HugePageBuffer& buffer) {
   const auto* in = static_cast<const uint8_t*>(w.data);
   WeightMatrix out = w;
   // Formats without an interleaved layout are copied as they are (onto huge pages).
-  if (HasInterleavedLayout(w.format)) {
-    const auto repack = [&] {
-      switch (w.format) {
-        case WeightFormat::kQ4_0: return RepackQ4_0x8;
-        case WeightFormat::kQ8_0: return RepackQ8_0x8;
-        case WeightFormat::kQ4_K: return RepackQ4_Kx8;
-        case WeightFormat::kQ5_K: return RepackQ5_Kx8;
-        case WeightFormat::kQ6_K: return RepackQ6_Kx8;
-        default: Fail("LoadForMatMul: no interleaved layout for ", WeightFormatName(w.format));
-      }
-    }();
+  if (const InterleavedLayout* layout = InterleavedLayoutOf(w.format)) {
+    const auto repack = layout->repack;
     // An interleaved block holds 8 row blocks: a group of 8 rows takes 8 rows' bytes.
     buffer = HugePageBuffer(static_cast<size_t>((w.rows + 7) / 8) * 8 * row_bytes);
     // Groups of 8 rows over the threads.
@@ -180,14 +190,7 @@ WeightMatrix LoadForMatMul(const WeightMatrix& w, HugePageBuffer& buffer) {
 
 void ReadRow(const WeightMatrix& w, int64_t r, float* out) {
   if (w.layout == WeightLayout::kInterleaved8) {
-    switch (w.format) {
-      case WeightFormat::kQ4_0: return DequantizeRowQ4_0x8(w.data, r, w.cols, out);
-      case WeightFormat::kQ8_0: return DequantizeRowQ8_0x8(w.data, r, w.cols, out);
-      case WeightFormat::kQ4_K: return DequantizeRowQ4_Kx8(w.data, r, w.cols, out);
-      case WeightFormat::kQ5_K: return DequantizeRowQ5_Kx8(w.data, r, w.cols, out);
-      case WeightFormat::kQ6_K: return DequantizeRowQ6_Kx8(w.data, r, w.cols, out);
-      default: Fail("ReadRow: ", WeightFormatName(w.format), " has no interleaved layout");
-    }
+    InterleavedLayoutOrFail(w.format, "ReadRow").dequantize_row(w.data, r, w.cols, out);
   } else if (IsQuantized(w.format)) {
     DequantizeRow(w.format, w.row(r), w.cols, out);
   } else {
@@ -225,11 +228,9 @@ void MatMul(const WeightMatrix& w, const float* x, int64_t tokens, float* out) {
     QuantizeActivations(activation, x + t * w.cols, w.cols, quantized + t * a_bytes);
   }
   const size_t group_bytes = 8 * row_bytes;
+  const int level = static_cast<int>(ActiveSimdLevel());
   if (w.layout == WeightLayout::kInterleaved8 && IsKQuant(w.format)) {
-    const InterleavedKernels& kernels = InterleavedKernelsFor(ActiveSimdLevel());
-    const auto dots = w.format == WeightFormat::kQ4_K   ? kernels.q4_k
-                      : w.format == WeightFormat::kQ5_K ? kernels.q5_k
-                                                        : kernels.q6_k;
+    InterleavedQ8_KDots* const dots = InterleavedLayoutOrFail(w.format, "MatMul").q8_k[level];
     ForEachBlock(w.rows, tokens, [&](int64_t r0, int64_t r1, int64_t t0, int64_t t1) {
       // Row chunks start at multiples of kRowChunk, so at a group boundary.
       dots(static_cast<const char*>(w.data) + r0 / 8 * group_bytes, r1 - r0,
@@ -247,8 +248,7 @@ void MatMul(const WeightMatrix& w, const float* x, int64_t tokens, float* out) {
     for (int64_t t = 0; t < tokens; ++t) {
       ComputeQ8_0BlockTerms(quantized + t * a_bytes, w.cols, block_terms + t * blocks);
     }
-    const InterleavedKernels& kernels = InterleavedKernelsFor(ActiveSimdLevel());
-    const auto dots = w.format == WeightFormat::kQ4_0 ? kernels.q4_0 : kernels.q8_0;
+    InterleavedQ8_0Dots* const dots = InterleavedLayoutOrFail(w.format, "MatMul").q8_0[level];
     ForEachBlock(w.rows, tokens, [&](int64_t r0, int64_t r1, int64_t t0, int64_t t1) {
       // Row chunks start at multiples of kRowChunk, so at a group boundary.
       dots(static_cast<const char*>(w.data) + r0 / 8 * group_bytes, r1 - r0,
