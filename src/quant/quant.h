@@ -249,10 +249,6 @@ void DotsQ8_0Q8_0_Avx2(const void* w, size_t w_stride, int64_t rows, const void*
                        int64_t tokens, int64_t n, float* out, int64_t out_stride);
 void DotsQ4_0Q8_0_Avx2(const void* w, size_t w_stride, int64_t rows, const void* a, size_t a_stride,
                        int64_t tokens, int64_t n, float* out, int64_t out_stride);
-void DotsQ4_KQ8_K_Avx2(const void* w, size_t w_stride, int64_t rows, const void* a, size_t a_stride,
-                       int64_t tokens, int64_t n, float* out, int64_t out_stride);
-void DotsQ6_KQ8_K_Avx2(const void* w, size_t w_stride, int64_t rows, const void* a, size_t a_stride,
-                       int64_t tokens, int64_t n, float* out, int64_t out_stride);
 
 // ---- Q4_0, Q8_0 (and Q4_1, Q5_0, Q5_1 below) weights interleaved eight rows at a time
 // (quant_interleaved.cpp), the

@@ -111,18 +111,14 @@ QuantDot DotFor(WeightFormat f) {
   return dot;
 }
 
-// For row-major matrices (LoadForMatMul interleaves them): the register-tiled kernels where
-// there are some and they pay at this many tokens; nullptr means one dot product per output.
-// The K-quant tiles (1 row x 8 tokens) lose to the single dot below 8 tokens; the results are
-// the same bits either way.
-QuantDots TiledDotsFor(WeightFormat f, int64_t tokens) {
+// For row-major matrices (models never have them: LoadForMatMul interleaves every block
+// format): Q4_0's and Q8_0's register tiles, on which their single AVX2 dots are built (the same
+// bits); nullptr means one dot product per output.
+QuantDots TiledDotsFor(WeightFormat f) {
   if (!UseAvx2()) return nullptr;
-  if (IsKQuant(f) && tokens < 8) return nullptr;
   switch (f) {
     case WeightFormat::kQ8_0: return DotsQ8_0Q8_0_Avx2;
     case WeightFormat::kQ4_0: return DotsQ4_0Q8_0_Avx2;
-    case WeightFormat::kQ4_K: return DotsQ4_KQ8_K_Avx2;
-    case WeightFormat::kQ6_K: return DotsQ6_KQ8_K_Avx2;
     default: return nullptr;  // no tiles: one dot product per output
   }
 }
@@ -257,7 +253,7 @@ void MatMul(const WeightMatrix& w, const float* x, int64_t tokens, float* out) {
     });
     return;
   }
-  if (const QuantDots dots = TiledDotsFor(w.format, tokens)) {
+  if (const QuantDots dots = TiledDotsFor(w.format)) {
     ForEachBlock(w.rows, tokens, [&](int64_t r0, int64_t r1, int64_t t0, int64_t t1) {
       dots(w.row(r0), row_bytes, r1 - r0, quantized + t0 * a_bytes, a_bytes, t1 - t0, w.cols,
            out + t0 * w.rows + r0, w.rows);
