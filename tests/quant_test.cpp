@@ -865,60 +865,10 @@ TEST(Quant, Avx2Q8_0DotsMatchScalar) {
   }
 }
 
-// The tiled kernels give every output the single dot product's bits, whatever the numbers of
-// rows and tokens (tiles of 4 x 2 and 3 x 2 with every remainder shape), with strides larger
-// than a row.
-TEST(Quant, Avx2TiledDotsEqualSingleDotsBitForBit) {
-  if (!CpuHasAvx2Fma()) GTEST_SKIP() << "no AVX2/FMA/F16C";
-  using Dots = void (*)(const void*, size_t, int64_t, const void*, size_t, int64_t, int64_t, float*,
-                        int64_t);
-  const struct {
-    WeightFormat weight;
-    Dots dots;
-    float (*dot)(const void*, const void*, int64_t);
-  } cases[] = {{WeightFormat::kQ8_0, DotsQ8_0Q8_0_Avx2, DotQ8_0Q8_0_Avx2},
-               {WeightFormat::kQ4_0, DotsQ4_0Q8_0_Avx2, DotQ4_0Q8_0_Avx2}};
-  std::mt19937 rng(31);
-  for (const auto& c : cases) {
-    for (int64_t n : {32, 96, 288}) {
-      for (int64_t rows = 1; rows <= 9; ++rows) {
-        for (int64_t tokens = 1; tokens <= 5; ++tokens) {
-          const size_t w_stride = QuantRowBytes(c.weight, n) + 2;  // padding between rows
-          const size_t a_stride = QuantRowBytes(WeightFormat::kQ8_0, n) + 34;
-          Bytes w(w_stride * rows), a(a_stride * tokens);
-          for (int64_t r = 0; r < rows; ++r) {
-            const Bytes row = RandomBlocks(c.weight, n, rng, false, false);
-            std::copy(row.begin(), row.end(), w.begin() + r * w_stride);
-          }
-          for (int64_t t = 0; t < tokens; ++t) {
-            const Bytes row = RandomBlocks(WeightFormat::kQ8_0, n, rng, true, false);
-            std::copy(row.begin(), row.end(), a.begin() + t * a_stride);
-          }
-          const int64_t out_stride = rows + 3;
-          std::vector<float> out(static_cast<size_t>(out_stride * tokens), -1.0f);
-          c.dots(w.data(), w_stride, rows, a.data(), a_stride, tokens, n, out.data(), out_stride);
-          for (int64_t t = 0; t < tokens; ++t) {
-            for (int64_t r = 0; r < rows; ++r) {
-              const float want = c.dot(&w[r * w_stride], &a[t * a_stride], n);
-              ASSERT_EQ(std::bit_cast<uint32_t>(out[t * out_stride + r]),
-                        std::bit_cast<uint32_t>(want))
-                  << WeightFormatName(c.weight) << " n=" << n << " rows=" << rows
-                  << " tokens=" << tokens << " at " << r << "," << t;
-            }
-            for (int64_t r = rows; r < out_stride; ++r) {
-              ASSERT_EQ(out[t * out_stride + r], -1.0f) << "wrote outside the outputs";
-            }
-          }
-        }
-      }
-    }
-  }
-}
-
-// The AVX2 K-quant single dot products (Q4_K, Q6_K: the rows that matrices do not reach, which
-// run on the interleaved tiles) give the scalar twin's bits on random blocks and on extreme ones
-// (largest quants and scales against activations of -128), up to the longest rows of a 7B model.
-TEST(Quant, Avx2KQuantDotsEqualScalarBitForBit) {
+// The AVX2 Q4_K and Q6_K dot products give the scalar twin's bits at the integer sums' bounds:
+// the largest quants and scales, activations of -128, or both, up to the longest rows of a 7B
+// model.
+TEST(Quant, Avx2KQuantDotsAreExactAtTheExtremes) {
   if (!CpuHasAvx2Fma()) GTEST_SKIP() << "no AVX2/FMA/F16C";
   const struct {
     WeightFormat weight;
@@ -950,8 +900,8 @@ TEST(Quant, Avx2KQuantDotsEqualScalarBitForBit) {
   std::mt19937 rng(41);
   for (const auto& c : cases) {
     for (const int64_t n : {256, 512, 768, 4096, 14336}) {
-      for (int trial = 0; trial < 8; ++trial) {
-        const bool extreme_w = trial % 2 == 1, extreme_a = trial % 4 >= 2;
+      for (int trial = 1; trial < 4; ++trial) {
+        const bool extreme_w = trial % 2 == 1, extreme_a = trial >= 2;
         Bytes w = RandomBlocks(c.weight, n, rng, false, false);
         Bytes a = RandomBlocks(WeightFormat::kQ8_K, n, rng, true, false);
         if (extreme_w) make_extreme_weights(c.weight, w);

@@ -14,6 +14,7 @@
 
 #include "kernels/dot.h"
 #include "kernels/kernels.h"
+#include "quant/format.h"
 #include "quant/quant.h"
 #include "quant/weight.h"
 
@@ -364,6 +365,38 @@ TEST(WeightLayout, KQuantsAreInterleavedWithTheSameMatMulBits) {
   }
   const WeightMatrix dense{WeightFormat::kF16, nullptr, 1, 8};
   EXPECT_FALSE(LoadsForMatMul(dense));  // dense matrices stay memory-mapped
+}
+
+// Every block format of the format table loads into an interleaved layout, reads back its rows
+// and multiplies (the layout table in weight.cpp has a row for each).
+TEST(WeightLayout, EveryBlockFormatIsInterleaved) {
+  std::mt19937 rng(11);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  const int64_t rows = 9, n = 256;
+  std::vector<float> weights(rows * n), x(n);
+  for (float& v : weights) v = normal(rng);
+  for (float& v : x) v = normal(rng);
+  for (const FormatTraits& f : AllFormats()) {
+    if (!f.quantized || !f.weight) continue;
+    const size_t row_bytes = QuantRowBytes(f.format, n);
+    Bytes w(row_bytes * rows);
+    for (int64_t r = 0; r < rows; ++r) {
+      QuantizeRow(f.format, &weights[r * n], n, &w[r * row_bytes]);
+    }
+    const WeightMatrix stored{f.format, w.data(), rows, n};
+    HugePageBuffer buffer;
+    const WeightMatrix loaded = LoadForMatMul(stored, buffer);
+    EXPECT_EQ(loaded.layout, WeightLayout::kInterleaved8) << f.name;
+    std::vector<float> want(rows), got(rows), row(n), stored_row(n);
+    MatMul(stored, x.data(), 1, want.data());
+    MatMul(loaded, x.data(), 1, got.data());
+    for (int64_t r = 0; r < rows; ++r) {
+      EXPECT_NEAR(got[r], want[r], 1e-4 * (1.0 + std::fabs(want[r]))) << f.name << " row " << r;
+      ReadRow(loaded, r, row.data());
+      ReadRow(stored, r, stored_row.data());
+      EXPECT_EQ(row, stored_row) << f.name << " row " << r;
+    }
+  }
 }
 
 }  // namespace

@@ -224,31 +224,19 @@ float DotQ2_KQ8_K_Avx2(const void* w, const void* a, int64_t n);
 float DotQ3_KQ8_K_Avx2(const void* w, const void* a, int64_t n);
 float DotQ5_KQ8_K_Avx2(const void* w, const void* a, int64_t n);
 
-// The Q8_0-activation dot products keep 8 float lanes (each block's exact integer partial sums
-// are scaled with one fma per lane: acc = fma(d_w * d_a, lanes, acc)) and add the lanes at the
-// end. Q4_0 multiplies the unsigned nibbles u = q + 8 and adds the offset
-// -8 * sum_b d_w * d_a * sum(q_a) at the end, as a separate sum over blocks. Against the scalar
-// twin: |difference| <= (2 * blocks + 8) * 2^-24 * S with
-//   S = sum_i |d_w * d_a * q_a[i]| * |q_w[i]|        (Q8_0)
-//   S = sum_i |d_w * d_a * q_a[i]| * (|q_w[i]| + 16) (Q4_0: the terms that are summed are
-//       bounded by (u + 8) |q_a| <= (|q_w| + 16) |q_a|)
+// The Q8_0-activation dot products of single rows (matrices run on the interleaved layouts'
+// tiles) keep 8 float lanes (each block's exact integer partial sums are scaled with one fma
+// per lane: acc = fma(d_w * d_a, lanes, acc)) and add the lanes at the end. Q4_0 forms
+// (u - 8) q_a from the unsigned nibbles u in int16 pair sums, so its partial sums are exact too.
+// Against the scalar twin: |difference| <= (2 * blocks + 8) * 2^-24 * S with
+//   S = sum_i |d_w * d_a * q_a[i]| * |q_w[i]|
 // (first-order bounds: the scalar sum is a recursive sum of `blocks` terms, each rounded twice,
 // so <= (blocks + 1) * 2^-24 * S; each lane sums `blocks` terms by fma, each term's scale
-// rounded once, then a 3-level reduction, so <= (blocks + 4) * 2^-24 * S, and the Q4_0 offset
-// sum is bounded alike). DotQ8_0Q8_0_Avx2 needs activation quants in [-127, 127] (QuantizeRow
-// never writes -128; any weight byte is fine); DotQ4_0Q8_0_Avx2 takes any bytes.
+// rounded once, then a 3-level reduction, so <= (blocks + 4) * 2^-24 * S). DotQ8_0Q8_0_Avx2
+// needs activation quants in [-127, 127] (QuantizeRow never writes -128; any weight byte is
+// fine); DotQ4_0Q8_0_Avx2 takes any bytes.
 float DotQ8_0Q8_0_Avx2(const void* w, const void* a, int64_t n);
 float DotQ4_0Q8_0_Avx2(const void* w, const void* a, int64_t n);
-
-// Many products at once (prompt processing and matrix-vector), in register tiles that share
-// loads: for r < rows, t < tokens,
-//   out[t * out_stride + r] = Dot*_Avx2(w + r * w_stride, a + t * a_stride, n)
-// bit for bit: every output performs the single product's operations in the same order, so
-// batching tokens or splitting rows never changes a result.
-void DotsQ8_0Q8_0_Avx2(const void* w, size_t w_stride, int64_t rows, const void* a, size_t a_stride,
-                       int64_t tokens, int64_t n, float* out, int64_t out_stride);
-void DotsQ4_0Q8_0_Avx2(const void* w, size_t w_stride, int64_t rows, const void* a, size_t a_stride,
-                       int64_t tokens, int64_t n, float* out, int64_t out_stride);
 
 // ---- Q4_0, Q8_0 (and Q4_1, Q5_0, Q5_1 below) weights interleaved eight rows at a time
 // (quant_interleaved.cpp), the

@@ -26,13 +26,6 @@ STARLING_AVX2 inline float HalfToFloatF16c(uint16_t h) {
   return _cvtsh_ss(h);
 }
 
-STARLING_AVX2 inline int32_t HorizontalSum(__m256i v) {
-  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-  s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
-  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01));
-  return _mm_cvtsi128_si32(s);
-}
-
 STARLING_AVX2 inline float HorizontalSum(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -149,260 +142,53 @@ STARLING_AVX2 void QuantizeRowQ8_K_Avx2(const float* x, int64_t n, void* out) {
   }
 }
 
-namespace {
-
-// sum_b x[b] * y[b]: 8 lanes of fma over whole groups of 8, their HorizontalSum, then the tail
-// in order.
-STARLING_AVX2 inline float OffsetDot(const float* x, const float* y, int64_t n) {
-  __m256 acc = _mm256_setzero_ps();
-  int64_t b = 0;
-  for (; b + 8 <= n; b += 8)
-    acc = _mm256_fmadd_ps(_mm256_loadu_ps(x + b), _mm256_loadu_ps(y + b), acc);
-  float sum = HorizontalSum(acc);
-  for (; b < n; ++b) sum = std::fma(x[b], y[b], sum);
-  return sum;
-}
-
-// One tile of RM weight rows x RN activation rows of the Q8_0-activation products. Each output
-// has its own accumulator of 8 float lanes and sees the same operations in the same order for
-// every tile shape (the tile only shares loads), so results do not depend on how rows and
-// tokens are batched:
-//   per block: d = d_w * d_a (float); acc = fma(d, float(exact int32 lane sums), acc)
-//   at the end: the lanes' sum (HorizontalSum).
-template <int RM, int RN>
-STARLING_AVX2 inline void TileQ8_0Q8_0(const char* w, size_t w_stride, const char* a,
-                                       size_t a_stride, int64_t blocks, const float* dw,
-                                       const float* da, float* out, int64_t out_stride) {
-  const __m256i ones = _mm256_set1_epi16(1);
-  __m256 acc[RM][RN];
-  for (auto& row : acc) {
-    for (auto& v : row) v = _mm256_setzero_ps();
-  }
-  for (int64_t b = 0; b < blocks; ++b) {
-    __m256i qw[RM];
-    for (int i = 0; i < RM; ++i) {
-      const auto* x = reinterpret_cast<const BlockQ8_0*>(w + i * w_stride) + b;
-      qw[i] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x->qs));
-    }
-    for (int j = 0; j < RN; ++j) {
-      const auto* y = reinterpret_cast<const BlockQ8_0*>(a + j * a_stride) + b;
-      const __m256i qa = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(y->qs));
-      const __m256 da_b = _mm256_broadcast_ss(da + j * blocks + b);
-      for (int i = 0; i < RM; ++i) {
-        // |w| * (a * sign(w)) = w * a. |w| <= 128 as u8 and |a| <= 127 (a != -128, or the sign
-        // flip wraps): pair sums <= 2 * 128 * 127 < 2^15, no saturation.
-        const __m256i pairs =
-            _mm256_maddubs_epi16(_mm256_abs_epi8(qw[i]), _mm256_sign_epi8(qa, qw[i]));
-        // Lanes hold sums of 4 products, |.| <= 65024: exact as floats.
-        const __m256 lanes = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones));
-        const __m256 scale = _mm256_mul_ps(_mm256_broadcast_ss(dw + i * blocks + b), da_b);
-        acc[i][j] = _mm256_fmadd_ps(scale, lanes, acc[i][j]);
-      }
-    }
-  }
-  for (int i = 0; i < RM; ++i) {
-    for (int j = 0; j < RN; ++j) out[j * out_stride + i] = HorizontalSum(acc[i][j]);
-  }
-}
-
-// out[b] = float(x[b].d) for a row of Q4_0 or Q8_0 blocks: eight 2-byte scales gathered (18 or
-// 34 bytes apart) into one register and converted together.
-template <typename Block>
-STARLING_AVX2 inline void BlockScales(const Block* x, int64_t blocks, float* out) {
-  int64_t b = 0;
-  for (; b + 8 <= blocks; b += 8) {
-    const __m128i halves =
-        _mm_setr_epi16(static_cast<int16_t>(x[b].d), static_cast<int16_t>(x[b + 1].d),
-                       static_cast<int16_t>(x[b + 2].d), static_cast<int16_t>(x[b + 3].d),
-                       static_cast<int16_t>(x[b + 4].d), static_cast<int16_t>(x[b + 5].d),
-                       static_cast<int16_t>(x[b + 6].d), static_cast<int16_t>(x[b + 7].d));
-    _mm256_storeu_ps(out + b, _mm256_cvtph_ps(halves));
-  }
-  for (; b < blocks; ++b) out[b] = HalfToFloatF16c(x[b].d);
-}
-
-// Q4_0 weights, two rows per register: a row pair's blocks share one 256-bit register (row r0
-// in the low 128 bits, r1 in the high), low nibbles (elements 0-15) in one register and high
-// nibbles (16-31) in another, against the activation block's halves broadcast to both 128-bit
-// lanes. So one maddubs pair, add, madd, cvt, mul and fma serve 64 products.
-// q . a uses the unsigned nibbles q in [0, 15]; the offset -8 * sum(a) is added once per output
-// as sum_b d_w[b] * offset[b], with offset[b] = d_a[b] * float(-8 * sum(qa[b])) precomputed
-// per token. Per output, whatever the tile (its row's 4 lanes of the pair's register):
-//   per block: acc = fma(d_w[b] * d_a[b], float(exact int32 lane sums of q . a), acc)
-//   at the end: Sum4(acc lanes) + OffsetDot(dw, offset)
-struct Q4_0RowPair {
-  const BlockQ4_0* row[2];  // row[1] == row[0] when the tile has an odd row: its lanes unused
-  const float* dw[2];       // [blocks] each
-};
-
-STARLING_AVX2 inline float Sum4(__m128 v) {
-  v = _mm_add_ps(v, _mm_movehl_ps(v, v));
-  v = _mm_add_ss(v, _mm_movehdup_ps(v));
-  return _mm_cvtss_f32(v);
-}
-
-template <int RP, int RN>
-STARLING_AVX2 void TileQ4_0Q8_0(const Q4_0RowPair* pairs, const char* a, size_t a_stride,
-                                int64_t blocks, const float* da, const float* offset,
-                                float* const* out_rows, int64_t out_stride) {
-  const __m256i ones = _mm256_set1_epi16(1);
-  const __m256i low4 = _mm256_set1_epi8(0x0F);
-  __m256 acc[RP][RN];
-  for (auto& row : acc) {
-    for (auto& v : row) v = _mm256_setzero_ps();
-  }
-  for (int64_t b = 0; b < blocks; ++b) {
-    __m256i lo[RP], hi[RP];
-    __m256 dw[RP];
-    for (int p = 0; p < RP; ++p) {
-      const __m256i packed = _mm256_inserti128_si256(
-          _mm256_castsi128_si256(
-              _mm_loadu_si128(reinterpret_cast<const __m128i*>(pairs[p].row[0][b].qs))),
-          _mm_loadu_si128(reinterpret_cast<const __m128i*>(pairs[p].row[1][b].qs)), 1);
-      lo[p] = _mm256_and_si256(packed, low4);
-      hi[p] = _mm256_and_si256(_mm256_srli_epi16(packed, 4), low4);
-      dw[p] = _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_broadcast_ss(pairs[p].dw[0] + b)),
-                                   _mm_broadcast_ss(pairs[p].dw[1] + b), 1);
-    }
-    for (int j = 0; j < RN; ++j) {
-      const auto* y = reinterpret_cast<const BlockQ8_0*>(a + j * a_stride) + b;
-      const __m256i a_lo =
-          _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(y->qs)));
-      const __m256i a_hi = _mm256_broadcastsi128_si256(
-          _mm_loadu_si128(reinterpret_cast<const __m128i*>(y->qs + 16)));
-      const __m256 da_b = _mm256_broadcast_ss(da + j * blocks + b);
-      for (int p = 0; p < RP; ++p) {
-        // u8 nibbles x s8: maddubs pair sums |.| <= 2 * 15 * 128; the add, <= 7680: no int16
-        // saturation. Lanes hold sums of 8 products: exact as floats.
-        const __m256i sums =
-            _mm256_add_epi16(_mm256_maddubs_epi16(lo[p], a_lo), _mm256_maddubs_epi16(hi[p], a_hi));
-        const __m256 lanes = _mm256_cvtepi32_ps(_mm256_madd_epi16(sums, ones));
-        acc[p][j] = _mm256_fmadd_ps(_mm256_mul_ps(dw[p], da_b), lanes, acc[p][j]);
-      }
-    }
-  }
-  for (int p = 0; p < RP; ++p) {
-    for (int j = 0; j < RN; ++j) {
-      const __m128 halves[2] = {_mm256_castps256_ps128(acc[p][j]),
-                                _mm256_extractf128_ps(acc[p][j], 1)};
-      for (int h = 0; h < 2; ++h) {
-        float* out = out_rows[2 * p + h];
-        if (out == nullptr) continue;  // the duplicate of an odd row
-        out[j * out_stride] =
-            Sum4(halves[h]) + OffsetDot(pairs[p].dw[h], offset + j * blocks, blocks);
-      }
-    }
-  }
-}
-
-}  // namespace
-
-STARLING_AVX2 void DotsQ8_0Q8_0_Avx2(const void* w, size_t w_stride, int64_t rows, const void* a,
-                                     size_t a_stride, int64_t tokens, int64_t n, float* out,
-                                     int64_t out_stride) {
-  // 3 x 2 tiles: 6 accumulators, 3 weight vectors and the activations fit the 16 registers.
-  constexpr int kRows = 3;
-  constexpr int kTokens = 2;
+// Per block: the exact int32 sums of 4 products in 8 lanes, scaled by d_w * d_a with one fma
+// per lane; the lanes' sum at the end (HorizontalSum).
+STARLING_AVX2 float DotQ8_0Q8_0_Avx2(const void* w, const void* a, int64_t n) {
   const int64_t blocks = QuantBlockCount(WeightFormat::kQ8_0, n);
-  const auto* wb = static_cast<const char*>(w);
-  const auto* ab = static_cast<const char*>(a);
-  // The activations' scales [tokens][blocks] and a row tile's weight scales [kRows][blocks].
-  thread_local std::vector<float> scratch;
-  const size_t need = static_cast<size_t>(blocks) * static_cast<size_t>(tokens + kRows);
-  if (scratch.size() < need) scratch.resize(need);
-  float* da = scratch.data();
-  float* dw = da + tokens * blocks;
-  for (int64_t t = 0; t < tokens; ++t) {
-    BlockScales(reinterpret_cast<const BlockQ8_0*>(ab + t * a_stride), blocks, da + t * blocks);
-  }
-  using Tile = void (*)(const char*, size_t, const char*, size_t, int64_t, const float*,
-                        const float*, float*, int64_t);
-  static constexpr Tile kTiles[3][2] = {{TileQ8_0Q8_0<1, 1>, TileQ8_0Q8_0<1, 2>},
-                                        {TileQ8_0Q8_0<2, 1>, TileQ8_0Q8_0<2, 2>},
-                                        {TileQ8_0Q8_0<3, 1>, TileQ8_0Q8_0<3, 2>}};
-  for (int64_t r = 0; r < rows; r += kRows) {
-    const int64_t rm = std::min<int64_t>(kRows, rows - r);
-    for (int64_t i = 0; i < rm; ++i) {
-      BlockScales(reinterpret_cast<const BlockQ8_0*>(wb + (r + i) * w_stride), blocks,
-                  dw + i * blocks);
-    }
-    for (int64_t t = 0; t < tokens; t += kTokens) {
-      const int64_t rn = std::min<int64_t>(kTokens, tokens - t);
-      kTiles[rm - 1][rn - 1](wb + r * w_stride, w_stride, ab + t * a_stride, a_stride, blocks, dw,
-                             da + t * blocks, out + t * out_stride + r, out_stride);
-    }
-  }
-}
-
-STARLING_AVX2 void DotsQ4_0Q8_0_Avx2(const void* w, size_t w_stride, int64_t rows, const void* a,
-                                     size_t a_stride, int64_t tokens, int64_t n, float* out,
-                                     int64_t out_stride) {
-  // Tiles of 2 row pairs x 3 tokens: 6 accumulators, 4 nibble and 2 scale vectors, and the
-  // activation halves fit the 16 registers.
-  constexpr int kPairs = 2;
-  constexpr int kTokens = 3;
-  const int64_t blocks = QuantBlockCount(WeightFormat::kQ4_0, n);
-  const auto* wb = static_cast<const char*>(w);
-  const auto* ab = static_cast<const char*>(a);
-  // The activations' scales and offsets, [tokens][blocks], and a row tile's weight scales.
-  thread_local std::vector<float> scratch;
-  const size_t need = static_cast<size_t>(blocks) * static_cast<size_t>(2 * tokens + 2 * kPairs);
-  if (scratch.size() < need) scratch.resize(need);
-  float* da = scratch.data();
-  float* offset = da + tokens * blocks;
-  float* dw = offset + tokens * blocks;
-  const __m256i eight = _mm256_set1_epi8(8);
+  const auto* x = static_cast<const BlockQ8_0*>(w);
+  const auto* y = static_cast<const BlockQ8_0*>(a);
   const __m256i ones = _mm256_set1_epi16(1);
-  for (int64_t t = 0; t < tokens; ++t) {
-    const auto* y = reinterpret_cast<const BlockQ8_0*>(ab + t * a_stride);
-    for (int64_t b = 0; b < blocks; ++b) {
-      const __m256i qa = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(y[b].qs));
-      // -8 * sum(qa): |.| <= 8 * 32 * 128 = 2^15, exact in int32 and as a float.
-      const int32_t sum = HorizontalSum(_mm256_madd_epi16(_mm256_maddubs_epi16(eight, qa), ones));
-      da[t * blocks + b] = HalfToFloatF16c(y[b].d);
-      offset[t * blocks + b] = da[t * blocks + b] * static_cast<float>(-sum);
-    }
+  __m256 acc = _mm256_setzero_ps();
+  for (int64_t b = 0; b < blocks; ++b) {
+    const __m256i qw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[b].qs));
+    const __m256i qa = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(y[b].qs));
+    // |w| * (a * sign(w)) = w * a. |w| <= 128 as u8 and |a| <= 127 (a != -128, or the sign
+    // flip wraps): pair sums <= 2 * 128 * 127 < 2^15, no saturation.
+    const __m256i pairs = _mm256_maddubs_epi16(_mm256_abs_epi8(qw), _mm256_sign_epi8(qa, qw));
+    // Lanes hold sums of 4 products, |.| <= 65024: exact as floats.
+    const __m256 lanes = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones));
+    const __m256 scale = _mm256_set1_ps(HalfToFloatF16c(x[b].d) * HalfToFloatF16c(y[b].d));
+    acc = _mm256_fmadd_ps(scale, lanes, acc);
   }
-  using Tile = void (*)(const Q4_0RowPair*, const char*, size_t, int64_t, const float*,
-                        const float*, float* const*, int64_t);
-  static constexpr Tile kTiles[2][3] = {
-      {TileQ4_0Q8_0<1, 1>, TileQ4_0Q8_0<1, 2>, TileQ4_0Q8_0<1, 3>},
-      {TileQ4_0Q8_0<2, 1>, TileQ4_0Q8_0<2, 2>, TileQ4_0Q8_0<2, 3>}};
-  for (int64_t r = 0; r < rows; r += 2 * kPairs) {
-    const int64_t rm = std::min<int64_t>(2 * kPairs, rows - r);
-    const int64_t pairs_used = (rm + 1) / 2;
-    Q4_0RowPair pairs[kPairs];
-    for (int64_t i = 0; i < rm; ++i) {
-      const auto* x = reinterpret_cast<const BlockQ4_0*>(wb + (r + i) * w_stride);
-      BlockScales(x, blocks, dw + i * blocks);
-    }
-    for (int64_t p = 0; p < pairs_used; ++p) {
-      for (int64_t h = 0; h < 2; ++h) {
-        const int64_t i = std::min(2 * p + h, rm - 1);  // an odd last row pairs with itself
-        pairs[p].row[h] = reinterpret_cast<const BlockQ4_0*>(wb + (r + i) * w_stride);
-        pairs[p].dw[h] = dw + i * blocks;
-      }
-    }
-    for (int64_t t = 0; t < tokens; t += kTokens) {
-      const int64_t rn = std::min<int64_t>(kTokens, tokens - t);
-      float* out_rows[2 * kPairs] = {};
-      for (int64_t i = 0; i < rm; ++i) out_rows[i] = out + t * out_stride + r + i;
-      kTiles[pairs_used - 1][rn - 1](pairs, ab + t * a_stride, a_stride, blocks, da + t * blocks,
-                                     offset + t * blocks, out_rows, out_stride);
-    }
-  }
+  return HorizontalSum(acc);
 }
 
-float DotQ8_0Q8_0_Avx2(const void* w, const void* a, int64_t n) {
-  float out = 0.0f;
-  DotsQ8_0Q8_0_Avx2(w, 0, 1, a, 0, 1, n, &out, 1);
-  return out;
-}
-
-float DotQ4_0Q8_0_Avx2(const void* w, const void* a, int64_t n) {
-  float out = 0.0f;
-  DotsQ4_0Q8_0_Avx2(w, 0, 1, a, 0, 1, n, &out, 1);
-  return out;
+// As Q8_0, with (u - 8) a = u a - 8 a formed in int16 pair sums: the unsigned nibbles u
+// (elements 0-15 in the low 128 bits, 16-31 in the high) against the activations, minus 8
+// times the activations' pairs. |u a pair| <= 2 * 15 * 128 = 3840 and |8 a pair| <= 2048: no
+// saturation for any bytes.
+STARLING_AVX2 float DotQ4_0Q8_0_Avx2(const void* w, const void* a, int64_t n) {
+  const int64_t blocks = QuantBlockCount(WeightFormat::kQ4_0, n);
+  const auto* x = static_cast<const BlockQ4_0*>(w);
+  const auto* y = static_cast<const BlockQ8_0*>(a);
+  const __m256i ones = _mm256_set1_epi16(1);
+  const __m256i eight = _mm256_set1_epi8(8);
+  const __m128i low4 = _mm_set1_epi8(0x0F);
+  __m256 acc = _mm256_setzero_ps();
+  for (int64_t b = 0; b < blocks; ++b) {
+    const __m128i packed = _mm_loadu_si128(reinterpret_cast<const __m128i*>(x[b].qs));
+    const __m256i u = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(packed, 4), low4),
+                                       _mm_and_si128(packed, low4));
+    const __m256i qa = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(y[b].qs));
+    const __m256i pairs =
+        _mm256_sub_epi16(_mm256_maddubs_epi16(u, qa), _mm256_maddubs_epi16(eight, qa));
+    // Lanes hold sums of 4 products, |.| <= 4 * 8 * 128: exact as floats.
+    const __m256 lanes = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones));
+    const __m256 scale = _mm256_set1_ps(HalfToFloatF16c(x[b].d) * HalfToFloatF16c(y[b].d));
+    acc = _mm256_fmadd_ps(scale, lanes, acc);
+  }
+  return HorizontalSum(acc);
 }
 
 // One row against one token: one block's work in one register pass. Same bits as the scalar

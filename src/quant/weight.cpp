@@ -24,20 +24,17 @@ DType DenseType(WeightFormat f) {
 }
 
 using QuantDot = float (*)(const void*, const void*, int64_t);
-// out[t * out_stride + r] = dot(w row r, activation row t) for r < rows, t < tokens.
-using QuantDots = void (*)(const void* w, size_t w_stride, int64_t rows, const void* a,
-                           size_t a_stride, int64_t tokens, int64_t n, float* out,
-                           int64_t out_stride);
-
 bool UseAvx2() {
   return ActiveSimdLevel() != SimdLevel::kScalar;
 }
 
-// The interleaved layouts (quant.h's x8 blocks): one row per format that LoadForMatMul
+// The interleaved layouts (quant.h's x8 blocks): one row per block format, which LoadForMatMul
 // interleaves eight rows at a time, with its kernels at each SimdLevel (scalar, avx2, avxvnni,
-// avx512). A format takes Q8_0 activations (q8_0 kernels) or Q8_K ones (q8_k kernels).
+// avx512). A format takes Q8_0 activations (q8_0 kernels) or Q8_K ones (q8_k kernels). The
+// row's AVX2 dot product serves single rows of the row-major layout.
 struct InterleavedLayout {
   WeightFormat format;
+  QuantDot row_dot_avx2;
   void (*repack)(const void* w, int64_t rows, int64_t n, void* out);
   void (*dequantize_row)(const void* w, int64_t row, int64_t n, float* out);
   InterleavedQ8_0Dots* q8_0[4];
@@ -48,25 +45,25 @@ static_assert(static_cast<int>(SimdLevel::kScalar) == 0 &&
 
 // clang-format off
 constexpr InterleavedLayout kInterleavedLayouts[] = {
-    {WeightFormat::kQ4_0, RepackQ4_0x8, DequantizeRowQ4_0x8,
+    {WeightFormat::kQ4_0, DotQ4_0Q8_0_Avx2, RepackQ4_0x8, DequantizeRowQ4_0x8,
      {DotsQ4_0x8Q8_0, DotsQ4_0x8Q8_0_Avx2, DotsQ4_0x8Q8_0_AvxVnni, DotsQ4_0x8Q8_0_Avx512Vnni}, {}},
-    {WeightFormat::kQ8_0, RepackQ8_0x8, DequantizeRowQ8_0x8,
+    {WeightFormat::kQ8_0, DotQ8_0Q8_0_Avx2, RepackQ8_0x8, DequantizeRowQ8_0x8,
      {DotsQ8_0x8Q8_0, DotsQ8_0x8Q8_0_Avx2, DotsQ8_0x8Q8_0_AvxVnni, DotsQ8_0x8Q8_0_Avx512Vnni}, {}},
-    {WeightFormat::kQ4_1, RepackQ4_1x8, DequantizeRowQ4_1x8,
+    {WeightFormat::kQ4_1, DotQ4_1Q8_0_Avx2, RepackQ4_1x8, DequantizeRowQ4_1x8,
      {DotsQ4_1x8Q8_0, DotsQ4_1x8Q8_0_Avx2, DotsQ4_1x8Q8_0_AvxVnni, DotsQ4_1x8Q8_0_Avx512Vnni}, {}},
-    {WeightFormat::kQ5_0, RepackQ5_0x8, DequantizeRowQ5_0x8,
+    {WeightFormat::kQ5_0, DotQ5_0Q8_0_Avx2, RepackQ5_0x8, DequantizeRowQ5_0x8,
      {DotsQ5_0x8Q8_0, DotsQ5_0x8Q8_0_Avx2, DotsQ5_0x8Q8_0_AvxVnni, DotsQ5_0x8Q8_0_Avx512Vnni}, {}},
-    {WeightFormat::kQ5_1, RepackQ5_1x8, DequantizeRowQ5_1x8,
+    {WeightFormat::kQ5_1, DotQ5_1Q8_0_Avx2, RepackQ5_1x8, DequantizeRowQ5_1x8,
      {DotsQ5_1x8Q8_0, DotsQ5_1x8Q8_0_Avx2, DotsQ5_1x8Q8_0_AvxVnni, DotsQ5_1x8Q8_0_Avx512Vnni}, {}},
-    {WeightFormat::kQ2_K, RepackQ2_Kx8, DequantizeRowQ2_Kx8, {},
+    {WeightFormat::kQ2_K, DotQ2_KQ8_K_Avx2, RepackQ2_Kx8, DequantizeRowQ2_Kx8, {},
      {DotsQ2_Kx8Q8_K, DotsQ2_Kx8Q8_K_Avx2, DotsQ2_Kx8Q8_K_AvxVnni, DotsQ2_Kx8Q8_K_Avx512Vnni}},
-    {WeightFormat::kQ3_K, RepackQ3_Kx8, DequantizeRowQ3_Kx8, {},
+    {WeightFormat::kQ3_K, DotQ3_KQ8_K_Avx2, RepackQ3_Kx8, DequantizeRowQ3_Kx8, {},
      {DotsQ3_Kx8Q8_K, DotsQ3_Kx8Q8_K_Avx2, DotsQ3_Kx8Q8_K_AvxVnni, DotsQ3_Kx8Q8_K_Avx512Vnni}},
-    {WeightFormat::kQ4_K, RepackQ4_Kx8, DequantizeRowQ4_Kx8, {},
+    {WeightFormat::kQ4_K, DotQ4_KQ8_K_Avx2, RepackQ4_Kx8, DequantizeRowQ4_Kx8, {},
      {DotsQ4_Kx8Q8_K, DotsQ4_Kx8Q8_K_Avx2, DotsQ4_Kx8Q8_K_AvxVnni, DotsQ4_Kx8Q8_K_Avx512Vnni}},
-    {WeightFormat::kQ5_K, RepackQ5_Kx8, DequantizeRowQ5_Kx8, {},
+    {WeightFormat::kQ5_K, DotQ5_KQ8_K_Avx2, RepackQ5_Kx8, DequantizeRowQ5_Kx8, {},
      {DotsQ5_Kx8Q8_K, DotsQ5_Kx8Q8_K_Avx2, DotsQ5_Kx8Q8_K_AvxVnni, DotsQ5_Kx8Q8_K_Avx512Vnni}},
-    {WeightFormat::kQ6_K, RepackQ6_Kx8, DequantizeRowQ6_Kx8, {},
+    {WeightFormat::kQ6_K, DotQ6_KQ8_K_Avx2, RepackQ6_Kx8, DequantizeRowQ6_Kx8, {},
      {DotsQ6_Kx8Q8_K, DotsQ6_Kx8Q8_K_Avx2, DotsQ6_Kx8Q8_K_AvxVnni, DotsQ6_Kx8Q8_K_Avx512Vnni}},
 };
 // clang-format on
@@ -89,38 +86,11 @@ bool IsKQuant(WeightFormat f) {
   return Traits(f).activation == WeightFormat::kQ8_K;
 }
 
-// The fastest single dot product this CPU has for the format; the scalar twin (the table's)
-// where there is no SIMD one.
+// The fastest single dot product this CPU has for a block format: its layout row's AVX2 one,
+// or the scalar twin (the format table's).
 QuantDot DotFor(WeightFormat f) {
-  const bool avx2 = UseAvx2();
-  switch (f) {
-    case WeightFormat::kQ8_0: return avx2 ? DotQ8_0Q8_0_Avx2 : DotQ8_0Q8_0;
-    case WeightFormat::kQ4_0: return avx2 ? DotQ4_0Q8_0_Avx2 : DotQ4_0Q8_0;
-    case WeightFormat::kQ4_K: return avx2 ? DotQ4_KQ8_K_Avx2 : DotQ4_KQ8_K;
-    case WeightFormat::kQ6_K: return avx2 ? DotQ6_KQ8_K_Avx2 : DotQ6_KQ8_K;
-    case WeightFormat::kQ4_1: return avx2 ? DotQ4_1Q8_0_Avx2 : DotQ4_1Q8_0;
-    case WeightFormat::kQ5_0: return avx2 ? DotQ5_0Q8_0_Avx2 : DotQ5_0Q8_0;
-    case WeightFormat::kQ5_1: return avx2 ? DotQ5_1Q8_0_Avx2 : DotQ5_1Q8_0;
-    case WeightFormat::kQ2_K: return avx2 ? DotQ2_KQ8_K_Avx2 : DotQ2_KQ8_K;
-    case WeightFormat::kQ3_K: return avx2 ? DotQ3_KQ8_K_Avx2 : DotQ3_KQ8_K;
-    case WeightFormat::kQ5_K: return avx2 ? DotQ5_KQ8_K_Avx2 : DotQ5_KQ8_K;
-    default: break;  // the scalar twin below
-  }
-  const RowDot dot = Traits(f).dot;
-  if (dot == nullptr) Fail("MatMul: ", WeightFormatName(f), " has no dot product");
-  return dot;
-}
-
-// For row-major matrices (models never have them: LoadForMatMul interleaves every block
-// format): Q4_0's and Q8_0's register tiles, on which their single AVX2 dots are built (the same
-// bits); nullptr means one dot product per output.
-QuantDots TiledDotsFor(WeightFormat f) {
-  if (!UseAvx2()) return nullptr;
-  switch (f) {
-    case WeightFormat::kQ8_0: return DotsQ8_0Q8_0_Avx2;
-    case WeightFormat::kQ4_0: return DotsQ4_0Q8_0_Avx2;
-    default: return nullptr;  // no tiles: one dot product per output
-  }
+  if (!UseAvx2()) return Traits(f).dot;
+  return InterleavedLayoutOrFail(f, "MatMul").row_dot_avx2;
 }
 
 // Cache blocking of the matmul: each thread takes chunks of kRowChunk weight rows (~150 KB at
@@ -249,13 +219,6 @@ void MatMul(const WeightMatrix& w, const float* x, int64_t tokens, float* out) {
       // Row chunks start at multiples of kRowChunk, so at a group boundary.
       dots(static_cast<const char*>(w.data) + r0 / 8 * group_bytes, r1 - r0,
            quantized + t0 * a_bytes, a_bytes, block_terms + t0 * blocks, t1 - t0, w.cols,
-           out + t0 * w.rows + r0, w.rows);
-    });
-    return;
-  }
-  if (const QuantDots dots = TiledDotsFor(w.format)) {
-    ForEachBlock(w.rows, tokens, [&](int64_t r0, int64_t r1, int64_t t0, int64_t t1) {
-      dots(w.row(r0), row_bytes, r1 - r0, quantized + t0 * a_bytes, a_bytes, t1 - t0, w.cols,
            out + t0 * w.rows + r0, w.rows);
     });
     return;
