@@ -1,6 +1,6 @@
-// What the interleaved layouts (quant_interleaved.cpp: Q4_0/Q8_0, quant_interleaved_k.cpp:
-// Q4_K/Q6_K; layouts in quant.h) share: groups of eight rows, and how a group's tile of outputs
-// is stored. Internal to the quant library.
+// What the interleaved layouts (quant_interleaved.cpp: the 32-value blocks,
+// quant_interleaved_k.cpp: the K-quants; layouts in quant.h) share: groups of eight rows, and how a
+// group's tile of outputs is stored. Internal to the quant library.
 #pragma once
 
 #include <immintrin.h>

@@ -1,4 +1,4 @@
-// The register tiles of the interleaved layouts (quant.h: Q4_0/Q8_0 x8, Q4_K/Q6_K x8), written
+// The register tiles of the interleaved layouts (quant.h: every block format x8), written
 // once and compiled once per instruction set. Internal to the quant library: each includer
 // defines, before including,
 //   STARLING_TILE_TARGET   the function attribute of its instruction set
@@ -53,7 +53,7 @@ using interleaved::GroupCount;
 using interleaved::kGroupRows;
 using interleaved::Source;
 
-// ---- Q4_0 and Q8_0 (32-value blocks, Q8_0 activations)
+// ---- Q4_0 and Q8_0 (32-value blocks, Q8_0 activations; Q4_1, Q5_0, Q5_1 below)
 
 // One group (8 rows) against kTokens activation rows: out[t] = the 8 rows' sums for token t.
 // The block loop is the same for both formats; BlockSums differs.
@@ -406,7 +406,7 @@ STARLING_AVX2 void DotsInterleavedAvx2(const void* w, int64_t rows, const void* 
   }
 }
 
-// ---- Q4_K and Q6_K (256-value blocks, Q8_K activations)
+// ---- The K-quants (256-value blocks, Q8_K activations)
 
 // ---- AVX2
 //

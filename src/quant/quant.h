@@ -332,7 +332,7 @@ InterleavedQ8_0Dots DotsQ4_0x8Q8_0_AvxVnni, DotsQ8_0x8Q8_0_AvxVnni, DotsQ4_1x8Q8
 InterleavedQ8_0Dots DotsQ4_0x8Q8_0_Avx512Vnni, DotsQ8_0x8Q8_0_Avx512Vnni, DotsQ4_1x8Q8_0_Avx512Vnni,
     DotsQ5_0x8Q8_0_Avx512Vnni, DotsQ5_1x8Q8_0_Avx512Vnni;
 
-// ---- Q4_K and Q6_K weights interleaved eight rows at a time (quant_interleaved_k.cpp), the
+// ---- The K-quants (Q2_K ... Q6_K) interleaved eight rows at a time (quant_interleaved_k.cpp), the
 // layouts the matmul copies these matrices into at load, as Q4_0/Q8_0 above: one 256-bit
 // register holds a 4-quant word of each of 8 rows, the activation word is broadcast against it,
 // and each row's products land in its own lanes. Eight rows share every activation load, each
