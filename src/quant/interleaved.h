@@ -15,33 +15,33 @@
 namespace starling::interleaved {
 
 // The row-major block type an interleaved block comes from, and its format.
+template <typename Block_, WeightFormat kType_>
+struct SourceOf {
+  using Block = Block_;
+  static constexpr WeightFormat kType = kType_;
+};
 template <typename Interleaved>
 struct Source;
 template <>
-struct Source<BlockQ4_0x8> {
-  using Block = BlockQ4_0;
-  static constexpr WeightFormat kType = WeightFormat::kQ4_0;
-};
+struct Source<BlockQ4_0x8> : SourceOf<BlockQ4_0, WeightFormat::kQ4_0> {};
 template <>
-struct Source<BlockQ8_0x8> {
-  using Block = BlockQ8_0;
-  static constexpr WeightFormat kType = WeightFormat::kQ8_0;
-};
+struct Source<BlockQ8_0x8> : SourceOf<BlockQ8_0, WeightFormat::kQ8_0> {};
 template <>
-struct Source<BlockQ4_1x8> {
-  using Block = BlockQ4_1;
-  static constexpr WeightFormat kType = WeightFormat::kQ4_1;
-};
+struct Source<BlockQ4_1x8> : SourceOf<BlockQ4_1, WeightFormat::kQ4_1> {};
 template <>
-struct Source<BlockQ5_0x8> {
-  using Block = BlockQ5_0;
-  static constexpr WeightFormat kType = WeightFormat::kQ5_0;
-};
+struct Source<BlockQ5_0x8> : SourceOf<BlockQ5_0, WeightFormat::kQ5_0> {};
 template <>
-struct Source<BlockQ5_1x8> {
-  using Block = BlockQ5_1;
-  static constexpr WeightFormat kType = WeightFormat::kQ5_1;
-};
+struct Source<BlockQ5_1x8> : SourceOf<BlockQ5_1, WeightFormat::kQ5_1> {};
+template <>
+struct Source<BlockQ2_Kx8> : SourceOf<BlockQ2_K, WeightFormat::kQ2_K> {};
+template <>
+struct Source<BlockQ3_Kx8> : SourceOf<BlockQ3_K, WeightFormat::kQ3_K> {};
+template <>
+struct Source<BlockQ4_Kx8> : SourceOf<BlockQ4_K, WeightFormat::kQ4_K> {};
+template <>
+struct Source<BlockQ5_Kx8> : SourceOf<BlockQ5_K, WeightFormat::kQ5_K> {};
+template <>
+struct Source<BlockQ6_Kx8> : SourceOf<BlockQ6_K, WeightFormat::kQ6_K> {};
 
 // What the 32-value layouts other than Q4_0 and Q8_0 add: mins (Q4_1, Q5_1), fifth bits (Q5_0,
 // Q5_1).
@@ -51,32 +51,6 @@ constexpr bool kHasMins =
 template <typename Interleaved>
 constexpr bool kHasFifthBits =
     std::is_same_v<Interleaved, BlockQ5_0x8> || std::is_same_v<Interleaved, BlockQ5_1x8>;
-
-template <>
-struct Source<BlockQ2_Kx8> {
-  using Block = BlockQ2_K;
-  static constexpr WeightFormat kType = WeightFormat::kQ2_K;
-};
-template <>
-struct Source<BlockQ3_Kx8> {
-  using Block = BlockQ3_K;
-  static constexpr WeightFormat kType = WeightFormat::kQ3_K;
-};
-template <>
-struct Source<BlockQ4_Kx8> {
-  using Block = BlockQ4_K;
-  static constexpr WeightFormat kType = WeightFormat::kQ4_K;
-};
-template <>
-struct Source<BlockQ5_Kx8> {
-  using Block = BlockQ5_K;
-  static constexpr WeightFormat kType = WeightFormat::kQ5_K;
-};
-template <>
-struct Source<BlockQ6_Kx8> {
-  using Block = BlockQ6_K;
-  static constexpr WeightFormat kType = WeightFormat::kQ6_K;
-};
 
 constexpr int kGroupRows = 8;
 
