@@ -5,8 +5,11 @@
 //         activation quantization included
 //   tg:   28672 x 4096 (two Mistral-7B FFN matrices, larger than L3) against 1 token: the
 //         weights streamed from memory, as in generation, with the GB/s of weights read
+//   tg L2: 256 x 4096 against 1 token, the weights in cache: the one-token kernel's own speed
+//         (generation is bound by the kernel, not the memory, where this is not well above tg)
 //
-//   bench_matmul [REPS=7]
+//   bench_matmul [REPS=7] [FORMAT...]   (FORMAT: q4_0, q2_k, f16, ...; default all)
+#include <strings.h>
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -75,13 +78,22 @@ int main(int argc, char** argv) {
   using namespace starling;
   const int reps = argc > 1 ? std::atoi(argv[1]) : 7;
   if (reps < 1) {
-    std::fprintf(stderr, "usage: bench_matmul [REPS=7]\n");
+    std::fprintf(stderr, "usage: bench_matmul [REPS=7] [FORMAT...]\n");
     return 2;
   }
+  // The formats named after REPS (any case); all when none is.
+  auto wanted = [&](const char* name) {
+    if (argc <= 2) return true;
+    for (int i = 2; i < argc; ++i) {
+      if (strcasecmp(argv[i], name) == 0) return true;
+    }
+    return false;
+  };
   ThreadPool::SetGlobalThreads(1);
   std::printf("one thread, SIMD level %s; G multiply-adds per second (median of %d)\n",
               DotRowImplementation(), reps);
-  std::printf("%-6s %14s %14s %10s\n", "format", "pp 64 tokens", "tg 1 token", "tg GB/s");
+  std::printf("%-6s %14s %14s %10s %12s\n", "format", "pp 64 tokens", "tg 1 token", "tg GB/s",
+              "tg L2");
   const Format formats[] = {
       {WeightFormat::kQ4_0, "Q4_0"}, {WeightFormat::kQ8_0, "Q8_0"}, {WeightFormat::kQ4_1, "Q4_1"},
       {WeightFormat::kQ5_0, "Q5_0"}, {WeightFormat::kQ5_1, "Q5_1"}, {WeightFormat::kQ2_K, "Q2_K"},
@@ -89,12 +101,14 @@ int main(int argc, char** argv) {
       {WeightFormat::kQ6_K, "Q6_K"}, {WeightFormat::kF16, "F16"}};
   std::mt19937 rng(1);
   for (const Format& f : formats) {
+    if (!wanted(f.name)) continue;
     const int64_t cols = 4096;
     // 64 random rows (quantizing is slow), repeated: values do not change speed.
     const std::vector<uint8_t> block = RandomMatrix(f.format, 64, cols, rng);
-    double rate[2] = {}, gbs = 0;
-    for (int test = 0; test < 2; ++test) {
-      const int64_t rows = test == 0 ? 4096 : 28672, tokens = test == 0 ? 64 : 1;
+    double rate[3] = {}, gbs = 0;
+    for (int test = 0; test < 3; ++test) {
+      const int64_t rows = test == 0 ? 4096 : test == 1 ? 28672 : 256;
+      const int64_t tokens = test == 0 ? 64 : 1;
       std::vector<uint8_t> bytes(block.size() * static_cast<size_t>(rows / 64));
       for (size_t at = 0; at < bytes.size(); at += block.size()) {
         std::copy(block.begin(), block.end(), bytes.begin() + static_cast<std::ptrdiff_t>(at));
@@ -107,7 +121,7 @@ int main(int argc, char** argv) {
         gbs = rate[test] / static_cast<double>(rows * cols) * static_cast<double>(bytes.size());
       }
     }
-    std::printf("%-6s %14.1f %14.1f %10.1f\n", f.name, rate[0], rate[1], gbs);
+    std::printf("%-6s %14.1f %14.1f %10.1f %12.1f\n", f.name, rate[0], rate[1], gbs, rate[2]);
   }
   return 0;
 }

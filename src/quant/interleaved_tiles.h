@@ -633,20 +633,26 @@ STARLING_AVX2 void TileScaleMin(const ScaleMinBlock* x, int64_t blocks, const Bl
 // offset (Q6_K: -32, Q3_K: -4) or Q2_K's mins.
 template <typename Block>
 struct Sixteen;
+// kSumsFitInt16: a sub-block's 16 products, |.| <= 16 * max q * 128, fit in int16 (Q3_K:
+// 14336, Q2_K: 6144; Q6_K: 129024 does not), so the 512-bit tile multiplies them by the scale
+// with vpmaddwd (one uop everywhere) instead of vpmulld (two on Intel).
 template <>
 struct Sixteen<BlockQ6_Kx8> {
   static constexpr int kOffsetShift = 5;  // q - 32
   static constexpr bool kMins = false;
+  static constexpr bool kSumsFitInt16 = false;
 };
 template <>
 struct Sixteen<BlockQ3_Kx8> {
   static constexpr int kOffsetShift = 2;  // q - 4
   static constexpr bool kMins = false;
+  static constexpr bool kSumsFitInt16 = true;
 };
 template <>
 struct Sixteen<BlockQ2_Kx8> {
   static constexpr int kOffsetShift = 0;
   static constexpr bool kMins = true;
+  static constexpr bool kSumsFitInt16 = true;
 };
 
 // The block's 128 int8 scales (and Q2_K's mins), in the entry order above: Q6_K's as stored,
@@ -729,9 +735,68 @@ STARLING_AVX2 inline void SubBlockQuads(const BlockQ3_Kx8& xb, int k, __m256i* q
   q[3] = _mm256_or_si256(q[3], _mm256_and_si256(_mm256_srli_epi16(qh, 1), bit2));
 }
 
+#if STARLING_TILE_ZMM
+// 512 bits: sub-blocks 2s and 2s + 1 at once. q[p] lane 2r + h holds quad p (values 4p..4p+3)
+// of row r's sub-block 2s + h, unsigned: the lane order of the scales as stored (entry 16s +
+// 2r + h) and of AddLanePairs. ((x & mask) | y as one vpternlogd: A | (B & C) is 0xF8.)
+STARLING_AVX2 inline __m512i OrMasked(__m512i a, __m512i b, __m512i mask) {
+  return _mm512_ternarylogic_epi32(a, b, mask, 0xF8);
+}
+template <typename TwoBitBlock>
+STARLING_AVX2 inline void TwoBitPairQuads(const TwoBitBlock& xb, int s, __m512i* q) {
+  const __m512i low2 = _mm512_set1_epi8(0x03);
+  const __m512i ql = PairChunks(xb.ql + 64 * s);  // chunks 2s, 2s + 1
+  q[0] = _mm512_and_si512(ql, low2);
+  q[1] = _mm512_and_si512(_mm512_srli_epi16(ql, 2), low2);
+  q[2] = _mm512_and_si512(_mm512_srli_epi16(ql, 4), low2);
+  q[3] = _mm512_and_si512(_mm512_srli_epi16(ql, 6), low2);
+}
+STARLING_AVX2 inline void SubBlockPairQuads(const BlockQ2_Kx8& xb, int s, __m512i* q) {
+  TwoBitPairQuads(xb, s, q);
+}
+STARLING_AVX2 inline void SubBlockPairQuads(const BlockQ3_Kx8& xb, int s, __m512i* q) {
+  TwoBitPairQuads(xb, s, q);
+  // qh chunk s: bit 4h + p of row r's word; each word into lanes 2r and 2r + 1, the second
+  // shifted down by 4, so that bit p is quad p's high bit, then moved to bit 2.
+  const __m512i each_twice = _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
+  const __m512i odd_by_4 = _mm512_setr_epi32(0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4);
+  const __m512i bit2 = _mm512_set1_epi8(0x04);
+  const __m512i qh = _mm512_srlv_epi32(
+      _mm512_permutexvar_epi32(each_twice, _mm512_castsi256_si512(_mm256_loadu_si256(
+                                               reinterpret_cast<const __m256i*>(xb.qh + 32 * s)))),
+      odd_by_4);
+  q[0] = OrMasked(q[0], _mm512_slli_epi16(qh, 2), bit2);
+  q[1] = OrMasked(q[1], _mm512_slli_epi16(qh, 1), bit2);
+  q[2] = OrMasked(q[2], qh, bit2);
+  q[3] = OrMasked(q[3], _mm512_srli_epi16(qh, 1), bit2);
+}
+STARLING_AVX2 inline void SubBlockPairQuads(const BlockQ6_Kx8& xb, int s, __m512i* q) {
+  const __m512i low4 = _mm512_set1_epi8(0x0F);
+  const __m512i high2 = _mm512_set1_epi8(0x30);
+  // Sub-block k's ql is two chunks (64k: quads 0 and 1 as nibbles, 64k + 32: quads 2 and 3).
+  const __m512i first = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+  const __m512i second =
+      _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+  const __m512i even = _mm512_loadu_si512(xb.ql + 128 * s);
+  const __m512i odd = _mm512_loadu_si512(xb.ql + 128 * s + 64);
+  const __m512i ql0 = _mm512_permutex2var_epi32(even, first, odd);
+  const __m512i ql1 = _mm512_permutex2var_epi32(even, second, odd);
+  const __m512i qh = PairChunks(xb.qh + 64 * s);  // qh chunks 2s, 2s + 1
+  q[0] = OrMasked(_mm512_and_si512(ql0, low4), _mm512_slli_epi16(qh, 4), high2);
+  q[1] =
+      OrMasked(_mm512_and_si512(_mm512_srli_epi16(ql0, 4), low4), _mm512_slli_epi16(qh, 2), high2);
+  q[2] = OrMasked(_mm512_and_si512(ql1, low4), qh, high2);
+  q[3] =
+      OrMasked(_mm512_and_si512(_mm512_srli_epi16(ql1, 4), low4), _mm512_srli_epi16(qh, 2), high2);
+}
+#endif  // STARLING_TILE_ZMM
+
 // Per block and token: 64 maddubs, added in int16 two at a time, 32 madds with the sub-blocks'
-// scales, and 8 madds of the scales (Q2_K: the mins) with the bsums; the quants and scales are
-// unpacked once per block for all tokens.
+// scales (VNNI: 64 vpdpbusd, 16 vpmulld), and 8 madds of the scales (Q2_K: the mins) with the
+// bsums; the quants and scales are unpacked once per block for all tokens. With 512 bits: 32
+// vpdpbusd and 8 multiplies by the scales, two sub-blocks per step, which also halves the
+// unpacking (measured on Zen 5, one token, the weights in L2: Q2_K 65 -> 98 G MAC/s, Q3_K 47
+// -> 72, Q6_K 50 -> 75).
 template <typename Block, int kTokens>
 STARLING_AVX2 void TileSixteen(const Block* x, int64_t blocks, const BlockQ8_K* const* y,
                                __m256* out) {
@@ -752,14 +817,45 @@ STARLING_AVX2 void TileSixteen(const Block* x, int64_t blocks, const BlockQ8_K* 
     __m256i sumi[kTokens];
     for (auto& v : sumi) v = _mm256_setzero_si256();
 #if STARLING_TILE_ZMM
-    // 512 bits: quads 0 and 1, 2 and 3 paired as in the Q4_K tile (row r in lanes 2r, 2r + 1),
-    // the pairs added once per block.
-    const __m512i q_then_next =
-        _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
-    const __m512i both_lanes = _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
+    // 512 bits: a pair of sub-blocks per step (SubBlockPairQuads' lanes). Activation words
+    // 4h + p of the pair's 32 values meet quad p in lane 2r + h.
+    const __m512i quad_words[4] = {
+        _mm512_setr_epi32(0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4),
+        _mm512_setr_epi32(1, 5, 1, 5, 1, 5, 1, 5, 1, 5, 1, 5, 1, 5, 1, 5),
+        _mm512_setr_epi32(2, 6, 2, 6, 2, 6, 2, 6, 2, 6, 2, 6, 2, 6, 2, 6),
+        _mm512_setr_epi32(3, 7, 3, 7, 3, 7, 3, 7, 3, 7, 3, 7, 3, 7, 3, 7)};
     __m512i sum_wide[kTokens];
     for (auto& v : sum_wide) v = _mm512_setzero_si512();
-#endif
+#pragma GCC unroll 1
+    for (int s = 0; s < 8; ++s) {
+      PrefetchAhead(xb, 2 * kLinesPerStep * s, 2 * kLinesPerStep);
+      // Lane 2r + h: the scale of row r's sub-block 2s + h (entry 16s + 2r + h).
+      const __m512i scale =
+          _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(scales + 16 * s)));
+      // The scale as int16 in each lane's low word, 0 in its high word.
+      const __m512i scale_low = _mm512_and_si512(scale, _mm512_set1_epi32(0xFFFF));
+      __m512i q[4];
+      SubBlockPairQuads(xb, s, q);
+#pragma GCC unroll 8
+      for (int t = 0; t < kTokens; ++t) {
+        const __m512i words = _mm512_castsi256_si512(
+            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(y[t][b].qs + 32 * s)));
+        // 16 products per lane (|.| <= 16 * 63 * 128), times the scale: exact int32 lanes
+        // (the sum over the block's 8 pairs <= 2^27).
+        __m512i part = _mm512_setzero_si512();
+        for (int p = 0; p < 4; ++p) {
+          part = _mm512_dpbusd_epi32(part, q[p], _mm512_permutexvar_epi32(quad_words[p], words));
+        }
+        if constexpr (Traits::kSumsFitInt16) {  // part's low word times the scale
+          sum_wide[t] = _mm512_add_epi32(sum_wide[t], _mm512_madd_epi16(part, scale_low));
+        } else {
+          sum_wide[t] = _mm512_add_epi32(sum_wide[t], _mm512_mullo_epi32(part, scale));
+        }
+        asm("" : "+v"(sum_wide[t]));  // as in TileScaleMin
+      }
+    }
+    for (int t = 0; t < kTokens; ++t) sumi[t] = AddLanePairs(sum_wide[t]);
+#else
 #pragma GCC unroll 1
     for (int k = 0; k < 16; ++k) {
       PrefetchAhead(xb, kLinesPerStep * k, kLinesPerStep);
@@ -774,22 +870,6 @@ STARLING_AVX2 void TileSixteen(const Block* x, int64_t blocks, const BlockQ8_K* 
 #endif
       __m256i q[4];
       SubBlockQuads(xb, k, q);
-#if STARLING_TILE_ZMM
-      const __m512i q01 = _mm512_permutex2var_epi32(_mm512_castsi256_si512(q[0]), q_then_next,
-                                                    _mm512_castsi256_si512(q[1]));
-      const __m512i q23 = _mm512_permutex2var_epi32(_mm512_castsi256_si512(q[2]), q_then_next,
-                                                    _mm512_castsi256_si512(q[3]));
-      const __m512i scale_wide =
-          _mm512_permutexvar_epi32(both_lanes, _mm512_castsi256_si512(scale));
-#pragma GCC unroll 8
-      for (int t = 0; t < kTokens; ++t) {
-        const int8_t* qa = y[t][b].qs + 16 * k;
-        __m512i part = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q01, BroadcastWordPair(qa));
-        part = _mm512_dpbusd_epi32(part, q23, BroadcastWordPair(qa + 8));
-        sum_wide[t] = _mm512_add_epi32(sum_wide[t], _mm512_mullo_epi32(part, scale_wide));
-        asm("" : "+v"(sum_wide[t]));  // as in TileScaleMin
-      }
-#else
 #pragma GCC unroll 8
       for (int t = 0; t < kTokens; ++t) {
         const int8_t* qa = y[t][b].qs + 16 * k;
@@ -813,11 +893,8 @@ STARLING_AVX2 void TileSixteen(const Block* x, int64_t blocks, const BlockQ8_K* 
 #endif
         asm("" : "+x"(sumi[t]));  // as in TileScaleMin
       }
-#endif  // STARLING_TILE_ZMM
     }
-#if STARLING_TILE_ZMM
-    for (int t = 0; t < kTokens; ++t) sumi[t] = AddLanePairs(sum_wide[t]);
-#endif
+#endif  // STARLING_TILE_ZMM
     // Q6_K, Q3_K: sum sc (q - 2^shift) qa = sum sc q qa - 2^shift sum_k sc[k] bsums[k]; Q2_K:
     // summ = sum_k m[k] bsums[k]. The pairs against bsums words (|.| <= 16 * 128 * 2048 =
     // 2^22, times 32 <= 2^27: exact).
