@@ -219,6 +219,15 @@ TEST(WeightLayout, ScalarDotsMatchDoubleSumsAndTheRowDot) {
 }
 
 // Every vector level this CPU has (AVX2; AVX-VNNI and AVX-512 VNNI where present).
+// Row counts for the tile tests: every remainder of a group (1..17), and 41, 75 and 130 rows
+// (6, 10 and 17 groups, partial last groups).
+std::vector<int64_t> TileShapeRows() {
+  std::vector<int64_t> rows;
+  for (int64_t r = 1; r <= 17; ++r) rows.push_back(r);
+  for (const int64_t r : {41, 75, 130}) rows.push_back(r);
+  return rows;
+}
+
 TEST(WeightLayout, VectorDotsEqualScalarBitsForEveryTileShape) {
   if (!CpuHasSimdLevel(SimdLevel::kAvx2)) GTEST_SKIP() << "no AVX2/FMA/F16C";
   std::mt19937 rng(8);
@@ -226,7 +235,7 @@ TEST(WeightLayout, VectorDotsEqualScalarBitsForEveryTileShape) {
     if (!CpuHasSimdLevel(kVectorLevels[level])) continue;
     for (const Interleaved& f : kFormats) {
       for (int64_t n : {32, 96, 288}) {
-        for (int64_t rows = 1; rows <= 17; ++rows) {
+        for (int64_t rows : TileShapeRows()) {
           for (int64_t tokens = 1; tokens <= 9; ++tokens) {
             const Bytes packed = Repack(f, RandomRows(f.type, rows, n, rng), rows, n);
             const size_t a_stride = QuantRowBytes(WeightFormat::kQ8_0, n);
