@@ -81,13 +81,13 @@ STARLING_AVX2 inline __m256i AddLanePairs(__m512i v) {
   return _mm512_cvtepi64_epi32(_mm512_add_epi32(v, _mm512_srli_epi64(v, 32)));
 }
 
-// Q4_0, per block and token: 4 vpdpbusd (16-lane), one pair sum, one offset add.
+// Q4_0, per block and token: 4 vpdpbusd (16-lane) into wide[t] (row r's sum in lanes 2r and
+// 2r + 1; the offset term not yet added).
 template <int kTokens>
-STARLING_AVX2 inline void BlockSums(const BlockQ4_0x8& x, const BlockQ8_0* const* y, int64_t b,
-                                    const Q8_0BlockTerms* const* y_terms, __m256i* sumi) {
+STARLING_AVX2 inline void BlockWide(const BlockQ4_0x8& x, const BlockQ8_0* const* y, int64_t b,
+                                    __m512i* wide) {
   const __m512i low4 = _mm512_set1_epi8(0x0F);
-  __m512i wide[kTokens];
-  for (auto& v : wide) v = _mm512_setzero_si512();
+  for (int t = 0; t < kTokens; ++t) wide[t] = _mm512_setzero_si512();
 #pragma GCC unroll 1
   for (int j = 0; j < 4; j += 2) {
     const __m512i packed = PairChunks(x.qs + 32 * j);
@@ -99,19 +99,19 @@ STARLING_AVX2 inline void BlockSums(const BlockQ4_0x8& x, const BlockQ8_0* const
       wide[t] = _mm512_dpbusd_epi32(wide[t], hi, BroadcastWordPair(y[t][b].qs + 16 + 4 * j));
     }
   }
-  for (int t = 0; t < kTokens; ++t) {
-    sumi[t] = _mm256_add_epi32(AddLanePairs(wide[t]), _mm256_set1_epi32(y_terms[t][b].offset));
-  }
+}
+// The offset term of a block (Q4_0: offset; Q8_0: 16 offset, see below).
+STARLING_AVX2 inline int32_t OffsetTerm(const BlockQ4_0x8&, const Q8_0BlockTerms& terms) {
+  return terms.offset;
 }
 
-// Q8_0, per block and token: 4 vpdpbusd of the biased weights (as the 256-bit version below),
-// one pair sum, one offset add.
+// Q8_0, per block and token: 4 vpdpbusd of the biased weights (as the 256-bit version below)
+// into wide[t]; its offset term is 16 offset.
 template <int kTokens>
-STARLING_AVX2 inline void BlockSums(const BlockQ8_0x8& x, const BlockQ8_0* const* y, int64_t b,
-                                    const Q8_0BlockTerms* const* y_terms, __m256i* sumi) {
+STARLING_AVX2 inline void BlockWide(const BlockQ8_0x8& x, const BlockQ8_0* const* y, int64_t b,
+                                    __m512i* wide) {
   const __m512i bias = _mm512_set1_epi8(static_cast<char>(0x80));
-  __m512i wide[kTokens];
-  for (auto& v : wide) v = _mm512_setzero_si512();
+  for (int t = 0; t < kTokens; ++t) wide[t] = _mm512_setzero_si512();
 #pragma GCC unroll 1
   for (int j = 0; j < 8; j += 2) {
     const __m512i w_biased = _mm512_xor_si512(PairChunks(x.qs + 32 * j), bias);
@@ -119,8 +119,66 @@ STARLING_AVX2 inline void BlockSums(const BlockQ8_0x8& x, const BlockQ8_0* const
       wide[t] = _mm512_dpbusd_epi32(wide[t], w_biased, BroadcastWordPair(y[t][b].qs + 4 * j));
     }
   }
+}
+STARLING_AVX2 inline int32_t OffsetTerm(const BlockQ8_0x8&, const Q8_0BlockTerms& terms) {
+  return 16 * terms.offset;
+}
+
+// Per block and token: BlockWide, one pair sum, one offset add.
+template <int kTokens, typename Block>
+STARLING_AVX2 inline void BlockSums(const Block& x, const BlockQ8_0* const* y, int64_t b,
+                                    const Q8_0BlockTerms* const* y_terms, __m256i* sumi) {
+  __m512i wide[kTokens];
+  BlockWide<kTokens>(x, y, b, wide);
   for (int t = 0; t < kTokens; ++t) {
-    sumi[t] = _mm256_add_epi32(AddLanePairs(wide[t]), _mm256_set1_epi32(16 * y_terms[t][b].offset));
+    sumi[t] =
+        _mm256_add_epi32(AddLanePairs(wide[t]), _mm256_set1_epi32(OffsetTerm(x, y_terms[t][b])));
+  }
+}
+
+// Lanes 8-15 (AVX-512 F's 256-bit extract, through a double cast; no DQ needed).
+STARLING_AVX2 inline __m256 HighHalf(__m512 v) {
+  return _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
+}
+
+// Blocks b and b + 1 against kTokens tokens, added into acc[t] in block order with the same
+// float steps as Tile's (so the same bits): both blocks' pair sums in one 16-lane vector (two
+// permutes and an add instead of two AddLanePairs), their offsets, conversion and scales
+// (d da) 16 lanes at a time, then one fma per block.
+template <int kTokens, typename Block>
+STARLING_AVX2 inline void TwoBlocks(const Block* x, const BlockQ8_0* const* y, int64_t b,
+                                    const Q8_0BlockTerms* const* y_terms, __m256* acc) {
+  const __m512i evens =
+      _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i odds = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+  // Lanes 0-7: field 0 of the first 8-byte terms, lanes 8-15: of the second.
+  const __m512i first_d = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 2, 2, 2, 2, 2, 2, 2, 2);
+  const __m512i first_offset = _mm512_setr_epi32(1, 1, 1, 1, 1, 1, 1, 1, 3, 3, 3, 3, 3, 3, 3, 3);
+  __m512i wide0[kTokens], wide1[kTokens];
+  BlockWide<kTokens>(x[b], y, b, wide0);
+  BlockWide<kTokens>(x[b + 1], y, b + 1, wide1);
+  // The 8 row scales of block b in lanes 0-7, of block b + 1 in lanes 8-15.
+  const __m512 dw = _mm512_castpd_ps(_mm512_insertf64x4(
+      _mm512_castps_pd(_mm512_castps256_ps512(
+          _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x[b].d))))),
+      _mm256_castps_pd(
+          _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x[b + 1].d)))),
+      1));
+  for (int t = 0; t < kTokens; ++t) {
+    // The terms of blocks b and b + 1, adjacent: d, offset, d, offset.
+    const __m512i terms =
+        _mm512_castsi128_si512(_mm_loadu_si128(reinterpret_cast<const __m128i*>(y_terms[t] + b)));
+    __m512i offsets = _mm512_permutexvar_epi32(first_offset, terms);
+    if constexpr (std::is_same_v<Block, BlockQ8_0x8>) offsets = _mm512_slli_epi32(offsets, 4);
+    const __m512i sums =
+        _mm512_add_epi32(_mm512_add_epi32(_mm512_permutex2var_epi32(wide0[t], evens, wide1[t]),
+                                          _mm512_permutex2var_epi32(wide0[t], odds, wide1[t])),
+                         offsets);
+    const __m512 da = _mm512_castsi512_ps(_mm512_permutexvar_epi32(first_d, terms));
+    const __m512 scale = _mm512_mul_ps(dw, da);
+    const __m512 f = _mm512_cvtepi32_ps(sums);
+    acc[t] = _mm256_fmadd_ps(_mm512_castps512_ps256(f), _mm512_castps512_ps256(scale), acc[t]);
+    acc[t] = _mm256_fmadd_ps(HighHalf(f), HighHalf(scale), acc[t]);
   }
 }
 #elif STARLING_TILE_VNNI
@@ -346,11 +404,23 @@ STARLING_AVX2 void Tile(const Interleaved* x, int64_t blocks, const char* a, siz
   }
   __m256 acc[kTokens];  // local, so that it lives in registers
   for (auto& sum : acc) sum = _mm256_setzero_ps();
-  for (int64_t b = 0; b < blocks; ++b) {
+  constexpr bool kQ4_0OrQ8_0 =
+      std::is_same_v<Interleaved, BlockQ4_0x8> || std::is_same_v<Interleaved, BlockQ8_0x8>;
+  int64_t b = 0;
+#if STARLING_TILE_ZMM
+  if constexpr (kQ4_0OrQ8_0) {
+    for (; b + 1 < blocks; b += 2) {
+      if (stream) {
+        interleaved::PrefetchLines(x + b, interleaved::kPrefetchBytes);
+        interleaved::PrefetchLines(x + b + 1, interleaved::kPrefetchBytes);
+      }
+      TwoBlocks<kTokens>(x, y, b, y_terms, acc);
+    }
+  }
+#endif
+  for (; b < blocks; ++b) {
     if (stream) interleaved::PrefetchLines(x + b, interleaved::kPrefetchBytes);
     __m256i sumi[kTokens];
-    constexpr bool kQ4_0OrQ8_0 =
-        std::is_same_v<Interleaved, BlockQ4_0x8> || std::is_same_v<Interleaved, BlockQ8_0x8>;
     if constexpr (kQ4_0OrQ8_0) {
       BlockSums<kTokens>(x[b], y, b, y_terms, sumi);
     } else {
