@@ -100,9 +100,10 @@ STARLING_AVX2 inline void BlockWide(const BlockQ4_0x8& x, const BlockQ8_0* const
     }
   }
 }
-// The offset term of a block (Q4_0: offset; Q8_0: 16 offset, see below).
-STARLING_AVX2 inline int32_t OffsetTerm(const BlockQ4_0x8&, const Q8_0BlockTerms& terms) {
-  return terms.offset;
+// A block's offset term is the activation block's offset << OffsetShift (Q4_0: 0; Q8_0: 4,
+// i.e. 16 offset, see below).
+constexpr int OffsetShift(const BlockQ4_0x8&) {
+  return 0;
 }
 
 // Q8_0, per block and token: 4 vpdpbusd of the biased weights (as the 256-bit version below)
@@ -120,8 +121,8 @@ STARLING_AVX2 inline void BlockWide(const BlockQ8_0x8& x, const BlockQ8_0* const
     }
   }
 }
-STARLING_AVX2 inline int32_t OffsetTerm(const BlockQ8_0x8&, const Q8_0BlockTerms& terms) {
-  return 16 * terms.offset;
+constexpr int OffsetShift(const BlockQ8_0x8&) {
+  return 4;
 }
 
 // Per block and token: BlockWide, one pair sum, one offset add.
@@ -131,8 +132,8 @@ STARLING_AVX2 inline void BlockSums(const Block& x, const BlockQ8_0* const* y, i
   __m512i wide[kTokens];
   BlockWide<kTokens>(x, y, b, wide);
   for (int t = 0; t < kTokens; ++t) {
-    sumi[t] =
-        _mm256_add_epi32(AddLanePairs(wide[t]), _mm256_set1_epi32(OffsetTerm(x, y_terms[t][b])));
+    sumi[t] = _mm256_add_epi32(AddLanePairs(wide[t]),
+                               _mm256_set1_epi32(y_terms[t][b].offset << OffsetShift(x)));
   }
 }
 
@@ -169,7 +170,9 @@ STARLING_AVX2 inline void TwoBlocks(const Block* x, const BlockQ8_0* const* y, i
     const __m512i terms =
         _mm512_castsi128_si512(_mm_loadu_si128(reinterpret_cast<const __m128i*>(y_terms[t] + b)));
     __m512i offsets = _mm512_permutexvar_epi32(first_offset, terms);
-    if constexpr (std::is_same_v<Block, BlockQ8_0x8>) offsets = _mm512_slli_epi32(offsets, 4);
+    if constexpr (OffsetShift(Block{}) > 0) {
+      offsets = _mm512_slli_epi32(offsets, OffsetShift(Block{}));
+    }
     const __m512i sums =
         _mm512_add_epi32(_mm512_add_epi32(_mm512_permutex2var_epi32(wide0[t], evens, wide1[t]),
                                           _mm512_permutex2var_epi32(wide0[t], odds, wide1[t])),
